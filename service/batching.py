@@ -1,0 +1,152 @@
+"""An in-process micro-batcher: concurrent requests to one model version run as one batch.
+
+Requests wait in a bounded queue; ``concurrency`` worker tasks each take what is waiting (up to
+``max_batch_size`` rows, waiting at most ``max_wait_ms`` for more once a batch has started), stack
+the rows, run the model once in a thread (onnxruntime releases the GIL, so the event loop keeps
+serving) and hand each caller its own rows back. Batches form by themselves under load, while a
+batch runs, so the wait can stay at 0 and an idle gateway adds no latency. A full queue is refused
+at once with ``Overloaded`` (429 + Retry-After), never dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import InferenceFailed, Overloaded
+
+Tensors = dict[str, np.ndarray]
+RunFn = Callable[[Tensors], Tensors]
+BatchObserver = Callable[[int, float], None]
+"""Called after each batch with (rows, seconds spent running it)."""
+
+
+@dataclass
+class _Pending:
+    inputs: Tensors
+    rows: int
+    future: asyncio.Future
+
+
+class Batcher:
+    """Coalesces concurrent ``submit`` calls for one model into batched runs."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue: int,
+        concurrency: int = 1,
+        observe_batch: BatchObserver | None = None,
+        name: str = "model",
+    ) -> None:
+        self._run = run
+        self._max_batch_size = max_batch_size
+        self._max_wait_s = max_wait_ms / 1000.0
+        self._max_queue = max_queue
+        self._concurrency = concurrency
+        self._observe_batch = observe_batch
+        self._name = name
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._carry: _Pending | None = None
+        self._workers: list[asyncio.Task] = []
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"infer-{name}")
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def _start(self) -> asyncio.Queue[_Pending]:
+        self._queue = asyncio.Queue(maxsize=self._max_queue)
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"batcher-{self._name}-{i}")
+            for i in range(self._concurrency)
+        ]
+        return self._queue
+
+    async def submit(self, inputs: Tensors, rows: int) -> Tensors:
+        """Queue one request's rows; returns that request's outputs."""
+        queue = self._queue if self._queue is not None else self._start()
+        future = asyncio.get_running_loop().create_future()
+        try:
+            queue.put_nowait(_Pending(inputs, rows, future))
+        except asyncio.QueueFull:
+            raise Overloaded(
+                f"model {self._name} is overloaded: {self._max_queue} requests already queued"
+            ) from None
+        return await future
+
+    async def _next_batch(self, queue: asyncio.Queue[_Pending]) -> list[_Pending]:
+        first = self._carry or await queue.get()
+        self._carry = None
+        batch, rows = [first], first.rows
+        deadline = time.monotonic() + self._max_wait_s
+        while rows < self._max_batch_size:
+            if queue.empty():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                item = queue.get_nowait()
+            if rows + item.rows > self._max_batch_size:
+                self._carry = item
+                break
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        assert queue is not None
+        while True:
+            batch = await self._next_batch(queue)
+            live = [p for p in batch if not p.future.done()]
+            if not live:
+                continue
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._run_batch, live)
+            except Exception as error:  # a model fault fails this batch's callers, not the worker
+                failure = InferenceFailed(f"model {self._name} failed: {error}")
+                for pending in live:
+                    if not pending.future.done():
+                        pending.future.set_exception(failure)
+                continue
+            for pending, result in zip(live, outputs):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+
+    def _run_batch(self, batch: list[_Pending]) -> list[Tensors]:
+        """Stack, run once, split back. Runs in the executor thread."""
+        started = time.perf_counter()
+        if len(batch) == 1:
+            results = [self._run(batch[0].inputs)]
+        else:
+            names = batch[0].inputs.keys()
+            stacked = {n: np.concatenate([p.inputs[n] for p in batch]) for n in names}
+            outputs = self._run(stacked)
+            offsets = np.cumsum([0] + [p.rows for p in batch])
+            results = [
+                {n: value[offsets[i] : offsets[i + 1]] for n, value in outputs.items()}
+                for i in range(len(batch))
+            ]
+        if self._observe_batch is not None:
+            self._observe_batch(sum(p.rows for p in batch), time.perf_counter() - started)
+        return results
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,164 @@
+"""``gateway``: register models, check a config, serve, and run the demo.
+
+BentoML reads its home (where the model store lives) once at import, so this module sets
+``BENTOML_HOME`` from ``--model-store`` or the config before importing anything that imports BentoML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from service.errors import ConfigError
+
+MODEL_STORE_ENV = "BENTOML_HOME"
+
+
+def _use_model_store(path: Path | None) -> None:
+    if path is not None:
+        os.environ[MODEL_STORE_ENV] = str(Path(path).resolve())
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+
+def _models_add(args: argparse.Namespace) -> int:
+    from service import registry
+
+    labels = (
+        [label.strip() for label in args.class_labels.split(",")] if args.class_labels else None
+    )
+    card = registry.add_model(
+        Path(args.file),
+        args.name,
+        Path(args.reference),
+        version=args.version,
+        task=args.task,
+        label_column=args.label_column,
+        class_labels=labels,
+    )
+    print(
+        f"added {card.tag}: {card.task}, {len(card.feature_names)} features, "
+        f"{card.reference_rows} reference rows, sha256 {card.sha256[:12]}"
+    )
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from service import registry
+
+    cards = registry.list_cards()
+    if args.json:
+        print(json.dumps([json.loads(card.to_json()) for card in cards], indent=2))
+        return 0
+    print(f"{'TAG':32} {'TASK':15} {'FEATURES':>8} {'CLASSES':24} {'SHA256':14} CREATED")
+    for card in cards:
+        classes = ",".join(str(c) for c in card.class_labels)[:24]
+        print(
+            f"{card.tag:32} {card.task:15} {len(card.feature_names):>8} {classes:24} "
+            f"{card.sha256[:12]:14} {card.created_at}"
+        )
+    return 0
+
+
+def _checked_config(path: str):
+    """Load the config, point BentoML at its model store, and check models and device."""
+    from service.config import load_config
+
+    config = load_config(path)
+    _use_model_store(config.model_store)
+    from service.model_pool import plan_models
+
+    plan = plan_models(config)
+    return config, plan
+
+
+def _check(args: argparse.Namespace) -> int:
+    config, plan = _checked_config(args.config)
+    device = "cuda" if "CUDAExecutionProvider" in plan.providers else "cpu"
+    print(
+        f"{args.config}: ok; {len(config.endpoints)} endpoint(s), {len(plan.cards)} model "
+        f"version(s), device {device}"
+    )
+    return 0
+
+
+def serve_command(port: int, host: str) -> list[str]:
+    """The ``bentoml serve`` command line for a config (its env comes from ``serve_env``)."""
+    bentoml_cli = Path(sys.executable).with_name("bentoml")
+    return [str(bentoml_cli), "serve", "service.bento:Gateway", "--port", str(port), "--host", host]
+
+
+def serve_env(config_path: Path) -> dict[str, str]:
+    return {**os.environ, "GATEWAY_CONFIG": str(Path(config_path).resolve())}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config, _ = _checked_config(args.config)
+    port = args.port or config.server.port
+    command = serve_command(port, args.host or config.server.host)
+    os.execve(command[0], command, serve_env(Path(args.config)))
+    return 0  # not reached
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from service.demo.run import run_demo
+
+    return run_demo(Path(args.home), args.port, serve_only=args.serve_only, requests=args.requests)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-store", type=Path, help="BentoML home holding the model store")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="the model registry").add_subparsers(
+        dest="models_command", required=True
+    )
+    add = models.add_parser("add", help="register an ONNX model version with its reference data")
+    add.add_argument("file", help="the .onnx file")
+    add.add_argument("--name", required=True)
+    add.add_argument("--version", help="default: generated")
+    add.add_argument("--reference", required=True, help="reference rows (.csv or .parquet)")
+    add.add_argument("--label-column", default="label")
+    add.add_argument("--task", default="auto", choices=["auto", "classification", "regression"])
+    add.add_argument(
+        "--class-labels", help="comma-separated, in the order of the probability columns"
+    )
+    add.set_defaults(handler=_models_add)
+    listing = models.add_parser("list", help="list registered model versions")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_models_list)
+
+    check = commands.add_parser("check", help="validate a config, its models and the device")
+    check.add_argument("--config", required=True)
+    check.set_defaults(handler=_check)
+
+    serve = commands.add_parser("serve", help="start the gateway (bentoml serve)")
+    serve.add_argument("--config", required=True)
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--host")
+    serve.set_defaults(handler=_serve)
+
+    demo = commands.add_parser("demo", help="build demo models, serve them, drive traffic")
+    demo.add_argument("--home", required=True, help="directory for models, store and config")
+    demo.add_argument("--port", type=int, default=3000)
+    demo.add_argument("--serve-only", action="store_true", help="skip the traffic driver")
+    demo.add_argument("--requests", type=int, default=2000, help="requests the driver sends")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _use_model_store(args.model_store)
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        print(f"gateway: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Wire formats: turning request bodies into named tensors and model outputs into answers."""

@@ -1,0 +1,242 @@
+"""Open Inference Protocol v2 REST bodies, JSON and with Triton's binary tensor extension.
+
+The binary extension puts raw little-endian tensors after the JSON header; the header's length comes
+in ``Inference-Header-Content-Length``. Inputs sent that way carry ``parameters.binary_data_size``
+instead of ``data``; outputs are sent that way when asked for (``parameters.binary_data`` per output,
+or ``binary_data_output`` for all). Every way a body can be malformed is a ``BadRequest`` naming it.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+from service.errors import BadRequest
+from service.tensors import OIP_TO_NUMPY, oip_datatype_of
+
+Tensors = dict[str, np.ndarray]
+HEADER_LENGTH = "inference-header-content-length"
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded infer request: tensors by name and how the caller wants the outputs."""
+
+    id: str | None
+    inputs: Tensors
+    outputs: tuple[str, ...] | None
+    binary_outputs: frozenset[str]
+    all_binary: bool
+
+
+def _decode_json(data: bytes) -> object:
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError as error:
+        raise BadRequest(f"malformed JSON: {error}") from None
+
+
+def _shape(tensor: dict, name: str) -> tuple[int, ...]:
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    return tuple(shape)
+
+
+def _from_json_data(data: object, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise BadRequest(f"input {name!r}: 'data' must be a list")
+    try:
+        raw = np.asarray(data, dtype=object if datatype == "BYTES" else None)
+    except ValueError:
+        raise BadRequest(f"input {name!r}: 'data' is ragged (rows of different lengths)") from None
+    if raw.size != math.prod(shape):
+        raise BadRequest(
+            f"input {name!r}: shape {list(shape)} needs {math.prod(shape)} values, got {raw.size}"
+        )
+    kind = raw.dtype.kind
+    if datatype == "BYTES":
+        if not all(isinstance(x, str) for x in raw.flat):
+            raise BadRequest(f"input {name!r}: BYTES data must be strings")
+        return raw.reshape(shape)
+    target = OIP_TO_NUMPY[datatype]
+    allowed = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}[target.kind]
+    if raw.size and kind not in allowed:
+        raise BadRequest(f"input {name!r}: data does not fit datatype {datatype}")
+    if target.kind in "iu" and kind in "iu":
+        info = np.iinfo(target)
+        if raw.size and (raw.min() < info.min or raw.max() > info.max):
+            raise BadRequest(f"input {name!r}: values out of range for {datatype}")
+    return raw.astype(target).reshape(shape)
+
+
+def _split_bytes_tensor(blob: bytes, count: int, name: str) -> np.ndarray:
+    items, offset = [], 0
+    while offset < len(blob):
+        if offset + 4 > len(blob):
+            raise BadRequest(f"input {name!r}: truncated BYTES element length")
+        (length,) = struct.unpack_from("<I", blob, offset)
+        offset += 4
+        if offset + length > len(blob):
+            raise BadRequest(f"input {name!r}: BYTES element runs past binary_data_size")
+        try:
+            items.append(blob[offset : offset + length].decode())
+        except UnicodeDecodeError:
+            raise BadRequest(f"input {name!r}: BYTES element is not UTF-8") from None
+        offset += length
+    if len(items) != count:
+        raise BadRequest(f"input {name!r}: shape needs {count} BYTES elements, got {len(items)}")
+    return np.array(items, dtype=object)
+
+
+def _from_binary(blob: bytes, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return _split_bytes_tensor(blob, count, name).reshape(shape)
+    dtype = OIP_TO_NUMPY[datatype].newbyteorder("<")
+    if len(blob) != count * dtype.itemsize:
+        raise BadRequest(
+            f"input {name!r}: binary_data_size {len(blob)} does not match shape {list(shape)} "
+            f"of {datatype} ({count * dtype.itemsize} bytes)"
+        )
+    return np.frombuffer(blob, dtype=dtype).astype(dtype.newbyteorder("=")).reshape(shape)
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise BadRequest("Inference-Header-Content-Length must be an integer") from None
+    if not 0 < length <= len(body):
+        raise BadRequest(
+            f"Inference-Header-Content-Length {length} is outside the body of {len(body)} bytes"
+        )
+    return body[:length], body[length:]
+
+
+def _parameters(holder: dict, what: str) -> dict:
+    parameters = holder.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"{what}: 'parameters' must be an object")
+    return parameters
+
+
+def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+    """Decode an infer body (JSON, or JSON header + binary tensors)."""
+    header, binary = _split_body(body, header_length)
+    request = _decode_json(header)
+    if not isinstance(request, dict):
+        raise BadRequest("the request body must be a JSON object")
+    raw_inputs = request.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise BadRequest("'inputs' must be a non-empty list of tensors")
+    inputs: Tensors = {}
+    offset = 0
+    for position, tensor in enumerate(raw_inputs):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise BadRequest(f"inputs[{position}] must be an object with a string 'name'")
+        name = tensor["name"]
+        if name in inputs:
+            raise BadRequest(f"input {name!r} is given twice")
+        datatype = tensor.get("datatype")
+        if datatype not in OIP_TO_NUMPY:
+            raise BadRequest(
+                f"input {name!r}: unknown datatype {datatype!r}; one of {sorted(OIP_TO_NUMPY)}"
+            )
+        shape = _shape(tensor, name)
+        size = _parameters(tensor, f"input {name!r}").get("binary_data_size")
+        if size is None:
+            if "data" not in tensor:
+                raise BadRequest(f"input {name!r} has neither 'data' nor binary_data_size")
+            inputs[name] = _from_json_data(tensor["data"], datatype, shape, name)
+            continue
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
+        if offset + size > len(binary):
+            raise BadRequest(
+                f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                f"({len(binary) - offset} binary bytes left)"
+            )
+        inputs[name] = _from_binary(binary[offset : offset + size], datatype, shape, name)
+        offset += size
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} trailing binary bytes after the last input")
+    return _with_output_request(request, inputs)
+
+
+def _with_output_request(request: dict, inputs: Tensors) -> InferRequest:
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest("'id' must be a string")
+    all_binary = bool(_parameters(request, "request").get("binary_data_output", False))
+    raw_outputs = request.get("outputs")
+    if raw_outputs is None:
+        return InferRequest(request_id, inputs, None, frozenset(), all_binary)
+    if not isinstance(raw_outputs, list):
+        raise BadRequest("'outputs' must be a list")
+    names, binary = [], set()
+    for position, output in enumerate(raw_outputs):
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise BadRequest(f"outputs[{position}] must be an object with a string 'name'")
+        names.append(output["name"])
+        if _parameters(output, f"output {output['name']!r}").get("binary_data", False):
+            binary.add(output["name"])
+    return InferRequest(request_id, inputs, tuple(names), frozenset(binary), all_binary)
+
+
+def _bytes_tensor(array: np.ndarray) -> bytes:
+    parts = []
+    for item in array.reshape(-1):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _json_data(array: np.ndarray, datatype: str) -> list:
+    flat = array.reshape(-1)
+    if datatype == "BYTES":
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in flat]
+    return flat.tolist()
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: str,
+    request: InferRequest,
+    outputs: Tensors,
+) -> tuple[bytes, int | None]:
+    """The answer body, and the JSON header's length when binary tensors follow it (else None)."""
+    names = request.outputs if request.outputs is not None else tuple(outputs)
+    header_outputs, blobs = [], []
+    for name in names:
+        array = outputs[name]
+        datatype = oip_datatype_of(array)
+        tensor: dict = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if request.all_binary or name in request.binary_outputs:
+            blob = (
+                _bytes_tensor(array)
+                if datatype == "BYTES"
+                else np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            )
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            tensor["data"] = _json_data(array, datatype)
+        header_outputs.append(tensor)
+    answer: dict = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:
+        answer["id"] = request.id
+    answer["outputs"] = header_outputs
+    header = msgspec.json.encode(answer)
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), len(header)

@@ -1,0 +1,100 @@
+"""The plain JSON prediction API: ``{"instances": [row, ...]}`` in, one prediction per row out.
+
+A row is a list of feature values in the model's order, or an object ``{feature: value}``. A
+prediction is ``{"label", "probabilities": {class: p}}`` for a classifier and ``{"value"}`` for a
+regressor.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+
+from service.errors import BadRequest
+from service.model_card import ModelCard
+from service.tensors import OIP_TO_NUMPY
+
+Tensors = dict[str, np.ndarray]
+
+
+def decode_instances(body: bytes) -> list:
+    """The request's rows, not yet checked against a model."""
+    try:
+        request = msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise BadRequest(f"malformed JSON: {error}") from None
+    if not isinstance(request, dict) or "instances" not in request:
+        raise BadRequest('the body must be a JSON object {"instances": [row, ...]}')
+    unknown = sorted(set(request) - {"instances"})
+    if unknown:
+        raise BadRequest(f"unknown field(s) {unknown}; the body takes only 'instances'")
+    instances = request["instances"]
+    if not isinstance(instances, list):
+        raise BadRequest("'instances' must be a list of rows")
+    if not instances:
+        raise BadRequest("empty batch: 'instances' has no rows")
+    return instances
+
+
+def _record_to_row(record: dict, card: ModelCard, position: int) -> list:
+    missing = [f for f in card.feature_names if f not in record]
+    if missing:
+        raise BadRequest(f"instances[{position}] is missing feature(s) {missing[:10]}")
+    if len(record) != len(card.feature_names):
+        unknown = sorted(set(record) - set(card.feature_names))
+        raise BadRequest(f"instances[{position}] has unknown feature(s) {unknown[:10]}")
+    return [record[f] for f in card.feature_names]
+
+
+def instances_to_tensors(instances: list, card: ModelCard) -> Tensors:
+    """Pack rows into the model's [rows, features] input, in the model's feature order."""
+    rows = [
+        _record_to_row(row, card, i) if isinstance(row, dict) else row
+        for i, row in enumerate(instances)
+    ]
+    width = len(card.feature_names)
+    for position, row in enumerate(rows):
+        if not isinstance(row, list):
+            raise BadRequest(f"instances[{position}] must be a list or an object of features")
+        if len(row) != width:
+            raise BadRequest(
+                f"instances[{position}] has {len(row)} values; model {card.tag} takes {width} "
+                f"features {list(card.feature_names)[:10]}"
+            )
+    try:
+        array = np.asarray(rows)
+    except ValueError:
+        raise BadRequest("instances must hold only numbers") from None
+    if array.dtype.kind not in "biuf":
+        raise BadRequest("instances must hold only numbers")
+    spec = card.feature_input
+    return {spec.name: array.astype(OIP_TO_NUMPY[spec.datatype])}
+
+
+class PredictionEncoder:
+    """Turns a model's outputs into per-row predictions; one per model version (labels cached)."""
+
+    def __init__(self, card: ModelCard) -> None:
+        self.card = card
+        self.class_keys = [str(label) for label in card.class_labels]
+        self.class_labels = np.asarray(card.class_labels, dtype=object)
+
+    def predictions(self, outputs: Tensors) -> list[dict]:
+        card = self.card
+        if card.task == "regression":
+            return [{"value": v} for v in outputs[card.value_output].reshape(-1).tolist()]
+        probabilities = (
+            outputs[card.probability_output].tolist() if card.probability_output else None
+        )
+        if card.label_output:
+            labels = outputs[card.label_output].reshape(-1)
+            labels = [x.decode() if isinstance(x, bytes) else x for x in labels.tolist()]
+        else:
+            labels = self.class_labels[np.asarray(probabilities).argmax(axis=1)].tolist()
+        if probabilities is None:
+            return [{"label": label} for label in labels]
+        keys = self.class_keys
+        return [
+            {"label": label, "probabilities": dict(zip(keys, row))}
+            for label, row in zip(labels, probabilities)
+        ]

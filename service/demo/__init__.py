@@ -1,0 +1,1 @@
+"""The demo: models built from scikit-learn's bundled data sets, a config, a gateway, traffic."""

@@ -1,0 +1,96 @@
+"""``gateway demo``: build and register the demo models, write a config, serve, drive traffic.
+
+Everything lives under ``--home``: the built models, the BentoML model store and ``gateway.yaml``.
+Running it again reuses what is there. With ``--serve-only`` the gateway just serves until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from service.cli import serve_command, serve_env
+
+DEMO_CONFIG = {
+    "server": {"workers": 1},
+    "device": "auto",
+    "model_store": "bentoml",
+    "endpoints": {
+        "cancer": {
+            "variants": [
+                {"name": "stable", "model": "cancer:v1", "weight": 90, "role": "stable"},
+                {"name": "candidate", "model": "cancer:v2", "weight": 10, "role": "candidate"},
+            ]
+        },
+        "diabetes": {"variants": [{"name": "stable", "model": "diabetes:v1"}]},
+    },
+}
+
+
+def prepare_home(home: Path) -> Path:
+    """Build and register the demo models under ``home`` (once) and write the config; return it."""
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["BENTOML_HOME"] = str((home / "bentoml").resolve())
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    from service import registry
+    from service.demo.models import build_demo_models
+    from service.errors import ConfigError
+
+    for model in build_demo_models(home / "models"):
+        try:
+            registry.model_dir(f"{model.name}:{model.version}")
+            continue
+        except ConfigError:
+            pass
+        card = registry.add_model(
+            model.onnx_path, model.name, model.reference_path, version=model.version
+        )
+        print(f"registered {card.tag} ({card.task}, sha256 {card.sha256[:12]})")
+    config_path = home / "gateway.yaml"
+    config_path.write_text(yaml.safe_dump(DEMO_CONFIG, sort_keys=False))
+    return config_path
+
+
+def wait_ready(base_url: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:
+    """Poll ``/readyz`` until the gateway is ready; fail if it exits or takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the gateway was not ready within {timeout_s:.0f} s")
+
+
+def run_demo(home: Path, port: int, *, serve_only: bool, requests: int) -> int:
+    config_path = prepare_home(home)
+    base_url = f"http://127.0.0.1:{port}"
+    command = serve_command(port, "127.0.0.1")
+    process = subprocess.Popen(command, env=serve_env(config_path), start_new_session=True)
+    try:
+        wait_ready(base_url, process)
+        print(f"gateway ready at {base_url} (config {config_path})")
+        if not serve_only:
+            from service.demo.traffic import drive_traffic
+
+            drive_traffic(base_url, home / "models", requests)
+        print("serving; press Ctrl-C to stop")
+        return process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)

@@ -1,0 +1,104 @@
+"""The demo's traffic driver: replays held-out rows through the canary and summarises what it saw.
+
+Requests carry a user id (``x-user-id``) so later routing can keep users sticky; one in five goes
+through the OIP API instead of the plain one. The summary shows each variant's share of traffic,
+its accuracy on the known labels and its latency, as the monitor will later do continuously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import aiohttp
+import pandas as pd
+
+from service.demo.models import LABEL
+
+CONCURRENCY = 8
+
+
+async def _plain(
+    session: aiohttp.ClientSession, url: str, row: dict, user: str
+) -> tuple[str, object]:
+    async with session.post(url, json={"instances": [row]}, headers={"x-user-id": user}) as answer:
+        answer.raise_for_status()
+        body = await answer.json()
+        return body["variant"], body["predictions"][0]["label"]
+
+
+async def _oip(
+    session: aiohttp.ClientSession, url: str, row: dict, user: str
+) -> tuple[str, object]:
+    request = {
+        "inputs": [
+            {"name": "X", "datatype": "FP32", "shape": [1, len(row)], "data": list(row.values())}
+        ],
+        "outputs": [{"name": "label"}],
+    }
+    async with session.post(url, json=request, headers={"x-user-id": user}) as answer:
+        answer.raise_for_status()
+        body = await answer.json()
+        return answer.headers["x-gateway-variant"], body["outputs"][0]["data"][0]
+
+
+async def _drive(base_url: str, rows: pd.DataFrame, requests: int) -> dict:
+    stats: dict = defaultdict(lambda: {"n": 0, "correct": 0, "latency": []})
+    errors = 0
+    queue: asyncio.Queue = asyncio.Queue()
+    rng = random.Random(0)
+    for i in range(requests):
+        queue.put_nowait((i, rows.iloc[rng.randrange(len(rows))]))
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        while not queue.empty():
+            i, row = queue.get_nowait()
+            features = row.drop(LABEL).astype(float).to_dict()
+            user = f"user-{rng.randrange(500)}"
+            started = time.perf_counter()
+            try:
+                if i % 5 == 4:
+                    variant, label = await _oip(
+                        session, f"{base_url}/v2/models/cancer/infer", features, user
+                    )
+                else:
+                    variant, label = await _plain(
+                        session, f"{base_url}/predict/cancer", features, user
+                    )
+            except aiohttp.ClientError:
+                errors += 1
+                continue
+            entry = stats[variant]
+            entry["n"] += 1
+            entry["correct"] += int(label == row[LABEL])
+            entry["latency"].append(time.perf_counter() - started)
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(worker(session) for _ in range(CONCURRENCY)))
+    return {"variants": dict(stats), "errors": errors}
+
+
+def drive_traffic(base_url: str, models_dir: Path, requests: int) -> None:
+    rows = pd.read_csv(models_dir / "cancer-test.csv")
+    print(f"driving {requests} requests through the cancer canary (90/10)...")
+    started = time.perf_counter()
+    result = asyncio.run(_drive(base_url, rows, requests))
+    elapsed = time.perf_counter() - started
+    total = sum(v["n"] for v in result["variants"].values())
+    print(
+        f"{total} answered in {elapsed:.1f} s ({total / elapsed:.0f} req/s), "
+        f"{result['errors']} errors"
+    )
+    for name, entry in sorted(result["variants"].items()):
+        latency = sorted(entry["latency"])
+        p99 = latency[int(0.99 * (len(latency) - 1))]
+        print(
+            f"  {name:10} share {entry['n'] / total:6.1%}  accuracy "
+            f"{entry['correct'] / entry['n']:6.1%}  p50 {statistics.median(latency) * 1000:.1f} ms"
+            f"  p99 {p99 * 1000:.1f} ms"
+        )

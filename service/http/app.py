@@ -1,0 +1,33 @@
+"""The Starlette app BentoML mounts at ``/``: plain JSON predictions and OIP v2.
+
+It is built once at import (BentoML mounts apps at class definition); each worker's ``Gateway`` is
+attached to ``app.state.gateway`` when the BentoML service starts in that worker.
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from starlette.requests import Request
+
+from service.errors import NotFound
+from service.http import oip
+from service.http.predict import list_endpoints, predict
+from service.http.responses import EXCEPTION_HANDLERS
+
+
+async def no_such_route(request: Request) -> None:
+    """JSON 404 for unknown paths under the gateway's own prefixes (BentoML owns the rest)."""
+    raise NotFound(f"no route {request.method} {request.url.path}")
+
+
+def build_app() -> Starlette:
+    routes = [
+        Route("/predict/{endpoint}", predict, methods=["POST"]),
+        Route("/endpoints", list_endpoints, methods=["GET"]),
+        *oip.ROUTES,
+        Route("/v2/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
+        Route("/predict/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
+    ]
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)

@@ -1,0 +1,163 @@
+"""The Open Inference Protocol v2 REST API (KServe v2 / Triton), so tritonclient works unchanged.
+
+An OIP model is a gateway endpoint; ``/versions/{v}`` pins the variant serving model version v.
+Health answers are judged by status code only; errors are ``{"error": message}``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route as HttpRoute
+
+from service.codecs.oip import HEADER_LENGTH, decode_infer_request, encode_infer_response
+from service.dataplane import Endpoint, Route
+from service.errors import BadRequest
+from service.http.body import read_body
+from service.http.common import answer_headers, assign_request_id, gateway_of
+from service.http.responses import json_response
+from service.tensors import TensorSpec
+
+try:
+    SERVER_VERSION = version("onnx-gateway")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    SERVER_VERSION = "0+unknown"
+
+TRITON_TYPES = {"BYTES": "TYPE_STRING"}
+
+
+def _route(request: Request) -> tuple[Endpoint, Route]:
+    """The endpoint named in the path and the variant its ``/versions/{v}`` names (if any)."""
+    endpoint = gateway_of(request).dataplane.endpoint(request.path_params["model"])
+    pinned = request.path_params.get("version")
+    return endpoint, endpoint.route(model_version=pinned) if pinned else None
+
+
+def _described(endpoint: Endpoint, route: Route | None):
+    return route.model if route else endpoint.primary
+
+
+async def server_metadata(request: Request) -> Response:
+    return json_response(
+        {
+            "name": "onnx-gateway",
+            "version": SERVER_VERSION,
+            "extensions": ["binary_tensor_data", "model_repository"],
+        }
+    )
+
+
+async def server_live(request: Request) -> Response:
+    return json_response({"live": True})
+
+
+async def server_ready(request: Request) -> Response:
+    gateway_of(request)
+    return json_response({"ready": True})
+
+
+async def model_ready(request: Request) -> Response:
+    endpoint, route = _route(request)
+    return json_response({"name": endpoint.name, "ready": True})
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+async def model_metadata(request: Request) -> Response:
+    endpoint, route = _route(request)
+    card = _described(endpoint, route).card
+    versions = [v.model_version for v in endpoint.router.variants]
+    return json_response(
+        {
+            "name": endpoint.name,
+            "versions": [route.variant.model_version] if route else versions,
+            "platform": "onnxruntime_onnx",
+            "inputs": [_tensor_metadata(s) for s in card.inputs],
+            "outputs": [_tensor_metadata(s) for s in card.outputs],
+        }
+    )
+
+
+def _triton_tensor(spec: TensorSpec, batched: bool) -> dict:
+    dims = list(spec.shape[1:] if batched else spec.shape) or [1]
+    data_type = TRITON_TYPES.get(spec.datatype, f"TYPE_{spec.datatype}")
+    return {"name": spec.name, "data_type": data_type, "dims": dims}
+
+
+async def model_config(request: Request) -> Response:
+    """A Triton-style model config (perf_analyzer and tritonclient read it)."""
+    endpoint, route = _route(request)
+    card = _described(endpoint, route).card
+    batched = all(s.batched for s in card.inputs + card.outputs)
+    limits = gateway_of(request).config.limits
+    return json_response(
+        {
+            "name": endpoint.name,
+            "platform": "onnxruntime_onnx",
+            "backend": "onnxruntime",
+            "max_batch_size": limits.max_rows if batched else 0,
+            "input": [_triton_tensor(s, batched) for s in card.inputs],
+            "output": [_triton_tensor(s, batched) for s in card.outputs],
+        }
+    )
+
+
+async def repository_index(request: Request) -> Response:
+    gateway = gateway_of(request)
+    index = [
+        {"name": name, "version": variant.model_version, "state": "READY"}
+        for name, endpoint in gateway.dataplane.endpoints.items()
+        for variant in endpoint.router.variants
+    ]
+    return json_response(index)
+
+
+async def infer(request: Request) -> Response:
+    gateway = gateway_of(request)
+    request_id = assign_request_id(request)
+    endpoint, pinned = _route(request)
+    with gateway.account(endpoint.name, "oip") as account:
+        body = await read_body(request, gateway.config.limits.max_body_bytes)
+        decoded = decode_infer_request(body, request.headers.get(HEADER_LENGTH))
+        route = account.route = pinned or endpoint.route()
+        card = route.model.card
+        if decoded.outputs is not None:
+            known = {s.name for s in card.outputs}
+            unknown = sorted(set(decoded.outputs) - known)
+            if unknown:
+                raise BadRequest(
+                    f"unknown output(s) {unknown}; model {card.tag} has {sorted(known)}"
+                )
+        outputs = await gateway.dataplane.infer(route, decoded.inputs)
+        content, header_length = encode_infer_response(
+            endpoint.name, card.version, decoded, outputs
+        )
+    headers = answer_headers(request_id, route.variant.name, card.version)
+    if header_length is None:
+        return Response(content, headers=headers, media_type="application/json")
+    headers["Inference-Header-Content-Length"] = str(header_length)
+    return Response(content, headers=headers, media_type="application/octet-stream")
+
+
+def _with_versions(path: str, endpoint, methods: list[str]) -> list[HttpRoute]:
+    """The route for ``/v2/models/{model}{path}`` and its ``/versions/{version}`` twin."""
+    return [
+        HttpRoute(f"/v2/models/{{model}}{path}", endpoint, methods=methods),
+        HttpRoute(f"/v2/models/{{model}}/versions/{{version}}{path}", endpoint, methods=methods),
+    ]
+
+
+ROUTES = [
+    HttpRoute("/v2", server_metadata, methods=["GET"]),
+    HttpRoute("/v2/health/live", server_live, methods=["GET"]),
+    HttpRoute("/v2/health/ready", server_ready, methods=["GET"]),
+    HttpRoute("/v2/repository/index", repository_index, methods=["POST"]),
+    *_with_versions("", model_metadata, ["GET"]),
+    *_with_versions("/ready", model_ready, ["GET"]),
+    *_with_versions("/config", model_config, ["GET"]),
+    *_with_versions("/infer", infer, ["POST"]),
+]

@@ -1,0 +1,77 @@
+"""The gateway's Prometheus metrics (prometheus_client, multiprocess-safe under BentoML workers).
+
+BentoML starts its workers with ``PROMETHEUS_MULTIPROC_DIR`` set and serves ``/metrics`` from every
+worker's files, so these series appear there summed over workers. Gauges name their multiprocess
+mode. Label values are bounded: endpoint, variant, model and version come from the config, outcome
+from a fixed set.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+OUTCOMES = ("ok", "client_error", "rejected", "error")
+
+
+def latency_buckets(slo_seconds: float) -> tuple[float, ...]:
+    """The standard latency buckets plus one exactly on the SLO, so SLO ratios need no guessing."""
+    return tuple(sorted({*LATENCY_BUCKETS, slo_seconds}))
+
+
+class GatewayMetrics:
+    """All series the gateway writes; one instance per process."""
+
+    def __init__(self, latency_slo_seconds: float) -> None:
+        self.requests = Counter(
+            "gateway_requests_total",
+            "Prediction requests answered, by endpoint, variant, model version and outcome.",
+            ["endpoint", "variant", "model_version", "protocol", "outcome"],
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request received to answer ready, per endpoint and variant.",
+            ["endpoint", "variant"],
+            buckets=latency_buckets(latency_slo_seconds),
+        )
+        self.inference_duration = Histogram(
+            "gateway_inference_duration_seconds",
+            "Time one onnxruntime run (one batch) took.",
+            ["model", "model_version"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self.batch_rows = Histogram(
+            "gateway_inference_batch_rows",
+            "Rows per onnxruntime run: how well concurrent requests are coalesced.",
+            ["model", "model_version"],
+            buckets=BATCH_ROW_BUCKETS,
+        )
+        self.in_flight = Gauge(
+            "gateway_in_flight_requests",
+            "Prediction requests being handled now.",
+            ["endpoint"],
+            multiprocess_mode="livesum",
+        )
+        self.queue_rejections = Counter(
+            "gateway_queue_rejections_total",
+            "Requests refused with 429 because the model's queue was full.",
+            ["endpoint", "variant"],
+        )
+        self.model_loaded = Gauge(
+            "gateway_model_loaded",
+            "1 when a model version is loaded, with the execution provider actually in use.",
+            ["model", "model_version", "provider"],
+            multiprocess_mode="livemax",
+        )
+
+    def batch_observer(self, model: str, version: str):
+        """A callback for ``Batcher`` that records each batch's rows and run time."""
+        rows = self.batch_rows.labels(model, version)
+        duration = self.inference_duration.labels(model, version)
+
+        def observe(batch_rows: int, seconds: float) -> None:
+            rows.observe(batch_rows)
+            duration.observe(seconds)
+
+        return observe

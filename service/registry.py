@@ -1,0 +1,227 @@
+"""The model registry: model versions in BentoML's model store, each with its card and reference data.
+
+Why BentoML's store: the tags (``name:version``), listing, export/import and ``bentoml build``
+packaging come for free, and operators already know ``bentoml models list``. Each entry's directory
+holds ``model.onnx``, ``gateway.json`` (the ``ModelCard``) and ``reference.parquet`` (the reference
+sample: features, labels and the model's own predictions on them, which drift and the offline gate
+compare against).
+
+BentoML reads its home (``BENTOML_HOME``) once at import: callers that need another store set the
+environment variable before importing this module (``service.cli`` does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import pandas as pd
+from bentoml.exceptions import BentoMLException, NotFound
+
+from service.errors import ConfigError
+from service.model_card import (
+    CARD_FILE,
+    MODEL_FILE,
+    REFERENCE_FILE,
+    ModelCard,
+    inspect_onnx,
+    pick_task_outputs,
+)
+from service.runtime import ModelSession
+from service.tensors import FLOAT_TYPES, OIP_TO_NUMPY
+
+MAX_REFERENCE_ROWS = 50_000
+PREDICTION_COLUMN = "prediction"
+PROBABILITY_PREFIX = "proba_"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file of reference rows."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read reference data {path}: {error}") from None
+    raise ConfigError(f"reference data must be .csv or .parquet, got {path.name}")
+
+
+def _check_reference(card_inputs, reference: pd.DataFrame, label_column: str) -> list[str]:
+    """Check the reference against the graph; return the feature column names in input order."""
+    if len(card_inputs) != 1 or len(card_inputs[0].shape) != 2:
+        shapes = {t.name: list(t.shape) for t in card_inputs}
+        raise ConfigError(
+            f"the gateway serves tabular models with one [rows, features] input; this graph has "
+            f"inputs {shapes}"
+        )
+    feature_input = card_inputs[0]
+    if label_column not in reference.columns:
+        raise ConfigError(
+            f"reference data has no label column {label_column!r} (columns: "
+            f"{list(reference.columns)[:12]}...); name it with --label-column"
+        )
+    ignored = {label_column, PREDICTION_COLUMN}
+    features = [
+        c for c in reference.columns if c not in ignored and not c.startswith(PROBABILITY_PREFIX)
+    ]
+    width = feature_input.shape[1]
+    if width != -1 and len(features) != width:
+        raise ConfigError(
+            f"schema mismatch: input {feature_input.name!r} takes {width} features but the "
+            f"reference data has {len(features)} feature columns ({features[:8]}...)"
+        )
+    if not features:
+        raise ConfigError("reference data has no feature columns")
+    if len(reference) == 0:
+        raise ConfigError("reference data has no rows")
+    if feature_input.datatype in FLOAT_TYPES or feature_input.datatype.startswith(("INT", "UINT")):
+        non_numeric = [c for c in features if not pd.api.types.is_numeric_dtype(reference[c])]
+        if non_numeric:
+            raise ConfigError(
+                f"schema mismatch: input {feature_input.name!r} is {feature_input.datatype} but "
+                f"reference columns {non_numeric[:8]} are not numeric"
+            )
+        if reference[features].isna().to_numpy().any():
+            raise ConfigError("reference data has missing values in feature columns")
+    return features
+
+
+def _reference_with_predictions(
+    model_path: Path, card: ModelCard, reference: pd.DataFrame
+) -> pd.DataFrame:
+    """The reference rows plus the model's own predictions on them."""
+    session = ModelSession(model_path, card, providers=["CPUExecutionProvider"])
+    dtype = OIP_TO_NUMPY[card.feature_input.datatype]
+    features = reference[list(card.feature_names)].to_numpy(dtype=dtype)
+    try:
+        outputs = session.run({card.feature_input.name: features})
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise ConfigError(f"the model fails on its reference data: {error}") from None
+    table = reference[[*card.feature_names, card.label_column]].copy()
+    if card.task == "classification":
+        if card.label_output:
+            table[PREDICTION_COLUMN] = np.asarray(outputs[card.label_output]).reshape(-1)
+        if card.probability_output:
+            probabilities = np.asarray(outputs[card.probability_output])
+            if card.class_labels and probabilities.shape[1] != len(card.class_labels):
+                raise ConfigError(
+                    f"output {card.probability_output!r} has {probabilities.shape[1]} columns but "
+                    f"there are {len(card.class_labels)} class labels {list(card.class_labels)}"
+                )
+            for index, label in enumerate(card.class_labels):
+                table[f"{PROBABILITY_PREFIX}{label}"] = probabilities[:, index]
+            if not card.label_output:
+                labels = np.asarray(card.class_labels, dtype=object)
+                table[PREDICTION_COLUMN] = labels[probabilities.argmax(axis=1)]
+    else:
+        table[PREDICTION_COLUMN] = np.asarray(outputs[card.value_output]).reshape(-1)
+    return table
+
+
+def add_model(
+    model_file: Path,
+    name: str,
+    reference_file: Path,
+    *,
+    version: str | None = None,
+    task: str = "auto",
+    label_column: str = "label",
+    class_labels: list | None = None,
+) -> ModelCard:
+    """Validate an ONNX file against its reference data and store both as ``name:version``."""
+    model_file, reference_file = Path(model_file), Path(reference_file)
+    if not model_file.is_file():
+        raise ConfigError(f"model file {model_file} does not exist")
+    signature = inspect_onnx(model_file)
+    task_name, label_output, probability_output, value_output = pick_task_outputs(
+        signature.outputs, task
+    )
+    reference = read_table(reference_file)
+    features = _check_reference(signature.inputs, reference, label_column)
+    if len(reference) > MAX_REFERENCE_ROWS:
+        reference = reference.sample(MAX_REFERENCE_ROWS, random_state=0)
+    labels: tuple = ()
+    if task_name == "classification":
+        labels = tuple(class_labels or signature.graph_class_labels) or tuple(
+            sorted(reference[label_column].unique().tolist())
+        )
+        unknown = set(reference[label_column].unique().tolist()) - set(labels)
+        if unknown:
+            raise ConfigError(
+                f"reference labels {sorted(unknown)[:8]} are not among the model's classes "
+                f"{list(labels)}"
+            )
+    card = ModelCard(
+        name=name,
+        version=version or "",
+        sha256=_sha256(model_file),
+        task=task_name,
+        inputs=signature.inputs,
+        outputs=signature.outputs,
+        feature_names=tuple(features),
+        label_column=label_column,
+        class_labels=labels,
+        label_output=label_output,
+        probability_output=probability_output,
+        value_output=value_output,
+        reference_rows=len(reference),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    table = _reference_with_predictions(model_file, card, reference)
+    tag = f"{name}:{version}" if version else name
+    try:
+        with bentoml.models.create(
+            tag, labels={"task": task_name}, metadata={"sha256": card.sha256, "gateway": "onnx"}
+        ) as entry:
+            stored = Path(entry.path)
+            card = ModelCard(**{**card.__dict__, "version": entry.tag.version})
+            shutil.copyfile(model_file, stored / MODEL_FILE)
+            table.to_parquet(stored / REFERENCE_FILE, index=False)
+            (stored / CARD_FILE).write_text(card.to_json())
+    except BentoMLException as error:
+        raise ConfigError(f"cannot store {tag}: {error}") from None
+    return card
+
+
+def model_dir(tag: str) -> Path:
+    """The store directory of a registered model version; ``ConfigError`` if it is not there."""
+    try:
+        entry = bentoml.models.get(tag)
+    except (NotFound, BentoMLException, ValueError):
+        raise ConfigError(f"model {tag} is not in the model store") from None
+    path = Path(entry.path)
+    if not (path / CARD_FILE).is_file():
+        raise ConfigError(f"model {tag} was not added by the gateway (no {CARD_FILE})")
+    return path
+
+
+def load_card(tag: str) -> ModelCard:
+    return ModelCard.read(model_dir(tag))
+
+
+def load_reference(tag: str) -> pd.DataFrame:
+    return pd.read_parquet(model_dir(tag) / REFERENCE_FILE)
+
+
+def list_cards() -> list[ModelCard]:
+    """Every gateway model in the store, newest first."""
+    cards = []
+    for entry in bentoml.models.list():
+        card_path = Path(entry.path) / CARD_FILE
+        if card_path.is_file():
+            cards.append(ModelCard.read(Path(entry.path)))
+    return sorted(cards, key=lambda card: card.created_at, reverse=True)

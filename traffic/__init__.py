@@ -1,0 +1,1 @@
+"""Traffic: which variant of an endpoint answers a request. Pure logic: no HTTP, no BentoML."""
