@@ -104,7 +104,10 @@ def _reference_with_predictions(
     model_path: Path, card: ModelCard, reference: pd.DataFrame
 ) -> pd.DataFrame:
     """The reference rows plus the model's own predictions on them."""
-    session = ModelSession(model_path, card, providers=["CPUExecutionProvider"])
+    try:
+        session = ModelSession(model_path, card, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise ConfigError(f"onnxruntime cannot load the model: {error}") from None
     dtype = OIP_TO_NUMPY[card.feature_input.datatype]
     features = reference[list(card.feature_names)].to_numpy(dtype=dtype)
     try:

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import yaml
 
-from service.cli import serve_command, serve_env
+from service.launch import running_gateway
 
 DEMO_CONFIG = {
     "server": {"workers": 1},
@@ -58,39 +54,17 @@ def prepare_home(home: Path) -> Path:
     return config_path
 
 
-def wait_ready(base_url: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:
-    """Poll ``/readyz`` until the gateway is ready; fail if it exits or takes too long."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the gateway exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the gateway was not ready within {timeout_s:.0f} s")
-
-
 def run_demo(home: Path, port: int, *, serve_only: bool, requests: int) -> int:
     config_path = prepare_home(home)
-    base_url = f"http://127.0.0.1:{port}"
-    command = serve_command(port, "127.0.0.1")
-    process = subprocess.Popen(command, env=serve_env(config_path), start_new_session=True)
     try:
-        wait_ready(base_url, process)
-        print(f"gateway ready at {base_url} (config {config_path})")
-        if not serve_only:
-            from service.demo.traffic import drive_traffic
+        with running_gateway(config_path, port) as base_url:
+            print(f"gateway ready at {base_url} (config {config_path})")
+            if not serve_only:
+                from service.demo.traffic import drive_traffic
 
-            drive_traffic(base_url, home / "models", requests)
-        print("serving; press Ctrl-C to stop")
-        return process.wait()
+                drive_traffic(base_url, home / "models", requests)
+            print("serving; press Ctrl-C to stop")
+            signal.pause()
     except KeyboardInterrupt:
-        return 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
+        pass
+    return 0

@@ -7,9 +7,8 @@ attached to ``app.state.gateway`` when the BentoML service starts in that worker
 from __future__ import annotations
 
 from starlette.applications import Starlette
-from starlette.routing import Route
-
 from starlette.requests import Request
+from starlette.routing import Route
 
 from service.errors import NotFound
 from service.http import oip

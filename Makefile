@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine:
+#   make demo   build the demo models, start the gateway on :3000, drive traffic through a canary
+#   make test   lint and run the whole test suite (unit + integration against the real server)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 3000
+DEMO_HOME ?= .gateway-home
+export BENTOML_DO_NOT_TRACK := True
+
+.PHONY: demo serve-demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,demo]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gateway demo --home $(DEMO_HOME) --port $(PORT)
+
+serve-demo: $(STAMP)
+	$(BIN)/gateway demo --home $(DEMO_HOME) --port $(PORT) --serve-only
+
+lint: $(STAMP)
+	$(BIN)/ruff check service traffic monitors tests bench
+	$(BIN)/ruff format --check service traffic monitors tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix service traffic monitors tests bench
+	$(BIN)/ruff format service traffic monitors tests bench
+
+test: lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python bench/serving.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .ruff_cache

@@ -1,0 +1,79 @@
+"""Starting a gateway as a child process on loopback and waiting until it is ready.
+
+Used by the demo, the integration tests and the benchmarks, so all three start the real server the
+same way: ``bentoml serve`` in its own process group, torn down as a whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from service.cli import serve_command, serve_env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_ready(base_url: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:
+    """Poll ``/readyz`` until the gateway is ready; fail if it exits or takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the gateway was not ready within {timeout_s:.0f} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop the gateway's whole process group (BentoML's arbiter and its workers)."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextlib.contextmanager
+def running_gateway(
+    config_path: Path, port: int | None = None, log_path: Path | None = None
+) -> Iterator[str]:
+    """A ready gateway for ``config_path`` on 127.0.0.1; yields its base URL, stops it after."""
+    port = port or free_port()
+    log = open(log_path, "wb") if log_path else None  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        serve_command(port, "127.0.0.1"),
+        env=serve_env(config_path),
+        stdout=log,
+        stderr=subprocess.STDOUT if log else None,
+        start_new_session=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url, process)
+        yield base_url
+    finally:
+        stop(process)
+        if log:
+            log.close()

@@ -1,0 +1,61 @@
+"""Shared fixtures: the demo models in a throwaway model store, and a real gateway serving them.
+
+BentoML reads ``BENTOML_HOME`` once at import, so the store's location is set here, before any
+test module imports BentoML.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+STORE_ROOT = Path(tempfile.mkdtemp(prefix="gateway-tests-"))
+os.environ["BENTOML_HOME"] = str(STORE_ROOT / "bentoml")
+os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+
+from service import registry  # noqa: E402  (after BENTOML_HOME)
+from service.demo.models import DemoModel, build_demo_models  # noqa: E402
+from service.launch import running_gateway  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_models() -> dict[str, DemoModel]:
+    """The demo models, built and registered once per test session, by tag."""
+    built = build_demo_models(STORE_ROOT / "models")
+    for model in built:
+        registry.add_model(model.onnx_path, model.name, model.reference_path, version=model.version)
+    return {f"{m.name}:{m.version}": m for m in built}
+
+
+def write_config(path: Path, **overrides) -> Path:
+    """A gateway.yaml serving the demo models, with top-level sections overridden."""
+    config = {
+        "model_store": str(STORE_ROOT / "bentoml"),
+        "endpoints": {
+            "cancer": {
+                "variants": [
+                    {"name": "stable", "model": "cancer:v1", "weight": 90},
+                    {"name": "candidate", "model": "cancer:v2", "weight": 10, "role": "candidate"},
+                ]
+            },
+            "diabetes": {"variants": [{"name": "stable", "model": "diabetes:v1"}]},
+        },
+    }
+    config.update(overrides)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def gateway_url(demo_models, tmp_path_factory) -> str:
+    """A real gateway (``bentoml serve``) on a free loopback port, shared by the session."""
+    directory = tmp_path_factory.mktemp("gateway")
+    config = write_config(
+        directory / "gateway.yaml", limits={"max_rows": 100, "max_body_bytes": 65536}
+    )
+    with running_gateway(config, log_path=directory / "server.log") as url:
+        yield url

@@ -1,0 +1,73 @@
+"""The ``gateway`` command: registration, checks and start-up errors, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import STORE_ROOT, write_config
+
+
+def gateway(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BENTOML_HOME": str(STORE_ROOT / "bentoml")}
+    command = [sys.executable, "-m", "service.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_models_list_shows_the_demo_models(demo_models):
+    result = gateway("models", "list")
+    assert result.returncode == 0
+    assert "cancer:v1" in result.stdout and "classification" in result.stdout
+
+
+def test_models_add_refuses_a_non_onnx_file(demo_models):
+    cancer = demo_models["cancer:v1"]
+    result = gateway(
+        "models",
+        "add",
+        str(cancer.reference_path),
+        "--name",
+        "x",
+        "--reference",
+        str(cancer.reference_path),
+    )
+    assert result.returncode == 2
+    assert "is not a valid ONNX model" in result.stderr
+
+
+def test_check_accepts_a_good_config(demo_models, tmp_path):
+    result = gateway("check", "--config", str(write_config(tmp_path / "gateway.yaml")))
+    assert result.returncode == 0, result.stderr
+    assert "2 endpoint(s), 3 model version(s), device cpu" in result.stdout
+
+
+def test_check_names_the_bad_key(demo_models, tmp_path):
+    config = write_config(tmp_path / "gateway.yaml", batching={"max_batch": 8})
+    result = gateway("check", "--config", str(config))
+    assert result.returncode == 2
+    assert "batching.max_batch: unknown key" in result.stderr
+
+
+def test_cuda_without_a_gpu_is_a_clear_startup_error(demo_models, tmp_path):
+    from service import registry
+    from service.runtime import cuda_works
+
+    config = write_config(tmp_path / "gateway.yaml", device="cuda")
+    result = gateway("check", "--config", str(config))
+    if cuda_works(registry.model_dir("cancer:v1") / "model.onnx"):
+        assert result.returncode == 0 and "device cuda" in result.stdout
+    else:
+        assert result.returncode == 2
+        assert "device: cuda was asked for but CUDA is not usable" in result.stderr
+        assert "Failed to load library" not in result.stderr  # no onnxruntime error spam
+
+
+def test_serve_with_an_unregistered_model_fails_before_starting(demo_models, tmp_path):
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        endpoints={"e": {"variants": [{"name": "a", "model": "ghost:v3"}]}},
+    )
+    result = gateway("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert "model ghost:v3 is not in the model store" in result.stderr

@@ -1,0 +1,108 @@
+"""gateway.yaml validation: good configs load, and every mistake names its key."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.config import load_config, parse_config
+from service.errors import ConfigError
+
+MINIMAL = {"endpoints": {"iris": {"variants": [{"name": "a", "model": "iris:v1"}]}}}
+
+
+def test_minimal_config_gets_defaults():
+    config = parse_config(MINIMAL)
+    assert config.server.port == 3000
+    assert config.device == "auto"
+    assert config.batching.enabled
+    assert config.model_tags == ["iris:v1"]
+
+
+def test_several_variants_are_expressible():
+    config = parse_config(
+        {
+            "endpoints": {
+                "iris": {
+                    "variants": [
+                        {"name": "stable", "model": "iris:v1", "weight": 95},
+                        {"name": "canary", "model": "iris:v2", "weight": 5, "role": "candidate"},
+                        {"name": "shadow", "model": "iris:v3", "weight": 0, "role": "shadow"},
+                    ]
+                }
+            }
+        }
+    )
+    roles = [v.role for v in config.endpoints["iris"].variants]
+    assert roles == ["stable", "candidate", "shadow"]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"sever": {}}, "sever: unknown key"),
+        ({"server": {"port": 70000}}, "server.port"),
+        ({"server": {"workers": 0}}, "server.workers"),
+        ({"device": "tpu"}, "device"),
+        ({"batching": {"max_batch_size": 0}}, "batching.max_batch_size"),
+        ({"batching": {"max_wait": 1}}, "batching.max_wait: unknown key"),
+        ({"limits": {"max_rows": -1}}, "limits.max_rows"),
+        ({"endpoints": {}}, "endpoints"),
+        ({"endpoints": {"bad name!": MINIMAL["endpoints"]["iris"]}}, "endpoints"),
+        ({"endpoints": {"e": {"variants": [{"name": "a", "model": "no-version"}]}}}, "model"),
+        (
+            {"endpoints": {"e": {"variants": [{"name": "a", "model": "m:v1", "weight": 101}]}}},
+            "weight",
+        ),
+        (
+            {"endpoints": {"e": {"variants": [{"name": "a", "model": "m:v1", "role": "boss"}]}}},
+            "role",
+        ),
+        (
+            {
+                "endpoints": {
+                    "e": {
+                        "variants": [{"name": "a", "model": "m:v1"}, {"name": "a", "model": "m:v2"}]
+                    }
+                }
+            },
+            "unique",
+        ),
+        (
+            {
+                "endpoints": {
+                    "e": {
+                        "variants": [{"name": "a", "model": "m:v1"}, {"name": "b", "model": "m:v1"}]
+                    }
+                }
+            },
+            "distinct model version",
+        ),
+        (
+            {"endpoints": {"e": {"variants": [{"name": "a", "model": "m:v1", "weight": 0}]}}},
+            "weights",
+        ),
+    ],
+)
+def test_bad_values_name_the_key(change, named):
+    with pytest.raises(ConfigError) as error:
+        parse_config({**MINIMAL, **change})
+    assert named in str(error.value)
+
+
+def test_unreadable_and_non_yaml_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("endpoints: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(scalar)
+
+
+def test_relative_model_store_is_relative_to_the_config(tmp_path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text("model_store: store\nendpoints: {e: {variants: [{name: a, model: 'm:v1'}]}}\n")
+    assert load_config(path).model_store == tmp_path / "store"

@@ -1,0 +1,85 @@
+"""The plain JSON API's rows: lists or records in, labelled predictions out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from service.codecs.plain import PredictionEncoder, decode_instances, instances_to_tensors
+from service.errors import BadRequest
+from service.model_card import ModelCard
+from service.tensors import TensorSpec
+
+CARD = ModelCard(
+    name="m",
+    version="v1",
+    sha256="0" * 64,
+    task="classification",
+    inputs=(TensorSpec("X", "FP32", (-1, 2)),),
+    outputs=(TensorSpec("label", "BYTES", (-1,)), TensorSpec("probabilities", "FP32", (-1, 2))),
+    feature_names=("a", "b"),
+    label_column="label",
+    class_labels=("no", "yes"),
+    label_output="label",
+    probability_output="probabilities",
+)
+
+
+def test_lists_and_records_give_the_same_tensor():
+    instances = decode_instances(json.dumps({"instances": [[1, 2], {"b": 4, "a": 3}]}).encode())
+    tensors = instances_to_tensors(instances, CARD)
+    np.testing.assert_array_equal(tensors["X"], np.array([[1, 2], [3, 4]], np.float32))
+    assert tensors["X"].dtype == np.float32
+
+
+def test_predictions_carry_label_and_named_probabilities():
+    outputs = {
+        "label": np.array(["yes"], object),
+        "probabilities": np.array([[0.25, 0.75]], np.float32),
+    }
+    assert PredictionEncoder(CARD).predictions(outputs) == [
+        {"label": "yes", "probabilities": {"no": 0.25, "yes": 0.75}}
+    ]
+
+
+def test_label_from_probabilities_when_the_model_has_no_label_output():
+    card = ModelCard(**{**CARD.__dict__, "label_output": None})
+    outputs = {"probabilities": np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)}
+    labels = [p["label"] for p in PredictionEncoder(card).predictions(outputs)]
+    assert labels == ["no", "yes"]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"nope", "malformed JSON"),
+        (b"[]", "instances"),
+        (b'{"rows": [[1, 2]]}', "instances"),
+        (b'{"instances": [[1, 2]], "extra": 1}', "unknown field"),
+        (b'{"instances": {}}', "must be a list"),
+        (b'{"instances": []}', "empty batch"),
+        (b"NaN", "malformed JSON"),
+        (b'{"instances": [[1, NaN]]}', "malformed JSON"),
+    ],
+)
+def test_bad_bodies(body, reason):
+    with pytest.raises(BadRequest, match=reason):
+        decode_instances(body)
+
+
+@pytest.mark.parametrize(
+    ("instances", "reason"),
+    [
+        ([[1]], "has 1 values; model m:v1 takes 2"),
+        ([{"a": 1}], "missing feature"),
+        ([{"a": 1, "b": 2, "c": 3}], "unknown feature"),
+        ([[1, "x"]], "only numbers"),
+        ([[1, [2]]], "only numbers"),
+        ([5], "must be a list or an object"),
+    ],
+)
+def test_rows_that_do_not_fit_the_model(instances, reason):
+    with pytest.raises(BadRequest, match=reason):
+        instances_to_tensors(instances, CARD)

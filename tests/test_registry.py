@@ -1,0 +1,123 @@
+"""Model registration: cards read from the graph, reference predictions stored, bad files refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from service import registry
+from service.config import parse_config
+from service.errors import ConfigError
+from service.model_pool import plan_models
+from service.runtime import resolve_providers
+
+
+def test_demo_classifier_card(demo_models):
+    card = registry.load_card("cancer:v1")
+    assert card.task == "classification"
+    assert card.class_labels == ("benign", "malignant")
+    assert card.label_output == "label" and card.probability_output == "probabilities"
+    assert len(card.feature_names) == 30 and card.feature_names[0] == "mean_radius"
+    assert card.inputs[0].shape == (-1, 30) and card.inputs[0].datatype == "FP32"
+    assert len(card.sha256) == 64
+
+
+def test_reference_holds_labels_and_the_models_own_predictions(demo_models):
+    reference = registry.load_reference("cancer:v1")
+    source = pd.read_csv(demo_models["cancer:v1"].reference_path)
+    assert len(reference) == len(source)
+    assert {"label", "prediction", "proba_benign", "proba_malignant"} <= set(reference.columns)
+    accuracy = (reference["prediction"] == reference["label"]).mean()
+    assert accuracy > 0.9
+    np.testing.assert_allclose(
+        reference["proba_benign"] + reference["proba_malignant"], 1, atol=1e-5
+    )
+
+
+def test_regression_card(demo_models):
+    card = registry.load_card("diabetes:v1")
+    assert card.task == "regression" and card.value_output is not None
+    assert registry.load_reference("diabetes:v1")["prediction"].std() > 0
+
+
+def test_listing_shows_registered_versions(demo_models):
+    tags = {card.tag for card in registry.list_cards()}
+    assert {"cancer:v1", "cancer:v2", "diabetes:v1"} <= tags
+
+
+def test_refusals_say_what_is_wrong(demo_models, tmp_path):
+    cancer = demo_models["cancer:v1"]
+    diabetes = demo_models["diabetes:v1"]
+    not_onnx = tmp_path / "x.onnx"
+    not_onnx.write_bytes(b"\x00garbage")
+    cases = [
+        (dict(model_file=not_onnx, reference_file=cancer.reference_path), "not a valid ONNX model"),
+        (
+            dict(model_file=tmp_path / "missing.onnx", reference_file=cancer.reference_path),
+            "does not exist",
+        ),
+        (
+            dict(model_file=cancer.onnx_path, reference_file=diabetes.reference_path),
+            "schema mismatch",
+        ),
+        (dict(model_file=cancer.onnx_path, reference_file=tmp_path / "r.json"), ".csv or .parquet"),
+    ]
+    for kwargs, reason in cases:
+        with pytest.raises(ConfigError, match=reason):
+            registry.add_model(name="refused", **kwargs)
+    text_reference = pd.read_csv(cancer.reference_path).assign(mean_radius="big")
+    text_reference.to_csv(tmp_path / "text.csv", index=False)
+    with pytest.raises(ConfigError, match="not numeric"):
+        registry.add_model(cancer.onnx_path, "refused", tmp_path / "text.csv")
+    with pytest.raises(ConfigError, match="no label column 'target'"):
+        registry.add_model(
+            cancer.onnx_path, "refused", cancer.reference_path, label_column="target"
+        )
+    with pytest.raises(ConfigError, match="already exists"):
+        registry.add_model(cancer.onnx_path, "cancer", cancer.reference_path, version="v1")
+    assert "refused" not in {card.name for card in registry.list_cards()}
+
+
+def test_generated_version_and_parquet_reference(demo_models, tmp_path):
+    cancer = demo_models["cancer:v1"]
+    parquet = tmp_path / "reference.parquet"
+    pd.read_csv(cancer.reference_path).to_parquet(parquet)
+    card = registry.add_model(cancer.onnx_path, "cancer-parquet", parquet)
+    assert card.version and registry.load_card(card.tag) == card
+
+
+def test_unknown_model_in_config_fails_planning(demo_models):
+    config = parse_config({"endpoints": {"e": {"variants": [{"name": "a", "model": "ghost:v1"}]}}})
+    with pytest.raises(ConfigError, match="ghost:v1 is not in the model store"):
+        plan_models(config)
+
+
+def test_device_resolution_on_this_machine(demo_models):
+    model = registry.model_dir("cancer:v1") / "model.onnx"
+    assert resolve_providers("cpu", model) == ["CPUExecutionProvider"]
+    auto = resolve_providers("auto", model)
+    assert auto[-1] == "CPUExecutionProvider"
+    if auto[0] != "CUDAExecutionProvider":
+        with pytest.raises(ConfigError, match="CUDA is not usable"):
+            resolve_providers("cuda", model)
+
+
+def test_graph_onnxruntime_cannot_load_is_refused(demo_models, tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((30, 1), np.float64), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
+        "mixed",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 30])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "mixed.onnx"
+    path.write_bytes(model.SerializeToString())
+    reference = demo_models["cancer:v1"].reference_path
+    with pytest.raises(ConfigError, match="(cannot load the model|not a valid ONNX model)"):
+        registry.add_model(path, "mixed", reference)
