@@ -86,12 +86,10 @@ class Gateway:
             in_flight.dec()
             variant = record.route.variant.name if record.route else "none"
             version = record.route.variant.model_version if record.route else "none"
-            metrics.requests.labels(endpoint, variant, version, protocol, outcome).inc()
+            metrics.request_series(endpoint, variant, version, protocol, outcome).inc()
             if outcome == "rejected":
                 metrics.queue_rejections.labels(endpoint, variant).inc()
-            metrics.request_duration.labels(endpoint, variant).observe(
-                time.perf_counter() - started
-            )
+            metrics.duration_series(endpoint, variant).observe(time.perf_counter() - started)
 
     async def close(self) -> None:
         for model in self.models.values():

@@ -1,18 +1,33 @@
 """The gateway's Prometheus metrics (prometheus_client, multiprocess-safe under BentoML workers).
 
-BentoML starts its workers with ``PROMETHEUS_MULTIPROC_DIR`` set and serves ``/metrics`` from every
-worker's files, so these series appear there summed over workers. Gauges name their multiprocess
-mode. Label values are bounded: endpoint, variant, model and version come from the config, outcome
-from a fixed set.
+BentoML starts its workers with ``PROMETHEUS_MULTIPROC_DIR`` set; every worker writes its series
+there and ``/metrics`` (served by the gateway, see ``exposition``) reads them all, so series are
+summed over workers. Gauges name their multiprocess mode. Label values are bounded: endpoint,
+variant, model and version come from the config, outcome from a fixed set.
+
+BentoML's own HTTP metrics are switched off (service/bento.py): they label each series with the raw
+request path, so every mistyped or probing URL would add series for good.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
-OUTCOMES = ("ok", "client_error", "rejected", "error")
 
 
 def latency_buckets(slo_seconds: float) -> tuple[float, ...]:
@@ -64,6 +79,26 @@ class GatewayMetrics:
             ["model", "model_version", "provider"],
             multiprocess_mode="livemax",
         )
+        self._request_children: dict[tuple, Counter] = {}
+        self._duration_children: dict[tuple, Histogram] = {}
+
+    def request_series(
+        self, endpoint: str, variant: str, version: str, protocol: str, outcome: str
+    ):
+        """The counter child for one label set, cached: ``labels()`` is costly on the hot path."""
+        key = (endpoint, variant, version, protocol, outcome)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(*key)
+        return child
+
+    def duration_series(self, endpoint: str, variant: str):
+        """The latency histogram child for an endpoint and variant, cached like ``request_series``."""
+        key = (endpoint, variant)
+        child = self._duration_children.get(key)
+        if child is None:
+            child = self._duration_children[key] = self.request_duration.labels(*key)
+        return child
 
     def batch_observer(self, model: str, version: str):
         """A callback for ``Batcher`` that records each batch's rows and run time."""
@@ -75,3 +110,12 @@ class GatewayMetrics:
             duration.observe(seconds)
 
         return observe
+
+
+def exposition() -> bytes:
+    """The text format of every worker's series (or this process's, outside a multiprocess server)."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return generate_latest(registry)

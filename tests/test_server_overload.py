@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 
 from service import registry
+from service.demo.wide_model import build_wide_model
 from service.launch import running_gateway
 from tests.conftest import write_config
-from tests.slow_model import build_slow_model
 
 pytestmark = pytest.mark.integration
 ROWS = [[0.5] * 30] * 100
@@ -20,7 +20,7 @@ ROWS = [[0.5] * 30] * 100
 @pytest.fixture(scope="module")
 def overload_url(demo_models, tmp_path_factory):
     directory = tmp_path_factory.mktemp("overload")
-    model = build_slow_model(directory / "slow.onnx")
+    model = build_wide_model(directory / "slow.onnx")
     reference = demo_models["cancer:v1"].reference_path
     registry.add_model(model, "slow", reference, version="v1")
     config = write_config(

@@ -6,14 +6,23 @@ attached to ``app.state.gateway`` when the BentoML service starts in that worker
 
 from __future__ import annotations
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from service.errors import NotFound
 from service.http import oip
 from service.http.predict import list_endpoints, predict
 from service.http.responses import EXCEPTION_HANDLERS
+from service.metrics import CONTENT_TYPE, exposition
+
+
+async def metrics(request: Request) -> Response:
+    """``/metrics``: every worker's series, summed (replaces BentoML's, which is switched off)."""
+    content = await anyio.to_thread.run_sync(exposition)
+    return Response(content, media_type=CONTENT_TYPE)
 
 
 async def no_such_route(request: Request) -> None:
@@ -25,6 +34,7 @@ def build_app() -> Starlette:
     routes = [
         Route("/predict/{endpoint}", predict, methods=["POST"]),
         Route("/endpoints", list_endpoints, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         *oip.ROUTES,
         Route("/v2/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
         Route("/predict/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),

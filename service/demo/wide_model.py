@@ -1,4 +1,8 @@
-"""A deliberately slow ONNX regressor (chained 2048x2048 matmuls), for overload and batching tests."""
+"""A wide MLP with random weights, exported to ONNX: a model where inference is a real cost.
+
+Its layers are ``width x width`` matmuls, so one row is a memory-bound matrix-vector product and a
+batch of rows shares each weight read: the model the batching benchmark and the overload test use.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def build_slow_model(path: Path, features: int = 30, width: int = 2048, layers: int = 4) -> Path:
+def build_wide_model(path: Path, features: int = 30, width: int = 2048, layers: int = 4) -> Path:
     rng = np.random.default_rng(0)
     weights = [(rng.standard_normal((features, width)) / np.sqrt(features)).astype(np.float32)]
     weights += [

@@ -1,0 +1,58 @@
+"""The patched BentoML TimeoutMiddleware: releases its timer per request, still answers 504."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+
+from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+from service import bentoml_fixes
+
+
+async def fast_app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def slow_app(scope, receive, send):
+    await asyncio.sleep(5)
+
+
+async def call(middleware) -> list[dict]:
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    await middleware({"type": "http"}, receive, send)
+    return sent
+
+
+def live_timer_futures() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, asyncio.Future) and not o.done())
+
+
+async def test_finished_requests_leave_no_timers_behind():
+    bentoml_fixes.apply()
+    middleware = TimeoutMiddleware(fast_app, timeout=60)
+    before = live_timer_futures()
+    for _ in range(200):
+        sent = await call(middleware)
+        assert sent[0]["status"] == 200
+    assert live_timer_futures() - before < 10
+    loop = asyncio.get_running_loop()
+    scheduled = [h for h in getattr(loop, "_scheduled", []) if not h.cancelled()]
+    assert len(scheduled) < 10
+
+
+async def test_a_slow_request_still_gets_504():
+    bentoml_fixes.apply()
+    sent = await call(TimeoutMiddleware(slow_app, timeout=0.05))
+    assert sent[0]["status"] == 504
+    assert "0.05 seconds" in json.loads(sent[1]["body"])["error"]
