@@ -38,6 +38,17 @@ def _config_at_import() -> GatewayConfig | None:
 _CONFIG = _config_at_import()
 
 
+def _check_model_store(config: GatewayConfig) -> None:
+    """BentoML fixed its model store at import: refuse a config that names another one."""
+    wanted = config.model_store
+    current = os.environ.get("BENTOML_HOME")
+    if wanted is not None and (current is None or Path(current).resolve() != wanted.resolve()):
+        raise RuntimeError(
+            f"the config's model_store is {wanted} but BentoML uses {current or '~/bentoml'}: "
+            f"start with `gateway serve` or set BENTOML_HOME={wanted}"
+        )
+
+
 @bentoml.service(
     name="gateway",
     workers=_CONFIG.server.workers if _CONFIG else 1,
@@ -56,6 +67,7 @@ class Gateway:
         logging.getLogger("gateway").setLevel(logging.INFO)
         if _CONFIG is None:
             raise RuntimeError(f"no gateway config: set {CONFIG_ENV} to a gateway.yaml")
+        _check_model_store(_CONFIG)
         self.process = GatewayProcess.start(_CONFIG, plan_models(_CONFIG))
         http_app.state.gateway = self.process
         # Everything loaded so far lives as long as the worker: keep it out of the collector's way,
