@@ -54,7 +54,13 @@ def prepare_home(home: Path) -> Path:
     return config_path
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def run_demo(home: Path, port: int, *, serve_only: bool, requests: int) -> int:
+    """Prepare ``home``, serve on ``port`` and drive traffic; stops the gateway on Ctrl-C or SIGTERM."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwinds through running_gateway's cleanup
     config_path = prepare_home(home)
     try:
         with running_gateway(config_path, port) as base_url:
