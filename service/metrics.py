@@ -112,10 +112,25 @@ class GatewayMetrics:
         return observe
 
 
-def exposition() -> bytes:
-    """The text format of every worker's series (or this process's, outside a multiprocess server)."""
+def _all_workers() -> CollectorRegistry:
+    """Every worker's series (or this process's, outside a multiprocess server)."""
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        return generate_latest(REGISTRY)
+        return REGISTRY
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    return generate_latest(registry)
+    return registry
+
+
+def exposition() -> bytes:
+    """The Prometheus text format of every worker's series."""
+    return generate_latest(_all_workers())
+
+
+def sample_totals(name: str, **labels: str) -> float:
+    """The sum, over every worker, of the samples called ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for family in _all_workers().collect():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

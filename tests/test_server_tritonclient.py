@@ -85,3 +85,20 @@ def test_errors_reach_the_client_as_messages(client, features):
         client.infer("cancer", [tensor])
     with pytest.raises(InferenceServerException, match="unknown endpoint 'nope'"):
         client.infer("nope", [tensor])
+
+
+def test_inference_statistics_count_this_clients_requests(client, features):
+    def counts() -> tuple[int, int]:
+        stats = client.get_inference_statistics("cancer", "v1")["model_stats"][0]
+        return stats["inference_stats"]["success"]["count"], stats["inference_count"]
+
+    before_requests, before_rows = counts()
+    tensor = triton.InferInput("X", list(features.shape), "FP32")
+    tensor.set_data_from_numpy(features)
+    for _ in range(3):
+        client.infer("cancer", [tensor], model_version="v1")
+    after_requests, after_rows = counts()
+    assert after_requests - before_requests == 3
+    assert after_rows - before_rows == 3 * len(features)
+    everything = client.get_inference_statistics("cancer")["model_stats"]
+    assert [s["version"] for s in everything] == ["v1", "v2"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
@@ -18,6 +19,7 @@ from service.errors import BadRequest
 from service.http.body import read_body
 from service.http.common import answer_headers, assign_request_id, gateway_of
 from service.http.responses import json_response
+from service.metrics import sample_totals
 from service.tensors import TensorSpec
 
 try:
@@ -106,6 +108,43 @@ async def model_config(request: Request) -> Response:
     )
 
 
+def _variant_stats(endpoint: Endpoint, variant) -> dict:
+    """Triton-style statistics for one variant, summed over every worker from the metrics files."""
+    card = endpoint.models[variant.name].card
+    requests = {"endpoint": endpoint.name, "model_version": variant.model_version}
+    run = {"model": card.name, "model_version": card.version}
+    succeeded = sample_totals("gateway_requests_total", outcome="ok", **requests)
+    answered = sample_totals("gateway_requests_total", **requests)
+    latency = sample_totals(
+        "gateway_request_duration_seconds_sum", endpoint=endpoint.name, variant=variant.name
+    )
+    runs = sample_totals("gateway_inference_batch_rows_count", **run)
+    compute = sample_totals("gateway_inference_duration_seconds_sum", **run)
+
+    def stat(count: float, seconds: float = 0.0) -> dict:
+        return {"count": int(count), "ns": int(seconds * 1e9)}
+
+    return {
+        "name": endpoint.name,
+        "version": variant.model_version,
+        "inference_count": int(sample_totals("gateway_inference_batch_rows_sum", **run)),
+        "execution_count": int(runs),
+        "inference_stats": {
+            "success": stat(succeeded, latency),
+            "fail": stat(answered - succeeded),
+            "compute_infer": stat(runs, compute),
+        },
+    }
+
+
+async def model_stats(request: Request) -> Response:
+    """``/stats``: per-version request and run counts (tritonclient's get_inference_statistics)."""
+    endpoint, route = _route(request)
+    variants = [route.variant] if route else list(endpoint.router.variants)
+    stats = await anyio.to_thread.run_sync(lambda: [_variant_stats(endpoint, v) for v in variants])
+    return json_response({"model_stats": stats})
+
+
 async def repository_index(request: Request) -> Response:
     gateway = gateway_of(request)
     index = [
@@ -159,5 +198,6 @@ ROUTES = [
     *_with_versions("", model_metadata, ["GET"]),
     *_with_versions("/ready", model_ready, ["GET"]),
     *_with_versions("/config", model_config, ["GET"]),
+    *_with_versions("/stats", model_stats, ["GET"]),
     *_with_versions("/infer", infer, ["POST"]),
 ]
