@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from service.errors import ConfigError
 
 MODEL_STORE_ENV = "BENTOML_HOME"
+METRICS_DIR_ENV = "GATEWAY_METRICS_DIR"
 
 
 def _use_model_store(path: Path | None) -> None:
@@ -90,15 +93,28 @@ def serve_command(port: int, host: str) -> list[str]:
     return [str(bentoml_cli), "serve", "service.bento:Gateway", "--port", str(port), "--host", host]
 
 
-def serve_env(config_path: Path) -> dict[str, str]:
-    return {**os.environ, "GATEWAY_CONFIG": str(Path(config_path).resolve())}
+def serve_env(config_path: Path, port: int) -> dict[str, str]:
+    """The server's environment: its config, and a metrics directory of its own.
+
+    BentoML keeps every server's metric files in one directory under its home and empties it when a
+    server starts, so a second gateway on the same model store would wipe the first one's metrics.
+    Each gateway therefore gets a fresh directory per port (service/bento.py switches to it).
+    """
+    metrics_dir = Path(tempfile.gettempdir()) / f"gateway-metrics-{port}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    return {
+        **os.environ,
+        "GATEWAY_CONFIG": str(Path(config_path).resolve()),
+        METRICS_DIR_ENV: str(metrics_dir),
+    }
 
 
 def _serve(args: argparse.Namespace) -> int:
     config, _ = _checked_config(args.config)
     port = args.port or config.server.port
     command = serve_command(port, args.host or config.server.host)
-    os.execve(command[0], command, serve_env(Path(args.config)))
+    os.execve(command[0], command, serve_env(Path(args.config), port))
     return 0  # not reached
 
 

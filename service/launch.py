@@ -64,7 +64,7 @@ def running_gateway(
     log = open(log_path, "wb") if log_path else None  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         serve_command(port, "127.0.0.1"),
-        env=serve_env(config_path),
+        env=serve_env(config_path, port),
         stdout=log,
         stderr=subprocess.STDOUT if log else None,
         start_new_session=True,
