@@ -23,7 +23,6 @@ from service.cli import METRICS_DIR_ENV
 from service.config import GatewayConfig, load_config
 from service.gateway import Gateway as GatewayProcess
 from service.http.app import build_app
-from service.model_pool import plan_models
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 bentoml_fixes.apply()
@@ -33,12 +32,8 @@ log = logging.getLogger("gateway")
 http_app = build_app()
 
 
-def _config_at_import() -> GatewayConfig | None:
-    path = Path(os.environ.get(CONFIG_ENV, "gateway.yaml"))
-    return load_config(path) if path.is_file() else None
-
-
-_CONFIG = _config_at_import()
+_CONFIG_PATH = Path(os.environ.get(CONFIG_ENV, "gateway.yaml")).resolve()
+_CONFIG = load_config(_CONFIG_PATH) if _CONFIG_PATH.is_file() else None
 
 
 def _check_model_store(config: GatewayConfig) -> None:
@@ -71,7 +66,7 @@ class Gateway:
         if _CONFIG is None:
             raise RuntimeError(f"no gateway config: set {CONFIG_ENV} to a gateway.yaml")
         _check_model_store(_CONFIG)
-        self.process = GatewayProcess.start(_CONFIG, plan_models(_CONFIG))
+        self.process = GatewayProcess.start(_CONFIG_PATH, _CONFIG)
         http_app.state.gateway = self.process
         # Everything loaded so far lives as long as the worker: keep it out of the collector's way,
         # or each full collection walks BentoML's large heap and stalls the event loop.

@@ -71,17 +71,18 @@ def _checked_config(path: str):
 
     config = load_config(path)
     _use_model_store(config.model_store)
-    from service.model_pool import plan_models
+    from service.model_pool import check_models
+    from service.routing import model_tags
 
-    plan = plan_models(config)
-    return config, plan
+    return config, check_models(config, model_tags(config.tables()))
 
 
 def _check(args: argparse.Namespace) -> int:
-    config, plan = _checked_config(args.config)
-    device = "cuda" if "CUDAExecutionProvider" in plan.providers else "cpu"
+    config, providers = _checked_config(args.config)
+    device = "cuda" if "CUDAExecutionProvider" in providers else "cpu"
+    tags = {v.model for table in config.tables().values() for v in table.variants}
     print(
-        f"{args.config}: ok; {len(config.endpoints)} endpoint(s), {len(plan.cards)} model "
+        f"{args.config}: ok; {len(config.endpoints)} endpoint(s), {len(tags)} model "
         f"version(s), device {device}"
     )
     return 0

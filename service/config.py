@@ -6,6 +6,8 @@ silently falls back to a default.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -14,6 +16,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.errors import ConfigError
+from traffic.table import (
+    EndpointTable,
+    RoutingError,
+    RoutingPolicy,
+    VariantSpec,
+    check_variants,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 """Endpoint and variant names: they appear in URLs, headers and metric labels."""
@@ -62,13 +71,22 @@ class LimitsConfig(Strict):
     )
 
 
+class FaultConfig(Strict):
+    """Injected faults, for demos and tests of shadows and rollbacks: a delay and an error rate."""
+
+    delay_ms: float = Field(0.0, ge=0, le=60_000)
+    error_rate: float = Field(0.0, ge=0, le=1)
+
+
 class VariantConfig(Strict):
     """One variant of an endpoint: a model version from the registry, with its share of traffic."""
 
     name: str = Field(pattern=NAME_PATTERN)
     model: str = Field(description="registry tag name:version")
-    weight: float = Field(100.0, ge=0, le=100)
     role: Literal["stable", "candidate", "shadow"] = "stable"
+    weight: float | None = Field(None, ge=0, le=100, description="default 100, shadows 0")
+    mirror: float = Field(0.0, ge=0, le=1, description="shadows: share of requests copied")
+    faults: FaultConfig | None = None
 
     @field_validator("model")
     @classmethod
@@ -77,32 +95,57 @@ class VariantConfig(Strict):
             raise ValueError(f"must be a model tag 'name:version', got {value!r}")
         return value
 
-    @property
-    def model_name(self) -> str:
-        return self.model.split(":", 1)[0]
+    def spec(self) -> VariantSpec:
+        default_weight = 0.0 if self.role == "shadow" else 100.0
+        weight = default_weight if self.weight is None else self.weight
+        return VariantSpec(self.name, self.model, self.role, weight, self.mirror)
 
-    @property
-    def model_version(self) -> str:
-        return self.model.split(":", 1)[1]
+
+class RoutingKeyConfig(Strict):
+    """Where a request's routing key comes from: a header, or a field of the JSON body."""
+
+    header: str | None = Field(None, pattern=r"^[A-Za-z0-9-]{1,64}$")
+    field: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RoutingKeyConfig:
+        if (self.header is None) == (self.field is None):
+            raise ValueError("give exactly one of header or field")
+        return self
+
+
+class RoutingConfig(Strict):
+    key: RoutingKeyConfig | None = None
+    require_key: bool = False
+    allow_pinning: bool = True
+    salt: str | None = Field(None, description="default: the endpoint name")
 
 
 class EndpointConfig(Strict):
+    routing: RoutingConfig = RoutingConfig()
     variants: list[VariantConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _variants_are_coherent(self) -> EndpointConfig:
-        names = [v.name for v in self.variants]
-        if len(set(names)) != len(names):
-            raise ValueError(f"variant names must be unique, got {names}")
-        versions = [v.model_version for v in self.variants]
-        if len(set(versions)) != len(versions):
-            raise ValueError(
-                f"each variant must serve a distinct model version (OIP /versions/{{v}} pins by it), "
-                f"got {versions}"
-            )
-        if sum(v.weight for v in self.variants if v.role != "shadow") <= 0:
-            raise ValueError("the weights of the non-shadow variants must add up to more than 0")
+        try:
+            check_variants(v.spec() for v in self.variants)
+        except RoutingError as error:
+            raise ValueError(str(error)) from None
+        if self.routing.require_key and self.routing.key is None:
+            raise ValueError("routing.require_key needs routing.key")
         return self
+
+    def table(self, name: str) -> EndpointTable:
+        """This endpoint's routing table as the config describes it."""
+        key = self.routing.key
+        policy = RoutingPolicy(
+            key_header=key.header.lower() if key and key.header else None,
+            key_field=key.field if key else None,
+            require_key=self.routing.require_key,
+            allow_pinning=self.routing.allow_pinning,
+            salt=self.routing.salt or name,
+        )
+        return EndpointTable(name, tuple(v.spec() for v in self.variants), policy)
 
 
 class GatewayConfig(Strict):
@@ -114,6 +157,9 @@ class GatewayConfig(Strict):
     batching: BatchingConfig = BatchingConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     limits: LimitsConfig = LimitsConfig()
+    data_dir: Path = Field(
+        Path("gateway-data"), description="routing state and audit log; relative to the config"
+    )
     endpoints: dict[str, EndpointConfig] = Field(min_length=1)
 
     @field_validator("endpoints")
@@ -124,14 +170,29 @@ class GatewayConfig(Strict):
                 raise ValueError(f"endpoint name {name!r} must match {NAME_PATTERN}")
         return value
 
-    @property
-    def model_tags(self) -> list[str]:
-        """Every model version some variant names, each once, in config order."""
-        tags = [v.model for ep in self.endpoints.values() for v in ep.variants]
-        return list(dict.fromkeys(tags))
+    def tables(self) -> dict[str, EndpointTable]:
+        """Every endpoint's routing table as the config describes it."""
+        return {name: endpoint.table(name) for name, endpoint in self.endpoints.items()}
+
+    def routing_hash(self) -> str:
+        """A hash of the endpoints section: tells whether the config changed since state was saved."""
+        document = json.dumps(
+            {n: e.model_dump(mode="json") for n, e in self.endpoints.items()}, sort_keys=True
+        )
+        return hashlib.sha256(document.encode()).hexdigest()[:16]
+
+    def faults(self) -> dict[tuple[str, str], FaultConfig]:
+        """Injected faults by (endpoint, variant), for the variants that have some."""
+        return {
+            (name, v.name): v.faults
+            for name, endpoint in self.endpoints.items()
+            for v in endpoint.variants
+            if v.faults is not None
+        }
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def describe(error: ValidationError, source: str) -> str:
+    """One line per invalid key, naming it."""
     lines = [f"{source}: invalid configuration"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
@@ -147,11 +208,14 @@ def parse_config(data: object, source: str = "gateway.yaml") -> GatewayConfig:
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_describe(error, source)) from None
+        raise ConfigError(describe(error, source)) from None
+    base = Path(source).resolve().parent
+    updates = {}
     if config.model_store is not None and not config.model_store.is_absolute():
-        base = Path(source).resolve().parent
-        config = config.model_copy(update={"model_store": base / config.model_store})
-    return config
+        updates["model_store"] = base / config.model_store
+    if not config.data_dir.is_absolute():
+        updates["data_dir"] = base / config.data_dir
+    return config.model_copy(update=updates) if updates else config
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -1,82 +1,109 @@
-"""The data plane: endpoints, their variants and models, shared by the plain JSON and OIP APIs.
+"""The data plane: endpoints, their routing tables and models, shared by the plain JSON and OIP APIs.
 
-Both HTTP front ends decode a request, ask the data plane for a variant, and hand it tensors; the
-data plane validates them against that variant's model and runs the model. Like MLServer's DataPlane,
-it knows nothing of HTTP.
+Both HTTP front ends decode a request, ask the data plane to route it, and hand it tensors; the data
+plane validates them against the chosen variant's model and runs it. Like MLServer's DataPlane, it
+knows nothing of HTTP. What it routes with is one immutable ``Snapshot`` (routing-state version,
+tables, loaded models), replaced whole when the shared routing state changes, so a request sees
+either the old state or the new one, never a mix.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from service.config import GatewayConfig, LimitsConfig
-from service.errors import NotFound
+from service.config import FaultConfig, LimitsConfig
+from service.errors import BadRequest, InferenceFailed, NotFound
 from service.model_pool import LoadedModel
 from service.validation import check_inputs
-from traffic.router import Router, UnknownVariant, Variant
+from traffic.table import EndpointTable, RoutingError, VariantSpec
 
 Tensors = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
 class Route:
-    """The variant chosen for one request and the model version that will answer."""
+    """Where one request goes: the answering variant and model, why, and the shadows' copies."""
 
     endpoint: str
-    variant: Variant
+    variant: VariantSpec
     model: LoadedModel
+    reason: str
+    shadows: tuple[tuple[VariantSpec, LoadedModel], ...] = ()
 
 
-class Endpoint:
-    """One named endpoint: its router and the loaded model behind each variant."""
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything routing needs, at one routing-state version."""
 
-    def __init__(self, name: str, router: Router, models: dict[str, LoadedModel]) -> None:
-        self.name = name
-        self.router = router
-        self.models = models
-
-    def route(self, *, model_version: str | None = None) -> Route:
-        """Pick a variant by weight, or the one serving ``model_version`` when the caller pins it."""
-        if model_version is None:
-            variant = self.router.choose()
-        else:
-            try:
-                variant = self.router.pinned(model_version=model_version)
-            except UnknownVariant as error:
-                raise NotFound(f"endpoint {self.name!r}: {error}") from None
-        return Route(self.name, variant, self.models[variant.name])
-
-    @property
-    def primary(self) -> LoadedModel:
-        """The model that describes the endpoint when no version is named: the first stable one."""
-        stable = next((v for v in self.router.variants if v.role == "stable"), None)
-        return self.models[(stable or self.router.variants[0]).name]
+    version: int
+    tables: Mapping[str, EndpointTable]
+    models: Mapping[str, LoadedModel]
 
 
 class DataPlane:
-    """Every endpoint of the gateway, and inference with validation."""
+    """Every endpoint of the gateway: routing, validation, inference."""
 
-    def __init__(self, config: GatewayConfig, models: dict[str, LoadedModel]) -> None:
-        self.limits: LimitsConfig = config.limits
-        self.models = models
-        self.endpoints: dict[str, Endpoint] = {}
-        for name, endpoint in config.endpoints.items():
-            variants = [
-                Variant(v.name, v.model_version, v.weight, v.role) for v in endpoint.variants
-            ]
-            by_variant = {v.name: models[v.model] for v in endpoint.variants}
-            self.endpoints[name] = Endpoint(name, Router(variants), by_variant)
+    def __init__(
+        self,
+        limits: LimitsConfig,
+        snapshot: Snapshot,
+        faults: Mapping[tuple[str, str], FaultConfig] | None = None,
+    ) -> None:
+        self.limits = limits
+        self.snapshot = snapshot
+        self.faults = dict(faults or {})
 
-    def endpoint(self, name: str) -> Endpoint:
+    def install(self, snapshot: Snapshot) -> None:
+        """Switch to a new routing state (one assignment: atomic for the event loop)."""
+        self.snapshot = snapshot
+
+    def table(self, endpoint: str) -> EndpointTable:
         try:
-            return self.endpoints[name]
+            return self.snapshot.tables[endpoint]
         except KeyError:
-            known = ", ".join(sorted(self.endpoints))
-            raise NotFound(f"unknown endpoint {name!r}; endpoints: {known}") from None
+            known = ", ".join(sorted(self.snapshot.tables))
+            raise NotFound(f"unknown endpoint {endpoint!r}; endpoints: {known}") from None
+
+    def model(self, variant: VariantSpec) -> LoadedModel:
+        return self.snapshot.models[variant.model]
+
+    def route(
+        self,
+        endpoint: str,
+        key: str | None = None,
+        *,
+        pin_variant: str | None = None,
+        pin_version: str | None = None,
+    ) -> Route:
+        """Route one request (400 for an unknown pin, a refused pin or a missing required key)."""
+        snapshot = self.snapshot
+        table = self.table(endpoint)
+        try:
+            decision = table.route(key, pin_variant=pin_variant, pin_version=pin_version)
+        except RoutingError as error:
+            raise BadRequest(str(error)) from None
+        models = snapshot.models
+        shadows = tuple((s, models[s.model]) for s in decision.shadows)
+        return Route(
+            endpoint, decision.variant, models[decision.variant.model], decision.reason, shadows
+        )
 
     async def infer(self, route: Route, tensors: Tensors) -> Tensors:
         """Validate the tensors against the routed model, then run it."""
-        rows = check_inputs(route.model.card, tensors, self.limits)
-        return await route.model.infer(tensors, rows)
+        return await self.run(route.endpoint, route.variant, route.model, tensors)
+
+    async def run(
+        self, endpoint: str, variant: VariantSpec, model: LoadedModel, tensors: Tensors
+    ) -> Tensors:
+        rows = check_inputs(model.card, tensors, self.limits)
+        faults = self.faults.get((endpoint, variant.name))
+        if faults is not None:
+            await asyncio.sleep(faults.delay_ms / 1000)
+            if random.random() < faults.error_rate:
+                raise InferenceFailed(f"injected fault in variant {variant.name!r}")
+        return await model.infer(tensors, rows)

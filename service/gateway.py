@@ -1,4 +1,4 @@
-"""One gateway process: its configuration, metrics, loaded models and data plane, wired together.
+"""One gateway process: configuration, metrics, models, routing state and data plane, wired together.
 
 The BentoML service builds one ``Gateway`` per worker process and hands it to the HTTP app. The
 ``account`` context manager is where every prediction request, whatever its protocol, is counted.
@@ -6,21 +6,28 @@ The BentoML service builds one ``Gateway`` per worker process and hands it to th
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from service.codecs.plain import PredictionEncoder
 from service.config import GatewayConfig
 from service.dataplane import DataPlane, Route
 from service.errors import BadRequest, GatewayError, Overloaded
 from service.metrics import GatewayMetrics
-from service.model_pool import LoadedModel, LoadPlan, load_models
+from service.model_pool import ModelLoader, check_models
+from service.routing import RoutingControl, initial_state, model_tags
+from service.shadow import ShadowRunner
+from traffic.store import SQLiteStateStore
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+ADMIN_TOKEN_ENV = "GATEWAY_ADMIN_TOKEN"
+STATE_FILE = "routing.sqlite3"
 
 
 def request_id_from(header: str | None) -> str:
@@ -45,22 +52,45 @@ class Gateway:
     """Everything one worker process serves with."""
 
     def __init__(
-        self, config: GatewayConfig, models: dict[str, LoadedModel], metrics: GatewayMetrics
-    ):
+        self,
+        config_path: Path,
+        config: GatewayConfig,
+        metrics: GatewayMetrics,
+        dataplane: DataPlane,
+        routing: RoutingControl,
+        admin_token: str | None,
+    ) -> None:
+        self.config_path = config_path
         self.config = config
         self.metrics = metrics
-        self.models = models
-        self.dataplane = DataPlane(config, models)
-        self.encoders = {tag: PredictionEncoder(m.card) for tag, m in models.items()}
+        self.dataplane = dataplane
+        self.routing = routing
+        self.admin_token = admin_token
+        self.shadows = ShadowRunner(dataplane.run, metrics)
+        self._encoders: dict[str, PredictionEncoder] = {}
 
     @classmethod
-    def start(cls, config: GatewayConfig, plan: LoadPlan) -> Gateway:
-        """Load every planned model (warm, on the resolved device)."""
+    def start(cls, config_path: Path, config: GatewayConfig) -> Gateway:
+        """Adopt the routing state, then load every model it uses (warm, on the resolved device)."""
         metrics = GatewayMetrics(config.server.latency_slo_ms / 1000.0)
-        return cls(config, load_models(config, plan, metrics), metrics)
+        store = SQLiteStateStore(config.data_dir / STATE_FILE)
+        state = initial_state(config, store)
+        tags = model_tags(state.tables)
+        loader = ModelLoader(config, check_models(config, tags), metrics)
+        models = {tag: loader.load(tag) for tag in tags}
+        snapshot = RoutingControl.snapshot(state, models)
+        dataplane = DataPlane(config.limits, snapshot, config.faults())
+        routing = RoutingControl(store, loader, dataplane, metrics)
+        routing.export(snapshot)
+        admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+        return cls(config_path, config, metrics, dataplane, routing, admin_token)
 
     def encoder(self, route: Route) -> PredictionEncoder:
-        return self.encoders[route.model.card.tag]
+        card = route.model.card
+        encoder = self._encoders.get(card.tag)
+        if encoder is None:
+            encoder = self._encoders[card.tag] = PredictionEncoder(card)
+        return encoder
 
     @contextmanager
     def account(self, endpoint: str, protocol: str) -> Iterator[RequestAccount]:
@@ -92,5 +122,5 @@ class Gateway:
             metrics.duration_series(endpoint, variant).observe(time.perf_counter() - started)
 
     async def close(self) -> None:
-        for model in self.models.values():
+        for model in self.dataplane.snapshot.models.values():
             await model.batcher.close()

@@ -79,6 +79,32 @@ class GatewayMetrics:
             ["model", "model_version", "provider"],
             multiprocess_mode="livemax",
         )
+        self.variant_weight = Gauge(
+            "gateway_variant_weight",
+            "Current traffic weight (percent) of each variant; for shadows, the mirrored percent.",
+            ["endpoint", "variant"],
+            multiprocess_mode="mostrecent",
+        )
+        self.routing_version = Gauge(
+            "gateway_routing_state_version",
+            "Routing-state version installed; min over workers (a lagging worker shows here).",
+            multiprocess_mode="min",
+        )
+        self.admin_changes = Counter(
+            "gateway_admin_changes_total",
+            "Changes asked of the admin API, by action and outcome (applied or refused).",
+            ["action", "outcome"],
+        )
+        self.shadow_requests = Counter(
+            "gateway_shadow_requests_total",
+            "Requests mirrored to a shadow variant, by outcome (ok, error, rejected).",
+            ["endpoint", "variant", "outcome"],
+        )
+        self.shadow_rows = Counter(
+            "gateway_shadow_rows_total",
+            "Rows answered by both primary and shadow, by whether their predictions agree.",
+            ["endpoint", "variant", "agreement"],
+        )
         self._request_children: dict[tuple, Counter] = {}
         self._duration_children: dict[tuple, Histogram] = {}
 

@@ -1,16 +1,20 @@
-"""Loaded model versions: one onnxruntime session and one batcher each, keyed by registry tag."""
+"""Loaded model versions: one onnxruntime session and one batcher each, keyed by registry tag.
+
+The device is resolved once per worker (``ModelLoader``); after that, models load one at a time as
+the routing state needs them: at start-up, and when an admin adds a variant.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from service import registry
 from service.batching import Batcher
 from service.config import GatewayConfig
+from service.errors import ConfigError
 from service.metrics import GatewayMetrics
 from service.model_card import MODEL_FILE, ModelCard
 from service.runtime import ModelSession, resolve_providers
@@ -43,35 +47,37 @@ def _can_stack(card: ModelCard) -> bool:
     return all(s.batched and -1 not in s.shape[1:] for s in specs)
 
 
-@dataclass(frozen=True)
-class LoadPlan:
-    """What to load and where: checked up front, so a missing model or device fails start-up fast."""
-
-    paths: dict[str, Path]
-    cards: dict[str, ModelCard]
-    providers: list[str]
-
-
-def plan_models(config: GatewayConfig) -> LoadPlan:
-    """Find every model version the config names in the store and resolve the device."""
-    tags = config.model_tags
-    paths = {tag: registry.model_dir(tag) for tag in tags}
-    cards = {tag: registry.load_card(tag) for tag in tags}
-    providers = resolve_providers(config.device, paths[tags[0]] / MODEL_FILE)
-    return LoadPlan(paths, cards, providers)
+def check_models(config: GatewayConfig, tags: list[str]) -> list[str]:
+    """Check every tag is in the store and resolve the device; returns the providers to use."""
+    if not tags:
+        raise ConfigError("no model versions to serve")
+    for tag in tags:
+        registry.load_card(tag)
+    return resolve_providers(config.device, registry.model_dir(tags[0]) / MODEL_FILE)
 
 
-def load_models(
-    config: GatewayConfig, plan: LoadPlan, metrics: GatewayMetrics
-) -> dict[str, LoadedModel]:
-    """Load and warm up every planned model version; log the provider each one really uses."""
-    batching = config.batching
-    loaded: dict[str, LoadedModel] = {}
-    for tag, card in plan.cards.items():
-        session = ModelSession(
-            plan.paths[tag] / MODEL_FILE, card, plan.providers, config.runtime.intra_op_threads
-        )
-        session.warm_up(config.runtime.warmup_rows)
+class ModelLoader:
+    """Loads model versions from the store on the device resolved once for this worker."""
+
+    def __init__(
+        self, config: GatewayConfig, providers: list[str], metrics: GatewayMetrics
+    ) -> None:
+        self.config = config
+        self.providers = providers
+        self.metrics = metrics
+
+    def load(self, tag: str) -> LoadedModel:
+        """Load and warm one model version; log the provider it really uses."""
+        directory = registry.model_dir(tag)
+        card = registry.load_card(tag)
+        runtime, batching = self.config.runtime, self.config.batching
+        try:
+            session = ModelSession(
+                directory / MODEL_FILE, card, self.providers, runtime.intra_op_threads
+            )
+            session.warm_up(runtime.warmup_rows)
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise ConfigError(f"model {tag} does not load: {error}") from None
         stack = batching.enabled and _can_stack(card)
         batcher = Batcher(
             session.run,
@@ -79,10 +85,10 @@ def load_models(
             max_wait_ms=batching.max_wait_ms if stack else 0.0,
             max_queue=batching.max_queue,
             concurrency=batching.concurrency,
-            observe_batch=metrics.batch_observer(card.name, card.version),
+            observe_batch=self.metrics.batch_observer(card.name, card.version),
             name=tag,
         )
-        metrics.model_loaded.labels(card.name, card.version, session.provider).set(1)
+        self.metrics.model_loaded.labels(card.name, card.version, session.provider).set(1)
         log.info(
             "model %s loaded on %s (sha256 %s, batching %s)",
             tag,
@@ -90,5 +96,4 @@ def load_models(
             card.sha256[:12],
             f"up to {batching.max_batch_size} rows" if stack else "off",
         )
-        loaded[tag] = LoadedModel(card, session, batcher)
-    return loaded
+        return LoadedModel(card, session, batcher)

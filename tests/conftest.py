@@ -37,10 +37,11 @@ def write_config(path: Path, **overrides) -> Path:
         "model_store": str(STORE_ROOT / "bentoml"),
         "endpoints": {
             "cancer": {
+                "routing": {"key": {"header": "x-user-id"}},
                 "variants": [
                     {"name": "stable", "model": "cancer:v1", "weight": 90},
                     {"name": "candidate", "model": "cancer:v2", "weight": 10, "role": "candidate"},
-                ]
+                ],
             },
             "diabetes": {"variants": [{"name": "stable", "model": "diabetes:v1"}]},
         },

@@ -15,7 +15,9 @@ def test_minimal_config_gets_defaults():
     assert config.server.port == 3000
     assert config.device == "auto"
     assert config.batching.enabled
-    assert config.model_tags == ["iris:v1"]
+    table = config.tables()["iris"]
+    assert [(v.name, v.model, v.weight) for v in table.variants] == [("a", "iris:v1", 100.0)]
+    assert table.policy.salt == "iris" and table.policy.allow_pinning
 
 
 def test_several_variants_are_expressible():
@@ -26,7 +28,7 @@ def test_several_variants_are_expressible():
                     "variants": [
                         {"name": "stable", "model": "iris:v1", "weight": 95},
                         {"name": "canary", "model": "iris:v2", "weight": 5, "role": "candidate"},
-                        {"name": "shadow", "model": "iris:v3", "weight": 0, "role": "shadow"},
+                        {"name": "shadow", "model": "iris:v3", "role": "shadow", "mirror": 0.1},
                     ]
                 }
             }
@@ -106,3 +108,33 @@ def test_relative_model_store_is_relative_to_the_config(tmp_path):
     path = tmp_path / "gateway.yaml"
     path.write_text("model_store: store\nendpoints: {e: {variants: [{name: a, model: 'm:v1'}]}}\n")
     assert load_config(path).model_store == tmp_path / "store"
+
+
+def test_routing_policy_and_faults_from_config():
+    config = parse_config(
+        {
+            "endpoints": {
+                "e": {
+                    "routing": {
+                        "key": {"header": "X-User-Id"},
+                        "require_key": True,
+                        "allow_pinning": False,
+                    },
+                    "variants": [
+                        {"name": "a", "model": "m:v1", "weight": 90},
+                        {
+                            "name": "s",
+                            "model": "m:v2",
+                            "role": "shadow",
+                            "mirror": 0.2,
+                            "faults": {"delay_ms": 5},
+                        },
+                    ],
+                }
+            }
+        }
+    )
+    policy = config.tables()["e"].policy
+    assert policy.key_header == "x-user-id" and policy.require_key and not policy.allow_pinning
+    assert config.faults()[("e", "s")].delay_ms == 5
+    assert config.routing_hash() == parse_config(config.model_dump(mode="json")).routing_hash()

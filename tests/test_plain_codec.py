@@ -28,7 +28,10 @@ CARD = ModelCard(
 
 
 def test_lists_and_records_give_the_same_tensor():
-    instances = decode_instances(json.dumps({"instances": [[1, 2], {"b": 4, "a": 3}]}).encode())
+    instances, fields = decode_instances(
+        json.dumps({"instances": [[1, 2], {"b": 4, "a": 3}]}).encode()
+    )
+    assert fields == {}
     tensors = instances_to_tensors(instances, CARD)
     np.testing.assert_array_equal(tensors["X"], np.array([[1, 2], [3, 4]], np.float32))
     assert tensors["X"].dtype == np.float32
@@ -49,6 +52,13 @@ def test_label_from_probabilities_when_the_model_has_no_label_output():
     outputs = {"probabilities": np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)}
     labels = [p["label"] for p in PredictionEncoder(card).predictions(outputs)]
     assert labels == ["no", "yes"]
+
+
+def test_the_routing_key_field_is_allowed_only_when_configured():
+    body = json.dumps({"instances": [[1, 2]], "user": "u-1"}).encode()
+    assert decode_instances(body, "user")[1] == {"user": "u-1"}
+    with pytest.raises(BadRequest, match="unknown field"):
+        decode_instances(body)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from service import registry
 from service.config import parse_config
 from service.errors import ConfigError
-from service.model_pool import plan_models
+from service.model_pool import check_models
 from service.runtime import resolve_providers
 
 
@@ -90,7 +90,7 @@ def test_generated_version_and_parquet_reference(demo_models, tmp_path):
 def test_unknown_model_in_config_fails_planning(demo_models):
     config = parse_config({"endpoints": {"e": {"variants": [{"name": "a", "model": "ghost:v1"}]}}})
     with pytest.raises(ConfigError, match="ghost:v1 is not in the model store"):
-        plan_models(config)
+        check_models(config, ["ghost:v1"])
 
 
 def test_device_resolution_on_this_machine(demo_models):

@@ -31,6 +31,7 @@ class InferRequest:
     outputs: tuple[str, ...] | None
     binary_outputs: frozenset[str]
     all_binary: bool
+    parameters: dict
 
 
 def _decode_json(data: bytes) -> object:
@@ -176,10 +177,11 @@ def _with_output_request(request: dict, inputs: Tensors) -> InferRequest:
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string")
-    all_binary = bool(_parameters(request, "request").get("binary_data_output", False))
+    parameters = _parameters(request, "request")
+    all_binary = bool(parameters.get("binary_data_output", False))
     raw_outputs = request.get("outputs")
     if raw_outputs is None:
-        return InferRequest(request_id, inputs, None, frozenset(), all_binary)
+        return InferRequest(request_id, inputs, None, frozenset(), all_binary, parameters)
     if not isinstance(raw_outputs, list):
         raise BadRequest("'outputs' must be a list")
     names, binary = [], set()
@@ -189,7 +191,7 @@ def _with_output_request(request: dict, inputs: Tensors) -> InferRequest:
         names.append(output["name"])
         if _parameters(output, f"output {output['name']!r}").get("binary_data", False):
             binary.add(output["name"])
-    return InferRequest(request_id, inputs, tuple(names), frozenset(binary), all_binary)
+    return InferRequest(request_id, inputs, tuple(names), frozenset(binary), all_binary, parameters)
 
 
 def _bytes_tensor(array: np.ndarray) -> bytes:

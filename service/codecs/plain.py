@@ -17,23 +17,24 @@ from service.tensors import OIP_TO_NUMPY
 Tensors = dict[str, np.ndarray]
 
 
-def decode_instances(body: bytes) -> list:
-    """The request's rows, not yet checked against a model."""
+def decode_instances(body: bytes, key_field: str | None = None) -> tuple[list, dict]:
+    """The request's rows (not yet checked against a model) and its routing-key field, if any."""
     try:
         request = msgspec.json.decode(body)
     except msgspec.DecodeError as error:
         raise BadRequest(f"malformed JSON: {error}") from None
     if not isinstance(request, dict) or "instances" not in request:
         raise BadRequest('the body must be a JSON object {"instances": [row, ...]}')
-    unknown = sorted(set(request) - {"instances"})
+    allowed = {"instances", key_field} if key_field else {"instances"}
+    unknown = sorted(set(request) - allowed)
     if unknown:
-        raise BadRequest(f"unknown field(s) {unknown}; the body takes only 'instances'")
+        raise BadRequest(f"unknown field(s) {unknown}; the body takes only {sorted(allowed)}")
     instances = request["instances"]
     if not isinstance(instances, list):
         raise BadRequest("'instances' must be a list of rows")
     if not instances:
         raise BadRequest("empty batch: 'instances' has no rows")
-    return instances
+    return instances, {key_field: request[key_field]} if key_field in request else {}
 
 
 def _record_to_row(record: dict, card: ModelCard, position: int) -> list:

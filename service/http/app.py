@@ -6,6 +6,10 @@ attached to ``app.state.gateway`` when the BentoML service starts in that worker
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -13,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.errors import NotFound
-from service.http import oip
+from service.http import admin, oip
 from service.http.predict import list_endpoints, predict
 from service.http.responses import EXCEPTION_HANDLERS
 from service.metrics import CONTENT_TYPE, exposition
@@ -36,7 +40,21 @@ def build_app() -> Starlette:
         Route("/endpoints", list_endpoints, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *oip.ROUTES,
+        *admin.ROUTES,
         Route("/v2/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
         Route("/predict/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
+        Route("/admin/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
     ]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=follow_routing)
+
+
+@contextlib.asynccontextmanager
+async def follow_routing(app: Starlette) -> AsyncIterator[None]:
+    """While serving, keep this worker on the shared routing state (see service/routing.py)."""
+    gateway = getattr(app.state, "gateway", None)
+    task = asyncio.create_task(gateway.routing.follow()) if gateway else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()

@@ -14,13 +14,20 @@ from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
 from service.codecs.oip import HEADER_LENGTH, decode_infer_request, encode_infer_response
-from service.dataplane import Endpoint, Route
-from service.errors import BadRequest
+from service.errors import BadRequest, NotFound
 from service.http.body import read_body
-from service.http.common import answer_headers, assign_request_id, gateway_of
+from service.http.common import (
+    answer_headers,
+    assign_request_id,
+    gateway_of,
+    pinned_variant,
+    routing_key,
+)
 from service.http.responses import json_response
 from service.metrics import sample_totals
+from service.model_card import ModelCard
 from service.tensors import TensorSpec
+from traffic.table import EndpointTable, UnknownVariant, VariantSpec
 
 try:
     SERVER_VERSION = version("onnx-gateway")
@@ -30,15 +37,18 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 
 
-def _route(request: Request) -> tuple[Endpoint, Route]:
-    """The endpoint named in the path and the variant its ``/versions/{v}`` names (if any)."""
-    endpoint = gateway_of(request).dataplane.endpoint(request.path_params["model"])
-    pinned = request.path_params.get("version")
-    return endpoint, endpoint.route(model_version=pinned) if pinned else None
-
-
-def _described(endpoint: Endpoint, route: Route | None):
-    return route.model if route else endpoint.primary
+def _described(request: Request) -> tuple[EndpointTable, list[VariantSpec]]:
+    """The endpoint in the path and the variants it describes: the one ``/versions/{v}`` names
+    (404 if none), else all of them, the first stable one first."""
+    table = gateway_of(request).dataplane.table(request.path_params["model"])
+    version = request.path_params.get("version")
+    if version is not None:
+        try:
+            return table, [table.by_version(version)]
+        except UnknownVariant as error:
+            raise NotFound(str(error)) from None
+    ordered = sorted(table.variants, key=lambda v: v.role != "stable")
+    return table, ordered
 
 
 async def server_metadata(request: Request) -> Response:
@@ -61,8 +71,8 @@ async def server_ready(request: Request) -> Response:
 
 
 async def model_ready(request: Request) -> Response:
-    endpoint, route = _route(request)
-    return json_response({"name": endpoint.name, "ready": True})
+    table, _ = _described(request)
+    return json_response({"name": table.endpoint, "ready": True})
 
 
 def _tensor_metadata(spec: TensorSpec) -> dict:
@@ -70,13 +80,12 @@ def _tensor_metadata(spec: TensorSpec) -> dict:
 
 
 async def model_metadata(request: Request) -> Response:
-    endpoint, route = _route(request)
-    card = _described(endpoint, route).card
-    versions = [v.model_version for v in endpoint.router.variants]
+    table, variants = _described(request)
+    card = gateway_of(request).dataplane.model(variants[0]).card
     return json_response(
         {
-            "name": endpoint.name,
-            "versions": [route.variant.model_version] if route else versions,
+            "name": table.endpoint,
+            "versions": [v.model_version for v in variants],
             "platform": "onnxruntime_onnx",
             "inputs": [_tensor_metadata(s) for s in card.inputs],
             "outputs": [_tensor_metadata(s) for s in card.outputs],
@@ -92,13 +101,13 @@ def _triton_tensor(spec: TensorSpec, batched: bool) -> dict:
 
 async def model_config(request: Request) -> Response:
     """A Triton-style model config (perf_analyzer and tritonclient read it)."""
-    endpoint, route = _route(request)
-    card = _described(endpoint, route).card
+    table, variants = _described(request)
+    card = gateway_of(request).dataplane.model(variants[0]).card
     batched = all(s.batched for s in card.inputs + card.outputs)
     limits = gateway_of(request).config.limits
     return json_response(
         {
-            "name": endpoint.name,
+            "name": table.endpoint,
             "platform": "onnxruntime_onnx",
             "backend": "onnxruntime",
             "max_batch_size": limits.max_rows if batched else 0,
@@ -108,15 +117,14 @@ async def model_config(request: Request) -> Response:
     )
 
 
-def _variant_stats(endpoint: Endpoint, variant) -> dict:
+def _variant_stats(endpoint: str, variant: VariantSpec, card: ModelCard) -> dict:
     """Triton-style statistics for one variant, summed over every worker from the metrics files."""
-    card = endpoint.models[variant.name].card
-    requests = {"endpoint": endpoint.name, "model_version": variant.model_version}
+    requests = {"endpoint": endpoint, "model_version": variant.model_version}
     run = {"model": card.name, "model_version": card.version}
     succeeded = sample_totals("gateway_requests_total", outcome="ok", **requests)
     answered = sample_totals("gateway_requests_total", **requests)
     latency = sample_totals(
-        "gateway_request_duration_seconds_sum", endpoint=endpoint.name, variant=variant.name
+        "gateway_request_duration_seconds_sum", endpoint=endpoint, variant=variant.name
     )
     runs = sample_totals("gateway_inference_batch_rows_count", **run)
     compute = sample_totals("gateway_inference_duration_seconds_sum", **run)
@@ -125,7 +133,7 @@ def _variant_stats(endpoint: Endpoint, variant) -> dict:
         return {"count": int(count), "ns": int(seconds * 1e9)}
 
     return {
-        "name": endpoint.name,
+        "name": endpoint,
         "version": variant.model_version,
         "inference_count": int(sample_totals("gateway_inference_batch_rows_sum", **run)),
         "execution_count": int(runs),
@@ -139,9 +147,12 @@ def _variant_stats(endpoint: Endpoint, variant) -> dict:
 
 async def model_stats(request: Request) -> Response:
     """``/stats``: per-version request and run counts (tritonclient's get_inference_statistics)."""
-    endpoint, route = _route(request)
-    variants = [route.variant] if route else list(endpoint.router.variants)
-    stats = await anyio.to_thread.run_sync(lambda: [_variant_stats(endpoint, v) for v in variants])
+    table, variants = _described(request)
+    dataplane = gateway_of(request).dataplane
+    cards = [dataplane.model(v).card for v in variants]
+    stats = await anyio.to_thread.run_sync(
+        lambda: [_variant_stats(table.endpoint, v, c) for v, c in zip(variants, cards)]
+    )
     return json_response({"model_stats": stats})
 
 
@@ -149,8 +160,8 @@ async def repository_index(request: Request) -> Response:
     gateway = gateway_of(request)
     index = [
         {"name": name, "version": variant.model_version, "state": "READY"}
-        for name, endpoint in gateway.dataplane.endpoints.items()
-        for variant in endpoint.router.variants
+        for name, table in gateway.dataplane.snapshot.tables.items()
+        for variant in table.variants
     ]
     return json_response(index)
 
@@ -158,11 +169,17 @@ async def repository_index(request: Request) -> Response:
 async def infer(request: Request) -> Response:
     gateway = gateway_of(request)
     request_id = assign_request_id(request)
-    endpoint, pinned = _route(request)
-    with gateway.account(endpoint.name, "oip") as account:
+    dataplane = gateway.dataplane
+    table = dataplane.table(request.path_params["model"])
+    with gateway.account(table.endpoint, "oip") as account:
         body = await read_body(request, gateway.config.limits.max_body_bytes)
         decoded = decode_infer_request(body, request.headers.get(HEADER_LENGTH))
-        route = account.route = pinned or endpoint.route()
+        route = account.route = dataplane.route(
+            table.endpoint,
+            routing_key(request, table, decoded.parameters),
+            pin_variant=pinned_variant(request),
+            pin_version=request.path_params.get("version"),
+        )
         card = route.model.card
         if decoded.outputs is not None:
             known = {s.name for s in card.outputs}
@@ -171,9 +188,10 @@ async def infer(request: Request) -> Response:
                 raise BadRequest(
                     f"unknown output(s) {unknown}; model {card.tag} has {sorted(known)}"
                 )
-        outputs = await gateway.dataplane.infer(route, decoded.inputs)
+        outputs = await dataplane.infer(route, decoded.inputs)
+        gateway.shadows.mirror(route, decoded.inputs, outputs)
         content, header_length = encode_infer_response(
-            endpoint.name, card.version, decoded, outputs
+            table.endpoint, card.version, decoded, outputs
         )
     headers = answer_headers(request_id, route.variant.name, card.version)
     if header_length is None:

@@ -1,0 +1,205 @@
+"""``/admin/...``: read and change routing, reload the config, read the audit log.
+
+Every call needs ``Authorization: Bearer <GATEWAY_ADMIN_TOKEN>``; with no token configured the admin
+API is off (403). A wrong or missing token is 401 and is logged with the client's address; tokens are
+compared in constant time. Changes go through ``RoutingControl.change``: validated, models loaded,
+saved with compare-and-swap, audited, installed here at once and on the other workers within
+``POLL_S``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Mapping
+
+import msgspec
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.config import VariantConfig, describe, load_config
+from service.errors import BadRequest, ConfigError, GatewayError
+from service.gateway import Gateway
+from service.http.body import read_body
+from service.http.common import gateway_of
+from service.http.responses import json_response
+from traffic.table import EndpointTable
+
+log = logging.getLogger("gateway.admin")
+MAX_ADMIN_BODY = 64 * 1024
+
+
+class Unauthorized(GatewayError):
+    status = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class AdminDisabled(GatewayError):
+    status = 403
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _authorized(request: Request) -> Gateway:
+    gateway = gateway_of(request)
+    if gateway.admin_token is None:
+        raise AdminDisabled("the admin API is off: set GATEWAY_ADMIN_TOKEN to enable it")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), gateway.admin_token.encode()
+    ):
+        log.warning(
+            "admin call refused: bad or missing token from %s (%s %s)",
+            _client(request),
+            request.method,
+            request.url.path,
+        )
+        raise Unauthorized("a valid 'Authorization: Bearer <token>' is required")
+    return gateway
+
+
+async def _json_object(request: Request) -> dict:
+    body = await read_body(request, MAX_ADMIN_BODY)
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise BadRequest(f"malformed JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def _table(tables: Mapping[str, EndpointTable], endpoint: str) -> EndpointTable:
+    if endpoint not in tables:
+        raise BadRequest(f"unknown endpoint {endpoint!r}; endpoints: {sorted(tables)}")
+    return tables[endpoint]
+
+
+def _routing_view(gateway: Gateway) -> dict:
+    snapshot = gateway.dataplane.snapshot
+    return {
+        "version": snapshot.version,
+        "endpoints": {name: table.to_dict() for name, table in snapshot.tables.items()},
+    }
+
+
+async def read_routing(request: Request) -> Response:
+    return json_response(_routing_view(_authorized(request)))
+
+
+async def set_weights(request: Request) -> Response:
+    gateway = _authorized(request)
+    endpoint = request.path_params["endpoint"]
+    weights = (await _json_object(request)).get("weights")
+    if (
+        not isinstance(weights, dict)
+        or not weights
+        or not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights.values()
+        )
+    ):
+        raise BadRequest('the body must be {"weights": {"variant": number, ...}}')
+
+    def mutate(tables):
+        return {**tables, endpoint: _table(tables, endpoint).with_weights(weights)}
+
+    await gateway.routing.change(
+        _client(request), "set_weights", endpoint, {"weights": weights}, mutate
+    )
+    return json_response(_routing_view(gateway))
+
+
+async def add_variant(request: Request) -> Response:
+    """Add a variant (default: a candidate at weight 0). Its model loads before it gets traffic."""
+    gateway = _authorized(request)
+    endpoint = request.path_params["endpoint"]
+    data = await _json_object(request)
+    try:
+        variant = VariantConfig.model_validate({"role": "candidate", "weight": 0, **data})
+    except ValidationError as error:
+        raise BadRequest(describe(error, "variant")) from None
+    if variant.faults is not None:
+        raise BadRequest("faults can only be set in gateway.yaml")
+    spec = variant.spec()
+
+    def mutate(tables):
+        return {**tables, endpoint: _table(tables, endpoint).with_variant(spec)}
+
+    await gateway.routing.change(_client(request), "add_variant", endpoint, spec.to_dict(), mutate)
+    return json_response(_routing_view(gateway), status=201)
+
+
+async def remove_variant(request: Request) -> Response:
+    gateway = _authorized(request)
+    endpoint, name = request.path_params["endpoint"], request.path_params["variant"]
+
+    def mutate(tables):
+        return {**tables, endpoint: _table(tables, endpoint).without_variant(name)}
+
+    await gateway.routing.change(
+        _client(request), "remove_variant", endpoint, {"variant": name}, mutate
+    )
+    return json_response(_routing_view(gateway))
+
+
+async def reload_config(request: Request) -> Response:
+    """Re-read gateway.yaml and make its endpoints the routing state (other sections need a
+    restart, and the answer says which differ)."""
+    gateway = _authorized(request)
+    path = gateway.config_path
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        raise BadRequest(str(error)) from None
+    changed = [
+        key
+        for key in ("server", "device", "model_store", "batching", "runtime", "limits", "data_dir")
+        if getattr(config, key) != getattr(gateway.config, key)
+    ]
+    await gateway.routing.change(
+        _client(request),
+        "reload",
+        "*",
+        {"config": str(path), "restart_required": changed},
+        lambda tables: config.tables(),
+        source=config.routing_hash(),
+    )
+    return json_response({**_routing_view(gateway), "restart_required": changed})
+
+
+async def read_audit(request: Request) -> Response:
+    gateway = _authorized(request)
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+        raise BadRequest("limit must be an integer from 1 to 10000")
+    entries = gateway.routing.store.audit(int(raw))
+    return json_response(
+        {
+            "entries": [
+                {
+                    "at": e.at,
+                    "client": e.client,
+                    "action": e.action,
+                    "endpoint": e.endpoint,
+                    "detail": e.detail,
+                }
+                for e in entries
+            ]
+        }
+    )
+
+
+ROUTES = [
+    Route("/admin/routing", read_routing, methods=["GET"]),
+    Route("/admin/endpoints/{endpoint}/weights", set_weights, methods=["PUT"]),
+    Route("/admin/endpoints/{endpoint}/variants", add_variant, methods=["POST"]),
+    Route("/admin/endpoints/{endpoint}/variants/{variant}", remove_variant, methods=["DELETE"]),
+    Route("/admin/reload", reload_config, methods=["POST"]),
+    Route("/admin/audit", read_audit, methods=["GET"]),
+]

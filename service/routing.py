@@ -1,0 +1,173 @@
+"""Keeping every worker on the same routing state, and changing it safely.
+
+At start a worker adopts the stored state, unless the config's endpoints changed since it was saved
+(then the config wins and that is audited). Afterwards each worker polls the store's version every
+``POLL_S`` seconds; on a new version it loads any model the new tables need (off the event loop;
+traffic moves only once the model is warm), then installs the new snapshot in one step. A change
+made through the admin API is validated, loaded in the worker that took it, saved with
+compare-and-swap, audited, and installed there at once; the other workers follow within ``POLL_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+import anyio
+
+from service.config import GatewayConfig
+from service.dataplane import DataPlane, Snapshot
+from service.errors import ConfigError, GatewayError
+from service.metrics import GatewayMetrics
+from service.model_pool import LoadedModel, ModelLoader
+from traffic.store import RoutingState, StateStore, VersionConflict, audit_entry
+from traffic.table import EndpointTable, RoutingError
+
+log = logging.getLogger("gateway.routing")
+POLL_S = 0.25
+GRACE_S = 30.0
+"""How long a model no table uses stays loaded, for requests routed to it just before a change."""
+
+Tables = Mapping[str, EndpointTable]
+
+
+class Conflict(GatewayError):
+    status = 409
+
+
+def model_tags(tables: Tables) -> list[str]:
+    """Every model version the tables use, each once."""
+    return list(dict.fromkeys(v.model for t in tables.values() for v in t.variants))
+
+
+def initial_state(config: GatewayConfig, store: StateStore) -> RoutingState:
+    """The stored state, or the config's when nothing is stored or the config's endpoints changed."""
+    source = config.routing_hash()
+    while True:
+        stored = store.load()
+        if stored is not None and stored.source == source:
+            return stored
+        version = stored.version if stored else 0
+        try:
+            saved = store.save(RoutingState(0, source, config.tables()), version)
+        except VersionConflict:
+            continue  # another worker initialised it meanwhile: adopt theirs
+        reason = "first start" if stored is None else "config endpoints changed"
+        store.append_audit(audit_entry("config", "initialize", "*", {"reason": reason}))
+        return saved
+
+
+class RoutingControl:
+    """One worker's side of the shared routing state."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        loader: ModelLoader,
+        dataplane: DataPlane,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.store = store
+        self.loader = loader
+        self.dataplane = dataplane
+        self.metrics = metrics
+        self._lock = asyncio.Lock()
+
+    @staticmethod
+    def snapshot(state: RoutingState, models: Mapping[str, LoadedModel]) -> Snapshot:
+        needed = model_tags(state.tables)
+        return Snapshot(state.version, dict(state.tables), {t: models[t] for t in needed})
+
+    def export(self, snapshot: Snapshot) -> None:
+        """Export a snapshot's weights and version as metrics."""
+        for name, table in snapshot.tables.items():
+            for variant in table.variants:
+                self.metrics.variant_weight.labels(name, variant.name).set(
+                    variant.mirror * 100 if variant.role == "shadow" else variant.weight
+                )
+        self.metrics.routing_version.set(snapshot.version)
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Install a snapshot, export it, and retire models no table uses any more."""
+        previous = self.dataplane.snapshot
+        self.dataplane.install(snapshot)
+        self.export(snapshot)
+        retired = [m for t, m in previous.models.items() if t not in snapshot.models]
+        if retired:
+            asyncio.get_running_loop().call_later(GRACE_S, self._retire, retired)
+
+    def _retire(self, models: list[LoadedModel]) -> None:
+        in_use = self.dataplane.snapshot.models.values()
+        for model in models:
+            if all(model is not m for m in in_use):
+                asyncio.ensure_future(model.batcher.close())
+
+    async def _load_missing(self, tables: Tables) -> dict[str, LoadedModel]:
+        models = dict(self.dataplane.snapshot.models)
+        for tag in model_tags(tables):
+            if tag not in models:
+                models[tag] = await anyio.to_thread.run_sync(self.loader.load, tag)
+        return models
+
+    async def follow(self) -> None:
+        """Poll the store forever and install each new version (runs as a background task)."""
+        while True:
+            await asyncio.sleep(POLL_S)
+            try:
+                version = await anyio.to_thread.run_sync(self.store.current_version)
+                if version != self.dataplane.snapshot.version:
+                    await self.refresh()
+            except Exception:  # keep following: a bad moment must not stop routing updates
+                log.exception("following the routing state failed; retrying")
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            state = await anyio.to_thread.run_sync(self.store.load)
+            if state is None or state.version == self.dataplane.snapshot.version:
+                return
+            models = await self._load_missing(state.tables)
+            self.publish(self.snapshot(state, models))
+            log.info("routing state version %d installed", state.version)
+
+    async def change(
+        self,
+        client: str,
+        action: str,
+        endpoint: str,
+        detail: Mapping,
+        mutate: Callable[[Tables], Tables],
+        source: str | None = None,
+    ) -> RoutingState:
+        """Apply ``mutate`` to the current tables: validate, load, save (CAS), audit, install."""
+        async with self._lock:
+            for _ in range(5):
+                state = await anyio.to_thread.run_sync(self.store.load)
+                try:
+                    tables = mutate(state.tables)
+                except RoutingError as error:
+                    self.metrics.admin_changes.labels(action, "refused").inc()
+                    raise GatewayError(str(error)) from None
+                try:
+                    models = await self._load_missing(tables)
+                except ConfigError as error:
+                    self.metrics.admin_changes.labels(action, "refused").inc()
+                    raise GatewayError(str(error)) from None
+                new = RoutingState(0, source or state.source, tables)
+                try:
+                    saved = await anyio.to_thread.run_sync(self.store.save, new, state.version)
+                except VersionConflict:
+                    continue
+                entry = audit_entry(client, action, endpoint, {**detail, "version": saved.version})
+                await anyio.to_thread.run_sync(self.store.append_audit, entry)
+                self.metrics.admin_changes.labels(action, "applied").inc()
+                self.publish(self.snapshot(saved, models))
+                log.info(
+                    "%s on %s by %s: routing state version %d",
+                    action,
+                    endpoint,
+                    client,
+                    saved.version,
+                )
+                return saved
+        raise Conflict("the routing state kept changing underneath; try again")
