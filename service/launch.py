@@ -57,14 +57,18 @@ def stop(process: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def running_gateway(
-    config_path: Path, port: int | None = None, log_path: Path | None = None
+    config_path: Path,
+    port: int | None = None,
+    log_path: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
-    """A ready gateway for ``config_path`` on 127.0.0.1; yields its base URL, stops it after."""
+    """A ready gateway for ``config_path`` on 127.0.0.1 (``env`` added to its environment); yields
+    its base URL, stops it after."""
     port = port or free_port()
     log = open(log_path, "wb") if log_path else None  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         serve_command(port, "127.0.0.1"),
-        env=serve_env(config_path, port),
+        env={**serve_env(config_path, port), **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT if log else None,
         start_new_session=True,

@@ -58,5 +58,6 @@ def gateway_url(demo_models, tmp_path_factory) -> str:
     config = write_config(
         directory / "gateway.yaml", limits={"max_rows": 100, "max_body_bytes": 65536}
     )
-    with running_gateway(config, log_path=directory / "server.log") as url:
+    no_admin = {"GATEWAY_ADMIN_TOKEN": ""}
+    with running_gateway(config, log_path=directory / "server.log", env=no_admin) as url:
         yield url

@@ -1,0 +1,349 @@
+"""Traffic over HTTP on a real 2-worker gateway: sticky keys, weight changes reaching every worker
+within a second, pinning, shadow isolation, the admin API and its audit log, persistence."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import statistics
+import time
+from collections import Counter
+
+import aiohttp
+import pytest
+
+from service import registry
+from service.config import load_config
+from service.launch import running_gateway
+from tests.conftest import write_config
+
+pytestmark = pytest.mark.integration
+TOKEN = "s3cret-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+ROW = [1.0] * 30
+
+
+@pytest.fixture(scope="module")
+def traffic_config(demo_models, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("traffic")
+    v1 = demo_models["cancer:v1"]
+    for version in ("v3", "v4", "v5"):  # copies of v1: two shadows and one to add by admin
+        registry.add_model(v1.onnx_path, "cancer", v1.reference_path, version=version)
+    return write_config(
+        directory / "gateway.yaml",
+        server={"workers": 2},
+        data_dir=str(directory / "data"),
+        endpoints={
+            "cancer": {
+                "routing": {"key": {"header": "x-user-id"}},
+                "variants": [
+                    {"name": "stable", "model": "cancer:v1", "weight": 90},
+                    {"name": "candidate", "model": "cancer:v2", "weight": 10, "role": "candidate"},
+                    {
+                        "name": "slow-shadow",
+                        "model": "cancer:v3",
+                        "role": "shadow",
+                        "mirror": 1.0,
+                        "faults": {"delay_ms": 1000},
+                    },
+                    {
+                        "name": "bad-shadow",
+                        "model": "cancer:v4",
+                        "role": "shadow",
+                        "mirror": 1.0,
+                        "faults": {"error_rate": 1.0},
+                    },
+                ],
+            },
+            "baseline": {"variants": [{"name": "stable", "model": "cancer:v1"}]},
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def traffic_url(traffic_config):
+    log = traffic_config.parent / "server.log"
+    with running_gateway(traffic_config, log_path=log, env={"GATEWAY_ADMIN_TOKEN": TOKEN}) as url:
+        yield url
+
+
+def fresh_connections() -> aiohttp.ClientSession:
+    """A client that opens a new connection per request, so both workers get requests."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+
+async def predict(session, url, key=None, endpoint="cancer", headers=None):
+    all_headers = {**({"x-user-id": key} if key else {}), **(headers or {})}
+    started = time.perf_counter()
+    async with session.post(
+        f"{url}/predict/{endpoint}", json={"instances": [ROW]}, headers=all_headers
+    ) as answer:
+        await answer.read()
+        return (
+            answer.status,
+            answer.headers.get("x-gateway-variant"),
+            answer.headers.get("x-gateway-worker"),
+            time.perf_counter() - started,
+        )
+
+
+async def metric(session, url, prefix: str) -> float:
+    async with session.get(f"{url}/metrics") as answer:
+        text = await answer.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
+async def admin(session, url, method, path, body=None, headers=ADMIN):
+    async with session.request(method, f"{url}{path}", json=body, headers=headers) as answer:
+        return answer.status, json.loads(await answer.read())
+
+
+def expected_variants(config_path, keys, weights=None):
+    table = load_config(config_path).tables()["cancer"]
+    if weights:
+        table = table.with_weights(weights)
+    return {k: table.route(k).variant.name for k in keys}
+
+
+async def test_keys_are_sticky_on_both_workers_and_match_the_table(traffic_url, traffic_config):
+    keys = [f"user-{i}" for i in range(600)]
+    expected = expected_variants(traffic_config, keys)
+    async with fresh_connections() as session:
+        results = await asyncio.gather(*(predict(session, traffic_url, k) for k in keys * 2))
+    workers = {worker for _, _, worker, _ in results}
+    assert len(workers) == 2, "both workers answered"
+    for key, (status, variant, _, _) in zip(keys * 2, results):
+        assert status == 200 and variant == expected[key]
+    share = Counter(expected.values())["candidate"] / len(keys)
+    assert 0.06 < share < 0.14
+
+
+async def test_shadows_never_slow_or_fail_callers(traffic_url):
+    async with aiohttp.ClientSession() as session:
+        before_errors = await metric(
+            session,
+            traffic_url,
+            'gateway_shadow_requests_total{endpoint="cancer",outcome="error",variant="bad-shadow"}',
+        )
+        baseline = [await predict(session, traffic_url, endpoint="baseline") for _ in range(40)]
+        mirrored = [await predict(session, traffic_url, f"u{i}") for i in range(40)]
+        assert all(status == 200 for status, *_ in baseline + mirrored)
+        base_ms = statistics.median(r[3] for r in baseline) * 1000
+        mirrored_ms = statistics.median(r[3] for r in mirrored) * 1000
+        assert mirrored_ms < base_ms + 20, (base_ms, mirrored_ms)
+        assert max(r[3] for r in mirrored) < 0.5  # a 1 s shadow never reaches the caller
+        await asyncio.sleep(1.5)  # let the slow shadow finish
+        errors = await metric(
+            session,
+            traffic_url,
+            'gateway_shadow_requests_total{endpoint="cancer",outcome="error",variant="bad-shadow"}',
+        )
+        slow_ok = await metric(
+            session,
+            traffic_url,
+            'gateway_shadow_requests_total{endpoint="cancer",outcome="ok",variant="slow-shadow"}',
+        )
+        agree = await metric(
+            session,
+            traffic_url,
+            'gateway_shadow_rows_total{agreement="agree",endpoint="cancer",variant="slow-shadow"}',
+        )
+    assert errors - before_errors == 40
+    assert slow_ok >= 40 and agree >= 40  # v3 is a copy of v1: it agrees with the stable rows
+
+
+async def test_pinning_by_header_and_oip_version(traffic_url):
+    async with aiohttp.ClientSession() as session:
+        pinned = [
+            await predict(session, traffic_url, f"k{i}", headers={"x-gateway-variant": "candidate"})
+            for i in range(10)
+        ]
+        assert {variant for _, variant, _, _ in pinned} == {"candidate"}
+        body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 30], "data": ROW}]}
+        async with session.post(
+            f"{traffic_url}/v2/models/cancer/versions/v2/infer", json=body
+        ) as answer:
+            assert answer.status == 200 and answer.headers["x-gateway-variant"] == "candidate"
+
+
+async def test_admin_needs_the_token(traffic_url, gateway_url):
+    async with aiohttp.ClientSession() as session:
+        status, body = await admin(session, traffic_url, "GET", "/admin/routing", headers={})
+        assert status == 401 and "Bearer" in body["error"]
+        status, _ = await admin(
+            session, traffic_url, "GET", "/admin/routing", headers={"Authorization": "Bearer wrong"}
+        )
+        assert status == 401
+        status, _ = await admin(
+            session,
+            traffic_url,
+            "GET",
+            "/admin/routing",
+            headers={"Authorization": f"Basic {TOKEN}"},
+        )
+        assert status == 401
+        status, routing = await admin(session, traffic_url, "GET", "/admin/routing")
+        assert status == 200 and routing["endpoints"]["cancer"]["variants"][0]["name"] == "stable"
+        status, body = await admin(session, gateway_url, "GET", "/admin/routing")  # no token set
+        assert status == 403 and "GATEWAY_ADMIN_TOKEN" in body["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "words"),
+    [
+        (
+            "PUT",
+            "/admin/endpoints/nope/weights",
+            {"weights": {"stable": 1}},
+            400,
+            "unknown endpoint",
+        ),
+        (
+            "PUT",
+            "/admin/endpoints/cancer/weights",
+            {"weights": {"ghost": 1}},
+            400,
+            "no variant 'ghost'",
+        ),
+        (
+            "PUT",
+            "/admin/endpoints/cancer/weights",
+            {"weights": {"stable": 0, "candidate": 0}},
+            400,
+            "add up",
+        ),
+        (
+            "PUT",
+            "/admin/endpoints/cancer/weights",
+            {"weights": {"stable": 500}},
+            400,
+            "between 0 and 100",
+        ),
+        ("PUT", "/admin/endpoints/cancer/weights", {"weights": {"stable": "x"}}, 400, "weights"),
+        (
+            "PUT",
+            "/admin/endpoints/cancer/weights",
+            {"weights": {"slow-shadow": 5}},
+            400,
+            "is a shadow",
+        ),
+        (
+            "POST",
+            "/admin/endpoints/cancer/variants",
+            {"name": "x", "model": "ghost:v7"},
+            400,
+            "not in the model store",
+        ),
+        (
+            "POST",
+            "/admin/endpoints/cancer/variants",
+            {"name": "x", "model": "cancer:v1"},
+            400,
+            "distinct model version",
+        ),
+        (
+            "POST",
+            "/admin/endpoints/cancer/variants",
+            {"name": "bad name", "model": "cancer:v9"},
+            400,
+            "name",
+        ),
+        (
+            "POST",
+            "/admin/endpoints/cancer/variants",
+            {"name": "x", "model": "cancer:v9", "color": 1},
+            400,
+            "unknown key",
+        ),
+        ("DELETE", "/admin/endpoints/cancer/variants/ghost", None, 400, "no variant 'ghost'"),
+        ("GET", "/admin/audit?limit=abc", None, 400, "limit"),
+        ("GET", "/admin/nothing", None, 404, "no route"),
+    ],
+)
+async def test_admin_refuses_bad_changes_clearly(traffic_url, method, path, body, status, words):
+    async with aiohttp.ClientSession() as session:
+        got, answer = await admin(session, traffic_url, method, path, body)
+        assert got == status and words in answer["error"], answer
+        status, _, _, _ = await predict(session, traffic_url, "after-bad-admin")
+        assert status == 200
+
+
+async def test_weight_change_reaches_every_worker_within_a_second(traffic_url, traffic_config):
+    keys = [f"user-{i}" for i in range(300)]
+    new = expected_variants(traffic_config, keys, {"stable": 50, "candidate": 50})
+    async with aiohttp.ClientSession() as session:
+        status, routing = await admin(
+            session,
+            traffic_url,
+            "PUT",
+            "/admin/endpoints/cancer/weights",
+            {"weights": {"stable": 50, "candidate": 50}},
+        )
+        changed_at = time.monotonic()
+        assert status == 200
+        version = routing["version"]
+        while await metric(session, traffic_url, "gateway_routing_state_version") < version:
+            assert time.monotonic() - changed_at < 1.0, "a worker did not follow within 1 s"
+            await asyncio.sleep(0.02)
+        elapsed = time.monotonic() - changed_at
+        weight = await metric(
+            session, traffic_url, 'gateway_variant_weight{endpoint="cancer",variant="candidate"}'
+        )
+    async with fresh_connections() as session:
+        results = await asyncio.gather(*(predict(session, traffic_url, k) for k in keys * 2))
+    assert len({w for _, _, w, _ in results}) == 2
+    assert all(variant == new[key] for key, (_, variant, _, _) in zip(keys * 2, results))
+    assert weight == 50
+    print(f"weight change on every worker after {elapsed * 1000:.0f} ms")
+
+
+async def test_add_and_remove_a_variant_then_audit(traffic_url):
+    async with aiohttp.ClientSession() as session:
+        status, routing = await admin(
+            session,
+            traffic_url,
+            "POST",
+            "/admin/endpoints/cancer/variants",
+            {"name": "extra", "model": "cancer:v5"},
+        )
+        assert status == 201
+        names = [v["name"] for v in routing["endpoints"]["cancer"]["variants"]]
+        assert "extra" in names and routing["endpoints"]["cancer"]["variants"][-1]["weight"] == 0
+        pinned = await predict(session, traffic_url, "u", headers={"x-gateway-variant": "extra"})
+        assert pinned[:2] == (200, "extra")
+        status, routing = await admin(
+            session, traffic_url, "DELETE", "/admin/endpoints/cancer/variants/extra"
+        )
+        assert status == 200
+        status, audit = await admin(session, traffic_url, "GET", "/admin/audit?limit=50")
+    actions = [(e["action"], e["client"]) for e in audit["entries"]]
+    assert ("add_variant", "127.0.0.1") in actions and ("remove_variant", "127.0.0.1") in actions
+    assert any(
+        e["action"] == "set_weights" and e["detail"]["weights"] == {"stable": 50, "candidate": 50}
+        for e in audit["entries"]
+    )
+
+
+async def test_changes_survive_a_restart(traffic_url, traffic_config):
+    async with aiohttp.ClientSession() as session:
+        status, _ = await admin(
+            session,
+            traffic_url,
+            "PUT",
+            "/admin/endpoints/cancer/weights",
+            {"weights": {"stable": 70, "candidate": 30}},
+        )
+        assert status == 200
+        before = [await predict(session, traffic_url, f"user-{i}") for i in range(50)]
+    restarted_config = traffic_config.with_name("restart.yaml")
+    shutil.copy(traffic_config, restarted_config)  # same content, same data dir
+    with running_gateway(restarted_config, env={"GATEWAY_ADMIN_TOKEN": TOKEN}) as url:
+        async with aiohttp.ClientSession() as session:
+            status, routing = await admin(session, url, "GET", "/admin/routing")
+            after = [await predict(session, url, f"user-{i}") for i in range(50)]
+    weights = {v["name"]: v["weight"] for v in routing["endpoints"]["cancer"]["variants"]}
+    assert weights["candidate"] == 30 and weights["stable"] == 70
+    assert [b[1] for b in before] == [a[1] for a in after]
