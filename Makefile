@@ -9,7 +9,7 @@ PORT ?= 3000
 DEMO_HOME ?= .gateway-home
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: demo serve-demo test lint format bench clean
+.PHONY: demo serve-demo test lint format bench clean promtool
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix service traffic monitors tests bench
 	$(BIN)/ruff format service traffic monitors tests bench
 
-test: lint
+# promtool (Debian's prometheus package) checks the metrics; installed here when missing.
+promtool:
+	@command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }
+
+test: lint promtool
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

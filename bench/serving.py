@@ -20,96 +20,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
-import resource
 import subprocess
 import sys
-import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-HOME = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-os.environ["BENTOML_HOME"] = str(HOME / "bentoml")
-os.environ["BENTOML_DO_NOT_TRACK"] = "True"
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import onnxruntime as ort  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-
+from bench.harness import (  # noqa: E402
+    HOME,
+    ROOT,
+    body_for,
+    gateway_config,
+    in_process,
+    register_demo_models,
+    write_results,
+    wrk,
+)
 from service import registry  # noqa: E402
-from service.demo.models import build_demo_models  # noqa: E402
 from service.demo.wide_model import build_wide_model  # noqa: E402
 from service.launch import free_port, running_gateway, stop, wait_ready  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
-UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
-
-
-def wrk(url: str, body: bytes, connections: int, seconds: float) -> dict:
-    """One wrk run posting ``body``; requests/s, p50/p99 (s), non-2xx count and wrk's CPU share."""
-    script = HOME / "post.lua"
-    body_file = HOME / "body.json"
-    body_file.write_bytes(body)
-    script.write_text(
-        'wrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*a"); f:close()\n'
-    )
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    command = [
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{int(seconds)}s",
-        "--latency",
-        "-s",
-        str(script),
-        url,
-    ]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-    def latency(percent: str) -> float:
-        value, unit = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.M).groups()
-        return float(value) * UNIT[unit]
-
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    socket_errors = re.search(r"Socket errors: (.*)", output)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
-        "p50": latency("50"),
-        "p99": latency("99"),
-        "non_2xx": int(errors.group(1)) if errors else 0,
-        "socket_errors": socket_errors.group(1) if socket_errors else "",
-        "client_cpu": cpu / seconds,
-    }
-
-
-def in_process(model: Path, rows: np.ndarray, seconds: float) -> dict:
-    """onnxruntime called in a loop in this process: the floor under any server."""
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    times = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        started = time.perf_counter()
-        session.run(None, {name: rows})
-        times.append(time.perf_counter() - started)
-    return {
-        "rps": len(times) / sum(times),
-        "p50": float(np.percentile(times, 50)),
-        "p99": float(np.percentile(times, 99)),
-        "non_2xx": 0,
-        "socket_errors": "",
-        "client_cpu": 0.0,
-    }
 
 
 @contextmanager
@@ -128,21 +61,6 @@ def plain_bentoml(model: Path, adaptive: bool = False):
     finally:
         stop(process)
         log.close()
-
-
-def gateway_config(path: Path, endpoint: str, tag: str, batching: dict) -> Path:
-    config = {
-        "model_store": str(HOME / "bentoml"),
-        "batching": batching,
-        "limits": {"max_rows": 4096},
-        "endpoints": {endpoint: {"variants": [{"name": "stable", "model": tag}]}},
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def body_for(rows: np.ndarray) -> bytes:
-    return json.dumps({"instances": rows.tolist()}).encode()
 
 
 def part_framework(features: np.ndarray, seconds: float) -> list[dict]:
@@ -216,26 +134,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8, help="duration of each measured run")
     parser.add_argument("--part", choices=["all", "framework", "batching"], default="all")
     args = parser.parse_args()
-    built = build_demo_models(HOME / "models")
-    for model in built:
-        registry.add_model(model.onnx_path, model.name, model.reference_path, version=model.version)
-    features = pd.read_csv(built[0].test_path).drop(columns=["label"]).to_numpy(np.float32)
-    features = np.resize(features, (64, features.shape[1]))
+    features = register_demo_models()
     results = []
     if args.part in ("all", "framework"):
         results += part_framework(features, args.seconds)
     if args.part in ("all", "batching"):
         results += part_batching(features, args.seconds)
-    machine = {
-        "cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "serving.json"
-    out.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
-    print(f"wrote {out}")
+    write_results("serving", results)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,14 @@ DEMO_CONFIG = {
     "server": {"workers": 1},
     "device": "auto",
     "model_store": "bentoml",
+    "data_dir": "data",
     "endpoints": {
         "cancer": {
+            "routing": {"key": {"header": "x-user-id"}},
             "variants": [
                 {"name": "stable", "model": "cancer:v1", "weight": 90, "role": "stable"},
                 {"name": "candidate", "model": "cancer:v2", "weight": 10, "role": "candidate"},
-            ]
+            ],
         },
         "diabetes": {"variants": [{"name": "stable", "model": "diabetes:v1"}]},
     },

@@ -48,6 +48,7 @@ async def _oip(
 
 async def _drive(base_url: str, rows: pd.DataFrame, requests: int) -> dict:
     stats: dict = defaultdict(lambda: {"n": 0, "correct": 0, "latency": []})
+    seen_by_user: dict[str, set] = defaultdict(set)
     errors = 0
     queue: asyncio.Queue = asyncio.Queue()
     rng = random.Random(0)
@@ -73,6 +74,7 @@ async def _drive(base_url: str, rows: pd.DataFrame, requests: int) -> dict:
             except aiohttp.ClientError:
                 errors += 1
                 continue
+            seen_by_user[user].add(variant)
             entry = stats[variant]
             entry["n"] += 1
             entry["correct"] += int(label == row[LABEL])
@@ -80,7 +82,13 @@ async def _drive(base_url: str, rows: pd.DataFrame, requests: int) -> dict:
 
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(worker(session) for _ in range(CONCURRENCY)))
-    return {"variants": dict(stats), "errors": errors}
+    flipped = sum(1 for variants in seen_by_user.values() if len(variants) > 1)
+    return {
+        "variants": dict(stats),
+        "errors": errors,
+        "users": len(seen_by_user),
+        "flipped": flipped,
+    }
 
 
 def drive_traffic(base_url: str, models_dir: Path, requests: int) -> None:
@@ -93,6 +101,10 @@ def drive_traffic(base_url: str, models_dir: Path, requests: int) -> None:
     print(
         f"{total} answered in {elapsed:.1f} s ({total / elapsed:.0f} req/s), "
         f"{result['errors']} errors"
+    )
+    print(
+        f"{result['users']} users (x-user-id); users answered by more than one variant: "
+        f"{result['flipped']} (routing is sticky by user)"
     )
     for name, entry in sorted(result["variants"].items()):
         latency = sorted(entry["latency"])
