@@ -9,7 +9,7 @@ PORT ?= 3000
 DEMO_HOME ?= .gateway-home
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: demo serve-demo test lint format bench clean promtool
+.PHONY: demo serve-demo test lint format bench clean promtool wrk
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,13 @@ promtool:
 test: lint promtool
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: $(STAMP)
+# The benchmarks drive load with wrk (Debian package), installed here when missing.
+wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+
+bench: $(STAMP) wrk
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/routing.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .ruff_cache
