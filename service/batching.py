@@ -59,10 +59,6 @@ class Batcher:
         self._workers: list[asyncio.Task] = []
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"infer-{name}")
 
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
-
     def _start(self) -> asyncio.Queue[_Pending]:
         self._queue = asyncio.Queue(maxsize=self._max_queue)
         self._workers = [

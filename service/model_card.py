@@ -8,7 +8,7 @@ graphs the gateway cannot serve, saying why.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -42,7 +42,6 @@ class ModelCard:
     value_output: str | None = None
     reference_rows: int = 0
     created_at: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def tag(self) -> str:
@@ -64,6 +63,7 @@ class ModelCard:
     @classmethod
     def from_json(cls, text: str) -> ModelCard:
         data = json.loads(text)
+        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}  # older cards
         data["inputs"] = tuple(TensorSpec.from_dict(t) for t in data["inputs"])
         data["outputs"] = tuple(TensorSpec.from_dict(t) for t in data["outputs"])
         data["feature_names"] = tuple(data["feature_names"])
