@@ -99,15 +99,14 @@ def compute_drift(
     scores = tuple(column_drift(reference[f], current[f], False, settings) for f in features)
     prediction = None
     if prediction_column is not None:
+        reference_predictions, current_predictions = (
+            frame[prediction_column].astype(str)
+            if categorical_prediction
+            else frame[prediction_column]
+            for frame in (reference, current)
+        )
         prediction = column_drift(
-            reference[prediction_column].astype(str)
-            if categorical_prediction
-            else reference[prediction_column],
-            current[prediction_column].astype(str)
-            if categorical_prediction
-            else current[prediction_column],
-            categorical_prediction,
-            settings,
+            reference_predictions, current_predictions, categorical_prediction, settings
         )
     return DriftResult("ok", len(current), len(reference), scores, prediction)
 
