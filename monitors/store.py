@@ -1,0 +1,168 @@
+"""The monitor's durable store: prediction records and ground-truth labels, joined by request id.
+
+Labels may arrive before their prediction (kept, joined when it comes) or after; the same label
+twice is accepted once (idempotent), a different label for the same id is a conflict. A label whose
+prediction has not arrived within the retention window counts as unmatched. Every write commits
+before it returns, so an acknowledged label survives a crash. SQLite, one file; the same shape maps
+onto PostgreSQL for a monitor shared by several machines.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from enum import Enum
+from pathlib import Path
+
+import pandas as pd
+
+from monitors.records import PredictionRecord
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    request_id TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    endpoint TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    predictions TEXT NOT NULL,
+    inputs TEXT,
+    shadow TEXT NOT NULL,
+    latency_s REAL NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS predictions_by_variant ON predictions (endpoint, variant, at);
+CREATE TABLE IF NOT EXISTS labels (
+    request_id TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+"""
+
+
+class LabelOutcome(str, Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+class MonitorStore:
+    """Records and labels in one SQLite file (WAL); safe to use from several threads."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._local = threading.local()
+        self._db().executescript(SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self._path, timeout=10, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.db = db
+        return db
+
+    def add_records(self, records: Iterable[PredictionRecord]) -> int:
+        """Store records (a record seen before is ignored); returns how many were new."""
+        rows = [
+            (
+                r.request_id,
+                r.at,
+                r.endpoint,
+                r.variant,
+                r.model_version,
+                json.dumps(r.predictions),
+                None if r.inputs is None else json.dumps(r.inputs),
+                json.dumps(r.shadow),
+                r.latency_s,
+                r.outcome,
+            )
+            for r in records
+        ]
+        db = self._db()
+        before = db.total_changes
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT OR IGNORE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        db.execute("COMMIT")
+        return db.total_changes - before
+
+    def add_label(self, request_id: str, label: object) -> LabelOutcome:
+        """Store a label durably; the same label again is a duplicate, another one a conflict."""
+        text = json.dumps(label, sort_keys=True)
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT label FROM labels WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            if row is None:
+                db.execute("INSERT INTO labels VALUES (?,?,?)", (request_id, text, time.time()))
+                outcome = LabelOutcome.STORED
+            else:
+                outcome = LabelOutcome.DUPLICATE if row[0] == text else LabelOutcome.CONFLICT
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return outcome
+
+    def labeled(self, endpoint: str, variant: str, since: float = 0.0) -> pd.DataFrame:
+        """One row per labeled prediction row: request id, time, prediction, label."""
+        rows = (
+            self._db()
+            .execute(
+                "SELECT p.request_id, p.at, p.predictions, l.label FROM predictions p "
+                "JOIN labels l ON l.request_id = p.request_id "
+                "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? ORDER BY p.at",
+                (endpoint, variant, since),
+            )
+            .fetchall()
+        )
+        table = []
+        for request_id, at, predictions, label in rows:
+            predictions, label = json.loads(predictions), json.loads(label)
+            labels = label if isinstance(label, list) else [label]
+            if len(labels) != len(predictions):
+                continue  # a label that does not fit the request's rows cannot be joined
+            table += [(request_id, at, p, y) for p, y in zip(predictions, labels)]
+        return pd.DataFrame(table, columns=["request_id", "at", "prediction", "label"])
+
+    def unmatched_labels(self, older_than_s: float, now: float | None = None) -> int:
+        """Labels received more than ``older_than_s`` ago whose prediction never arrived."""
+        cutoff = (now or time.time()) - older_than_s
+        (count,) = (
+            self._db()
+            .execute(
+                "SELECT COUNT(*) FROM labels l LEFT JOIN predictions p ON p.request_id = l.request_id "
+                "WHERE p.request_id IS NULL AND l.received_at < ?",
+                (cutoff,),
+            )
+            .fetchone()
+        )
+        return count
+
+    def window(
+        self, endpoint: str, variant: str, max_rows: int, since: float = 0.0
+    ) -> pd.DataFrame:
+        """The newest recorded input rows (with their predictions) of a variant, oldest first."""
+        rows = (
+            self._db()
+            .execute(
+                "SELECT inputs, predictions FROM predictions WHERE endpoint = ? AND variant = ? "
+                "AND at >= ? AND inputs IS NOT NULL ORDER BY at DESC LIMIT ?",
+                (endpoint, variant, since, max_rows),
+            )
+            .fetchall()
+        )
+        inputs, predictions = [], []
+        for raw_inputs, raw_predictions in reversed(rows):
+            inputs += json.loads(raw_inputs)
+            predictions += json.loads(raw_predictions)
+        frame = pd.DataFrame(inputs)
+        frame["prediction"] = predictions[: len(frame)]
+        return frame.tail(max_rows).reset_index(drop=True)
