@@ -1,0 +1,103 @@
+"""Model quality on labeled rows, computed with Evidently: classification or regression.
+
+Classification: accuracy, F1, precision and recall (of the positive class, the model's second
+class, for binary models; macro averages otherwise) and F1/precision/recall per class. Regression:
+MAE and RMSE. Fewer labeled rows than ``min_rows`` give "insufficient_data", never a figure.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pandas as pd
+
+Status = Literal["ok", "insufficient_data"]
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    status: Status
+    rows: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _by_label(value: object) -> dict[str, float]:
+    return {str(k): float(v) for k, v in dict(value).items()} if isinstance(value, dict) else {}
+
+
+def classification_quality(
+    labeled: pd.DataFrame, classes: Sequence, min_rows: int = 50
+) -> QualityResult:
+    """Quality of ``labeled`` (columns ``prediction`` and ``label``) for a classifier."""
+    from evidently import (
+        BinaryClassification,
+        DataDefinition,
+        Dataset,
+        MulticlassClassification,
+        Report,
+    )
+    from evidently.metrics import (
+        Accuracy,
+        F1ByLabel,
+        F1Score,
+        Precision,
+        PrecisionByLabel,
+        Recall,
+        RecallByLabel,
+    )
+
+    if len(labeled) < min_rows:
+        return QualityResult("insufficient_data", len(labeled))
+    frame = labeled[["prediction", "label"]].astype(str)
+    names = [str(c) for c in classes]
+    if len(names) == 2:
+        task = BinaryClassification(
+            target="label", prediction_labels="prediction", pos_label=names[1]
+        )
+    else:
+        task = MulticlassClassification(target="label", prediction_labels="prediction")
+    definition = DataDefinition(categorical_columns=["label", "prediction"], classification=[task])
+    metrics = [Accuracy(), F1Score(), Precision(), Recall()]
+    by_label = [F1ByLabel(), PrecisionByLabel(), RecallByLabel()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        values = [
+            m["value"]
+            for m in Report(metrics + by_label)
+            .run(Dataset.from_pandas(frame, data_definition=definition), None)
+            .dict()["metrics"]
+        ]
+    scores = dict(zip(["accuracy", "f1", "precision", "recall"], map(float, values[:4])))
+    per_class: dict[str, dict[str, float]] = {}
+    for name, value in zip(["f1", "precision", "recall"], values[4:]):
+        for label, score in _by_label(value).items():
+            per_class.setdefault(label, {})[name] = score
+    return QualityResult("ok", len(labeled), scores, per_class)
+
+
+def regression_quality(labeled: pd.DataFrame, min_rows: int = 50) -> QualityResult:
+    """MAE and RMSE of ``labeled`` (numeric ``prediction`` and ``label``) for a regressor."""
+    from evidently import DataDefinition, Dataset, Regression, Report
+    from evidently.metrics import MAE, RMSE
+
+    if len(labeled) < min_rows:
+        return QualityResult("insufficient_data", len(labeled))
+    frame = labeled[["prediction", "label"]].astype(float)
+    definition = DataDefinition(
+        numerical_columns=["label", "prediction"],
+        regression=[Regression(target="label", prediction="prediction")],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mae, rmse = (
+            m["value"]
+            for m in Report([MAE(), RMSE()])
+            .run(Dataset.from_pandas(frame, data_definition=definition), None)
+            .dict()["metrics"]
+        )
+    mae = mae["mean"] if isinstance(mae, dict) else mae
+    return QualityResult("ok", len(labeled), {"mae": float(mae), "rmse": float(rmse)})
