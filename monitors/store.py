@@ -132,6 +132,21 @@ class MonitorStore:
             table += [(request_id, at, p, y) for p, y in zip(predictions, labels)]
         return pd.DataFrame(table, columns=["request_id", "at", "prediction", "label"])
 
+    def counts(self) -> list[dict]:
+        """Records and labeled records per endpoint and variant."""
+        rows = (
+            self._db()
+            .execute(
+                "SELECT p.endpoint, p.variant, COUNT(*), COUNT(l.request_id) FROM predictions p "
+                "LEFT JOIN labels l ON l.request_id = p.request_id GROUP BY p.endpoint, p.variant"
+            )
+            .fetchall()
+        )
+        return [
+            {"endpoint": e, "variant": v, "records": n, "labeled": labeled}
+            for e, v, n, labeled in rows
+        ]
+
     def unmatched_labels(self, older_than_s: float, now: float | None = None) -> int:
         """Labels received more than ``older_than_s`` ago whose prediction never arrived."""
         cutoff = (now or time.time()) - older_than_s

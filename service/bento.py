@@ -19,15 +19,12 @@ from pathlib import Path
 import bentoml
 
 from service import bentoml_fixes
-from service.cli import METRICS_DIR_ENV
 from service.config import GatewayConfig, load_config
 from service.gateway import Gateway as GatewayProcess
 from service.http.app import build_app
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 bentoml_fixes.apply()
-if os.environ.get(METRICS_DIR_ENV):  # this server's own metric files (see service.cli.serve_env)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_ENV]
 log = logging.getLogger("gateway")
 http_app = build_app()
 

@@ -1,4 +1,12 @@
-"""A fix for BentoML 1.4's ``TimeoutMiddleware``, applied when the gateway's service is imported.
+"""Workarounds for two BentoML 1.4 behaviours, applied when a gateway or monitor service is imported.
+
+1. Metrics directory: BentoML keeps every server's metric files in one directory under its home and
+   empties it whenever a server starts, so a second server on the same home (a monitor beside a
+   gateway, two gateways, the tests) wipes the first one's metrics. ``gateway serve`` and
+   ``gateway monitor`` give each server its own directory (``GATEWAY_METRICS_DIR``, see
+   ``service.cli.serve_env``); ``apply`` points prometheus_client at it.
+
+2. TimeoutMiddleware:
 
 The middleware (bentoml/_internal/server/http/traffic.py) arms ``loop.call_later(timeout, ...)`` for
 every request and never cancels it, so each finished request leaves a timer handle and a future
@@ -11,10 +19,13 @@ after ``timeout`` seconds without a response start) but cancels its timer when t
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from starlette.responses import JSONResponse
+
+from service.cli import METRICS_DIR_ENV
 
 
 async def _timeout_call(self: TimeoutMiddleware, scope: Any, receive: Any, send: Any) -> None:
@@ -43,6 +54,8 @@ async def _timeout_call(self: TimeoutMiddleware, scope: Any, receive: Any, send:
 
 
 def apply() -> None:
-    """Replace the middleware's ``__call__``; a no-op if BentoML changed the class's shape."""
+    """Use this server's metrics directory; patch the middleware (unless BentoML changed it)."""
+    if os.environ.get(METRICS_DIR_ENV):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_ENV]
     if hasattr(TimeoutMiddleware, "_set_timer_out"):
         TimeoutMiddleware.__call__ = _timeout_call

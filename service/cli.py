@@ -17,7 +17,9 @@ from pathlib import Path
 from service.errors import ConfigError
 
 MODEL_STORE_ENV = "BENTOML_HOME"
-METRICS_DIR_ENV = "GATEWAY_METRICS_DIR"
+METRICS_DIR_ENV = "GATEWAY_METRICS_DIR"  # read by service.bentoml_fixes in each server
+GATEWAY_SERVICE = "service.bento:Gateway"
+MONITOR_SERVICE = "service.monitor_bento:Monitor"
 
 
 def _use_model_store(path: Path | None) -> None:
@@ -88,10 +90,10 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_command(port: int, host: str) -> list[str]:
-    """The ``bentoml serve`` command line for a config (its env comes from ``serve_env``)."""
+def serve_command(port: int, host: str, service: str = GATEWAY_SERVICE) -> list[str]:
+    """The ``bentoml serve`` command line for a service (its env comes from ``serve_env``)."""
     bentoml_cli = Path(sys.executable).with_name("bentoml")
-    return [str(bentoml_cli), "serve", "service.bento:Gateway", "--port", str(port), "--host", host]
+    return [str(bentoml_cli), "serve", service, "--port", str(port), "--host", host]
 
 
 def serve_env(config_path: Path, port: int) -> dict[str, str]:
@@ -115,6 +117,17 @@ def _serve(args: argparse.Namespace) -> int:
     config, _ = _checked_config(args.config)
     port = args.port or config.server.port
     command = serve_command(port, args.host or config.server.host)
+    os.execve(command[0], command, serve_env(Path(args.config), port))
+    return 0  # not reached
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from service.config import load_config
+
+    config = load_config(args.config)
+    _use_model_store(config.model_store)
+    port = args.port or config.monitor.port
+    command = serve_command(port, args.host or config.server.host, MONITOR_SERVICE)
     os.execve(command[0], command, serve_env(Path(args.config), port))
     return 0  # not reached
 
@@ -157,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--host")
     serve.set_defaults(handler=_serve)
+
+    monitor = commands.add_parser("monitor", help="start the monitor (records, labels)")
+    monitor.add_argument("--config", required=True)
+    monitor.add_argument("--port", type=int)
+    monitor.add_argument("--host")
+    monitor.set_defaults(handler=_monitor)
 
     demo = commands.add_parser("demo", help="build demo models, serve them, drive traffic")
     demo.add_argument("--home", required=True, help="directory for models, store and config")

@@ -148,6 +148,27 @@ class EndpointConfig(Strict):
         return EndpointTable(name, tuple(v.spec() for v in self.variants), policy)
 
 
+class MonitorConfig(Strict):
+    """Where prediction records and labels go, and how recording stays off the hot path."""
+
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/]+(:\d+)?$",
+        description="the monitor's base URL; none: recording off",
+    )
+    port: int = Field(3001, ge=1, le=65535, description="port `gateway monitor` listens on")
+    sample_inputs: float = Field(
+        1.0, ge=0, le=1, description="share of requests whose inputs are kept"
+    )
+    buffer_records: int = Field(10_000, ge=1, description="records held while the monitor is away")
+    batch_records: int = Field(500, ge=1, le=100_000)
+    flush_interval_ms: float = Field(200.0, ge=10, le=60_000)
+    timeout_s: float = Field(2.0, gt=0, le=60)
+    label_retention_s: float = Field(
+        86_400.0, gt=0, description="then an unjoined label is unmatched"
+    )
+
+
 class GatewayConfig(Strict):
     server: ServerConfig = ServerConfig()
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -160,6 +181,7 @@ class GatewayConfig(Strict):
     data_dir: Path = Field(
         Path("gateway-data"), description="routing state and audit log; relative to the config"
     )
+    monitor: MonitorConfig = MonitorConfig()
     endpoints: dict[str, EndpointConfig] = Field(min_length=1)
 
     @field_validator("endpoints")

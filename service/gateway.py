@@ -15,16 +15,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from service.codecs.plain import PredictionEncoder
 from service.config import GatewayConfig
 from service.dataplane import DataPlane, Route
 from service.errors import BadRequest, GatewayError, Overloaded
 from service.metrics import GatewayMetrics
 from service.model_pool import ModelLoader, check_models
+from service.recording import Recorder
 from service.routing import RoutingControl, initial_state, model_tags
 from service.shadow import ShadowRunner
 from traffic.store import SQLiteStateStore
 
+Tensors = dict[str, np.ndarray]
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ADMIN_TOKEN_ENV = "GATEWAY_ADMIN_TOKEN"
 STATE_FILE = "routing.sqlite3"
@@ -45,6 +49,7 @@ class RequestAccount:
 
     endpoint: str
     protocol: str
+    started: float
     route: Route | None = None
 
 
@@ -67,6 +72,7 @@ class Gateway:
         self.routing = routing
         self.admin_token = admin_token
         self.shadows = ShadowRunner(dataplane.run, metrics)
+        self.recorder = Recorder(config.monitor, metrics)
         self._encoders: dict[str, PredictionEncoder] = {}
 
     @classmethod
@@ -85,6 +91,16 @@ class Gateway:
         admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
         return cls(config_path, config, metrics, dataplane, routing, admin_token)
 
+    def answered(
+        self, request_id: str, account: RequestAccount, tensors: Tensors, outputs: Tensors
+    ) -> None:
+        """After a successful inference: mirror to the shadows and record for the monitor."""
+        route = account.route
+        self.shadows.mirror(route, tensors, outputs)
+        self.recorder.record(
+            request_id, route, tensors, outputs, time.perf_counter() - account.started
+        )
+
     def encoder(self, route: Route) -> PredictionEncoder:
         card = route.model.card
         encoder = self._encoders.get(card.tag)
@@ -95,11 +111,10 @@ class Gateway:
     @contextmanager
     def account(self, endpoint: str, protocol: str) -> Iterator[RequestAccount]:
         """Count the request by outcome and time it, per endpoint and variant."""
-        record = RequestAccount(endpoint, protocol)
+        record = RequestAccount(endpoint, protocol, time.perf_counter())
         metrics = self.metrics
         in_flight = metrics.in_flight.labels(endpoint)
         in_flight.inc()
-        started = time.perf_counter()
         outcome = "ok"
         try:
             yield record
@@ -119,7 +134,7 @@ class Gateway:
             metrics.request_series(endpoint, variant, version, protocol, outcome).inc()
             if outcome == "rejected":
                 metrics.queue_rejections.labels(endpoint, variant).inc()
-            metrics.duration_series(endpoint, variant).observe(time.perf_counter() - started)
+            metrics.duration_series(endpoint, variant).observe(time.perf_counter() - record.started)
 
     async def close(self) -> None:
         for model in self.dataplane.snapshot.models.values():

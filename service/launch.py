@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from service.cli import serve_command, serve_env
+from service.cli import GATEWAY_SERVICE, serve_command, serve_env
 
 
 def free_port() -> int:
@@ -61,13 +61,14 @@ def running_gateway(
     port: int | None = None,
     log_path: Path | None = None,
     env: dict[str, str] | None = None,
+    service: str = GATEWAY_SERVICE,
 ) -> Iterator[str]:
-    """A ready gateway for ``config_path`` on 127.0.0.1 (``env`` added to its environment); yields
-    its base URL, stops it after."""
+    """A ready gateway (or, with ``service=MONITOR_SERVICE``, monitor) for ``config_path`` on
+    127.0.0.1, ``env`` added to its environment; yields its base URL, stops it after."""
     port = port or free_port()
     log = open(log_path, "wb") if log_path else None  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        serve_command(port, "127.0.0.1"),
+        serve_command(port, "127.0.0.1", service),
         env={**serve_env(config_path, port), **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT if log else None,

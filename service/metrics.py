@@ -105,6 +105,24 @@ class GatewayMetrics:
             "Rows answered by both primary and shadow, by whether their predictions agree.",
             ["endpoint", "variant", "agreement"],
         )
+        self.monitor_dropped = Counter(
+            "gateway_monitor_dropped_records_total",
+            "Prediction records dropped because the buffer towards the monitor was full.",
+        )
+        self.monitor_shipped = Counter(
+            "gateway_monitor_shipped_records_total",
+            "Prediction records delivered to the monitor.",
+        )
+        self.monitor_buffered = Gauge(
+            "gateway_monitor_buffered_records",
+            "Prediction records waiting for the monitor.",
+            multiprocess_mode="livesum",
+        )
+        self.monitor_last_delivery = Gauge(
+            "gateway_monitor_last_delivery_timestamp_seconds",
+            "When a batch of records last reached the monitor (unix time).",
+            multiprocess_mode="max",
+        )
         self._request_children: dict[tuple, Counter] = {}
         self._duration_children: dict[tuple, Histogram] = {}
 

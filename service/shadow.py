@@ -13,26 +13,16 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from service.codecs.plain import row_predictions
 from service.dataplane import Route
 from service.errors import GatewayError, Overloaded
 from service.metrics import GatewayMetrics
-from service.model_card import ModelCard
 from service.model_pool import LoadedModel
 from traffic.table import VariantSpec
 
 log = logging.getLogger("gateway.shadow")
 Tensors = dict[str, np.ndarray]
 RunFn = Callable[[str, VariantSpec, LoadedModel, Tensors], Awaitable[Tensors]]
-
-
-def predicted(card: ModelCard, outputs: Tensors) -> np.ndarray:
-    """One prediction per row: the label for classifiers, the value for regressors."""
-    if card.task == "regression":
-        return outputs[card.value_output].reshape(-1)
-    if card.label_output:
-        return outputs[card.label_output].reshape(-1)
-    labels = np.asarray(card.class_labels, dtype=object)
-    return labels[outputs[card.probability_output].argmax(axis=1)]
 
 
 def agreeing_rows(primary: np.ndarray, shadow: np.ndarray, regression: bool) -> int:
@@ -66,8 +56,8 @@ class ShadowRunner:
         outcome = "ok"
         try:
             outputs = await self._run(route.endpoint, variant, model, tensors)
-            ours = predicted(route.model.card, primary)
-            theirs = predicted(model.card, outputs)
+            ours = row_predictions(route.model.card, primary)
+            theirs = row_predictions(model.card, outputs)
             regression = route.model.card.task == "regression"
             agree = agreeing_rows(ours, theirs, regression) if ours.shape == theirs.shape else 0
             rows = self._metrics.shadow_rows

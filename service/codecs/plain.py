@@ -99,3 +99,13 @@ class PredictionEncoder:
             {"label": label, "probabilities": dict(zip(keys, row))}
             for label, row in zip(labels, probabilities)
         ]
+
+
+def row_predictions(card: ModelCard, outputs: Tensors) -> np.ndarray:
+    """One prediction per row: the label for classifiers, the value for regressors."""
+    if card.task == "regression":
+        return outputs[card.value_output].reshape(-1)
+    if card.label_output:
+        return outputs[card.label_output].reshape(-1)
+    labels = np.asarray(card.class_labels, dtype=object)
+    return labels[outputs[card.probability_output].argmax(axis=1)]

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from service.errors import NotFound
 from service.http import admin, oip
+from service.http.feedback import feedback
 from service.http.predict import list_endpoints, predict
 from service.http.responses import EXCEPTION_HANDLERS
 from service.metrics import CONTENT_TYPE, exposition
@@ -38,6 +39,7 @@ def build_app() -> Starlette:
     routes = [
         Route("/predict/{endpoint}", predict, methods=["POST"]),
         Route("/endpoints", list_endpoints, methods=["GET"]),
+        Route("/feedback", feedback, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
         *oip.ROUTES,
         *admin.ROUTES,
@@ -45,16 +47,22 @@ def build_app() -> Starlette:
         Route("/predict/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
         Route("/admin/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
     ]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=follow_routing)
+    return Starlette(
+        routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=background_tasks
+    )
 
 
 @contextlib.asynccontextmanager
-async def follow_routing(app: Starlette) -> AsyncIterator[None]:
-    """While serving, keep this worker on the shared routing state (see service/routing.py)."""
+async def background_tasks(app: Starlette) -> AsyncIterator[None]:
+    """While serving, follow the shared routing state and ship records to the monitor."""
     gateway = getattr(app.state, "gateway", None)
-    task = asyncio.create_task(gateway.routing.follow()) if gateway else None
+    tasks = []
+    if gateway is not None:
+        tasks.append(asyncio.create_task(gateway.routing.follow()))
+        if gateway.recorder.enabled:
+            tasks.append(asyncio.create_task(gateway.recorder.ship_forever()))
     try:
         yield
     finally:
-        if task is not None:
+        for task in tasks:
             task.cancel()

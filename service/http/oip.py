@@ -189,7 +189,7 @@ async def infer(request: Request) -> Response:
                     f"unknown output(s) {unknown}; model {card.tag} has {sorted(known)}"
                 )
         outputs = await dataplane.infer(route, decoded.inputs)
-        gateway.shadows.mirror(route, decoded.inputs, outputs)
+        gateway.answered(request_id, account, decoded.inputs, outputs)
         content, header_length = encode_infer_response(
             table.endpoint, card.version, decoded, outputs
         )

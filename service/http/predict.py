@@ -30,7 +30,7 @@ async def predict(request: Request) -> Response:
         )
         tensors = instances_to_tensors(instances, route.model.card)
         outputs = await dataplane.infer(route, tensors)
-        gateway.shadows.mirror(route, tensors, outputs)
+        gateway.answered(request_id, account, tensors, outputs)
         card = route.model.card
         answer = {
             "request_id": request_id,

@@ -1,0 +1,92 @@
+"""The monitor's HTTP surface: records in (from every gateway worker and replica), labels in,
+a summary out. One monitor process owns the store (service/monitor_bento.py starts it).
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from monitors.records import PredictionRecord
+from monitors.store import MonitorStore
+from service.errors import BadRequest
+from service.http.body import read_body
+from service.http.responses import EXCEPTION_HANDLERS, json_response
+
+MAX_BODY = 64 * 1024 * 1024
+
+
+def _store(request: Request) -> MonitorStore:
+    return request.app.state.store
+
+
+async def _json_list(request: Request, key: str) -> list:
+    body = await read_body(request, MAX_BODY)
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise BadRequest(f"malformed JSON: {error}") from None
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise BadRequest(f'the body must be {{"{key}": [...]}}')
+    return data[key]
+
+
+async def add_records(request: Request) -> Response:
+    try:
+        records = [PredictionRecord.from_dict(r) for r in await _json_list(request, "records")]
+    except TypeError as error:
+        raise BadRequest(f"bad record: {error}") from None
+    stored = await anyio.to_thread.run_sync(_store(request).add_records, records)
+    return json_response({"stored": stored})
+
+
+async def add_labels(request: Request) -> Response:
+    """Store each label durably before answering; the answer gives each one's outcome."""
+    items = await _json_list(request, "labels")
+    store = _store(request)
+
+    def store_all() -> list[dict]:
+        return [
+            {
+                "request_id": item["request_id"],
+                "outcome": store.add_label(item["request_id"], item["label"]).value,
+            }
+            for item in items
+        ]
+
+    if not all(
+        isinstance(i, dict) and isinstance(i.get("request_id"), str) and "label" in i for i in items
+    ):
+        raise BadRequest('each label is {"request_id": str, "label": value}')
+    return json_response({"results": await anyio.to_thread.run_sync(store_all)})
+
+
+async def summary(request: Request) -> Response:
+    """Per endpoint and variant: records, labeled rows, and unmatched labels overall."""
+    store = _store(request)
+    retention = request.app.state.label_retention_s
+
+    def read() -> dict:
+        counts = store.counts()
+        return {
+            "variants": counts,
+            "unmatched_labels": store.unmatched_labels(retention),
+            "at": time.time(),
+        }
+
+    return json_response(await anyio.to_thread.run_sync(read))
+
+
+def build_monitor_app() -> Starlette:
+    routes = [
+        Route("/records", add_records, methods=["POST"]),
+        Route("/labels", add_labels, methods=["POST"]),
+        Route("/summary", summary, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)

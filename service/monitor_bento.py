@@ -1,0 +1,40 @@
+"""The monitor as a BentoML service: ``bentoml serve service.monitor_bento:Monitor`` (one worker).
+
+It owns the monitor store (``<data_dir>/monitor.sqlite3``) and takes records and labels from every
+gateway worker and replica over HTTP (service/monitor_app.py). Started by ``gateway monitor``; the
+gateway finds it at ``monitor.url``. A separate process, so the gateway serves on while it is
+stopped, slow or restarting.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import bentoml
+
+from monitors.store import MonitorStore
+from service import bentoml_fixes
+from service.config import load_config
+from service.monitor_app import build_monitor_app
+
+CONFIG_ENV = "GATEWAY_CONFIG"
+MONITOR_FILE = "monitor.sqlite3"
+bentoml_fixes.apply()
+monitor_app = build_monitor_app()
+
+
+@bentoml.service(
+    name="monitor",
+    workers=1,
+    logging={"access": {"enabled": False}},
+    metrics={"enabled": False},
+)
+@bentoml.asgi_app(monitor_app, path="/")
+class Monitor:
+    """Holds the store; one process, so SQLite writes never contend across workers."""
+
+    def __init__(self) -> None:
+        config = load_config(Path(os.environ.get(CONFIG_ENV, "gateway.yaml")).resolve())
+        monitor_app.state.store = MonitorStore(config.data_dir / MONITOR_FILE)
+        monitor_app.state.label_retention_s = config.monitor.label_retention_s

@@ -1,0 +1,185 @@
+"""Recording and labels end to end: a real gateway ships records to a real monitor process; labels
+join whichever arrives first; the gateway serves on while the monitor is down; labels survive a
+monitor restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from monitors.store import MonitorStore
+from service.cli import MONITOR_SERVICE
+from service.config import load_config
+from service.launch import free_port, running_gateway
+from tests.conftest import write_config
+
+pytestmark = pytest.mark.integration
+ROW = [1.0] * 30
+
+
+@pytest.fixture(scope="module")
+def monitored(demo_models, tmp_path_factory):
+    """(gateway URL, monitor port, config path); the monitor is started by each test that needs it."""
+    directory = tmp_path_factory.mktemp("monitoring")
+    port = free_port()
+    config = write_config(
+        directory / "gateway.yaml",
+        data_dir=str(directory / "data"),
+        monitor={
+            "url": f"http://127.0.0.1:{port}",
+            "port": port,
+            "flush_interval_ms": 50,
+            "buffer_records": 1000,
+        },
+    )
+    with running_gateway(config, log_path=directory / "gateway.log") as url:
+        yield url, port, config
+
+
+def monitor(config, port):
+    return running_gateway(
+        config,
+        port=port,
+        service=MONITOR_SERVICE,
+        log_path=config.parent / f"monitor-{time.time():.0f}.log",
+    )
+
+
+async def predict(session, url, request_id):
+    async with session.post(
+        f"{url}/predict/cancer", json={"instances": [ROW]}, headers={"x-request-id": request_id}
+    ) as answer:
+        body = await answer.json()
+        return answer.status, body.get("predictions", [{}])[0].get("label"), body.get("variant")
+
+
+async def feedback(session, url, labels):
+    async with session.post(f"{url}/feedback", json={"labels": labels}) as answer:
+        return answer.status, answer.headers.get("Retry-After"), await answer.json()
+
+
+async def summary(session, monitor_url):
+    async with session.get(f"{monitor_url}/summary") as answer:
+        return await answer.json()
+
+
+async def wait_for_records(session, monitor_url, count, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stats = await summary(session, monitor_url)
+        if sum(v["records"] for v in stats["variants"]) >= count:
+            return stats
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {count} records reached the monitor: {stats}")
+
+
+async def test_labels_join_before_and_after_and_are_idempotent(monitored):
+    url, port, config = monitored
+    with monitor(config, port) as monitor_url:
+        async with aiohttp.ClientSession() as session:
+            status, _, body = await feedback(
+                session, url, [{"request_id": "early-1", "label": "benign"}]
+            )
+            assert status == 200 and body["results"][0]["outcome"] == "stored"
+            answers = {
+                rid: await predict(session, url, rid) for rid in ("early-1", "late-1", "late-2")
+            }
+            status, _, body = await feedback(
+                session,
+                url,
+                [
+                    {"request_id": "late-1", "label": answers["late-1"][1]},
+                    {"request_id": "late-2", "label": "malignant"},
+                ],
+            )
+            assert status == 200
+            status, _, body = await feedback(
+                session, url, [{"request_id": "late-1", "label": answers["late-1"][1]}]
+            )
+            assert status == 200 and body["results"][0]["outcome"] == "duplicate"
+            other = "benign" if answers["late-1"][1] == "malignant" else "malignant"
+            status, _, body = await feedback(
+                session, url, [{"request_id": "late-1", "label": other}]
+            )
+            assert status == 409 and "late-1" in body["error"]
+            await wait_for_records(session, monitor_url, 3)
+    store = MonitorStore(load_config(config).data_dir / "monitor.sqlite3")
+    joined = {}
+    for variant in ("stable", "candidate"):
+        frame = store.labeled("cancer", variant)
+        joined.update(zip(frame.request_id, zip(frame.prediction, frame.label)))
+    assert set(joined) == {"early-1", "late-1", "late-2"}
+    assert joined["late-1"] == (answers["late-1"][1], answers["late-1"][1])
+    assert joined["early-1"][0] == answers["early-1"][1]
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"{", "malformed JSON"),
+        (b'{"labels": []}', "1 to 10000"),
+        (b'{"labels": [{"request_id": "a b", "label": 1}]}', "request_id"),
+        (b'{"labels": [{"request_id": "r1"}]}', "must be"),
+        (b'{"labels": [{"request_id": "r1", "label": {"x": 1}}]}', "label must be"),
+        (b'{"labels": [{"request_id": "r1", "label": []}]}', "label must be"),
+        (b'{"labels": [{"request_id": "r1", "label": 1, "extra": 2}]}', "must be"),
+    ],
+)
+async def test_bad_feedback_is_refused_clearly(monitored, body, words):
+    url, _, _ = monitored
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/feedback", data=body) as answer:
+            assert answer.status == 400 and words in (await answer.json())["error"]
+
+
+async def test_gateway_serves_with_the_monitor_down_and_labels_survive_a_restart(monitored):
+    url, port, config = monitored
+    with monitor(config, port):
+        async with aiohttp.ClientSession() as session:
+            status, _, _ = await feedback(
+                session, url, [{"request_id": "kept-1", "label": "benign"}]
+            )
+            assert status == 200
+    # The monitor is stopped now.
+    async with aiohttp.ClientSession() as session:
+        results = await asyncio.gather(*(predict(session, url, f"down-{i}") for i in range(50)))
+        assert all(status == 200 for status, _, _ in results)
+        status, retry_after, body = await feedback(
+            session, url, [{"request_id": "lost", "label": 1}]
+        )
+        assert status == 503 and retry_after == "5" and "not stored" in body["error"]
+    with monitor(config, port) as monitor_url:
+        async with aiohttp.ClientSession() as session:
+            await wait_for_records(session, monitor_url, 50)  # buffered records delivered
+            status, _, body = await feedback(
+                session, url, [{"request_id": "kept-1", "label": "benign"}]
+            )
+            assert status == 200 and body["results"][0]["outcome"] == "duplicate"  # still stored
+
+
+async def test_a_full_buffer_drops_and_counts_records_never_blocks(demo_models, tmp_path):
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        data_dir=str(tmp_path / "data"),
+        monitor={
+            "url": f"http://127.0.0.1:{free_port()}",
+            "buffer_records": 10,
+            "flush_interval_ms": 5000,
+        },
+    )
+    with running_gateway(config) as url:
+        async with aiohttp.ClientSession() as session:
+            results = [await predict(session, url, f"r{i}") for i in range(30)]
+            assert all(status == 200 for status, _, _ in results)
+            async with session.get(f"{url}/metrics") as answer:
+                text = await answer.text()
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("gateway_monitor_")
+    }
+    assert values["gateway_monitor_dropped_records_total"] == 20
+    assert values["gateway_monitor_buffered_records"] == 10
