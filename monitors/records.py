@@ -8,7 +8,7 @@ costs records, never latency. A background task drains it in batches towards the
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,15 @@ class PredictionRecord:
     """Shadow variant name -> its predictions for the same rows."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """A plain dict (``dataclasses.asdict`` deep-copies, which costs on the hot path)."""
+        return {name: getattr(self, name) for name in FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict) -> PredictionRecord:
         return cls(**data)
+
+
+FIELDS = tuple(f.name for f in fields(PredictionRecord))
 
 
 class RecordBuffer:

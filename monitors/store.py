@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
 
+import msgspec
 import pandas as pd
 
 from monitors.records import PredictionRecord
@@ -69,6 +70,7 @@ class MonitorStore:
 
     def add_records(self, records: Iterable[PredictionRecord]) -> int:
         """Store records (a record seen before is ignored); returns how many were new."""
+        encode = msgspec.json.encode  # several times faster than json.dumps on these lists
         rows = [
             (
                 r.request_id,
@@ -76,9 +78,9 @@ class MonitorStore:
                 r.endpoint,
                 r.variant,
                 r.model_version,
-                json.dumps(r.predictions),
-                None if r.inputs is None else json.dumps(r.inputs),
-                json.dumps(r.shadow),
+                encode(r.predictions),
+                None if r.inputs is None else encode(r.inputs),
+                encode(r.shadow),
                 r.latency_s,
                 r.outcome,
             )

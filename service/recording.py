@@ -1,6 +1,7 @@
 """The gateway's side of monitoring: record every answer, ship records to the monitor in batches.
 
-``record`` appends to a bounded ``RecordBuffer`` and returns at once; ``ship_forever`` (a background
+``record`` appends to a bounded ``RecordBuffer`` and returns at once (no metric write on the hot
+path unless a record is dropped; the buffer's size is exported once per shipping round); ``ship_forever`` (a background
 task in each worker) posts batches to the monitor's ``/records``. If the monitor is slow or down,
 batches go back into the buffer and shipping backs off; once the buffer is full, new records are
 dropped and counted (``gateway_monitor_dropped_records_total``). Nothing here ever delays an answer.
@@ -14,6 +15,7 @@ import random
 import time
 
 import aiohttp
+import msgspec
 import numpy as np
 
 from monitors.records import PredictionRecord, RecordBuffer
@@ -90,9 +92,7 @@ class Recorder:
             latency_s=latency_s,
             inputs=tensors[card.feature_input.name].tolist() if keep_inputs else None,
         )
-        if self.buffer.append(record):
-            self.metrics.monitor_buffered.inc()
-        else:
+        if not self.buffer.append(record):
             self.metrics.monitor_dropped.inc()
 
     async def ship_forever(self) -> None:
@@ -104,15 +104,16 @@ class Recorder:
             while True:
                 await asyncio.sleep(backoff)
                 delivered = await self._ship(session, url)
+                self.metrics.monitor_buffered.set(len(self.buffer))
                 base = self.config.flush_interval_ms / 1000
                 backoff = base if delivered else min(backoff * 2, MAX_BACKOFF_S)
 
     async def _ship(self, session: aiohttp.ClientSession, url: str) -> bool:
         while batch := self.buffer.drain(self.config.batch_records):
-            self.metrics.monitor_buffered.dec(len(batch))
             try:
-                body = {"records": [r.to_dict() for r in batch]}
-                async with session.post(url, json=body) as answer:
+                body = msgspec.json.encode({"records": [r.to_dict() for r in batch]})
+                headers = {"Content-Type": "application/json"}
+                async with session.post(url, data=body, headers=headers) as answer:
                     if answer.status != 200:
                         raise aiohttp.ClientResponseError(
                             answer.request_info, (), status=answer.status

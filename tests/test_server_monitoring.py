@@ -165,15 +165,16 @@ async def test_a_full_buffer_drops_and_counts_records_never_blocks(demo_models, 
         tmp_path / "gateway.yaml",
         data_dir=str(tmp_path / "data"),
         monitor={
-            "url": f"http://127.0.0.1:{free_port()}",
+            "url": f"http://127.0.0.1:{free_port()}",  # nothing listens there
             "buffer_records": 10,
-            "flush_interval_ms": 5000,
+            "flush_interval_ms": 100,
         },
     )
     with running_gateway(config) as url:
         async with aiohttp.ClientSession() as session:
             results = [await predict(session, url, f"r{i}") for i in range(30)]
             assert all(status == 200 for status, _, _ in results)
+            await asyncio.sleep(0.5)  # a shipping round fails, puts the batch back, exports size
             async with session.get(f"{url}/metrics") as answer:
                 text = await answer.text()
     values = {
