@@ -1,4 +1,5 @@
-"""``gateway demo``: build and register the demo models, write a config, serve, drive traffic.
+"""``gateway demo``: build and register the demo models, write a config, start the monitor (on
+port + 1) and the gateway, drive traffic and send its ground-truth labels.
 
 Everything lives under ``--home``: the built models, the BentoML model store and ``gateway.yaml``.
 Running it again reuses what is there. With ``--serve-only`` the gateway just serves until Ctrl-C.
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from service.cli import MONITOR_SERVICE
 from service.launch import running_gateway
 
 DEMO_CONFIG = {
@@ -32,7 +34,7 @@ DEMO_CONFIG = {
 }
 
 
-def prepare_home(home: Path) -> Path:
+def prepare_home(home: Path, monitor_port: int) -> Path:
     """Build and register the demo models under ``home`` (once) and write the config; return it."""
     home.mkdir(parents=True, exist_ok=True)
     os.environ["BENTOML_HOME"] = str((home / "bentoml").resolve())
@@ -52,7 +54,8 @@ def prepare_home(home: Path) -> Path:
         )
         print(f"registered {card.tag} ({card.task}, sha256 {card.sha256[:12]})")
     config_path = home / "gateway.yaml"
-    config_path.write_text(yaml.safe_dump(DEMO_CONFIG, sort_keys=False))
+    monitor = {"url": f"http://127.0.0.1:{monitor_port}", "port": monitor_port}
+    config_path.write_text(yaml.safe_dump({**DEMO_CONFIG, "monitor": monitor}, sort_keys=False))
     return config_path
 
 
@@ -63,10 +66,13 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def run_demo(home: Path, port: int, *, serve_only: bool, requests: int) -> int:
     """Prepare ``home``, serve on ``port`` and drive traffic; stops the gateway on Ctrl-C or SIGTERM."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwinds through running_gateway's cleanup
-    config_path = prepare_home(home)
+    config_path = prepare_home(home, port + 1)
     try:
-        with running_gateway(config_path, port) as base_url:
-            print(f"gateway ready at {base_url} (config {config_path})")
+        with (
+            running_gateway(config_path, port + 1, service=MONITOR_SERVICE) as monitor_url,
+            running_gateway(config_path, port) as base_url,
+        ):
+            print(f"gateway ready at {base_url}, monitor at {monitor_url} (config {config_path})")
             if not serve_only:
                 from service.demo.traffic import drive_traffic
 

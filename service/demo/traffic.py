@@ -22,18 +22,18 @@ from service.demo.models import LABEL
 CONCURRENCY = 8
 
 
-async def _plain(
-    session: aiohttp.ClientSession, url: str, row: dict, user: str
-) -> tuple[str, object]:
+Answer = tuple[str, object, str]
+"""(variant, predicted label, request id)"""
+
+
+async def _plain(session: aiohttp.ClientSession, url: str, row: dict, user: str) -> Answer:
     async with session.post(url, json={"instances": [row]}, headers={"x-user-id": user}) as answer:
         answer.raise_for_status()
         body = await answer.json()
-        return body["variant"], body["predictions"][0]["label"]
+        return body["variant"], body["predictions"][0]["label"], body["request_id"]
 
 
-async def _oip(
-    session: aiohttp.ClientSession, url: str, row: dict, user: str
-) -> tuple[str, object]:
+async def _oip(session: aiohttp.ClientSession, url: str, row: dict, user: str) -> Answer:
     request = {
         "inputs": [
             {"name": "X", "datatype": "FP32", "shape": [1, len(row)], "data": list(row.values())}
@@ -43,12 +43,14 @@ async def _oip(
     async with session.post(url, json=request, headers={"x-user-id": user}) as answer:
         answer.raise_for_status()
         body = await answer.json()
-        return answer.headers["x-gateway-variant"], body["outputs"][0]["data"][0]
+        headers = answer.headers
+        return headers["x-gateway-variant"], body["outputs"][0]["data"][0], headers["x-request-id"]
 
 
 async def _drive(base_url: str, rows: pd.DataFrame, requests: int) -> dict:
     stats: dict = defaultdict(lambda: {"n": 0, "correct": 0, "latency": []})
     seen_by_user: dict[str, set] = defaultdict(set)
+    truth: list[dict] = []
     errors = 0
     queue: asyncio.Queue = asyncio.Queue()
     rng = random.Random(0)
@@ -64,17 +66,18 @@ async def _drive(base_url: str, rows: pd.DataFrame, requests: int) -> dict:
             started = time.perf_counter()
             try:
                 if i % 5 == 4:
-                    variant, label = await _oip(
+                    variant, label, request_id = await _oip(
                         session, f"{base_url}/v2/models/cancer/infer", features, user
                     )
                 else:
-                    variant, label = await _plain(
+                    variant, label, request_id = await _plain(
                         session, f"{base_url}/predict/cancer", features, user
                     )
             except aiohttp.ClientError:
                 errors += 1
                 continue
             seen_by_user[user].add(variant)
+            truth.append({"request_id": request_id, "label": row[LABEL]})
             entry = stats[variant]
             entry["n"] += 1
             entry["correct"] += int(label == row[LABEL])
@@ -82,12 +85,15 @@ async def _drive(base_url: str, rows: pd.DataFrame, requests: int) -> dict:
 
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(worker(session) for _ in range(CONCURRENCY)))
+        async with session.post(f"{base_url}/feedback", json={"labels": truth}) as answer:
+            stored = answer.status == 200
     flipped = sum(1 for variants in seen_by_user.values() if len(variants) > 1)
     return {
         "variants": dict(stats),
         "errors": errors,
         "users": len(seen_by_user),
         "flipped": flipped,
+        "labels": len(truth) if stored else 0,
     }
 
 
@@ -102,6 +108,7 @@ def drive_traffic(base_url: str, models_dir: Path, requests: int) -> None:
         f"{total} answered in {elapsed:.1f} s ({total / elapsed:.0f} req/s), "
         f"{result['errors']} errors"
     )
+    print(f"ground-truth labels sent to /feedback and stored by the monitor: {result['labels']}")
     print(
         f"{result['users']} users (x-user-id); users answered by more than one variant: "
         f"{result['flipped']} (routing is sticky by user)"
