@@ -19,7 +19,8 @@ class PredictionRecord:
     at: float
     endpoint: str
     variant: str
-    model_version: str
+    model: str
+    """The registry tag (name:version) of the model that answered."""
     predictions: list
     latency_s: float
     outcome: str = "ok"

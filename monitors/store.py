@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     at REAL NOT NULL,
     endpoint TEXT NOT NULL,
     variant TEXT NOT NULL,
-    model_version TEXT NOT NULL,
+    model TEXT NOT NULL,
     predictions TEXT NOT NULL,
     inputs TEXT,
     shadow TEXT NOT NULL,
@@ -77,7 +77,7 @@ class MonitorStore:
                 r.at,
                 r.endpoint,
                 r.variant,
-                r.model_version,
+                r.model,
                 encode(r.predictions),
                 None if r.inputs is None else encode(r.inputs),
                 encode(r.shadow),
@@ -133,6 +133,22 @@ class MonitorStore:
                 continue  # a label that does not fit the request's rows cannot be joined
             table += [(request_id, at, p, y) for p, y in zip(predictions, labels)]
         return pd.DataFrame(table, columns=["request_id", "at", "prediction", "label"])
+
+    def active(self, since: float) -> list[tuple[str, str, str]]:
+        """(endpoint, variant, model) that recorded predictions since ``since``."""
+        return (
+            self._db()
+            .execute(
+                "SELECT DISTINCT endpoint, variant, model FROM predictions WHERE at >= ? "
+                "ORDER BY endpoint, variant, model",
+                (since,),
+            )
+            .fetchall()
+        )
+
+    def newest(self) -> float | None:
+        """Time of the newest record, if any."""
+        return self._db().execute("SELECT MAX(at) FROM predictions").fetchone()[0]
 
     def counts(self) -> list[dict]:
         """Records and labeled records per endpoint and variant."""

@@ -167,6 +167,12 @@ class MonitorConfig(Strict):
     label_retention_s: float = Field(
         86_400.0, gt=0, description="then an unjoined label is unmatched"
     )
+    interval_s: float = Field(30.0, ge=1, description="how often drift and quality are computed")
+    window_rows: int = Field(10_000, ge=10, description="newest rows per variant a run looks at")
+    window_s: float = Field(3600.0, gt=0, description="and no older than this")
+    min_rows: int = Field(200, ge=1, description="fewer rows (or labels): insufficient data")
+    drift_threshold: float = Field(0.1, gt=0, description="drift when a distance reaches this")
+    max_feature_series: int = Field(50, ge=0, description="cap on per-feature drift series")
 
 
 class GatewayConfig(Strict):

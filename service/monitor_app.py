@@ -4,7 +4,11 @@ a summary out. One monitor process owns the store (service/monitor_bento.py star
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
+from collections.abc import AsyncIterator
 
 import anyio
 import msgspec
@@ -18,6 +22,9 @@ from monitors.store import MonitorStore
 from service.errors import BadRequest
 from service.http.body import read_body
 from service.http.responses import EXCEPTION_HANDLERS, json_response
+from service.metrics import CONTENT_TYPE, exposition
+
+log = logging.getLogger("gateway.monitor")
 
 MAX_BODY = 64 * 1024 * 1024
 
@@ -64,7 +71,10 @@ async def add_labels(request: Request) -> Response:
         isinstance(i, dict) and isinstance(i.get("request_id"), str) and "label" in i for i in items
     ):
         raise BadRequest('each label is {"request_id": str, "label": value}')
-    return json_response({"results": await anyio.to_thread.run_sync(store_all)})
+    results = await anyio.to_thread.run_sync(store_all)
+    for result in results:
+        request.app.state.metrics.labels.labels(result["outcome"]).inc()
+    return json_response({"results": results})
 
 
 async def summary(request: Request) -> Response:
@@ -83,10 +93,44 @@ async def summary(request: Request) -> Response:
     return json_response(await anyio.to_thread.run_sync(read))
 
 
+async def run_now(request: Request) -> Response:
+    """``POST /runs``: compute drift and quality now; answers what the run found."""
+    reports = await anyio.to_thread.run_sync(request.app.state.runner.run_once)
+    return json_response({"variants": [r.to_dict() for r in reports]})
+
+
+async def metrics(request: Request) -> Response:
+    content = await anyio.to_thread.run_sync(exposition)
+    return Response(content, media_type=CONTENT_TYPE)
+
+
+@contextlib.asynccontextmanager
+async def scheduled_runs(app: Starlette) -> AsyncIterator[None]:
+    """Run drift and quality every ``interval_s`` seconds while the monitor serves."""
+    runner = getattr(app.state, "runner", None)
+
+    async def every_interval() -> None:
+        while True:
+            await asyncio.sleep(runner.config.interval_s)
+            try:
+                await anyio.to_thread.run_sync(runner.run_once)
+            except Exception:  # a failed run is logged; the next one tries again
+                log.exception("monitor run failed")
+
+    task = asyncio.create_task(every_interval()) if runner else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+
+
 def build_monitor_app() -> Starlette:
     routes = [
         Route("/records", add_records, methods=["POST"]),
         Route("/labels", add_labels, methods=["POST"]),
         Route("/summary", summary, methods=["GET"]),
+        Route("/runs", run_now, methods=["POST"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=scheduled_runs)

@@ -17,6 +17,8 @@ from monitors.store import MonitorStore
 from service import bentoml_fixes
 from service.config import load_config
 from service.monitor_app import build_monitor_app
+from service.monitor_metrics import MonitorMetrics
+from service.monitor_runs import MonitorRunner
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 MONITOR_FILE = "monitor.sqlite3"
@@ -36,5 +38,9 @@ class Monitor:
 
     def __init__(self) -> None:
         config = load_config(Path(os.environ.get(CONFIG_ENV, "gateway.yaml")).resolve())
-        monitor_app.state.store = MonitorStore(config.data_dir / MONITOR_FILE)
+        store = MonitorStore(config.data_dir / MONITOR_FILE)
+        metrics = MonitorMetrics()
+        monitor_app.state.store = store
+        monitor_app.state.metrics = metrics
         monitor_app.state.label_retention_s = config.monitor.label_retention_s
+        monitor_app.state.runner = MonitorRunner(config.monitor, store, metrics)

@@ -87,7 +87,7 @@ class Recorder:
             at=time.time(),
             endpoint=route.endpoint,
             variant=route.variant.name,
-            model_version=card.version,
+            model=card.tag,
             predictions=row_predictions(card, outputs).tolist(),
             latency_s=latency_s,
             inputs=tensors[card.feature_input.name].tolist() if keep_inputs else None,

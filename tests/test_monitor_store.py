@@ -11,7 +11,7 @@ from monitors.store import LabelOutcome, MonitorStore
 
 def record(request_id: str, predictions, at: float = 1000.0, variant: str = "stable", inputs=None):
     return PredictionRecord(
-        request_id, at, "churn", variant, "v1", predictions, 0.002, inputs=inputs
+        request_id, at, "churn", variant, "churn:v1", predictions, 0.002, inputs=inputs
     )
 
 
@@ -77,3 +77,9 @@ def test_window_returns_the_newest_input_rows_with_predictions(tmp_path):
     window = store.window("churn", "stable", max_rows=4)
     assert window[0].tolist() == [6.0, 7.0, 8.0, 9.0] and window.prediction.tolist() == [6, 7, 8, 9]
     assert store.add_records([record("r0", [0])]) == 0  # a record seen before is ignored
+
+
+def test_active_variants_since(tmp_path):
+    store = MonitorStore(tmp_path / "monitor.sqlite3")
+    store.add_records([record("a", [1], at=10.0), record("b", [1], at=20.0, variant="candidate")])
+    assert store.active(since=15.0) == [("churn", "candidate", "churn:v1")]

@@ -184,3 +184,64 @@ async def test_a_full_buffer_drops_and_counts_records_never_blocks(demo_models, 
     }
     assert values["gateway_monitor_dropped_records_total"] == 20
     assert values["gateway_monitor_buffered_records"] == 10
+
+
+async def test_injected_drift_and_labels_show_up_in_runs_and_metrics(demo_models, tmp_path):
+    import pandas as pd
+
+    port = free_port()
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        data_dir=str(tmp_path / "data"),
+        monitor={"url": f"http://127.0.0.1:{port}", "port": port, "flush_interval_ms": 50},
+    )
+    reference = pd.read_csv(demo_models["cancer:v1"].reference_path)
+    rows = reference.sample(600, replace=True, random_state=3)
+    truth = rows.pop("label").tolist()
+    rows["mean_radius"] *= 3  # an outside client sends inputs that drifted in two features
+    rows["worst_texture"] *= 3
+    batches = [rows.iloc[i : i + 20] for i in range(0, len(rows), 20)]
+    with monitor(config, port) as monitor_url, running_gateway(config) as url:
+        async with aiohttp.ClientSession() as session:
+            predicted, labels = [], []
+            for i, batch in enumerate(batches):
+                request_id = f"drift-{i}"
+                async with session.post(
+                    f"{url}/predict/cancer",
+                    json={"instances": batch.to_numpy().tolist()},
+                    headers={"x-request-id": request_id, "x-gateway-variant": "stable"},
+                ) as answer:
+                    assert answer.status == 200
+                    predicted += [p["label"] for p in (await answer.json())["predictions"]]
+                labels.append({"request_id": request_id, "label": truth[i * 20 : (i + 1) * 20]})
+            status, _, _ = await feedback(session, url, labels)
+            assert status == 200
+            await wait_for_records(session, monitor_url, len(batches))
+            async with session.post(f"{monitor_url}/runs") as answer:
+                reports = {r["variant"]: r for r in (await answer.json())["variants"]}
+            async with session.get(f"{monitor_url}/metrics") as answer:
+                metrics = await answer.text()
+    stable = reports["stable"]
+    assert stable["drift"]["status"] == "ok" and stable["drift"]["rows"] == 600, reports
+    assert stable["drift"]["drifted_features"] == ["mean_radius", "worst_texture"]
+    accuracy = sum(p == t for p, t in zip(predicted, truth)) / len(truth)
+    assert stable["quality"]["status"] == "ok"
+    assert stable["quality"]["accuracy"] == pytest.approx(accuracy)
+    series = 'gateway_model_quality{endpoint="cancer",metric="accuracy",variant="stable"}'
+    exported = [
+        float(line.split(" ")[1]) for line in metrics.splitlines() if line.startswith(series)
+    ]
+    assert exported == [pytest.approx(accuracy)]
+    drift_series = (
+        'gateway_feature_drift_score{endpoint="cancer",feature="mean_radius",variant="stable"}'
+    )
+    assert drift_series in metrics and "gateway_monitor_last_run_timestamp_seconds" in metrics
+    import shutil
+    import subprocess
+
+    lint = subprocess.run(
+        [shutil.which("promtool") or "promtool", "check", "metrics"],
+        input=metrics.encode(),
+        capture_output=True,
+    )
+    assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()

@@ -1,0 +1,79 @@
+"""The monitor's Prometheus series: drift, quality, labels and the health of its own runs.
+
+Bounded labels: endpoint and variant come from the config; per-feature drift series are capped
+(``max_feature_series``, the most drifted first) so a wide model cannot flood Prometheus. A value of
+-1 is never exported: a variant with insufficient data has its ``gateway_monitor_window_rows`` set
+and its scores left as they were, with ``gateway_monitor_insufficient_data`` at 1.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class MonitorMetrics:
+    def __init__(self) -> None:
+        mode = {"multiprocess_mode": "mostrecent"}
+        self.feature_drift = Gauge(
+            "gateway_feature_drift_score",
+            "Drift score of one input feature against the model's reference (distance, 0 = none).",
+            ["endpoint", "variant", "feature"],
+            **mode,
+        )
+        self.drifted_share = Gauge(
+            "gateway_drifted_features_ratio",
+            "Share of input features whose drift score reached the threshold.",
+            ["endpoint", "variant"],
+            **mode,
+        )
+        self.prediction_drift = Gauge(
+            "gateway_prediction_drift_score",
+            "Drift of the variant's predictions against its predictions on the reference data.",
+            ["endpoint", "variant"],
+            **mode,
+        )
+        self.insufficient = Gauge(
+            "gateway_monitor_insufficient_data",
+            "1 when the last run had too few rows (drift) or labels (quality) for a verdict.",
+            ["endpoint", "variant", "kind"],
+            **mode,
+        )
+        self.window_rows = Gauge(
+            "gateway_monitor_window_rows",
+            "Rows in the last run's window (drift: recorded inputs; quality: labeled rows).",
+            ["endpoint", "variant", "kind"],
+            **mode,
+        )
+        self.quality = Gauge(
+            "gateway_model_quality",
+            "Quality on labeled rows: accuracy, f1, precision, recall (ratios) or mae, rmse.",
+            ["endpoint", "variant", "metric"],
+            **mode,
+        )
+        self.labels = Counter(
+            "gateway_labels_received_total",
+            "Labels received through /feedback, by outcome (stored, duplicate, conflict).",
+            ["outcome"],
+        )
+        self.unmatched = Gauge(
+            "gateway_labels_unmatched",
+            "Labels older than the retention window whose prediction never arrived.",
+            **mode,
+        )
+        self.last_run = Gauge(
+            "gateway_monitor_last_run_timestamp_seconds",
+            "When the last drift and quality run finished (unix time).",
+            **mode,
+        )
+        self.lag = Gauge(
+            "gateway_monitor_lag_seconds",
+            "Age of the newest record the monitor had at its last run.",
+            **mode,
+        )
+        self.run_duration = Histogram(
+            "gateway_monitor_run_duration_seconds",
+            "Time one drift and quality run over every variant took.",
+            buckets=RUN_BUCKETS,
+        )

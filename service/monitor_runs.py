@@ -1,0 +1,125 @@
+"""The monitor's analysis runs: for every variant that served recently, drift of its window against
+its model's reference sample, and quality on its labeled rows; exported as metrics.
+
+A run reads the newest ``window_rows`` recorded rows of the last ``window_s`` seconds per variant.
+Fewer rows (or labels) than ``min_rows`` give "insufficient_data", never a verdict. Runs happen
+every ``interval_s`` seconds and on demand (``POST /runs``); both call ``run_once`` in a thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+
+from monitors.drift import DriftResult, DriftSettings, compute_drift
+from monitors.quality import QualityResult, classification_quality, regression_quality
+from monitors.store import MonitorStore
+from service import registry
+from service.config import MonitorConfig
+from service.model_card import ModelCard
+from service.monitor_metrics import MonitorMetrics
+
+
+@dataclass(frozen=True)
+class VariantReport:
+    endpoint: str
+    variant: str
+    model: str
+    drift: DriftResult
+    quality: QualityResult
+
+    def to_dict(self) -> dict:
+        drift = self.drift
+        return {
+            "endpoint": self.endpoint,
+            "variant": self.variant,
+            "model": self.model,
+            "drift": {
+                "status": drift.status,
+                "rows": drift.rows,
+                "drifted_features": drift.drifted_features,
+                "drifted_share": drift.drifted_share,
+                "features": {c.column: c.score for c in drift.features},
+                "prediction": drift.prediction.score if drift.prediction else None,
+            },
+            "quality": {
+                "status": self.quality.status,
+                "rows": self.quality.rows,
+                **self.quality.metrics,
+            },
+        }
+
+
+class MonitorRunner:
+    """Runs drift and quality for every active variant and exports the results."""
+
+    def __init__(self, config: MonitorConfig, store: MonitorStore, metrics: MonitorMetrics) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.settings = DriftSettings(threshold=config.drift_threshold, min_rows=config.min_rows)
+        self._references: dict[str, tuple[ModelCard, pd.DataFrame]] = {}
+
+    def _reference(self, tag: str) -> tuple[ModelCard, pd.DataFrame]:
+        if tag not in self._references:
+            self._references[tag] = (registry.load_card(tag), registry.load_reference(tag))
+        return self._references[tag]
+
+    def _window(self, endpoint: str, variant: str, card: ModelCard, since: float) -> pd.DataFrame:
+        window = self.store.window(endpoint, variant, self.config.window_rows, since)
+        names = dict(enumerate(card.feature_names))
+        return window.rename(columns=names)
+
+    def analyse(self, endpoint: str, variant: str, tag: str, since: float) -> VariantReport:
+        card, reference = self._reference(tag)
+        classification = card.task == "classification"
+        drift = compute_drift(
+            self._window(endpoint, variant, card, since),
+            reference,
+            card.feature_names,
+            "prediction",
+            classification,
+            self.settings,
+        )
+        labeled = self.store.labeled(endpoint, variant, since)
+        quality = (
+            classification_quality(labeled, card.class_labels, self.config.min_rows)
+            if classification
+            else regression_quality(labeled, self.config.min_rows)
+        )
+        return VariantReport(endpoint, variant, tag, drift, quality)
+
+    def run_once(self, now: float | None = None) -> list[VariantReport]:
+        started = time.perf_counter()
+        now = now or time.time()
+        since = now - self.config.window_s
+        reports = [self.analyse(e, v, tag, since) for e, v, tag in self.store.active(since)]
+        for report in reports:
+            self._export(report)
+        metrics = self.metrics
+        metrics.unmatched.set(self.store.unmatched_labels(self.config.label_retention_s, now))
+        newest = self.store.newest()
+        if newest is not None:
+            metrics.lag.set(max(0.0, now - newest))
+        metrics.last_run.set(time.time())
+        metrics.run_duration.observe(time.perf_counter() - started)
+        return reports
+
+    def _export(self, report: VariantReport) -> None:
+        metrics, key = self.metrics, (report.endpoint, report.variant)
+        drift, quality = report.drift, report.quality
+        metrics.window_rows.labels(*key, "drift").set(drift.rows)
+        metrics.insufficient.labels(*key, "drift").set(int(drift.status != "ok"))
+        if drift.status == "ok":
+            metrics.drifted_share.labels(*key).set(drift.drifted_share)
+            if drift.prediction is not None:
+                metrics.prediction_drift.labels(*key).set(drift.prediction.score)
+            ranked = sorted(drift.features, key=lambda c: c.score, reverse=True)
+            for column in ranked[: self.config.max_feature_series]:
+                metrics.feature_drift.labels(*key, column.column).set(column.score)
+        metrics.window_rows.labels(*key, "quality").set(quality.rows)
+        metrics.insufficient.labels(*key, "quality").set(int(quality.status != "ok"))
+        for name, value in quality.metrics.items():
+            metrics.quality.labels(*key, name).set(value)
