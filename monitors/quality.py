@@ -23,6 +23,8 @@ class QualityResult:
     rows: int
     metrics: dict[str, float] = field(default_factory=dict)
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    report: object = field(default=None, compare=False, repr=False)
+    """The Evidently run result (``save_html``/``save_json``), when there was a verdict."""
 
 
 def _by_label(value: object) -> dict[str, float]:
@@ -65,18 +67,16 @@ def classification_quality(
     by_label = [F1ByLabel(), PrecisionByLabel(), RecallByLabel()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        values = [
-            m["value"]
-            for m in Report(metrics + by_label)
-            .run(Dataset.from_pandas(frame, data_definition=definition), None)
-            .dict()["metrics"]
-        ]
+        report = Report(metrics + by_label).run(
+            Dataset.from_pandas(frame, data_definition=definition), None
+        )
+    values = [m["value"] for m in report.dict()["metrics"]]
     scores = dict(zip(["accuracy", "f1", "precision", "recall"], map(float, values[:4])))
     per_class: dict[str, dict[str, float]] = {}
     for name, value in zip(["f1", "precision", "recall"], values[4:]):
         for label, score in _by_label(value).items():
             per_class.setdefault(label, {})[name] = score
-    return QualityResult("ok", len(labeled), scores, per_class)
+    return QualityResult("ok", len(labeled), scores, per_class, report)
 
 
 def regression_quality(labeled: pd.DataFrame, min_rows: int = 50) -> QualityResult:
@@ -93,11 +93,9 @@ def regression_quality(labeled: pd.DataFrame, min_rows: int = 50) -> QualityResu
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mae, rmse = (
-            m["value"]
-            for m in Report([MAE(), RMSE()])
-            .run(Dataset.from_pandas(frame, data_definition=definition), None)
-            .dict()["metrics"]
+        report = Report([MAE(), RMSE()]).run(
+            Dataset.from_pandas(frame, data_definition=definition), None
         )
+    mae, rmse = (m["value"] for m in report.dict()["metrics"])
     mae = mae["mean"] if isinstance(mae, dict) else mae
-    return QualityResult("ok", len(labeled), {"mae": float(mae), "rmse": float(rmse)})
+    return QualityResult("ok", len(labeled), {"mae": float(mae), "rmse": float(rmse)}, {}, report)

@@ -173,6 +173,10 @@ class MonitorConfig(Strict):
     min_rows: int = Field(200, ge=1, description="fewer rows (or labels): insufficient data")
     drift_threshold: float = Field(0.1, gt=0, description="drift when a distance reaches this")
     max_feature_series: int = Field(50, ge=0, description="cap on per-feature drift series")
+    report_interval_s: float = Field(
+        300.0, ge=1, description="how often Evidently reports are saved"
+    )
+    report_keep: int = Field(10, ge=1, description="reports kept per endpoint, variant and kind")
 
 
 class GatewayConfig(Strict):

@@ -14,12 +14,12 @@ import anyio
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from monitors.records import PredictionRecord
 from monitors.store import MonitorStore
-from service.errors import BadRequest
+from service.errors import BadRequest, NotFound
 from service.http.body import read_body
 from service.http.responses import EXCEPTION_HANDLERS, json_response
 from service.metrics import CONTENT_TYPE, exposition
@@ -94,9 +94,30 @@ async def summary(request: Request) -> Response:
 
 
 async def run_now(request: Request) -> Response:
-    """``POST /runs``: compute drift and quality now; answers what the run found."""
-    reports = await anyio.to_thread.run_sync(request.app.state.runner.run_once)
+    """``POST /runs[?reports=true]``: compute drift and quality now (and save Evidently reports)."""
+    flag = request.query_params.get("reports", "false")
+    if flag not in ("true", "false"):
+        raise BadRequest("reports must be true or false")
+    runner = request.app.state.runner
+    reports = await anyio.to_thread.run_sync(lambda: runner.run_once(save_reports=flag == "true"))
     return json_response({"variants": [r.to_dict() for r in reports]})
+
+
+async def list_reports(request: Request) -> Response:
+    archive = request.app.state.archive
+    files = await anyio.to_thread.run_sync(archive.list)
+    return json_response({"reports": [f.to_dict() for f in files]})
+
+
+async def get_report(request: Request) -> Response:
+    params = request.path_params
+    found = await anyio.to_thread.run_sync(
+        request.app.state.archive.find, params["endpoint"], params["variant"], params["name"]
+    )
+    if found is None:
+        raise NotFound(f"no report {params['endpoint']}/{params['variant']}/{params['name']}")
+    media = "text/html" if found.format == "html" else "application/json"
+    return FileResponse(found.path, media_type=media)
 
 
 async def metrics(request: Request) -> Response:
@@ -131,6 +152,8 @@ def build_monitor_app() -> Starlette:
         Route("/labels", add_labels, methods=["POST"]),
         Route("/summary", summary, methods=["GET"]),
         Route("/runs", run_now, methods=["POST"]),
+        Route("/reports", list_reports, methods=["GET"]),
+        Route("/reports/{endpoint}/{variant}/{name}", get_report, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=scheduled_runs)

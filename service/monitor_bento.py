@@ -13,6 +13,7 @@ from pathlib import Path
 
 import bentoml
 
+from monitors.reports import ReportArchive
 from monitors.store import MonitorStore
 from service import bentoml_fixes
 from service.config import load_config
@@ -22,6 +23,7 @@ from service.monitor_runs import MonitorRunner
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 MONITOR_FILE = "monitor.sqlite3"
+REPORTS_DIR = "reports"
 bentoml_fixes.apply()
 monitor_app = build_monitor_app()
 
@@ -43,4 +45,6 @@ class Monitor:
         monitor_app.state.store = store
         monitor_app.state.metrics = metrics
         monitor_app.state.label_retention_s = config.monitor.label_retention_s
-        monitor_app.state.runner = MonitorRunner(config.monitor, store, metrics)
+        archive = ReportArchive(config.data_dir / REPORTS_DIR, config.monitor.report_keep)
+        monitor_app.state.archive = archive
+        monitor_app.state.runner = MonitorRunner(config.monitor, store, metrics, archive)

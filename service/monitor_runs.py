@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from monitors.drift import DriftResult, DriftSettings, compute_drift
+from monitors.drift import DriftResult, DriftSettings, compute_drift, drift_report
 from monitors.quality import QualityResult, classification_quality, regression_quality
+from monitors.reports import ReportArchive
 from monitors.store import MonitorStore
 from service import registry
 from service.config import MonitorConfig
@@ -55,10 +56,18 @@ class VariantReport:
 class MonitorRunner:
     """Runs drift and quality for every active variant and exports the results."""
 
-    def __init__(self, config: MonitorConfig, store: MonitorStore, metrics: MonitorMetrics) -> None:
+    def __init__(
+        self,
+        config: MonitorConfig,
+        store: MonitorStore,
+        metrics: MonitorMetrics,
+        archive: ReportArchive,
+    ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
+        self.archive = archive
+        self._last_reports = 0.0
         self.settings = DriftSettings(threshold=config.drift_threshold, min_rows=config.min_rows)
         self._references: dict[str, tuple[ModelCard, pd.DataFrame]] = {}
 
@@ -91,13 +100,19 @@ class MonitorRunner:
         )
         return VariantReport(endpoint, variant, tag, drift, quality)
 
-    def run_once(self, now: float | None = None) -> list[VariantReport]:
+    def run_once(self, now: float | None = None, save_reports: bool = False) -> list[VariantReport]:
+        """One run over every active variant; saves Evidently reports when asked or when due."""
         started = time.perf_counter()
         now = now or time.time()
         since = now - self.config.window_s
         reports = [self.analyse(e, v, tag, since) for e, v, tag in self.store.active(since)]
+        save_reports = save_reports or now - self._last_reports >= self.config.report_interval_s
         for report in reports:
             self._export(report)
+            if save_reports:
+                self._save(report, since)
+        if save_reports:
+            self._last_reports = now
         metrics = self.metrics
         metrics.unmatched.set(self.store.unmatched_labels(self.config.label_retention_s, now))
         newest = self.store.newest()
@@ -106,6 +121,23 @@ class MonitorRunner:
         metrics.last_run.set(time.time())
         metrics.run_duration.observe(time.perf_counter() - started)
         return reports
+
+    def _save(self, report: VariantReport, since: float) -> None:
+        """The operators' Evidently reports for a variant that had a verdict."""
+        card, reference = self._reference(report.model)
+        if report.drift.status == "ok":
+            window = self._window(report.endpoint, report.variant, card, since)
+            snapshot = drift_report(
+                window,
+                reference,
+                card.feature_names,
+                "prediction",
+                card.task == "classification",
+                self.settings,
+            )
+            self.archive.save(report.endpoint, report.variant, "drift", snapshot)
+        if report.quality.report is not None:
+            self.archive.save(report.endpoint, report.variant, "quality", report.quality.report)
 
     def _export(self, report: VariantReport) -> None:
         metrics, key = self.metrics, (report.endpoint, report.variant)

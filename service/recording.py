@@ -29,12 +29,14 @@ log = logging.getLogger("gateway.recording")
 
 
 class MonitorUnavailable(GatewayError):
-    """The monitor cannot take labels now: nothing was stored, the caller should retry."""
+    """The monitor cannot be reached now: nothing was stored or fetched; the caller should retry."""
 
     status = 503
 
     def __init__(self, message: str) -> None:
-        super().__init__(f"{message}; labels not stored, retry later", headers={"Retry-After": "5"})
+        super().__init__(
+            f"{message}; nothing was stored or fetched, retry later", headers={"Retry-After": "5"}
+        )
 
 
 MAX_BACKOFF_S = 5.0
@@ -94,6 +96,17 @@ class Recorder:
         )
         if not self.buffer.append(record):
             self.metrics.monitor_dropped.inc()
+
+    async def fetch(self, path: str) -> tuple[int, str, bytes]:
+        """GET ``path`` from the monitor: (status, content type, body); reports pass through here."""
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s * 5)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                async with session.get(f"{self.config.url}{path}") as answer:
+                    content_type = answer.headers.get("Content-Type", "application/octet-stream")
+                    return answer.status, content_type, await answer.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            raise MonitorUnavailable(f"the monitor is unreachable ({error})") from None
 
     async def ship_forever(self) -> None:
         """Deliver batches until cancelled; back off while the monitor does not take them."""

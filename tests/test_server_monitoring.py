@@ -150,7 +150,7 @@ async def test_gateway_serves_with_the_monitor_down_and_labels_survive_a_restart
         status, retry_after, body = await feedback(
             session, url, [{"request_id": "lost", "label": 1}]
         )
-        assert status == 503 and retry_after == "5" and "not stored" in body["error"]
+        assert status == 503 and retry_after == "5" and "unreachable" in body["error"]
     with monitor(config, port) as monitor_url:
         async with aiohttp.ClientSession() as session:
             await wait_for_records(session, monitor_url, 50)  # buffered records delivered
@@ -245,3 +245,42 @@ async def test_injected_drift_and_labels_show_up_in_runs_and_metrics(demo_models
         capture_output=True,
     )
     assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
+
+
+async def test_reports_are_saved_listed_and_served_through_the_gateway(monitored, demo_models):
+    import pandas as pd
+
+    url, port, config = monitored
+    rows = pd.read_csv(demo_models["cancer:v1"].reference_path).drop(columns=["label"])
+    with monitor(config, port) as monitor_url:
+        async with aiohttp.ClientSession() as session:
+            for i in range(15):
+                body = {"instances": rows.sample(20, random_state=i).to_numpy().tolist()}
+                headers = {"x-request-id": f"report-{i}", "x-gateway-variant": "stable"}
+                async with session.post(
+                    f"{url}/predict/cancer", json=body, headers=headers
+                ) as answer:
+                    assert answer.status == 200
+            await wait_for_records(session, monitor_url, 15)
+            async with session.post(f"{monitor_url}/runs?reports=true") as answer:
+                assert answer.status == 200
+            async with session.post(f"{monitor_url}/runs?reports=maybe") as answer:
+                assert answer.status == 400
+            async with session.get(f"{url}/reports") as answer:
+                listing = (await answer.json())["reports"]
+            drift = [
+                r
+                for r in listing
+                if (r["endpoint"], r["variant"], r["kind"]) == ("cancer", "stable", "drift")
+            ]
+            assert {r["format"] for r in drift} == {"html", "json"}
+            html = next(r for r in drift if r["format"] == "html")
+            async with session.get(f"{url}/reports/{html['path']}") as answer:
+                assert answer.status == 200 and answer.content_type == "text/html"
+                assert len(await answer.read()) > 100_000
+            for bad in ("cancer/stable/nope.html", "cancer/stable/..%2F..%2Fgateway.yaml", "x/y/z"):
+                async with session.get(f"{url}/reports/{bad}") as answer:
+                    assert answer.status == 404, bad
+    async with aiohttp.ClientSession() as session:  # the monitor is down now
+        async with session.get(f"{url}/reports") as answer:
+            assert answer.status == 503

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.errors import NotFound
-from service.http import admin, oip
+from service.http import admin, oip, reports
 from service.http.feedback import feedback
 from service.http.predict import list_endpoints, predict
 from service.http.responses import EXCEPTION_HANDLERS
@@ -40,6 +40,8 @@ def build_app() -> Starlette:
         Route("/predict/{endpoint}", predict, methods=["POST"]),
         Route("/endpoints", list_endpoints, methods=["GET"]),
         Route("/feedback", feedback, methods=["POST"]),
+        Route("/reports", reports.list_reports, methods=["GET"]),
+        Route("/reports/{endpoint}/{variant}/{name}", reports.get_report, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *oip.ROUTES,
         *admin.ROUTES,
