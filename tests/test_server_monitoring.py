@@ -66,7 +66,12 @@ async def summary(session, monitor_url):
         return await answer.json()
 
 
+async def stored_records(session, monitor_url) -> int:
+    return sum(v["records"] for v in (await summary(session, monitor_url))["variants"])
+
+
 async def wait_for_records(session, monitor_url, count, timeout_s=5.0):
+    """Wait until the monitor holds at least ``count`` records in all."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         stats = await summary(session, monitor_url)
@@ -80,6 +85,7 @@ async def test_labels_join_before_and_after_and_are_idempotent(monitored):
     url, port, config = monitored
     with monitor(config, port) as monitor_url:
         async with aiohttp.ClientSession() as session:
+            before = await stored_records(session, monitor_url)
             status, _, body = await feedback(
                 session, url, [{"request_id": "early-1", "label": "benign"}]
             )
@@ -105,7 +111,7 @@ async def test_labels_join_before_and_after_and_are_idempotent(monitored):
                 session, url, [{"request_id": "late-1", "label": other}]
             )
             assert status == 409 and "late-1" in body["error"]
-            await wait_for_records(session, monitor_url, 3)
+            await wait_for_records(session, monitor_url, before + 3)
     store = MonitorStore(load_config(config).data_dir / "monitor.sqlite3")
     joined = {}
     for variant in ("stable", "candidate"):
@@ -137,8 +143,9 @@ async def test_bad_feedback_is_refused_clearly(monitored, body, words):
 
 async def test_gateway_serves_with_the_monitor_down_and_labels_survive_a_restart(monitored):
     url, port, config = monitored
-    with monitor(config, port):
+    with monitor(config, port) as monitor_url:
         async with aiohttp.ClientSession() as session:
+            before = await stored_records(session, monitor_url)
             status, _, _ = await feedback(
                 session, url, [{"request_id": "kept-1", "label": "benign"}]
             )
@@ -153,7 +160,7 @@ async def test_gateway_serves_with_the_monitor_down_and_labels_survive_a_restart
         assert status == 503 and retry_after == "5" and "unreachable" in body["error"]
     with monitor(config, port) as monitor_url:
         async with aiohttp.ClientSession() as session:
-            await wait_for_records(session, monitor_url, 50)  # buffered records delivered
+            await wait_for_records(session, monitor_url, before + 50)  # buffered ones delivered
             status, _, body = await feedback(
                 session, url, [{"request_id": "kept-1", "label": "benign"}]
             )
@@ -254,6 +261,7 @@ async def test_reports_are_saved_listed_and_served_through_the_gateway(monitored
     rows = pd.read_csv(demo_models["cancer:v1"].reference_path).drop(columns=["label"])
     with monitor(config, port) as monitor_url:
         async with aiohttp.ClientSession() as session:
+            before = await stored_records(session, monitor_url)
             for i in range(15):
                 body = {"instances": rows.sample(20, random_state=i).to_numpy().tolist()}
                 headers = {"x-request-id": f"report-{i}", "x-gateway-variant": "stable"}
@@ -261,7 +269,7 @@ async def test_reports_are_saved_listed_and_served_through_the_gateway(monitored
                     f"{url}/predict/cancer", json=body, headers=headers
                 ) as answer:
                     assert answer.status == 200
-            await wait_for_records(session, monitor_url, 15)
+            await wait_for_records(session, monitor_url, before + 15)
             async with session.post(f"{monitor_url}/runs?reports=true") as answer:
                 assert answer.status == 200
             async with session.post(f"{monitor_url}/runs?reports=maybe") as answer:
