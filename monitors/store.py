@@ -44,6 +44,20 @@ CREATE TABLE IF NOT EXISTS labels (
 """
 
 
+RECORD_COLUMNS = {
+    "request_id",
+    "at",
+    "endpoint",
+    "variant",
+    "model",
+    "predictions",
+    "inputs",
+    "shadow",
+    "latency_s",
+    "outcome",
+}
+
+
 class LabelOutcome(str, Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"
@@ -57,7 +71,12 @@ class MonitorStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._local = threading.local()
-        self._db().executescript(SCHEMA)
+        db = self._db()
+        columns = {row[1] for row in db.execute("PRAGMA table_info(predictions)")}
+        if columns and columns != RECORD_COLUMNS:  # an older layout: set it aside, keep labels
+            db.execute(f"ALTER TABLE predictions RENAME TO predictions_before_{int(time.time())}")
+            db.execute("DROP INDEX IF EXISTS predictions_by_variant")
+        db.executescript(SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -89,8 +108,16 @@ class MonitorStore:
         db = self._db()
         before = db.total_changes
         db.execute("BEGIN IMMEDIATE")
-        db.executemany("INSERT OR IGNORE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-        db.execute("COMMIT")
+        try:
+            db.executemany(
+                "INSERT OR IGNORE INTO predictions (request_id, at, endpoint, variant, model, "
+                "predictions, inputs, shadow, latency_s, outcome) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         return db.total_changes - before
 
     def add_label(self, request_id: str, label: object) -> LabelOutcome:

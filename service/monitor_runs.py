@@ -8,6 +8,7 @@ every ``interval_s`` seconds and on demand (``POST /runs``); both call ``run_onc
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -19,8 +20,11 @@ from monitors.reports import ReportArchive
 from monitors.store import MonitorStore
 from service import registry
 from service.config import MonitorConfig
+from service.errors import ConfigError
 from service.model_card import ModelCard
 from service.monitor_metrics import MonitorMetrics
+
+log = logging.getLogger("gateway.monitor")
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,12 @@ class MonitorRunner:
         started = time.perf_counter()
         now = now or time.time()
         since = now - self.config.window_s
-        reports = [self.analyse(e, v, tag, since) for e, v, tag in self.store.active(since)]
+        reports = []
+        for endpoint, variant, tag in self.store.active(since):
+            try:
+                reports.append(self.analyse(endpoint, variant, tag, since))
+            except ConfigError as error:  # e.g. the model was removed from the store
+                log.warning("skipping %s/%s: %s", endpoint, variant, error)
         save_reports = save_reports or now - self._last_reports >= self.config.report_interval_s
         for report in reports:
             self._export(report)

@@ -83,3 +83,22 @@ def test_active_variants_since(tmp_path):
     store = MonitorStore(tmp_path / "monitor.sqlite3")
     store.add_records([record("a", [1], at=10.0), record("b", [1], at=20.0, variant="candidate")])
     assert store.active(since=15.0) == [("churn", "candidate", "churn:v1")]
+
+
+def test_a_store_from_before_records_named_their_model_is_set_aside(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "monitor.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE predictions (request_id TEXT PRIMARY KEY, at REAL, endpoint TEXT, "
+        "variant TEXT, model_version TEXT NOT NULL, predictions TEXT, inputs TEXT, shadow TEXT, "
+        "latency_s REAL, outcome TEXT)"
+    )
+    old.execute("CREATE TABLE labels (request_id TEXT PRIMARY KEY, label TEXT, received_at REAL)")
+    old.execute("INSERT INTO labels VALUES ('kept', '1', 0)")
+    old.commit()
+    old.close()
+    store = MonitorStore(path)
+    assert store.add_records([record("r1", [1])]) == 1
+    assert store.add_label("kept", 1) == LabelOutcome.DUPLICATE  # labels are kept

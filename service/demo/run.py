@@ -76,7 +76,7 @@ def run_demo(home: Path, port: int, *, serve_only: bool, requests: int) -> int:
             if not serve_only:
                 from service.demo.traffic import drive_traffic
 
-                drive_traffic(base_url, home / "models", requests)
+                drive_traffic(base_url, monitor_url, home / "models", requests)
             print("serving; press Ctrl-C to stop")
             signal.pause()
     except KeyboardInterrupt:

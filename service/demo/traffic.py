@@ -8,9 +8,11 @@ its accuracy on the known labels and its latency, as the monitor will later do c
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import statistics
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -97,18 +99,12 @@ async def _drive(base_url: str, rows: pd.DataFrame, requests: int) -> dict:
     }
 
 
-def drive_traffic(base_url: str, models_dir: Path, requests: int) -> None:
-    rows = pd.read_csv(models_dir / "cancer-test.csv")
-    print(f"driving {requests} requests through the cancer canary (90/10)...")
-    started = time.perf_counter()
-    result = asyncio.run(_drive(base_url, rows, requests))
-    elapsed = time.perf_counter() - started
+def _print_summary(result: dict, elapsed: float) -> None:
     total = sum(v["n"] for v in result["variants"].values())
     print(
         f"{total} answered in {elapsed:.1f} s ({total / elapsed:.0f} req/s), "
-        f"{result['errors']} errors"
+        f"{result['errors']} errors; {result['labels']} ground-truth labels sent to /feedback"
     )
-    print(f"ground-truth labels sent to /feedback and stored by the monitor: {result['labels']}")
     print(
         f"{result['users']} users (x-user-id); users answered by more than one variant: "
         f"{result['flipped']} (routing is sticky by user)"
@@ -121,3 +117,41 @@ def drive_traffic(base_url: str, models_dir: Path, requests: int) -> None:
             f"{entry['correct'] / entry['n']:6.1%}  p50 {statistics.median(latency) * 1000:.1f} ms"
             f"  p99 {p99 * 1000:.1f} ms"
         )
+
+
+def _monitor_run(monitor_url: str) -> None:
+    """Ask the monitor for a run now and print what it found per variant."""
+    request = urllib.request.Request(f"{monitor_url}/runs?reports=true", method="POST")
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        variants = json.load(answer)["variants"]
+    for report in variants:
+        if report["endpoint"] != "cancer":
+            continue
+        drift, quality = report["drift"], report["quality"]
+        drifted = drift["drifted_features"] if drift["status"] == "ok" else drift["status"]
+        accuracy = quality.get("accuracy")
+        shown = f"{accuracy:.1%}" if accuracy is not None else quality["status"]
+        print(
+            f"  monitor: {report['variant']:10} rows {drift['rows']:5}  drifted features "
+            f"{drifted}  accuracy on labels {shown}"
+        )
+
+
+def drive_traffic(base_url: str, monitor_url: str, models_dir: Path, requests: int) -> None:
+    """Two phases: in-distribution traffic, then traffic whose inputs drifted in two features."""
+    rows = pd.read_csv(models_dir / "cancer-reference.csv")
+    drifted = rows.assign(
+        mean_radius=rows.mean_radius * 1.5, worst_texture=rows.worst_texture * 1.5
+    )
+    phases = [
+        ("in-distribution traffic (rows like the reference sample)", rows),
+        ("drifted traffic (mean_radius and worst_texture x1.5)", drifted),
+    ]
+    for title, phase_rows in phases:
+        print(f"driving {requests} requests through the cancer canary (90/10): {title}...")
+        started = time.perf_counter()
+        result = asyncio.run(_drive(base_url, phase_rows, requests))
+        _print_summary(result, time.perf_counter() - started)
+        time.sleep(1.0)  # records and labels reach the monitor
+        _monitor_run(monitor_url)
+    print(f"reports: {base_url}/reports   monitor metrics: {monitor_url}/metrics")
