@@ -292,3 +292,22 @@ async def test_reports_are_saved_listed_and_served_through_the_gateway(monitored
     async with aiohttp.ClientSession() as session:  # the monitor is down now
         async with session.get(f"{url}/reports") as answer:
             assert answer.status == 503
+
+
+async def test_the_monitor_refuses_bad_bodies_clearly(monitored):
+    _, port, config = monitored
+    cases = [
+        ("/records", b"{", "malformed JSON"),
+        ("/records", b'{"records": {}}', '"records"'),
+        ("/records", b'{"records": [{"request_id": "x"}]}', "bad record"),
+        ("/labels", b'{"labels": [{"label": 1}]}', "request_id"),
+        ("/labels", b"[]", '"labels"'),
+    ]
+    with monitor(config, port) as monitor_url:
+        async with aiohttp.ClientSession() as session:
+            for path, body, words in cases:
+                async with session.post(f"{monitor_url}{path}", data=body) as answer:
+                    assert answer.status == 400, (path, body)
+                    assert words in (await answer.json())["error"]
+            stats = await summary(session, monitor_url)  # still serving
+            assert "variants" in stats
