@@ -24,14 +24,13 @@ from service.errors import BadRequest, GatewayError, Overloaded
 from service.metrics import GatewayMetrics
 from service.model_pool import ModelLoader, check_models
 from service.recording import Recorder
-from service.routing import RoutingControl, initial_state, model_tags
+from service.routing import STATE_FILE, RoutingControl, initial_state, model_tags
 from service.shadow import ShadowRunner
 from traffic.store import SQLiteStateStore
 
 Tensors = dict[str, np.ndarray]
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ADMIN_TOKEN_ENV = "GATEWAY_ADMIN_TOKEN"
-STATE_FILE = "routing.sqlite3"
 
 
 def request_id_from(header: str | None) -> str:

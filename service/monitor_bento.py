@@ -20,6 +20,8 @@ from service.config import load_config
 from service.monitor_app import build_monitor_app
 from service.monitor_metrics import MonitorMetrics
 from service.monitor_runs import MonitorRunner
+from service.routing import STATE_FILE
+from traffic.store import SQLiteStateStore
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 MONITOR_FILE = "monitor.sqlite3"
@@ -47,4 +49,11 @@ class Monitor:
         monitor_app.state.label_retention_s = config.monitor.label_retention_s
         archive = ReportArchive(config.data_dir / REPORTS_DIR, config.monitor.report_keep)
         monitor_app.state.archive = archive
-        monitor_app.state.runner = MonitorRunner(config.monitor, store, metrics, archive)
+        routing = SQLiteStateStore(config.data_dir / STATE_FILE)
+
+        def roles() -> dict[tuple[str, str], str]:
+            state = routing.load()
+            tables = state.tables if state else config.tables()
+            return {(e, v.name): v.role for e, t in tables.items() for v in t.variants}
+
+        monitor_app.state.runner = MonitorRunner(config.monitor, store, metrics, archive, roles)

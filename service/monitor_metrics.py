@@ -8,14 +8,16 @@ and its scores left as they were, with ``gateway_monitor_insufficient_data`` at 
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class MonitorMetrics:
-    def __init__(self) -> None:
-        mode = {"multiprocess_mode": "mostrecent"}
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        """``registry``: the default one in the monitor; a private one in tests."""
+        into = {"registry": registry}
+        mode = {"multiprocess_mode": "mostrecent", **into}
         self.feature_drift = Gauge(
             "gateway_feature_drift_score",
             "Drift score of one input feature against the model's reference (distance, 0 = none).",
@@ -31,6 +33,12 @@ class MonitorMetrics:
         self.prediction_drift = Gauge(
             "gateway_prediction_drift_score",
             "Drift of the variant's predictions against its predictions on the reference data.",
+            ["endpoint", "variant"],
+            **mode,
+        )
+        self.vs_stable = Gauge(
+            "gateway_prediction_divergence_from_stable_score",
+            "Distance between a variant's predictions and the stable variant's, same window.",
             ["endpoint", "variant"],
             **mode,
         )
@@ -56,6 +64,7 @@ class MonitorMetrics:
             "gateway_labels_received_total",
             "Labels received through /feedback, by outcome (stored, duplicate, conflict).",
             ["outcome"],
+            **into,
         )
         self.unmatched = Gauge(
             "gateway_labels_unmatched",
@@ -76,4 +85,5 @@ class MonitorMetrics:
             "gateway_monitor_run_duration_seconds",
             "Time one drift and quality run over every variant took.",
             buckets=RUN_BUCKETS,
+            **into,
         )

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
-from monitors.drift import DriftResult, DriftSettings, compute_drift, drift_report
+from monitors.drift import ColumnDrift, DriftResult, DriftSettings, compute_drift, drift_report
 from monitors.quality import QualityResult, classification_quality, regression_quality
 from monitors.reports import ReportArchive
 from monitors.store import MonitorStore
@@ -34,6 +35,8 @@ class VariantReport:
     model: str
     drift: DriftResult
     quality: QualityResult
+    vs_stable: ColumnDrift | None = None
+    """This variant's predictions against the endpoint's stable variant's, in the same window."""
 
     def to_dict(self) -> dict:
         drift = self.drift
@@ -54,6 +57,13 @@ class VariantReport:
                 "rows": self.quality.rows,
                 **self.quality.metrics,
             },
+            "vs_stable": None
+            if self.vs_stable is None
+            else {
+                "score": self.vs_stable.score,
+                "method": self.vs_stable.method,
+                "drifted": self.vs_stable.drifted,
+            },
         }
 
 
@@ -66,7 +76,10 @@ class MonitorRunner:
         store: MonitorStore,
         metrics: MonitorMetrics,
         archive: ReportArchive,
+        roles: Callable[[], Mapping[tuple[str, str], str]] = dict,
     ) -> None:
+        self.roles = roles
+        """(endpoint, variant) -> role (stable, candidate, shadow), as routing has them now."""
         self.config = config
         self.store = store
         self.metrics = metrics
@@ -115,6 +128,7 @@ class MonitorRunner:
                 reports.append(self.analyse(endpoint, variant, tag, since))
             except ConfigError as error:  # e.g. the model was removed from the store
                 log.warning("skipping %s/%s: %s", endpoint, variant, error)
+        reports = self._against_stable(reports, since)
         save_reports = save_reports or now - self._last_reports >= self.config.report_interval_s
         for report in reports:
             self._export(report)
@@ -130,6 +144,32 @@ class MonitorRunner:
         metrics.last_run.set(time.time())
         metrics.run_duration.observe(time.perf_counter() - started)
         return reports
+
+    def _against_stable(self, reports: list[VariantReport], since: float) -> list[VariantReport]:
+        """Compare each other variant's predictions with its endpoint's stable variant's."""
+        roles = self.roles()
+        stable = {r.endpoint: r for r in reports if roles.get((r.endpoint, r.variant)) == "stable"}
+        compared = []
+        for report in reports:
+            base = stable.get(report.endpoint)
+            if base is None or base is report:
+                compared.append(report)
+                continue
+            card = self._reference(report.model)[0]
+            mine = self.store.window(
+                report.endpoint, report.variant, self.config.window_rows, since
+            )
+            theirs = self.store.window(base.endpoint, base.variant, self.config.window_rows, since)
+            result = compute_drift(
+                mine[["prediction"]] if len(mine) else pd.DataFrame({"prediction": []}),
+                theirs[["prediction"]] if len(theirs) else pd.DataFrame({"prediction": []}),
+                [],
+                "prediction",
+                card.task == "classification",
+                self.settings,
+            )
+            compared.append(replace(report, vs_stable=result.prediction))
+        return compared
 
     def _save(self, report: VariantReport, since: float) -> None:
         """The operators' Evidently reports for a variant that had a verdict."""
@@ -164,3 +204,5 @@ class MonitorRunner:
         metrics.insufficient.labels(*key, "quality").set(int(quality.status != "ok"))
         for name, value in quality.metrics.items():
             metrics.quality.labels(*key, name).set(value)
+        if report.vs_stable is not None:
+            metrics.vs_stable.labels(*key).set(report.vs_stable.score)

@@ -25,6 +25,8 @@ from traffic.store import RoutingState, StateStore, VersionConflict, audit_entry
 from traffic.table import EndpointTable, RoutingError
 
 log = logging.getLogger("gateway.routing")
+STATE_FILE = "routing.sqlite3"
+"""The shared routing state's file in the data directory (SQLite default store)."""
 POLL_S = 0.25
 GRACE_S = 30.0
 """How long a model no table uses stays loaded, for requests routed to it just before a change."""

@@ -1,0 +1,65 @@
+"""Monitor runs without a server: the candidate's predictions are compared with the stable
+variant's in the same window."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prometheus_client import CollectorRegistry
+
+from monitors.records import PredictionRecord
+from monitors.reports import ReportArchive
+from monitors.store import MonitorStore
+from service.config import MonitorConfig
+from service.monitor_metrics import MonitorMetrics
+from service.monitor_runs import MonitorRunner
+
+ROLES = {("cancer", "stable"): "stable", ("cancer", "candidate"): "candidate"}
+
+
+def runner_with(tmp_path, demo_models, candidate_predicts) -> MonitorRunner:
+    rows = pd.read_csv(demo_models["cancer:v1"].reference_path)
+    features = rows.drop(columns=["label"]).to_numpy().tolist()
+    labels = rows["label"].tolist()
+    store = MonitorStore(tmp_path / "monitor.sqlite3")
+    records = []
+    for i, (x, y) in enumerate(zip(features, labels)):
+        records.append(
+            PredictionRecord(
+                f"s{i}", 1000.0 + i, "cancer", "stable", "cancer:v1", [y], 0.001, inputs=[x]
+            )
+        )
+        records.append(
+            PredictionRecord(
+                f"c{i}",
+                1000.0 + i,
+                "cancer",
+                "candidate",
+                "cancer:v2",
+                [candidate_predicts(y)],
+                0.001,
+                inputs=[x],
+            )
+        )
+    store.add_records(records)
+    config = MonitorConfig(min_rows=100, window_s=10**9)
+    return MonitorRunner(
+        config,
+        store,
+        MonitorMetrics(CollectorRegistry()),
+        ReportArchive(tmp_path / "r"),
+        lambda: ROLES,
+    )
+
+
+def test_a_candidate_answering_one_class_diverges_from_stable(demo_models, tmp_path):
+    runner = runner_with(tmp_path, demo_models, lambda y: "benign")
+    reports = {r.variant: r for r in runner.run_once(now=2000.0)}
+    assert reports["stable"].vs_stable is None
+    assert reports["candidate"].vs_stable.drifted and reports["candidate"].vs_stable.score > 0.2
+
+
+def test_a_candidate_that_agrees_does_not_diverge(demo_models, tmp_path):
+    runner = runner_with(tmp_path, demo_models, lambda y: y)
+    candidate = {r.variant: r for r in runner.run_once(now=2000.0)}["candidate"]
+    assert not candidate.vs_stable.drifted and candidate.vs_stable.score < 0.01
+    assert candidate.to_dict()["vs_stable"]["method"] == "jensenshannon"
