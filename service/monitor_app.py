@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio
-import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -19,6 +18,7 @@ from starlette.routing import Route
 
 from monitors.records import PredictionRecord
 from monitors.store import MonitorStore
+from service.codecs import decode_json
 from service.errors import BadRequest, NotFound
 from service.http.body import read_body
 from service.http.responses import EXCEPTION_HANDLERS, json_response
@@ -35,10 +35,7 @@ def _store(request: Request) -> MonitorStore:
 
 async def _json_list(request: Request, key: str) -> list:
     body = await read_body(request, MAX_BODY)
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError as error:
-        raise BadRequest(f"malformed JSON: {error}") from None
+    data = decode_json(body)
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
         raise BadRequest(f'the body must be {{"{key}": [...]}}')
     return data[key]

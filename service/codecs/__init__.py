@@ -1,1 +1,15 @@
 """Wire formats: turning request bodies into named tensors and model outputs into answers."""
+
+from __future__ import annotations
+
+import msgspec
+
+from service.errors import BadRequest
+
+
+def decode_json(body: bytes) -> object:
+    """Strict JSON (no NaN/Infinity literals); a body that is not JSON is a 400 saying why."""
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise BadRequest(f"malformed JSON: {error}") from None

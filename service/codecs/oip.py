@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
+from service.codecs import decode_json
 from service.errors import BadRequest
 from service.tensors import OIP_TO_NUMPY, oip_datatype_of
 
@@ -32,13 +33,6 @@ class InferRequest:
     binary_outputs: frozenset[str]
     all_binary: bool
     parameters: dict
-
-
-def _decode_json(data: bytes) -> object:
-    try:
-        return msgspec.json.decode(data)
-    except msgspec.DecodeError as error:
-        raise BadRequest(f"malformed JSON: {error}") from None
 
 
 def _shape(tensor: dict, name: str) -> tuple[int, ...]:
@@ -133,7 +127,7 @@ def _parameters(holder: dict, what: str) -> dict:
 def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     """Decode an infer body (JSON, or JSON header + binary tensors)."""
     header, binary = _split_body(body, header_length)
-    request = _decode_json(header)
+    request = decode_json(header)
     if not isinstance(request, dict):
         raise BadRequest("the request body must be a JSON object")
     raw_inputs = request.get("inputs")

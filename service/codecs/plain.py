@@ -7,9 +7,9 @@ regressor.
 
 from __future__ import annotations
 
-import msgspec
 import numpy as np
 
+from service.codecs import decode_json
 from service.errors import BadRequest
 from service.model_card import ModelCard
 from service.tensors import OIP_TO_NUMPY
@@ -19,10 +19,7 @@ Tensors = dict[str, np.ndarray]
 
 def decode_instances(body: bytes, key_field: str | None = None) -> tuple[list, dict]:
     """The request's rows (not yet checked against a model) and its routing-key field, if any."""
-    try:
-        request = msgspec.json.decode(body)
-    except msgspec.DecodeError as error:
-        raise BadRequest(f"malformed JSON: {error}") from None
+    request = decode_json(body)
     if not isinstance(request, dict) or "instances" not in request:
         raise BadRequest('the body must be a JSON object {"instances": [row, ...]}')
     allowed = {"instances", key_field} if key_field else {"instances"}

@@ -13,12 +13,12 @@ import hmac
 import logging
 from collections.abc import Mapping
 
-import msgspec
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.codecs import decode_json
 from service.config import VariantConfig, describe, load_config
 from service.errors import BadRequest, ConfigError, GatewayError
 from service.gateway import Gateway
@@ -66,10 +66,7 @@ def _authorized(request: Request) -> Gateway:
 
 async def _json_object(request: Request) -> dict:
     body = await read_body(request, MAX_ADMIN_BODY)
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError as error:
-        raise BadRequest(f"malformed JSON: {error}") from None
+    data = decode_json(body)
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     return data

@@ -8,10 +8,10 @@ stored). Labels may come before their prediction: the monitor joins them when it
 
 from __future__ import annotations
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.codecs import decode_json
 from service.errors import BadRequest, GatewayError, NotFound
 from service.gateway import REQUEST_ID
 from service.http.body import read_body
@@ -43,10 +43,7 @@ async def feedback(request: Request) -> Response:
     if not gateway.recorder.enabled:
         raise NotFound("feedback needs a monitor: set monitor.url in gateway.yaml")
     body = await read_body(request, gateway.config.limits.max_body_bytes)
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError as error:
-        raise BadRequest(f"malformed JSON: {error}") from None
+    data = decode_json(body)
     items = data.get("labels") if isinstance(data, dict) and "labels" in data else [data]
     if not isinstance(items, list) or not items or len(items) > MAX_LABELS:
         raise BadRequest(f"'labels' must be a list of 1 to {MAX_LABELS} labels")
