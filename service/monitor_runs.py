@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -35,6 +35,8 @@ class VariantReport:
     model: str
     drift: DriftResult
     quality: QualityResult
+    window: pd.DataFrame = field(repr=False, compare=False)
+    """The recorded inputs and predictions the run looked at (named feature columns)."""
     vs_stable: ColumnDrift | None = None
     """This variant's predictions against the endpoint's stable variant's, in the same window."""
 
@@ -101,8 +103,9 @@ class MonitorRunner:
     def analyse(self, endpoint: str, variant: str, tag: str, since: float) -> VariantReport:
         card, reference = self._reference(tag)
         classification = card.task == "classification"
+        window = self._window(endpoint, variant, card, since)
         drift = compute_drift(
-            self._window(endpoint, variant, card, since),
+            window,
             reference,
             card.feature_names,
             "prediction",
@@ -115,7 +118,7 @@ class MonitorRunner:
             if classification
             else regression_quality(labeled, self.config.min_rows)
         )
-        return VariantReport(endpoint, variant, tag, drift, quality)
+        return VariantReport(endpoint, variant, tag, drift, quality, window)
 
     def run_once(self, now: float | None = None, save_reports: bool = False) -> list[VariantReport]:
         """One run over every active variant; saves Evidently reports when asked or when due."""
@@ -128,12 +131,12 @@ class MonitorRunner:
                 reports.append(self.analyse(endpoint, variant, tag, since))
             except ConfigError as error:  # e.g. the model was removed from the store
                 log.warning("skipping %s/%s: %s", endpoint, variant, error)
-        reports = self._against_stable(reports, since)
+        reports = self._against_stable(reports)
         save_reports = save_reports or now - self._last_reports >= self.config.report_interval_s
         for report in reports:
             self._export(report)
             if save_reports:
-                self._save(report, since)
+                self._save(report)
         if save_reports:
             self._last_reports = now
         metrics = self.metrics
@@ -145,7 +148,7 @@ class MonitorRunner:
         metrics.run_duration.observe(time.perf_counter() - started)
         return reports
 
-    def _against_stable(self, reports: list[VariantReport], since: float) -> list[VariantReport]:
+    def _against_stable(self, reports: list[VariantReport]) -> list[VariantReport]:
         """Compare each other variant's predictions with its endpoint's stable variant's."""
         roles = self.roles()
         stable = {r.endpoint: r for r in reports if roles.get((r.endpoint, r.variant)) == "stable"}
@@ -156,13 +159,9 @@ class MonitorRunner:
                 compared.append(report)
                 continue
             card = self._reference(report.model)[0]
-            mine = self.store.window(
-                report.endpoint, report.variant, self.config.window_rows, since
-            )
-            theirs = self.store.window(base.endpoint, base.variant, self.config.window_rows, since)
             result = compute_drift(
-                mine[["prediction"]] if len(mine) else pd.DataFrame({"prediction": []}),
-                theirs[["prediction"]] if len(theirs) else pd.DataFrame({"prediction": []}),
+                report.window[["prediction"]],
+                base.window[["prediction"]],
                 [],
                 "prediction",
                 card.task == "classification",
@@ -171,13 +170,12 @@ class MonitorRunner:
             compared.append(replace(report, vs_stable=result.prediction))
         return compared
 
-    def _save(self, report: VariantReport, since: float) -> None:
+    def _save(self, report: VariantReport) -> None:
         """The operators' Evidently reports for a variant that had a verdict."""
         card, reference = self._reference(report.model)
         if report.drift.status == "ok":
-            window = self._window(report.endpoint, report.variant, card, since)
             snapshot = drift_report(
-                window,
+                report.window,
                 reference,
                 card.feature_names,
                 "prediction",
