@@ -27,7 +27,7 @@ from bench.harness import (  # noqa: E402
     wrk,
 )
 from service.cli import MONITOR_SERVICE  # noqa: E402
-from service.launch import free_port, running_gateway  # noqa: E402
+from service.launch import free_port, running_server  # noqa: E402
 
 
 def stored_records(monitor_url: str) -> int:
@@ -50,8 +50,8 @@ def main() -> None:
         if extra:
             text = config.read_text() + f"monitor: {json.dumps(extra)}\n"
             config.write_text(text)
-        with running_gateway(config, port=port, service=MONITOR_SERVICE) if extra else _null():
-            with running_gateway(config) as url:
+        with running_server(config, port=port, service=MONITOR_SERVICE) if extra else _null():
+            with running_server(config) as url:
                 wrk(url + "/predict/cancer", body, 64, 2)
                 result = wrk(url + "/predict/cancer", body, 64, args.seconds)
                 if extra:

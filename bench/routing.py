@@ -29,7 +29,7 @@ from bench.harness import (  # noqa: E402
     wrk,
 )
 from service import registry  # noqa: E402
-from service.launch import running_gateway  # noqa: E402
+from service.launch import running_server  # noqa: E402
 from traffic.table import EndpointTable, RoutingPolicy, VariantSpec  # noqa: E402
 
 CANARY = {
@@ -81,7 +81,7 @@ def throughput(features, seconds: int) -> list[dict]:
             {"enabled": True},
             endpoints={"cancer": endpoint},
         )
-        with running_gateway(config, log_path=HOME / f"routing-{len(results)}.log") as url:
+        with running_server(config, log_path=HOME / f"routing-{len(results)}.log") as url:
             wrk(url + "/predict/cancer", body, 64, 2, key_header="x-user-id")
             result = wrk(url + "/predict/cancer", body, 64, seconds, key_header="x-user-id")
         results.append({"system": name, "rows": 1, "concurrency": 64, **result})

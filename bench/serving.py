@@ -42,7 +42,7 @@ from bench.harness import (  # noqa: E402
 )
 from service import registry  # noqa: E402
 from service.demo.wide_model import build_wide_model  # noqa: E402
-from service.launch import free_port, running_gateway, stop, wait_ready  # noqa: E402
+from service.launch import free_port, running_server, stop, wait_ready  # noqa: E402
 
 
 @contextmanager
@@ -68,7 +68,7 @@ def part_framework(features: np.ndarray, seconds: float) -> list[dict]:
     results = []
     config = gateway_config(HOME / "gw.yaml", "cancer", "cancer:v1", {"enabled": True})
     systems = {
-        "gateway": lambda: running_gateway(config, log_path=HOME / "gateway.log"),
+        "gateway": lambda: running_server(config, log_path=HOME / "gateway.log"),
         "plain-bentoml": lambda: plain_bentoml(model),
     }
     for system, start in systems.items():
@@ -108,7 +108,7 @@ def part_batching(features: np.ndarray, seconds: float) -> list[dict]:
     }
     for name, batching in setups.items():
         config = gateway_config(HOME / "wide.yaml", "wide", "wide:v1", batching)
-        with running_gateway(config, log_path=HOME / "gateway-wide.log") as url:
+        with running_server(config, log_path=HOME / "gateway-wide.log") as url:
             wrk(url + "/predict/wide", body, 64, 2)
             result = wrk(url + "/predict/wide", body, 64, seconds)
             results.append({"system": name, "rows": 1, "concurrency": 64, **result})

@@ -56,15 +56,16 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def running_gateway(
+def running_server(
     config_path: Path,
     port: int | None = None,
     log_path: Path | None = None,
     env: dict[str, str] | None = None,
     service: str = GATEWAY_SERVICE,
 ) -> Iterator[str]:
-    """A ready gateway (or, with ``service=MONITOR_SERVICE``, monitor) for ``config_path`` on
-    127.0.0.1, ``env`` added to its environment; yields its base URL, stops it after."""
+    """A ready gateway (``service=GATEWAY_SERVICE``) or monitor (``MONITOR_SERVICE``) for
+    ``config_path`` on 127.0.0.1, ``env`` added to its environment; yields its base URL, stops it
+    after."""
     port = port or free_port()
     log = open(log_path, "wb") if log_path else None  # noqa: SIM115 - closed below
     process = subprocess.Popen(

@@ -19,7 +19,7 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 
 from service import registry  # noqa: E402  (after BENTOML_HOME)
 from service.demo.models import DemoModel, build_demo_models  # noqa: E402
-from service.launch import running_gateway  # noqa: E402
+from service.launch import running_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -59,5 +59,5 @@ def gateway_url(demo_models, tmp_path_factory) -> str:
         directory / "gateway.yaml", limits={"max_rows": 100, "max_body_bytes": 65536}
     )
     no_admin = {"GATEWAY_ADMIN_TOKEN": ""}
-    with running_gateway(config, log_path=directory / "server.log", env=no_admin) as url:
+    with running_server(config, log_path=directory / "server.log", env=no_admin) as url:
         yield url

@@ -13,7 +13,7 @@ import pytest
 from monitors.store import MonitorStore
 from service.cli import MONITOR_SERVICE
 from service.config import load_config
-from service.launch import free_port, running_gateway
+from service.launch import free_port, running_server
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.integration
@@ -35,12 +35,12 @@ def monitored(demo_models, tmp_path_factory):
             "buffer_records": 1000,
         },
     )
-    with running_gateway(config, log_path=directory / "gateway.log") as url:
+    with running_server(config, log_path=directory / "gateway.log") as url:
         yield url, port, config
 
 
 def monitor(config, port):
-    return running_gateway(
+    return running_server(
         config,
         port=port,
         service=MONITOR_SERVICE,
@@ -177,7 +177,7 @@ async def test_a_full_buffer_drops_and_counts_records_never_blocks(demo_models, 
             "flush_interval_ms": 100,
         },
     )
-    with running_gateway(config) as url:
+    with running_server(config) as url:
         async with aiohttp.ClientSession() as session:
             results = [await predict(session, url, f"r{i}") for i in range(30)]
             assert all(status == 200 for status, _, _ in results)
@@ -208,7 +208,7 @@ async def test_injected_drift_and_labels_show_up_in_runs_and_metrics(demo_models
     rows["mean_radius"] *= 3  # an outside client sends inputs that drifted in two features
     rows["worst_texture"] *= 3
     batches = [rows.iloc[i : i + 20] for i in range(0, len(rows), 20)]
-    with monitor(config, port) as monitor_url, running_gateway(config) as url:
+    with monitor(config, port) as monitor_url, running_server(config) as url:
         async with aiohttp.ClientSession() as session:
             predicted, labels = [], []
             for i, batch in enumerate(batches):

@@ -10,7 +10,7 @@ import pytest
 
 from service import registry
 from service.demo.wide_model import build_wide_model
-from service.launch import running_gateway
+from service.launch import running_server
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ def overload_url(demo_models, tmp_path_factory):
         batching={"max_batch_size": 100, "max_queue": 2},
         endpoints={"slow": {"variants": [{"name": "only", "model": "slow:v1"}]}},
     )
-    with running_gateway(config, log_path=directory / "server.log") as url:
+    with running_server(config, log_path=directory / "server.log") as url:
         yield url
 
 

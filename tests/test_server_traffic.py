@@ -15,7 +15,7 @@ import pytest
 
 from service import registry
 from service.config import load_config
-from service.launch import running_gateway
+from service.launch import running_server
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ def traffic_config(demo_models, tmp_path_factory):
 @pytest.fixture(scope="module")
 def traffic_url(traffic_config):
     log = traffic_config.parent / "server.log"
-    with running_gateway(traffic_config, log_path=log, env={"GATEWAY_ADMIN_TOKEN": TOKEN}) as url:
+    with running_server(traffic_config, log_path=log, env={"GATEWAY_ADMIN_TOKEN": TOKEN}) as url:
         yield url
 
 
@@ -351,7 +351,7 @@ async def test_changes_survive_a_restart(traffic_url, traffic_config):
         before = [await predict(session, traffic_url, f"user-{i}") for i in range(50)]
     restarted_config = traffic_config.with_name("restart.yaml")
     shutil.copy(traffic_config, restarted_config)  # same content, same data dir
-    with running_gateway(restarted_config, env={"GATEWAY_ADMIN_TOKEN": TOKEN}) as url:
+    with running_server(restarted_config, env={"GATEWAY_ADMIN_TOKEN": TOKEN}) as url:
         async with aiohttp.ClientSession() as session:
             status, routing = await admin(session, url, "GET", "/admin/routing")
             after = [await predict(session, url, f"user-{i}") for i in range(50)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from service.cli import MONITOR_SERVICE
-from service.launch import running_gateway
+from service.launch import running_server
 
 DEMO_CONFIG = {
     "server": {"workers": 1},
@@ -65,12 +65,12 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def run_demo(home: Path, port: int, *, serve_only: bool, requests: int) -> int:
     """Prepare ``home``, serve on ``port`` and drive traffic; stops the gateway on Ctrl-C or SIGTERM."""
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwinds through running_gateway's cleanup
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwinds through running_server's cleanup
     config_path = prepare_home(home, port + 1)
     try:
         with (
-            running_gateway(config_path, port + 1, service=MONITOR_SERVICE) as monitor_url,
-            running_gateway(config_path, port) as base_url,
+            running_server(config_path, port + 1, service=MONITOR_SERVICE) as monitor_url,
+            running_server(config_path, port) as base_url,
         ):
             print(f"gateway ready at {base_url}, monitor at {monitor_url} (config {config_path})")
             if not serve_only:
