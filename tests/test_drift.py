@@ -70,3 +70,33 @@ def test_report_renders_html_and_json_with_the_same_scores(reference, tmp_path):
     fast = compute_drift(current, reference, FEATURES[:5], "prediction")
     assert values == pytest.approx([c.score for c in fast.features] + [fast.prediction.score])
     assert (tmp_path / "drift.html").stat().st_size > 100_000
+
+
+def test_small_windows_from_the_same_distribution_are_not_flagged_as_noise():
+    """250 rows against a 455-row reference (the demo's sizes): a fixed 0.1 flags sampling noise."""
+    reference = window(455, seed=8)
+    flagged = {"noise floor": 0, "fixed 0.1": 0}
+    for seed in range(20):
+        current = window(250, seed=100 + seed)
+        for name, settings in (
+            ("noise floor", DriftSettings()),
+            ("fixed 0.1", DriftSettings(noise_floor=False)),
+        ):
+            result = compute_drift(current, reference, FEATURES, "prediction", settings=settings)
+            flagged[name] += len(result.drifted_features) + result.prediction.drifted
+    assert flagged["fixed 0.1"] > 100  # of 620 columns: what the floor is for
+    assert flagged["noise floor"] <= 3
+
+
+def test_a_real_shift_is_still_flagged_on_a_small_window():
+    reference = window(455, seed=8)
+    current = window(250, seed=9, shifted=(3,))
+    current["f3"] += 0.5  # one standard deviation in all
+    result = compute_drift(current, reference, FEATURES, "prediction")
+    assert result.drifted_features == ["f3"]
+    assert result.features[3].threshold > 0.1  # raised for this size
+
+
+def test_big_windows_keep_the_configured_threshold(reference):
+    result = compute_drift(window(20_000, seed=10), reference, FEATURES, "prediction")
+    assert {c.threshold for c in result.features} == {0.1}
