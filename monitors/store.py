@@ -13,7 +13,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 
@@ -83,9 +84,23 @@ class MonitorStore:
         if db is None:
             db = sqlite3.connect(self._path, timeout=10, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
             self._local.db = db
         return db
+
+    @contextmanager
+    def _transaction(self, durable: bool) -> Iterator[sqlite3.Connection]:
+        """One write transaction. ``durable``: its commit is on disk (fsync) before it returns,
+        which labels need (acknowledged means kept). Records are telemetry: their commits survive
+        a crash of the monitor but may be lost with the machine's power, and skip the fsync."""
+        db = self._db()
+        db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def add_records(self, records: Iterable[PredictionRecord]) -> int:
         """Store records (a record seen before is ignored); returns how many were new."""
@@ -105,40 +120,26 @@ class MonitorStore:
             )
             for r in records
         ]
-        db = self._db()
-        before = db.total_changes
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(durable=False) as db:
+            before = db.total_changes
             db.executemany(
                 "INSERT OR IGNORE INTO predictions (request_id, at, endpoint, variant, model, "
                 "predictions, inputs, shadow, latency_s, outcome) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return db.total_changes - before
+            return db.total_changes - before
 
     def add_label(self, request_id: str, label: object) -> LabelOutcome:
         """Store a label durably; the same label again is a duplicate, another one a conflict."""
         text = json.dumps(label, sort_keys=True)
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(durable=True) as db:
             row = db.execute(
                 "SELECT label FROM labels WHERE request_id = ?", (request_id,)
             ).fetchone()
             if row is None:
                 db.execute("INSERT INTO labels VALUES (?,?,?)", (request_id, text, time.time()))
-                outcome = LabelOutcome.STORED
-            else:
-                outcome = LabelOutcome.DUPLICATE if row[0] == text else LabelOutcome.CONFLICT
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return outcome
+                return LabelOutcome.STORED
+            return LabelOutcome.DUPLICATE if row[0] == text else LabelOutcome.CONFLICT
 
     def labeled(self, endpoint: str, variant: str, since: float = 0.0) -> pd.DataFrame:
         """One row per labeled prediction row: request id, time, prediction, label."""
@@ -154,12 +155,38 @@ class MonitorStore:
         )
         table = []
         for request_id, at, predictions, label in rows:
-            predictions, label = json.loads(predictions), json.loads(label)
-            labels = label if isinstance(label, list) else [label]
-            if len(labels) != len(predictions):
-                continue  # a label that does not fit the request's rows cannot be joined
-            table += [(request_id, at, p, y) for p, y in zip(predictions, labels)]
+            predictions = json.loads(predictions)
+            labels = _row_labels(label, len(predictions))
+            if labels is not None:
+                table += [(request_id, at, p, y) for p, y in zip(predictions, labels)]
         return pd.DataFrame(table, columns=["request_id", "at", "prediction", "label"])
+
+    def shadowed(self, endpoint: str, variant: str, since: float = 0.0) -> pd.DataFrame:
+        """One row per row a shadow mirrored from this variant: request id, shadow, the primary's
+        prediction, the shadow's, and the label (None until one joins)."""
+        rows = (
+            self._db()
+            .execute(
+                "SELECT p.request_id, p.predictions, p.shadow, l.label FROM predictions p "
+                "LEFT JOIN labels l ON l.request_id = p.request_id "
+                "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.shadow != '{}' "
+                "ORDER BY p.at",
+                (endpoint, variant, since),
+            )
+            .fetchall()
+        )
+        table = []
+        for request_id, predictions, shadows, label in rows:
+            predictions = json.loads(predictions)
+            labels = _row_labels(label, len(predictions)) or [None] * len(predictions)
+            for shadow, theirs in json.loads(shadows).items():
+                if len(theirs) == len(predictions):
+                    table += [
+                        (request_id, shadow, p, s, y)
+                        for p, s, y in zip(predictions, theirs, labels)
+                    ]
+        columns = ["request_id", "shadow", "prediction", "shadow_prediction", "label"]
+        return pd.DataFrame(table, columns=columns)
 
     def active(self, since: float) -> list[tuple[str, str, str]]:
         """(endpoint, variant, model) that recorded predictions since ``since``."""
@@ -226,3 +253,13 @@ class MonitorStore:
         frame = pd.DataFrame(inputs)
         frame["prediction"] = predictions[: len(frame)]
         return frame.tail(max_rows).reset_index(drop=True)
+
+
+def _row_labels(label: str | None, rows: int) -> list | None:
+    """A stored label as one label per row; None when there is none or it does not fit the rows
+    (a label that does not fit the request's rows cannot be joined)."""
+    if label is None:
+        return None
+    value = json.loads(label)
+    labels = value if isinstance(value, list) else [value]
+    return labels if len(labels) == rows else None

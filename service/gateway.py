@@ -93,12 +93,20 @@ class Gateway:
     def answered(
         self, request_id: str, account: RequestAccount, tensors: Tensors, outputs: Tensors
     ) -> None:
-        """After a successful inference: mirror to the shadows and record for the monitor."""
-        route = account.route
-        self.shadows.mirror(route, tensors, outputs)
-        self.recorder.record(
-            request_id, route, tensors, outputs, time.perf_counter() - account.started
-        )
+        """After a successful inference: record for the monitor, after the shadows if any ran.
+
+        A mirrored request is recorded once its shadows have answered, with their predictions in
+        the same record; the caller has its answer by then either way.
+        """
+        route, latency_s = account.route, time.perf_counter() - account.started
+        if not route.shadows:
+            self.recorder.record(request_id, route, tensors, outputs, latency_s)
+            return
+
+        def record(shadow: dict[str, list]) -> None:
+            self.recorder.record(request_id, route, tensors, outputs, latency_s, shadow)
+
+        self.shadows.mirror(route, tensors, outputs, record)
 
     def encoder(self, route: Route) -> PredictionEncoder:
         card = route.model.card

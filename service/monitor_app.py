@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from monitors.records import PredictionRecord
+from monitors.records import decode_batch
 from monitors.store import MonitorStore
 from service.codecs import decode_json
 from service.errors import BadRequest, NotFound
@@ -43,9 +43,9 @@ async def _json_list(request: Request, key: str) -> list:
 
 async def add_records(request: Request) -> Response:
     try:
-        records = [PredictionRecord.from_dict(r) for r in await _json_list(request, "records")]
-    except TypeError as error:
-        raise BadRequest(f"bad record: {error}") from None
+        records = decode_batch(await read_body(request, MAX_BODY))
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
     stored = await anyio.to_thread.run_sync(_store(request).add_records, records)
     return json_response({"stored": stored})
 

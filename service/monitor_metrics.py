@@ -42,6 +42,12 @@ class MonitorMetrics:
             ["endpoint", "variant"],
             **mode,
         )
+        self.shadow_agreement = Gauge(
+            "gateway_shadow_agreement_ratio",
+            "Share of mirrored rows where the shadow predicted what the variant that answered did.",
+            ["endpoint", "variant"],
+            **mode,
+        )
         self.insufficient = Gauge(
             "gateway_monitor_insufficient_data",
             "1 when the last run had too few rows (drift) or labels (quality) for a verdict.",

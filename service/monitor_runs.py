@@ -18,6 +18,7 @@ import pandas as pd
 from monitors.drift import ColumnDrift, DriftResult, DriftSettings, compute_drift, drift_report
 from monitors.quality import QualityResult, classification_quality, regression_quality
 from monitors.reports import ReportArchive
+from monitors.shadow import ShadowResult, compare_shadows
 from monitors.store import MonitorStore
 from service import registry
 from service.config import MonitorConfig
@@ -39,6 +40,8 @@ class VariantReport:
     """The recorded inputs and predictions the run looked at (named feature columns)."""
     vs_stable: ColumnDrift | None = None
     """This variant's predictions against the endpoint's stable variant's, in the same window."""
+    shadows: tuple[ShadowResult, ...] = ()
+    """The shadows that mirrored this variant's requests: agreement with it and their quality."""
 
     def to_dict(self) -> dict:
         drift = self.drift
@@ -65,6 +68,18 @@ class VariantReport:
                 "score": self.vs_stable.score,
                 "method": self.vs_stable.method,
                 "drifted": self.vs_stable.drifted,
+            },
+            "shadows": {
+                s.shadow: {
+                    "rows": s.rows,
+                    "agreement": s.agreement,
+                    "quality": {
+                        "status": s.quality.status,
+                        "rows": s.quality.rows,
+                        **s.quality.metrics,
+                    },
+                }
+                for s in self.shadows
             },
         }
 
@@ -118,7 +133,12 @@ class MonitorRunner:
             if classification
             else regression_quality(labeled, self.config.min_rows)
         )
-        return VariantReport(endpoint, variant, tag, drift, quality, window)
+        shadows = compare_shadows(
+            self.store.shadowed(endpoint, variant, since),
+            card.class_labels if classification else None,
+            self.config.min_rows,
+        )
+        return VariantReport(endpoint, variant, tag, drift, quality, window, shadows=tuple(shadows))
 
     def run_once(self, now: float | None = None, save_reports: bool = False) -> list[VariantReport]:
         """One run over every active variant; saves Evidently reports when asked or when due."""
@@ -185,6 +205,9 @@ class MonitorRunner:
             self.archive.save(report.endpoint, report.variant, "drift", snapshot)
         if report.quality.report is not None:
             self.archive.save(report.endpoint, report.variant, "quality", report.quality.report)
+        for shadow in report.shadows:
+            if shadow.quality.report is not None:
+                self.archive.save(report.endpoint, shadow.shadow, "quality", shadow.quality.report)
 
     def _export(self, report: VariantReport) -> None:
         metrics, key = self.metrics, (report.endpoint, report.variant)
@@ -198,9 +221,17 @@ class MonitorRunner:
             ranked = sorted(drift.features, key=lambda c: c.score, reverse=True)
             for column in ranked[: self.config.max_feature_series]:
                 metrics.feature_drift.labels(*key, column.column).set(column.score)
+        self._export_quality(key, quality)
+        if report.vs_stable is not None:
+            metrics.vs_stable.labels(*key).set(report.vs_stable.score)
+        for shadow in report.shadows:
+            shadow_key = (report.endpoint, shadow.shadow)
+            metrics.shadow_agreement.labels(*shadow_key).set(shadow.agreement)
+            self._export_quality(shadow_key, shadow.quality)
+
+    def _export_quality(self, key: tuple[str, str], quality: QualityResult) -> None:
+        metrics = self.metrics
         metrics.window_rows.labels(*key, "quality").set(quality.rows)
         metrics.insufficient.labels(*key, "quality").set(int(quality.status != "ok"))
         for name, value in quality.metrics.items():
             metrics.quality.labels(*key, name).set(value)
-        if report.vs_stable is not None:
-            metrics.vs_stable.labels(*key).set(report.vs_stable.score)

@@ -15,10 +15,9 @@ import random
 import time
 
 import aiohttp
-import msgspec
 import numpy as np
 
-from monitors.records import PredictionRecord, RecordBuffer
+from monitors.records import PredictionRecord, RecordBuffer, encode_batch
 from service.codecs.plain import row_predictions
 from service.config import MonitorConfig
 from service.dataplane import Route
@@ -78,6 +77,7 @@ class Recorder:
         tensors: dict[str, np.ndarray],
         outputs: dict[str, np.ndarray],
         latency_s: float,
+        shadow: dict[str, list] | None = None,
     ) -> None:
         """Keep one answered request for the monitor (inputs sampled at ``sample_inputs``)."""
         if not self.enabled:
@@ -90,9 +90,10 @@ class Recorder:
             endpoint=route.endpoint,
             variant=route.variant.name,
             model=card.tag,
-            predictions=row_predictions(card, outputs).tolist(),
+            predictions=row_predictions(card, outputs),
             latency_s=latency_s,
-            inputs=tensors[card.feature_input.name].tolist() if keep_inputs else None,
+            inputs=tensors[card.feature_input.name] if keep_inputs else None,
+            shadow=shadow or {},
         )
         if not self.buffer.append(record):
             self.metrics.monitor_dropped.inc()
@@ -121,12 +122,19 @@ class Recorder:
                 base = self.config.flush_interval_ms / 1000
                 backoff = base if delivered else min(backoff * 2, MAX_BACKOFF_S)
 
+    def _refused(self, batch: list[PredictionRecord], reason: str) -> None:
+        """The monitor refused a batch as invalid: sending it again would fail forever."""
+        self.metrics.monitor_dropped.inc(len(batch))
+        log.error("monitor refused %d records, dropped: %s", len(batch), reason[:500])
+
     async def _ship(self, session: aiohttp.ClientSession, url: str) -> bool:
         while batch := self.buffer.drain(self.config.batch_records):
             try:
-                body = msgspec.json.encode({"records": [r.to_dict() for r in batch]})
                 headers = {"Content-Type": "application/json"}
-                async with session.post(url, data=body, headers=headers) as answer:
+                async with session.post(url, data=encode_batch(batch), headers=headers) as answer:
+                    if 400 <= answer.status < 500 and answer.status != 429:
+                        self._refused(batch, await answer.text())
+                        continue
                     if answer.status != 200:
                         raise aiohttp.ClientResponseError(
                             answer.request_info, (), status=answer.status

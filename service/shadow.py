@@ -1,8 +1,9 @@
 """Shadow mirroring: a copy of a request runs on a shadow variant after the caller has its answer.
 
-The shadow runs in a background task the caller never waits for; its failures, slowness and queue
-overflows are counted and go no further. Its predictions are compared with the primary's row by
-row (the predicted label for classifiers, the value within 1e-6 relative for regressors).
+The shadows run in a background task the caller never waits for; their failures, slowness and queue
+overflows are counted and go no further. Their predictions are compared with the primary's row by
+row (the predicted label for classifiers, the value within 1e-6 relative for regressors) and handed
+on (the gateway records them beside the primary's, so the monitor sees both).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from monitors.shadow import agreeing
 from service.codecs.plain import row_predictions
 from service.dataplane import Route
 from service.errors import GatewayError, Overloaded
@@ -23,12 +25,7 @@ from traffic.table import VariantSpec
 log = logging.getLogger("gateway.shadow")
 Tensors = dict[str, np.ndarray]
 RunFn = Callable[[str, VariantSpec, LoadedModel, Tensors], Awaitable[Tensors]]
-
-
-def agreeing_rows(primary: np.ndarray, shadow: np.ndarray, regression: bool) -> int:
-    if regression:
-        return int(np.isclose(primary, shadow, rtol=1e-6, atol=0).sum())
-    return int((primary == shadow).sum())
+ShadowDone = Callable[[dict[str, list]], None]
 
 
 class ShadowRunner:
@@ -39,11 +36,26 @@ class ShadowRunner:
         self._metrics = metrics
         self._tasks: set[asyncio.Task] = set()
 
-    def mirror(self, route: Route, tensors: Tensors, primary: Tensors) -> None:
-        for variant, model in route.shadows:
-            task = asyncio.create_task(self._shadow(route, variant, model, tensors, primary))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def mirror(self, route: Route, tensors: Tensors, primary: Tensors, done: ShadowDone) -> None:
+        """Run the route's shadows in the background; ``done`` gets their predictions by name."""
+        task = asyncio.create_task(self._mirror(route, tensors, primary, done))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _mirror(
+        self, route: Route, tensors: Tensors, primary: Tensors, done: ShadowDone
+    ) -> None:
+        ours = row_predictions(route.model.card, primary)
+        answers = await asyncio.gather(
+            *(self._shadow(route, v, m, tensors, ours) for v, m in route.shadows)
+        )
+        done(
+            {
+                variant.name: theirs
+                for (variant, _), theirs in zip(route.shadows, answers)
+                if theirs is not None
+            }
+        )
 
     async def _shadow(
         self,
@@ -51,15 +63,17 @@ class ShadowRunner:
         variant: VariantSpec,
         model: LoadedModel,
         tensors: Tensors,
-        primary: Tensors,
-    ) -> None:
-        outcome = "ok"
+        ours: np.ndarray,
+    ) -> np.ndarray | None:
+        """One shadow's row predictions, counted by outcome and agreement; None if it failed."""
+        outcome, theirs = "ok", None
         try:
             outputs = await self._run(route.endpoint, variant, model, tensors)
-            ours = row_predictions(route.model.card, primary)
             theirs = row_predictions(model.card, outputs)
             regression = route.model.card.task == "regression"
-            agree = agreeing_rows(ours, theirs, regression) if ours.shape == theirs.shape else 0
+            agree = (
+                int(agreeing(ours, theirs, regression).sum()) if ours.shape == theirs.shape else 0
+            )
             rows = self._metrics.shadow_rows
             rows.labels(route.endpoint, variant.name, "agree").inc(agree)
             rows.labels(route.endpoint, variant.name, "disagree").inc(len(ours) - agree)
@@ -71,3 +85,4 @@ class ShadowRunner:
             log.exception("shadow %s on %s failed", variant.name, route.endpoint)
             outcome = "error"
         self._metrics.shadow_requests.labels(route.endpoint, variant.name, outcome).inc()
+        return theirs

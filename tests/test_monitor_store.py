@@ -102,3 +102,35 @@ def test_a_store_from_before_records_named_their_model_is_set_aside(tmp_path):
     store = MonitorStore(path)
     assert store.add_records([record("r1", [1])]) == 1
     assert store.add_label("kept", 1) == LabelOutcome.DUPLICATE  # labels are kept
+
+
+def test_shadow_rows_come_back_beside_the_primary_with_labels_once_joined(tmp_path):
+    from monitors.shadow import compare_shadows
+
+    store = MonitorStore(tmp_path / "monitor.sqlite3")
+    store.add_records(
+        [
+            PredictionRecord(
+                "a",
+                1.0,
+                "churn",
+                "stable",
+                "churn:v1",
+                [1.0, 2.0],
+                0.001,
+                shadow={"next": [1.0, 2.5]},
+            ),
+            PredictionRecord(
+                "b", 2.0, "churn", "stable", "churn:v1", [3.0], 0.001, shadow={"next": [3.0000001]}
+            ),
+            record("c", [4.0]),  # not mirrored
+        ]
+    )
+    store.add_label("a", [1.5, 2.5])
+    rows = store.shadowed("churn", "stable")
+    assert rows.request_id.tolist() == ["a", "a", "b"]
+    assert rows.label.tolist()[:2] == [1.5, 2.5] and rows.label.isna().tolist()[2]
+    (result,) = compare_shadows(rows, classes=None, min_rows=2)
+    assert result.shadow == "next" and result.rows == 3
+    assert result.agreement == pytest.approx(2 / 3)  # 3.0000001 is within 1e-6 relative
+    assert result.quality.metrics["mae"] == pytest.approx(0.25)  # |1-1.5|, |2.5-2.5|

@@ -298,8 +298,9 @@ async def test_the_monitor_refuses_bad_bodies_clearly(monitored):
     _, port, config = monitored
     cases = [
         ("/records", b"{", "malformed JSON"),
-        ("/records", b'{"records": {}}', '"records"'),
-        ("/records", b'{"records": [{"request_id": "x"}]}', "bad record"),
+        ("/records", b'{"records": {}}', "$.records"),
+        ("/records", b'{"records": [{"request_id": "x"}]}', "missing required field"),
+        ("/records", b'{"records": [{"request_id": 7}]}', "$.records[0].request_id"),
         ("/labels", b'{"labels": [{"label": 1}]}', "request_id"),
         ("/labels", b"[]", '"labels"'),
     ]
@@ -311,3 +312,69 @@ async def test_the_monitor_refuses_bad_bodies_clearly(monitored):
                     assert words in (await answer.json())["error"]
             stats = await summary(session, monitor_url)  # still serving
             assert "variants" in stats
+
+
+async def test_shadow_predictions_are_recorded_and_judged_beside_the_primary(demo_models, tmp_path):
+    """A shadow's answers reach the monitor in the primary's record: its agreement with the
+    primary and its own accuracy on labels match what both models say on the same rows."""
+    import pandas as pd
+
+    port = free_port()
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        data_dir=str(tmp_path / "data"),
+        monitor={
+            "url": f"http://127.0.0.1:{port}",
+            "port": port,
+            "flush_interval_ms": 50,
+            "min_rows": 100,
+        },
+        endpoints={
+            "cancer": {
+                "routing": {"allow_pinning": True},
+                "variants": [
+                    {"name": "stable", "model": "cancer:v1"},
+                    {"name": "mirror", "model": "cancer:v2", "role": "shadow", "mirror": 1.0},
+                ],
+            }
+        },
+    )
+    reference = pd.read_csv(demo_models["cancer:v1"].reference_path)
+    rows = reference.sample(200, random_state=4)
+    truth = rows.pop("label").tolist()
+    with monitor(config, port) as monitor_url, running_server(config) as url:
+        async with aiohttp.ClientSession() as session:
+            said = {"stable": [], "mirror": []}
+            for variant in said:  # what each model says on these rows, asked directly
+                async with session.post(
+                    f"{url}/predict/cancer",
+                    json={"instances": rows.to_numpy().tolist()},
+                    headers={"x-gateway-variant": variant, "x-request-id": f"direct-{variant}"},
+                ) as answer:
+                    said[variant] = [p["label"] for p in (await answer.json())["predictions"]]
+            for i, row in enumerate(rows.to_numpy().tolist()):
+                async with session.post(
+                    f"{url}/predict/cancer",
+                    json={"instances": [row]},
+                    headers={"x-request-id": f"shadowed-{i}"},
+                ) as answer:
+                    assert answer.status == 200 and answer.headers["x-gateway-variant"] == "stable"
+            labels = [{"request_id": f"shadowed-{i}", "label": y} for i, y in enumerate(truth)]
+            assert (await feedback(session, url, labels))[0] == 200
+            await wait_for_records(session, monitor_url, len(rows) + 2)
+            async with session.post(f"{monitor_url}/runs") as answer:
+                reports = {r["variant"]: r for r in (await answer.json())["variants"]}
+            async with session.get(f"{monitor_url}/metrics") as answer:
+                metrics = await answer.text()
+    shadow = reports["stable"]["shadows"]["mirror"]
+    agreement = sum(a == b for a, b in zip(said["stable"], said["mirror"])) / len(rows)
+    accuracy = sum(p == y for p, y in zip(said["mirror"], truth)) / len(rows)
+    # the pinned request to stable was mirrored too: the same rows twice, agreement unchanged
+    assert shadow["rows"] == 2 * len(rows) and shadow["agreement"] == pytest.approx(agreement)
+    assert shadow["quality"]["status"] == "ok" and shadow["quality"]["rows"] == len(rows)
+    assert shadow["quality"]["accuracy"] == pytest.approx(accuracy)
+    assert any(
+        line.startswith('gateway_shadow_agreement_ratio{endpoint="cancer",variant="mirror"}')
+        and float(line.split()[-1]) == pytest.approx(agreement)
+        for line in metrics.splitlines()
+    )
