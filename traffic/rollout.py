@@ -1,0 +1,298 @@
+"""The rollout controller: one state machine, pure, fed with evidence, returning decisions.
+
+    start ─▶ progressing (step 0..n-1) ─▶ promoted (revert window) ─▶ succeeded
+                 │  ▲      └─ gate ─▶ awaiting_approval ─ approve ─┘
+                 ▼  │ resume
+               paused            any guardrail FAIL, any required comparison FAIL,
+                                 timeout or no data for too long (if so configured) ─▶ rolled_back
+
+Each evaluation: guardrails first (absolute limits, few samples; a FAIL rolls back at once, also
+while paused, awaiting approval or inside the revert window after promotion), then comparisons of
+candidate against stable. All required comparisons PASS continuously for the step's minimum
+duration: advance. Any INSUFFICIENT: hold; after ``max_insufficient_s`` apply ``on_insufficient``.
+Abort beats promote: a FAIL is acted on before anything else. The service layer persists each new
+state before it applies the decision's traffic targets, and appends every decision to the audit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+from traffic.rollout_checks import (
+    CheckResult,
+    Evidence,
+    applies,
+    check_comparison,
+    check_guardrail,
+    comparison_alpha,
+    guard_value,
+)
+from traffic.rollout_policy import RolloutPolicy
+
+Phase = Literal[
+    "progressing", "awaiting_approval", "paused", "promoted", "succeeded", "rolled_back"
+]
+TERMINAL = ("succeeded", "rolled_back")
+ManualAction = Literal["pause", "resume", "approve", "promote", "rollback"]
+
+
+class RolloutError(ValueError):
+    """A manual action that does not fit the rollout's phase."""
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    endpoint: str
+    candidate: str
+    stable: str
+    candidate_model: str
+    phase: Phase
+    step: int
+    started: float
+    step_started: float
+    analysis_started: float
+    policy_hash: str
+    passing_since: float | None = None
+    insufficient_since: float | None = None
+    promoted_at: float | None = None
+    resume_phase: Phase | None = None
+    guard_history: Mapping[str, tuple[bool, ...]] = field(default_factory=dict)
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["guard_history"] = {k: list(v) for k, v in self.guard_history.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> RolloutState:
+        history = {k: tuple(v) for k, v in data.get("guard_history", {}).items()}
+        return cls(**{**data, "guard_history": history})
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a variant should be: its role, weight (percent) and mirror fraction."""
+
+    role: str
+    weight: float
+    mirror: float = 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    state: RolloutState
+    reason: str
+    checks: tuple[CheckResult, ...] = ()
+    targets: Mapping[str, Target] | None = None
+    """Traffic to apply (None: unchanged)."""
+
+
+def targets(policy: RolloutPolicy, state: RolloutState) -> dict[str, Target]:
+    """The traffic the rollout's state calls for."""
+    candidate, stable = state.candidate, state.stable
+    if state.phase == "rolled_back":
+        return {candidate: Target("candidate", 0.0), stable: Target("stable", 100.0)}
+    if state.phase in ("promoted", "succeeded"):
+        return {candidate: Target("stable", 100.0), stable: Target("candidate", 0.0)}
+    step = policy.steps[state.step]
+    if step.shadow:
+        return {candidate: Target("shadow", 0.0, 1.0), stable: Target("stable", 100.0)}
+    return {
+        candidate: Target("candidate", step.weight),
+        stable: Target("stable", 100.0 - step.weight),
+    }
+
+
+def start(
+    policy: RolloutPolicy, candidate_model: str, now: float, offline: CheckResult | None = None
+) -> Decision:
+    """A new rollout at step 0, unless the offline gate failed: then it ends before any traffic."""
+    state = RolloutState(
+        policy.endpoint,
+        policy.candidate,
+        policy.stable,
+        candidate_model,
+        "progressing",
+        0,
+        now,
+        now,
+        now,
+        policy.policy_hash,
+    )
+    checks = (offline,) if offline else ()
+    if offline is not None and offline.outcome != "PASS":
+        reason = f"offline gate: {offline.reason}"
+        return _end(policy, state, "rollback", "rolled_back", reason, checks)
+    reason = "offline gate passed; step 1" if offline else "started; step 1"
+    state = replace(state, reason=reason)
+    return Decision("start", state, reason, checks, targets(policy, state))
+
+
+def evaluate(
+    policy: RolloutPolicy, state: RolloutState, evidence: Evidence, now: float
+) -> Decision:
+    """One tick: every check PASS, FAIL or INSUFFICIENT, and what follows from them."""
+    if state.phase in TERMINAL:
+        return Decision("none", state, f"rollout {state.phase}")
+    shadow_step = state.phase != "promoted" and policy.steps[state.step].shadow
+    checks, history = [], dict(state.guard_history)
+    for guard in policy.guardrails:
+        value, count = guard_value(guard, evidence)
+        result, history[guard.metric] = check_guardrail(
+            guard, value, count, history.get(guard.metric, ())
+        )
+        checks.append(_acting(result, policy))
+    alpha = comparison_alpha(policy, shadow_step)
+    for comparison in policy.comparisons:
+        if applies(comparison, shadow_step):
+            checks.append(_acting(check_comparison(comparison, evidence, alpha), policy))
+    state = replace(state, guard_history=history)
+    checks = tuple(checks)
+
+    broken = [c for c in checks if c.lane == "guardrail" and c.acting and c.outcome == "FAIL"]
+    if broken:
+        return _end(
+            policy, state, "rollback", "rolled_back", f"guardrail: {broken[0].reason}", checks
+        )
+    if state.phase == "promoted":
+        if now - state.promoted_at >= policy.revert_window_s:
+            return _end(policy, state, "succeed", "succeeded", "revert window passed", checks)
+        return _hold(state, "promoted; guardrails watched for the revert window", checks)
+    if state.phase in ("paused", "awaiting_approval"):
+        return _hold(state, state.reason, checks)
+    if now - state.started >= policy.timeout_s:
+        return _apply(
+            policy, state, policy.on_timeout, f"timed out after {policy.timeout_s:g} s", checks
+        )
+
+    required = [c for c in checks if c.lane == "comparison" and c.required and c.acting]
+    failed = [c for c in required if c.outcome == "FAIL"]
+    if failed:
+        return _end(
+            policy,
+            state,
+            "rollback",
+            "rolled_back",
+            f"{failed[0].name}: {failed[0].reason}",
+            checks,
+        )
+    waiting = [c for c in required if c.outcome == "INSUFFICIENT"]
+    if waiting:
+        since = state.insufficient_since or now
+        state = replace(state, passing_since=None, insufficient_since=since)
+        if now - since >= policy.max_insufficient_s:
+            reason = f"insufficient data for {now - since:.0f} s ({waiting[0].name})"
+            return _apply(policy, state, policy.on_insufficient, reason, checks)
+        return _hold(state, f"holding: {waiting[0].name}: {waiting[0].reason}", checks)
+    passing = state.passing_since or now
+    state = replace(state, passing_since=passing, insufficient_since=None)
+    step = policy.steps[state.step]
+    if now - passing < step.min_duration_s:
+        return _hold(
+            state,
+            f"step {state.step + 1} passing for {now - passing:.0f} of {step.min_duration_s:g} s",
+            checks,
+        )
+    return _advance(policy, state, now, checks)
+
+
+def act(policy: RolloutPolicy, state: RolloutState, action: ManualAction, now: float) -> Decision:
+    """An operator's action; ``RolloutError`` when it does not fit the phase."""
+    if state.phase in TERMINAL:
+        raise RolloutError(f"the rollout has ended ({state.phase})")
+    if action == "rollback":
+        return _end(policy, state, "rollback", "rolled_back", "rolled back by an operator", ())
+    if action == "promote":
+        if state.phase == "promoted":
+            raise RolloutError("the candidate is already promoted")
+        return _promote(policy, state, now, "promoted by an operator", ())
+    if action == "pause":
+        if state.phase == "paused":
+            raise RolloutError("the rollout is already paused")
+        paused = replace(
+            state, phase="paused", resume_phase=state.phase, reason="paused by an operator"
+        )
+        return Decision("pause", paused, paused.reason)
+    if action == "resume":
+        if state.phase != "paused":
+            raise RolloutError(f"only a paused rollout resumes (it is {state.phase})")
+        resumed = replace(
+            state,
+            phase=state.resume_phase or "progressing",
+            resume_phase=None,
+            started=now,  # resuming restarts the clock the timeout counts on
+            passing_since=None,
+            insufficient_since=None,
+            reason="resumed by an operator",
+        )
+        return Decision("resume", resumed, resumed.reason, (), targets(policy, resumed))
+    if state.phase != "awaiting_approval":
+        raise RolloutError(f"nothing awaits approval (the rollout is {state.phase})")
+    return _next_step(policy, state, now, "approved by an operator", ())
+
+
+def _acting(result: CheckResult, policy: RolloutPolicy) -> CheckResult:
+    if policy.dry_run or result.name in policy.dry_run_checks:
+        return replace(result, acting=False)
+    return result
+
+
+def _hold(state: RolloutState, reason: str, checks: tuple) -> Decision:
+    return Decision("hold", replace(state, reason=reason), reason, checks)
+
+
+def _advance(policy: RolloutPolicy, state: RolloutState, now: float, checks: tuple) -> Decision:
+    if policy.steps[state.step].gate:
+        reason = f"step {state.step + 1} passed; awaiting approval"
+        return Decision(
+            "await_approval",
+            replace(state, phase="awaiting_approval", reason=reason),
+            reason,
+            checks,
+        )
+    return _next_step(policy, state, now, f"step {state.step + 1} passed", checks)
+
+
+def _next_step(
+    policy: RolloutPolicy, state: RolloutState, now: float, why: str, checks: tuple
+) -> Decision:
+    if state.step + 1 >= len(policy.steps):
+        return _promote(policy, state, now, f"{why}; last step done", checks)
+    state = replace(
+        state,
+        phase="progressing",
+        step=state.step + 1,
+        step_started=now,
+        passing_since=None,
+        insufficient_since=None,
+        reason=f"{why}; step {state.step + 2} at {policy.steps[state.step + 1].weight:g}%",
+    )
+    return Decision("advance", state, state.reason, checks, targets(policy, state))
+
+
+def _promote(
+    policy: RolloutPolicy, state: RolloutState, now: float, why: str, checks: tuple
+) -> Decision:
+    state = replace(state, phase="promoted", promoted_at=now, resume_phase=None, reason=why)
+    return Decision("promote", state, why, checks, targets(policy, state))
+
+
+def _end(
+    policy: RolloutPolicy, state: RolloutState, action: str, phase: Phase, why: str, checks: tuple
+) -> Decision:
+    state = replace(state, phase=phase, resume_phase=None, reason=why)
+    return Decision(action, state, why, checks, targets(policy, state))
+
+
+def _apply(
+    policy: RolloutPolicy, state: RolloutState, action: str, why: str, checks: tuple
+) -> Decision:
+    """The configured action for a timeout or a lack of data: pause (for a human) or roll back."""
+    if action == "rollback":
+        return _end(policy, state, "rollback", "rolled_back", why, checks)
+    paused = replace(state, phase="paused", resume_phase=None, reason=f"{why}; paused")
+    return Decision("pause", paused, paused.reason, checks)
