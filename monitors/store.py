@@ -188,6 +188,37 @@ class MonitorStore:
         columns = ["request_id", "shadow", "prediction", "shadow_prediction", "label"]
         return pd.DataFrame(table, columns=columns)
 
+    def outcomes(
+        self, endpoint: str, variant: str, since: float, slow_s: float
+    ) -> tuple[int, int, int, int]:
+        """(requests, failed, slow, invalid) a variant recorded since ``since``: failed means not
+        answered (an error or a rejection), slow means answered after more than ``slow_s``,
+        invalid means answered with a NaN or infinite prediction (recorded as null)."""
+        row = (
+            self._db()
+            .execute(
+                "SELECT COUNT(*), TOTAL(outcome != 'ok'), TOTAL(outcome = 'ok' AND latency_s > ?), "
+                "TOTAL(outcome = 'ok' AND instr(predictions, 'null') > 0) FROM predictions "
+                "WHERE endpoint = ? AND variant = ? AND at >= ?",
+                (slow_s, endpoint, variant, since),
+            )
+            .fetchone()
+        )
+        return tuple(int(v) for v in row)
+
+    def latencies(self, endpoint: str, variant: str, since: float) -> list[float]:
+        """Latencies (seconds) of the requests a variant answered since ``since``."""
+        rows = (
+            self._db()
+            .execute(
+                "SELECT latency_s FROM predictions WHERE endpoint = ? AND variant = ? AND at >= ? "
+                "AND outcome = 'ok'",
+                (endpoint, variant, since),
+            )
+            .fetchall()
+        )
+        return [latency for (latency,) in rows]
+
     def active(self, since: float) -> list[tuple[str, str, str]]:
         """(endpoint, variant, model) that recorded predictions since ``since``."""
         return (

@@ -16,6 +16,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.errors import ConfigError
+from traffic.rollout_policy import (
+    CompareMetric,
+    Comparison,
+    GuardMetric,
+    Guardrail,
+    RolloutPolicy,
+    Step,
+)
 from traffic.table import (
     EndpointTable,
     RoutingError,
@@ -121,9 +129,116 @@ class RoutingConfig(Strict):
     salt: str | None = Field(None, description="default: the endpoint name")
 
 
+class StepConfig(Strict):
+    weight: float = Field(ge=0, le=100, description="candidate's percent of traffic")
+    min_duration_s: float = Field(60.0, ge=0, description="every required check passing this long")
+    shadow: bool = Field(False, description="weight 0: the candidate mirrors every request")
+    gate: bool = Field(False, description="after this step, wait for an operator's approval")
+
+    @model_validator(mode="after")
+    def _shadow_has_no_weight(self) -> StepConfig:
+        if self.shadow and self.weight:
+            raise ValueError("a shadow step takes no weight")
+        return self
+
+
+class GuardrailConfig(Strict):
+    metric: GuardMetric
+    max: float = Field(gt=0)
+    min_count: int = Field(20, ge=1)
+    breaches: int = Field(1, ge=1, description="breaches among the last of_last evaluations")
+    of_last: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _k_of_n(self) -> GuardrailConfig:
+        if self.breaches > self.of_last:
+            raise ValueError("breaches cannot exceed of_last")
+        return self
+
+
+class ComparisonConfig(Strict):
+    metric: CompareMetric
+    margin: float = Field(gt=0, le=1)
+    min_samples: int = Field(100, ge=1)
+    required: bool = True
+
+
+class OfflineGateConfig(Strict):
+    enabled: bool = True
+    margin: float = Field(0.02, ge=0, le=1, description="accuracy points (or relative MAE) allowed")
+
+
+DEFAULT_GUARDRAILS = (
+    GuardrailConfig(metric="error_rate", max=0.05, min_count=20),
+    GuardrailConfig(metric="invalid_rate", max=0.01, min_count=20),
+    GuardrailConfig(metric="p99_latency_ratio", max=2.0, min_count=50, breaches=2, of_last=3),
+)
+DEFAULT_COMPARISONS = (
+    ComparisonConfig(metric="error_rate", margin=0.01),
+    ComparisonConfig(metric="slow_rate", margin=0.05),
+    ComparisonConfig(metric="accuracy", margin=0.03),
+    ComparisonConfig(metric="prediction_divergence", margin=0.2),
+)
+
+
+class RolloutConfig(Strict):
+    """An endpoint's automated rollout of its candidate (traffic/rollout.py decides)."""
+
+    candidate: str = Field(pattern=NAME_PATTERN, description="the variant being rolled out")
+    steps: list[StepConfig] = Field(min_length=1)
+    interval_s: float = Field(10.0, ge=0.2, le=3600)
+    guard_window_s: float = Field(60.0, gt=0)
+    guardrails: list[GuardrailConfig] = list(DEFAULT_GUARDRAILS)
+    comparisons: list[ComparisonConfig] = list(DEFAULT_COMPARISONS)
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="false-rollback budget, all comparisons")
+    slow_ms: float | None = Field(None, gt=0, description="slow request (default: the SLO)")
+    max_insufficient_s: float = Field(600.0, gt=0)
+    on_insufficient: Literal["pause", "rollback"] = "pause"
+    timeout_s: float = Field(3600.0, gt=0)
+    on_timeout: Literal["pause", "rollback"] = "rollback"
+    revert_window_s: float = Field(300.0, ge=0)
+    offline_gate: OfflineGateConfig = OfflineGateConfig()
+    dry_run: bool = False
+    dry_run_checks: list[str] = []
+
+    @model_validator(mode="after")
+    def _steps_ramp_up(self) -> RolloutConfig:
+        weights = [s.weight for s in self.steps]
+        if weights != sorted(weights):
+            raise ValueError(f"step weights must not go down, got {weights}")
+        names = {g.metric for g in self.guardrails} | {c.metric for c in self.comparisons}
+        unknown = sorted(set(self.dry_run_checks) - names)
+        if unknown:
+            raise ValueError(f"dry_run_checks names no check of this policy: {unknown}")
+        return self
+
+    def policy(self, endpoint: str, stable: str, slo_ms: float) -> RolloutPolicy:
+        """The controller's view of this section."""
+        return RolloutPolicy(
+            endpoint=endpoint,
+            candidate=self.candidate,
+            stable=stable,
+            steps=tuple(Step(**s.model_dump()) for s in self.steps),
+            guardrails=tuple(Guardrail(**g.model_dump()) for g in self.guardrails),
+            comparisons=tuple(Comparison(**c.model_dump()) for c in self.comparisons),
+            interval_s=self.interval_s,
+            guard_window_s=self.guard_window_s,
+            alpha=self.alpha,
+            slow_ms=self.slow_ms or slo_ms,
+            max_insufficient_s=self.max_insufficient_s,
+            on_insufficient=self.on_insufficient,
+            timeout_s=self.timeout_s,
+            on_timeout=self.on_timeout,
+            revert_window_s=self.revert_window_s,
+            dry_run=self.dry_run,
+            dry_run_checks=tuple(self.dry_run_checks),
+        )
+
+
 class EndpointConfig(Strict):
     routing: RoutingConfig = RoutingConfig()
     variants: list[VariantConfig] = Field(min_length=1)
+    rollout: RolloutConfig | None = None
 
     @model_validator(mode="after")
     def _variants_are_coherent(self) -> EndpointConfig:
@@ -133,7 +248,22 @@ class EndpointConfig(Strict):
             raise ValueError(str(error)) from None
         if self.routing.require_key and self.routing.key is None:
             raise ValueError("routing.require_key needs routing.key")
+        if self.rollout is not None:
+            self.stable_variant()  # a rollout needs exactly one stable variant
+            names = {v.name: v for v in self.variants}
+            candidate = names.get(self.rollout.candidate)
+            if candidate is None or candidate.role == "stable":
+                raise ValueError(
+                    f"rollout.candidate {self.rollout.candidate!r} must name a candidate or "
+                    f"shadow variant of this endpoint"
+                )
         return self
+
+    def stable_variant(self) -> str:
+        stable = [v.name for v in self.variants if v.role == "stable"]
+        if len(stable) != 1:
+            raise ValueError(f"a rollout needs exactly one stable variant, found {stable}")
+        return stable[0]
 
     def table(self, name: str) -> EndpointTable:
         """This endpoint's routing table as the config describes it."""
@@ -179,6 +309,25 @@ class MonitorConfig(Strict):
     report_keep: int = Field(10, ge=1, description="reports kept per endpoint, variant and kind")
 
 
+class NotificationsConfig(Strict):
+    """Webhooks told of rollout steps, holds, gates, promotions and rollbacks, and of drift."""
+
+    webhooks: list[str] = Field([], description="URLs that get a JSON POST per event")
+    timeout_s: float = Field(5.0, gt=0, le=60)
+    retries: int = Field(3, ge=0, le=10)
+    drift_share: float = Field(
+        0.3, gt=0, le=1, description="a variant's drifted feature share that fires a drift event"
+    )
+
+    @field_validator("webhooks")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not re.fullmatch(r"https?://[^\s/]+(:\d+)?(/\S*)?", url):
+                raise ValueError(f"webhook {url!r} must be an http(s) URL")
+        return value
+
+
 class GatewayConfig(Strict):
     server: ServerConfig = ServerConfig()
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -192,6 +341,7 @@ class GatewayConfig(Strict):
         Path("gateway-data"), description="routing state and audit log; relative to the config"
     )
     monitor: MonitorConfig = MonitorConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
     endpoints: dict[str, EndpointConfig] = Field(min_length=1)
 
     @field_validator("endpoints")
@@ -202,6 +352,16 @@ class GatewayConfig(Strict):
                 raise ValueError(f"endpoint name {name!r} must match {NAME_PATTERN}")
         return value
 
+    def rollout_policies(self) -> dict[str, RolloutPolicy]:
+        """Each endpoint's rollout policy, for the endpoints that have one."""
+        return {
+            name: endpoint.rollout.policy(
+                name, endpoint.stable_variant(), self.server.latency_slo_ms
+            )
+            for name, endpoint in self.endpoints.items()
+            if endpoint.rollout is not None
+        }
+
     def tables(self) -> dict[str, EndpointTable]:
         """Every endpoint's routing table as the config describes it."""
         return {name: endpoint.table(name) for name, endpoint in self.endpoints.items()}
@@ -209,7 +369,8 @@ class GatewayConfig(Strict):
     def routing_hash(self) -> str:
         """A hash of the endpoints section: tells whether the config changed since state was saved."""
         document = json.dumps(
-            {n: e.model_dump(mode="json") for n, e in self.endpoints.items()}, sort_keys=True
+            {n: e.model_dump(mode="json", exclude={"rollout"}) for n, e in self.endpoints.items()},
+            sort_keys=True,
         )
         return hashlib.sha256(document.encode()).hexdigest()[:16]
 

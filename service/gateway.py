@@ -48,6 +48,7 @@ class RequestAccount:
 
     endpoint: str
     protocol: str
+    request_id: str
     started: float
     route: Route | None = None
 
@@ -116,9 +117,10 @@ class Gateway:
         return encoder
 
     @contextmanager
-    def account(self, endpoint: str, protocol: str) -> Iterator[RequestAccount]:
-        """Count the request by outcome and time it, per endpoint and variant."""
-        record = RequestAccount(endpoint, protocol, time.perf_counter())
+    def account(self, endpoint: str, protocol: str, request_id: str) -> Iterator[RequestAccount]:
+        """Count the request by outcome and time it, per endpoint and variant; a request its
+        variant failed or refused is recorded for the monitor too (rollouts judge error rates)."""
+        record = RequestAccount(endpoint, protocol, request_id, time.perf_counter())
         metrics = self.metrics
         in_flight = metrics.in_flight.labels(endpoint)
         in_flight.inc()
@@ -141,7 +143,10 @@ class Gateway:
             metrics.request_series(endpoint, variant, version, protocol, outcome).inc()
             if outcome == "rejected":
                 metrics.queue_rejections.labels(endpoint, variant).inc()
-            metrics.duration_series(endpoint, variant).observe(time.perf_counter() - record.started)
+            elapsed = time.perf_counter() - record.started
+            metrics.duration_series(endpoint, variant).observe(elapsed)
+            if record.route is not None and outcome in ("error", "rejected"):
+                self.recorder.failed(request_id, record.route, elapsed, outcome)
 
     async def close(self) -> None:
         for model in self.dataplane.snapshot.models.values():

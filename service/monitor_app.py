@@ -1,11 +1,12 @@
 """The monitor's HTTP surface: records in (from every gateway worker and replica), labels in,
-a summary out. One monitor process owns the store (service/monitor_bento.py starts it).
+a summary, analysis runs, reports and rollouts out. One monitor process owns the store (service/monitor_bento.py starts it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -122,24 +123,72 @@ async def metrics(request: Request) -> Response:
     return Response(content, media_type=CONTENT_TYPE)
 
 
+def _rollouts(request: Request):
+    rollouts = getattr(request.app.state, "rollouts", None)
+    if rollouts is None or not rollouts.policies:
+        raise NotFound("no endpoint has a rollout policy in gateway.yaml")
+    return rollouts
+
+
+async def list_rollouts(request: Request) -> Response:
+    rollouts = _rollouts(request)
+    described = [
+        await anyio.to_thread.run_sync(rollouts.describe, name, 0) for name in rollouts.policies
+    ]
+    return json_response({"rollouts": described})
+
+
+async def get_rollout(request: Request) -> Response:
+    history = request.query_params.get("history", "50")
+    if not history.isdigit() or not 0 <= int(history) <= 10_000:
+        raise BadRequest("history must be a number of evaluations, 0-10000")
+    described = await anyio.to_thread.run_sync(
+        _rollouts(request).describe, request.path_params["endpoint"], int(history)
+    )
+    return json_response(described)
+
+
+async def rollout_action(request: Request) -> Response:
+    """An operator's action (start, pause, resume, approve, promote, rollback), applied now."""
+    params = request.path_params
+    decision = await anyio.to_thread.run_sync(
+        _rollouts(request).act, params["endpoint"], params["action"]
+    )
+    return json_response(
+        {"action": decision.action, "reason": decision.reason, "state": decision.state.to_dict()}
+    )
+
+
+async def _every(interval_s: float, work, what: str) -> None:
+    """Run ``work`` in a thread every ``interval_s`` seconds; a failure is logged, not fatal."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await anyio.to_thread.run_sync(work)
+        except Exception:  # the next round tries again
+            log.exception("%s failed", what)
+
+
 @contextlib.asynccontextmanager
 async def scheduled_runs(app: Starlette) -> AsyncIterator[None]:
-    """Run drift and quality every ``interval_s`` seconds while the monitor serves."""
+    """While the monitor serves: drift and quality every ``interval_s``, and each endpoint's
+    rollout evaluated every its own ``interval_s``."""
     runner = getattr(app.state, "runner", None)
-
-    async def every_interval() -> None:
-        while True:
-            await asyncio.sleep(runner.config.interval_s)
-            try:
-                await anyio.to_thread.run_sync(runner.run_once)
-            except Exception:  # a failed run is logged; the next one tries again
-                log.exception("monitor run failed")
-
-    task = asyncio.create_task(every_interval()) if runner else None
+    rollouts = getattr(app.state, "rollouts", None)
+    tasks = []
+    if runner is not None:
+        tasks.append(
+            asyncio.create_task(_every(runner.config.interval_s, runner.run_once, "monitor run"))
+        )
+    if rollouts is not None:
+        rollouts.notifier.bind(asyncio.get_running_loop())
+        for name, policy in rollouts.policies.items():
+            tick = functools.partial(rollouts.tick, name)
+            tasks.append(asyncio.create_task(_every(policy.interval_s, tick, f"rollout {name}")))
     try:
         yield
     finally:
-        if task is not None:
+        for task in tasks:
             task.cancel()
 
 
@@ -152,5 +201,8 @@ def build_monitor_app() -> Starlette:
         Route("/reports", list_reports, methods=["GET"]),
         Route("/reports/{endpoint}/{variant}/{name}", get_report, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/rollouts", list_rollouts, methods=["GET"]),
+        Route("/rollouts/{endpoint}", get_rollout, methods=["GET"]),
+        Route("/rollouts/{endpoint}/{action}", rollout_action, methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=scheduled_runs)

@@ -1,7 +1,8 @@
 """The monitor as a BentoML service: ``bentoml serve service.monitor_bento:Monitor`` (one worker).
 
 It owns the monitor store (``<data_dir>/monitor.sqlite3``) and takes records and labels from every
-gateway worker and replica over HTTP (service/monitor_app.py). Started by ``gateway monitor``; the
+gateway worker and replica over HTTP (service/monitor_app.py); it runs the analysis and, being a
+single process, is the one writer that decides rollouts (service/rollouts.py). Started by ``gateway monitor``; the
 gateway finds it at ``monitor.url``. A separate process, so the gateway serves on while it is
 stopped, slow or restarting.
 """
@@ -20,6 +21,9 @@ from service.config import load_config
 from service.monitor_app import build_monitor_app
 from service.monitor_metrics import MonitorMetrics
 from service.monitor_runs import MonitorRunner
+from service.notifier import DriftAlarm, Notifier
+from service.rollout_evidence import EvidenceGatherer
+from service.rollouts import RolloutService
 from service.routing import STATE_FILE
 from traffic.store import SQLiteStateStore
 
@@ -56,4 +60,16 @@ class Monitor:
             tables = state.tables if state else config.tables()
             return {(e, v.name): v.role for e, t in tables.items() for v in t.variants}
 
-        monitor_app.state.runner = MonitorRunner(config.monitor, store, metrics, archive, roles)
+        notifier = Notifier(config.notifications, metrics)
+        runner = MonitorRunner(
+            config.monitor, store, metrics, archive, roles, DriftAlarm(notifier).observe
+        )
+        monitor_app.state.runner = runner
+        monitor_app.state.rollouts = RolloutService(
+            config,
+            store,
+            routing,
+            EvidenceGatherer(store, lambda: runner.latest),
+            metrics,
+            notifier,
+        )

@@ -77,6 +77,38 @@ class MonitorMetrics:
             "Labels older than the retention window whose prediction never arrived.",
             **mode,
         )
+        self.webhooks = Counter(
+            "gateway_webhook_deliveries_total",
+            "Webhook deliveries by outcome (delivered, retried, failed).",
+            ["outcome"],
+            **into,
+        )
+        self.rollout_phase = Gauge(
+            "gateway_rollout_phase",
+            "1 for the phase each endpoint's rollout is in (progressing, awaiting_approval, "
+            "paused, promoted, succeeded, rolled_back), 0 for the others.",
+            ["endpoint", "phase"],
+            **mode,
+        )
+        self.rollout_step = Gauge(
+            "gateway_rollout_step",
+            "The rollout's current step (1-based) and the candidate's weight there.",
+            ["endpoint", "candidate"],
+            **mode,
+        )
+        self.rollout_decisions = Counter(
+            "gateway_rollout_decisions_total",
+            "Rollout transitions (start, advance, await_approval, promote, succeed, rollback, "
+            "pause, resume) by cause (a check's name, operator, timeout, ...).",
+            ["endpoint", "action", "cause"],
+            **into,
+        )
+        self.rollout_checks = Counter(
+            "gateway_rollout_checks_total",
+            "Rollout check evaluations by outcome (PASS, FAIL, INSUFFICIENT).",
+            ["endpoint", "check", "outcome"],
+            **into,
+        )
         self.last_run = Gauge(
             "gateway_monitor_last_run_timestamp_seconds",
             "When the last drift and quality run finished (unix time).",

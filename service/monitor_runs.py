@@ -94,6 +94,7 @@ class MonitorRunner:
         metrics: MonitorMetrics,
         archive: ReportArchive,
         roles: Callable[[], Mapping[tuple[str, str], str]] = dict,
+        on_drift: Callable[[str, str, str, list[str], float], None] | None = None,
     ) -> None:
         self.roles = roles
         """(endpoint, variant) -> role (stable, candidate, shadow), as routing has them now."""
@@ -102,6 +103,10 @@ class MonitorRunner:
         self.metrics = metrics
         self.archive = archive
         self._last_reports = 0.0
+        self.on_drift = on_drift
+        """Told (endpoint, variant, model, drifted features, share) after each drift verdict."""
+        self.latest: dict[tuple[str, str], VariantReport] = {}
+        """The newest report per (endpoint, variant), for the rollout controller."""
         self.settings = DriftSettings(threshold=config.drift_threshold, min_rows=config.min_rows)
         self._references: dict[str, tuple[ModelCard, pd.DataFrame]] = {}
 
@@ -155,6 +160,16 @@ class MonitorRunner:
         save_reports = save_reports or now - self._last_reports >= self.config.report_interval_s
         for report in reports:
             self._export(report)
+            self.latest[(report.endpoint, report.variant)] = report
+            if self.on_drift is not None and report.drift.status == "ok":
+                drift = report.drift
+                self.on_drift(
+                    report.endpoint,
+                    report.variant,
+                    report.model,
+                    drift.drifted_features,
+                    drift.drifted_share,
+                )
             if save_reports:
                 self._save(report)
         if save_reports:

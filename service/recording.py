@@ -98,12 +98,30 @@ class Recorder:
         if not self.buffer.append(record):
             self.metrics.monitor_dropped.inc()
 
-    async def fetch(self, path: str) -> tuple[int, str, bytes]:
-        """GET ``path`` from the monitor: (status, content type, body); reports pass through here."""
+    def failed(self, request_id: str, route: Route, latency_s: float, outcome: str) -> None:
+        """Keep a request the routed variant did not answer (an error or a rejection)."""
+        if not self.enabled:
+            return
+        record = PredictionRecord(
+            request_id=request_id,
+            at=time.time(),
+            endpoint=route.endpoint,
+            variant=route.variant.name,
+            model=route.model.card.tag,
+            predictions=[],
+            latency_s=latency_s,
+            outcome=outcome,
+        )
+        if not self.buffer.append(record):
+            self.metrics.monitor_dropped.inc()
+
+    async def forward(self, method: str, path: str) -> tuple[int, str, bytes]:
+        """``method`` ``path`` on the monitor: (status, content type, body). Reports and the
+        rollout admin calls pass through here, so operators need only the gateway's address."""
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s * 5)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
-                async with session.get(f"{self.config.url}{path}") as answer:
+                async with session.request(method, f"{self.config.url}{path}") as answer:
                     content_type = answer.headers.get("Content-Type", "application/octet-stream")
                     return answer.status, content_type, await answer.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:

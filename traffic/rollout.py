@@ -87,17 +87,23 @@ class Decision:
     state: RolloutState
     reason: str
     checks: tuple[CheckResult, ...] = ()
-    targets: Mapping[str, Target] | None = None
-    """Traffic to apply (None: unchanged)."""
+    targets: Mapping[str, Target | None] | None = None
+    """Traffic to apply (None: unchanged); a variant mapped to None leaves the endpoint."""
+    cause: str = ""
+    """What decided it, in a word fit for a metric label: a check's name, "operator", "timeout",
+    "insufficient_data", "offline_gate", "steps_passed", "revert_window"."""
 
 
-def targets(policy: RolloutPolicy, state: RolloutState) -> dict[str, Target]:
-    """The traffic the rollout's state calls for."""
+def targets(policy: RolloutPolicy, state: RolloutState) -> dict[str, Target | None]:
+    """The traffic the rollout's state calls for. Promoted: the old stable stays loaded at weight
+    0 for the revert window; succeeded: it leaves the endpoint."""
     candidate, stable = state.candidate, state.stable
     if state.phase == "rolled_back":
         return {candidate: Target("candidate", 0.0), stable: Target("stable", 100.0)}
-    if state.phase in ("promoted", "succeeded"):
+    if state.phase == "promoted":
         return {candidate: Target("stable", 100.0), stable: Target("candidate", 0.0)}
+    if state.phase == "succeeded":
+        return {candidate: Target("stable", 100.0), stable: None}
     step = policy.steps[state.step]
     if step.shadow:
         return {candidate: Target("shadow", 0.0, 1.0), stable: Target("stable", 100.0)}
@@ -126,7 +132,7 @@ def start(
     checks = (offline,) if offline else ()
     if offline is not None and offline.outcome != "PASS":
         reason = f"offline gate: {offline.reason}"
-        return _end(policy, state, "rollback", "rolled_back", reason, checks)
+        return _end(policy, state, "rollback", "rolled_back", reason, checks, "offline_gate")
     reason = "offline gate passed; step 1" if offline else "started; step 1"
     state = replace(state, reason=reason)
     return Decision("start", state, reason, checks, targets(policy, state))
@@ -155,38 +161,33 @@ def evaluate(
 
     broken = [c for c in checks if c.lane == "guardrail" and c.acting and c.outcome == "FAIL"]
     if broken:
-        return _end(
-            policy, state, "rollback", "rolled_back", f"guardrail: {broken[0].reason}", checks
-        )
+        reason = f"guardrail: {broken[0].reason}"
+        return _end(policy, state, "rollback", "rolled_back", reason, checks, broken[0].name)
     if state.phase == "promoted":
         if now - state.promoted_at >= policy.revert_window_s:
-            return _end(policy, state, "succeed", "succeeded", "revert window passed", checks)
+            reason = "revert window passed"
+            return _end(policy, state, "succeed", "succeeded", reason, checks, "revert_window")
         return _hold(state, "promoted; guardrails watched for the revert window", checks)
     if state.phase in ("paused", "awaiting_approval"):
         return _hold(state, state.reason, checks)
     if now - state.started >= policy.timeout_s:
-        return _apply(
-            policy, state, policy.on_timeout, f"timed out after {policy.timeout_s:g} s", checks
-        )
+        reason = f"timed out after {policy.timeout_s:g} s"
+        return _apply(policy, state, policy.on_timeout, reason, checks, "timeout")
 
     required = [c for c in checks if c.lane == "comparison" and c.required and c.acting]
     failed = [c for c in required if c.outcome == "FAIL"]
     if failed:
-        return _end(
-            policy,
-            state,
-            "rollback",
-            "rolled_back",
-            f"{failed[0].name}: {failed[0].reason}",
-            checks,
-        )
+        reason = f"{failed[0].name}: {failed[0].reason}"
+        return _end(policy, state, "rollback", "rolled_back", reason, checks, failed[0].name)
     waiting = [c for c in required if c.outcome == "INSUFFICIENT"]
     if waiting:
         since = state.insufficient_since or now
         state = replace(state, passing_since=None, insufficient_since=since)
         if now - since >= policy.max_insufficient_s:
             reason = f"insufficient data for {now - since:.0f} s ({waiting[0].name})"
-            return _apply(policy, state, policy.on_insufficient, reason, checks)
+            return _apply(
+                policy, state, policy.on_insufficient, reason, checks, "insufficient_data"
+            )
         return _hold(state, f"holding: {waiting[0].name}: {waiting[0].reason}", checks)
     passing = state.passing_since or now
     state = replace(state, passing_since=passing, insufficient_since=None)
@@ -205,18 +206,19 @@ def act(policy: RolloutPolicy, state: RolloutState, action: ManualAction, now: f
     if state.phase in TERMINAL:
         raise RolloutError(f"the rollout has ended ({state.phase})")
     if action == "rollback":
-        return _end(policy, state, "rollback", "rolled_back", "rolled back by an operator", ())
+        reason = "rolled back by an operator"
+        return _end(policy, state, "rollback", "rolled_back", reason, (), "operator")
     if action == "promote":
         if state.phase == "promoted":
             raise RolloutError("the candidate is already promoted")
-        return _promote(policy, state, now, "promoted by an operator", ())
+        return _promote(policy, state, now, "promoted by an operator", (), "operator")
     if action == "pause":
         if state.phase == "paused":
             raise RolloutError("the rollout is already paused")
         paused = replace(
             state, phase="paused", resume_phase=state.phase, reason="paused by an operator"
         )
-        return Decision("pause", paused, paused.reason)
+        return Decision("pause", paused, paused.reason, cause="operator")
     if action == "resume":
         if state.phase != "paused":
             raise RolloutError(f"only a paused rollout resumes (it is {state.phase})")
@@ -229,10 +231,10 @@ def act(policy: RolloutPolicy, state: RolloutState, action: ManualAction, now: f
             insufficient_since=None,
             reason="resumed by an operator",
         )
-        return Decision("resume", resumed, resumed.reason, (), targets(policy, resumed))
+        return Decision("resume", resumed, resumed.reason, (), targets(policy, resumed), "operator")
     if state.phase != "awaiting_approval":
         raise RolloutError(f"nothing awaits approval (the rollout is {state.phase})")
-    return _next_step(policy, state, now, "approved by an operator", ())
+    return _next_step(policy, state, now, "approved by an operator", (), "operator")
 
 
 def _acting(result: CheckResult, policy: RolloutPolicy) -> CheckResult:
@@ -253,15 +255,16 @@ def _advance(policy: RolloutPolicy, state: RolloutState, now: float, checks: tup
             replace(state, phase="awaiting_approval", reason=reason),
             reason,
             checks,
+            cause="steps_passed",
         )
-    return _next_step(policy, state, now, f"step {state.step + 1} passed", checks)
+    return _next_step(policy, state, now, f"step {state.step + 1} passed", checks, "steps_passed")
 
 
 def _next_step(
-    policy: RolloutPolicy, state: RolloutState, now: float, why: str, checks: tuple
+    policy: RolloutPolicy, state: RolloutState, now: float, why: str, checks: tuple, cause: str
 ) -> Decision:
     if state.step + 1 >= len(policy.steps):
-        return _promote(policy, state, now, f"{why}; last step done", checks)
+        return _promote(policy, state, now, f"{why}; last step done", checks, cause)
     state = replace(
         state,
         phase="progressing",
@@ -271,28 +274,34 @@ def _next_step(
         insufficient_since=None,
         reason=f"{why}; step {state.step + 2} at {policy.steps[state.step + 1].weight:g}%",
     )
-    return Decision("advance", state, state.reason, checks, targets(policy, state))
+    return Decision("advance", state, state.reason, checks, targets(policy, state), cause)
 
 
 def _promote(
-    policy: RolloutPolicy, state: RolloutState, now: float, why: str, checks: tuple
+    policy: RolloutPolicy, state: RolloutState, now: float, why: str, checks: tuple, cause: str
 ) -> Decision:
     state = replace(state, phase="promoted", promoted_at=now, resume_phase=None, reason=why)
-    return Decision("promote", state, why, checks, targets(policy, state))
+    return Decision("promote", state, why, checks, targets(policy, state), cause)
 
 
 def _end(
-    policy: RolloutPolicy, state: RolloutState, action: str, phase: Phase, why: str, checks: tuple
+    policy: RolloutPolicy,
+    state: RolloutState,
+    action: str,
+    phase: Phase,
+    why: str,
+    checks: tuple,
+    cause: str,
 ) -> Decision:
     state = replace(state, phase=phase, resume_phase=None, reason=why)
-    return Decision(action, state, why, checks, targets(policy, state))
+    return Decision(action, state, why, checks, targets(policy, state), cause)
 
 
 def _apply(
-    policy: RolloutPolicy, state: RolloutState, action: str, why: str, checks: tuple
+    policy: RolloutPolicy, state: RolloutState, action: str, why: str, checks: tuple, cause: str
 ) -> Decision:
     """The configured action for a timeout or a lack of data: pause (for a human) or roll back."""
     if action == "rollback":
-        return _end(policy, state, "rollback", "rolled_back", why, checks)
+        return _end(policy, state, "rollback", "rolled_back", why, checks, cause)
     paused = replace(state, phase="paused", resume_phase=None, reason=f"{why}; paused")
-    return Decision("pause", paused, paused.reason, checks)
+    return Decision("pause", paused, paused.reason, checks, cause=cause)

@@ -1,4 +1,5 @@
-"""Shared routing state: one versioned document of every endpoint's table, plus the audit log.
+"""Shared routing state: one versioned document of every endpoint's table, plus the audit log;
+and each endpoint's rollout state (versioned the same way) with its log of evaluations.
 
 Every worker and replica reads the same state; a change is a compare-and-swap on the version, so
 two admins (or two workers starting at once) never overwrite each other silently. ``StateStore`` is
@@ -65,6 +66,14 @@ class StateStore(Protocol):
 
     def audit(self, limit: int = 100) -> list[AuditEntry]: ...
 
+    def load_rollout(self, endpoint: str) -> tuple[int, dict] | None: ...
+
+    def save_rollout(self, endpoint: str, state: Mapping, expected_revision: int) -> int: ...
+
+    def append_evaluation(self, endpoint: str, entry: Mapping) -> None: ...
+
+    def evaluations(self, endpoint: str, limit: int = 100) -> list[dict]: ...
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS routing (
@@ -81,6 +90,18 @@ CREATE TABLE IF NOT EXISTS audit (
     endpoint TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rollouts (
+    endpoint TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rollout_evaluations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint TEXT NOT NULL,
+    at REAL NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rollout_evaluations_by_endpoint ON rollout_evaluations (endpoint, id);
 """
 
 
@@ -156,6 +177,61 @@ class SQLiteStateStore:
             .fetchall()
         )
         return [AuditEntry(at, c, a, e, json.loads(d)) for at, c, a, e, d in rows]
+
+    def load_rollout(self, endpoint: str) -> tuple[int, dict] | None:
+        """(revision, state) of the endpoint's rollout, if it ever had one."""
+        row = (
+            self._connection()
+            .execute("SELECT revision, state FROM rollouts WHERE endpoint = ?", (endpoint,))
+            .fetchone()
+        )
+        return (row[0], json.loads(row[1])) if row else None
+
+    def save_rollout(self, endpoint: str, state: Mapping, expected_revision: int) -> int:
+        """Store the rollout's state as the next revision; ``VersionConflict`` if it moved (a
+        second writer), so that one decision is never overwritten by another made on old state."""
+        db = self._connection()
+        document = json.dumps(state)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if expected_revision == 0:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO rollouts (endpoint, revision, state) VALUES (?,1,?)",
+                    (endpoint, document),
+                )
+            else:
+                cursor = db.execute(
+                    "UPDATE rollouts SET revision = revision + 1, state = ? "
+                    "WHERE endpoint = ? AND revision = ?",
+                    (document, endpoint, expected_revision),
+                )
+            if cursor.rowcount != 1:
+                raise VersionConflict(
+                    f"rollout of {endpoint!r} is no longer at {expected_revision}"
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return expected_revision + 1
+
+    def append_evaluation(self, endpoint: str, entry: Mapping) -> None:
+        self._connection().execute(
+            "INSERT INTO rollout_evaluations (endpoint, at, entry) VALUES (?,?,?)",
+            (endpoint, entry.get("at", time.time()), json.dumps(entry)),
+        )
+
+    def evaluations(self, endpoint: str, limit: int = 100) -> list[dict]:
+        """The newest ``limit`` evaluations of the endpoint's rollouts, oldest first."""
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT entry FROM rollout_evaluations WHERE endpoint = ? ORDER BY id DESC LIMIT ?",
+                (endpoint, limit),
+            )
+            .fetchall()
+        )
+        return [json.loads(entry) for (entry,) in reversed(rows)]
 
 
 def audit_entry(client: str, action: str, endpoint: str, detail: Mapping) -> AuditEntry:

@@ -1,4 +1,5 @@
-"""``/admin/...``: read and change routing, reload the config, read the audit log.
+"""``/admin/...``: read and change routing, reload the config, read the audit log; read and steer
+rollouts (passed on to the monitor, which decides them).
 
 Every call needs ``Authorization: Bearer <GATEWAY_ADMIN_TOKEN>``; with no token configured the admin
 API is off (403). A wrong or missing token is 401 and is logged with the client's address; tokens are
@@ -24,6 +25,7 @@ from service.errors import BadRequest, ConfigError, GatewayError
 from service.gateway import Gateway
 from service.http.body import read_body
 from service.http.common import gateway_of
+from service.http.reports import SEGMENT, from_monitor
 from service.http.responses import json_response
 from traffic.table import EndpointTable
 
@@ -192,6 +194,34 @@ async def read_audit(request: Request) -> Response:
     )
 
 
+async def rollouts(request: Request) -> Response:
+    """Every rollout's state (the monitor decides rollouts; the gateway passes the call on)."""
+    _authorized(request)
+    return await from_monitor(request, "/rollouts", "rollouts")
+
+
+async def rollout(request: Request) -> Response:
+    """One rollout's state, policy and history (``?history=N`` evaluations)."""
+    _authorized(request)
+    endpoint = request.path_params["endpoint"]
+    if not SEGMENT.fullmatch(endpoint):
+        raise BadRequest("bad endpoint name")
+    history = request.query_params.get("history", "50")
+    if not history.isdigit():
+        raise BadRequest("history must be a number of evaluations")
+    return await from_monitor(request, f"/rollouts/{endpoint}?history={history}", "rollouts")
+
+
+async def rollout_action(request: Request) -> Response:
+    """Pause, resume, approve, promote, roll back or start a rollout by hand."""
+    _authorized(request)
+    endpoint, action = request.path_params["endpoint"], request.path_params["action"]
+    if not (SEGMENT.fullmatch(endpoint) and SEGMENT.fullmatch(action)):
+        raise BadRequest("bad endpoint or action name")
+    log.info("rollout %s of %s requested by %s", action, endpoint, _client(request))
+    return await from_monitor(request, f"/rollouts/{endpoint}/{action}", "rollouts")
+
+
 ROUTES = [
     Route("/admin/routing", read_routing, methods=["GET"]),
     Route("/admin/endpoints/{endpoint}/weights", set_weights, methods=["PUT"]),
@@ -199,4 +229,7 @@ ROUTES = [
     Route("/admin/endpoints/{endpoint}/variants/{variant}", remove_variant, methods=["DELETE"]),
     Route("/admin/reload", reload_config, methods=["POST"]),
     Route("/admin/audit", read_audit, methods=["GET"]),
+    Route("/admin/rollouts", rollouts, methods=["GET"]),
+    Route("/admin/rollouts/{endpoint}", rollout, methods=["GET"]),
+    Route("/admin/rollouts/{endpoint}/{action}", rollout_action, methods=["POST"]),
 ]

@@ -171,7 +171,7 @@ async def infer(request: Request) -> Response:
     request_id = assign_request_id(request)
     dataplane = gateway.dataplane
     table = dataplane.table(request.path_params["model"])
-    with gateway.account(table.endpoint, "oip") as account:
+    with gateway.account(table.endpoint, "oip", request_id) as account:
         body = await read_body(request, gateway.config.limits.max_body_bytes)
         decoded = decode_infer_request(body, request.headers.get(HEADER_LENGTH))
         route = account.route = dataplane.route(

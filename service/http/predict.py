@@ -22,7 +22,7 @@ async def predict(request: Request) -> Response:
     request_id = assign_request_id(request)
     dataplane = gateway.dataplane
     table = dataplane.table(request.path_params["endpoint"])
-    with gateway.account(table.endpoint, "plain") as account:
+    with gateway.account(table.endpoint, "plain", request_id) as account:
         body = await read_body(request, gateway.config.limits.max_body_bytes)
         instances, fields = decode_instances(body, table.policy.key_field)
         route = account.route = dataplane.route(

@@ -1,0 +1,79 @@
+"""The offline gate: before a candidate gets a single request, it is run on the labeled reference
+data of the stable model and its own, next to the stable model, and must be non-inferior there
+with no invalid outputs.
+
+Classifiers: accuracy may be at most ``margin`` below stable's; an answer outside the candidate's
+own class labels is invalid. Regressors: MAE may be at most ``margin`` (relative) above stable's; a
+NaN or infinite value is invalid. The result is a ``CheckResult`` that goes into the audit log.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from service import registry
+from service.codecs.plain import row_predictions
+from service.errors import ConfigError
+from service.model_card import MODEL_FILE, ModelCard
+from service.runtime import ModelSession
+from service.tensors import OIP_TO_NUMPY
+from traffic.rollout_checks import CheckResult
+
+CPU = ["CPUExecutionProvider"]
+
+
+def predict(tag: str, rows: pd.DataFrame) -> tuple[ModelCard, np.ndarray]:
+    """Model ``tag``'s prediction for every row (CPU; offline work, not serving)."""
+    card = registry.load_card(tag)
+    session = ModelSession(registry.model_dir(tag) / MODEL_FILE, card, CPU)
+    dtype = OIP_TO_NUMPY[card.feature_input.datatype]
+    features = rows[list(card.feature_names)].to_numpy(dtype=dtype)
+    return card, row_predictions(card, session.run({card.feature_input.name: features}))
+
+
+def _invalid(card: ModelCard, predictions: np.ndarray) -> int:
+    if card.task == "regression":
+        return int((~np.isfinite(predictions.astype(float))).sum())
+    known = {str(c) for c in card.class_labels}
+    return sum(str(p) not in known for p in predictions)
+
+
+def offline_gate(stable_tag: str, candidate_tag: str, margin: float) -> CheckResult:
+    """Run both models on both labeled reference samples and compare them."""
+    try:
+        frames = [registry.load_reference(stable_tag), registry.load_reference(candidate_tag)]
+        stable_card = registry.load_card(stable_tag)
+        rows = pd.concat(frames, ignore_index=True)
+        label = rows[stable_card.label_column]
+        _, stable = predict(stable_tag, rows)
+        card, candidate = predict(candidate_tag, rows)
+    except (ConfigError, KeyError, ValueError) as error:
+        return CheckResult("offline_gate", "comparison", "FAIL", f"cannot run: {error}")
+    invalid = _invalid(card, candidate)
+    if card.task == "regression":
+        truth = label.to_numpy(dtype=float)
+        ours, theirs = (float(np.abs(p.astype(float) - truth).mean()) for p in (stable, candidate))
+        worse = theirs > ours * (1 + margin)
+        metric = "mae"
+    else:
+        truth = label.astype(str).to_numpy()
+        ours, theirs = (float((p.astype(str) == truth).mean()) for p in (stable, candidate))
+        worse = theirs < ours - margin
+        metric = "accuracy"
+    statistic = {
+        "rows": len(rows),
+        "metric": metric,
+        "stable": ours,
+        "candidate": theirs,
+        "margin": margin,
+        "invalid": invalid,
+    }
+    summary = f"{metric} {theirs:.4f} vs stable {ours:.4f} on {len(rows)} labeled rows"
+    if invalid:
+        return CheckResult(
+            "offline_gate", "comparison", "FAIL", f"{invalid} invalid outputs; {summary}", statistic
+        )
+    if worse:
+        return CheckResult("offline_gate", "comparison", "FAIL", f"inferior: {summary}", statistic)
+    return CheckResult("offline_gate", "comparison", "PASS", summary, statistic)

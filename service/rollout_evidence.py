@@ -1,0 +1,76 @@
+"""Gathers a rollout's evidence from the monitor's store and its latest analysis run.
+
+The controller (traffic/rollout.py) sees plain counts: per variant since the analysis started (for
+the comparisons, both arms over the same time) and over the recent guard window (for the
+guardrails, with p99 latency), the labeled rows and how many were right, the monitor's distance
+between the candidate's predictions and stable's, and in a shadow step the rows the candidate
+mirrored and agreed on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from monitors.shadow import agreeing
+from monitors.store import MonitorStore
+from traffic.rollout import RolloutState
+from traffic.rollout_checks import ArmCounts, Evidence
+from traffic.rollout_policy import RolloutPolicy
+
+Reports = Callable[[], Mapping[tuple[str, str], object]]
+
+
+class EvidenceGatherer:
+    def __init__(self, store: MonitorStore, latest_reports: Reports) -> None:
+        self.store = store
+        self.latest_reports = latest_reports
+        """(endpoint, variant) -> the monitor's latest ``VariantReport``."""
+
+    def arm(
+        self, endpoint: str, variant: str, since: float, slow_s: float, recent: bool
+    ) -> ArmCounts:
+        requests, failed, slow, invalid = self.store.outcomes(endpoint, variant, since, slow_s)
+        if recent:  # guardrails: latency percentile, no labels (they come late)
+            latencies = self.store.latencies(endpoint, variant, since)
+            p99 = float(np.quantile(latencies, 0.99)) * 1000 if latencies else None
+            return ArmCounts(requests, failed, slow, invalid, p99_ms=p99)
+        labeled = self.store.labeled(endpoint, variant, since)
+        correct = int((labeled["prediction"].astype(str) == labeled["label"].astype(str)).sum())
+        return ArmCounts(requests, failed, slow, invalid, len(labeled), correct)
+
+    def gather(self, policy: RolloutPolicy, state: RolloutState, now: float) -> Evidence:
+        endpoint, slow_s = policy.endpoint, policy.slow_ms / 1000
+        since = state.analysis_started
+        recent = max(since, now - policy.guard_window_s)
+        report = self.latest_reports().get((endpoint, state.candidate))
+        divergence = drifted = None
+        if report is not None and report.drift.status == "ok":
+            drifted = report.drift.drifted_share
+        if report is not None and report.vs_stable is not None:
+            divergence = (report.vs_stable.score, report.vs_stable.threshold)
+        return Evidence(
+            candidate=self.arm(endpoint, state.candidate, since, slow_s, recent=False),
+            stable=self.arm(endpoint, state.stable, since, slow_s, recent=False),
+            recent_candidate=self.arm(endpoint, state.candidate, recent, slow_s, recent=True),
+            recent_stable=self.arm(endpoint, state.stable, recent, slow_s, recent=True),
+            divergence=divergence,
+            drifted_share=drifted,
+            shadow=self._shadow(policy, state, since),
+        )
+
+    def _shadow(
+        self, policy: RolloutPolicy, state: RolloutState, since: float
+    ) -> tuple[int, int] | None:
+        if state.phase == "promoted" or not policy.steps[state.step].shadow:
+            return None
+        rows = self.store.shadowed(policy.endpoint, state.stable, since)
+        rows = rows[rows["shadow"] == state.candidate]
+        if rows.empty:
+            return None
+        numeric = rows["prediction"].map(lambda p: isinstance(p, (int, float))).all()
+        agree = agreeing(
+            rows["prediction"].to_numpy(), rows["shadow_prediction"].to_numpy(), bool(numeric)
+        )
+        return len(rows), int(agree.sum())

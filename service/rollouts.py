@@ -1,0 +1,305 @@
+"""The rollout service: runs each endpoint's rollout controller in the monitor, the one writer.
+
+Every ``interval_s`` (and on an operator's action) for an endpoint with a rollout policy: load the
+rollout's state, gather evidence, let traffic/rollout.py decide, then
+
+    1. save the new state (compare-and-swap on its revision, marked "not yet applied"),
+    2. apply its traffic targets to the shared routing state (every gateway worker and replica
+       polls it every 0.25 s, so a rollback reaches them all well within a second),
+    3. mark the state applied, append the evaluation to the audit log, export metrics, notify.
+
+A restart between 1 and 3 re-applies the saved state's targets before anything else, so a decision
+is never half applied. The monitor is a single process with one worker, and each endpoint's work
+happens under its own lock, so decisions are never made concurrently on the same state; the
+compare-and-swap refuses a second writer should one ever run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+
+from monitors.store import MonitorStore
+from service import registry
+from service.config import GatewayConfig, OfflineGateConfig
+from service.errors import ConfigError, GatewayError, NotFound
+from service.monitor_metrics import MonitorMetrics
+from service.notifier import Notifier
+from service.offline_gate import offline_gate
+from service.rollout_evidence import EvidenceGatherer
+from service.routing import initial_state
+from traffic import rollout
+from traffic.rollout import TERMINAL, Decision, RolloutError, RolloutState, Target
+from traffic.rollout_checks import Evidence
+from traffic.rollout_policy import RolloutPolicy
+from traffic.store import RoutingState, SQLiteStateStore, VersionConflict, audit_entry
+from traffic.table import EndpointTable
+
+log = logging.getLogger("gateway.rollout")
+PHASES = ("progressing", "awaiting_approval", "paused", "promoted", "succeeded", "rolled_back")
+ACTIONS = ("start", "pause", "resume", "approve", "promote", "rollback")
+NOTIFIED = {"start", "advance", "await_approval", "promote", "succeed", "rollback", "pause"}
+
+
+class RolloutConflict(GatewayError):
+    status = 409
+
+
+class RolloutService:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: MonitorStore,
+        routing: SQLiteStateStore,
+        evidence: EvidenceGatherer,
+        metrics: MonitorMetrics,
+        notifier: Notifier,
+    ) -> None:
+        self.config = config
+        self.policies = config.rollout_policies()
+        self.gates: dict[str, OfflineGateConfig] = {
+            name: e.rollout.offline_gate for name, e in config.endpoints.items() if e.rollout
+        }
+        self.store = store
+        self.routing = routing
+        self.evidence = evidence
+        self.metrics = metrics
+        self.notifier = notifier
+        self._locks = {name: threading.Lock() for name in self.policies}
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _policy(self, endpoint: str) -> RolloutPolicy:
+        if endpoint not in self.policies:
+            raise NotFound(
+                f"endpoint {endpoint!r} has no rollout policy; with one: {sorted(self.policies)}"
+            )
+        return self.policies[endpoint]
+
+    def _load(self, endpoint: str) -> tuple[int, RolloutState | None, bool]:
+        """(revision, state, applied) as stored; revision 0 and no state before the first start."""
+        stored = self.routing.load_rollout(endpoint)
+        if stored is None:
+            return 0, None, True
+        revision, document = stored
+        return revision, RolloutState.from_dict(document["state"]), document["applied"]
+
+    def describe(self, endpoint: str, history: int = 50) -> dict:
+        """The rollout's state, policy and its newest evaluations (for operators)."""
+        policy = self._policy(endpoint)
+        _, state, applied = self._load(endpoint)
+        return {
+            "endpoint": endpoint,
+            "state": state.to_dict() if state else None,
+            "applied": applied,
+            "policy": policy.to_dict(),
+            "policy_hash": policy.policy_hash,
+            "history": self.routing.evaluations(endpoint, history),
+        }
+
+    # -- deciding --------------------------------------------------------------------------
+
+    def tick(self, endpoint: str, now: float | None = None) -> Decision | None:
+        """One evaluation of the endpoint's rollout (starting it when its candidate is new)."""
+        with self._locks[endpoint]:
+            now = now or time.time()
+            policy = self._policy(endpoint)
+            revision, state, applied = self._load(endpoint)
+            if state is not None and not applied:
+                self._apply(policy, state, rollout.targets(policy, state), "reapply")
+                revision = self._save(endpoint, revision, state, applied=True)
+            candidate_model = self._candidate_model(policy)
+            if candidate_model is None:
+                return None  # the candidate variant left the endpoint: nothing to roll out
+            if state is None or (
+                state.candidate_model != candidate_model and state.phase != "succeeded"
+            ):
+                decision = self._start(policy, candidate_model, now)
+                evidence = Evidence()
+            elif state.phase in TERMINAL:
+                return None
+            else:
+                policy = self._for_task(policy, candidate_model)
+                evidence = self.evidence.gather(policy, state, now)
+                decision = rollout.evaluate(policy, state, evidence, now)
+            self._commit(policy, revision, decision, evidence, now)
+            return decision
+
+    def act(self, endpoint: str, action: str, now: float | None = None) -> Decision:
+        """An operator's action; ``RolloutConflict`` (409) when it does not fit the phase."""
+        if action not in ACTIONS:
+            raise NotFound(f"unknown rollout action {action!r}; actions: {list(ACTIONS)}")
+        policy = self._policy(endpoint)
+        with self._locks[endpoint]:
+            now = now or time.time()
+            revision, state, _ = self._load(endpoint)
+            if action == "start":
+                if state is not None and state.phase not in TERMINAL:
+                    raise RolloutConflict(f"a rollout of {endpoint!r} is already {state.phase}")
+                candidate_model = self._candidate_model(policy)
+                if candidate_model is None:
+                    raise RolloutConflict(
+                        f"{policy.candidate!r} is no longer a variant of {endpoint!r}"
+                    )
+                decision = self._start(policy, candidate_model, now)
+            elif state is None:
+                raise RolloutConflict(f"{endpoint!r} has no rollout yet")
+            else:
+                try:
+                    decision = rollout.act(policy, state, action, now)
+                except RolloutError as error:
+                    raise RolloutConflict(str(error)) from None
+            self._commit(policy, revision, decision, Evidence(), now)
+            return decision
+
+    def _candidate_model(self, policy: RolloutPolicy) -> str | None:
+        table = self._routing_state().tables.get(policy.endpoint)
+        names = {v.name: v.model for v in table.variants} if table else {}
+        return names.get(policy.candidate)
+
+    def _for_task(self, policy: RolloutPolicy, model: str) -> RolloutPolicy:
+        """Regressors have no accuracy: that comparison is left out for them."""
+        try:
+            regression = registry.load_card(model).task == "regression"
+        except ConfigError:
+            return policy
+        if not regression:
+            return policy
+        kept = tuple(c for c in policy.comparisons if c.metric != "accuracy")
+        return replace(policy, comparisons=kept)
+
+    def _start(self, policy: RolloutPolicy, candidate_model: str, now: float) -> Decision:
+        gate = self.gates[policy.endpoint]
+        offline = None
+        if gate.enabled:
+            stable = self._routing_state().tables[policy.endpoint].variant(policy.stable).model
+            offline = offline_gate(stable, candidate_model, gate.margin)
+        return rollout.start(policy, candidate_model, now, offline)
+
+    # -- acting ----------------------------------------------------------------------------
+
+    def _save(self, endpoint: str, revision: int, state: RolloutState, applied: bool) -> int:
+        return self.routing.save_rollout(
+            endpoint, {"state": state.to_dict(), "applied": applied}, revision
+        )
+
+    def _commit(
+        self,
+        policy: RolloutPolicy,
+        revision: int,
+        decision: Decision,
+        evidence: Evidence,
+        now: float,
+    ) -> None:
+        endpoint, state = policy.endpoint, decision.state
+        moves = decision.targets is not None and not policy.dry_run
+        revision = self._save(endpoint, revision, state, applied=not moves)  # persisted first
+        if moves:
+            self._apply(policy, state, decision.targets, decision.action)
+            self._save(endpoint, revision, state, applied=True)
+        self.routing.append_evaluation(endpoint, self._entry(policy, decision, evidence, now))
+        self._export(policy, decision)
+        if decision.action in NOTIFIED:
+            self.notifier.notify(
+                f"rollout_{decision.action}",
+                {
+                    "endpoint": endpoint,
+                    "candidate": state.candidate,
+                    "phase": state.phase,
+                    "step": state.step + 1,
+                    "reason": decision.reason,
+                    "dry_run": policy.dry_run,
+                },
+            )
+        if decision.action != "hold":
+            log.info("rollout %s: %s (%s)", endpoint, decision.action, decision.reason)
+
+    def _routing_state(self) -> RoutingState:
+        return self.routing.load() or initial_state(self.config, self.routing)
+
+    def _apply(self, policy: RolloutPolicy, state: RolloutState, targets, action: str) -> None:
+        """Write the targets into the shared routing state (compare-and-swap, retried)."""
+        for _ in range(10):
+            current = self._routing_state()
+            table = current.tables[policy.endpoint]
+            moved = _retarget(table, targets)
+            if moved == table:
+                return
+            try:
+                self.routing.save(
+                    RoutingState(
+                        current.version, current.source, {**current.tables, policy.endpoint: moved}
+                    ),
+                    current.version,
+                )
+            except VersionConflict:
+                continue
+            weights = {
+                v.name: {"role": v.role, "weight": v.weight, "mirror": v.mirror}
+                for v in moved.variants
+            }
+            self.routing.append_audit(
+                audit_entry(
+                    "rollout",
+                    f"rollout_{action}",
+                    policy.endpoint,
+                    {"variants": weights, "reason": state.reason},
+                )
+            )
+            return
+        raise RuntimeError(f"routing state of {policy.endpoint!r} kept changing; not applied")
+
+    def _entry(
+        self, policy: RolloutPolicy, decision: Decision, evidence: Evidence, now: float
+    ) -> dict:
+        state = decision.state
+        return {
+            "at": now,
+            "action": decision.action,
+            "cause": decision.cause,
+            "reason": decision.reason,
+            "phase": state.phase,
+            "step": state.step + 1,
+            "candidate": state.candidate,
+            "candidate_model": state.candidate_model,
+            "counts": {
+                "candidate": evidence.candidate.__dict__,
+                "stable": evidence.stable.__dict__,
+                "recent_candidate": evidence.recent_candidate.__dict__,
+                "recent_stable": evidence.recent_stable.__dict__,
+            },
+            "checks": [c.to_dict() for c in decision.checks],
+            "targets": None
+            if decision.targets is None
+            else {n: t and t.__dict__ for n, t in decision.targets.items()},
+            "policy_hash": policy.policy_hash,
+            "dry_run": policy.dry_run,
+        }
+
+    def _export(self, policy: RolloutPolicy, decision: Decision) -> None:
+        metrics, state, endpoint = self.metrics, decision.state, policy.endpoint
+        for phase in PHASES:
+            metrics.rollout_phase.labels(endpoint, phase).set(int(phase == state.phase))
+        active = state.phase not in TERMINAL
+        metrics.rollout_step.labels(endpoint, state.candidate).set(state.step + 1 if active else 0)
+        if decision.action not in ("hold", "none"):
+            metrics.rollout_decisions.labels(
+                endpoint, decision.action, decision.cause or "none"
+            ).inc()
+        for check in decision.checks:
+            metrics.rollout_checks.labels(endpoint, check.name, check.outcome).inc()
+
+
+def _retarget(table: EndpointTable, targets: dict[str, Target | None]) -> EndpointTable:
+    variants = []
+    for variant in table.variants:
+        if variant.name not in targets:
+            variants.append(variant)
+        elif targets[variant.name] is not None:
+            target = targets[variant.name]
+            variants.append(
+                replace(variant, role=target.role, weight=target.weight, mirror=target.mirror)
+            )
+    return replace(table, variants=tuple(variants))

@@ -1,0 +1,182 @@
+"""Rollouts end to end: a real gateway and a real monitor (the one writer that decides).
+
+A canary on a broken model is rolled back fast and users on stable see no errors; a healthy one is
+promoted step by step; operators read the audit and steer by hand; killing the monitor mid-rollout
+resumes the same step with the same history."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from service.cli import MONITOR_SERVICE
+from service.launch import free_port, running_server
+from tests.conftest import write_config
+
+pytestmark = pytest.mark.integration
+TOKEN = "rollout-test-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+ROW = [14.0, 20.0, 90.0, 600.0, 0.1, 0.1, 0.08, 0.05, 0.18, 0.06] * 3
+
+
+def rollout_config(tmp_path, faults=None, **rollout) -> tuple:
+    port = free_port()
+    candidate = {"name": "candidate", "model": "cancer:v2", "role": "candidate", "weight": 0}
+    if faults:
+        candidate["faults"] = faults
+    policy = {
+        "candidate": "candidate",
+        "steps": [{"weight": 20, "min_duration_s": 2}, {"weight": 50, "min_duration_s": 2}],
+        "interval_s": 0.5,
+        "guard_window_s": 5,
+        "revert_window_s": 2,
+        "guardrails": [{"metric": "error_rate", "max": 0.05, "min_count": 10}],
+        "comparisons": [{"metric": "error_rate", "margin": 0.05, "min_samples": 50}],
+        "offline_gate": {"margin": 0.05},
+        **rollout,
+    }
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        data_dir=str(tmp_path / "data"),
+        monitor={"url": f"http://127.0.0.1:{port}", "port": port, "flush_interval_ms": 50},
+        endpoints={
+            "cancer": {
+                "routing": {"key": {"header": "x-user-id"}},
+                "variants": [{"name": "stable", "model": "cancer:v1"}, candidate],
+                "rollout": policy,
+            }
+        },
+    )
+    return config, port
+
+
+async def drive(session, url, seconds, users=400, concurrency=8) -> list[tuple]:
+    """Keyed requests for ``seconds``: (time, user, status, variant) for each."""
+    answers, stop = [], time.monotonic() + seconds
+
+    async def user_loop(first: int) -> None:
+        user = first
+        while time.monotonic() < stop:
+            headers = {"x-user-id": f"user-{user % users}"}
+            async with session.post(
+                f"{url}/predict/cancer", json={"instances": [ROW]}, headers=headers
+            ) as answer:
+                variant = answer.headers.get("x-gateway-variant")
+                answers.append((time.monotonic(), user % users, answer.status, variant))
+            user += concurrency
+            await asyncio.sleep(0.005)
+
+    await asyncio.gather(*(user_loop(i) for i in range(concurrency)))
+    return answers
+
+
+async def rollout_state(session, url) -> dict:
+    async with session.get(f"{url}/admin/rollouts/cancer?history=1000", headers=ADMIN) as answer:
+        assert answer.status == 200, await answer.text()
+        return await answer.json()
+
+
+async def test_a_broken_canary_is_rolled_back_and_stable_users_see_no_errors(demo_models, tmp_path):
+    config, port = rollout_config(tmp_path, faults={"error_rate": 0.5})
+    env = {"GATEWAY_ADMIN_TOKEN": TOKEN}
+    with (
+        running_server(config, port=port, service=MONITOR_SERVICE),
+        running_server(config, env=env) as url,
+    ):
+        async with aiohttp.ClientSession() as session:
+            answers = await drive(session, url, seconds=6)
+            described = await rollout_state(session, url)
+    state, history = described["state"], described["history"]
+    assert state["phase"] == "rolled_back", state
+    rollback = next(e for e in history if e["action"] == "rollback")
+    assert rollback["cause"] == "error_rate" and "guardrail" in rollback["reason"]
+    failing = [c for c in rollback["checks"] if c["outcome"] == "FAIL"]
+    assert failing and failing[0]["statistic"]["value"] > 0.05
+    assert rollback["policy_hash"] == described["policy_hash"]
+    start = next(e for e in history if e["action"] == "start")
+    assert start["checks"][0]["name"] == "offline_gate" and start["checks"][0]["outcome"] == "PASS"
+    by_candidate = [a for a in answers if a[3] == "candidate"]
+    assert by_candidate, "the canary got traffic before it was rolled back"
+    breach_to_zero = by_candidate[-1][0] - by_candidate[0][0]
+    print(f"first candidate answer to last: {breach_to_zero:.2f} s")
+    assert breach_to_zero < 3.0
+    stable = [a for a in answers if a[3] == "stable"]
+    assert stable and all(status == 200 for _, _, status, _ in stable)
+    late = [a for a in answers if a[0] > by_candidate[-1][0] + 1.0]
+    assert late and all(a[3] == "stable" and a[2] == 200 for a in late)
+
+
+async def test_a_healthy_canary_walks_the_steps_and_is_promoted(demo_models, tmp_path):
+    config, port = rollout_config(tmp_path)
+    env = {"GATEWAY_ADMIN_TOKEN": TOKEN}
+    with (
+        running_server(config, port=port, service=MONITOR_SERVICE),
+        running_server(config, env=env) as url,
+    ):
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                await drive(session, url, seconds=2)
+                described = await rollout_state(session, url)
+                if described["state"]["phase"] in ("succeeded", "rolled_back"):
+                    break
+            async with session.get(f"{url}/admin/routing", headers=ADMIN) as answer:
+                routing = (await answer.json())["endpoints"]["cancer"]
+            after = await drive(session, url, seconds=1)
+    actions = [e["action"] for e in described["history"] if e["action"] != "hold"]
+    assert actions == ["start", "advance", "promote", "succeed"], described["history"][-1]
+    assert [v["name"] for v in routing["variants"]] == ["candidate"]  # the old stable left
+    assert routing["variants"][0]["role"] == "stable"
+    assert all(a[3] == "candidate" and a[2] == 200 for a in after)
+
+
+async def test_operators_steer_by_hand_and_a_restart_resumes_the_same_step(demo_models, tmp_path):
+    config, port = rollout_config(
+        tmp_path,
+        steps=[{"weight": 20, "min_duration_s": 3600}, {"weight": 50, "min_duration_s": 1}],
+    )
+    env = {"GATEWAY_ADMIN_TOKEN": TOKEN}
+    with running_server(config, env=env) as url:
+        async with aiohttp.ClientSession() as session:
+            with running_server(config, port=port, service=MONITOR_SERVICE):
+                await drive(session, url, seconds=2)
+                before = await rollout_state(session, url)
+                async with session.post(
+                    f"{url}/admin/rollouts/cancer/pause", headers=ADMIN
+                ) as answer:
+                    assert answer.status == 200
+                async with session.post(
+                    f"{url}/admin/rollouts/cancer/approve", headers=ADMIN
+                ) as answer:
+                    assert answer.status == 409 and "approval" in (await answer.json())["error"]
+                async with session.post(
+                    f"{url}/admin/rollouts/cancer/resume", headers=ADMIN
+                ) as answer:
+                    assert answer.status == 200
+                async with session.post(
+                    f"{url}/admin/rollouts/cancer/launch", headers=ADMIN
+                ) as answer:
+                    assert answer.status == 404
+                async with session.post(f"{url}/admin/rollouts/cancer/pause") as answer:
+                    assert answer.status == 401  # no token
+            async with session.get(f"{url}/admin/rollouts/cancer", headers=ADMIN) as answer:
+                assert answer.status == 503  # the monitor is down; the gateway says so
+            answers = await drive(session, url, seconds=1)  # and keeps serving both variants
+            assert all(a[2] == 200 for a in answers) and {a[3] for a in answers} == {
+                "stable",
+                "candidate",
+            }
+            with running_server(config, port=port, service=MONITOR_SERVICE):
+                await asyncio.sleep(1.5)
+                after = await rollout_state(session, url)
+    assert before["state"]["phase"] == "progressing" and before["state"]["step"] == 0
+    assert after["state"]["step"] == 0 and after["state"]["started"] >= before["state"]["started"]
+    assert after["state"]["analysis_started"] == before["state"]["analysis_started"]
+    old = [e["at"] for e in before["history"]]
+    assert [e["at"] for e in after["history"]][: len(old)] == old  # the same history, continued
+    assert len(after["history"]) > len(old) + 2
+    actions = [e["action"] for e in after["history"]]
+    assert actions.count("start") == 1 and "pause" in actions and "resume" in actions
