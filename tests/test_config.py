@@ -138,3 +138,49 @@ def test_routing_policy_and_faults_from_config():
     assert policy.key_header == "x-user-id" and policy.require_key and not policy.allow_pinning
     assert config.faults()[("e", "s")].delay_ms == 5
     assert config.routing_hash() == parse_config(config.model_dump(mode="json")).routing_hash()
+
+
+def _with_rollout(**rollout) -> dict:
+    variants = [
+        {"name": "stable", "model": "iris:v1", "weight": 90},
+        {"name": "next", "model": "iris:v2", "weight": 10, "role": "candidate"},
+    ]
+    policy = {"candidate": "next", "steps": [{"weight": 10}, {"weight": 50}], **rollout}
+    return {"endpoints": {"iris": {"variants": variants, "rollout": policy}}}
+
+
+def test_a_rollout_policy_becomes_the_controllers_policy_with_defaults():
+    config = parse_config(_with_rollout(dry_run_checks=["accuracy"]))
+    policy = config.rollout_policies()["iris"]
+    assert (policy.candidate, policy.stable) == ("next", "stable")
+    assert [s.weight for s in policy.steps] == [10, 50]
+    assert {g.metric for g in policy.guardrails} >= {"error_rate", "p99_latency_ratio"}
+    assert policy.slow_ms == config.server.latency_slo_ms and policy.dry_run_checks == ("accuracy",)
+    unchanged = parse_config(
+        {"endpoints": {"iris": _with_rollout()["endpoints"]["iris"] | {"rollout": None}}}
+    )
+    assert unchanged.routing_hash() == config.routing_hash()  # editing a policy keeps the routing
+
+
+@pytest.mark.parametrize(
+    "rollout, named",
+    [
+        ({"candidate": "stable"}, "rollout.candidate"),
+        ({"candidate": "ghost"}, "rollout.candidate"),
+        ({"steps": [{"weight": 50}, {"weight": 10}]}, "must not go down"),
+        ({"steps": [{"weight": 5, "shadow": True}]}, "shadow step takes no weight"),
+        ({"steps": []}, "steps"),
+        ({"guardrails": [{"metric": "cpu", "max": 1}]}, "metric"),
+        (
+            {"guardrails": [{"metric": "error_rate", "max": 0.1, "breaches": 3, "of_last": 2}]},
+            "breaches",
+        ),
+        ({"comparisons": [{"metric": "accuracy", "margin": 2}]}, "margin"),
+        ({"dry_run_checks": ["nonsense"]}, "dry_run_checks"),
+        ({"on_timeout": "promote"}, "on_timeout"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_bad_rollout_policies_name_the_problem(rollout, named):
+    with pytest.raises(ConfigError, match=named):
+        parse_config(_with_rollout(**rollout))

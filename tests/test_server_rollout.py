@@ -22,7 +22,7 @@ ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 ROW = [14.0, 20.0, 90.0, 600.0, 0.1, 0.1, 0.08, 0.05, 0.18, 0.06] * 3
 
 
-def rollout_config(tmp_path, faults=None, **rollout) -> tuple:
+def rollout_config(tmp_path, faults=None, webhook=None, **rollout) -> tuple:
     port = free_port()
     candidate = {"name": "candidate", "model": "cancer:v2", "role": "candidate", "weight": 0}
     if faults:
@@ -42,6 +42,7 @@ def rollout_config(tmp_path, faults=None, **rollout) -> tuple:
         tmp_path / "gateway.yaml",
         data_dir=str(tmp_path / "data"),
         monitor={"url": f"http://127.0.0.1:{port}", "port": port, "flush_interval_ms": 50},
+        notifications={"webhooks": [webhook] if webhook else [], "timeout_s": 2},
         endpoints={
             "cancer": {
                 "routing": {"key": {"header": "x-user-id"}},

@@ -1,5 +1,6 @@
 """``gateway demo``: build and register the demo models, write a config, start the monitor (on
-port + 1) and the gateway, drive traffic and send its ground-truth labels.
+port + 1) and the gateway, drive traffic and send its ground-truth labels, then watch two rollouts
+(one promoted, one rolled back).
 
 Everything lives under ``--home``: the built models, the BentoML model store and ``gateway.yaml``.
 Running it again reuses what is there. With ``--serve-only`` the gateway just serves until Ctrl-C.
@@ -34,6 +35,15 @@ DEMO_CONFIG = {
 }
 
 
+def demo_config(monitor_port: int) -> dict:
+    """The demo's gateway.yaml: the monitoring canary plus the two rollout endpoints."""
+    from service.demo.rollouts import rollout_endpoints
+
+    monitor = {"url": f"http://127.0.0.1:{monitor_port}", "port": monitor_port, "interval_s": 5}
+    endpoints = {**DEMO_CONFIG["endpoints"], **rollout_endpoints()}
+    return {**DEMO_CONFIG, "monitor": monitor, "endpoints": endpoints}
+
+
 def prepare_home(home: Path, monitor_port: int) -> Path:
     """Build and register the demo models under ``home`` (once) and write the config; return it."""
     home.mkdir(parents=True, exist_ok=True)
@@ -54,8 +64,7 @@ def prepare_home(home: Path, monitor_port: int) -> Path:
         )
         print(f"registered {card.tag} ({card.task}, sha256 {card.sha256[:12]})")
     config_path = home / "gateway.yaml"
-    monitor = {"url": f"http://127.0.0.1:{monitor_port}", "port": monitor_port}
-    config_path.write_text(yaml.safe_dump({**DEMO_CONFIG, "monitor": monitor}, sort_keys=False))
+    config_path.write_text(yaml.safe_dump(demo_config(monitor_port), sort_keys=False))
     return config_path
 
 
@@ -74,9 +83,11 @@ def run_demo(home: Path, port: int, *, serve_only: bool, requests: int) -> int:
         ):
             print(f"gateway ready at {base_url}, monitor at {monitor_url} (config {config_path})")
             if not serve_only:
+                from service.demo.rollouts import watch_rollouts
                 from service.demo.traffic import drive_traffic
 
                 drive_traffic(base_url, monitor_url, home / "models", requests)
+                watch_rollouts(base_url, monitor_url, home / "models")
             print("serving; press Ctrl-C to stop")
             signal.pause()
     except KeyboardInterrupt:

@@ -49,7 +49,8 @@ async def _oip(session: aiohttp.ClientSession, url: str, row: dict, user: str) -
         return headers["x-gateway-variant"], body["outputs"][0]["data"][0], headers["x-request-id"]
 
 
-async def _drive(base_url: str, rows: pd.DataFrame, requests: int) -> dict:
+async def drive(base_url: str, rows: pd.DataFrame, requests: int, endpoint: str = "cancer") -> dict:
+    """Send ``requests`` keyed requests (one in five over OIP) to ``endpoint``, then their labels."""
     stats: dict = defaultdict(lambda: {"n": 0, "correct": 0, "latency": []})
     seen_by_user: dict[str, set] = defaultdict(set)
     truth: list[dict] = []
@@ -69,11 +70,11 @@ async def _drive(base_url: str, rows: pd.DataFrame, requests: int) -> dict:
             try:
                 if i % 5 == 4:
                     variant, label, request_id = await _oip(
-                        session, f"{base_url}/v2/models/cancer/infer", features, user
+                        session, f"{base_url}/v2/models/{endpoint}/infer", features, user
                     )
                 else:
                     variant, label, request_id = await _plain(
-                        session, f"{base_url}/predict/cancer", features, user
+                        session, f"{base_url}/predict/{endpoint}", features, user
                     )
             except aiohttp.ClientError:
                 errors += 1
@@ -150,7 +151,7 @@ def drive_traffic(base_url: str, monitor_url: str, models_dir: Path, requests: i
     for title, phase_rows in phases:
         print(f"driving {requests} requests through the cancer canary (90/10): {title}...")
         started = time.perf_counter()
-        result = asyncio.run(_drive(base_url, phase_rows, requests))
+        result = asyncio.run(drive(base_url, phase_rows, requests))
         _print_summary(result, time.perf_counter() - started)
         time.sleep(1.0)  # records and labels reach the monitor
         _monitor_run(monitor_url)

@@ -1,0 +1,76 @@
+"""The demo's two rollouts, watched live: a good candidate promoted step by step, and one that turns
+slow, rolled back by its latency guardrail. Progress comes from the monitor, which decides them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+
+from service.demo.traffic import drive
+
+DEMO_POLICY = {
+    "candidate": "candidate",
+    "steps": [{"weight": 10, "min_duration_s": 4}, {"weight": 50, "min_duration_s": 4}],
+    "interval_s": 1.0,
+    "guard_window_s": 10,
+    "revert_window_s": 4,
+    "comparisons": [
+        {"metric": "error_rate", "margin": 0.02, "min_samples": 100},
+        {"metric": "slow_rate", "margin": 0.1, "min_samples": 100},
+        {"metric": "accuracy", "margin": 0.05, "min_samples": 100},
+    ],
+}
+ROLLOUTS = {
+    "cancer-canary": "a good candidate (cancer:v2, the MLP)",
+    "cancer-slow": "a candidate that turns slow (cancer:v2 behind a 40 ms delay)",
+}
+
+
+def rollout_endpoints() -> dict:
+    """The demo config's endpoints for the two rollouts."""
+    endpoints = {}
+    for name in ROLLOUTS:
+        candidate = {"name": "candidate", "model": "cancer:v2", "role": "candidate", "weight": 0}
+        if name == "cancer-slow":
+            candidate["faults"] = {"delay_ms": 40}
+        endpoints[name] = {
+            "routing": {"key": {"header": "x-user-id"}},
+            "variants": [{"name": "stable", "model": "cancer:v1"}, candidate],
+            "rollout": DEMO_POLICY,
+        }
+    return endpoints
+
+
+def _history(monitor_url: str, endpoint: str) -> dict:
+    with urllib.request.urlopen(f"{monitor_url}/rollouts/{endpoint}?history=10000") as answer:
+        return json.load(answer)
+
+
+def watch_rollouts(base_url: str, monitor_url: str, models_dir: Path, max_s: float = 120) -> None:
+    """Drive traffic through each rollout endpoint and print every transition until it ends."""
+    rows = pd.read_csv(models_dir / "cancer-reference.csv")
+    for endpoint, what in ROLLOUTS.items():
+        print(f"rollout on {endpoint}: {what}")
+        shown, started = 0, time.monotonic()
+        while time.monotonic() - started < max_s:
+            asyncio.run(drive(base_url, rows, 300, endpoint))
+            described = _history(monitor_url, endpoint)
+            for entry in described["history"][shown:]:
+                if entry["action"] != "hold":
+                    print(
+                        f"  [{time.monotonic() - started:5.1f} s] {entry['action']:14} {entry['reason']}"
+                    )
+            shown = len(described["history"])
+            state = described["state"]
+            if state and state["phase"] in ("succeeded", "rolled_back"):
+                break
+        else:
+            print(f"  still {state['phase'] if state else 'not started'} after {max_s:.0f} s")
+    print(
+        f"rollout history: {base_url}/admin/rollouts/<endpoint> (admin token) or {monitor_url}/rollouts"
+    )
