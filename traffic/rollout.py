@@ -133,7 +133,7 @@ def start(
     if offline is not None and offline.outcome != "PASS":
         reason = f"offline gate: {offline.reason}"
         return _end(policy, state, "rollback", "rolled_back", reason, checks, "offline_gate")
-    reason = "offline gate passed; step 1" if offline else "started; step 1"
+    reason = f"offline gate passed ({offline.reason}); step 1" if offline else "started; step 1"
     state = replace(state, reason=reason)
     return Decision("start", state, reason, checks, targets(policy, state))
 
