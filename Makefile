@@ -45,6 +45,9 @@ wrk:
 bench: $(STAMP) wrk
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/routing.py
+	$(BIN)/python bench/drift.py
+	$(BIN)/python bench/recording.py
+	$(BIN)/python bench/rollout.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .ruff_cache
