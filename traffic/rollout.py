@@ -238,7 +238,9 @@ def act(policy: RolloutPolicy, state: RolloutState, action: ManualAction, now: f
 
 
 def _acting(result: CheckResult, policy: RolloutPolicy) -> CheckResult:
-    if policy.dry_run or result.name in policy.dry_run_checks:
+    """A dry-run check is evaluated and logged, never acted on. (A dry run of the whole policy
+    decides as usual; the service layer then leaves the traffic as it is.)"""
+    if result.name in policy.dry_run_checks:
         return replace(result, acting=False)
     return result
 

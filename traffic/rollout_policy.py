@@ -83,7 +83,7 @@ class RolloutPolicy:
     on_timeout: Action = "rollback"
     revert_window_s: float = 300.0
     dry_run: bool = False
-    """Evaluate and log everything, change no traffic."""
+    """Decide and log as usual, change no traffic (the audit shows what would have happened)."""
     dry_run_checks: tuple[str, ...] = field(default=())
     """Checks evaluated and logged but never acted on (by name, e.g. "accuracy")."""
 

@@ -1,0 +1,123 @@
+"""The rollout service without a server: real SQLite stores, evidence handed in (unit test).
+
+Transitions are saved before their traffic is written, and a restart in between re-applies them;
+a dry run decides and logs but moves no traffic."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from monitors.store import MonitorStore
+from service.config import parse_config
+from service.monitor_metrics import MonitorMetrics
+from service.notifier import Notifier
+from service.rollouts import RolloutService
+from traffic.rollout_checks import ArmCounts, Evidence
+from traffic.store import SQLiteStateStore
+
+BROKEN = Evidence(recent_candidate=ArmCounts(requests=100, errors=50))
+
+
+class HandedEvidence:
+    """Evidence the test decides, in place of the monitor's store."""
+
+    def __init__(self) -> None:
+        self.evidence = Evidence()
+
+    def gather(self, policy, state, now) -> Evidence:
+        return self.evidence
+
+
+def service(tmp_path, **rollout) -> tuple[RolloutService, HandedEvidence]:
+    config = parse_config(
+        {
+            "data_dir": str(tmp_path),
+            "endpoints": {
+                "churn": {
+                    "variants": [
+                        {"name": "stable", "model": "churn:v1"},
+                        {"name": "next", "model": "churn:v2", "role": "candidate", "weight": 0},
+                    ],
+                    "rollout": {
+                        "candidate": "next",
+                        "steps": [{"weight": 10}],
+                        "offline_gate": {"enabled": False},
+                        **rollout,
+                    },
+                }
+            },
+        }
+    )
+    evidence = HandedEvidence()
+    metrics = MonitorMetrics(CollectorRegistry())
+    built = RolloutService(
+        config,
+        MonitorStore(tmp_path / "monitor.sqlite3"),
+        SQLiteStateStore(tmp_path / "state.sqlite3"),
+        evidence,
+        metrics,
+        Notifier(config.notifications, metrics),
+    )
+    return built, evidence
+
+
+def weights(rollouts: RolloutService) -> dict[str, float]:
+    table = rollouts.routing.load().tables["churn"]
+    return {v.name: v.weight for v in table.variants}
+
+
+def test_a_transition_saved_but_not_applied_is_applied_after_a_restart(tmp_path, monkeypatch):
+    rollouts, evidence = service(tmp_path)
+    rollouts.tick("churn", now=1.0)
+    assert weights(rollouts) == {"stable": 90, "next": 10}
+    evidence.evidence = BROKEN
+
+    def crash(*args, **kwargs):
+        raise SystemExit("killed between saving the decision and applying it")
+
+    monkeypatch.setattr(rollouts, "_apply", crash)
+    with pytest.raises(SystemExit):
+        rollouts.tick("churn", now=2.0)
+    described = rollouts.describe("churn")
+    assert described["state"]["phase"] == "rolled_back" and not described["applied"]
+    assert weights(rollouts) == {"stable": 90, "next": 10}  # not applied yet
+    restarted, _ = service(tmp_path)
+    assert restarted.tick("churn", now=3.0) is None  # nothing left to decide
+    assert weights(restarted) == {"stable": 100, "next": 0}
+    assert restarted.describe("churn")["applied"]
+
+
+def test_a_dry_run_decides_and_logs_but_moves_no_traffic(tmp_path):
+    rollouts, evidence = service(tmp_path, dry_run=True)
+    rollouts.tick("churn", now=1.0)
+    evidence.evidence = BROKEN
+    decision = rollouts.tick("churn", now=2.0)
+    assert decision.action == "rollback"
+    assert weights(rollouts) == {"stable": 100, "next": 0}  # the config's, untouched
+    history = rollouts.describe("churn")["history"]
+    assert [e["action"] for e in history] == ["start", "rollback"]
+    assert all(e["dry_run"] for e in history)
+
+
+def test_a_new_candidate_model_restarts_the_analysis(tmp_path):
+    from dataclasses import replace
+
+    from traffic.store import RoutingState
+
+    rollouts, _ = service(tmp_path)
+    rollouts.tick("churn", now=1.0)
+    current = rollouts.routing.load()
+    table = current.tables["churn"]
+    swapped = replace(
+        table,
+        variants=tuple(
+            replace(v, model="churn:v3") if v.name == "next" else v for v in table.variants
+        ),
+    )
+    rollouts.routing.save(
+        RoutingState(current.version, current.source, {"churn": swapped}), current.version
+    )
+    decision = rollouts.tick("churn", now=5.0)
+    assert decision.action == "start" and decision.state.candidate_model == "churn:v3"
+    assert decision.state.analysis_started == 5.0
