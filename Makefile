@@ -24,12 +24,12 @@ serve-demo: $(STAMP)
 	$(BIN)/gateway demo --home $(DEMO_HOME) --port $(PORT) --serve-only
 
 lint: $(STAMP)
-	$(BIN)/ruff check service traffic monitors tests bench
-	$(BIN)/ruff format --check service traffic monitors tests bench
+	$(BIN)/ruff check service traffic monitors tests bench grafana loadtests
+	$(BIN)/ruff format --check service traffic monitors tests bench grafana loadtests
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix service traffic monitors tests bench
-	$(BIN)/ruff format service traffic monitors tests bench
+	$(BIN)/ruff check --fix service traffic monitors tests bench grafana loadtests
+	$(BIN)/ruff format service traffic monitors tests bench grafana loadtests
 
 # promtool (Debian's prometheus package) checks the metrics; installed here when missing.
 promtool:

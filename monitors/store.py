@@ -131,15 +131,25 @@ class MonitorStore:
 
     def add_label(self, request_id: str, label: object) -> LabelOutcome:
         """Store a label durably; the same label again is a duplicate, another one a conflict."""
-        text = json.dumps(label, sort_keys=True)
+        return self.add_labels([(request_id, label)])[0]
+
+    def add_labels(self, labels: Iterable[tuple[str, object]]) -> list[LabelOutcome]:
+        """Store many labels in one durable transaction (one fsync, however many): each
+        outcome as for ``add_label``; all or none are stored."""
+        outcomes, now = [], time.time()
         with self._transaction(durable=True) as db:
-            row = db.execute(
-                "SELECT label FROM labels WHERE request_id = ?", (request_id,)
-            ).fetchone()
-            if row is None:
-                db.execute("INSERT INTO labels VALUES (?,?,?)", (request_id, text, time.time()))
-                return LabelOutcome.STORED
-            return LabelOutcome.DUPLICATE if row[0] == text else LabelOutcome.CONFLICT
+            for request_id, label in labels:
+                text = json.dumps(label, sort_keys=True)
+                row = db.execute(
+                    "SELECT label FROM labels WHERE request_id = ?", (request_id,)
+                ).fetchone()
+                if row is None:
+                    db.execute("INSERT INTO labels VALUES (?,?,?)", (request_id, text, now))
+                    outcomes.append(LabelOutcome.STORED)
+                else:
+                    same = row[0] == text
+                    outcomes.append(LabelOutcome.DUPLICATE if same else LabelOutcome.CONFLICT)
+        return outcomes
 
     def labeled(self, endpoint: str, variant: str, since: float = 0.0) -> pd.DataFrame:
         """One row per labeled prediction row: request id, time, prediction, label."""

@@ -27,6 +27,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+PROTOCOLS = ("plain", "oip")
+OUTCOMES = ("ok", "client_error", "rejected", "error")
 BATCH_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
@@ -135,6 +137,14 @@ class GatewayMetrics:
         if child is None:
             child = self._request_children[key] = self.requests.labels(*key)
         return child
+
+    def prepare_variant(self, endpoint: str, variant: str, version: str) -> None:
+        """Create a variant's request and rejection series at 0 before its first request, so an
+        error ratio or rejection rate is 0 rather than missing (dashboards and alerts need it)."""
+        for protocol in PROTOCOLS:
+            for outcome in OUTCOMES:
+                self.request_series(endpoint, variant, version, protocol, outcome)
+        self.queue_rejections.labels(endpoint, variant)
 
     def duration_series(self, endpoint: str, variant: str):
         """The latency histogram child for an endpoint and variant, cached like ``request_series``."""

@@ -57,12 +57,10 @@ async def add_labels(request: Request) -> Response:
     store = _store(request)
 
     def store_all() -> list[dict]:
+        outcomes = store.add_labels((i["request_id"], i["label"]) for i in items)
         return [
-            {
-                "request_id": item["request_id"],
-                "outcome": store.add_label(item["request_id"], item["label"]).value,
-            }
-            for item in items
+            {"request_id": item["request_id"], "outcome": outcome.value}
+            for item, outcome in zip(items, outcomes)
         ]
 
     if not all(

@@ -83,6 +83,8 @@ class MonitorMetrics:
             ["outcome"],
             **into,
         )
+        for outcome in ("delivered", "retried", "failed"):
+            self.webhooks.labels(outcome)  # at 0 from the start, not missing
         self.rollout_phase = Gauge(
             "gateway_rollout_phase",
             "1 for the phase each endpoint's rollout is in (progressing, awaiting_approval, "

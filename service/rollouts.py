@@ -68,6 +68,8 @@ class RolloutService:
         self.metrics = metrics
         self.notifier = notifier
         self._locks = {name: threading.Lock() for name in self.policies}
+        for policy in self.policies.values():
+            self._prepare_series(policy)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -277,6 +279,24 @@ class RolloutService:
             "policy_hash": policy.policy_hash,
             "dry_run": policy.dry_run,
         }
+
+    def _prepare_series(self, policy: RolloutPolicy) -> None:
+        """Create the promotion and rollback series at 0, so their first increase shows (a
+        counter first seen at 1 has no increase in PromQL)."""
+        checks = {g.metric for g in policy.guardrails} | {c.metric for c in policy.comparisons}
+        causes = {
+            "promote": ("steps_passed", "operator"),
+            "rollback": (
+                *sorted(checks),
+                "operator",
+                "timeout",
+                "insufficient_data",
+                "offline_gate",
+            ),
+        }
+        for action, reasons in causes.items():
+            for cause in reasons:
+                self.metrics.rollout_decisions.labels(policy.endpoint, action, cause)
 
     def _export(self, policy: RolloutPolicy, decision: Decision) -> None:
         metrics, state, endpoint = self.metrics, decision.state, policy.endpoint

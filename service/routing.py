@@ -88,6 +88,7 @@ class RoutingControl:
                 self.metrics.variant_weight.labels(name, variant.name).set(
                     variant.mirror * 100 if variant.role == "shadow" else variant.weight
                 )
+                self.metrics.prepare_variant(name, variant.name, variant.model_version)
         self.metrics.routing_version.set(snapshot.version)
 
     def publish(self, snapshot: Snapshot) -> None:

@@ -54,8 +54,8 @@ def rollout_config(tmp_path, faults=None, webhook=None, **rollout) -> tuple:
     return config, port
 
 
-async def drive(session, url, seconds, users=400, concurrency=8) -> list[tuple]:
-    """Keyed requests for ``seconds``: (time, user, status, variant) for each."""
+async def drive(session, url, seconds, users=400, concurrency=8, endpoint="cancer") -> list[tuple]:
+    """Keyed requests for ``seconds``: (time, user, status, variant, request id) for each."""
     answers, stop = [], time.monotonic() + seconds
 
     async def user_loop(first: int) -> None:
@@ -63,10 +63,11 @@ async def drive(session, url, seconds, users=400, concurrency=8) -> list[tuple]:
         while time.monotonic() < stop:
             headers = {"x-user-id": f"user-{user % users}"}
             async with session.post(
-                f"{url}/predict/cancer", json={"instances": [ROW]}, headers=headers
+                f"{url}/predict/{endpoint}", json={"instances": [ROW]}, headers=headers
             ) as answer:
                 variant = answer.headers.get("x-gateway-variant")
-                answers.append((time.monotonic(), user % users, answer.status, variant))
+                request_id = answer.headers.get("x-request-id")
+                answers.append((time.monotonic(), user % users, answer.status, variant, request_id))
             user += concurrency
             await asyncio.sleep(0.005)
 
@@ -105,7 +106,7 @@ async def test_a_broken_canary_is_rolled_back_and_stable_users_see_no_errors(dem
     print(f"first candidate answer to last: {breach_to_zero:.2f} s")
     assert breach_to_zero < 3.0
     stable = [a for a in answers if a[3] == "stable"]
-    assert stable and all(status == 200 for _, _, status, _ in stable)
+    assert stable and all(a[2] == 200 for a in stable)
     late = [a for a in answers if a[0] > by_candidate[-1][0] + 1.0]
     assert late and all(a[3] == "stable" and a[2] == 200 for a in late)
 
