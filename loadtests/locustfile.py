@@ -59,20 +59,19 @@ class GatewayClient(FastHttpUser):
         if request_id:
             self.pending.append((time.monotonic() + random.uniform(1, 5), request_id, label))
 
-    @task(4)
-    def predict_plain(self) -> None:
-        row, label = sample()
+    def _predict(self, path: str, body: dict, name: str, label: str) -> None:
         with self.client.post(
-            f"/predict/{ENDPOINT}",
-            json={"instances": [row]},
-            headers={"x-user-id": self.user_id},
-            name="/predict",
-            catch_response=True,
+            path, json=body, headers={"x-user-id": self.user_id}, name=name, catch_response=True
         ) as answer:
             if answer.status_code != 200:
                 answer.failure(f"{answer.status_code}: {answer.text[:200]}")
                 return
             self._answered(answer.headers.get("x-request-id"), label)
+
+    @task(4)
+    def predict_plain(self) -> None:
+        row, label = sample()
+        self._predict(f"/predict/{ENDPOINT}", {"instances": [row]}, "/predict", label)
 
     @task(1)
     def predict_oip(self) -> None:
@@ -81,17 +80,7 @@ class GatewayClient(FastHttpUser):
             "inputs": [{"name": "X", "datatype": "FP32", "shape": [1, len(row)], "data": row}],
             "parameters": {},
         }
-        with self.client.post(
-            f"/v2/models/{ENDPOINT}/infer",
-            json=body,
-            headers={"x-user-id": self.user_id},
-            name="/v2/models/infer",
-            catch_response=True,
-        ) as answer:
-            if answer.status_code != 200:
-                answer.failure(f"{answer.status_code}: {answer.text[:200]}")
-                return
-            self._answered(answer.headers.get("x-request-id"), label)
+        self._predict(f"/v2/models/{ENDPOINT}/infer", body, "/v2/models/infer", label)
 
     @task(1)
     def send_due_labels(self) -> None:

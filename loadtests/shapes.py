@@ -1,4 +1,5 @@
-"""Load shapes for loadtests/locustfile.py, picked with ``GATEWAY_SHAPE``:
+"""Load shapes for loadtests/locustfile.py, picked with ``GATEWAY_SHAPE`` (schedules in
+loadtests/schedule.py):
 
 - ``step``: users in steps (``GATEWAY_STEP_USERS`` more every ``GATEWAY_STEP_SECONDS``, up to
   ``GATEWAY_STEPS`` steps), to find where latency bends;
@@ -13,6 +14,7 @@ import os
 from locust import LoadTestShape
 
 import loadtests.drift as drift
+from loadtests.schedule import drifting_load, step_load
 
 
 def _env(name: str, default: float) -> float:
@@ -21,18 +23,17 @@ def _env(name: str, default: float) -> float:
 
 class StepLoadShape(LoadTestShape):
     def tick(self):
-        step_s, users = _env("GATEWAY_STEP_SECONDS", 30), _env("GATEWAY_STEP_USERS", 10)
-        step = int(self.get_run_time() // step_s)
-        if step >= _env("GATEWAY_STEPS", 5):
-            return None
-        return int(users * (step + 1)), max(1.0, users)
+        return step_load(
+            self.get_run_time(),
+            _env("GATEWAY_STEP_SECONDS", 30),
+            _env("GATEWAY_STEP_USERS", 10),
+            _env("GATEWAY_STEPS", 5),
+        )
 
 
 class DriftShape(LoadTestShape):
     def tick(self):
-        seconds, users = _env("GATEWAY_SHAPE_SECONDS", 120), int(_env("GATEWAY_USERS", 20))
-        run_time = self.get_run_time()
-        if run_time >= seconds:
-            return None
-        drift.drifting = run_time >= seconds / 2
-        return users, max(1.0, users / 2)
+        users, drift.drifting = drifting_load(
+            self.get_run_time(), _env("GATEWAY_SHAPE_SECONDS", 120), int(_env("GATEWAY_USERS", 20))
+        )
+        return users

@@ -81,20 +81,12 @@ def test_the_drift_shape_runs_to_its_end_with_zero_failures(served, tmp_path):
     assert int(rows["Aggregated"]["Request Count"]) > 10
 
 
-def test_the_shapes_drift_midway_and_step_up(monkeypatch):
-    import loadtests.drift as drift
-    from loadtests.shapes import DriftShape, StepLoadShape
+def test_the_schedules_drift_midway_and_step_up():
+    """(Locust itself is not imported here: it monkey-patches the test process with gevent.)"""
+    from loadtests.schedule import drifting_load, step_load
 
-    monkeypatch.setenv("GATEWAY_SHAPE_SECONDS", "100")
-    shape = DriftShape()
-    for run_time, drifting in ((10, False), (49, False), (51, True), (99, True)):
-        monkeypatch.setattr(shape, "get_run_time", lambda t=run_time: t)
-        assert shape.tick() is not None and drift.drifting is drifting
-    monkeypatch.setattr(shape, "get_run_time", lambda: 100)
-    assert shape.tick() is None
-    steps = StepLoadShape()
-    users = []
-    for run_time in (0, 31, 61, 149, 151):
-        monkeypatch.setattr(steps, "get_run_time", lambda t=run_time: t)
-        users.append(steps.tick())
+    drifts = [drifting_load(t, 100, 20) for t in (10, 49, 51, 99, 100)]
+    assert [d for _, d in drifts[:4]] == [False, False, True, True]
+    assert drifts[0][0] == (20, 10.0) and drifts[4][0] is None
+    users = [step_load(t, 30, 10, 5) for t in (0, 31, 61, 149, 151)]
     assert [u[0] if u else None for u in users] == [10, 20, 30, 50, None]
