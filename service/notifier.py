@@ -3,7 +3,8 @@ timeout, never in the way of the caller.
 
 ``notify`` may be called from any thread (the rollout and drift code runs in worker threads); the
 deliveries run as tasks on the monitor's event loop. Each event is delivered to each URL at most
-``1 + retries`` times (backoff 0.5 s, 1 s, 2 s, ...); outcomes are counted
+``1 + retries`` times (backoff 0.5 s, 1 s, 2 s, ...): at least once, so every event carries an
+``id`` a receiver can drop repeats by (a delivery that timed out may still have arrived); outcomes are counted
 (``gateway_webhook_deliveries_total``) and failures logged.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 import aiohttp
 
@@ -36,7 +38,7 @@ class Notifier:
         """Send ``event`` (plus its kind and time) to every webhook; returns at once."""
         if not self.config.webhooks or self._loop is None:
             return
-        body = {"kind": kind, "at": time.time(), **event}
+        body = {"id": uuid.uuid4().hex, "kind": kind, "at": time.time(), **event}
         self._loop.call_soon_threadsafe(self._start, body)
 
     def _start(self, body: dict) -> None:

@@ -19,7 +19,7 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 
 from service import registry  # noqa: E402  (after BENTOML_HOME)
 from service.demo.models import DemoModel, build_demo_models  # noqa: E402
-from service.launch import running_server  # noqa: E402
+from service.launch import free_port, running_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +61,17 @@ def gateway_url(demo_models, tmp_path_factory) -> str:
     no_admin = {"GATEWAY_ADMIN_TOKEN": ""}
     with running_server(config, log_path=directory / "server.log", env=no_admin) as url:
         yield url
+
+
+async def loopback_receiver(path: str, handle):
+    """A small real HTTP server on 127.0.0.1 answering POST ``path`` with ``handle`` (an aiohttp
+    handler): stands in for a monitor or a webhook in tests. Returns (URL, cleanup coroutine)."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_post(path, handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return f"http://127.0.0.1:{port}{path}", runner.cleanup

@@ -9,8 +9,8 @@ from unittest.mock import MagicMock
 from aiohttp import web
 
 from service.config import NotificationsConfig
-from service.launch import free_port
 from service.notifier import DriftAlarm, Notifier
+from tests.conftest import loopback_receiver
 
 
 async def receiver(statuses: list[int]):
@@ -20,13 +20,8 @@ async def receiver(statuses: list[int]):
         seen.append(await request.json())
         return web.json_response({}, status=statuses[min(len(seen), len(statuses)) - 1])
 
-    app = web.Application()
-    app.router.add_post("/hook", take)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return f"http://127.0.0.1:{port}/hook", seen, runner.cleanup
+    url, cleanup = await loopback_receiver("/hook", take)
+    return url, seen, cleanup
 
 
 async def test_a_failing_webhook_is_retried_then_delivered_or_given_up():

@@ -14,8 +14,8 @@ from aiohttp import web
 
 from monitors.records import PredictionRecord, decode_batch, encode_batch
 from service.config import MonitorConfig
-from service.launch import free_port
 from service.recording import Recorder
+from tests.conftest import loopback_receiver
 
 
 def test_numpy_arrays_are_shipped_as_lists_with_nan_and_infinities_as_none():
@@ -65,20 +65,17 @@ async def shipping(answers: list[int], records: int) -> tuple[list[int], Recorde
         status = answers[min(len(seen), len(answers)) - 1]
         return web.json_response({"stored": seen[-1]}, status=status)
 
-    app = web.Application()
-    app.router.add_post("/records", take)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    config = MonitorConfig(url=f"http://127.0.0.1:{port}", flush_interval_ms=20, batch_records=100)
+    url, cleanup = await loopback_receiver("/records", take)
+    config = MonitorConfig(
+        url=url.removesuffix("/records"), flush_interval_ms=20, batch_records=100
+    )
     recorder = Recorder(config, MagicMock())
     for i in range(records):
         recorder.buffer.append(PredictionRecord(f"r{i}", 1.0, "e", "v", "m:v1", [0], 0.001))
     task = asyncio.create_task(recorder.ship_forever())
     await asyncio.sleep(0.5)
     task.cancel()
-    await runner.cleanup()
+    await cleanup()
     return seen, recorder
 
 

@@ -10,11 +10,12 @@ import asyncio
 import time
 
 import aiohttp
+import aiohttp.web
 import pytest
 
 from service.cli import MONITOR_SERVICE
 from service.launch import free_port, running_server
-from tests.conftest import write_config
+from tests.conftest import loopback_receiver, write_config
 
 pytestmark = pytest.mark.integration
 TOKEN = "rollout-test-token"
@@ -82,7 +83,14 @@ async def rollout_state(session, url) -> dict:
 
 
 async def test_a_broken_canary_is_rolled_back_and_stable_users_see_no_errors(demo_models, tmp_path):
-    config, port = rollout_config(tmp_path, faults={"error_rate": 0.5})
+    events: list[dict] = []
+
+    async def take(request):
+        events.append(await request.json())
+        return aiohttp.web.json_response({})
+
+    hook, cleanup = await loopback_receiver("/hook", take)
+    config, port = rollout_config(tmp_path, faults={"error_rate": 0.5}, webhook=hook)
     env = {"GATEWAY_ADMIN_TOKEN": TOKEN}
     with (
         running_server(config, port=port, service=MONITOR_SERVICE),
@@ -91,6 +99,11 @@ async def test_a_broken_canary_is_rolled_back_and_stable_users_see_no_errors(dem
         async with aiohttp.ClientSession() as session:
             answers = await drive(session, url, seconds=6)
             described = await rollout_state(session, url)
+    await cleanup()
+    unique = list({e["id"]: e for e in events}.values())  # delivery is at least once
+    kinds = [e["kind"] for e in unique]
+    assert kinds[:2] == ["rollout_start", "rollout_rollback"], unique
+    assert unique[1]["endpoint"] == "cancer" and "error_rate" in unique[1]["reason"]
     state, history = described["state"], described["history"]
     assert state["phase"] == "rolled_back", state
     rollback = next(e for e in history if e["action"] == "rollback")
