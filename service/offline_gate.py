@@ -16,20 +16,14 @@ from service import registry
 from service.codecs.plain import row_predictions
 from service.errors import ConfigError
 from service.model_card import MODEL_FILE, ModelCard
-from service.runtime import ModelSession
-from service.tensors import OIP_TO_NUMPY
 from traffic.rollout_checks import CheckResult
-
-CPU = ["CPUExecutionProvider"]
 
 
 def predict(tag: str, rows: pd.DataFrame) -> tuple[ModelCard, np.ndarray]:
     """Model ``tag``'s prediction for every row (CPU; offline work, not serving)."""
     card = registry.load_card(tag)
-    session = ModelSession(registry.model_dir(tag) / MODEL_FILE, card, CPU)
-    dtype = OIP_TO_NUMPY[card.feature_input.datatype]
-    features = rows[list(card.feature_names)].to_numpy(dtype=dtype)
-    return card, row_predictions(card, session.run({card.feature_input.name: features}))
+    outputs = registry.run_on_rows(registry.model_dir(tag) / MODEL_FILE, card, rows)
+    return card, row_predictions(card, outputs)
 
 
 def _invalid(card: ModelCard, predictions: np.ndarray) -> int:

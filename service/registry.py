@@ -100,20 +100,26 @@ def _check_reference(card_inputs, reference: pd.DataFrame, label_column: str) ->
     return features
 
 
-def _reference_with_predictions(
-    model_path: Path, card: ModelCard, reference: pd.DataFrame
-) -> pd.DataFrame:
-    """The reference rows plus the model's own predictions on them."""
+def run_on_rows(model_path: Path, card: ModelCard, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Every output of the model for a table of reference rows, on the CPU (offline work:
+    registration, the rollouts' offline gate). ``ConfigError`` if it does not load or run."""
     try:
         session = ModelSession(model_path, card, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types
         raise ConfigError(f"onnxruntime cannot load the model: {error}") from None
     dtype = OIP_TO_NUMPY[card.feature_input.datatype]
-    features = reference[list(card.feature_names)].to_numpy(dtype=dtype)
+    features = rows[list(card.feature_names)].to_numpy(dtype=dtype)
     try:
-        outputs = session.run({card.feature_input.name: features})
+        return session.run({card.feature_input.name: features})
     except Exception as error:  # onnxruntime raises its own exception types
         raise ConfigError(f"the model fails on its reference data: {error}") from None
+
+
+def _reference_with_predictions(
+    model_path: Path, card: ModelCard, reference: pd.DataFrame
+) -> pd.DataFrame:
+    """The reference rows plus the model's own predictions on them."""
+    outputs = run_on_rows(model_path, card, reference)
     table = reference[[*card.feature_names, card.label_column]].copy()
     if card.task == "classification":
         if card.label_output:
