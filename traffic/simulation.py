@@ -56,7 +56,7 @@ class _Window:
         while len(self.ticks) > keep:
             self.ticks.popleft()
 
-    def counts(self, slow_ms: float) -> ArmCounts:
+    def counts(self) -> ArmCounts:
         total = _sum([c for c, _ in self.ticks])
         latencies = np.concatenate([x for _, x in self.ticks]) if self.ticks else np.array([])
         p99 = float(np.quantile(latencies, 0.99)) if len(latencies) else None
@@ -122,8 +122,8 @@ def simulate(
         evidence = Evidence(
             candidate=totals["candidate"],
             stable=totals["stable"],
-            recent_candidate=windows["candidate"].counts(policy.slow_ms),
-            recent_stable=windows["stable"].counts(policy.slow_ms),
+            recent_candidate=windows["candidate"].counts(),
+            recent_stable=windows["stable"].counts(),
             divergence=(candidate.divergence, 0.1) if n_candidate else None,
             drifted_share=0.0,
             shadow=(shadow_rows, shadow_agree) if shadow_rows else None,
