@@ -84,33 +84,31 @@ class Recorder:
             return
         card = route.model.card
         keep_inputs = random.random() < self.config.sample_inputs
-        record = PredictionRecord(
-            request_id=request_id,
-            at=time.time(),
-            endpoint=route.endpoint,
-            variant=route.variant.name,
-            model=card.tag,
-            predictions=row_predictions(card, outputs),
-            latency_s=latency_s,
+        self._keep(
+            request_id,
+            route,
+            latency_s,
+            row_predictions(card, outputs),
             inputs=tensors[card.feature_input.name] if keep_inputs else None,
             shadow=shadow or {},
         )
-        if not self.buffer.append(record):
-            self.metrics.monitor_dropped.inc()
 
     def failed(self, request_id: str, route: Route, latency_s: float, outcome: str) -> None:
         """Keep a request the routed variant did not answer (an error or a rejection)."""
-        if not self.enabled:
-            return
+        if self.enabled:
+            self._keep(request_id, route, latency_s, [], outcome=outcome)
+
+    def _keep(self, request_id: str, route: Route, latency_s: float, predictions, **fields) -> None:
+        """Buffer one record, or count it dropped when the buffer is full."""
         record = PredictionRecord(
             request_id=request_id,
             at=time.time(),
             endpoint=route.endpoint,
             variant=route.variant.name,
             model=route.model.card.tag,
-            predictions=[],
+            predictions=predictions,
             latency_s=latency_s,
-            outcome=outcome,
+            **fields,
         )
         if not self.buffer.append(record):
             self.metrics.monitor_dropped.inc()
