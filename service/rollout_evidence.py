@@ -40,7 +40,10 @@ class EvidenceGatherer:
         correct = int((labeled["prediction"].astype(str) == labeled["label"].astype(str)).sum())
         return ArmCounts(requests, failed, slow, invalid, len(labeled), correct)
 
-    def gather(self, policy: RolloutPolicy, state: RolloutState, now: float) -> Evidence:
+    def gather(
+        self, policy: RolloutPolicy, state: RolloutState, now: float, regression: bool
+    ) -> Evidence:
+        """``regression``: the candidate is a regressor (shadow agreement within 1e-6 relative)."""
         endpoint, slow_s = policy.endpoint, policy.slow_ms / 1000
         since = state.analysis_started
         recent = max(since, now - policy.guard_window_s)
@@ -57,11 +60,11 @@ class EvidenceGatherer:
             recent_stable=self.arm(endpoint, state.stable, recent, slow_s, recent=True),
             divergence=divergence,
             drifted_share=drifted,
-            shadow=self._shadow(policy, state, since),
+            shadow=self._shadow(policy, state, since, regression),
         )
 
     def _shadow(
-        self, policy: RolloutPolicy, state: RolloutState, since: float
+        self, policy: RolloutPolicy, state: RolloutState, since: float, regression: bool
     ) -> tuple[int, int] | None:
         if state.phase == "promoted" or not policy.steps[state.step].shadow:
             return None
@@ -69,8 +72,5 @@ class EvidenceGatherer:
         rows = rows[rows["shadow"] == state.candidate]
         if rows.empty:
             return None
-        numeric = rows["prediction"].map(lambda p: isinstance(p, (int, float))).all()
-        agree = agreeing(
-            rows["prediction"].to_numpy(), rows["shadow_prediction"].to_numpy(), bool(numeric)
-        )
-        return len(rows), int(agree.sum())
+        theirs, ours = rows["shadow_prediction"].to_numpy(), rows["prediction"].to_numpy()
+        return len(rows), int(agreeing(ours, theirs, regression).sum())

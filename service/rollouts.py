@@ -68,6 +68,7 @@ class RolloutService:
         self.metrics = metrics
         self.notifier = notifier
         self._locks = {name: threading.Lock() for name in self.policies}
+        self._regressors: dict[str, bool] = {}
         for policy in self.policies.values():
             self._prepare_series(policy)
 
@@ -112,19 +113,23 @@ class RolloutService:
             if state is not None and not applied:
                 self._apply(policy, state, rollout.targets(policy, state), "reapply")
                 revision = self._save(endpoint, revision, state, applied=True)
-            candidate_model = self._candidate_model(policy)
+            models = self._variant_models(policy)
+            candidate_model = models.get(policy.candidate)
             if candidate_model is None:
                 return None  # the candidate variant left the endpoint: nothing to roll out
             if state is None or (
                 state.candidate_model != candidate_model and state.phase != "succeeded"
             ):
-                decision = self._start(policy, candidate_model, now)
+                decision = self._start(policy, models, now)
                 evidence = Evidence()
             elif state.phase in TERMINAL:
                 return None
             else:
-                policy = self._for_task(policy, candidate_model)
-                evidence = self.evidence.gather(policy, state, now)
+                regression = self._regression(candidate_model)
+                if regression:  # regressors have no accuracy: that comparison is left out
+                    kept = tuple(c for c in policy.comparisons if c.metric != "accuracy")
+                    policy = replace(policy, comparisons=kept)
+                evidence = self.evidence.gather(policy, state, now, regression)
                 decision = rollout.evaluate(policy, state, evidence, now)
             self._commit(policy, revision, decision, evidence, now)
             return decision
@@ -140,12 +145,12 @@ class RolloutService:
             if action == "start":
                 if state is not None and state.phase not in TERMINAL:
                     raise RolloutConflict(f"a rollout of {endpoint!r} is already {state.phase}")
-                candidate_model = self._candidate_model(policy)
-                if candidate_model is None:
+                models = self._variant_models(policy)
+                if policy.candidate not in models:
                     raise RolloutConflict(
                         f"{policy.candidate!r} is no longer a variant of {endpoint!r}"
                     )
-                decision = self._start(policy, candidate_model, now)
+                decision = self._start(policy, models, now)
             elif state is None:
                 raise RolloutConflict(f"{endpoint!r} has no rollout yet")
             else:
@@ -156,28 +161,26 @@ class RolloutService:
             self._commit(policy, revision, decision, Evidence(), now)
             return decision
 
-    def _candidate_model(self, policy: RolloutPolicy) -> str | None:
+    def _variant_models(self, policy: RolloutPolicy) -> dict[str, str]:
+        """Variant name -> model tag, as the endpoint's routing table has them now."""
         table = self._routing_state().tables.get(policy.endpoint)
-        names = {v.name: v.model for v in table.variants} if table else {}
-        return names.get(policy.candidate)
+        return {v.name: v.model for v in table.variants} if table else {}
 
-    def _for_task(self, policy: RolloutPolicy, model: str) -> RolloutPolicy:
-        """Regressors have no accuracy: that comparison is left out for them."""
-        try:
-            regression = registry.load_card(model).task == "regression"
-        except ConfigError:
-            return policy
-        if not regression:
-            return policy
-        kept = tuple(c for c in policy.comparisons if c.metric != "accuracy")
-        return replace(policy, comparisons=kept)
+    def _regression(self, model: str) -> bool:
+        """Whether ``model`` is a regressor; a tag's card never changes, so it is read once."""
+        if model not in self._regressors:
+            try:
+                self._regressors[model] = registry.load_card(model).task == "regression"
+            except ConfigError:
+                return False
+        return self._regressors[model]
 
-    def _start(self, policy: RolloutPolicy, candidate_model: str, now: float) -> Decision:
+    def _start(self, policy: RolloutPolicy, models: dict[str, str], now: float) -> Decision:
+        candidate_model = models[policy.candidate]
         gate = self.gates[policy.endpoint]
         offline = None
         if gate.enabled:
-            stable = self._routing_state().tables[policy.endpoint].variant(policy.stable).model
-            offline = offline_gate(stable, candidate_model, gate.margin)
+            offline = offline_gate(models[policy.stable], candidate_model, gate.margin)
         return rollout.start(policy, candidate_model, now, offline)
 
     # -- acting ----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ class HandedEvidence:
     def __init__(self) -> None:
         self.evidence = Evidence()
 
-    def gather(self, policy, state, now) -> Evidence:
+    def gather(self, policy, state, now, regression) -> Evidence:
         return self.evidence
 
 
