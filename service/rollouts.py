@@ -115,8 +115,8 @@ class RolloutService:
                 revision = self._save(endpoint, revision, state, applied=True)
             models = self._variant_models(policy)
             candidate_model = models.get(policy.candidate)
-            if candidate_model is None:
-                return None  # the candidate variant left the endpoint: nothing to roll out
+            if candidate_model is None or policy.stable not in models:
+                return None  # a variant of the policy left the endpoint: nothing to roll out
             if state is None or (
                 state.candidate_model != candidate_model and state.phase != "succeeded"
             ):
@@ -146,9 +146,11 @@ class RolloutService:
                 if state is not None and state.phase not in TERMINAL:
                     raise RolloutConflict(f"a rollout of {endpoint!r} is already {state.phase}")
                 models = self._variant_models(policy)
-                if policy.candidate not in models:
+                missing = [n for n in (policy.candidate, policy.stable) if n not in models]
+                if missing:
                     raise RolloutConflict(
-                        f"{policy.candidate!r} is no longer a variant of {endpoint!r}"
+                        f"{missing} no longer a variant of {endpoint!r} (the stable one leaves "
+                        f"after a promotion): update the rollout policy in gateway.yaml"
                     )
                 decision = self._start(policy, models, now)
             elif state is None:

@@ -121,3 +121,15 @@ def test_a_new_candidate_model_restarts_the_analysis(tmp_path):
     decision = rollouts.tick("churn", now=5.0)
     assert decision.action == "start" and decision.state.candidate_model == "churn:v3"
     assert decision.state.analysis_started == 5.0
+
+
+def test_starting_again_after_the_old_stable_left_is_a_conflict_not_a_crash(tmp_path):
+    from service.rollouts import RolloutConflict
+
+    rollouts, _ = service(tmp_path, revert_window_s=0)
+    rollouts.tick("churn", now=1.0)
+    rollouts.act("churn", "promote", now=2.0)
+    assert rollouts.tick("churn", now=3.0).action == "succeed"  # the old stable leaves
+    assert set(weights(rollouts)) == {"next"}
+    with pytest.raises(RolloutConflict, match="stable"):
+        rollouts.act("churn", "start", now=4.0)
