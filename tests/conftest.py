@@ -51,6 +51,11 @@ def write_config(path: Path, **overrides) -> Path:
     return path
 
 
+def local_monitor(port: int, **settings) -> dict:
+    """A config's ``monitor`` section for a monitor on 127.0.0.1:``port``, flushing every 50 ms."""
+    return {"url": f"http://127.0.0.1:{port}", "port": port, "flush_interval_ms": 50, **settings}
+
+
 @pytest.fixture(scope="session")
 def gateway_url(demo_models, tmp_path_factory) -> str:
     """A real gateway (``bentoml serve``) on a free loopback port, shared by the session."""

@@ -20,7 +20,7 @@ import yaml
 
 from service.cli import MONITOR_SERVICE
 from service.launch import free_port, running_server, stop
-from tests.conftest import write_config
+from tests.conftest import local_monitor, write_config
 from tests.test_server_rollout import drive
 
 pytestmark = pytest.mark.integration
@@ -141,12 +141,7 @@ async def test_every_panel_query_returns_data_from_a_real_prometheus(demo_models
     config = write_config(
         tmp_path / "gateway.yaml",
         data_dir=str(tmp_path / "data"),
-        monitor={
-            "url": f"http://127.0.0.1:{port}",
-            "port": port,
-            "flush_interval_ms": 50,
-            "min_rows": 20,
-        },
+        monitor=local_monitor(port, min_rows=20),
         endpoints={
             "cancer": {
                 "routing": {"key": {"header": "x-user-id"}},

@@ -13,7 +13,7 @@ import pytest
 
 from service.cli import MONITOR_SERVICE
 from service.launch import free_port, running_server
-from tests.conftest import write_config
+from tests.conftest import local_monitor, write_config
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def served(demo_models, tmp_path_factory):
     config = write_config(
         directory / "gateway.yaml",
         data_dir=str(directory / "data"),
-        monitor={"url": f"http://127.0.0.1:{port}", "port": port, "flush_interval_ms": 100},
+        monitor=local_monitor(port, flush_interval_ms=100),
     )
     with running_server(config, port=port, service=MONITOR_SERVICE), running_server(config) as url:
         yield url, directory

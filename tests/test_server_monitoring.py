@@ -14,7 +14,7 @@ from monitors.store import MonitorStore
 from service.cli import MONITOR_SERVICE
 from service.config import load_config
 from service.launch import free_port, running_server
-from tests.conftest import write_config
+from tests.conftest import local_monitor, write_config
 
 pytestmark = pytest.mark.integration
 ROW = [1.0] * 30
@@ -28,12 +28,7 @@ def monitored(demo_models, tmp_path_factory):
     config = write_config(
         directory / "gateway.yaml",
         data_dir=str(directory / "data"),
-        monitor={
-            "url": f"http://127.0.0.1:{port}",
-            "port": port,
-            "flush_interval_ms": 50,
-            "buffer_records": 1000,
-        },
+        monitor=local_monitor(port, buffer_records=1000),
     )
     with running_server(config, log_path=directory / "gateway.log") as url:
         yield url, port, config
@@ -200,7 +195,7 @@ async def test_injected_drift_and_labels_show_up_in_runs_and_metrics(demo_models
     config = write_config(
         tmp_path / "gateway.yaml",
         data_dir=str(tmp_path / "data"),
-        monitor={"url": f"http://127.0.0.1:{port}", "port": port, "flush_interval_ms": 50},
+        monitor=local_monitor(port),
     )
     reference = pd.read_csv(demo_models["cancer:v1"].reference_path)
     rows = reference.sample(600, replace=True, random_state=3)
@@ -323,12 +318,7 @@ async def test_shadow_predictions_are_recorded_and_judged_beside_the_primary(dem
     config = write_config(
         tmp_path / "gateway.yaml",
         data_dir=str(tmp_path / "data"),
-        monitor={
-            "url": f"http://127.0.0.1:{port}",
-            "port": port,
-            "flush_interval_ms": 50,
-            "min_rows": 100,
-        },
+        monitor=local_monitor(port, min_rows=100),
         endpoints={
             "cancer": {
                 "routing": {"allow_pinning": True},

@@ -15,7 +15,7 @@ import pytest
 
 from service.cli import MONITOR_SERVICE
 from service.launch import free_port, running_server
-from tests.conftest import loopback_receiver, write_config
+from tests.conftest import local_monitor, loopback_receiver, write_config
 
 pytestmark = pytest.mark.integration
 TOKEN = "rollout-test-token"
@@ -42,7 +42,7 @@ def rollout_config(tmp_path, faults=None, webhook=None, **rollout) -> tuple:
     config = write_config(
         tmp_path / "gateway.yaml",
         data_dir=str(tmp_path / "data"),
-        monitor={"url": f"http://127.0.0.1:{port}", "port": port, "flush_interval_ms": 50},
+        monitor=local_monitor(port),
         notifications={"webhooks": [webhook] if webhook else [], "timeout_s": 2},
         endpoints={
             "cancer": {
