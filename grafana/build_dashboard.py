@@ -229,14 +229,15 @@ ROWS = [
                 "timeseries",
             ),
             (
-                "Labels received and unmatched",
+                "Labels received, waiting and expired",
                 "short",
                 [
                     (
                         f"sum by (outcome) (rate(gateway_labels_received_total{RATE}))",
                         "{{outcome}}/s",
                     ),
-                    ("max(gateway_labels_unmatched)", "unmatched"),
+                    ("max(gateway_labels_pending)", "waiting for their prediction"),
+                    (f"sum(rate(gateway_labels_expired_total{RATE}))", "expired/s"),
                 ],
                 "timeseries",
             ),

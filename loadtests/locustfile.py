@@ -66,7 +66,7 @@ class GatewayClient(FastHttpUser):
             if answer.status_code != 200:
                 answer.failure(f"{answer.status_code}: {answer.text[:200]}")
                 return
-            self._answered(answer.headers.get("x-request-id"), label)
+            self._answered(answer.headers.get("x-gateway-request-id"), label)
 
     @task(4)
     def predict_plain(self) -> None:

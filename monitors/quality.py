@@ -84,9 +84,9 @@ def regression_quality(labeled: pd.DataFrame, min_rows: int = 50) -> QualityResu
     from evidently import DataDefinition, Dataset, Regression, Report
     from evidently.metrics import MAE, RMSE
 
-    if len(labeled) < min_rows:
-        return QualityResult("insufficient_data", len(labeled))
-    frame = labeled[["prediction", "label"]].astype(float)
+    frame = labeled[["prediction", "label"]].apply(pd.to_numeric, errors="coerce").dropna()
+    if len(frame) < min_rows:  # a label that is not a number cannot be scored: left out
+        return QualityResult("insufficient_data", len(frame))
     definition = DataDefinition(
         numerical_columns=["label", "prediction"],
         regression=[Regression(target="label", prediction="prediction")],
@@ -98,4 +98,4 @@ def regression_quality(labeled: pd.DataFrame, min_rows: int = 50) -> QualityResu
         )
     mae, rmse = (m["value"] for m in report.dict()["metrics"])
     mae = mae["mean"] if isinstance(mae, dict) else mae
-    return QualityResult("ok", len(labeled), {"mae": float(mae), "rmse": float(rmse)}, {}, report)
+    return QualityResult("ok", len(frame), {"mae": float(mae), "rmse": float(rmse)}, {}, report)

@@ -23,6 +23,7 @@ class PredictionRecord(msgspec.Struct, frozen=True, gc=False):
     """
 
     request_id: str
+    """The gateway's own id for this answer (unguessable); labels name it."""
     at: float
     endpoint: str
     variant: str
@@ -35,6 +36,24 @@ class PredictionRecord(msgspec.Struct, frozen=True, gc=False):
     """The feature rows; None for a NaN or infinity, which JSON cannot carry."""
     shadow: dict[str, list] = {}
     """Shadow variant name -> its predictions for the same rows (shadows that failed are absent)."""
+    correlation_id: str | None = None
+    """The caller's own ``x-request-id``, kept as it came (callers may reuse one)."""
+    pinned: bool = False
+    """The caller chose the variant (a pin), so the request is not a random draw of traffic."""
+
+
+ELEMENT_BYTES = 24
+"""What one number or short label weighs in an encoded record, at most (JSON text)."""
+RECORD_OVERHEAD_BYTES = 400
+
+
+def encoded_size(record: PredictionRecord) -> int:
+    """An upper estimate of the record's encoded size, cheap enough for the request path."""
+    elements = len(record.predictions) + sum(len(p) for p in record.shadow.values())
+    if record.inputs is not None:
+        inputs = record.inputs
+        elements += inputs.size if isinstance(inputs, np.ndarray) else len(inputs) * 64
+    return RECORD_OVERHEAD_BYTES + ELEMENT_BYTES * elements
 
 
 class RecordBatch(msgspec.Struct, frozen=True):
@@ -72,36 +91,63 @@ def decode_batch(body: bytes) -> list[PredictionRecord]:
 
 
 class RecordBuffer:
-    """A bounded FIFO of records: ``append`` never waits, ``drain`` takes a batch."""
+    """A FIFO of records bounded in number and in (estimated) bytes: ``append`` never waits,
+    ``drain`` takes a batch no heavier than asked, so one request of thousands of rows cannot
+    make a batch the monitor refuses or a buffer that eats the worker's memory."""
 
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
-        self._records: deque[PredictionRecord] = deque()
+    def __init__(self, capacity: int, capacity_bytes: int = 2**62) -> None:
+        if capacity < 1 or capacity_bytes < 1:
+            raise ValueError("capacities must be at least 1")
+        self._records: deque[tuple[PredictionRecord, int]] = deque()
         self._capacity = capacity
+        self._capacity_bytes = capacity_bytes
+        self._bytes = 0
         self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._records)
 
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def _fits(self, size: int) -> bool:
+        return len(self._records) < self._capacity and self._bytes + size <= self._capacity_bytes
+
     def append(self, record: PredictionRecord) -> bool:
         """Keep the record, or drop and count it when the buffer is full."""
-        if len(self._records) >= self._capacity:
+        size = encoded_size(record)
+        if not self._fits(size):
             self.dropped += 1
             return False
-        self._records.append(record)
+        self._records.append((record, size))
+        self._bytes += size
         return True
 
-    def drain(self, limit: int) -> list[PredictionRecord]:
-        """Up to ``limit`` of the oldest records, removed from the buffer."""
-        batch = []
+    def drain(self, limit: int, limit_bytes: int = 2**62) -> list[PredictionRecord]:
+        """The oldest records, removed from the buffer: at most ``limit`` of them and, but for
+        the first (which always goes, however big), at most ``limit_bytes`` in all."""
+        batch, weight = [], 0
         while self._records and len(batch) < limit:
-            batch.append(self._records.popleft())
+            record, size = self._records[0]
+            if batch and weight + size > limit_bytes:
+                break
+            self._records.popleft()
+            self._bytes -= size
+            batch.append(record)
+            weight += size
         return batch
 
     def requeue(self, batch: list[PredictionRecord]) -> None:
         """Put back a batch that could not be delivered, oldest first, as far as room allows."""
-        room = self._capacity - len(self._records)
-        kept = batch[:room]
+        kept, room, room_bytes = [], self._capacity - len(self._records), self._capacity_bytes
+        room_bytes -= self._bytes
+        for record in batch:
+            size = encoded_size(record)
+            if len(kept) == room or size > room_bytes:
+                break
+            kept.append((record, size))
+            room_bytes -= size
         self.dropped += len(batch) - len(kept)
         self._records.extendleft(reversed(kept))
+        self._bytes += sum(size for _, size in kept)

@@ -1,19 +1,23 @@
 """The Evidently reports operators open: HTML and JSON per endpoint, variant and kind, kept on disk.
 
 Layout: ``<root>/<endpoint>/<variant>/<kind>-<unix time>.{html,json}``; the newest ``keep`` of each
-(endpoint, variant, kind) stay, older ones are deleted. Names are looked up against what is on disk,
-never joined from user input, so a request cannot reach outside the archive.
+(endpoint, variant, kind) stay, older ones are deleted, and none older than a retention the monitor
+gives. Reading looks names up against what is on disk, never joins them from a request. Writing
+checks that the directory it resolves to lies below the root (a name of ``..`` or an absolute one
+is refused, whatever checked it before) and writes each file under a temporary name first, then
+renames it, so a reader never sees half a report and a crash leaves no partial one listed.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 KINDS = ("drift", "quality")
-NAME = re.compile(r"^(drift|quality)-(\d+)\.(html|json)$")
+REPORT_NAME = re.compile(r"(drift|quality)-(\d+)\.(html|json)")
 
 
 @dataclass(frozen=True)
@@ -45,15 +49,32 @@ class ReportArchive:
         self.root = root
         self.keep = keep
 
+    def _directory(self, endpoint: str, variant: str) -> Path:
+        """``<root>/<endpoint>/<variant>``, refused (ValueError) unless it lies below the root."""
+        for part in (endpoint, variant):
+            if not part or part in (".", "..") or "/" in part or os.sep in part or "\0" in part:
+                raise ValueError(f"{part!r} cannot name a report directory")
+        root = self.root.resolve()
+        directory = (root / endpoint / variant).resolve()
+        if directory.parent.parent != root:
+            raise ValueError(f"{endpoint}/{variant} resolves outside the report archive")
+        return directory
+
     def save(self, endpoint: str, variant: str, kind: str, snapshot) -> list[ReportFile]:
         """Write ``snapshot`` (an Evidently run result) as HTML and JSON; prune old ones."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
-        directory = self.root / endpoint / variant
+        directory = self._directory(endpoint, variant)
         directory.mkdir(parents=True, exist_ok=True)
         stamp = int(time.time() * 1000)
-        snapshot.save_html(str(directory / f"{kind}-{stamp}.html"))
-        snapshot.save_json(str(directory / f"{kind}-{stamp}.json"))
+        for fmt, write in (("html", snapshot.save_html), ("json", snapshot.save_json)):
+            final = directory / f"{kind}-{stamp}.{fmt}"
+            partial = directory / f".{final.name}.partial"
+            try:
+                write(str(partial))
+                os.replace(partial, final)
+            finally:
+                partial.unlink(missing_ok=True)
         self._prune(endpoint, variant, kind)
         return [
             f
@@ -70,7 +91,7 @@ class ReportArchive:
         if not self.root.is_dir():
             return found
         for path in self.root.glob("*/*/*"):
-            match = NAME.match(path.name)
+            match = REPORT_NAME.fullmatch(path.name)
             if match and path.is_file():
                 endpoint, variant = path.parent.parent.name, path.parent.name
                 found.append(ReportFile(endpoint, variant, match[1], int(match[2]), match[3], path))
@@ -81,6 +102,14 @@ class ReportArchive:
             if (report.endpoint, report.variant, report.name) == (endpoint, variant, name):
                 return report
         return None
+
+    def prune_older_than(self, seconds: float, now: float | None = None) -> int:
+        """Delete reports older than ``seconds`` (retention); returns how many files went."""
+        cutoff_ms = ((now or time.time()) - seconds) * 1000
+        old = [f for f in self.list() if f.created < cutoff_ms]
+        for report in old:
+            report.path.unlink(missing_ok=True)
+        return len(old)
 
     def _prune(self, endpoint: str, variant: str, kind: str) -> None:
         mine = [

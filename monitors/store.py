@@ -1,10 +1,12 @@
 """The monitor's durable store: prediction records and ground-truth labels, joined by request id.
 
-Labels may arrive before their prediction (kept, joined when it comes) or after; the same label
-twice is accepted once (idempotent), a different label for the same id is a conflict. A label whose
-prediction has not arrived within the retention window counts as unmatched. Every write commits
-before it returns, so an acknowledged label survives a crash. SQLite, one file; the same shape maps
-onto PostgreSQL for a monitor shared by several machines.
+Labels may arrive before their prediction (held as pending: bounded in number by the caller and
+expired by ``prune``, joined when the prediction comes) or after; the same label twice is accepted
+once (idempotent), a different label for the same id is a conflict. Every label write is on disk
+(fsync) before it returns, so an acknowledged label survives a crash; a write that does not fit
+(a full disk, or the configured size cap) changes nothing and raises ``StoreFull``. Reads are
+bounded in rows, so a window or a join never loads more than asked however big requests were.
+SQLite, one file; the same shape maps onto PostgreSQL for a monitor shared by several machines.
 """
 
 from __future__ import annotations
@@ -34,18 +36,22 @@ CREATE TABLE IF NOT EXISTS predictions (
     inputs TEXT,
     shadow TEXT NOT NULL,
     latency_s REAL NOT NULL,
-    outcome TEXT NOT NULL
+    outcome TEXT NOT NULL,
+    correlation_id TEXT,
+    pinned INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS predictions_by_variant ON predictions (endpoint, variant, at);
+CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (at);
 CREATE TABLE IF NOT EXISTS labels (
     request_id TEXT PRIMARY KEY,
     label TEXT NOT NULL,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    pending INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS labels_pending ON labels (received_at) WHERE pending = 1;
 """
 
-
-RECORD_COLUMNS = {
+RECORD_COLUMNS = (
     "request_id",
     "at",
     "endpoint",
@@ -56,7 +62,17 @@ RECORD_COLUMNS = {
     "shadow",
     "latency_s",
     "outcome",
+    "correlation_id",
+    "pinned",
+)
+ADDED_COLUMNS = {
+    "predictions": {"correlation_id": "TEXT", "pinned": "INTEGER NOT NULL DEFAULT 0"},
+    "labels": {"pending": "INTEGER NOT NULL DEFAULT 0"},
 }
+"""Columns newer than the first layout, added in place to an older file."""
+PAGE_BYTES = 4096
+PRUNE_CHUNK = 5000
+"""Rows deleted per transaction when pruning, so ingestion never waits long behind it."""
 
 
 class LabelOutcome(str, Enum):
@@ -65,18 +81,37 @@ class LabelOutcome(str, Enum):
     CONFLICT = "conflict"
 
 
+class StoreFull(RuntimeError):
+    """The write did not fit (the disk or the configured cap is full); nothing was written."""
+
+
+class TooManyPending(RuntimeError):
+    """Storing these labels would hold more labels without a prediction than allowed; nothing
+    was written."""
+
+
 class MonitorStore:
     """Records and labels in one SQLite file (WAL); safe to use from several threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int | None = None) -> None:
+        """``max_bytes``: a cap on the file (SQLite's ``max_page_count``); writes past it raise
+        ``StoreFull`` as a full disk would."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
+        self._max_pages = None if max_bytes is None else max(1, max_bytes // PAGE_BYTES)
         self._local = threading.local()
         db = self._db()
         columns = {row[1] for row in db.execute("PRAGMA table_info(predictions)")}
-        if columns and columns != RECORD_COLUMNS:  # an older layout: set it aside, keep labels
+        if columns and not columns >= set(RECORD_COLUMNS) - set(ADDED_COLUMNS["predictions"]):
+            # a layout from before records named their model: set it aside, keep the labels
             db.execute(f"ALTER TABLE predictions RENAME TO predictions_before_{int(time.time())}")
             db.execute("DROP INDEX IF EXISTS predictions_by_variant")
+            db.execute("DROP INDEX IF EXISTS predictions_by_time")
+        for table, added in ADDED_COLUMNS.items():
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for column, kind in added.items():
+                if columns and column not in columns:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         db.executescript(SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
@@ -84,6 +119,8 @@ class MonitorStore:
         if db is None:
             db = sqlite3.connect(self._path, timeout=10, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
+            if self._max_pages is not None:
+                db.execute(f"PRAGMA max_page_count={self._max_pages}")
             self._local.db = db
         return db
 
@@ -94,13 +131,19 @@ class MonitorStore:
         a crash of the monitor but may be lost with the machine's power, and skip the fsync."""
         db = self._db()
         db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:  # SQLite has rolled back by itself on some errors
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as error:
+            if "full" in str(error):
+                raise StoreFull(f"the monitor's database is full: {error}") from None
             raise
-        db.execute("COMMIT")
 
     def add_records(self, records: Iterable[PredictionRecord]) -> int:
         """Store records (a record seen before is ignored); returns how many were new."""
@@ -117,113 +160,187 @@ class MonitorStore:
                 encode(r.shadow),
                 r.latency_s,
                 r.outcome,
+                r.correlation_id,
+                int(r.pinned),
             )
             for r in records
         ]
         with self._transaction(durable=False) as db:
             before = db.total_changes
             db.executemany(
-                "INSERT OR IGNORE INTO predictions (request_id, at, endpoint, variant, model, "
-                "predictions, inputs, shadow, latency_s, outcome) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR IGNORE INTO predictions ({', '.join(RECORD_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(RECORD_COLUMNS))})",
                 rows,
             )
-            return db.total_changes - before
+            stored = db.total_changes - before
+            db.executemany(
+                "UPDATE labels SET pending = 0 WHERE pending = 1 AND request_id = ?",
+                [(row[0],) for row in rows],
+            )
+            return stored
 
     def add_label(self, request_id: str, label: object) -> LabelOutcome:
         """Store a label durably; the same label again is a duplicate, another one a conflict."""
         return self.add_labels([(request_id, label)])[0]
 
-    def add_labels(self, labels: Iterable[tuple[str, object]]) -> list[LabelOutcome]:
+    def add_labels(
+        self, labels: Iterable[tuple[str, object]], max_pending: int | None = None
+    ) -> list[LabelOutcome]:
         """Store many labels in one durable transaction (one fsync, however many): each
-        outcome as for ``add_label``; all or none are stored."""
+        outcome as for ``add_label``; all or none are stored. ``TooManyPending`` (nothing
+        stored) when more than ``max_pending`` labels would then wait for their prediction.
+
+        A handful of statements per call, not per label: each statement gives up the GIL, and
+        while an analysis runs in another thread, getting it back costs a switch interval."""
+        labels = [(request_id, json.dumps(label, sort_keys=True)) for request_id, label in labels]
+        ids = [request_id for request_id, _ in labels]
         outcomes, now = [], time.time()
         with self._transaction(durable=True) as db:
-            for request_id, label in labels:
-                text = json.dumps(label, sort_keys=True)
-                row = db.execute(
-                    "SELECT label FROM labels WHERE request_id = ?", (request_id,)
-                ).fetchone()
-                if row is None:
-                    db.execute("INSERT INTO labels VALUES (?,?,?)", (request_id, text, now))
-                    outcomes.append(LabelOutcome.STORED)
-                else:
-                    same = row[0] == text
+            stored = dict(_in_chunks(db, "SELECT request_id, label FROM labels", ids))
+            answered = {i for (i,) in _in_chunks(db, "SELECT request_id FROM predictions", ids)}
+            new: dict[str, tuple] = {}
+            for request_id, text in labels:
+                earlier = stored.get(request_id) or (
+                    new[request_id][1] if request_id in new else None
+                )
+                if earlier is not None:
+                    same = earlier == text
                     outcomes.append(LabelOutcome.DUPLICATE if same else LabelOutcome.CONFLICT)
+                    continue
+                new[request_id] = (request_id, text, now, request_id not in answered)
+                outcomes.append(LabelOutcome.STORED)
+            if max_pending is not None:
+                waiting = sum(row[3] for row in new.values())
+                if waiting and self.pending_labels() + waiting > max_pending:
+                    raise TooManyPending(f"{max_pending} labels already wait for their predictions")
+            db.executemany("INSERT INTO labels VALUES (?,?,?,?)", list(new.values()))
         return outcomes
 
-    def labeled(self, endpoint: str, variant: str, since: float = 0.0) -> pd.DataFrame:
-        """One row per labeled prediction row: request id, time, prediction, label."""
-        rows = (
-            self._db()
-            .execute(
-                "SELECT p.request_id, p.at, p.predictions, l.label FROM predictions p "
-                "JOIN labels l ON l.request_id = p.request_id "
-                "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? ORDER BY p.at",
-                (endpoint, variant, since),
-            )
-            .fetchall()
+    def answered(self, request_ids: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """Request id -> (model tag, rows answered) of the ids that have a successful record."""
+        rows = _in_chunks(
+            self._db(),
+            "SELECT request_id, model, json_array_length(predictions) FROM predictions "
+            "WHERE outcome = 'ok' AND",
+            list(request_ids),
         )
-        table = []
+        return {request_id: (model, count) for request_id, model, count in rows}
+
+    def pending_labels(self) -> int:
+        """Labels held for a prediction that has not arrived (yet)."""
+        return self._db().execute("SELECT COUNT(*) FROM labels WHERE pending = 1").fetchone()[0]
+
+    def labeled(
+        self, endpoint: str, variant: str, since: float = 0.0, max_rows: int = 1_000_000
+    ) -> pd.DataFrame:
+        """The newest labeled prediction rows (at most ``max_rows``), oldest first: request id,
+        time, prediction, label."""
+        rows = self._db().execute(
+            "SELECT p.request_id, p.at, p.predictions, l.label FROM predictions p "
+            "JOIN labels l ON l.request_id = p.request_id "
+            "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? ORDER BY p.at DESC",
+            (endpoint, variant, since),
+        )
+        table: list[tuple] = []
         for request_id, at, predictions, label in rows:
             predictions = json.loads(predictions)
             labels = _row_labels(label, len(predictions))
             if labels is not None:
-                table += [(request_id, at, p, y) for p, y in zip(predictions, labels)]
+                table += reversed([(request_id, at, p, y) for p, y in zip(predictions, labels)])
+            if len(table) >= max_rows:
+                break
+        table = table[:max_rows][::-1]
         return pd.DataFrame(table, columns=["request_id", "at", "prediction", "label"])
 
-    def shadowed(self, endpoint: str, variant: str, since: float = 0.0) -> pd.DataFrame:
-        """One row per row a shadow mirrored from this variant: request id, shadow, the primary's
-        prediction, the shadow's, and the label (None until one joins)."""
-        rows = (
+    def labeled_counts(
+        self, endpoint: str, variant: str, since: float, include_pinned: bool = False
+    ) -> tuple[int, int]:
+        """(labeled rows, rows whose prediction equals the label) since ``since``, counted in
+        the database (no row is loaded); a label that does not fit its request's rows is left out
+        as it is in ``labeled``."""
+        row = (
             self._db()
             .execute(
-                "SELECT p.request_id, p.predictions, p.shadow, l.label FROM predictions p "
-                "LEFT JOIN labels l ON l.request_id = p.request_id "
-                "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.shadow != '{}' "
-                "ORDER BY p.at",
-                (endpoint, variant, since),
+                "SELECT COUNT(*), TOTAL(CAST(pe.value AS TEXT) = CAST(le.value AS TEXT)) "
+                "FROM predictions p JOIN labels l ON l.request_id = p.request_id "
+                "JOIN json_each(p.predictions) pe "
+                "JOIN json_each(CASE WHEN json_type(l.label) = 'array' THEN l.label "
+                "ELSE json_array(json(l.label)) END) le ON le.key = pe.key "
+                "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? AND (p.pinned = 0 OR ?) "
+                "AND json_array_length(p.predictions) = (CASE WHEN json_type(l.label) = 'array' "
+                "THEN json_array_length(l.label) ELSE 1 END)",
+                (endpoint, variant, since, include_pinned),
             )
-            .fetchall()
+            .fetchone()
         )
-        table = []
+        return int(row[0]), int(row[1])
+
+    def shadowed(
+        self, endpoint: str, variant: str, since: float = 0.0, max_rows: int = 1_000_000
+    ) -> pd.DataFrame:
+        """The newest rows (at most ``max_rows``, oldest first) a shadow mirrored from this
+        variant: request id, shadow, the primary's prediction, the shadow's, and the label (None
+        until one joins)."""
+        rows = self._db().execute(
+            "SELECT p.request_id, p.predictions, p.shadow, l.label FROM predictions p "
+            "LEFT JOIN labels l ON l.request_id = p.request_id "
+            "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.shadow != '{}' "
+            "ORDER BY p.at DESC",
+            (endpoint, variant, since),
+        )
+        table: list[tuple] = []
         for request_id, predictions, shadows, label in rows:
             predictions = json.loads(predictions)
             labels = _row_labels(label, len(predictions)) or [None] * len(predictions)
+            request = []
             for shadow, theirs in json.loads(shadows).items():
                 if len(theirs) == len(predictions):
-                    table += [
+                    request += [
                         (request_id, shadow, p, s, y)
                         for p, s, y in zip(predictions, theirs, labels)
                     ]
+            table += reversed(request)
+            if len(table) >= max_rows:
+                break
+        table = table[:max_rows][::-1]
         columns = ["request_id", "shadow", "prediction", "shadow_prediction", "label"]
         return pd.DataFrame(table, columns=columns)
 
     def outcomes(
-        self, endpoint: str, variant: str, since: float, slow_s: float
+        self, endpoint: str, variant: str, since: float, slow_s: float, include_pinned: bool = False
     ) -> tuple[int, int, int, int]:
         """(requests, failed, slow, invalid) a variant recorded since ``since``: failed means not
         answered (an error or a rejection), slow means answered after more than ``slow_s``,
-        invalid means answered with a NaN or infinite prediction (recorded as null)."""
+        invalid means answered with a NaN or infinite prediction (recorded as null). Pinned
+        requests are left out unless ``include_pinned``."""
         row = (
             self._db()
             .execute(
                 "SELECT COUNT(*), TOTAL(outcome != 'ok'), TOTAL(outcome = 'ok' AND latency_s > ?), "
                 "TOTAL(outcome = 'ok' AND instr(predictions, 'null') > 0) FROM predictions "
-                "WHERE endpoint = ? AND variant = ? AND at >= ?",
-                (slow_s, endpoint, variant, since),
+                "WHERE endpoint = ? AND variant = ? AND at >= ? AND (pinned = 0 OR ?)",
+                (slow_s, endpoint, variant, since, include_pinned),
             )
             .fetchone()
         )
         return tuple(int(v) for v in row)
 
-    def latencies(self, endpoint: str, variant: str, since: float) -> list[float]:
-        """Latencies (seconds) of the requests a variant answered since ``since``."""
+    def latencies(
+        self,
+        endpoint: str,
+        variant: str,
+        since: float,
+        include_pinned: bool = False,
+        max_rows: int = 100_000,
+    ) -> list[float]:
+        """Latencies (seconds) of the newest requests (at most ``max_rows``) a variant answered
+        since ``since``."""
         rows = (
             self._db()
             .execute(
                 "SELECT latency_s FROM predictions WHERE endpoint = ? AND variant = ? AND at >= ? "
-                "AND outcome = 'ok'",
-                (endpoint, variant, since),
+                "AND outcome = 'ok' AND (pinned = 0 OR ?) ORDER BY at DESC LIMIT ?",
+                (endpoint, variant, since, include_pinned, max_rows),
             )
             .fetchall()
         )
@@ -260,40 +377,81 @@ class MonitorStore:
             for e, v, n, labeled in rows
         ]
 
-    def unmatched_labels(self, older_than_s: float, now: float | None = None) -> int:
-        """Labels received more than ``older_than_s`` ago whose prediction never arrived."""
-        cutoff = (now or time.time()) - older_than_s
-        (count,) = (
-            self._db()
-            .execute(
-                "SELECT COUNT(*) FROM labels l LEFT JOIN predictions p ON p.request_id = l.request_id "
-                "WHERE p.request_id IS NULL AND l.received_at < ?",
-                (cutoff,),
-            )
-            .fetchone()
-        )
-        return count
-
     def window(
         self, endpoint: str, variant: str, max_rows: int, since: float = 0.0
     ) -> pd.DataFrame:
-        """The newest recorded input rows (with their predictions) of a variant, oldest first."""
-        rows = (
-            self._db()
-            .execute(
-                "SELECT inputs, predictions FROM predictions WHERE endpoint = ? AND variant = ? "
-                "AND at >= ? AND inputs IS NOT NULL ORDER BY at DESC LIMIT ?",
-                (endpoint, variant, since, max_rows),
-            )
-            .fetchall()
+        """The newest recorded input rows (at most ``max_rows``, with their predictions) of a
+        variant, oldest first."""
+        rows = self._db().execute(
+            "SELECT inputs, predictions FROM predictions WHERE endpoint = ? AND variant = ? "
+            "AND at >= ? AND inputs IS NOT NULL ORDER BY at DESC",
+            (endpoint, variant, since),
         )
+        requests, count = [], 0
+        for raw_inputs, raw_predictions in rows:
+            inputs, predictions = json.loads(raw_inputs), json.loads(raw_predictions)
+            requests.append((inputs, predictions))
+            count += len(inputs)
+            if count >= max_rows:
+                break
         inputs, predictions = [], []
-        for raw_inputs, raw_predictions in reversed(rows):
-            inputs += json.loads(raw_inputs)
-            predictions += json.loads(raw_predictions)
+        for request_inputs, request_predictions in reversed(requests):
+            inputs += request_inputs
+            predictions += request_predictions[: len(request_inputs)]
         frame = pd.DataFrame(inputs)
         frame["prediction"] = predictions[: len(frame)]
         return frame.tail(max_rows).reset_index(drop=True)
+
+    def prune(self, predictions_before: float, labels_before: float, pending_before: float) -> dict:
+        """Delete records older than ``predictions_before``, joined labels received before
+        ``labels_before`` and pending labels received before ``pending_before`` (expired: their
+        prediction never came). In chunks, so ingestion does not wait behind it. Returns the
+        number of rows deleted of each kind."""
+        deleted = {}
+        for kind, statement, cutoff in (
+            (
+                "predictions",
+                "DELETE FROM predictions WHERE rowid IN "
+                "(SELECT rowid FROM predictions WHERE at < ? LIMIT ?)",
+                predictions_before,
+            ),
+            (
+                "labels",
+                "DELETE FROM labels WHERE rowid IN "
+                "(SELECT rowid FROM labels WHERE pending = 0 AND received_at < ? LIMIT ?)",
+                labels_before,
+            ),
+            (
+                "expired_labels",
+                "DELETE FROM labels WHERE rowid IN "
+                "(SELECT rowid FROM labels WHERE pending = 1 AND received_at < ? LIMIT ?)",
+                pending_before,
+            ),
+        ):
+            deleted[kind] = 0
+            while True:
+                with self._transaction(durable=False) as db:
+                    removed = db.execute(statement, (cutoff, PRUNE_CHUNK)).rowcount
+                deleted[kind] += removed
+                if removed < PRUNE_CHUNK:
+                    break
+        return deleted
+
+
+CHUNK = 500
+"""Ids per ``IN (...)`` list (SQLite caps the number of parameters of one statement)."""
+
+
+def _in_chunks(db: sqlite3.Connection, select: str, ids: list[str]) -> list[tuple]:
+    """The rows of ``select ... request_id IN (ids)``, a chunk of ids per statement; ``select``
+    ends with its FROM clause, or with ``AND`` after a condition of its own."""
+    joiner = " " if select.endswith(" AND") else " WHERE "
+    rows: list[tuple] = []
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows += db.execute(f"{select}{joiner}request_id IN ({marks})", chunk).fetchall()
+    return rows
 
 
 def _row_labels(label: str | None, rows: int) -> list | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service import supervise
 from service.errors import InferenceFailed, Overloaded
 
 Tensors = dict[str, np.ndarray]
@@ -61,8 +62,8 @@ class Batcher:
 
     def _start(self) -> asyncio.Queue[_Pending]:
         self._queue = asyncio.Queue(maxsize=self._max_queue)
-        self._workers = [
-            asyncio.create_task(self._work(), name=f"batcher-{self._name}-{i}")
+        self._workers = [  # supervised: a worker that died would leave its callers waiting
+            supervise.start(f"batcher {self._name} #{i}", self._work)
             for i in range(self._concurrency)
         ]
         return self._queue
@@ -91,7 +92,7 @@ class Batcher:
                     break
                 try:
                     item = await asyncio.wait_for(queue.get(), remaining)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError on 3.10
                     break
             else:
                 item = queue.get_nowait()
@@ -109,19 +110,27 @@ class Batcher:
         while True:
             batch = await self._next_batch(queue)
             live = [p for p in batch if not p.future.done()]
-            if not live:
-                continue
-            try:
-                outputs = await loop.run_in_executor(self._executor, self._run_batch, live)
-            except Exception as error:  # a model fault fails this batch's callers, not the worker
-                failure = InferenceFailed(f"model {self._name} failed: {error}")
-                for pending in live:
-                    if not pending.future.done():
-                        pending.future.set_exception(failure)
-                continue
-            for pending, result in zip(live, outputs):
-                if not pending.future.done():
-                    pending.future.set_result(result)
+            if live:
+                await self._serve(loop, live)
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        """Run a batch and hand each caller its rows. If the run fails, each request is run alone,
+        so a request the model cannot take fails by itself and never its batch-mates."""
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, batch)
+        except Exception as error:  # a model fault fails its callers, never the worker
+            if len(batch) > 1:
+                for pending in batch:
+                    await self._serve(loop, [pending])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(
+                    InferenceFailed(f"model {self._name} failed: {error}")
+                )
+            return
+        for pending, result in zip(batch, outputs):
+            if not pending.future.done():
+                pending.future.set_result(result)
 
     def _run_batch(self, batch: list[_Pending]) -> list[Tensors]:
         """Stack, run once, split back. Runs in the executor thread."""

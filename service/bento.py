@@ -19,11 +19,10 @@ from pathlib import Path
 import bentoml
 
 from service import bentoml_fixes
-from service.config import GatewayConfig, load_config
+from service.config import CONFIG_ENV, GatewayConfig, load_config
 from service.gateway import Gateway as GatewayProcess
 from service.http.app import build_app
 
-CONFIG_ENV = "GATEWAY_CONFIG"
 bentoml_fixes.apply()
 log = logging.getLogger("gateway")
 http_app = build_app()

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from service.config import CONFIG_ENV
 from service.errors import ConfigError
 
 MODEL_STORE_ENV = "BENTOML_HOME"
@@ -108,7 +109,7 @@ def serve_env(config_path: Path, port: int) -> dict[str, str]:
     metrics_dir.mkdir(parents=True)
     return {
         **os.environ,
-        "GATEWAY_CONFIG": str(Path(config_path).resolve()),
+        CONFIG_ENV: str(Path(config_path).resolve()),
         METRICS_DIR_ENV: str(metrics_dir),
     }
 
@@ -126,8 +127,11 @@ def _monitor(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     _use_model_store(config.model_store)
-    port = args.port or config.monitor.port
-    command = serve_command(port, args.host or config.server.host, MONITOR_SERVICE)
+    from service.secrets import check_exposure, load_secrets
+
+    port, host = args.port or config.monitor.port, args.host or config.monitor.host
+    check_exposure(load_secrets(config.secrets), host)
+    command = serve_command(port, host, MONITOR_SERVICE)
     os.execve(command[0], command, serve_env(Path(args.config), port))
     return 0  # not reached
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.errors import ConfigError
+from service.names import NAME_PATTERN, is_name, is_tag
 from traffic.rollout_policy import (
     CompareMetric,
     Comparison,
@@ -32,9 +33,6 @@ from traffic.table import (
     check_variants,
 )
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-"""Endpoint and variant names: they appear in URLs, headers and metric labels."""
-
 
 class Strict(BaseModel):
     """Base for every config section: unknown keys are errors, values are not coerced silently."""
@@ -42,8 +40,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+CONFIG_ENV = "GATEWAY_CONFIG"
+"""The environment variable naming gateway.yaml for the servers ``gateway serve`` starts."""
+LOOPBACK = "127.0.0.1"
+MAX_RECORD_BATCH_BYTES = 64 * 2**20
+"""The most one posted batch of records (or labels) may weigh: the monitor's body limit."""
+
+
 class ServerConfig(Strict):
-    host: str = "0.0.0.0"
+    host: str = Field(LOOPBACK, description="listen address; 0.0.0.0 exposes every interface")
     port: int = Field(3000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
     access_log: bool = False
@@ -99,7 +104,7 @@ class VariantConfig(Strict):
     @field_validator("model")
     @classmethod
     def _tag_has_version(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*:[A-Za-z0-9_.-]+", value):
+        if not is_tag(value):
             raise ValueError(f"must be a model tag 'name:version', got {value!r}")
         return value
 
@@ -126,7 +131,20 @@ class RoutingConfig(Strict):
     key: RoutingKeyConfig | None = None
     require_key: bool = False
     allow_pinning: bool = True
+    pinnable: list[str] = Field(
+        [],
+        description="variants without a traffic share (weight 0, shadows) that callers may pin "
+        "without the admin token; by default only the admin token pins those",
+    )
     salt: str | None = Field(None, description="default: the endpoint name")
+
+    @field_validator("pinnable")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not is_name(name):
+                raise ValueError(f"{name!r} is not a variant name")
+        return value
 
 
 class StepConfig(Strict):
@@ -200,6 +218,9 @@ class RolloutConfig(Strict):
     offline_gate: OfflineGateConfig = OfflineGateConfig()
     dry_run: bool = False
     dry_run_checks: list[str] = []
+    count_pinned: bool = Field(
+        False, description="judge pinned requests too (by default they are not evidence)"
+    )
 
     @model_validator(mode="after")
     def _steps_ramp_up(self) -> RolloutConfig:
@@ -232,6 +253,7 @@ class RolloutConfig(Strict):
             revert_window_s=self.revert_window_s,
             dry_run=self.dry_run,
             dry_run_checks=tuple(self.dry_run_checks),
+            count_pinned=self.count_pinned,
         )
 
 
@@ -273,6 +295,7 @@ class EndpointConfig(Strict):
             key_field=key.field if key else None,
             require_key=self.routing.require_key,
             allow_pinning=self.routing.allow_pinning,
+            pinnable=tuple(self.routing.pinnable),
             salt=self.routing.salt or name,
         )
         return EndpointTable(name, tuple(v.spec() for v in self.variants), policy)
@@ -287,15 +310,31 @@ class MonitorConfig(Strict):
         description="the monitor's base URL; none: recording off",
     )
     port: int = Field(3001, ge=1, le=65535, description="port `gateway monitor` listens on")
+    host: str = Field(LOOPBACK, description="address `gateway monitor` listens on")
     sample_inputs: float = Field(
         1.0, ge=0, le=1, description="share of requests whose inputs are kept"
     )
     buffer_records: int = Field(10_000, ge=1, description="records held while the monitor is away")
+    buffer_bytes: int = Field(
+        64 * 2**20, ge=2**20, description="and at most this many bytes of them (estimated)"
+    )
     batch_records: int = Field(500, ge=1, le=100_000)
+    batch_bytes: int = Field(
+        8 * 2**20,
+        ge=64 * 1024,
+        le=MAX_RECORD_BATCH_BYTES // 2,
+        description="records per batch shipped stop at this many bytes (one record always goes)",
+    )
     flush_interval_ms: float = Field(200.0, ge=10, le=60_000)
     timeout_s: float = Field(2.0, gt=0, le=60)
     label_retention_s: float = Field(
-        86_400.0, gt=0, description="then an unjoined label is unmatched"
+        86_400.0, gt=0, description="a label waiting for its prediction is held this long"
+    )
+    max_pending_labels: int = Field(
+        100_000, ge=1, description="labels held for predictions not yet seen; beyond it: 429"
+    )
+    max_db_mb: float | None = Field(
+        None, gt=0, description="cap on the monitor's database; at the cap labels get 503"
     )
     interval_s: float = Field(30.0, ge=1, description="how often drift and quality are computed")
     window_rows: int = Field(10_000, ge=10, description="newest rows per variant a run looks at")
@@ -328,6 +367,49 @@ class NotificationsConfig(Strict):
         return value
 
 
+class SecretsConfig(Strict):
+    """Files holding the shared secrets, for deployments that mount them (a Kubernetes Secret).
+    The environment variable of the same secret, when set, wins; relative paths are relative to
+    gateway.yaml. See docs/operations.md, "Security"."""
+
+    admin_token_file: Path | None = Field(None, description="else GATEWAY_ADMIN_TOKEN")
+    monitor_token_file: Path | None = Field(None, description="else GATEWAY_MONITOR_TOKEN")
+    metrics_token_file: Path | None = Field(None, description="else GATEWAY_METRICS_TOKEN")
+    webhook_secret_file: Path | None = Field(None, description="else GATEWAY_WEBHOOK_SECRET")
+
+
+class AccessConfig(Strict):
+    """What answers without a token. ``token``: the admin token (or, for metrics, the metrics
+    token) is needed; ``anonymous``: anyone who reaches the port may read it."""
+
+    metrics: Literal["token", "anonymous"] = Field(
+        "token", description="/metrics of the gateway and the monitor (variant names, rates)"
+    )
+    reports: Literal["token", "anonymous"] = Field(
+        "token", description="/reports: Evidently reports show the distributions of user inputs"
+    )
+    endpoints: Literal["token", "anonymous"] = Field(
+        "anonymous",
+        description="/endpoints: anonymous callers see the variants that take traffic; "
+        "dark ones (weight 0, shadows) only with the admin token",
+    )
+
+
+DAY_S = 86_400.0
+
+
+class RetentionConfig(Strict):
+    """How long the monitor keeps what it stores; pruned every ``prune_interval_s``."""
+
+    predictions_s: float = Field(7 * DAY_S, gt=0, description="prediction records")
+    labels_s: float = Field(30 * DAY_S, gt=0, description="labels that joined a prediction")
+    audit_s: float = Field(90 * DAY_S, gt=0, description="the routing audit log")
+    evaluations_s: float = Field(90 * DAY_S, gt=0, description="rollout evaluations")
+    reports_s: float = Field(30 * DAY_S, gt=0, description="saved Evidently reports")
+    webhooks_s: float = Field(7 * DAY_S, gt=0, description="delivered or failed webhook events")
+    prune_interval_s: float = Field(600.0, ge=1)
+
+
 class GatewayConfig(Strict):
     server: ServerConfig = ServerConfig()
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -342,13 +424,16 @@ class GatewayConfig(Strict):
     )
     monitor: MonitorConfig = MonitorConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+    secrets: SecretsConfig = SecretsConfig()
+    access: AccessConfig = AccessConfig()
+    retention: RetentionConfig = RetentionConfig()
     endpoints: dict[str, EndpointConfig] = Field(min_length=1)
 
     @field_validator("endpoints")
     @classmethod
     def _endpoint_names(cls, value: dict[str, EndpointConfig]) -> dict[str, EndpointConfig]:
         for name in value:
-            if not re.fullmatch(NAME_PATTERN, name):
+            if not is_name(name):
                 raise ValueError(f"endpoint name {name!r} must match {NAME_PATTERN}")
         return value
 
@@ -408,6 +493,13 @@ def parse_config(data: object, source: str = "gateway.yaml") -> GatewayConfig:
         updates["model_store"] = base / config.model_store
     if not config.data_dir.is_absolute():
         updates["data_dir"] = base / config.data_dir
+    files = {
+        key: base / path
+        for key, path in config.secrets.model_dump().items()
+        if path is not None and not path.is_absolute()
+    }
+    if files:
+        updates["secrets"] = config.secrets.model_copy(update=files)
     return config.model_copy(update=updates) if updates else config
 
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.config import FaultConfig, LimitsConfig
-from service.errors import BadRequest, InferenceFailed, NotFound
+from service.errors import BadRequest, Forbidden, InferenceFailed, NotFound
 from service.model_pool import LoadedModel
 from service.validation import check_inputs
-from traffic.table import EndpointTable, RoutingError, VariantSpec
+from traffic.table import EndpointTable, PinRefused, RoutingError, VariantSpec
 
 Tensors = dict[str, np.ndarray]
 
@@ -34,6 +34,11 @@ class Route:
     model: LoadedModel
     reason: str
     shadows: tuple[tuple[VariantSpec, LoadedModel], ...] = ()
+
+    @property
+    def pinned(self) -> bool:
+        """The caller chose the variant: not a random draw of the traffic."""
+        return self.reason == "pinned"
 
 
 @dataclass(frozen=True)
@@ -79,12 +84,18 @@ class DataPlane:
         *,
         pin_variant: str | None = None,
         pin_version: str | None = None,
+        privileged: bool = False,
     ) -> Route:
-        """Route one request (400 for an unknown pin, a refused pin or a missing required key)."""
+        """Route one request: 400 for an unknown or disallowed pin or a missing required key,
+        403 for a pin of a dark variant by a caller without the right to."""
         snapshot = self.snapshot
         table = self.table(endpoint)
         try:
-            decision = table.route(key, pin_variant=pin_variant, pin_version=pin_version)
+            decision = table.route(
+                key, pin_variant=pin_variant, pin_version=pin_version, privileged=privileged
+            )
+        except PinRefused as error:
+            raise Forbidden(str(error)) from None
         except RoutingError as error:
             raise BadRequest(str(error)) from None
         models = snapshot.models

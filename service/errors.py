@@ -25,16 +25,51 @@ class BadRequest(GatewayError):
     status = 400
 
 
+class Unauthorized(GatewayError):
+    """No credential, or a wrong one, for a route that needs one."""
+
+    status = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(GatewayError):
+    """The route is switched off, or the caller may not do this without a token."""
+
+    status = 403
+
+
 class NotFound(GatewayError):
     """Unknown endpoint, model, version or route."""
 
     status = 404
 
 
+class Conflict(GatewayError):
+    """The request contradicts what is stored: a different label for the same request, a
+    rollout action that does not fit the rollout's phase, a state that kept changing."""
+
+    status = 409
+
+
 class PayloadTooLarge(GatewayError):
     """The body or the number of rows is over the configured limits."""
 
     status = 413
+
+
+class UnsupportedEncoding(GatewayError):
+    """A Content-Encoding the gateway does not take."""
+
+    status = 415
+
+
+class ClientGone(GatewayError):
+    """The client closed the connection before its body was read (nginx's "client closed
+    request"): nobody sees this answer, and it is counted as the client's doing."""
+
+    status = 499
 
 
 class Overloaded(GatewayError):
@@ -50,6 +85,16 @@ class NotReady(GatewayError):
     """The model is not loaded (yet)."""
 
     status = 503
+
+
+class Unavailable(GatewayError):
+    """A dependency cannot take the request now (the monitor is away, its disk is full):
+    nothing was stored; the client should retry after ``Retry-After`` seconds."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
 class InferenceFailed(GatewayError):

@@ -1,7 +1,12 @@
-"""One gateway process: configuration, metrics, models, routing state and data plane, wired together.
+"""One gateway process: configuration, secrets, metrics, models, routing state and data plane,
+wired together; and ``Gateway.predict``, the one call that owns a prediction request.
 
-The BentoML service builds one ``Gateway`` per worker process and hands it to the HTTP app. The
-``account`` context manager is where every prediction request, whatever its protocol, is counted.
+The HTTP handlers (plain JSON and OIP) only move headers and bodies: they hand ``predict`` a
+``Call`` (the endpoint, the headers, and how to read and decode the body) and encode the
+``Answer`` it returns. ``predict`` reads the body, routes, validates, runs, and accounts for the
+request in one place whatever its outcome: metrics, and a record for the monitor of answers and
+failures alike (rollouts judge error rates). Latency is measured from the moment the body is read,
+so a slow upload never makes a variant look slow.
 """
 
 from __future__ import annotations
@@ -9,48 +14,118 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from service.codecs.plain import PredictionEncoder
 from service.config import GatewayConfig
 from service.dataplane import DataPlane, Route
 from service.errors import BadRequest, GatewayError, Overloaded
 from service.metrics import GatewayMetrics
+from service.model_card import ModelCard
 from service.model_pool import ModelLoader, check_models
+from service.names import new_request_id
 from service.recording import Recorder
-from service.routing import STATE_FILE, RoutingControl, initial_state, model_tags
+from service.routing import (
+    STATE_FILE,
+    RoutingControl,
+    initial_state,
+    model_tags,
+    with_retries,
+)
+from service.secrets import Secrets, load_secrets, presents
 from service.shadow import ShadowRunner
 from traffic.store import SQLiteStateStore
+from traffic.table import EndpointTable
 
 Tensors = dict[str, np.ndarray]
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-ADMIN_TOKEN_ENV = "GATEWAY_ADMIN_TOKEN"
+REQUEST_ID_HEADER = "x-gateway-request-id"
+"""The gateway's own id of an answer (its record's key; labels name it)."""
+CORRELATION_HEADER = "x-request-id"
+"""The caller's correlation id, echoed back and kept in the record (not a key: callers reuse it)."""
+PIN_HEADER = "x-gateway-variant"
+CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_KEY_LENGTH = 256
+WORKER = str(os.getpid())
+"""Which worker answered (``x-gateway-worker``), for support."""
 
 
-def request_id_from(header: str | None) -> str:
-    """The caller's ``x-request-id`` when it is usable, else a fresh one."""
-    if header is None:
-        return uuid.uuid4().hex
-    if not REQUEST_ID.fullmatch(header):
+def correlation_id_from(header: str | None) -> str | None:
+    """The caller's ``x-request-id``, when it is usable (400 otherwise)."""
+    if header is not None and not CORRELATION_ID.fullmatch(header):
         raise BadRequest("x-request-id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
     return header
 
 
-@dataclass
-class RequestAccount:
-    """What is known about a request as it is handled; ``route`` is set once a variant is chosen."""
+class Decoded(Protocol):
+    """A decoded request body, whatever its protocol."""
+
+    @property
+    def fields(self) -> Mapping[str, object]:
+        """Values a routing key may be taken from (a JSON field, an OIP request parameter)."""
+        ...
+
+    def tensors(self, card: ModelCard) -> Tensors:
+        """The input tensors for the routed model (400 when they cannot be)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Call:
+    """One prediction call as a transport hands it over."""
 
     endpoint: str
     protocol: str
+    headers: Mapping[str, str]
+    read: Callable[[EndpointTable], Awaitable[Decoded]]
+    """Reads and decodes the body (the table says which body field, if any, is the key)."""
+    pin_version: str | None = None
+    """The model version a protocol's path pins (OIP ``/versions/{v}``)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a prediction returns to its transport: who answered what, and the ids to echo."""
+
     request_id: str
-    started: float
-    route: Route | None = None
+    correlation_id: str | None
+    route: Route
+    outputs: Tensors
+    decoded: Decoded
+    """The request as its transport decoded it (what the encoder needs to answer in kind)."""
+
+    def headers(self) -> dict[str, str]:
+        """Headers every prediction answer carries, whatever its protocol."""
+        card = self.route.model.card
+        return {
+            REQUEST_ID_HEADER: self.request_id,
+            CORRELATION_HEADER: self.correlation_id or self.request_id,
+            "x-gateway-variant": self.route.variant.name,
+            "x-gateway-model-version": card.version,
+            "x-gateway-worker": WORKER,
+        }
+
+
+def routing_key(
+    headers: Mapping[str, str], table: EndpointTable, fields: Mapping[str, object]
+) -> str | None:
+    """The request's routing key: from the configured header, or the configured body field."""
+    policy = table.policy
+    if policy.key_header:
+        key = headers.get(policy.key_header)
+    elif policy.key_field:
+        key = fields.get(policy.key_field)
+        if key is not None and (isinstance(key, bool) or not isinstance(key, (str, int))):
+            raise BadRequest(f"routing key {policy.key_field!r} must be a string or an integer")
+        key = None if key is None else str(key)
+    else:
+        return None
+    if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
+        raise BadRequest(f"the routing key must be 1-{MAX_KEY_LENGTH} characters")
+    return key
 
 
 class Gateway:
@@ -60,27 +135,28 @@ class Gateway:
         self,
         config_path: Path,
         config: GatewayConfig,
+        secrets_: Secrets,
         metrics: GatewayMetrics,
         dataplane: DataPlane,
         routing: RoutingControl,
-        admin_token: str | None,
     ) -> None:
         self.config_path = config_path
         self.config = config
+        self.secrets = secrets_
         self.metrics = metrics
         self.dataplane = dataplane
         self.routing = routing
-        self.admin_token = admin_token
         self.shadows = ShadowRunner(dataplane.run, metrics)
-        self.recorder = Recorder(config.monitor, metrics)
-        self._encoders: dict[str, PredictionEncoder] = {}
+        self.recorder = Recorder(config.monitor, metrics, secrets_.monitor_token)
 
     @classmethod
     def start(cls, config_path: Path, config: GatewayConfig) -> Gateway:
         """Adopt the routing state, then load every model it uses (warm, on the resolved device)."""
+        secrets_ = load_secrets(config.secrets)
         metrics = GatewayMetrics(config.server.latency_slo_ms / 1000.0)
-        store = SQLiteStateStore(config.data_dir / STATE_FILE)
-        state = initial_state(config, store)
+        path = config.data_dir / STATE_FILE
+        store = with_retries("opening the routing state", lambda: SQLiteStateStore(path))
+        state = with_retries("reading the routing state", lambda: initial_state(config, store))
         tags = model_tags(state.tables)
         loader = ModelLoader(config, check_models(config, tags), metrics)
         models = {tag: loader.load(tag) for tag in tags}
@@ -88,66 +164,98 @@ class Gateway:
         dataplane = DataPlane(config.limits, snapshot, config.faults())
         routing = RoutingControl(store, loader, dataplane, metrics)
         routing.export(snapshot)
-        admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
-        return cls(config_path, config, metrics, dataplane, routing, admin_token)
+        return cls(config_path, config, secrets_, metrics, dataplane, routing)
 
-    def answered(
-        self, request_id: str, account: RequestAccount, tensors: Tensors, outputs: Tensors
-    ) -> None:
-        """After a successful inference: record for the monitor, after the shadows if any ran.
+    def is_admin(self, headers: Mapping[str, str]) -> bool:
+        """Whether the headers carry the admin token."""
+        return presents(headers, self.secrets.admin_token)
 
-        A mirrored request is recorded once its shadows have answered, with their predictions in
-        the same record; the caller has its answer by then either way.
-        """
-        route, latency_s = account.route, time.perf_counter() - account.started
-        if not route.shadows:
-            self.recorder.record(request_id, route, tensors, outputs, latency_s)
-            return
-
-        def record(shadow: dict[str, list]) -> None:
-            self.recorder.record(request_id, route, tensors, outputs, latency_s, shadow)
-
-        self.shadows.mirror(route, tensors, outputs, record)
-
-    def encoder(self, route: Route) -> PredictionEncoder:
-        card = route.model.card
-        encoder = self._encoders.get(card.tag)
-        if encoder is None:
-            encoder = self._encoders[card.tag] = PredictionEncoder(card)
-        return encoder
-
-    @contextmanager
-    def account(self, endpoint: str, protocol: str, request_id: str) -> Iterator[RequestAccount]:
-        """Count the request by outcome and time it, per endpoint and variant; a request its
-        variant failed or refused is recorded for the monitor too (rollouts judge error rates)."""
-        record = RequestAccount(endpoint, protocol, request_id, time.perf_counter())
-        metrics = self.metrics
-        in_flight = metrics.in_flight.labels(endpoint)
+    async def predict(self, call: Call) -> Answer:
+        """Read, route, validate and run one request, and account for it whatever happens."""
+        table = self.dataplane.table(call.endpoint)
+        request_id = new_request_id(table.endpoint)
+        correlation_id = correlation_id_from(call.headers.get(CORRELATION_HEADER))
+        in_flight = self.metrics.in_flight.labels(table.endpoint)
         in_flight.inc()
-        outcome = "ok"
+        started = time.perf_counter()
+        route: Route | None = None
+        outcome = "error"
+        pin_variant = call.headers.get(PIN_HEADER)
         try:
-            yield record
-        except Overloaded:
-            outcome = "rejected"
-            raise
+            decoded = await call.read(table)
+            started = time.perf_counter()  # latency counts from the moment the body is read
+            pinned = pin_variant is not None or call.pin_version is not None
+            route = self.dataplane.route(
+                table.endpoint,
+                routing_key(call.headers, table, decoded.fields),
+                pin_variant=pin_variant,
+                pin_version=call.pin_version,
+                privileged=pinned and self.is_admin(call.headers),
+            )
+            tensors = decoded.tensors(route.model.card)
+            outputs = await self.dataplane.infer(route, tensors)
+            outcome = "ok"
         except GatewayError as error:
-            outcome = "client_error" if error.status < 500 else "error"
-            raise
-        except BaseException:
-            outcome = "error"
+            if isinstance(error, Overloaded):
+                outcome = "rejected"
+            else:
+                outcome = "client_error" if error.status < 500 else "error"
+            _add_ids(error, request_id, correlation_id)
             raise
         finally:
             in_flight.dec()
-            variant = record.route.variant.name if record.route else "none"
-            version = record.route.variant.model_version if record.route else "none"
-            metrics.request_series(endpoint, variant, version, protocol, outcome).inc()
-            if outcome == "rejected":
-                metrics.queue_rejections.labels(endpoint, variant).inc()
-            elapsed = time.perf_counter() - record.started
-            metrics.duration_series(endpoint, variant).observe(elapsed)
-            if record.route is not None and outcome in ("error", "rejected"):
-                self.recorder.failed(request_id, record.route, elapsed, outcome)
+            latency_s = time.perf_counter() - started
+            self._account(call, request_id, route, outcome, latency_s)
+        answer = Answer(request_id, correlation_id, route, outputs, decoded)
+        self._record(answer, tensors, latency_s)
+        return answer
+
+    def _account(
+        self, call: Call, request_id: str, route: Route | None, outcome: str, latency_s: float
+    ) -> None:
+        """Count the request by outcome and time it; keep a failed one for the monitor too."""
+        metrics, endpoint = self.metrics, call.endpoint
+        variant = route.variant.name if route else "none"
+        version = route.variant.model_version if route else "none"
+        metrics.request_series(endpoint, variant, version, call.protocol, outcome).inc()
+        metrics.duration_series(endpoint, variant).observe(latency_s)
+        if outcome == "rejected":
+            metrics.queue_rejections.labels(endpoint, variant).inc()
+        if route is not None and outcome in ("error", "rejected"):
+            self.recorder.failed(request_id, route, latency_s, outcome)
+
+    def _record(self, answer: Answer, tensors: Tensors, latency_s: float) -> None:
+        """Keep an answer for the monitor; a mirrored request once its shadows have answered, so
+        their predictions travel in the same record (the caller has its answer by then)."""
+        route = answer.route
+        if not route.shadows:
+            self.recorder.record(
+                answer.request_id, answer.correlation_id, route, tensors, answer.outputs, latency_s
+            )
+            return
+
+        def record(shadow: dict[str, list]) -> None:
+            self.recorder.record(
+                answer.request_id,
+                answer.correlation_id,
+                route,
+                tensors,
+                answer.outputs,
+                latency_s,
+                shadow,
+            )
+
+        self.shadows.mirror(route, tensors, answer.outputs, record)
 
     async def close(self) -> None:
         for model in self.dataplane.snapshot.models.values():
             await model.batcher.close()
+
+
+def _add_ids(error: GatewayError, request_id: str, correlation_id: str | None) -> None:
+    """Let the error answer carry the request's ids in its headers, as an answer would."""
+    error.headers = {
+        **error.headers,
+        REQUEST_ID_HEADER: request_id,
+        CORRELATION_HEADER: correlation_id or request_id,
+    }

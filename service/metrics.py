@@ -48,7 +48,7 @@ class GatewayMetrics:
         )
         self.request_duration = Histogram(
             "gateway_request_duration_seconds",
-            "Time from request received to answer ready, per endpoint and variant.",
+            "Time from the request's body read to its answer ready, per endpoint and variant.",
             ["endpoint", "variant"],
             buckets=latency_buckets(latency_slo_seconds),
         )
@@ -125,6 +125,12 @@ class GatewayMetrics:
             "When a batch of records last reached the monitor (unix time).",
             multiprocess_mode="max",
         )
+        self.background_restarts = Counter(
+            "gateway_background_restarts_total",
+            "Background tasks (batching, record shipping, routing follower) started again "
+            "after they died.",
+            ["task"],
+        )
         self._request_children: dict[tuple, Counter] = {}
         self._duration_children: dict[tuple, Histogram] = {}
 
@@ -145,6 +151,10 @@ class GatewayMetrics:
             for outcome in OUTCOMES:
                 self.request_series(endpoint, variant, version, protocol, outcome)
         self.queue_rejections.labels(endpoint, variant)
+
+    def task_restarted(self, task: str) -> None:
+        """Count a supervised background task started again (service/supervise.py)."""
+        self.background_restarts.labels(task).inc()
 
     def duration_series(self, endpoint: str, variant: str):
         """The latency histogram child for an endpoint and variant, cached like ``request_series``."""

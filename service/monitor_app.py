@@ -1,5 +1,11 @@
 """The monitor's HTTP surface: records in (from every gateway worker and replica), labels in,
-a summary, analysis runs, reports and rollouts out. One monitor process owns the store (service/monitor_bento.py starts it).
+a summary, analysis runs, reports and rollouts out. One monitor process owns the store
+(service/monitor_bento.py starts it; service/monitor_process.py is what it serves with).
+
+Every route needs ``Authorization: Bearer <monitor token>`` (``/metrics``: the metrics or monitor
+token, unless ``access.metrics`` is ``anonymous``). Records with names the routing state does not
+know, or malformed ones, are refused one by one and counted; labels are checked against the model
+that answered before anything is stored.
 """
 
 from __future__ import annotations
@@ -9,7 +15,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 from starlette.applications import Starlette
@@ -18,71 +24,118 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from monitors.records import decode_batch
-from monitors.store import MonitorStore
+from monitors.store import StoreFull, TooManyPending
+from service import supervise
 from service.codecs import decode_json
-from service.errors import BadRequest, NotFound
+from service.config import MAX_RECORD_BATCH_BYTES
+from service.errors import BadRequest, NotFound, Overloaded, Unavailable
+from service.http.auth import require_token
 from service.http.body import read_body
+from service.http.query import bool_param, int_param
 from service.http.responses import EXCEPTION_HANDLERS, json_response
+from service.labels import label_problem
+from service.logs import Throttled
 from service.metrics import CONTENT_TYPE, exposition
+from service.monitor_process import Monitor
+from service.names import endpoint_of, is_name
+from service.recording import CLIENT_HEADER
 
 log = logging.getLogger("gateway.monitor")
-
-MAX_BODY = 64 * 1024 * 1024
-
-
-def _store(request: Request) -> MonitorStore:
-    return request.app.state.store
+_refused_records = Throttled(log, every_s=60.0)
 
 
-async def _json_list(request: Request, key: str) -> list:
-    body = await read_body(request, MAX_BODY)
-    data = decode_json(body)
-    if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        raise BadRequest(f'the body must be {{"{key}": [...]}}')
-    return data[key]
+def monitor_of(request: Request) -> Monitor:
+    """This process's monitor, once the caller has shown the monitor token."""
+    monitor: Monitor = request.app.state.monitor
+    if monitor.secrets.monitor_token is not None:
+        require_token(request, monitor.secrets.monitor_token, off="")
+    return monitor
+
+
+async def _stored(work: Callable[[], object]) -> object:
+    """``work`` in a thread; a full database is a 503 (nothing was stored)."""
+    try:
+        return await anyio.to_thread.run_sync(work)
+    except StoreFull as error:
+        raise Unavailable(str(error), retry_after_s=60) from None
 
 
 async def add_records(request: Request) -> Response:
+    monitor = monitor_of(request)
     try:
-        records = decode_batch(await read_body(request, MAX_BODY))
+        records = decode_batch(await read_body(request, MAX_RECORD_BATCH_BYTES))
     except ValueError as error:
         raise BadRequest(str(error)) from None
-    stored = await anyio.to_thread.run_sync(_store(request).add_records, records)
-    return json_response({"stored": stored})
+
+    def store() -> tuple[int, int]:
+        kept = [r for r in records if monitor.accepts(r)]
+        return monitor.store.add_records(kept), len(records) - len(kept)
+
+    stored, refused = await _stored(store)
+    if refused:
+        monitor.metrics.records_refused.inc(refused)
+        _refused_records.warning("refused %d records with unknown or malformed names", refused)
+    return json_response({"stored": stored, "refused": refused})
+
+
+def _label_items(data: object) -> list[dict]:
+    items = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("request_id"), str) and "label" in i for i in items
+    ):
+        raise BadRequest('the body must be {"labels": [{"request_id": str, "label": value}, ...]}')
+    return items
 
 
 async def add_labels(request: Request) -> Response:
-    """Store each label durably before answering; the answer gives each one's outcome."""
-    items = await _json_list(request, "labels")
-    store = _store(request)
+    """Check every label against the model that answered (when its record is here), then store
+    them all durably in one transaction, or none; the answer gives each one's outcome."""
+    monitor = monitor_of(request)
+    items = _label_items(decode_json(await read_body(request, MAX_RECORD_BATCH_BYTES)))
+    store = monitor.store
 
-    def store_all() -> list[dict]:
-        outcomes = store.add_labels((i["request_id"], i["label"]) for i in items)
+    def check_and_store() -> list[dict]:
+        answered = store.answered(i["request_id"] for i in items)
+        for item in items:
+            request_id = item["request_id"]
+            if endpoint_of(request_id) is None:
+                raise BadRequest(f"{request_id!r} is not a request id the gateway gives")
+            if request_id in answered:
+                tag, rows = answered[request_id]
+                card = monitor.card(tag)
+                problem = label_problem([card] if card else [], item["label"], rows)
+                if card is not None and problem is not None:
+                    raise BadRequest(f"{request_id}: {problem}; nothing was stored")
+        outcomes = store.add_labels(
+            ((i["request_id"], i["label"]) for i in items),
+            max_pending=monitor.config.monitor.max_pending_labels,
+        )
         return [
             {"request_id": item["request_id"], "outcome": outcome.value}
             for item, outcome in zip(items, outcomes)
         ]
 
-    if not all(
-        isinstance(i, dict) and isinstance(i.get("request_id"), str) and "label" in i for i in items
-    ):
-        raise BadRequest('each label is {"request_id": str, "label": value}')
-    results = await anyio.to_thread.run_sync(store_all)
+    try:
+        results = await _stored(check_and_store)
+    except TooManyPending as error:
+        monitor.metrics.labels.labels("refused").inc(len(items))
+        raise Overloaded(f"{error}: nothing was stored", retry_after_s=60) from None
+    except BadRequest:
+        monitor.metrics.labels.labels("invalid").inc(len(items))
+        raise
     for result in results:
-        request.app.state.metrics.labels.labels(result["outcome"]).inc()
+        monitor.metrics.labels.labels(result["outcome"]).inc()
     return json_response({"results": results})
 
 
 async def summary(request: Request) -> Response:
-    """Per endpoint and variant: records, labeled rows, and unmatched labels overall."""
-    store = _store(request)
-    retention = request.app.state.label_retention_s
+    """Per endpoint and variant: records, labeled rows, and labels waiting for a prediction."""
+    store = monitor_of(request).store
 
     def read() -> dict:
-        counts = store.counts()
         return {
-            "variants": counts,
-            "unmatched_labels": store.unmatched_labels(retention),
+            "variants": store.counts(),
+            "pending_labels": store.pending_labels(),
             "at": time.time(),
         }
 
@@ -91,39 +144,48 @@ async def summary(request: Request) -> Response:
 
 async def run_now(request: Request) -> Response:
     """``POST /runs[?reports=true]``: compute drift and quality now (and save Evidently reports)."""
-    flag = request.query_params.get("reports", "false")
-    if flag not in ("true", "false"):
-        raise BadRequest("reports must be true or false")
-    runner = request.app.state.runner
-    reports = await anyio.to_thread.run_sync(lambda: runner.run_once(save_reports=flag == "true"))
+    runner = monitor_of(request).runner
+    save = bool_param(request, "reports")
+    reports = await anyio.to_thread.run_sync(lambda: runner.run_once(save_reports=save))
     return json_response({"variants": [r.to_dict() for r in reports]})
 
 
 async def list_reports(request: Request) -> Response:
-    archive = request.app.state.archive
+    archive = monitor_of(request).archive
     files = await anyio.to_thread.run_sync(archive.list)
     return json_response({"reports": [f.to_dict() for f in files]})
 
 
 async def get_report(request: Request) -> Response:
+    archive = monitor_of(request).archive
     params = request.path_params
-    found = await anyio.to_thread.run_sync(
-        request.app.state.archive.find, params["endpoint"], params["variant"], params["name"]
-    )
+    endpoint, variant, name = params["endpoint"], params["variant"], params["name"]
+    found = None
+    if is_name(endpoint) and is_name(variant):
+        found = await anyio.to_thread.run_sync(archive.find, endpoint, variant, name)
     if found is None:
-        raise NotFound(f"no report {params['endpoint']}/{params['variant']}/{params['name']}")
+        raise NotFound(f"no report {endpoint}/{variant}/{name}")
     media = "text/html" if found.format == "html" else "application/json"
     return FileResponse(found.path, media_type=media)
 
 
 async def metrics(request: Request) -> Response:
+    monitor: Monitor = request.app.state.monitor
+    secrets = monitor.secrets
+    if monitor.config.access.metrics != "anonymous" and secrets.monitor_token is not None:
+        require_token(
+            request,
+            secrets.metrics_token,
+            secrets.monitor_token,
+            off="/metrics needs GATEWAY_METRICS_TOKEN (or access.metrics: anonymous)",
+        )
     content = await anyio.to_thread.run_sync(exposition)
     return Response(content, media_type=CONTENT_TYPE)
 
 
 def _rollouts(request: Request):
-    rollouts = getattr(request.app.state, "rollouts", None)
-    if rollouts is None or not rollouts.policies:
+    rollouts = monitor_of(request).rollouts
+    if not rollouts.policies:
         raise NotFound("no endpoint has a rollout policy in gateway.yaml")
     return rollouts
 
@@ -137,52 +199,63 @@ async def list_rollouts(request: Request) -> Response:
 
 
 async def get_rollout(request: Request) -> Response:
-    history = request.query_params.get("history", "50")
-    if not history.isdigit() or not 0 <= int(history) <= 10_000:
-        raise BadRequest("history must be a number of evaluations, 0-10000")
+    rollouts = _rollouts(request)
+    history = int_param(request, "history", 50, 0, 10_000)
     described = await anyio.to_thread.run_sync(
-        _rollouts(request).describe, request.path_params["endpoint"], int(history)
+        rollouts.describe, request.path_params["endpoint"], history
     )
     return json_response(described)
 
 
 async def rollout_action(request: Request) -> Response:
-    """An operator's action (start, pause, resume, approve, promote, rollback), applied now."""
-    params = request.path_params
-    decision = await anyio.to_thread.run_sync(
-        _rollouts(request).act, params["endpoint"], params["action"]
+    """An operator's action (start, pause, resume, approve, promote, rollback), applied now;
+    it comes through a gateway's token-checked ``/admin/rollouts/...``."""
+    rollouts = _rollouts(request)
+    endpoint, action = request.path_params["endpoint"], request.path_params["action"]
+    log.info(
+        "rollout %s of %s asked by %s", action, endpoint, request.headers.get(CLIENT_HEADER, "?")
     )
+    decision = await anyio.to_thread.run_sync(rollouts.act, endpoint, action)
     return json_response(
         {"action": decision.action, "reason": decision.reason, "state": decision.state.to_dict()}
     )
 
 
-async def _every(interval_s: float, work, what: str) -> None:
+async def _every(interval_s: float, work: Callable[[], object], what: str) -> None:
     """Run ``work`` in a thread every ``interval_s`` seconds; a failure is logged, not fatal."""
+    failures = Throttled(log, every_s=300.0)
     while True:
         await asyncio.sleep(interval_s)
         try:
             await anyio.to_thread.run_sync(work)
         except Exception:  # the next round tries again
-            log.exception("%s failed", what)
+            failures.warning("%s failed", what, exc_info=True)
 
 
 @contextlib.asynccontextmanager
-async def scheduled_runs(app: Starlette) -> AsyncIterator[None]:
-    """While the monitor serves: drift and quality every ``interval_s``, and each endpoint's
-    rollout evaluated every its own ``interval_s``."""
-    runner = getattr(app.state, "runner", None)
-    rollouts = getattr(app.state, "rollouts", None)
+async def background(app: Starlette) -> AsyncIterator[None]:
+    """While the monitor serves (each task supervised): drift and quality every ``interval_s``,
+    each endpoint's rollout every its own ``interval_s``, webhook deliveries, and pruning."""
+    monitor: Monitor | None = getattr(app.state, "monitor", None)
     tasks = []
-    if runner is not None:
-        tasks.append(
-            asyncio.create_task(_every(runner.config.interval_s, runner.run_once, "monitor run"))
-        )
-    if rollouts is not None:
-        rollouts.notifier.bind(asyncio.get_running_loop())
+    if monitor is not None:
+        restarted = monitor.metrics.task_restarted
+        runner, rollouts = monitor.runner, monitor.rollouts
+        jobs = {
+            "monitor runs": functools.partial(
+                _every, runner.config.interval_s, runner.run_once, "monitor run"
+            ),
+            "webhook deliveries": monitor.notifier.deliver_forever,
+            "pruning": functools.partial(
+                _every, monitor.config.retention.prune_interval_s, monitor.prune, "pruning"
+            ),
+        }
         for name, policy in rollouts.policies.items():
             tick = functools.partial(rollouts.tick, name)
-            tasks.append(asyncio.create_task(_every(policy.interval_s, tick, f"rollout {name}")))
+            jobs[f"rollout {name}"] = functools.partial(
+                _every, policy.interval_s, tick, f"rollout {name}"
+            )
+        tasks = [supervise.start(name, job, restarted) for name, job in jobs.items()]
     try:
         yield
     finally:
@@ -203,4 +276,4 @@ def build_monitor_app() -> Starlette:
         Route("/rollouts/{endpoint}", get_rollout, methods=["GET"]),
         Route("/rollouts/{endpoint}/{action}", rollout_action, methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=scheduled_runs)
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=background)

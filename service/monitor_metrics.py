@@ -68,14 +68,40 @@ class MonitorMetrics:
         )
         self.labels = Counter(
             "gateway_labels_received_total",
-            "Labels received through /feedback, by outcome (stored, duplicate, conflict).",
+            "Labels received through /feedback, by outcome (stored, duplicate, conflict, "
+            "invalid, refused: too many waiting for their predictions).",
             ["outcome"],
             **into,
         )
-        self.unmatched = Gauge(
-            "gateway_labels_unmatched",
-            "Labels older than the retention window whose prediction never arrived.",
+        for outcome in ("stored", "duplicate", "conflict", "invalid", "refused"):
+            self.labels.labels(outcome)
+        self.pending = Gauge(
+            "gateway_labels_pending",
+            "Labels held for a prediction the monitor has not received (yet).",
             **mode,
+        )
+        self.labels_expired = Counter(
+            "gateway_labels_expired_total",
+            "Labels dropped after label_retention_s because their prediction never arrived.",
+            **into,
+        )
+        self.records_refused = Counter(
+            "gateway_monitor_refused_records_total",
+            "Posted records refused: names the routing state does not know, or malformed ones.",
+            **into,
+        )
+        self.analysis_failures = Counter(
+            "gateway_monitor_analysis_failures_total",
+            "Analyses of one variant that failed (the others go on), by endpoint and variant.",
+            ["endpoint", "variant"],
+            **into,
+        )
+        self.background_restarts = Counter(
+            "gateway_background_restarts_total",
+            "Background tasks (runs, rollouts, webhook deliveries, pruning) started again "
+            "after they died.",
+            ["task"],
+            **into,
         )
         self.webhooks = Counter(
             "gateway_webhook_deliveries_total",
@@ -127,3 +153,7 @@ class MonitorMetrics:
             buckets=RUN_BUCKETS,
             **into,
         )
+
+    def task_restarted(self, task: str) -> None:
+        """Count a supervised background task started again (service/supervise.py)."""
+        self.background_restarts.labels(task).inc()

@@ -1,7 +1,9 @@
 """The monitor's analysis runs: for every variant that served recently, drift of its window against
 its model's reference sample, and quality on its labeled rows; exported as metrics.
 
-A run reads the newest ``window_rows`` recorded rows of the last ``window_s`` seconds per variant.
+A run reads the newest ``window_rows`` recorded rows (and as many labeled and mirrored rows) of the
+last ``window_s`` seconds per variant, however many rows each request had. One variant's failure
+is logged and counted (``gateway_monitor_analysis_failures_total``) and never stops the others.
 Fewer rows (or labels) than ``min_rows`` give "insufficient_data", never a verdict. Runs happen
 every ``interval_s`` seconds and on demand (``POST /runs``); both call ``run_once`` in a thread.
 """
@@ -10,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import pandas as pd
@@ -132,14 +135,15 @@ class MonitorRunner:
             classification,
             self.settings,
         )
-        labeled = self.store.labeled(endpoint, variant, since)
+        rows = self.config.window_rows
+        labeled = self.store.labeled(endpoint, variant, since, rows)
         quality = (
             classification_quality(labeled, card.class_labels, self.config.min_rows)
             if classification
             else regression_quality(labeled, self.config.min_rows)
         )
         shadows = compare_shadows(
-            self.store.shadowed(endpoint, variant, since),
+            self.store.shadowed(endpoint, variant, since, rows),
             card.class_labels if classification else None,
             self.config.min_rows,
         )
@@ -152,10 +156,8 @@ class MonitorRunner:
         since = now - self.config.window_s
         reports = []
         for endpoint, variant, tag in self.store.active(since):
-            try:
+            with self._isolated(endpoint, variant, "analysis"):
                 reports.append(self.analyse(endpoint, variant, tag, since))
-            except ConfigError as error:  # e.g. the model was removed from the store
-                log.warning("skipping %s/%s: %s", endpoint, variant, error)
         reports = self._against_stable(reports)
         save_reports = save_reports or now - self._last_reports >= self.config.report_interval_s
         for report in reports:
@@ -171,17 +173,29 @@ class MonitorRunner:
                     drift.drifted_share,
                 )
             if save_reports:
-                self._save(report)
+                with self._isolated(report.endpoint, report.variant, "reports"):
+                    self._save(report)
         if save_reports:
             self._last_reports = now
         metrics = self.metrics
-        metrics.unmatched.set(self.store.unmatched_labels(self.config.label_retention_s, now))
+        metrics.pending.set(self.store.pending_labels())
         newest = self.store.newest()
         if newest is not None:
             metrics.lag.set(max(0.0, now - newest))
         metrics.last_run.set(time.time())
         metrics.run_duration.observe(time.perf_counter() - started)
         return reports
+
+    @contextmanager
+    def _isolated(self, endpoint: str, variant: str, what: str) -> Iterator[None]:
+        """One variant's work: if it fails, the others still run; logged and counted."""
+        try:
+            yield
+        except ConfigError as error:  # e.g. the model was removed from the store
+            log.warning("skipping %s of %s/%s: %s", what, endpoint, variant, error)
+        except Exception:
+            self.metrics.analysis_failures.labels(endpoint, variant).inc()
+            log.exception("%s of %s/%s failed; the other variants go on", what, endpoint, variant)
 
     def _against_stable(self, reports: list[VariantReport]) -> list[VariantReport]:
         """Compare each other variant's predictions with its endpoint's stable variant's."""
@@ -193,16 +207,18 @@ class MonitorRunner:
             if base is None or base is report:
                 compared.append(report)
                 continue
-            card = self._reference(report.model)[0]
-            result = compute_drift(
-                report.window[["prediction"]],
-                base.window[["prediction"]],
-                [],
-                "prediction",
-                card.task == "classification",
-                self.settings,
-            )
-            compared.append(replace(report, vs_stable=result.prediction))
+            compared.append(report)
+            with self._isolated(report.endpoint, report.variant, "comparison with stable"):
+                card = self._reference(report.model)[0]
+                result = compute_drift(
+                    report.window[["prediction"]],
+                    base.window[["prediction"]],
+                    [],
+                    "prediction",
+                    card.task == "classification",
+                    self.settings,
+                )
+                compared[-1] = replace(report, vs_stable=result.prediction)
         return compared
 
     def _save(self, report: VariantReport) -> None:

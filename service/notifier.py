@@ -1,69 +1,156 @@
-"""Webhook notifications: a JSON POST per event to every configured URL, with retries and a
-timeout, never in the way of the caller.
+"""Webhook notifications: each event is written to a durable outbox, then delivered as a signed JSON
+POST to every configured URL, with retries and a timeout, never in the way of the caller.
 
-``notify`` may be called from any thread (the rollout and drift code runs in worker threads); the
-deliveries run as tasks on the monitor's event loop. Each event is delivered to each URL at most
-``1 + retries`` times (backoff 0.5 s, 1 s, 2 s, ...): at least once, so every event carries an
-``id`` a receiver can drop repeats by (a delivery that timed out may still have arrived); outcomes are counted
+Rollout events are written in the same transaction as the rollout state that produced them
+(service/rollouts.py), so a transition decided just before a crash is still announced after the
+restart, under the same event ``id`` (receivers drop repeats by it: delivery is at least once).
+A delivery is signed with HMAC-SHA256 over ``<timestamp>.<body>`` with ``GATEWAY_WEBHOOK_SECRET``,
+sent as ``X-Gateway-Signature: t=<timestamp>,v1=<hex digest>`` (docs/operations.md shows how to
+verify it). Redirects are not followed; a 2xx is delivered; a 3xx or a 4xx (but 408 and 429) is
+refused for good and not retried; a 5xx, 408, 429, a timeout or a refused connection is tried again
+with backoff (0.5 s, 1 s, 2 s, ...) up to ``retries`` times. Outcomes are counted
 (``gateway_webhook_deliveries_total``) and failures logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import logging
 import time
 import uuid
 
 import aiohttp
+import anyio
 
 from service.config import NotificationsConfig
 from service.monitor_metrics import MonitorMetrics
+from traffic.store import OutboxEvent, SQLiteStateStore
 
 log = logging.getLogger("gateway.notify")
+SIGNATURE_HEADER = "X-Gateway-Signature"
+EVENT_HEADER = "X-Gateway-Event-Id"
+POLL_S = 0.5
+"""How often the outbox is looked at when nothing woke the deliverer."""
+CONCURRENCY = 8
+"""Deliveries in flight at once, so a slow receiver cannot hold up the others."""
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The signature header's value for ``body`` sent at ``timestamp``."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={digest.hexdigest()}"
 
 
 class Notifier:
-    def __init__(self, config: NotificationsConfig, metrics: MonitorMetrics) -> None:
+    """Builds events, keeps them in the outbox, and delivers what is due."""
+
+    def __init__(
+        self,
+        config: NotificationsConfig,
+        metrics: MonitorMetrics,
+        outbox: SQLiteStateStore,
+        secret: str | None,
+    ) -> None:
         self.config = config
         self.metrics = metrics
+        self.outbox = outbox
+        self.secret = secret
+        self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._in_flight: set[tuple[str, str]] = set()
+        if config.webhooks and secret is None:
+            log.warning(
+                "webhooks are configured but GATEWAY_WEBHOOK_SECRET is not set: deliveries go "
+                "unsigned, and receivers cannot tell them from forgeries"
+            )
 
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The event loop deliveries run on (the monitor's, once it serves)."""
-        self._loop = loop
+    def events(self, kind: str, event: dict, endpoint: str = "") -> list[OutboxEvent]:
+        """One outbox entry per webhook for an event of ``kind`` (its id shared by all)."""
+        event_id = uuid.uuid4().hex
+        body = json.dumps({"id": event_id, "kind": kind, "at": time.time(), **event})
+        return [OutboxEvent(event_id, url, body, endpoint) for url in self.config.webhooks]
 
     def notify(self, kind: str, event: dict) -> None:
-        """Send ``event`` (plus its kind and time) to every webhook; returns at once."""
-        if not self.config.webhooks or self._loop is None:
-            return
-        body = {"id": uuid.uuid4().hex, "kind": kind, "at": time.time(), **event}
-        self._loop.call_soon_threadsafe(self._start, body)
+        """Keep an event with no state behind it (drift) and have it delivered; any thread."""
+        events = self.events(kind, event)
+        if events:
+            self.outbox.add_events(events)
+            self.wake()
 
-    def _start(self, body: dict) -> None:
-        for url in self.config.webhooks:
-            task = asyncio.ensure_future(self._deliver(url, body))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def wake(self) -> None:
+        """Have the deliverer look at the outbox now (from any thread)."""
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
-    async def _deliver(self, url: str, body: dict) -> None:
+    async def deliver_forever(self) -> None:
+        """Deliver due events until cancelled (a supervised task on the monitor's loop)."""
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        slots = asyncio.Semaphore(CONCURRENCY)
+        tasks: set[asyncio.Task] = set()
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-        for attempt in range(self.config.retries + 1):
-            try:
-                async with aiohttp.ClientSession(timeout=timeout) as session:
-                    async with session.post(url, json=body) as answer:
-                        if answer.status < 300:
-                            self.metrics.webhooks.labels("delivered").inc()
-                            return
-                        problem = f"answered {answer.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-                problem = f"unreachable ({error!r})"
-            if attempt < self.config.retries:
-                self.metrics.webhooks.labels("retried").inc()
-                await asyncio.sleep(0.5 * 2**attempt)
-        self.metrics.webhooks.labels("failed").inc()
-        log.warning("webhook %s %s; %s event not delivered", url, problem, body["kind"])
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                due = await anyio.to_thread.run_sync(self.outbox.due_events, time.time())
+                for event in due:
+                    if (event.id, event.url) in self._in_flight:
+                        continue
+                    self._in_flight.add((event.id, event.url))
+                    await slots.acquire()
+                    task = asyncio.create_task(self._deliver(session, event, slots))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), POLL_S)
+                except asyncio.TimeoutError:
+                    pass
+                self._wake.clear()
+
+    async def _deliver(
+        self, session: aiohttp.ClientSession, event: OutboxEvent, slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            status, outcome = await self._attempt(session, event)
+            retry_at = 0.0
+            if status == "pending":
+                if event.attempts >= self.config.retries:
+                    status = "failed"
+                else:
+                    retry_at = time.time() + 0.5 * 2**event.attempts
+                    self.metrics.webhooks.labels("retried").inc()
+            if status != "pending":
+                self.metrics.webhooks.labels(status).inc()
+            if status == "failed":
+                log.warning("webhook %s: %s; event %s not delivered", event.url, outcome, event.id)
+            await anyio.to_thread.run_sync(
+                self.outbox.event_attempted, event, status, outcome, retry_at
+            )
+        finally:
+            self._in_flight.discard((event.id, event.url))
+            slots.release()
+
+    async def _attempt(self, session: aiohttp.ClientSession, event: OutboxEvent) -> tuple[str, str]:
+        """One POST: (pending | delivered | failed, what happened)."""
+        body = event.body.encode()
+        headers = {"Content-Type": "application/json", EVENT_HEADER: event.id}
+        if self.secret is not None:
+            headers[SIGNATURE_HEADER] = sign(self.secret, int(time.time()), body)
+        try:
+            async with session.post(
+                event.url, data=body, headers=headers, allow_redirects=False
+            ) as answer:
+                status = answer.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            return "pending", f"unreachable ({type(error).__name__})"
+        if status < 300:
+            return "delivered", f"answered {status}"
+        if 300 <= status < 400:
+            return "failed", f"answered {status}: redirects are not followed"
+        if status < 500 and status not in (408, 429):
+            return "failed", f"answered {status}: refused, not retried"
+        return "pending", f"answered {status}"
 
 
 class DriftAlarm:

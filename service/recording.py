@@ -1,10 +1,13 @@
-"""The gateway's side of monitoring: record every answer, ship records to the monitor in batches.
+"""The gateway's side of monitoring: record every answer, ship records to the monitor in batches,
+and carry labels and the calls operators make through the gateway to the monitor.
 
-``record`` appends to a bounded ``RecordBuffer`` and returns at once (no metric write on the hot
-path unless a record is dropped; the buffer's size is exported once per shipping round); ``ship_forever`` (a background
-task in each worker) posts batches to the monitor's ``/records``. If the monitor is slow or down,
-batches go back into the buffer and shipping backs off; once the buffer is full, new records are
-dropped and counted (``gateway_monitor_dropped_records_total``). Nothing here ever delays an answer.
+``record`` appends to a ``RecordBuffer`` bounded in records and bytes and returns at once (no metric
+write on the hot path unless a record is dropped); ``ship_forever`` (a supervised background task
+in each worker) posts batches, bounded in bytes too, to the monitor's ``/records``. If the monitor is
+slow, down or refuses this gateway's token, batches go back into the buffer and shipping backs off;
+once the buffer is full, new records are dropped and counted
+(``gateway_monitor_dropped_records_total``). Nothing here ever delays an answer. Every call to the
+monitor carries the monitor token.
 """
 
 from __future__ import annotations
@@ -21,58 +24,65 @@ from monitors.records import PredictionRecord, RecordBuffer, encode_batch
 from service.codecs.plain import row_predictions
 from service.config import MonitorConfig
 from service.dataplane import Route
-from service.errors import GatewayError
+from service.errors import BadRequest, Overloaded, Unavailable
+from service.logs import Throttled
 from service.metrics import GatewayMetrics
 
 log = logging.getLogger("gateway.recording")
-
-
-class MonitorUnavailable(GatewayError):
-    """The monitor cannot be reached now: nothing was stored or fetched; the caller should retry."""
-
-    status = 503
-
-    def __init__(self, message: str) -> None:
-        super().__init__(
-            f"{message}; nothing was stored or fetched, retry later", headers={"Retry-After": "5"}
-        )
-
-
 MAX_BACKOFF_S = 5.0
+CLIENT_HEADER = "x-gateway-client"
+"""The address of the caller a passed-through call came from (for the monitor's audit)."""
+
+
+def _unavailable(message: str) -> Unavailable:
+    return Unavailable(f"{message}; nothing was stored or fetched, retry later")
 
 
 class Recorder:
     """Buffers this worker's prediction records and delivers them to the monitor."""
 
-    def __init__(self, config: MonitorConfig, metrics: GatewayMetrics) -> None:
+    def __init__(self, config: MonitorConfig, metrics: GatewayMetrics, token: str | None) -> None:
         self.config = config
         self.metrics = metrics
-        self.buffer = RecordBuffer(config.buffer_records)
+        self.buffer = RecordBuffer(config.buffer_records, config.buffer_bytes)
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._failures = Throttled(log)
 
     @property
     def enabled(self) -> bool:
         return self.config.url is not None
 
     async def send_labels(self, labels: list[dict]) -> list[dict]:
-        """Hand labels to the monitor, which stores them durably before it answers.
+        """Hand labels to the monitor, which checks and stores them durably before it answers.
 
-        Raises ``MonitorUnavailable`` when the monitor cannot be reached or fails.
+        The monitor's refusals come back as the same errors (400 a bad label, 429 too many
+        labels waiting for their predictions); ``Unavailable`` when it cannot be reached, fails,
+        or cannot store (a full disk).
         """
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with aiohttp.ClientSession(timeout=timeout, headers=self.headers) as session:
                 async with session.post(
                     f"{self.config.url}/labels", json={"labels": labels}
                 ) as answer:
-                    if answer.status != 200:
-                        raise MonitorUnavailable(f"the monitor answered {answer.status}")
-                    return (await answer.json())["results"]
+                    if answer.status == 200:
+                        return (await answer.json())["results"]
+                    message = await _error_message(answer)
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-            raise MonitorUnavailable(f"the monitor is unreachable ({error})") from None
+            raise _unavailable(f"the monitor is unreachable ({error})") from None
+        if answer.status == 400:
+            raise BadRequest(message)
+        if answer.status == 429:
+            raise Overloaded(message, retry_after_s=60)
+        if answer.status in (401, 403):
+            log.error("the monitor refused this gateway's token: check GATEWAY_MONITOR_TOKEN")
+            raise _unavailable("the monitor refused the gateway")
+        raise _unavailable(f"the monitor answered {answer.status}: {message}")
 
     def record(
         self,
         request_id: str,
+        correlation_id: str | None,
         route: Route,
         tensors: dict[str, np.ndarray],
         outputs: dict[str, np.ndarray],
@@ -91,6 +101,7 @@ class Recorder:
             row_predictions(card, outputs),
             inputs=tensors[card.feature_input.name] if keep_inputs else None,
             shadow=shadow or {},
+            correlation_id=correlation_id,
         )
 
     def failed(self, request_id: str, route: Route, latency_s: float, outcome: str) -> None:
@@ -108,34 +119,41 @@ class Recorder:
             model=route.model.card.tag,
             predictions=predictions,
             latency_s=latency_s,
+            pinned=route.pinned,
             **fields,
         )
         if not self.buffer.append(record):
             self.metrics.monitor_dropped.inc()
 
-    async def forward(self, method: str, path: str) -> tuple[int, str, bytes]:
+    async def forward(self, method: str, path: str, client: str) -> tuple[int, str, bytes]:
         """``method`` ``path`` on the monitor: (status, content type, body). Reports and the
-        rollout admin calls pass through here, so operators need only the gateway's address."""
+        rollout admin calls pass through here, so operators need only the gateway's address;
+        ``path`` is built by the caller from validated names only."""
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s * 5)
+        headers = {**self.headers, CLIENT_HEADER: client}
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session:
-                async with session.request(method, f"{self.config.url}{path}") as answer:
+            async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+                url = f"{self.config.url}{path}"
+                async with session.request(method, url, allow_redirects=False) as answer:
                     content_type = answer.headers.get("Content-Type", "application/octet-stream")
+                    if answer.status in (401, 403):
+                        log.error("the monitor refused this gateway's token: check its secret")
+                        raise _unavailable("the monitor refused the gateway")
                     return answer.status, content_type, await answer.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-            raise MonitorUnavailable(f"the monitor is unreachable ({error})") from None
+            raise _unavailable(f"the monitor is unreachable ({error})") from None
 
     async def ship_forever(self) -> None:
         """Deliver batches until cancelled; back off while the monitor does not take them."""
         url = f"{self.config.url}/records"
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-        backoff = self.config.flush_interval_ms / 1000
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        base = self.config.flush_interval_ms / 1000
+        backoff = base
+        async with aiohttp.ClientSession(timeout=timeout, headers=self.headers) as session:
             while True:
                 await asyncio.sleep(backoff)
                 delivered = await self._ship(session, url)
                 self.metrics.monitor_buffered.set(len(self.buffer))
-                base = self.config.flush_interval_ms / 1000
                 backoff = base if delivered else min(backoff * 2, MAX_BACKOFF_S)
 
     def _refused(self, batch: list[PredictionRecord], reason: str) -> None:
@@ -143,27 +161,43 @@ class Recorder:
         self.metrics.monitor_dropped.inc(len(batch))
         log.error("monitor refused %d records, dropped: %s", len(batch), reason[:500])
 
+    def _undelivered(self, batch: list[PredictionRecord], url: str, problem: str) -> None:
+        """Put a batch back for later; what no longer fits is dropped and counted."""
+        dropped_before = self.buffer.dropped
+        self.buffer.requeue(batch)
+        self.metrics.monitor_dropped.inc(self.buffer.dropped - dropped_before)
+        self._failures.warning(
+            "monitor at %s did not take %d records: %s", url, len(batch), problem
+        )
+
     async def _ship(self, session: aiohttp.ClientSession, url: str) -> bool:
-        while batch := self.buffer.drain(self.config.batch_records):
+        config = self.config
+        while batch := self.buffer.drain(config.batch_records, config.batch_bytes):
             try:
                 headers = {"Content-Type": "application/json"}
                 async with session.post(url, data=encode_batch(batch), headers=headers) as answer:
-                    if 400 <= answer.status < 500 and answer.status != 429:
+                    status = answer.status
+                    if status in (401, 403):
+                        self._undelivered(batch, url, "it refused this gateway's token")
+                        return False
+                    if 400 <= status < 500 and status != 429:
                         self._refused(batch, await answer.text())
                         continue
-                    if answer.status != 200:
-                        raise aiohttp.ClientResponseError(
-                            answer.request_info, (), status=answer.status
-                        )
+                    if status != 200:
+                        self._undelivered(batch, url, f"it answered {status}")
+                        return False
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-                dropped_before = self.buffer.dropped
-                self.buffer.requeue(batch)
-                self.metrics.monitor_buffered.inc(
-                    len(batch) - (self.buffer.dropped - dropped_before)
-                )
-                self.metrics.monitor_dropped.inc(self.buffer.dropped - dropped_before)
-                log.warning("monitor at %s did not take %d records: %s", url, len(batch), error)
+                self._undelivered(batch, url, str(error) or type(error).__name__)
                 return False
+            self._failures.recovered("monitor at %s takes records again", url)
             self.metrics.monitor_shipped.inc(len(batch))
             self.metrics.monitor_last_delivery.set(time.time())
         return True
+
+
+async def _error_message(answer: aiohttp.ClientResponse) -> str:
+    """The ``error`` of a JSON error answer, or its text."""
+    try:
+        return str((await answer.json(content_type=None))["error"])
+    except Exception:  # not our JSON: the status says enough
+        return (await answer.text())[:500]

@@ -29,16 +29,23 @@ class EvidenceGatherer:
         """(endpoint, variant) -> the monitor's latest ``VariantReport``."""
 
     def arm(
-        self, endpoint: str, variant: str, since: float, slow_s: float, recent: bool
+        self,
+        endpoint: str,
+        variant: str,
+        since: float,
+        slow_s: float,
+        recent: bool,
+        pinned: bool = False,
     ) -> ArmCounts:
-        requests, failed, slow, invalid = self.store.outcomes(endpoint, variant, since, slow_s)
+        """One variant's counts since ``since``; ``pinned``: pinned requests count too."""
+        store = self.store
+        requests, failed, slow, invalid = store.outcomes(endpoint, variant, since, slow_s, pinned)
         if recent:  # guardrails: latency percentile, no labels (they come late)
-            latencies = self.store.latencies(endpoint, variant, since)
+            latencies = store.latencies(endpoint, variant, since, pinned)
             p99 = float(np.quantile(latencies, 0.99)) * 1000 if latencies else None
             return ArmCounts(requests, failed, slow, invalid, p99_ms=p99)
-        labeled = self.store.labeled(endpoint, variant, since)
-        correct = int((labeled["prediction"].astype(str) == labeled["label"].astype(str)).sum())
-        return ArmCounts(requests, failed, slow, invalid, len(labeled), correct)
+        labeled, correct = store.labeled_counts(endpoint, variant, since, pinned)
+        return ArmCounts(requests, failed, slow, invalid, labeled, correct)
 
     def gather(
         self, policy: RolloutPolicy, state: RolloutState, now: float, regression: bool
@@ -53,11 +60,12 @@ class EvidenceGatherer:
             drifted = report.drift.drifted_share
         if report is not None and report.vs_stable is not None:
             divergence = (report.vs_stable.score, report.vs_stable.threshold)
+        pinned = policy.count_pinned
         return Evidence(
-            candidate=self.arm(endpoint, state.candidate, since, slow_s, recent=False),
-            stable=self.arm(endpoint, state.stable, since, slow_s, recent=False),
-            recent_candidate=self.arm(endpoint, state.candidate, recent, slow_s, recent=True),
-            recent_stable=self.arm(endpoint, state.stable, recent, slow_s, recent=True),
+            candidate=self.arm(endpoint, state.candidate, since, slow_s, False, pinned),
+            stable=self.arm(endpoint, state.stable, since, slow_s, False, pinned),
+            recent_candidate=self.arm(endpoint, state.candidate, recent, slow_s, True, pinned),
+            recent_stable=self.arm(endpoint, state.stable, recent, slow_s, True, pinned),
             divergence=divergence,
             drifted_share=drifted,
             shadow=self._shadow(policy, state, since, regression),

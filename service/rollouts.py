@@ -3,13 +3,15 @@
 Every ``interval_s`` (and on an operator's action) for an endpoint with a rollout policy: load the
 rollout's state, gather evidence, let traffic/rollout.py decide, then
 
-    1. save the new state (compare-and-swap on its revision, marked "not yet applied"),
+    1. save the new state (compare-and-swap on its revision, marked "not yet applied") together
+       with its webhook events in the outbox, held until the state is applied,
     2. apply its traffic targets to the shared routing state (every gateway worker and replica
        polls it every 0.25 s, so a rollback reaches them all well within a second),
-    3. mark the state applied, append the evaluation to the audit log, export metrics, notify.
+    3. mark the state applied (which releases its events to the deliverer), append the evaluation
+       to the audit log, export metrics.
 
-A restart between 1 and 3 re-applies the saved state's targets before anything else, so a decision
-is never half applied. The monitor is a single process with one worker, and each endpoint's work
+A restart between 1 and 3 re-applies the saved state's targets before anything else and then
+releases its events, so a decision is never half applied nor left unannounced. The monitor is a single process with one worker, and each endpoint's work
 happens under its own lock, so decisions are never made concurrently on the same state; the
 compare-and-swap refuses a second writer should one ever run.
 """
@@ -24,27 +26,36 @@ from dataclasses import replace
 from monitors.store import MonitorStore
 from service import registry
 from service.config import GatewayConfig, OfflineGateConfig
-from service.errors import ConfigError, GatewayError, NotFound
+from service.crash_points import crash_point
+from service.errors import ConfigError, Conflict, NotFound
 from service.monitor_metrics import MonitorMetrics
 from service.notifier import Notifier
 from service.offline_gate import offline_gate
 from service.rollout_evidence import EvidenceGatherer
 from service.routing import initial_state
 from traffic import rollout
-from traffic.rollout import TERMINAL, Decision, RolloutError, RolloutState, Target
+from traffic.rollout import (
+    ACTIONS,
+    PHASES,
+    TERMINAL,
+    Decision,
+    RolloutError,
+    RolloutState,
+    Target,
+)
 from traffic.rollout_checks import Evidence
 from traffic.rollout_policy import RolloutPolicy
-from traffic.store import RoutingState, SQLiteStateStore, VersionConflict, audit_entry
+from traffic.store import (
+    OutboxEvent,
+    RoutingState,
+    SQLiteStateStore,
+    VersionConflict,
+    audit_entry,
+)
 from traffic.table import EndpointTable
 
 log = logging.getLogger("gateway.rollout")
-PHASES = ("progressing", "awaiting_approval", "paused", "promoted", "succeeded", "rolled_back")
-ACTIONS = ("start", "pause", "resume", "approve", "promote", "rollback")
 NOTIFIED = {"start", "advance", "await_approval", "promote", "succeed", "rollback", "pause"}
-
-
-class RolloutConflict(GatewayError):
-    status = 409
 
 
 class RolloutService:
@@ -135,7 +146,7 @@ class RolloutService:
             return decision
 
     def act(self, endpoint: str, action: str, now: float | None = None) -> Decision:
-        """An operator's action; ``RolloutConflict`` (409) when it does not fit the phase."""
+        """An operator's action; ``Conflict`` (409) when it does not fit the phase."""
         if action not in ACTIONS:
             raise NotFound(f"unknown rollout action {action!r}; actions: {list(ACTIONS)}")
         policy = self._policy(endpoint)
@@ -144,22 +155,22 @@ class RolloutService:
             revision, state, _ = self._load(endpoint)
             if action == "start":
                 if state is not None and state.phase not in TERMINAL:
-                    raise RolloutConflict(f"a rollout of {endpoint!r} is already {state.phase}")
+                    raise Conflict(f"a rollout of {endpoint!r} is already {state.phase}")
                 models = self._variant_models(policy)
                 missing = [n for n in (policy.candidate, policy.stable) if n not in models]
                 if missing:
-                    raise RolloutConflict(
+                    raise Conflict(
                         f"{missing} no longer a variant of {endpoint!r} (the stable one leaves "
                         f"after a promotion): update the rollout policy in gateway.yaml"
                     )
                 decision = self._start(policy, models, now)
             elif state is None:
-                raise RolloutConflict(f"{endpoint!r} has no rollout yet")
+                raise Conflict(f"{endpoint!r} has no rollout yet")
             else:
                 try:
                     decision = rollout.act(policy, state, action, now)
                 except RolloutError as error:
-                    raise RolloutConflict(str(error)) from None
+                    raise Conflict(str(error)) from None
             self._commit(policy, revision, decision, Evidence(), now)
             return decision
 
@@ -187,10 +198,34 @@ class RolloutService:
 
     # -- acting ----------------------------------------------------------------------------
 
-    def _save(self, endpoint: str, revision: int, state: RolloutState, applied: bool) -> int:
-        return self.routing.save_rollout(
-            endpoint, {"state": state.to_dict(), "applied": applied}, revision
+    def _save(
+        self,
+        endpoint: str,
+        revision: int,
+        state: RolloutState,
+        applied: bool,
+        events: tuple[OutboxEvent, ...] = (),
+    ) -> int:
+        revision = self.routing.save_rollout(
+            endpoint, {"state": state.to_dict(), "applied": applied}, revision, events
         )
+        if applied:
+            self.notifier.wake()
+        return revision
+
+    def _events(self, policy: RolloutPolicy, decision: Decision) -> tuple[OutboxEvent, ...]:
+        if decision.action not in NOTIFIED:
+            return ()
+        state = decision.state
+        event = {
+            "endpoint": policy.endpoint,
+            "candidate": state.candidate,
+            "phase": state.phase,
+            "step": state.step + 1,
+            "reason": decision.reason,
+            "dry_run": policy.dry_run,
+        }
+        return tuple(self.notifier.events(f"rollout_{decision.action}", event, policy.endpoint))
 
     def _commit(
         self,
@@ -202,24 +237,14 @@ class RolloutService:
     ) -> None:
         endpoint, state = policy.endpoint, decision.state
         moves = decision.targets is not None and not policy.dry_run
-        revision = self._save(endpoint, revision, state, applied=not moves)  # persisted first
+        events = self._events(policy, decision)
+        revision = self._save(endpoint, revision, state, not moves, events)  # persisted first
         if moves:
+            crash_point(f"rollout_saved:{decision.action}")
             self._apply(policy, state, decision.targets, decision.action)
             self._save(endpoint, revision, state, applied=True)
         self.routing.append_evaluation(endpoint, self._entry(policy, decision, evidence, now))
         self._export(policy, decision)
-        if decision.action in NOTIFIED:
-            self.notifier.notify(
-                f"rollout_{decision.action}",
-                {
-                    "endpoint": endpoint,
-                    "candidate": state.candidate,
-                    "phase": state.phase,
-                    "step": state.step + 1,
-                    "reason": decision.reason,
-                    "dry_run": policy.dry_run,
-                },
-            )
         if decision.action != "hold":
             log.info("rollout %s: %s (%s)", endpoint, decision.action, decision.reason)
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import anyio
 
 from service.config import GatewayConfig
 from service.dataplane import DataPlane, Snapshot
-from service.errors import ConfigError, GatewayError
+from service.errors import ConfigError, Conflict, GatewayError
+from service.logs import Throttled
 from service.metrics import GatewayMetrics
 from service.model_pool import LoadedModel, ModelLoader
 from traffic.store import RoutingState, StateStore, VersionConflict, audit_entry
@@ -28,19 +31,38 @@ log = logging.getLogger("gateway.routing")
 STATE_FILE = "routing.sqlite3"
 """The shared routing state's file in the data directory (SQLite default store)."""
 POLL_S = 0.25
+MAX_BACKOFF_S = 5.0
+START_DEADLINE_S = 300.0
+"""How long a starting worker waits for a routing store it cannot read (locked) before failing."""
 GRACE_S = 30.0
 """How long a model no table uses stays loaded, for requests routed to it just before a change."""
 
 Tables = Mapping[str, EndpointTable]
-
-
-class Conflict(GatewayError):
-    status = 409
+T = TypeVar("T")
 
 
 def model_tags(tables: Tables) -> list[str]:
     """Every model version the tables use, each once."""
     return list(dict.fromkeys(v.model for t in tables.values() for v in t.variants))
+
+
+def with_retries(what: str, work: Callable[[], T], deadline_s: float = START_DEADLINE_S) -> T:
+    """``work()``, tried again with backoff while it fails (a locked database at start), logged
+    once a minute at most; the last failure is raised after ``deadline_s``."""
+    failures = Throttled(log, every_s=60.0)
+    deadline, delay = time.monotonic() + deadline_s, 0.1
+    while True:
+        try:
+            result = work()
+        except Exception as error:
+            if time.monotonic() + delay > deadline:
+                raise
+            failures.warning("%s failed (%s); retrying", what, error)
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_S)
+            continue
+        failures.recovered("%s succeeded", what)
+        return result
 
 
 def initial_state(config: GatewayConfig, store: StateStore) -> RoutingState:
@@ -114,15 +136,23 @@ class RoutingControl:
         return models
 
     async def follow(self) -> None:
-        """Poll the store forever and install each new version (runs as a background task)."""
+        """Poll the store forever and install each new version (a supervised background task).
+        While the store cannot be read (locked, gone), polls back off to ``MAX_BACKOFF_S`` and
+        the failure is logged once a minute at most, then its end."""
+        failures = Throttled(log, every_s=60.0)
+        delay = POLL_S
         while True:
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(delay)
             try:
                 version = await anyio.to_thread.run_sync(self.store.current_version)
                 if version != self.dataplane.snapshot.version:
                     await self.refresh()
-            except Exception:  # keep following: a bad moment must not stop routing updates
-                log.exception("following the routing state failed; retrying")
+            except Exception as error:  # keep following: a bad moment must not stop updates
+                delay = min(delay * 2, MAX_BACKOFF_S)
+                failures.warning("cannot follow the routing state (%s); retrying", error)
+                continue
+            failures.recovered("following the routing state again")
+            delay = POLL_S
 
     async def refresh(self) -> None:
         async with self._lock:

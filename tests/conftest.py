@@ -16,6 +16,19 @@ import yaml
 STORE_ROOT = Path(tempfile.mkdtemp(prefix="gateway-tests-"))
 os.environ["BENTOML_HOME"] = str(STORE_ROOT / "bentoml")
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+MONITOR_TOKEN = "monitor-token-of-the-test-session"
+os.environ["GATEWAY_MONITOR_TOKEN"] = MONITOR_TOKEN  # every server the tests start inherits it
+MONITOR_AUTH = {"Authorization": f"Bearer {MONITOR_TOKEN}"}
+"""Headers for tests that call a monitor directly (gateways send the token themselves)."""
+METRICS_TOKEN = "metrics-token-of-the-test-session"
+os.environ["GATEWAY_METRICS_TOKEN"] = METRICS_TOKEN
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+"""Headers for reading /metrics of a gateway or a monitor (as Prometheus does)."""
+ADMIN_TOKEN = "admin-token-of-the-test-session"
+ADMIN_ENV = {"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
+"""The environment that gives a server this admin token (servers have none unless given)."""
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+os.environ.pop("GATEWAY_ADMIN_TOKEN", None)
 
 from service import registry  # noqa: E402  (after BENTOML_HOME)
 from service.demo.models import DemoModel, build_demo_models  # noqa: E402

@@ -95,3 +95,19 @@ async def test_a_failing_batch_fails_its_callers_and_the_batcher_goes_on():
     result = await batcher.submit({"x": np.ones((1, 1))}, 1)
     np.testing.assert_array_equal(result["y"], [[2.0]])
     await batcher.close()
+
+
+async def test_a_request_the_model_fails_on_does_not_fail_its_batch_mates():
+    model = RecordingModel(delay_s=0.005, fail_on=7.0)
+    batcher = Batcher(model, max_batch_size=64, max_wait_ms=5, max_queue=100)
+    values = [1.0, 2.0, 7.0, 3.0, 4.0]
+    results = await asyncio.gather(
+        *(batcher.submit({"x": np.full((2, 1), v)}, 2) for v in values), return_exceptions=True
+    )
+    assert max(model.batches) > 2, "the requests were batched together first"
+    for value, result in zip(values, results):
+        if value == 7.0:
+            assert isinstance(result, InferenceFailed)
+        else:
+            np.testing.assert_array_equal(result["y"], np.full((2, 1), value * 2))
+    await batcher.close()

@@ -20,7 +20,7 @@ import yaml
 
 from service.cli import MONITOR_SERVICE
 from service.launch import free_port, running_server, stop
-from tests.conftest import local_monitor, write_config
+from tests.conftest import METRICS_TOKEN, MONITOR_AUTH, local_monitor, write_config
 from tests.test_server_rollout import drive
 
 pytestmark = pytest.mark.integration
@@ -75,8 +75,10 @@ def start_prometheus(directory: Path, gateway: str, monitor: str) -> tuple[subpr
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(GRAFANA / "prometheus" / "alerts.yml")]
     targets = {"gateway": gateway, "gateway-monitor": monitor}
+    (directory / "metrics.token").write_text(METRICS_TOKEN)
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        job["authorization"]["credentials_file"] = str(directory / "metrics.token")
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     process = subprocess.Popen(
@@ -131,7 +133,7 @@ async def _traffic(url: str, monitor_url: str) -> None:
             async with session.post(f"{url}/feedback", json={"labels": labels}) as answer:
                 assert answer.status == 200
         await asyncio.sleep(0.5)
-        async with session.post(f"{monitor_url}/runs") as answer:
+        async with session.post(f"{monitor_url}/runs", headers=MONITOR_AUTH) as answer:
             assert answer.status == 200
 
 

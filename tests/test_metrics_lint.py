@@ -8,6 +8,8 @@ import urllib.request
 
 import pytest
 
+from tests.conftest import METRICS_AUTH
+
 pytestmark = pytest.mark.integration
 
 
@@ -20,7 +22,8 @@ def test_metrics_pass_promtool(gateway_url):
             f"{gateway_url}/predict/diabetes", data=b'{"instances": [[0,0,0,0,0,0,0,0,0,0]]}'
         )
     ).read()
-    text = urllib.request.urlopen(f"{gateway_url}/metrics").read()
+    scrape = urllib.request.Request(f"{gateway_url}/metrics", headers=METRICS_AUTH)
+    text = urllib.request.urlopen(scrape).read()
     assert b"gateway_requests_total" in text
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()

@@ -3,10 +3,11 @@ duplicates are idempotent, conflicts are refused, labels survive a reopen, accur
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from monitors.records import PredictionRecord, RecordBuffer
-from monitors.store import LabelOutcome, MonitorStore
+from monitors.records import PredictionRecord, RecordBuffer, encode_batch, encoded_size
+from monitors.store import LabelOutcome, MonitorStore, StoreFull, TooManyPending
 
 
 def record(request_id: str, predictions, at: float = 1000.0, variant: str = "stable", inputs=None):
@@ -34,6 +35,25 @@ def test_requeue_keeps_what_fits_and_counts_the_rest():
     assert [r.request_id for r in buffer.drain(5)] == ["a", "new"] and buffer.dropped == 1
 
 
+def test_the_buffer_and_its_batches_are_bounded_in_bytes():
+    rows = np.ones((4096, 30), np.float32)  # a request of the most rows a request may have
+    big = PredictionRecord("big", 1.0, "e", "v", "m:v1", np.zeros(4096), 0.1, inputs=rows)
+    assert encoded_size(big) >= len(encode_batch([big]))  # the estimate is an upper bound
+    buffer = RecordBuffer(capacity=10_000, capacity_bytes=4 * encoded_size(big))
+    assert all(buffer.append(big) for _ in range(4)) and not buffer.append(big)
+    assert buffer.dropped == 1 and buffer.bytes == 4 * encoded_size(big)
+    small = record("small", [0])
+    buffer = RecordBuffer(capacity=10_000)
+    for _ in range(3):
+        buffer.append(small)
+    buffer.append(big)
+    buffer.append(small)
+    limit = encoded_size(big)
+    batches = [buffer.drain(500, limit) for _ in range(3)]
+    assert [len(b) for b in batches] == [3, 1, 1]  # the big one alone, whatever the limit
+    assert all(len(encode_batch(b)) <= limit for b in batches)
+
+
 def test_labels_join_whether_they_come_before_or_after(tmp_path):
     store = MonitorStore(tmp_path / "monitor.sqlite3")
     assert store.add_label("early", "yes") == LabelOutcome.STORED  # before its prediction
@@ -59,13 +79,42 @@ def test_duplicates_are_idempotent_conflicts_refused_and_labels_durable(tmp_path
     assert reopened.labeled("churn", "stable").label.tolist() == [1]
 
 
-def test_unmatched_labels_after_the_retention_window(tmp_path):
+def test_labels_wait_for_their_prediction_bounded_in_number_and_expire(tmp_path):
     store = MonitorStore(tmp_path / "monitor.sqlite3")
     store.add_label("ghost", 1)
     store.add_label("real", 1)
+    assert store.pending_labels() == 2
     store.add_records([record("real", [1])])
-    assert store.unmatched_labels(older_than_s=3600) == 0  # still within retention
-    assert store.unmatched_labels(older_than_s=3600, now=10**12) == 1
+    assert store.pending_labels() == 1  # joined: no longer waiting
+    with pytest.raises(TooManyPending):  # one more would hold two: nothing stored
+        store.add_labels([("later", 1), ("ghost2", 0)], max_pending=2)
+    assert store.pending_labels() == 1 and store.add_label("later", 1) == LabelOutcome.STORED
+    assert store.add_labels([("real", 1)], max_pending=2) == [LabelOutcome.DUPLICATE]
+    deleted = store.prune(predictions_before=0, labels_before=0, pending_before=10**12)
+    assert deleted["expired_labels"] == 2 and store.pending_labels() == 0
+    assert store.add_label("real", 1) == LabelOutcome.DUPLICATE  # a joined label is kept
+
+
+def test_pruning_removes_old_records_and_labels_in_chunks(tmp_path):
+    store = MonitorStore(tmp_path / "monitor.sqlite3")
+    store.add_records([record(f"r{i}", [i], at=float(i)) for i in range(12_000)])
+    store.add_labels([(f"r{i}", i) for i in range(100)])
+    deleted = store.prune(predictions_before=11_000.0, labels_before=10**12, pending_before=0)
+    assert deleted == {"predictions": 11_000, "labels": 100, "expired_labels": 0}
+    assert sum(c["records"] for c in store.counts()) == 1000
+
+
+def test_a_full_database_refuses_the_write_and_keeps_what_it_had(tmp_path):
+    store = MonitorStore(tmp_path / "monitor.sqlite3", max_bytes=256 * 1024)
+    store.add_label("kept", 1)
+    big = [[float(i)] * 50 for i in range(200)]
+    with pytest.raises(StoreFull):
+        for i in range(1000):
+            store.add_records([record(f"r{i}", [0] * 200, inputs=big)])
+    with pytest.raises(StoreFull):
+        store.add_labels([(f"label-{i}", "x" * 1000) for i in range(2000)])
+    assert store.add_label("kept", 1) == LabelOutcome.DUPLICATE  # still readable and whole
+    assert store.pending_labels() == 1
 
 
 def test_window_returns_the_newest_input_rows_with_predictions(tmp_path):

@@ -1,45 +1,115 @@
-"""Webhooks: retried until delivered, given up after the retries; drift fires once per crossing.
-A real HTTP receiver on loopback; metrics are mocks (unit test)."""
+"""Webhooks from the durable outbox: signed, retried while the receiver fails or is away, given up
+on a refusal (4xx) or a redirect (never followed), delivered once per event and URL; drift fires
+once per crossing. Real HTTP receivers on loopback, a real SQLite outbox; metrics are mocks."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 from unittest.mock import MagicMock
 
 from aiohttp import web
 
 from service.config import NotificationsConfig
-from service.notifier import DriftAlarm, Notifier
+from service.notifier import SIGNATURE_HEADER, DriftAlarm, Notifier, sign
 from tests.conftest import loopback_receiver
+from traffic.store import SQLiteStateStore
+
+SECRET = "webhook-secret-of-the-tests"
 
 
-async def receiver(statuses: list[int]):
-    seen: list[dict] = []
+def verify(secret: str, header: str, body: bytes) -> bool:
+    """What a receiver does (the snippet in docs/operations.md)."""
+    fields = dict(part.split("=", 1) for part in header.split(","))
+    expected = hmac.new(secret.encode(), f"{fields['t']}.".encode() + body, hashlib.sha256)
+    return hmac.compare_digest(expected.hexdigest(), fields["v1"])
 
-    async def take(request: web.Request) -> web.Response:
-        seen.append(await request.json())
-        return web.json_response({}, status=statuses[min(len(seen), len(statuses)) - 1])
+
+async def receiver(answer):
+    """A receiver whose handler is ``answer(request, seen)``; returns (url, seen, cleanup)."""
+    seen: list[web.Request] = []
+
+    async def take(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        seen.append(request)
+        return await answer(request, seen)
 
     url, cleanup = await loopback_receiver("/hook", take)
     return url, seen, cleanup
 
 
-async def test_a_failing_webhook_is_retried_then_delivered_or_given_up():
-    url, seen, cleanup = await receiver([500, 200])
-    config = NotificationsConfig(webhooks=[url], retries=2, timeout_s=1)
-    notifier = Notifier(config, MagicMock())
-    notifier.bind(asyncio.get_running_loop())
+async def deliver(tmp_path, url: str, seconds: float, **settings) -> Notifier:
+    """Announce one event to ``url`` and run the deliverer for ``seconds``."""
+    config = NotificationsConfig(webhooks=[url], **{"timeout_s": 1, "retries": 2, **settings})
+    notifier = Notifier(config, MagicMock(), SQLiteStateStore(tmp_path / "state.sqlite3"), SECRET)
     notifier.notify("rollout_rollback", {"endpoint": "cancer"})
-    await asyncio.sleep(1.0)
-    assert [e["kind"] for e in seen] == ["rollout_rollback"] * 2
-    outcomes = [c.args[0] for c in notifier.metrics.webhooks.labels.call_args_list]
-    assert outcomes == ["retried", "delivered"]
+    task = asyncio.create_task(notifier.deliver_forever())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    return notifier
+
+
+def outcomes(notifier: Notifier) -> list[str]:
+    return [c.args[0] for c in notifier.metrics.webhooks.labels.call_args_list]
+
+
+async def test_a_failing_webhook_is_retried_then_delivered_signed(tmp_path):
+    async def fail_first(request, seen):
+        return web.json_response({}, status=500 if len(seen) == 1 else 200)
+
+    url, seen, cleanup = await receiver(fail_first)
+    notifier = await deliver(tmp_path, url, 1.5)
     await cleanup()
-    gone = Notifier(NotificationsConfig(webhooks=[url], retries=1, timeout_s=0.5), MagicMock())
-    gone.bind(asyncio.get_running_loop())
-    gone.notify("drift", {})
-    await asyncio.sleep(1.5)
-    assert [c.args[0] for c in gone.metrics.webhooks.labels.call_args_list] == ["retried", "failed"]
+    assert outcomes(notifier) == ["retried", "delivered"]
+    bodies = [await r.read() for r in seen]
+    assert [json.loads(b)["kind"] for b in bodies] == ["rollout_rollback"] * 2
+    assert len({json.loads(b)["id"] for b in bodies}) == 1  # the same event, by id
+    assert all(verify(SECRET, r.headers[SIGNATURE_HEADER], b) for r, b in zip(seen, bodies))
+    assert not verify("another-secret-altogether", seen[0].headers[SIGNATURE_HEADER], bodies[0])
+    assert not verify(SECRET, seen[0].headers[SIGNATURE_HEADER], bodies[0] + b" ")
+    (event,) = notifier.outbox.events()
+    assert event["status"] == "delivered" and event["attempts"] == 2
+
+
+async def test_a_receiver_that_is_down_or_slow_is_retried_then_given_up(tmp_path):
+    async def slow(request, seen):
+        await asyncio.sleep(2)
+        return web.json_response({})
+
+    url, seen, cleanup = await receiver(slow)
+    notifier = await deliver(tmp_path / "slow", url, 3.0, timeout_s=0.3, retries=1)
+    assert outcomes(notifier) == ["retried", "failed"] and len(seen) == 2
+    await cleanup()
+    down = await deliver(tmp_path, url, 1.5, retries=1)  # nothing listens there any more
+    assert outcomes(down) == ["retried", "failed"]
+    assert down.outbox.events()[0]["status"] == "failed"
+
+
+async def test_redirects_are_not_followed_and_refusals_not_retried(tmp_path):
+    async def elsewhere(request, seen):
+        return web.Response(status=404)
+
+    target, followed, cleanup_target = await receiver(elsewhere)
+
+    async def redirect(request, seen):
+        return web.Response(status=307, headers={"Location": target})
+
+    url, seen, cleanup = await receiver(redirect)
+    redirected = await deliver(tmp_path / "redirect", url, 1.5)
+    assert outcomes(redirected) == ["failed"] and len(seen) == 1 and followed == []
+    assert "redirects are not followed" in redirected.outbox.events()[0]["outcome"]
+    refused = await deliver(tmp_path, target, 1.5)
+    assert outcomes(refused) == ["failed"] and len(followed) == 1
+    await cleanup()
+    await cleanup_target()
+
+
+def test_the_signature_covers_the_time_and_the_body():
+    header = sign(SECRET, 1700000000, b'{"a": 1}')
+    assert header.startswith("t=1700000000,v1=") and verify(SECRET, header, b'{"a": 1}')
+    assert not verify(SECRET, header.replace("t=1700000000", "t=1700000001"), b'{"a": 1}')
 
 
 def test_drift_fires_once_per_crossing():

@@ -69,7 +69,7 @@ async def shipping(answers: list[int], records: int) -> tuple[list[int], Recorde
     config = MonitorConfig(
         url=url.removesuffix("/records"), flush_interval_ms=20, batch_records=100
     )
-    recorder = Recorder(config, MagicMock())
+    recorder = Recorder(config, MagicMock(), "token-of-this-test-gateway")
     for i in range(records):
         recorder.buffer.append(PredictionRecord(f"r{i}", 1.0, "e", "v", "m:v1", [0], 0.001))
     task = asyncio.create_task(recorder.ship_forever())
@@ -90,4 +90,10 @@ async def test_a_failing_monitor_gets_the_same_records_again():
     seen, recorder = await shipping([503, 200], records=150)
     assert seen[:3] == [100, 100, 50]  # the batch came back and went again
     assert len(recorder.buffer) == 0
+    assert all(call.args == (0,) for call in recorder.metrics.monitor_dropped.inc.call_args_list)
+
+
+async def test_a_monitor_refusing_the_token_keeps_the_records_for_later():
+    seen, recorder = await shipping([401, 200], records=150)
+    assert seen[:3] == [100, 100, 50]  # a misconfigured token is not a reason to drop records
     assert all(call.args == (0,) for call in recorder.metrics.monitor_dropped.inc.call_args_list)

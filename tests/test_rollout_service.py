@@ -29,10 +29,11 @@ class HandedEvidence:
         return self.evidence
 
 
-def service(tmp_path, **rollout) -> tuple[RolloutService, HandedEvidence]:
+def service(tmp_path, webhooks=(), **rollout) -> tuple[RolloutService, HandedEvidence]:
     config = parse_config(
         {
             "data_dir": str(tmp_path),
+            "notifications": {"webhooks": list(webhooks)},
             "endpoints": {
                 "churn": {
                     "variants": [
@@ -51,13 +52,14 @@ def service(tmp_path, **rollout) -> tuple[RolloutService, HandedEvidence]:
     )
     evidence = HandedEvidence()
     metrics = MonitorMetrics(CollectorRegistry())
+    state = SQLiteStateStore(tmp_path / "state.sqlite3")
     built = RolloutService(
         config,
         MonitorStore(tmp_path / "monitor.sqlite3"),
-        SQLiteStateStore(tmp_path / "state.sqlite3"),
+        state,
         evidence,
         metrics,
-        Notifier(config.notifications, metrics),
+        Notifier(config.notifications, metrics, state, None),
     )
     return built, evidence
 
@@ -67,8 +69,18 @@ def weights(rollouts: RolloutService) -> dict[str, float]:
     return {v.name: v.weight for v in table.variants}
 
 
+def events(rollouts: RolloutService) -> list[tuple[str, int]]:
+    """(kind, ready) of each outbox event, oldest first."""
+    import json
+
+    return [
+        (json.loads(e["body"])["kind"], e["ready"]) for e in reversed(rollouts.routing.events())
+    ]
+
+
 def test_a_transition_saved_but_not_applied_is_applied_after_a_restart(tmp_path, monkeypatch):
-    rollouts, evidence = service(tmp_path)
+    hook = "http://127.0.0.1:9/hook"
+    rollouts, evidence = service(tmp_path, webhooks=[hook])
     rollouts.tick("churn", now=1.0)
     assert weights(rollouts) == {"stable": 90, "next": 10}
     evidence.evidence = BROKEN
@@ -82,10 +94,12 @@ def test_a_transition_saved_but_not_applied_is_applied_after_a_restart(tmp_path,
     described = rollouts.describe("churn")
     assert described["state"]["phase"] == "rolled_back" and not described["applied"]
     assert weights(rollouts) == {"stable": 90, "next": 10}  # not applied yet
-    restarted, _ = service(tmp_path)
+    assert events(rollouts) == [("rollout_start", 1), ("rollout_rollback", 0)]  # held back
+    restarted, _ = service(tmp_path, webhooks=[hook])
     assert restarted.tick("churn", now=3.0) is None  # nothing left to decide
     assert weights(restarted) == {"stable": 100, "next": 0}
     assert restarted.describe("churn")["applied"]
+    assert events(restarted) == [("rollout_start", 1), ("rollout_rollback", 1)]  # once, ready
 
 
 def test_a_dry_run_decides_and_logs_but_moves_no_traffic(tmp_path):
@@ -124,12 +138,12 @@ def test_a_new_candidate_model_restarts_the_analysis(tmp_path):
 
 
 def test_starting_again_after_the_old_stable_left_is_a_conflict_not_a_crash(tmp_path):
-    from service.rollouts import RolloutConflict
+    from service.errors import Conflict
 
     rollouts, _ = service(tmp_path, revert_window_s=0)
     rollouts.tick("churn", now=1.0)
     rollouts.act("churn", "promote", now=2.0)
     assert rollouts.tick("churn", now=3.0).action == "succeed"  # the old stable leaves
     assert set(weights(rollouts)) == {"next"}
-    with pytest.raises(RolloutConflict, match="stable"):
+    with pytest.raises(Conflict, match="stable"):
         rollouts.act("churn", "start", now=4.0)

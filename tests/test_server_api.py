@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from service import registry
+from tests.conftest import METRICS_AUTH
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +44,9 @@ async def test_plain_rows_as_lists_and_records(gateway_url, test_rows):
         f"{gateway_url}/predict/cancer", body, {"x-request-id": "req-42"}
     )
     assert status == 200
-    assert answer["request_id"] == headers["x-request-id"] == "req-42"
+    assert answer["correlation_id"] == headers["x-request-id"] == "req-42"  # echoed, not a key
+    assert answer["request_id"] == headers["x-gateway-request-id"]
+    assert answer["request_id"].startswith("cancer:") and len(answer["request_id"]) == 39
     assert headers["x-gateway-variant"] == answer["variant"] in {"stable", "candidate"}
     assert headers["x-gateway-model-version"] == answer["model_version"] in {"v1", "v2"}
     assert len(answer["predictions"]) == 5
@@ -152,7 +155,7 @@ async def test_health_and_readiness(gateway_url):
 async def test_metrics_count_requests_by_variant_and_outcome(gateway_url, test_rows):
     async def scrape() -> str:
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"{gateway_url}/metrics") as answer:
+            async with session.get(f"{gateway_url}/metrics", headers=METRICS_AUTH) as answer:
                 return await answer.text()
 
     def value(text: str, prefix: str) -> float:

@@ -12,6 +12,8 @@ import aiohttp
 import numpy as np
 import pytest
 
+from tests.conftest import METRICS_AUTH
+
 pytestmark = pytest.mark.integration
 
 ROW = [1.0] * 30
@@ -313,8 +315,9 @@ async def test_corpus_mixed_with_good_traffic_loses_nothing(gateway_url):
     assert all(400 <= s < 500 for s in statuses), statuses
     assert all(results[len(bad) :]), "every good request answered correctly"
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"{gateway_url}/metrics") as answer:
+        async with session.get(f"{gateway_url}/metrics", headers=METRICS_AUTH) as answer:
             metrics = await answer.text()
+    assert 'outcome="error"' in metrics  # the series are there, and none has counted
     errors = [
         line
         for line in metrics.splitlines()

@@ -5,6 +5,7 @@ monitor restart."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import aiohttp
@@ -14,7 +15,14 @@ from monitors.store import MonitorStore
 from service.cli import MONITOR_SERVICE
 from service.config import load_config
 from service.launch import free_port, running_server
-from tests.conftest import local_monitor, write_config
+from tests.conftest import (
+    ADMIN_AUTH,
+    ADMIN_ENV,
+    METRICS_AUTH,
+    MONITOR_AUTH,
+    local_monitor,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 ROW = [1.0] * 30
@@ -30,7 +38,7 @@ def monitored(demo_models, tmp_path_factory):
         data_dir=str(directory / "data"),
         monitor=local_monitor(port, buffer_records=1000),
     )
-    with running_server(config, log_path=directory / "gateway.log") as url:
+    with running_server(config, log_path=directory / "gateway.log", env=ADMIN_ENV) as url:
         yield url, port, config
 
 
@@ -43,12 +51,16 @@ def monitor(config, port):
     )
 
 
-async def predict(session, url, request_id):
+async def predict(session, url, correlation_id="c-1"):
+    """(status, label, variant, the gateway's request id) of one 1-row prediction."""
     async with session.post(
-        f"{url}/predict/cancer", json={"instances": [ROW]}, headers={"x-request-id": request_id}
+        f"{url}/predict/cancer",
+        json={"instances": [ROW]},
+        headers={"x-request-id": correlation_id},
     ) as answer:
         body = await answer.json()
-        return answer.status, body.get("predictions", [{}])[0].get("label"), body.get("variant")
+        label = body.get("predictions", [{}])[0].get("label")
+        return answer.status, label, body.get("variant"), body.get("request_id")
 
 
 async def feedback(session, url, labels):
@@ -57,7 +69,7 @@ async def feedback(session, url, labels):
 
 
 async def summary(session, monitor_url):
-    async with session.get(f"{monitor_url}/summary") as answer:
+    async with session.get(f"{monitor_url}/summary", headers=MONITOR_AUTH) as answer:
         return await answer.json()
 
 
@@ -81,59 +93,89 @@ async def test_labels_join_before_and_after_and_are_idempotent(monitored):
     with monitor(config, port) as monitor_url:
         async with aiohttp.ClientSession() as session:
             before = await stored_records(session, monitor_url)
+            answers = [await predict(session, url, "same-correlation-id") for _ in range(3)]
+            ids = [a[3] for a in answers]
+            assert len(set(ids)) == 3, "a reused x-request-id never merges records"
             status, _, body = await feedback(
-                session, url, [{"request_id": "early-1", "label": "benign"}]
+                session, url, [{"request_id": ids[0], "label": "benign"}]
             )
             assert status == 200 and body["results"][0]["outcome"] == "stored"
-            answers = {
-                rid: await predict(session, url, rid) for rid in ("early-1", "late-1", "late-2")
-            }
-            status, _, body = await feedback(
-                session,
-                url,
-                [
-                    {"request_id": "late-1", "label": answers["late-1"][1]},
-                    {"request_id": "late-2", "label": "malignant"},
-                ],
-            )
-            assert status == 200
-            status, _, body = await feedback(
-                session, url, [{"request_id": "late-1", "label": answers["late-1"][1]}]
-            )
-            assert status == 200 and body["results"][0]["outcome"] == "duplicate"
-            other = "benign" if answers["late-1"][1] == "malignant" else "malignant"
-            status, _, body = await feedback(
-                session, url, [{"request_id": "late-1", "label": other}]
-            )
-            assert status == 409 and "late-1" in body["error"]
             await wait_for_records(session, monitor_url, before + 3)
+            labels = [
+                {"request_id": ids[1], "label": answers[1][1]},
+                {"request_id": ids[2], "label": "malignant"},
+            ]
+            assert (await feedback(session, url, labels))[0] == 200
+            status, _, body = await feedback(session, url, labels[:1])
+            assert status == 200 and body["results"][0]["outcome"] == "duplicate"
+            other = "benign" if answers[1][1] == "malignant" else "malignant"
+            status, _, body = await feedback(session, url, [{"request_id": ids[1], "label": other}])
+            assert status == 409 and ids[1] in body["error"]
+            status, _, body = await feedback(
+                session, url, [{"request_id": ids[1], "label": [answers[1][1]] * 2}]
+            )
+            assert status == 400 and "1 row(s)" in body["error"]  # the record is there: rows known
     store = MonitorStore(load_config(config).data_dir / "monitor.sqlite3")
     joined = {}
     for variant in ("stable", "candidate"):
         frame = store.labeled("cancer", variant)
         joined.update(zip(frame.request_id, zip(frame.prediction, frame.label)))
-    assert set(joined) == {"early-1", "late-1", "late-2"}
-    assert joined["late-1"] == (answers["late-1"][1], answers["late-1"][1])
-    assert joined["early-1"][0] == answers["early-1"][1]
+    assert set(ids) <= set(joined)
+    assert joined[ids[1]] == (answers[1][1], answers[1][1])
+    assert joined[ids[0]] == (answers[0][1], "benign")
+    correlations = store._db().execute(
+        "SELECT DISTINCT correlation_id FROM predictions WHERE request_id IN (?,?,?)", ids
+    )
+    assert correlations.fetchall() == [("same-correlation-id",)]
 
 
-@pytest.mark.parametrize(
-    ("body", "words"),
-    [
-        (b"{", "malformed JSON"),
-        (b'{"labels": []}', "1 to 10000"),
-        (b'{"labels": [{"request_id": "a b", "label": 1}]}', "request_id"),
-        (b'{"labels": [{"request_id": "r1"}]}', "must be"),
-        (b'{"labels": [{"request_id": "r1", "label": {"x": 1}}]}', "label must be"),
-        (b'{"labels": [{"request_id": "r1", "label": []}]}', "label must be"),
-        (b'{"labels": [{"request_id": "r1", "label": 1, "extra": 2}]}', "must be"),
-    ],
-)
-async def test_bad_feedback_is_refused_clearly(monitored, body, words):
-    url, _, _ = monitored
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{url}/feedback", data=body) as answer:
-            assert answer.status == 400 and words in (await answer.json())["error"]
+UNKNOWN_ID = "cancer:" + "0" * 32
+
+
+BAD_FEEDBACK = [
+    (b"{", "malformed JSON"),
+    (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+    (b'{"labels": []}', "1 to 10000"),
+    (b'{"labels": [{"request_id": "a b", "label": 1}]}', "request_id of a gateway answer"),
+    (b'{"labels": [{"request_id": "r1", "label": 1}]}', "request_id of a gateway answer"),
+    (b'{"labels": [{"request_id": "r1"}]}', "must be"),
+    (b'{"labels": [{"request_id": "%s", "label": {"x": 1}}]}' % UNKNOWN_ID.encode(), "a value"),
+    (b'{"labels": [{"request_id": "%s", "label": []}]}' % UNKNOWN_ID.encode(), "a value"),
+    (
+        b'{"labels": [{"request_id": "%s", "label": "banana"}]}' % UNKNOWN_ID.encode(),
+        "not a class",
+    ),
+    (b'{"labels": [{"request_id": "%s", "label": 1}]}' % UNKNOWN_ID.encode(), "not a class"),
+    (
+        b'{"labels": [{"request_id": "diabetes:%s", "label": "high"}]}' % (b"0" * 32),
+        "regressor",
+    ),
+    (
+        b'{"labels": [{"request_id": "missing:%s", "label": 1}]}' % (b"0" * 32),
+        "no endpoint 'missing'",
+    ),
+    (b'{"labels": [{"request_id": "r1", "label": 1, "extra": 2}]}', "must be"),
+]
+
+
+async def test_bad_feedback_is_refused_clearly_and_nothing_is_stored(monitored):
+    url, port, config = monitored
+    good = {"request_id": "cancer:" + "1" * 32, "label": "benign"}
+    with monitor(config, port) as monitor_url:
+        async with aiohttp.ClientSession() as session:
+            pending = (await summary(session, monitor_url))["pending_labels"]
+            for body, words in BAD_FEEDBACK:
+                async with session.post(f"{url}/feedback", data=body) as answer:
+                    assert answer.status == 400, body[:80]
+                    assert words in (await answer.json())["error"], body[:80]
+                if body.startswith(b'{"labels"'):  # one bad label refuses its good companions
+                    mixed = body.replace(
+                        b'{"labels": [', b'{"labels": [' + json.dumps(good).encode() + b", "
+                    )
+                    async with session.post(f"{url}/feedback", data=mixed) as answer:
+                        assert answer.status == 400, mixed[:80]
+            assert (await summary(session, monitor_url))["pending_labels"] == pending
+            assert (await predict(session, url))[0] == 200  # still serving
 
 
 async def test_gateway_serves_with_the_monitor_down_and_labels_survive_a_restart(monitored):
@@ -141,23 +183,22 @@ async def test_gateway_serves_with_the_monitor_down_and_labels_survive_a_restart
     with monitor(config, port) as monitor_url:
         async with aiohttp.ClientSession() as session:
             before = await stored_records(session, monitor_url)
-            status, _, _ = await feedback(
-                session, url, [{"request_id": "kept-1", "label": "benign"}]
-            )
+            kept = (await predict(session, url))[3]
+            status, _, _ = await feedback(session, url, [{"request_id": kept, "label": "benign"}])
             assert status == 200
     # The monitor is stopped now.
     async with aiohttp.ClientSession() as session:
-        results = await asyncio.gather(*(predict(session, url, f"down-{i}") for i in range(50)))
-        assert all(status == 200 for status, _, _ in results)
+        results = await asyncio.gather(*(predict(session, url) for i in range(50)))
+        assert all(r[0] == 200 for r in results)
         status, retry_after, body = await feedback(
-            session, url, [{"request_id": "lost", "label": 1}]
+            session, url, [{"request_id": results[0][3], "label": "benign"}]
         )
         assert status == 503 and retry_after == "5" and "unreachable" in body["error"]
     with monitor(config, port) as monitor_url:
         async with aiohttp.ClientSession() as session:
-            await wait_for_records(session, monitor_url, before + 50)  # buffered ones delivered
+            await wait_for_records(session, monitor_url, before + 51)  # buffered ones delivered
             status, _, body = await feedback(
-                session, url, [{"request_id": "kept-1", "label": "benign"}]
+                session, url, [{"request_id": kept, "label": "benign"}]
             )
             assert status == 200 and body["results"][0]["outcome"] == "duplicate"  # still stored
 
@@ -174,10 +215,10 @@ async def test_a_full_buffer_drops_and_counts_records_never_blocks(demo_models, 
     )
     with running_server(config) as url:
         async with aiohttp.ClientSession() as session:
-            results = [await predict(session, url, f"r{i}") for i in range(30)]
-            assert all(status == 200 for status, _, _ in results)
+            results = [await predict(session, url) for i in range(30)]
+            assert all(r[0] == 200 for r in results)
             await asyncio.sleep(0.5)  # a shipping round fails, puts the batch back, exports size
-            async with session.get(f"{url}/metrics") as answer:
+            async with session.get(f"{url}/metrics", headers=METRICS_AUTH) as answer:
                 text = await answer.text()
     values = {
         line.split(" ")[0]: float(line.split(" ")[1])
@@ -207,21 +248,23 @@ async def test_injected_drift_and_labels_show_up_in_runs_and_metrics(demo_models
         async with aiohttp.ClientSession() as session:
             predicted, labels = [], []
             for i, batch in enumerate(batches):
-                request_id = f"drift-{i}"
                 async with session.post(
                     f"{url}/predict/cancer",
                     json={"instances": batch.to_numpy().tolist()},
-                    headers={"x-request-id": request_id, "x-gateway-variant": "stable"},
+                    headers={"x-gateway-variant": "stable"},
                 ) as answer:
                     assert answer.status == 200
-                    predicted += [p["label"] for p in (await answer.json())["predictions"]]
-                labels.append({"request_id": request_id, "label": truth[i * 20 : (i + 1) * 20]})
+                    body = await answer.json()
+                    predicted += [p["label"] for p in body["predictions"]]
+                labels.append(
+                    {"request_id": body["request_id"], "label": truth[i * 20 : (i + 1) * 20]}
+                )
             status, _, _ = await feedback(session, url, labels)
             assert status == 200
             await wait_for_records(session, monitor_url, len(batches))
-            async with session.post(f"{monitor_url}/runs") as answer:
+            async with session.post(f"{monitor_url}/runs", headers=MONITOR_AUTH) as answer:
                 reports = {r["variant"]: r for r in (await answer.json())["variants"]}
-            async with session.get(f"{monitor_url}/metrics") as answer:
+            async with session.get(f"{monitor_url}/metrics", headers=METRICS_AUTH) as answer:
                 metrics = await answer.text()
     stable = reports["stable"]
     assert stable["drift"]["status"] == "ok" and stable["drift"]["rows"] == 600, reports
@@ -259,17 +302,20 @@ async def test_reports_are_saved_listed_and_served_through_the_gateway(monitored
             before = await stored_records(session, monitor_url)
             for i in range(15):
                 body = {"instances": rows.sample(20, random_state=i).to_numpy().tolist()}
-                headers = {"x-request-id": f"report-{i}", "x-gateway-variant": "stable"}
+                headers = {"x-gateway-variant": "stable"}
                 async with session.post(
                     f"{url}/predict/cancer", json=body, headers=headers
                 ) as answer:
                     assert answer.status == 200
             await wait_for_records(session, monitor_url, before + 15)
-            async with session.post(f"{monitor_url}/runs?reports=true") as answer:
+            runs = f"{monitor_url}/runs"
+            async with session.post(f"{runs}?reports=true", headers=MONITOR_AUTH) as answer:
                 assert answer.status == 200
-            async with session.post(f"{monitor_url}/runs?reports=maybe") as answer:
+            async with session.post(f"{runs}?reports=maybe", headers=MONITOR_AUTH) as answer:
                 assert answer.status == 400
             async with session.get(f"{url}/reports") as answer:
+                assert answer.status == 401  # reports show what callers sent: admin token
+            async with session.get(f"{url}/reports", headers=ADMIN_AUTH) as answer:
                 listing = (await answer.json())["reports"]
             drift = [
                 r
@@ -278,14 +324,23 @@ async def test_reports_are_saved_listed_and_served_through_the_gateway(monitored
             ]
             assert {r["format"] for r in drift} == {"html", "json"}
             html = next(r for r in drift if r["format"] == "html")
-            async with session.get(f"{url}/reports/{html['path']}") as answer:
+            report = f"{url}/reports/{html['path']}"
+            async with session.get(report, headers=ADMIN_AUTH) as answer:
                 assert answer.status == 200 and answer.content_type == "text/html"
                 assert len(await answer.read()) > 100_000
-            for bad in ("cancer/stable/nope.html", "cancer/stable/..%2F..%2Fgateway.yaml", "x/y/z"):
-                async with session.get(f"{url}/reports/{bad}") as answer:
+            async with session.get(report) as answer:
+                assert answer.status == 401
+            for bad in (
+                "cancer/stable/nope.html",
+                "cancer/stable/..%2F..%2Fgateway.yaml",
+                "x/y/z",
+                "../stable/" + html["path"].rsplit("/", 1)[1],
+                "%2e%2e/%2e%2e/summary",
+            ):
+                async with session.get(f"{url}/reports/{bad}", headers=ADMIN_AUTH) as answer:
                     assert answer.status == 404, bad
     async with aiohttp.ClientSession() as session:  # the monitor is down now
-        async with session.get(f"{url}/reports") as answer:
+        async with session.get(f"{url}/reports", headers=ADMIN_AUTH) as answer:
             assert answer.status == 503
 
 
@@ -298,11 +353,15 @@ async def test_the_monitor_refuses_bad_bodies_clearly(monitored):
         ("/records", b'{"records": [{"request_id": 7}]}', "$.records[0].request_id"),
         ("/labels", b'{"labels": [{"label": 1}]}', "request_id"),
         ("/labels", b"[]", '"labels"'),
+        ("/labels", b'{"labels": [{"request_id": "x", "label": 1}]}', "not a request id"),
+        ("/labels", b"[" * 5000 + b"]" * 5000, "nested too deeply"),
     ]
     with monitor(config, port) as monitor_url:
         async with aiohttp.ClientSession() as session:
             for path, body, words in cases:
-                async with session.post(f"{monitor_url}{path}", data=body) as answer:
+                async with session.post(
+                    f"{monitor_url}{path}", data=body, headers=MONITOR_AUTH
+                ) as answer:
                     assert answer.status == 400, (path, body)
                     assert words in (await answer.json())["error"]
             stats = await summary(session, monitor_url)  # still serving
@@ -332,29 +391,29 @@ async def test_shadow_predictions_are_recorded_and_judged_beside_the_primary(dem
     reference = pd.read_csv(demo_models["cancer:v1"].reference_path)
     rows = reference.sample(200, random_state=4)
     truth = rows.pop("label").tolist()
-    with monitor(config, port) as monitor_url, running_server(config) as url:
+    with monitor(config, port) as monitor_url, running_server(config, env=ADMIN_ENV) as url:
         async with aiohttp.ClientSession() as session:
             said = {"stable": [], "mirror": []}
             for variant in said:  # what each model says on these rows, asked directly
                 async with session.post(
                     f"{url}/predict/cancer",
                     json={"instances": rows.to_numpy().tolist()},
-                    headers={"x-gateway-variant": variant, "x-request-id": f"direct-{variant}"},
+                    headers={"x-gateway-variant": variant, **ADMIN_AUTH},  # a shadow: admin only
                 ) as answer:
                     said[variant] = [p["label"] for p in (await answer.json())["predictions"]]
-            for i, row in enumerate(rows.to_numpy().tolist()):
+            ids = []
+            for row in rows.to_numpy().tolist():
                 async with session.post(
-                    f"{url}/predict/cancer",
-                    json={"instances": [row]},
-                    headers={"x-request-id": f"shadowed-{i}"},
+                    f"{url}/predict/cancer", json={"instances": [row]}
                 ) as answer:
                     assert answer.status == 200 and answer.headers["x-gateway-variant"] == "stable"
-            labels = [{"request_id": f"shadowed-{i}", "label": y} for i, y in enumerate(truth)]
+                    ids.append(answer.headers["x-gateway-request-id"])
+            labels = [{"request_id": i, "label": y} for i, y in zip(ids, truth)]
             assert (await feedback(session, url, labels))[0] == 200
             await wait_for_records(session, monitor_url, len(rows) + 2)
-            async with session.post(f"{monitor_url}/runs") as answer:
+            async with session.post(f"{monitor_url}/runs", headers=MONITOR_AUTH) as answer:
                 reports = {r["variant"]: r for r in (await answer.json())["variants"]}
-            async with session.get(f"{monitor_url}/metrics") as answer:
+            async with session.get(f"{monitor_url}/metrics", headers=METRICS_AUTH) as answer:
                 metrics = await answer.text()
     shadow = reports["stable"]["shadows"]["mirror"]
     agreement = sum(a == b for a, b in zip(said["stable"], said["mirror"])) / len(rows)

@@ -11,7 +11,7 @@ import pytest
 from service import registry
 from service.demo.wide_model import build_wide_model
 from service.launch import running_server
-from tests.conftest import write_config
+from tests.conftest import METRICS_AUTH, write_config
 
 pytestmark = pytest.mark.integration
 ROWS = [[0.5] * 30] * 100
@@ -39,7 +39,7 @@ async def call(session, url):
 
 
 async def metric_sum(session, url: str, prefix: str) -> float:
-    async with session.get(f"{url}/metrics") as answer:
+    async with session.get(f"{url}/metrics", headers=METRICS_AUTH) as answer:
         text = await answer.text()
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)

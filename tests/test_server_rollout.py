@@ -67,7 +67,7 @@ async def drive(session, url, seconds, users=400, concurrency=8, endpoint="cance
                 f"{url}/predict/{endpoint}", json={"instances": [ROW]}, headers=headers
             ) as answer:
                 variant = answer.headers.get("x-gateway-variant")
-                request_id = answer.headers.get("x-request-id")
+                request_id = answer.headers.get("x-gateway-request-id")
                 answers.append((time.monotonic(), user % users, answer.status, variant, request_id))
             user += concurrency
             await asyncio.sleep(0.005)

@@ -16,10 +16,10 @@ import pytest
 from service import registry
 from service.config import load_config
 from service.launch import running_server
-from tests.conftest import write_config
+from tests.conftest import METRICS_AUTH, write_config
 
 pytestmark = pytest.mark.integration
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-admin-token-of-traffic"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 ROW = [1.0] * 30
 
@@ -89,7 +89,7 @@ async def predict(session, url, key=None, endpoint="cancer", headers=None):
 
 
 async def metric(session, url, prefix: str) -> float:
-    async with session.get(f"{url}/metrics") as answer:
+    async with session.get(f"{url}/metrics", headers=METRICS_AUTH) as answer:
         text = await answer.text()
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
@@ -271,6 +271,13 @@ async def test_admin_needs_the_token(traffic_url, gateway_url):
         ),
         ("DELETE", "/admin/endpoints/cancer/variants/ghost", None, 400, "no variant 'ghost'"),
         ("GET", "/admin/audit?limit=abc", None, 400, "limit"),
+        ("GET", "/admin/audit?limit=%C2%B2", None, 400, "limit"),
+        ("GET", "/admin/audit?limit=-1", None, 400, "limit"),
+        ("GET", "/admin/rollouts/cancer?history=%C2%B2", None, 400, "history"),
+        ("GET", "/admin/rollouts/..%2Fsummary", None, 404, "no route"),
+        ("POST", "/admin/rollouts/cancer/explode", None, 404, "unknown rollout action"),
+        ("PUT", "/admin/endpoints/cancer/weights", {"weights": {"../x": 1}}, 400, "variant"),
+        ("PUT", "/admin/endpoints/..%2Fx/weights", {"weights": {"stable": 1}}, 404, "no route"),
         ("GET", "/admin/nothing", None, 404, "no route"),
     ],
 )
@@ -323,7 +330,10 @@ async def test_add_and_remove_a_variant_then_audit(traffic_url):
         assert status == 201
         names = [v["name"] for v in routing["endpoints"]["cancer"]["variants"]]
         assert "extra" in names and routing["endpoints"]["cancer"]["variants"][-1]["weight"] == 0
-        pinned = await predict(session, traffic_url, "u", headers={"x-gateway-variant": "extra"})
+        pin = {"x-gateway-variant": "extra"}
+        refused = await predict(session, traffic_url, "u", headers=pin)
+        assert refused[0] == 403  # at weight 0 it is dark: callers cannot pin it
+        pinned = await predict(session, traffic_url, "u", headers={**pin, **ADMIN})
         assert pinned[:2] == (200, "extra")
         status, routing = await admin(
             session, traffic_url, "DELETE", "/admin/endpoints/cancer/variants/extra"

@@ -8,7 +8,14 @@ from collections import Counter
 import pytest
 
 from traffic.buckets import BUCKETS, allocate, bucket_of
-from traffic.table import EndpointTable, RoutingError, RoutingPolicy, UnknownVariant, VariantSpec
+from traffic.table import (
+    EndpointTable,
+    PinRefused,
+    RoutingError,
+    RoutingPolicy,
+    UnknownVariant,
+    VariantSpec,
+)
 
 KEYS = [f"user-{i}" for i in range(100_000)]
 
@@ -75,13 +82,31 @@ def test_unkeyed_requests_follow_the_weights_or_are_refused_when_keys_are_requir
 
 
 def test_pinning_by_name_or_version_and_switching_it_off():
-    table = canary(0)
+    table = canary(10)
     assert table.route("user-1", pin_variant="candidate").variant.name == "candidate"
     assert table.route(pin_version="v2").reason == "pinned"
     with pytest.raises(UnknownVariant):
         table.route(pin_variant="nope")
     with pytest.raises(RoutingError, match="does not allow pinning"):
         canary(10, allow_pinning=False).route(pin_variant="stable")
+    assert canary(10, allow_pinning=False).route(pin_variant="stable", privileged=True)
+
+
+def test_a_dark_variant_is_pinned_only_by_the_privileged_or_when_listed():
+    dark = canary(0)  # a candidate at weight 0: no share of the traffic
+    with pytest.raises(PinRefused, match="needs the admin token"):
+        dark.route("user-1", pin_variant="candidate")
+    with pytest.raises(PinRefused):
+        dark.route(pin_version="v2")
+    assert dark.route(pin_variant="candidate", privileged=True).variant.name == "candidate"
+    listed = canary(0, pinnable=("candidate",))
+    assert listed.route(pin_variant="candidate").variant.name == "candidate"
+    shadowed = EndpointTable(
+        "churn",
+        (VariantSpec("stable", "churn:v1"), VariantSpec("shadow", "churn:v3", "shadow", 0, 1.0)),
+    )
+    with pytest.raises(PinRefused):
+        shadowed.route(pin_variant="shadow")
 
 
 def test_shadows_get_their_mirror_fraction_and_never_answer():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from traffic.rollout_checks import (
     CheckResult,
@@ -34,8 +34,11 @@ from traffic.rollout_policy import RolloutPolicy
 Phase = Literal[
     "progressing", "awaiting_approval", "paused", "promoted", "succeeded", "rolled_back"
 ]
+PHASES: tuple[Phase, ...] = get_args(Phase)
 TERMINAL = ("succeeded", "rolled_back")
 ManualAction = Literal["pause", "resume", "approve", "promote", "rollback"]
+ACTIONS: tuple[str, ...] = ("start", *get_args(ManualAction))
+"""What an operator may ask of a rollout: start one, or a manual action."""
 
 
 class RolloutError(ValueError):

@@ -86,6 +86,9 @@ class RolloutPolicy:
     """Decide and log as usual, change no traffic (the audit shows what would have happened)."""
     dry_run_checks: tuple[str, ...] = field(default=())
     """Checks evaluated and logged but never acted on (by name, e.g. "accuracy")."""
+    count_pinned: bool = False
+    """Judge pinned requests too; by default they are not evidence (a caller chose the variant,
+    so they are not a random share of the traffic, and a caller could steer the verdict)."""
 
     def to_dict(self) -> dict:
         return asdict(self)

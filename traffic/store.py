@@ -1,5 +1,7 @@
 """Shared routing state: one versioned document of every endpoint's table, plus the audit log;
-and each endpoint's rollout state (versioned the same way) with its log of evaluations.
+each endpoint's rollout state (versioned the same way) with its log of evaluations; and the outbox
+of events to announce (webhooks), written in the same transaction as the rollout state that
+produced them, so a transition is announced even if the process dies right after deciding it.
 
 Every worker and replica reads the same state; a change is a compare-and-swap on the version, so
 two admins (or two workers starting at once) never overwrite each other silently. ``StateStore`` is
@@ -15,7 +17,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -45,6 +47,17 @@ class RoutingState:
 
 
 @dataclass(frozen=True)
+class OutboxEvent:
+    """An event to deliver to one URL; ``body`` is the JSON document (its ``id`` included)."""
+
+    id: str
+    url: str
+    body: str
+    endpoint: str = ""
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     """One change: when, who (client address), what, and its details."""
 
@@ -68,9 +81,27 @@ class StateStore(Protocol):
 
     def load_rollout(self, endpoint: str) -> tuple[int, dict] | None: ...
 
-    def save_rollout(self, endpoint: str, state: Mapping, expected_revision: int) -> int: ...
+    def save_rollout(
+        self,
+        endpoint: str,
+        state: Mapping,
+        expected_revision: int,
+        events: Sequence[OutboxEvent] = (),
+    ) -> int: ...
 
     def append_evaluation(self, endpoint: str, entry: Mapping) -> None: ...
+
+    def add_events(self, events: Sequence[OutboxEvent]) -> None: ...
+
+    def due_events(self, now: float, limit: int = 100) -> list[OutboxEvent]: ...
+
+    def event_attempted(
+        self, event: OutboxEvent, status: str, outcome: str, next_at: float = 0.0
+    ) -> None: ...
+
+    def prune(
+        self, audit_before: float, evaluations_before: float, events_before: float
+    ) -> dict: ...
 
     def evaluations(self, endpoint: str, limit: int = 100) -> list[dict]: ...
 
@@ -102,7 +133,24 @@ CREATE TABLE IF NOT EXISTS rollout_evaluations (
     entry TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rollout_evaluations_by_endpoint ON rollout_evaluations (endpoint, id);
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created REAL NOT NULL,
+    ready INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL DEFAULT 0,
+    outcome TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (id, url)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_at) WHERE status = 'pending' AND ready = 1;
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
+CREATE INDEX IF NOT EXISTS rollout_evaluations_by_time ON rollout_evaluations (at);
 """
+PRUNE_CHUNK = 5000
 
 
 class SQLiteStateStore:
@@ -187,11 +235,22 @@ class SQLiteStateStore:
         )
         return (row[0], json.loads(row[1])) if row else None
 
-    def save_rollout(self, endpoint: str, state: Mapping, expected_revision: int) -> int:
+    def save_rollout(
+        self,
+        endpoint: str,
+        state: Mapping,
+        expected_revision: int,
+        events: Sequence[OutboxEvent] = (),
+    ) -> int:
         """Store the rollout's state as the next revision; ``VersionConflict`` if it moved (a
-        second writer), so that one decision is never overwritten by another made on old state."""
+        second writer), so that one decision is never overwritten by another made on old state.
+
+        ``events`` go into the outbox in the same transaction. They are delivered once the state
+        is applied (``state["applied"]``): saving an applied state releases every event of the
+        endpoint still held, so a transition decided before a crash is announced after it."""
         db = self._connection()
         document = json.dumps(state)
+        applied = bool(state.get("applied", True))
         db.execute("BEGIN IMMEDIATE")
         try:
             if expected_revision == 0:
@@ -209,6 +268,11 @@ class SQLiteStateStore:
                 raise VersionConflict(
                     f"rollout of {endpoint!r} is no longer at {expected_revision}"
                 )
+            self._insert_events(db, events, applied)
+            if applied:
+                db.execute(
+                    "UPDATE outbox SET ready = 1 WHERE endpoint = ? AND ready = 0", (endpoint,)
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -220,6 +284,95 @@ class SQLiteStateStore:
             "INSERT INTO rollout_evaluations (endpoint, at, entry) VALUES (?,?,?)",
             (endpoint, entry.get("at", time.time()), json.dumps(entry)),
         )
+
+    @staticmethod
+    def _insert_events(db: sqlite3.Connection, events: Sequence[OutboxEvent], ready: bool) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO outbox (id, url, endpoint, body, created, ready) "
+            "VALUES (?,?,?,?,?,?)",
+            [(e.id, e.url, e.endpoint, e.body, time.time(), int(ready)) for e in events],
+        )
+
+    def add_events(self, events: Sequence[OutboxEvent]) -> None:
+        """Events with no state behind them (drift), ready to deliver at once."""
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._insert_events(db, events, ready=True)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def due_events(self, now: float, limit: int = 100) -> list[OutboxEvent]:
+        """Undelivered events whose next attempt is due, oldest first."""
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT id, url, body, endpoint, attempts FROM outbox WHERE status = 'pending' "
+                "AND ready = 1 AND next_at <= ? ORDER BY next_at, created LIMIT ?",
+                (now, limit),
+            )
+            .fetchall()
+        )
+        return [OutboxEvent(*row) for row in rows]
+
+    def event_attempted(
+        self, event: OutboxEvent, status: str, outcome: str, next_at: float = 0.0
+    ) -> None:
+        """Record one delivery attempt: ``status`` pending (retry at ``next_at``), delivered
+        or failed (given up); ``outcome`` says what the receiver did."""
+        self._connection().execute(
+            "UPDATE outbox SET status = ?, outcome = ?, attempts = attempts + 1, next_at = ? "
+            "WHERE id = ? AND url = ?",
+            (status, outcome, next_at, event.id, event.url),
+        )
+
+    def events(self, limit: int = 100) -> list[dict]:
+        """The newest outbox entries (for operators and tests)."""
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT id, url, endpoint, status, attempts, outcome, ready, body FROM outbox "
+                "ORDER BY created DESC LIMIT ?",
+                (limit,),
+            )
+            .fetchall()
+        )
+        keys = ("id", "url", "endpoint", "status", "attempts", "outcome", "ready", "body")
+        return [dict(zip(keys, row)) for row in rows]
+
+    def prune(self, audit_before: float, evaluations_before: float, events_before: float) -> dict:
+        """Delete audit entries, rollout evaluations and finished outbox events older than the
+        given times, in chunks; returns how many of each went."""
+        deleted = {}
+        db = self._connection()
+        for kind, statement, cutoff in (
+            (
+                "audit",
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ? LIMIT ?)",
+                audit_before,
+            ),
+            (
+                "evaluations",
+                "DELETE FROM rollout_evaluations WHERE id IN "
+                "(SELECT id FROM rollout_evaluations WHERE at < ? LIMIT ?)",
+                evaluations_before,
+            ),
+            (
+                "events",
+                "DELETE FROM outbox WHERE rowid IN (SELECT rowid FROM outbox "
+                "WHERE status != 'pending' AND created < ? LIMIT ?)",
+                events_before,
+            ),
+        ):
+            deleted[kind] = 0
+            while True:
+                removed = db.execute(statement, (cutoff, PRUNE_CHUNK)).rowcount
+                deleted[kind] += removed
+                if removed < PRUNE_CHUNK:
+                    break
+        return deleted
 
     def evaluations(self, endpoint: str, limit: int = 100) -> list[dict]:
         """The newest ``limit`` evaluations of the endpoint's rollouts, oldest first."""

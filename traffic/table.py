@@ -27,6 +27,10 @@ class UnknownVariant(RoutingError):
     """A pin or a change names no variant of the endpoint."""
 
 
+class PinRefused(RoutingError):
+    """A caller without the right to pins a variant that takes no share of the traffic."""
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     """One variant: the model version it serves, its role, weight (share of keyed and unkeyed
@@ -42,6 +46,11 @@ class VariantSpec:
     def model_version(self) -> str:
         return self.model.split(":", 1)[1]
 
+    @property
+    def serving(self) -> bool:
+        """Whether it takes a share of the traffic (a stable or candidate variant with weight)."""
+        return self.role != "shadow" and self.weight > 0
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,
@@ -54,13 +63,16 @@ class VariantSpec:
 
 @dataclass(frozen=True)
 class RoutingPolicy:
-    """How an endpoint's requests are keyed and whether callers may pin a variant."""
+    """How an endpoint's requests are keyed and whether callers may pin a variant. A variant
+    that takes no share of the traffic (weight 0, a shadow, a rolled-back candidate) is dark:
+    only a privileged caller (the admin token) pins it, unless it is listed in ``pinnable``."""
 
     key_header: str | None = None
     key_field: str | None = None
     require_key: bool = False
     allow_pinning: bool = True
     salt: str = ""
+    pinnable: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -69,7 +81,12 @@ class RoutingPolicy:
             "require_key": self.require_key,
             "allow_pinning": self.allow_pinning,
             "salt": self.salt,
+            "pinnable": list(self.pinnable),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> RoutingPolicy:
+        return cls(**{**data, "pinnable": tuple(data.get("pinnable", ()))})
 
 
 @dataclass(frozen=True)
@@ -154,19 +171,26 @@ class EndpointTable:
         *,
         pin_variant: str | None = None,
         pin_version: str | None = None,
+        privileged: bool = False,
         rng: random.Random | None = None,
     ) -> Decision:
-        """Decide where one request goes (see the module docstring)."""
+        """Decide where one request goes (see the module docstring). ``privileged``: the caller
+        may pin any variant, even where pinning is off or the variant is dark."""
         rng = rng or random
         shadows = tuple(s for s in self.shadows if rng.random() < s.mirror)
         if pin_variant is not None or pin_version is not None:
-            if not self.policy.allow_pinning:
+            if not (self.policy.allow_pinning or privileged):
                 raise RoutingError(f"endpoint {self.endpoint!r} does not allow pinning a variant")
             pinned = (
                 self.variant(pin_variant)
                 if pin_variant is not None
                 else self.by_version(pin_version)
             )
+            if not (pinned.serving or privileged or pinned.name in self.policy.pinnable):
+                raise PinRefused(
+                    f"variant {pinned.name!r} of {self.endpoint!r} takes no share of the traffic: "
+                    f"pinning it needs the admin token"
+                )
             return Decision(pinned, "pinned", tuple(s for s in shadows if s is not pinned))
         if key is not None:
             name = owner(self.ranges, bucket_of(self.salt, key))
@@ -206,5 +230,5 @@ class EndpointTable:
         return cls(
             endpoint,
             tuple(VariantSpec(**v) for v in data["variants"]),
-            RoutingPolicy(**data["policy"]),
+            RoutingPolicy.from_dict(data["policy"]),
         )

@@ -8,8 +8,14 @@ from service.errors import BadRequest
 
 
 def decode_json(body: bytes) -> object:
-    """Strict JSON (no NaN/Infinity literals); a body that is not JSON is a 400 saying why."""
+    """Strict JSON (no NaN/Infinity literals); a body that is not JSON is a 400 saying why.
+
+    No body the gateway takes nests more than a few levels, so a deeply nested one (thousands of
+    ``[``) is refused with a 400 when the decoder runs out of depth, not answered with a 500.
+    """
     try:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as error:
         raise BadRequest(f"malformed JSON: {error}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None

@@ -17,10 +17,13 @@ import numpy as np
 
 from service.codecs import decode_json
 from service.errors import BadRequest
+from service.model_card import ModelCard
 from service.tensors import OIP_TO_NUMPY, oip_datatype_of
 
 Tensors = dict[str, np.ndarray]
 HEADER_LENGTH = "inference-header-content-length"
+MAX_RANK = 32
+"""No model the gateway serves takes tensors of more dimensions (numpy's own limit is 64)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,22 @@ class InferRequest:
     all_binary: bool
     parameters: dict
 
+    @property
+    def fields(self) -> dict:
+        """Where a routing key may come from: the request's parameters."""
+        return self.parameters
+
+    def tensors(self, card: ModelCard) -> Tensors:
+        """The input tensors, once the outputs asked for are known to be the routed model's."""
+        if self.outputs is not None:
+            known = {s.name for s in card.outputs}
+            unknown = sorted(set(self.outputs) - known)
+            if unknown:
+                raise BadRequest(
+                    f"unknown output(s) {unknown}; model {card.tag} has {sorted(known)}"
+                )
+        return self.inputs
+
 
 def _shape(tensor: dict, name: str) -> tuple[int, ...]:
     shape = tensor.get("shape")
@@ -41,6 +60,8 @@ def _shape(tensor: dict, name: str) -> tuple[int, ...]:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    if len(shape) > MAX_RANK:
+        raise BadRequest(f"input {name!r}: shape has {len(shape)} dimensions, at most {MAX_RANK}")
     return tuple(shape)
 
 
@@ -209,8 +230,10 @@ def encode_infer_response(
     model_version: str,
     request: InferRequest,
     outputs: Tensors,
+    parameters: dict | None = None,
 ) -> tuple[bytes, int | None]:
-    """The answer body, and the JSON header's length when binary tensors follow it (else None)."""
+    """The answer body, and the JSON header's length when binary tensors follow it (else None);
+    ``parameters``: the answer's own (the gateway's request id)."""
     names = request.outputs if request.outputs is not None else tuple(outputs)
     header_outputs, blobs = [], []
     for name in names:
@@ -231,6 +254,8 @@ def encode_infer_response(
     answer: dict = {"model_name": model_name, "model_version": model_version}
     if request.id is not None:
         answer["id"] = request.id
+    if parameters:
+        answer["parameters"] = parameters
     answer["outputs"] = header_outputs
     header = msgspec.json.encode(answer)
     if not blobs:

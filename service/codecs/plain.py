@@ -7,6 +7,8 @@ regressor.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from service.codecs import decode_json
@@ -15,6 +17,23 @@ from service.model_card import ModelCard
 from service.tensors import OIP_TO_NUMPY
 
 Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class PlainRequest:
+    """A decoded ``/predict`` body: its rows, and the fields a routing key may come from."""
+
+    instances: list
+    fields: dict
+
+    def tensors(self, card: ModelCard) -> Tensors:
+        """The rows as the routed model's input tensor."""
+        return instances_to_tensors(self.instances, card)
+
+
+def decode_plain(body: bytes, key_field: str | None = None) -> PlainRequest:
+    """A ``/predict`` body, checked for shape but not yet against a model."""
+    return PlainRequest(*decode_instances(body, key_field))
 
 
 def decode_instances(body: bytes, key_field: str | None = None) -> tuple[list, dict]:
@@ -72,6 +91,14 @@ def instances_to_tensors(instances: list, card: ModelCard) -> Tensors:
 class PredictionEncoder:
     """Turns a model's outputs into per-row predictions; one per model version (labels cached)."""
 
+    @staticmethod
+    def of(card: ModelCard) -> PredictionEncoder:
+        """The encoder of a model version, built once per tag (a tag's card never changes)."""
+        encoder = _ENCODERS.get(card.tag)
+        if encoder is None:
+            encoder = _ENCODERS[card.tag] = PredictionEncoder(card)
+        return encoder
+
     def __init__(self, card: ModelCard) -> None:
         self.card = card
         self.class_keys = [str(label) for label in card.class_labels]
@@ -96,6 +123,9 @@ class PredictionEncoder:
             {"label": label, "probabilities": dict(zip(keys, row))}
             for label, row in zip(labels, probabilities)
         ]
+
+
+_ENCODERS: dict[str, PredictionEncoder] = {}
 
 
 def row_predictions(card: ModelCard, outputs: Tensors) -> np.ndarray:

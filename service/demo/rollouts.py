@@ -1,5 +1,6 @@
 """The demo's two rollouts, watched live: a good candidate promoted step by step, and one that turns
-slow, rolled back by its latency guardrail. Progress comes from the monitor, which decides them."""
+slow, rolled back by its latency guardrail. Progress comes from the monitor, which decides them,
+through the gateway's admin API."""
 
 from __future__ import annotations
 
@@ -46,12 +47,18 @@ def rollout_endpoints() -> dict:
     return endpoints
 
 
-def _history(monitor_url: str, endpoint: str) -> dict:
-    with urllib.request.urlopen(f"{monitor_url}/rollouts/{endpoint}?history=10000") as answer:
+def _history(base_url: str, endpoint: str, admin_token: str | None) -> dict:
+    request = urllib.request.Request(
+        f"{base_url}/admin/rollouts/{endpoint}?history=10000",
+        headers={"Authorization": f"Bearer {admin_token}"},
+    )
+    with urllib.request.urlopen(request) as answer:
         return json.load(answer)
 
 
-def watch_rollouts(base_url: str, monitor_url: str, models_dir: Path, max_s: float = 120) -> None:
+def watch_rollouts(
+    base_url: str, models_dir: Path, admin_token: str | None, max_s: float = 120
+) -> None:
     """Drive traffic through each rollout endpoint and print every transition until it ends."""
     rows = pd.read_csv(models_dir / "cancer-reference.csv")
     for endpoint, what in ROLLOUTS.items():
@@ -59,7 +66,7 @@ def watch_rollouts(base_url: str, monitor_url: str, models_dir: Path, max_s: flo
         shown, started = 0, time.monotonic()
         while time.monotonic() - started < max_s:
             asyncio.run(drive(base_url, rows, 300, endpoint))
-            described = _history(monitor_url, endpoint)
+            described = _history(base_url, endpoint, admin_token)
             for entry in described["history"][shown:]:
                 if entry["action"] != "hold":
                     print(
@@ -71,6 +78,4 @@ def watch_rollouts(base_url: str, monitor_url: str, models_dir: Path, max_s: flo
                 break
         else:
             print(f"  still {state['phase'] if state else 'not started'} after {max_s:.0f} s")
-    print(
-        f"rollout history: {base_url}/admin/rollouts/<endpoint> (admin token) or {monitor_url}/rollouts"
-    )
+    print(f"rollout history: {base_url}/admin/rollouts/<endpoint> (admin token)")

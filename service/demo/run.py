@@ -2,8 +2,12 @@
 port + 1) and the gateway, drive traffic and send its ground-truth labels, then watch two rollouts
 (one promoted, one rolled back).
 
-Everything lives under ``--home``: the built models, the BentoML model store and ``gateway.yaml``.
-Running it again reuses what is there. With ``--serve-only`` the gateway just serves until Ctrl-C.
+Everything lives under ``--home``: the built models, the BentoML model store, ``gateway.yaml`` and
+the demo's secrets (``secrets/admin.token``, ``secrets/monitor.token``, made once, readable by their
+owner only; ``GATEWAY_ADMIN_TOKEN`` / ``GATEWAY_MONITOR_TOKEN`` win when set). Both servers listen
+on 127.0.0.1 only, so the demo leaves ``/metrics`` anonymous for a local Prometheus; everything
+else is as a deployment gets it by default. Running it again reuses what is there. With
+``--serve-only`` the gateway just serves until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ import yaml
 from service.cli import MONITOR_SERVICE
 from service.launch import running_server
 
+SECRET_FILES = {
+    "admin_token_file": "secrets/admin.token",
+    "monitor_token_file": "secrets/monitor.token",
+}
 DEMO_CONFIG = {
     "server": {"workers": 1},
     "device": "auto",
@@ -41,7 +49,13 @@ def demo_config(monitor_port: int) -> dict:
 
     monitor = {"url": f"http://127.0.0.1:{monitor_port}", "port": monitor_port, "interval_s": 5}
     endpoints = {**DEMO_CONFIG["endpoints"], **rollout_endpoints()}
-    return {**DEMO_CONFIG, "monitor": monitor, "endpoints": endpoints}
+    return {
+        **DEMO_CONFIG,
+        "monitor": monitor,
+        "secrets": SECRET_FILES,
+        "access": {"metrics": "anonymous"},  # loopback only: a local Prometheus scrapes it
+        "endpoints": endpoints,
+    }
 
 
 def prepare_home(home: Path, monitor_port: int) -> Path:
@@ -63,6 +77,10 @@ def prepare_home(home: Path, monitor_port: int) -> Path:
             model.onnx_path, model.name, model.reference_path, version=model.version
         )
         print(f"registered {card.tag} ({card.task}, sha256 {card.sha256[:12]})")
+    from service.secrets import write_secret_file
+
+    for name in SECRET_FILES.values():
+        write_secret_file(home / name)
     config_path = home / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(demo_config(monitor_port), sort_keys=False))
     return config_path
@@ -82,12 +100,20 @@ def run_demo(home: Path, port: int, *, serve_only: bool, requests: int) -> int:
             running_server(config_path, port) as base_url,
         ):
             print(f"gateway ready at {base_url}, monitor at {monitor_url} (config {config_path})")
+            print(
+                f"admin token: {home / SECRET_FILES['admin_token_file']} "
+                f"(or GATEWAY_ADMIN_TOKEN); monitor token: "
+                f"{home / SECRET_FILES['monitor_token_file']}"
+            )
             if not serve_only:
+                from service.config import load_config
                 from service.demo.rollouts import watch_rollouts
                 from service.demo.traffic import drive_traffic
+                from service.secrets import load_secrets
 
-                drive_traffic(base_url, monitor_url, home / "models", requests)
-                watch_rollouts(base_url, monitor_url, home / "models")
+                secrets = load_secrets(load_config(config_path).secrets)
+                drive_traffic(base_url, monitor_url, home / "models", requests, secrets)
+                watch_rollouts(base_url, home / "models", secrets.admin_token)
             print("serving; press Ctrl-C to stop")
             signal.pause()
     except KeyboardInterrupt:

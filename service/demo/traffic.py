@@ -20,6 +20,7 @@ import aiohttp
 import pandas as pd
 
 from service.demo.models import LABEL
+from service.secrets import Secrets
 
 CONCURRENCY = 8
 
@@ -46,7 +47,8 @@ async def _oip(session: aiohttp.ClientSession, url: str, row: dict, user: str) -
         answer.raise_for_status()
         body = await answer.json()
         headers = answer.headers
-        return headers["x-gateway-variant"], body["outputs"][0]["data"][0], headers["x-request-id"]
+        request_id = headers["x-gateway-request-id"]
+        return headers["x-gateway-variant"], body["outputs"][0]["data"][0], request_id
 
 
 async def drive(base_url: str, rows: pd.DataFrame, requests: int, endpoint: str = "cancer") -> dict:
@@ -120,9 +122,13 @@ def _print_summary(result: dict, elapsed: float) -> None:
         )
 
 
-def _monitor_run(monitor_url: str) -> None:
+def _monitor_run(monitor_url: str, token: str | None) -> None:
     """Ask the monitor for a run now and print what it found per variant."""
-    request = urllib.request.Request(f"{monitor_url}/runs?reports=true", method="POST")
+    request = urllib.request.Request(
+        f"{monitor_url}/runs?reports=true",
+        method="POST",
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+    )
     with urllib.request.urlopen(request, timeout=120) as answer:
         variants = json.load(answer)["variants"]
     for report in variants:
@@ -138,7 +144,9 @@ def _monitor_run(monitor_url: str) -> None:
         )
 
 
-def drive_traffic(base_url: str, monitor_url: str, models_dir: Path, requests: int) -> None:
+def drive_traffic(
+    base_url: str, monitor_url: str, models_dir: Path, requests: int, secrets: Secrets
+) -> None:
     """Two phases: in-distribution traffic, then traffic whose inputs drifted in two features."""
     rows = pd.read_csv(models_dir / "cancer-reference.csv")
     drifted = rows.assign(
@@ -154,5 +162,5 @@ def drive_traffic(base_url: str, monitor_url: str, models_dir: Path, requests: i
         result = asyncio.run(drive(base_url, phase_rows, requests))
         _print_summary(result, time.perf_counter() - started)
         time.sleep(1.0)  # records and labels reach the monitor
-        _monitor_run(monitor_url)
-    print(f"reports: {base_url}/reports   monitor metrics: {monitor_url}/metrics")
+        _monitor_run(monitor_url, secrets.monitor_token)
+    print(f"reports: {base_url}/reports (admin token)   metrics: {base_url}/metrics")

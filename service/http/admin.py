@@ -10,10 +10,10 @@ saved with compare-and-swap, audited, installed here at once and on the other wo
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Mapping
 
+import anyio
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,49 +21,34 @@ from starlette.routing import Route
 
 from service.codecs import decode_json
 from service.config import VariantConfig, describe, load_config
-from service.errors import BadRequest, ConfigError, GatewayError
+from service.errors import BadRequest, ConfigError, NotFound
 from service.gateway import Gateway
+from service.http.auth import client_of, require_token
 from service.http.body import read_body
 from service.http.common import gateway_of
-from service.http.reports import SEGMENT, from_monitor
+from service.http.query import int_param
+from service.http.reports import from_monitor
 from service.http.responses import json_response
+from service.names import checked_name
+from traffic.rollout import ACTIONS
 from traffic.table import EndpointTable
 
 log = logging.getLogger("gateway.admin")
 MAX_ADMIN_BODY = 64 * 1024
 
 
-class Unauthorized(GatewayError):
-    status = 401
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
-
-
-class AdminDisabled(GatewayError):
-    status = 403
-
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 def _authorized(request: Request) -> Gateway:
     gateway = gateway_of(request)
-    if gateway.admin_token is None:
-        raise AdminDisabled("the admin API is off: set GATEWAY_ADMIN_TOKEN to enable it")
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), gateway.admin_token.encode()
-    ):
-        log.warning(
-            "admin call refused: bad or missing token from %s (%s %s)",
-            _client(request),
-            request.method,
-            request.url.path,
-        )
-        raise Unauthorized("a valid 'Authorization: Bearer <token>' is required")
+    require_token(
+        request,
+        gateway.secrets.admin_token,
+        off="the admin API is off: set GATEWAY_ADMIN_TOKEN (or secrets.admin_token_file)",
+    )
     return gateway
+
+
+def _endpoint(request: Request) -> str:
+    return checked_name("the endpoint", request.path_params["endpoint"])
 
 
 async def _json_object(request: Request) -> dict:
@@ -94,7 +79,7 @@ async def read_routing(request: Request) -> Response:
 
 async def set_weights(request: Request) -> Response:
     gateway = _authorized(request)
-    endpoint = request.path_params["endpoint"]
+    endpoint = _endpoint(request)
     weights = (await _json_object(request)).get("weights")
     if (
         not isinstance(weights, dict)
@@ -104,12 +89,14 @@ async def set_weights(request: Request) -> Response:
         )
     ):
         raise BadRequest('the body must be {"weights": {"variant": number, ...}}')
+    for name in weights:
+        checked_name("a variant", name)
 
     def mutate(tables):
         return {**tables, endpoint: _table(tables, endpoint).with_weights(weights)}
 
     await gateway.routing.change(
-        _client(request), "set_weights", endpoint, {"weights": weights}, mutate
+        client_of(request), "set_weights", endpoint, {"weights": weights}, mutate
     )
     return json_response(_routing_view(gateway))
 
@@ -117,7 +104,7 @@ async def set_weights(request: Request) -> Response:
 async def add_variant(request: Request) -> Response:
     """Add a variant (default: a candidate at weight 0). Its model loads before it gets traffic."""
     gateway = _authorized(request)
-    endpoint = request.path_params["endpoint"]
+    endpoint = _endpoint(request)
     data = await _json_object(request)
     try:
         variant = VariantConfig.model_validate({"role": "candidate", "weight": 0, **data})
@@ -130,19 +117,22 @@ async def add_variant(request: Request) -> Response:
     def mutate(tables):
         return {**tables, endpoint: _table(tables, endpoint).with_variant(spec)}
 
-    await gateway.routing.change(_client(request), "add_variant", endpoint, spec.to_dict(), mutate)
+    await gateway.routing.change(
+        client_of(request), "add_variant", endpoint, spec.to_dict(), mutate
+    )
     return json_response(_routing_view(gateway), status=201)
 
 
 async def remove_variant(request: Request) -> Response:
     gateway = _authorized(request)
-    endpoint, name = request.path_params["endpoint"], request.path_params["variant"]
+    endpoint = _endpoint(request)
+    name = checked_name("the variant", request.path_params["variant"])
 
     def mutate(tables):
         return {**tables, endpoint: _table(tables, endpoint).without_variant(name)}
 
     await gateway.routing.change(
-        _client(request), "remove_variant", endpoint, {"variant": name}, mutate
+        client_of(request), "remove_variant", endpoint, {"variant": name}, mutate
     )
     return json_response(_routing_view(gateway))
 
@@ -162,7 +152,7 @@ async def reload_config(request: Request) -> Response:
         if getattr(config, key) != getattr(gateway.config, key)
     ]
     await gateway.routing.change(
-        _client(request),
+        client_of(request),
         "reload",
         "*",
         {"config": str(path), "restart_required": changed},
@@ -174,10 +164,8 @@ async def reload_config(request: Request) -> Response:
 
 async def read_audit(request: Request) -> Response:
     gateway = _authorized(request)
-    raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
-        raise BadRequest("limit must be an integer from 1 to 10000")
-    entries = gateway.routing.store.audit(int(raw))
+    limit = int_param(request, "limit", 100, 1, 10_000)
+    entries = await anyio.to_thread.run_sync(gateway.routing.store.audit, limit)
     return json_response(
         {
             "entries": [
@@ -203,22 +191,18 @@ async def rollouts(request: Request) -> Response:
 async def rollout(request: Request) -> Response:
     """One rollout's state, policy and history (``?history=N`` evaluations)."""
     _authorized(request)
-    endpoint = request.path_params["endpoint"]
-    if not SEGMENT.fullmatch(endpoint):
-        raise BadRequest("bad endpoint name")
-    history = request.query_params.get("history", "50")
-    if not history.isdigit():
-        raise BadRequest("history must be a number of evaluations")
+    endpoint = _endpoint(request)
+    history = int_param(request, "history", 50, 0, 10_000)
     return await from_monitor(request, f"/rollouts/{endpoint}?history={history}", "rollouts")
 
 
 async def rollout_action(request: Request) -> Response:
     """Pause, resume, approve, promote, roll back or start a rollout by hand."""
     _authorized(request)
-    endpoint, action = request.path_params["endpoint"], request.path_params["action"]
-    if not (SEGMENT.fullmatch(endpoint) and SEGMENT.fullmatch(action)):
-        raise BadRequest("bad endpoint or action name")
-    log.info("rollout %s of %s requested by %s", action, endpoint, _client(request))
+    endpoint, action = _endpoint(request), request.path_params["action"]
+    if action not in ACTIONS:
+        raise NotFound(f"unknown rollout action {action!r}; actions: {list(ACTIONS)}")
+    log.info("rollout %s of %s requested by %s", action, endpoint, client_of(request))
     return await from_monitor(request, f"/rollouts/{endpoint}/{action}", "rollouts")
 
 

@@ -6,7 +6,6 @@ attached to ``app.state.gateway`` when the BentoML service starts in that worker
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -16,8 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service import supervise
 from service.errors import NotFound
 from service.http import admin, oip, reports
+from service.http.auth import require_token
+from service.http.common import gateway_of
 from service.http.feedback import feedback
 from service.http.predict import list_endpoints, predict
 from service.http.responses import EXCEPTION_HANDLERS
@@ -25,7 +27,17 @@ from service.metrics import CONTENT_TYPE, exposition
 
 
 async def metrics(request: Request) -> Response:
-    """``/metrics``: every worker's series, summed (replaces BentoML's, which is switched off)."""
+    """``/metrics``: every worker's series, summed (replaces BentoML's, which is switched off).
+    Needs the metrics (or admin) token unless ``access.metrics`` is ``anonymous``."""
+    gateway = gateway_of(request)
+    if gateway.config.access.metrics != "anonymous":
+        secrets = gateway.secrets
+        require_token(
+            request,
+            secrets.metrics_token,
+            secrets.admin_token,
+            off="/metrics needs GATEWAY_METRICS_TOKEN (or access.metrics: anonymous)",
+        )
     content = await anyio.to_thread.run_sync(exposition)
     return Response(content, media_type=CONTENT_TYPE)
 
@@ -56,13 +68,16 @@ def build_app() -> Starlette:
 
 @contextlib.asynccontextmanager
 async def background_tasks(app: Starlette) -> AsyncIterator[None]:
-    """While serving, follow the shared routing state and ship records to the monitor."""
+    """While serving, follow the shared routing state and ship records to the monitor (both
+    supervised: started again, with a log line, if they ever die)."""
     gateway = getattr(app.state, "gateway", None)
     tasks = []
     if gateway is not None:
-        tasks.append(asyncio.create_task(gateway.routing.follow()))
+        restarted = gateway.metrics.task_restarted
+        tasks.append(supervise.start("routing follower", gateway.routing.follow, restarted))
         if gateway.recorder.enabled:
-            tasks.append(asyncio.create_task(gateway.recorder.ship_forever()))
+            recorder = gateway.recorder.ship_forever
+            tasks.append(supervise.start("record shipping", recorder, restarted))
     try:
         yield
     finally:

@@ -1,9 +1,15 @@
-"""``POST /feedback``: ground-truth labels (or target values) for earlier predictions, by request id.
+"""``POST /feedback``: ground-truth labels (or target values) for earlier predictions, by the
+gateway's request id (the ``request_id`` of the answer).
 
 Body: ``{"labels": [{"request_id": "...", "label": value or [value per row]}, ...]}`` (or one such
-object alone). The monitor stores each label durably before this answers 200. The same label twice
-is fine (idempotent); a different label for an id that has one is refused (409, the others are
-stored). Labels may come before their prediction: the monitor joins them when it arrives.
+object alone). Every label is checked before anything is stored: the id must be one the gateway
+gives (``<endpoint>:<32 hex digits>``) for an endpoint it serves, and the label a class (or, for a
+regressor, a finite number) of that endpoint's models; one bad label refuses the whole call with a
+400 naming its request id and the reason. The monitor stores the labels durably before this
+answers 200. The same label twice is fine (idempotent); a different label for an id that has one is
+refused (409, the others are stored). Labels may come before their prediction reaches the monitor:
+they are held (bounded in number, expired after ``monitor.label_retention_s``) and joined when it
+arrives.
 """
 
 from __future__ import annotations
@@ -12,29 +18,35 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.codecs import decode_json
-from service.errors import BadRequest, GatewayError, NotFound
-from service.gateway import REQUEST_ID
+from service.errors import BadRequest, Conflict, NotFound
+from service.gateway import Gateway
 from service.http.body import read_body
 from service.http.common import gateway_of
 from service.http.responses import json_response
+from service.labels import label_problem
+from service.names import endpoint_of
 
 MAX_LABELS = 10_000
-SCALARS = (str, int, float, bool)
 
 
-class LabelConflict(GatewayError):
-    status = 409
-
-
-def _checked(item: object, position: int) -> dict:
+def _checked(gateway: Gateway, item: object, position: int) -> dict:
     if not isinstance(item, dict) or set(item) != {"request_id", "label"}:
         raise BadRequest(f'labels[{position}] must be {{"request_id": ..., "label": ...}}')
     request_id, label = item["request_id"], item["label"]
-    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
-        raise BadRequest(f"labels[{position}]: request_id must be a request id the gateway gave")
-    values = label if isinstance(label, list) else [label]
-    if not values or not all(isinstance(v, SCALARS) for v in values):
-        raise BadRequest(f"labels[{position}]: label must be a value or a non-empty list of values")
+    endpoint = endpoint_of(request_id)
+    if endpoint is None:
+        raise BadRequest(
+            f"labels[{position}]: request_id must be the request_id of a gateway answer "
+            f"('<endpoint>:<32 hex digits>')"
+        )
+    snapshot = gateway.dataplane.snapshot
+    table = snapshot.tables.get(endpoint)
+    if table is None:
+        raise BadRequest(f"labels[{position}] ({request_id}): no endpoint {endpoint!r}")
+    cards = [snapshot.models[v.model].card for v in table.variants]
+    problem = label_problem(cards, label)
+    if problem is not None:
+        raise BadRequest(f"labels[{position}] ({request_id}): {problem}; nothing was stored")
     return {"request_id": request_id, "label": label}
 
 
@@ -47,11 +59,11 @@ async def feedback(request: Request) -> Response:
     items = data.get("labels") if isinstance(data, dict) and "labels" in data else [data]
     if not isinstance(items, list) or not items or len(items) > MAX_LABELS:
         raise BadRequest(f"'labels' must be a list of 1 to {MAX_LABELS} labels")
-    labels = [_checked(item, i) for i, item in enumerate(items)]
+    labels = [_checked(gateway, item, i) for i, item in enumerate(items)]
     results = await gateway.recorder.send_labels(labels)
     conflicts = [r["request_id"] for r in results if r["outcome"] == "conflict"]
     if conflicts:
-        raise LabelConflict(
+        raise Conflict(
             f"request id(s) {conflicts[:10]} already have a different label; the rest were stored"
         )
     return json_response({"results": results})

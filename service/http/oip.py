@@ -13,16 +13,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
-from service.codecs.oip import HEADER_LENGTH, decode_infer_request, encode_infer_response
-from service.errors import BadRequest, NotFound
-from service.http.body import read_body
-from service.http.common import (
-    answer_headers,
-    assign_request_id,
-    gateway_of,
-    pinned_variant,
-    routing_key,
+from service.codecs.oip import (
+    HEADER_LENGTH,
+    InferRequest,
+    decode_infer_request,
+    encode_infer_response,
 )
+from service.errors import NotFound
+from service.gateway import Call
+from service.http.body import read_body
+from service.http.common import gateway_of
 from service.http.responses import json_response
 from service.metrics import sample_totals
 from service.model_card import ModelCard
@@ -167,33 +167,34 @@ async def repository_index(request: Request) -> Response:
 
 
 async def infer(request: Request) -> Response:
+    """Infer; ``/versions/{v}`` pins the variant serving model version v. The gateway's request id
+    comes back in the answer's ``parameters.request_id`` and the ``x-gateway-request-id`` header;
+    the body's ``id`` is the caller's, echoed as the protocol says."""
     gateway = gateway_of(request)
-    request_id = assign_request_id(request)
-    dataplane = gateway.dataplane
-    table = dataplane.table(request.path_params["model"])
-    with gateway.account(table.endpoint, "oip", request_id) as account:
-        body = await read_body(request, gateway.config.limits.max_body_bytes)
-        decoded = decode_infer_request(body, request.headers.get(HEADER_LENGTH))
-        route = account.route = dataplane.route(
-            table.endpoint,
-            routing_key(request, table, decoded.parameters),
-            pin_variant=pinned_variant(request),
-            pin_version=request.path_params.get("version"),
+    limit = gateway.config.limits.max_body_bytes
+
+    async def read(table: EndpointTable) -> InferRequest:
+        return decode_infer_request(
+            await read_body(request, limit), request.headers.get(HEADER_LENGTH)
         )
-        card = route.model.card
-        if decoded.outputs is not None:
-            known = {s.name for s in card.outputs}
-            unknown = sorted(set(decoded.outputs) - known)
-            if unknown:
-                raise BadRequest(
-                    f"unknown output(s) {unknown}; model {card.tag} has {sorted(known)}"
-                )
-        outputs = await dataplane.infer(route, decoded.inputs)
-        gateway.answered(request_id, account, decoded.inputs, outputs)
-        content, header_length = encode_infer_response(
-            table.endpoint, card.version, decoded, outputs
-        )
-    headers = answer_headers(request_id, route.variant.name, card.version)
+
+    call = Call(
+        request.path_params["model"],
+        "oip",
+        request.headers,
+        read,
+        pin_version=request.path_params.get("version"),
+    )
+    answer = await gateway.predict(call)
+    decoded = answer.decoded
+    content, header_length = encode_infer_response(
+        answer.route.endpoint,
+        answer.route.model.card.version,
+        decoded,
+        answer.outputs,
+        {"request_id": answer.request_id},
+    )
+    headers = answer.headers()
     if header_length is None:
         return Response(content, headers=headers, media_type="application/json")
     headers["Inference-Header-Content-Length"] = str(header_length)

@@ -1,56 +1,62 @@
-"""``POST /predict/{endpoint}``: the plain JSON prediction API for applications."""
+"""``POST /predict/{endpoint}`` (the plain JSON prediction API for applications) and
+``GET /endpoints``. The handler only moves headers and bodies: ``Gateway.predict`` owns the call."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.codecs.plain import decode_instances, instances_to_tensors
+from service.codecs.plain import PlainRequest, PredictionEncoder, decode_plain
+from service.gateway import Call
+from service.http.auth import require_token
 from service.http.body import read_body
-from service.http.common import (
-    answer_headers,
-    assign_request_id,
-    gateway_of,
-    pinned_variant,
-    routing_key,
-)
+from service.http.common import gateway_of
 from service.http.responses import json_response
+from traffic.table import EndpointTable
 
 
 async def predict(request: Request) -> Response:
     gateway = gateway_of(request)
-    request_id = assign_request_id(request)
-    dataplane = gateway.dataplane
-    table = dataplane.table(request.path_params["endpoint"])
-    with gateway.account(table.endpoint, "plain", request_id) as account:
-        body = await read_body(request, gateway.config.limits.max_body_bytes)
-        instances, fields = decode_instances(body, table.policy.key_field)
-        route = account.route = dataplane.route(
-            table.endpoint, routing_key(request, table, fields), pin_variant=pinned_variant(request)
-        )
-        tensors = instances_to_tensors(instances, route.model.card)
-        outputs = await dataplane.infer(route, tensors)
-        gateway.answered(request_id, account, tensors, outputs)
-        card = route.model.card
-        answer = {
-            "request_id": request_id,
-            "endpoint": table.endpoint,
-            "variant": route.variant.name,
-            "model": card.name,
-            "model_version": card.version,
-            "predictions": gateway.encoder(route).predictions(outputs),
-        }
-    headers = answer_headers(request_id, route.variant.name, card.version)
-    return json_response(answer, headers=headers)
+    limit = gateway.config.limits.max_body_bytes
+
+    async def read(table: EndpointTable) -> PlainRequest:
+        return decode_plain(await read_body(request, limit), table.policy.key_field)
+
+    call = Call(request.path_params["endpoint"], "plain", request.headers, read)
+    answer = await gateway.predict(call)
+    card = answer.route.model.card
+    body = {
+        "request_id": answer.request_id,
+        "endpoint": answer.route.endpoint,
+        "variant": answer.route.variant.name,
+        "model": card.name,
+        "model_version": card.version,
+        "predictions": PredictionEncoder.of(card).predictions(answer.outputs),
+    }
+    if answer.correlation_id is not None:
+        body["correlation_id"] = answer.correlation_id
+    return json_response(body, headers=answer.headers())
 
 
 async def list_endpoints(request: Request) -> Response:
-    """``GET /endpoints``: each endpoint's variants, models and features (read-only)."""
-    dataplane = gateway_of(request).dataplane
+    """``GET /endpoints``: each endpoint's variants, models and features (read-only). Callers
+    without the admin token see the variants that take traffic; dark ones (weight 0, shadows)
+    only with it. ``access.endpoints: token`` closes the route to anonymous callers."""
+    gateway = gateway_of(request)
+    admin = gateway.is_admin(request.headers)
+    if gateway.config.access.endpoints == "token" and not admin:
+        require_token(
+            request,
+            gateway.secrets.admin_token,
+            off="/endpoints needs the admin token (access.endpoints), which is not set",
+        )
+    dataplane = gateway.dataplane
     listing = {}
     for name, table in dataplane.snapshot.tables.items():
         variants = []
         for variant in table.variants:
+            if not (admin or variant.serving):
+                continue
             model = dataplane.model(variant)
             variants.append(
                 {

@@ -1,0 +1,169 @@
+"""One monitor process: its store, analysis runner, rollouts, webhook outbox and their background
+work, wired together (the monitor's counterpart of service/gateway.py's ``Gateway``).
+
+The monitor takes records and labels from every gateway worker and replica, runs the analysis,
+decides rollouts and announces them. Every one of its routes needs the monitor token; started
+without one, it serves only on a loopback address (and says so), and refuses to start on any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from monitors.records import PredictionRecord
+from monitors.reports import ReportArchive
+from monitors.store import MonitorStore
+from service import registry
+from service.config import GatewayConfig
+from service.errors import ConfigError
+from service.model_card import ModelCard
+from service.monitor_metrics import MonitorMetrics
+from service.monitor_runs import MonitorRunner
+from service.names import endpoint_of, is_name, is_tag
+from service.notifier import DriftAlarm, Notifier
+from service.rollout_evidence import EvidenceGatherer
+from service.rollouts import RolloutService
+from service.routing import STATE_FILE
+from service.secrets import Secrets, check_exposure, load_secrets
+from traffic.store import SQLiteStateStore
+from traffic.table import EndpointTable
+
+log = logging.getLogger("gateway.monitor")
+MONITOR_FILE = "monitor.sqlite3"
+REPORTS_DIR = "reports"
+OUTCOMES = ("ok", "error", "rejected")
+KNOWN_GRACE_S = 3600.0
+"""How long a variant that left the routing state may still send records (the last batches)."""
+REFRESH_S = 1.0
+
+
+def listening_host() -> str | None:
+    """The address this BentoML worker's socket is bound to (its ``--fd``), if it has one."""
+    if "--fd" not in sys.argv:
+        return None
+    descriptor = int(sys.argv[sys.argv.index("--fd") + 1])
+    with socket.socket(fileno=os.dup(descriptor)) as bound:
+        return bound.getsockname()[0]
+
+
+@dataclass
+class KnownVariants:
+    """Endpoint and variant names the routing state has, or had within ``KNOWN_GRACE_S``: the
+    only ones records may carry (a name nobody configured never reaches a table or a path)."""
+
+    tables: Callable[[], Mapping[str, EndpointTable]]
+    seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    loaded: float = float("-inf")
+
+    def knows(self, endpoint: str, variant: str) -> bool:
+        now = time.monotonic()
+        if (endpoint, variant) not in self.seen and now - self.loaded >= REFRESH_S:
+            self.loaded = now
+            tables: Mapping[str, EndpointTable] = self.tables()
+            for name, table in tables.items():
+                for v in table.variants:
+                    self.seen[(name, v.name)] = now
+        seen = self.seen.get((endpoint, variant))
+        return seen is not None and now - seen < KNOWN_GRACE_S
+
+
+class Monitor:
+    """Everything one monitor process serves with."""
+
+    def __init__(self, config: GatewayConfig, secrets: Secrets) -> None:
+        self.config = config
+        self.secrets = secrets
+        max_db = config.monitor.max_db_mb
+        self.store = MonitorStore(
+            config.data_dir / MONITOR_FILE, None if max_db is None else int(max_db * 2**20)
+        )
+        self.metrics = MonitorMetrics()
+        self.archive = ReportArchive(config.data_dir / REPORTS_DIR, config.monitor.report_keep)
+        self.routing = SQLiteStateStore(config.data_dir / STATE_FILE)
+        self.notifier = Notifier(
+            config.notifications, self.metrics, self.routing, secrets.webhook_secret
+        )
+        self.runner = MonitorRunner(
+            config.monitor,
+            self.store,
+            self.metrics,
+            self.archive,
+            self.roles,
+            DriftAlarm(self.notifier).observe,
+        )
+        self.rollouts = RolloutService(
+            config,
+            self.store,
+            self.routing,
+            EvidenceGatherer(self.store, lambda: self.runner.latest),
+            self.metrics,
+            self.notifier,
+        )
+        self.known = KnownVariants(self.tables)
+        self._cards: dict[str, ModelCard | None] = {}
+
+    @classmethod
+    def start(cls, config_path: Path, config: GatewayConfig) -> Monitor:
+        secrets = load_secrets(config.secrets)
+        check_exposure(secrets, listening_host())
+        return cls(config, secrets)
+
+    def tables(self) -> Mapping[str, EndpointTable]:
+        """The routing tables as they are now (the config's before any state was saved)."""
+        state = self.routing.load()
+        return state.tables if state else self.config.tables()
+
+    def roles(self) -> dict[tuple[str, str], str]:
+        return {(e, v.name): v.role for e, t in self.tables().items() for v in t.variants}
+
+    def card(self, tag: str) -> ModelCard | None:
+        """A model version's card (None once it left the store); read once per tag."""
+        if tag not in self._cards:
+            try:
+                self._cards[tag] = registry.load_card(tag)
+            except ConfigError:
+                return None
+        return self._cards[tag]
+
+    def accepts(self, record: PredictionRecord) -> bool:
+        """Whether a posted record may be stored: well-formed names and values, an endpoint and
+        variant the routing state knows, an id of the gateway's form."""
+        return (
+            is_name(record.endpoint)
+            and is_name(record.variant)
+            and is_tag(record.model)
+            and endpoint_of(record.request_id) == record.endpoint
+            and record.outcome in OUTCOMES
+            and math.isfinite(record.at)
+            and math.isfinite(record.latency_s)
+            and record.latency_s >= 0
+            and all(is_name(name) for name in record.shadow)
+            and self.known.knows(record.endpoint, record.variant)
+        )
+
+    def prune(self, now: float | None = None) -> dict:
+        """Everything older than its retention goes (records, labels, audit, evaluations,
+        webhook events, reports); labels held longer than ``label_retention_s`` expire."""
+        now = now or time.time()
+        retention = self.config.retention
+        deleted = self.store.prune(
+            now - retention.predictions_s,
+            now - retention.labels_s,
+            now - self.config.monitor.label_retention_s,
+        )
+        deleted |= self.routing.prune(
+            now - retention.audit_s, now - retention.evaluations_s, now - retention.webhooks_s
+        )
+        deleted["reports"] = self.archive.prune_older_than(retention.reports_s, now)
+        self.metrics.labels_expired.inc(deleted["expired_labels"])
+        if any(deleted.values()):
+            log.info("pruned %s", deleted)
+        return deleted

@@ -1,0 +1,54 @@
+"""The one rule for names that reach URLs, headers, metric labels and file paths, and the form of
+the gateway's request ids.
+
+Endpoint, variant and model names come in through gateway.yaml, the admin API, posted records and
+labels; every one of those checks them here, against the same pattern. A name starts with a letter
+or digit, so ``.`` and ``..`` are never names, and holds no separator, so a name joined into a path
+stays one path segment.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from service.errors import BadRequest
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+NAME_PATTERN = f"^{_NAME}$"
+"""Endpoint and variant names (and each half of a model tag), for pydantic fields."""
+TAG_PATTERN = f"^{_NAME}:{_NAME}$"
+"""A model version in the registry: ``name:version``."""
+_NAME_RE = re.compile(_NAME)
+_TAG_RE = re.compile(f"{_NAME}:{_NAME}")
+_REQUEST_ID_RE = re.compile(f"(?P<endpoint>{_NAME}):[0-9a-f]{{32}}")
+"""``<endpoint>:<128 random bits in hex>``: unguessable, and it says which endpoint answered,
+so a label can be checked against that endpoint's models before its record reaches the monitor."""
+
+
+def new_request_id(endpoint: str) -> str:
+    """A fresh request id for an answer of ``endpoint``."""
+    return f"{endpoint}:{secrets.token_hex(16)}"
+
+
+def endpoint_of(request_id: object) -> str | None:
+    """The endpoint a gateway request id names, or None if it is not one."""
+    match = _REQUEST_ID_RE.fullmatch(request_id) if isinstance(request_id, str) else None
+    return match["endpoint"] if match else None
+
+
+def is_name(value: object) -> bool:
+    return isinstance(value, str) and _NAME_RE.fullmatch(value) is not None
+
+
+def is_tag(value: object) -> bool:
+    return isinstance(value, str) and _TAG_RE.fullmatch(value) is not None
+
+
+def checked_name(what: str, value: object) -> str:
+    """``value`` if it is a valid name, else a 400 naming ``what``."""
+    if not is_name(value):
+        raise BadRequest(
+            f"{what} must be 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit"
+        )
+    return value
