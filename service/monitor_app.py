@@ -24,11 +24,11 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from monitors.records import decode_batch
-from monitors.store import StoreFull, TooManyPending
+from monitors.store import TooManyPending
 from service import supervise
 from service.codecs import decode_json
 from service.config import MAX_RECORD_BATCH_BYTES
-from service.errors import BadRequest, NotFound, Overloaded, Unavailable
+from service.errors import BadRequest, NotFound, Overloaded
 from service.http.auth import require_token
 from service.http.body import read_body
 from service.http.query import bool_param, int_param
@@ -52,14 +52,6 @@ def monitor_of(request: Request) -> Monitor:
     return monitor
 
 
-async def _stored(work: Callable[[], object]) -> object:
-    """``work`` in a thread; a full database is a 503 (nothing was stored)."""
-    try:
-        return await anyio.to_thread.run_sync(work)
-    except StoreFull as error:
-        raise Unavailable(str(error), retry_after_s=60) from None
-
-
 async def add_records(request: Request) -> Response:
     monitor = monitor_of(request)
     try:
@@ -71,7 +63,7 @@ async def add_records(request: Request) -> Response:
         kept = [r for r in records if monitor.accepts(r)]
         return monitor.store.add_records(kept), len(records) - len(kept)
 
-    stored, refused = await _stored(store)
+    stored, refused = await anyio.to_thread.run_sync(store)
     if refused:
         monitor.metrics.records_refused.inc(refused)
         _refused_records.warning("refused %d records with unknown or malformed names", refused)
@@ -116,7 +108,7 @@ async def add_labels(request: Request) -> Response:
         ]
 
     try:
-        results = await _stored(check_and_store)
+        results = await anyio.to_thread.run_sync(check_and_store)
     except TooManyPending as error:
         monitor.metrics.labels.labels("refused").inc(len(items))
         raise Overloaded(f"{error}: nothing was stored", retry_after_s=60) from None

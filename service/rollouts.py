@@ -122,8 +122,7 @@ class RolloutService:
             policy = self._policy(endpoint)
             revision, state, applied = self._load(endpoint)
             if state is not None and not applied:
-                self._apply(policy, state, rollout.targets(policy, state), "reapply")
-                revision = self._save(endpoint, revision, state, applied=True)
+                revision = self._reapply(policy, revision, state, now)
             models = self._variant_models(policy)
             candidate_model = models.get(policy.candidate)
             if candidate_model is None or policy.stable not in models:
@@ -144,6 +143,21 @@ class RolloutService:
                 decision = rollout.evaluate(policy, state, evidence, now)
             self._commit(policy, revision, decision, evidence, now)
             return decision
+
+    def _reapply(
+        self, policy: RolloutPolicy, revision: int, state: RolloutState, now: float
+    ) -> int:
+        """Finish a transition saved before a crash: its traffic, then its events and an
+        audit entry saying so (the decision itself was saved, not yet logged)."""
+        self._apply(policy, state, rollout.targets(policy, state), "reapply")
+        revision = self._save(policy.endpoint, revision, state, applied=True)
+        reason = f"applied after a restart: {state.reason}"
+        decision = Decision("reapply", state, reason, cause="restart")
+        self.routing.append_evaluation(
+            policy.endpoint, self._entry(policy, decision, Evidence(), now)
+        )
+        log.warning("rollout %s: %s", policy.endpoint, reason)
+        return revision
 
     def act(self, endpoint: str, action: str, now: float | None = None) -> Decision:
         """An operator's action; ``Conflict`` (409) when it does not fit the phase."""

@@ -20,11 +20,17 @@ import anyio
 
 from service.config import GatewayConfig
 from service.dataplane import DataPlane, Snapshot
-from service.errors import ConfigError, Conflict, GatewayError
+from service.errors import ConfigError, Conflict, GatewayError, Unavailable
 from service.logs import Throttled
 from service.metrics import GatewayMetrics
 from service.model_pool import LoadedModel, ModelLoader
-from traffic.store import RoutingState, StateStore, VersionConflict, audit_entry
+from traffic.store import (
+    RoutingState,
+    StateStore,
+    StoreUnavailable,
+    VersionConflict,
+    audit_entry,
+)
 from traffic.table import EndpointTable, RoutingError
 
 log = logging.getLogger("gateway.routing")
@@ -172,7 +178,23 @@ class RoutingControl:
         mutate: Callable[[Tables], Tables],
         source: str | None = None,
     ) -> RoutingState:
-        """Apply ``mutate`` to the current tables: validate, load, save (CAS), audit, install."""
+        """Apply ``mutate`` to the current tables: validate, load, save (CAS), audit, install.
+        503 when the store is locked by another process for too long (nothing changed)."""
+        try:
+            return await self._change(client, action, endpoint, detail, mutate, source)
+        except StoreUnavailable as error:
+            self.metrics.admin_changes.labels(action, "refused").inc()
+            raise Unavailable(f"{error}; nothing was changed", retry_after_s=1) from None
+
+    async def _change(
+        self,
+        client: str,
+        action: str,
+        endpoint: str,
+        detail: Mapping,
+        mutate: Callable[[Tables], Tables],
+        source: str | None,
+    ) -> RoutingState:
         async with self._lock:
             for _ in range(5):
                 state = await anyio.to_thread.run_sync(self.store.load)

@@ -100,6 +100,11 @@ def test_a_transition_saved_but_not_applied_is_applied_after_a_restart(tmp_path,
     assert weights(restarted) == {"stable": 100, "next": 0}
     assert restarted.describe("churn")["applied"]
     assert events(restarted) == [("rollout_start", 1), ("rollout_rollback", 1)]  # once, ready
+    history = restarted.describe("churn")["history"]
+    assert [(e["action"], e["cause"]) for e in history] == [
+        ("start", ""),
+        ("reapply", "restart"),
+    ]
 
 
 def test_a_dry_run_decides_and_logs_but_moves_no_traffic(tmp_path):

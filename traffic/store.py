@@ -13,11 +13,12 @@ Redis (WATCH/MULTI on a hash, a pub/sub channel): see docs/architecture.md.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +28,31 @@ from traffic.table import EndpointTable
 
 class VersionConflict(RuntimeError):
     """The state changed since it was read; re-read and re-apply the change."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be read or written now (another process holds its lock for longer than
+    ``BUSY_TIMEOUT_S``, its disk is full): nothing was changed; try again later."""
+
+
+def _unavailable_on_database_errors(cls: type) -> type:
+    """Every public method of ``cls`` raises ``StoreUnavailable`` where SQLite raises an
+    ``OperationalError``, so callers handle the interface's error, not the engine's."""
+
+    def translated(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except sqlite3.OperationalError as error:
+                raise StoreUnavailable(f"the routing state store is unavailable: {error}") from None
+
+        return call
+
+    for name, member in list(vars(cls).items()):
+        if callable(member) and not name.startswith("_"):
+            setattr(cls, name, translated(member))
+    return cls
 
 
 @dataclass(frozen=True)
@@ -151,8 +177,11 @@ CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
 CREATE INDEX IF NOT EXISTS rollout_evaluations_by_time ON rollout_evaluations (at);
 """
 PRUNE_CHUNK = 5000
+BUSY_TIMEOUT_S = 5.0
+"""How long a statement waits for another process's lock before it fails (and is retried)."""
 
 
+@_unavailable_on_database_errors
 class SQLiteStateStore:
     """The embedded store: a SQLite file shared by the workers of one machine."""
 
@@ -166,7 +195,7 @@ class SQLiteStateStore:
     def _connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self._path, timeout=10, isolation_level=None)
+            db = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             self._local.db = db

@@ -9,7 +9,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.errors import GatewayError
+from monitors.store import StoreFull
+from service.errors import GatewayError, Unavailable
+from service.logs import Throttled
+from traffic.store import StoreUnavailable
 
 log = logging.getLogger("gateway.http")
 JSON = "application/json"
@@ -26,12 +29,23 @@ def _with_request_id(request: Request, headers: dict[str, str]) -> dict[str, str
     return {**headers, "x-request-id": request_id} if request_id else headers
 
 
+_server_errors: dict[str, Throttled] = {}
+"""One throttled log per kind of server error: a failing dependency cannot flood the log."""
+
+
 async def gateway_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, GatewayError)
     if error.status >= 500:
-        log.error("%s %s: %s", request.method, request.url.path, error.message)
+        kind = type(error).__name__
+        throttled = _server_errors.setdefault(kind, Throttled(log, every_s=10.0))
+        throttled.warning("%s %s: %s", request.method, request.url.path, error.message)
     headers = _with_request_id(request, error.headers)
     return json_response({"error": error.message}, error.status, headers)
+
+
+async def storage_error(request: Request, error: Exception) -> Response:
+    """A store that cannot take the request now (locked, full): 503, nothing was changed."""
+    return await gateway_error(request, Unavailable(f"{error}; nothing was changed"))
 
 
 async def http_error(request: Request, error: Exception) -> Response:
@@ -49,6 +63,8 @@ async def unexpected_error(request: Request, error: Exception) -> Response:
 
 EXCEPTION_HANDLERS = {
     GatewayError: gateway_error,
+    StoreUnavailable: storage_error,
+    StoreFull: storage_error,
     HTTPException: http_error,
     Exception: unexpected_error,
 }

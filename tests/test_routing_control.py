@@ -1,0 +1,76 @@
+"""The routing follower without a server: a store that fails (locked, gone) is polled with growing
+backoff and logged once, and its recovery is logged (unit test: the store is a stand-in)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from types import SimpleNamespace
+from unittest.mock import MagicMock
+
+from service import routing
+from service.routing import RoutingControl, with_retries
+
+
+class FailingStore:
+    """``current_version`` fails ``failures`` times, then answers the installed version."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[float] = []
+
+    def current_version(self) -> int:
+        self.calls.append(time.monotonic())
+        if len(self.calls) <= self.failures:
+            raise sqlite3.OperationalError("database is locked")
+        return 1
+
+
+async def test_following_backs_off_while_the_store_fails_and_logs_once(monkeypatch, caplog):
+    monkeypatch.setattr(routing, "POLL_S", 0.01)
+    monkeypatch.setattr(routing, "MAX_BACKOFF_S", 0.16)
+    store = FailingStore(failures=6)
+    dataplane = SimpleNamespace(snapshot=SimpleNamespace(version=1))
+    control = RoutingControl(store, MagicMock(), dataplane, MagicMock())
+    with caplog.at_level(logging.INFO, logger="gateway.routing"):
+        task = asyncio.create_task(control.follow())
+        await asyncio.sleep(1.2)
+        task.cancel()
+    gaps = [b - a for a, b in zip(store.calls, store.calls[1:7])]
+    assert all(b > a * 1.5 for a, b in zip(gaps[:3], gaps[1:4])), gaps  # doubling: 0.02, 0.04, ...
+    assert all(0.15 <= gap < 0.3 for gap in gaps[3:]), gaps  # ... capped at MAX_BACKOFF_S
+    after = [b - a for a, b in zip(store.calls[7:], store.calls[8:])]
+    assert after and max(after) < 0.05  # back to polling once it recovered
+    warnings = [r for r in caplog.records if "cannot follow" in r.getMessage()]
+    assert len(warnings) == 1 and "database is locked" in warnings[0].getMessage()
+    assert "following the routing state again" in caplog.text
+
+
+def test_start_up_work_is_retried_until_it_succeeds_or_its_deadline(monkeypatch, caplog):
+    monkeypatch.setattr(routing, "MAX_BACKOFF_S", 0.01)
+    attempts = []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 4:
+            raise sqlite3.OperationalError("database is locked")
+        return "state"
+
+    with caplog.at_level(logging.INFO, logger="gateway.routing"):
+        assert with_retries("reading the routing state", flaky) == "state"
+    assert len(attempts) == 4
+    assert sum("reading the routing state failed" in r.getMessage() for r in caplog.records) == 1
+
+    def broken() -> str:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    started = time.monotonic()
+    try:
+        with_retries("reading the routing state", broken, deadline_s=0.2)
+    except sqlite3.OperationalError:
+        pass
+    else:
+        raise AssertionError("the last failure is raised after the deadline")
+    assert time.monotonic() - started < 1

@@ -1,0 +1,352 @@
+"""An attacker's and a careless client's corpus against a gateway and monitor set up as the demo
+is (its endpoints, dark candidates and rollouts; the product's default exposure): every case gets
+the 4xx a careful server gives (401, 403, 404, 400, ...), nothing refused is stored, no path is
+written outside the data directory, and the servers keep serving, with no server error counted.
+
+Requests go out through ``http.client`` so paths reach the server exactly as written (no client
+normalises ``..`` or decodes ``%2e``), as ``curl --path-as-is`` would send them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from monitors.store import MonitorStore
+from service import registry
+from service.cli import MONITOR_SERVICE
+from service.config import load_config
+from service.demo.run import demo_config
+from service.launch import free_port, running_server
+from tests.conftest import ADMIN_AUTH, ADMIN_ENV, METRICS_AUTH, MONITOR_AUTH, STORE_ROOT
+
+pytestmark = pytest.mark.integration
+ROW = [14.0, 20.0, 90.0, 600.0, 0.1, 0.1, 0.08, 0.05, 0.18, 0.06] * 3
+DEEP = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.fixture(scope="module")
+def demo(demo_models, tmp_path_factory):
+    """(gateway address, monitor address, data dir): the demo's config, secrets from the test
+    session (admin and monitor tokens), default exposure (``access`` left as the product has it)."""
+    directory = tmp_path_factory.mktemp("abuse")
+    port = free_port()
+    config = demo_config(port)
+    config.pop("access")  # the product's defaults, not the demo's anonymous metrics
+    config.pop("secrets")  # tokens from the environment
+    config.update(model_store=str(STORE_ROOT / "bentoml"), data_dir=str(directory / "data"))
+    v1 = demo_models["cancer:v1"]
+    registry.add_model(v1.onnx_path, "cancer", v1.reference_path, version="v3-shadow")
+    config["endpoints"]["dark"] = {  # the demo's rollouts start at once: a variant kept dark
+        "variants": [
+            {"name": "stable", "model": "cancer:v1"},
+            {"name": "candidate", "model": "cancer:v2", "role": "candidate", "weight": 0},
+            {"name": "mirror", "model": "cancer:v3-shadow", "role": "shadow", "mirror": 0.5},
+        ]
+    }
+    path = directory / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with (
+        running_server(path, port=port, service=MONITOR_SERVICE, log_path=directory / "m.log"),
+        running_server(path, env=ADMIN_ENV, log_path=directory / "g.log") as url,
+    ):
+        yield url.removeprefix("http://"), f"127.0.0.1:{port}", load_config(path).data_dir
+
+
+def send(
+    address: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+) -> tuple[int, dict, bytes]:
+    """One request with ``path`` sent byte for byte as given: (status, headers, body)."""
+    connection = http.client.HTTPConnection(address, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        answer = connection.getresponse()
+        headers = {name.lower(): value for name, value in answer.getheaders()}
+        return answer.status, headers, answer.read()
+    finally:
+        connection.close()
+
+
+def predict(
+    address: str, endpoint: str = "cancer", headers: dict | None = None, rows: int = 1
+) -> dict:
+    row = ROW if endpoint.startswith("cancer") else ROW[:10]
+    body = json.dumps({"instances": [row] * rows}).encode()
+    status, _, body = send(address, "POST", f"/predict/{endpoint}", body, headers)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def config_endpoints(data_dir: Path) -> set[str]:
+    return set(load_config(data_dir.parent / "gateway.yaml").endpoints)
+
+
+def error_count(address: str) -> float:
+    _, _, text = send(address, "GET", "/metrics", headers=METRICS_AUTH)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.decode().splitlines()
+        if line.startswith("gateway_requests_total") and 'outcome="error"' in line
+    )
+
+
+def test_every_monitor_route_needs_the_monitor_token(demo):
+    _, monitor, _ = demo
+    routes = [
+        ("POST", "/rollouts/cancer-canary/rollback"),
+        ("POST", "/rollouts/cancer-canary/promote"),
+        ("POST", "/rollouts/cancer-canary/start"),
+        ("POST", "/runs"),
+        ("POST", "/labels"),
+        ("POST", "/records"),
+        ("GET", "/summary"),
+        ("GET", "/rollouts"),
+        ("GET", "/rollouts/cancer-canary"),
+        ("GET", "/reports"),
+        ("GET", "/metrics"),
+    ]
+    for method, path in routes:
+        for headers in ({}, {"Authorization": "Bearer wrong-token"}, ADMIN_AUTH):
+            status, answer_headers, _ = send(monitor, method, path, b"{}", headers)
+            assert status == 401, (method, path, headers)
+            assert answer_headers.get("www-authenticate") == "Bearer"
+    status, _, body = send(monitor, "GET", "/summary", headers=MONITOR_AUTH)
+    assert status == 200 and "variants" in json.loads(body)
+
+
+def test_report_paths_never_leave_the_report_routes(demo):
+    gateway, _, _ = demo
+    paths = [
+        "/reports/../rollouts/cancer-canary",
+        "/reports/%2e%2e/%2e%2e/summary",
+        "/reports/%2e%2e/rollouts/cancer-canary",
+        "/reports/cancer/stable/..%2F..%2Fgateway.yaml",
+        "/reports/cancer/%2e%2e/drift-1.html",
+        "/reports/./stable/drift-1.html",
+        "/reports/cancer/stable/drift-1.html%00.json",
+    ]
+    for path in paths:
+        for headers in ({}, ADMIN_AUTH):
+            status, _, body = send(gateway, "GET", path, headers=headers)
+            assert status in (401, 404), (path, status, body[:200])
+            assert b"rollout" not in body and b"variants" not in body, path
+
+
+def test_names_from_posted_records_never_become_paths_or_series(demo):
+    gateway, monitor, data_dir = demo
+    good = predict(gateway)
+    for _ in range(5):  # enough rows for the run below to judge and save reports
+        predict(gateway, headers={"x-gateway-variant": "stable"}, rows=50)
+    time.sleep(0.5)
+    record = {
+        "at": time.time(),
+        "model": "cancer:v1",
+        "predictions": ["benign"],
+        "latency_s": 0.001,
+        "inputs": [ROW],
+    }
+    hostile = [
+        {"endpoint": "..", "variant": "stable"},
+        {"endpoint": "/tmp", "variant": "x"},
+        {"endpoint": "cancer", "variant": "../../escaped"},
+        {"endpoint": "cancer", "variant": "ghost"},  # no such variant in the routing state
+        {"endpoint": "nope", "variant": "stable"},
+        {"endpoint": "cancer", "variant": "stable", "model": "../x:v1"},
+        {"endpoint": "cancer", "variant": "stable", "outcome": "weird"},
+    ]
+    records = [
+        {"request_id": f"{r['endpoint']}:{'0' * 31}{i}", **record, **r}
+        for i, r in enumerate(hostile)
+    ]
+    body = json.dumps({"records": records}).encode()
+    status, _, answer = send(monitor, "POST", "/records", body, MONITOR_AUTH)
+    assert status == 200 and json.loads(answer) == {"stored": 0, "refused": len(hostile)}
+    status, _, _ = send(monitor, "POST", "/runs?reports=true", b"", MONITOR_AUTH)
+    assert status == 200
+    reports = data_dir / "reports"
+    written = {p.relative_to(reports).parts[:2] for p in reports.glob("*/*/*")}
+    assert ("cancer", "stable") in written, written
+    assert all(part[0] in config_endpoints(data_dir) for part in written), written
+    assert not (data_dir.parent / "escaped").exists() and not Path("/tmp/x").exists()
+    store = MonitorStore(data_dir / "monitor.sqlite3")
+    assert {(r["endpoint"], r["variant"]) for r in store.counts()} <= {
+        ("cancer", "stable"),
+        ("cancer", "candidate"),
+        ("diabetes", "stable"),
+    }
+    assert good["request_id"].startswith("cancer:")
+
+
+def test_malformed_input_is_4xx_on_every_route(demo):
+    gateway, monitor, _ = demo
+    before = error_count(gateway)
+    rank70 = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1] * 70, "data": [1.0]}]}
+    gzipped = gzip.compress(json.dumps({"instances": [ROW]}).encode())
+    half = gzipped[: len(gzipped) // 2]
+    cases = [
+        ("POST", "/predict/cancer", DEEP, {}),
+        ("POST", "/v2/models/cancer/infer", DEEP, {}),
+        ("POST", "/feedback", DEEP, {}),
+        ("POST", "/v2/models/cancer/infer", json.dumps(rank70).encode(), {}),
+        ("POST", "/predict/cancer", gzipped + b"junk", {"Content-Encoding": "gzip"}),
+        ("POST", "/predict/cancer", half, {"Content-Encoding": "gzip"}),
+        ("POST", "/predict/cancer", b"{}", {"Content-Length": "-1"}),
+        ("POST", "/predict/cancer", b"{}", {"x-request-id": "a\tb"}),
+        ("POST", "/predict/cancer", b'{"instances": [[1e400]]}', {}),
+        ("POST", "/predict/cancer", b'{"instances": [[' + b"9" * 400 + b", 1" * 29 + b"]]}", {}),
+        ("GET", "/admin/audit?limit=%C2%B2", None, ADMIN_AUTH),
+        ("GET", "/admin/audit?limit=99999999999999999999", None, ADMIN_AUTH),
+        ("GET", "/admin/rollouts/cancer-canary?history=%C2%B2", None, ADMIN_AUTH),
+        ("GET", "/admin/rollouts/%2e%2e", None, ADMIN_AUTH),
+        ("POST", "/admin/rollouts/cancer-canary/%2e%2e", None, ADMIN_AUTH),
+        ("PUT", "/admin/endpoints/cancer/weights", DEEP, ADMIN_AUTH),
+        ("GET", "/rollouts/cancer-canary?history=%C2%B2", None, MONITOR_AUTH),
+        ("POST", "/runs?reports=%C2%B2", None, MONITOR_AUTH),
+        ("POST", "/labels", DEEP, MONITOR_AUTH),
+        ("POST", "/records", DEEP, MONITOR_AUTH),
+    ]
+    for method, path, body, headers in cases:
+        address = monitor if headers is MONITOR_AUTH else gateway
+        status, _, answer = send(address, method, path, body, headers)
+        assert 400 <= status < 500, (path, status, answer[:300])
+        if answer.startswith(b"{"):  # ours; a request the HTTP parser refuses gets its text
+            assert "error" in json.loads(answer), path
+    multi = gzip.compress(b'{"instances": [') + gzip.compress(json.dumps(ROW).encode() + b"]}")
+    status, _, answer = send(
+        gateway, "POST", "/predict/cancer", multi, {"Content-Encoding": "gzip"}
+    )
+    assert status == 200, answer  # several gzip members are one valid body
+    assert error_count(gateway) == before
+
+
+def test_a_client_that_hangs_up_mid_body_is_not_a_server_error(demo):
+    gateway, _, _ = demo
+    before = error_count(gateway)
+    host, port = gateway.split(":")
+    for _ in range(5):
+        with socket.create_connection((host, int(port))) as raw:
+            raw.sendall(
+                b"POST /predict/cancer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+                + b'{"instances": [[1,'
+            )
+    time.sleep(0.5)
+    assert error_count(gateway) == before
+    assert predict(gateway)["predictions"]
+
+
+def test_labels_must_fit_the_model_and_name_a_real_answer(demo):
+    gateway, monitor, data_dir = demo
+    answer = predict(gateway, headers={"x-request-id": "my-correlation-id"})
+    regression = predict(gateway, "diabetes")
+    cases = [
+        ({"request_id": answer["request_id"], "label": "banana"}, "not a class"),
+        ({"request_id": answer["request_id"], "label": ["benign", "benign"]}, "row"),
+        ({"request_id": regression["request_id"], "label": "high"}, "regressor"),
+        ({"request_id": regression["request_id"], "label": True}, "regressor"),
+        ({"request_id": "my-correlation-id", "label": "benign"}, "request_id"),
+        ({"request_id": "../../x:" + "0" * 32, "label": "benign"}, "request_id"),
+    ]
+    time.sleep(0.5)  # the record of ``answer`` reaches the monitor: rows are known there
+    for label, words in cases:
+        body = json.dumps({"labels": [label]}).encode()
+        status, _, reply = send(gateway, "POST", "/feedback", body)
+        assert status == 400 and words in json.loads(reply)["error"], (label, reply)
+    store = MonitorStore(data_dir / "monitor.sqlite3")
+    stored = store._db().execute("SELECT request_id FROM labels").fetchall()
+    assert (answer["request_id"],) not in stored and (regression["request_id"],) not in stored
+    body = json.dumps({"labels": [{"request_id": answer["request_id"], "label": "benign"}]})
+    assert send(gateway, "POST", "/feedback", body.encode())[0] == 200
+
+
+def test_dark_variants_are_pinned_only_with_the_admin_token(demo):
+    gateway, _, _ = demo
+    infer = json.dumps(
+        {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 30], "data": ROW}]}
+    ).encode()
+    dark = [
+        ("/predict/dark", {"x-gateway-variant": "candidate"}, "candidate"),
+        ("/predict/dark", {"x-gateway-variant": "mirror"}, "mirror"),
+        ("/v2/models/dark/versions/v2/infer", {}, "candidate"),
+        ("/v2/models/dark/versions/v3-shadow/infer", {}, "mirror"),
+        ("/v2/models/dark/infer", {"x-gateway-variant": "candidate"}, "candidate"),
+    ]
+    for path, headers, variant in dark:
+        body = infer if "/v2/" in path else json.dumps({"instances": [ROW]}).encode()
+        status, _, reply = send(gateway, "POST", path, body, headers)
+        assert status == 403 and "admin token" in json.loads(reply)["error"], path
+        wrong = {**headers, "Authorization": "Bearer not-the-admin-token"}
+        assert send(gateway, "POST", path, body, wrong)[0] == 403, path
+        status, answer_headers, _ = send(gateway, "POST", path, body, {**headers, **ADMIN_AUTH})
+        assert status == 200 and answer_headers["x-gateway-variant"] == variant, path
+    status, _, listing = send(gateway, "GET", "/endpoints")
+    variants = json.loads(listing)["endpoints"]["dark"]["variants"]
+    assert [v["name"] for v in variants] == ["stable"]  # dark ones are not shown anonymously
+    status, _, listing = send(gateway, "GET", "/endpoints", headers=ADMIN_AUTH)
+    variants = json.loads(listing)["endpoints"]["dark"]["variants"]
+    assert {v["name"] for v in variants} == {"stable", "candidate", "mirror"}
+
+
+def test_a_reused_request_id_keeps_every_record(demo):
+    gateway, monitor, data_dir = demo
+    headers = {"x-request-id": "reused-by-a-careless-client"}
+    answers = [predict(gateway, headers=headers) for _ in range(4)]
+    ids = {a["request_id"] for a in answers}
+    assert len(ids) == 4 and all(a["correlation_id"] == headers["x-request-id"] for a in answers)
+    store = MonitorStore(data_dir / "monitor.sqlite3")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        marks = ",".join("?" * len(ids))
+        found = store._db().execute(
+            f"SELECT COUNT(*) FROM predictions WHERE request_id IN ({marks})", list(ids)
+        )
+        if found.fetchone()[0] == 4:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("not every record of a reused x-request-id reached the monitor")
+
+
+def test_metrics_and_reports_need_a_token_by_default(demo):
+    gateway, _, _ = demo
+    assert send(gateway, "GET", "/metrics")[0] == 401
+    assert send(gateway, "GET", "/metrics", headers=METRICS_AUTH)[0] == 200
+    assert send(gateway, "GET", "/reports")[0] == 401
+    assert send(gateway, "GET", "/reports", headers=METRICS_AUTH)[0] == 401
+    assert send(gateway, "GET", "/reports", headers=ADMIN_AUTH)[0] == 200
+    assert send(gateway, "GET", "/admin/routing", headers=METRICS_AUTH)[0] == 401
+
+
+def test_a_monitor_without_a_token_refuses_a_non_loopback_address(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump({"endpoints": {"e": {"variants": [{"name": "s", "model": "m:v1"}]}}})
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_MONITOR_TOKEN"}
+    gateway = Path(sys.executable).with_name("gateway")
+    refused = subprocess.run(
+        [str(gateway), "monitor", "--config", str(config), "--host", "0.0.0.0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "GATEWAY_MONITOR_TOKEN" in refused.stderr
+    assert load_config(config).server.host == load_config(config).monitor.host == "127.0.0.1"
+
+
+def test_the_servers_still_serve_after_the_corpus(demo):
+    gateway, monitor, _ = demo
+    assert predict(gateway)["predictions"]
+    assert send(monitor, "GET", "/summary", headers=MONITOR_AUTH)[0] == 200
+    assert error_count(gateway) == 0
