@@ -46,6 +46,8 @@ def _check_model_store(config: GatewayConfig) -> None:
 @bentoml.service(
     name="gateway",
     workers=_CONFIG.server.workers if _CONFIG else 1,
+    # where a plain `bentoml serve` listens (its --host and --port win): loopback by default
+    http={"host": _CONFIG.server.host, "port": _CONFIG.server.port} if _CONFIG else {},
     logging={"access": {"enabled": _CONFIG.server.access_log if _CONFIG else False}},
     traffic={"timeout": 60},
     # The gateway serves its own /metrics (bounded labels; see service/metrics.py), and the hot

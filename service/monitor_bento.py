@@ -22,11 +22,15 @@ from service.monitor_process import Monitor as MonitorProcess
 
 bentoml_fixes.apply()
 monitor_app = build_monitor_app()
+_CONFIG_PATH = Path(os.environ.get(CONFIG_ENV, "gateway.yaml")).resolve()
+_CONFIG = load_config(_CONFIG_PATH) if _CONFIG_PATH.is_file() else None
 
 
 @bentoml.service(
     name="monitor",
     workers=1,
+    # where a plain `bentoml serve` listens (its --host and --port win): loopback by default
+    http={"host": _CONFIG.monitor.host, "port": _CONFIG.monitor.port} if _CONFIG else {},
     logging={"access": {"enabled": False}},
     metrics={"enabled": False},
 )
@@ -36,5 +40,6 @@ class Monitor:
 
     def __init__(self) -> None:
         logging.getLogger("gateway").setLevel(logging.INFO)
-        config_path = Path(os.environ.get(CONFIG_ENV, "gateway.yaml")).resolve()
-        monitor_app.state.monitor = MonitorProcess.start(config_path, load_config(config_path))
+        if _CONFIG is None:
+            raise RuntimeError(f"no gateway config: set {CONFIG_ENV} to a gateway.yaml")
+        monitor_app.state.monitor = MonitorProcess.start(_CONFIG_PATH, _CONFIG)
