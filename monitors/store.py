@@ -12,6 +12,7 @@ SQLite, one file; the same shape maps onto PostgreSQL for a monitor shared by se
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -253,11 +254,16 @@ class MonitorStore:
         return pd.DataFrame(table, columns=["request_id", "at", "prediction", "label"])
 
     def labeled_counts(
-        self, endpoint: str, variant: str, since: float, include_pinned: bool = False
+        self,
+        endpoint: str,
+        variant: str,
+        since: float,
+        until: float | None = None,
+        include_pinned: bool = False,
     ) -> tuple[int, int]:
-        """(labeled rows, rows whose prediction equals the label) since ``since``, counted in
-        the database (no row is loaded); a label that does not fit its request's rows is left out
-        as it is in ``labeled``."""
+        """(labeled rows, rows whose prediction equals the label) of records in [since,
+        until), counted in the database (no row is loaded); a label that does not fit its
+        request's rows is left out as it is in ``labeled``."""
         row = (
             self._db()
             .execute(
@@ -266,10 +272,11 @@ class MonitorStore:
                 "JOIN json_each(p.predictions) pe "
                 "JOIN json_each(CASE WHEN json_type(l.label) = 'array' THEN l.label "
                 "ELSE json_array(json(l.label)) END) le ON le.key = pe.key "
-                "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? AND (p.pinned = 0 OR ?) "
+                "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.at < ? "
+                "AND (p.pinned = 0 OR ?) "
                 "AND json_array_length(p.predictions) = (CASE WHEN json_type(l.label) = 'array' "
                 "THEN json_array_length(l.label) ELSE 1 END)",
-                (endpoint, variant, since, include_pinned),
+                (endpoint, variant, since, math.inf if until is None else until, include_pinned),
             )
             .fetchone()
         )
@@ -307,19 +314,37 @@ class MonitorStore:
         return pd.DataFrame(table, columns=columns)
 
     def outcomes(
-        self, endpoint: str, variant: str, since: float, slow_s: float, include_pinned: bool = False
-    ) -> tuple[int, int, int, int]:
-        """(requests, failed, slow, invalid) a variant recorded since ``since``: failed means not
-        answered (an error or a rejection), slow means answered after more than ``slow_s``,
-        invalid means answered with a NaN or infinite prediction (recorded as null). Pinned
-        requests are left out unless ``include_pinned``."""
+        self,
+        endpoint: str,
+        variant: str,
+        since: float,
+        until: float | None = None,
+        slower_than: tuple[float | None, ...] = (),
+        include_pinned: bool = False,
+    ) -> tuple[int, ...]:
+        """(requests, failed, invalid, then one count per ``slower_than`` threshold) a variant
+        recorded in [since, until): failed means not answered (an error or a rejection),
+        invalid means answered with a NaN or infinite prediction (recorded as null); each
+        threshold (seconds; None counts 0) counts answers slower than it. Pinned requests are
+        left out unless ``include_pinned``."""
+        slower = "".join(
+            ", TOTAL(outcome = 'ok' AND latency_s > ?)" for _ in slower_than
+        )
         row = (
             self._db()
             .execute(
-                "SELECT COUNT(*), TOTAL(outcome != 'ok'), TOTAL(outcome = 'ok' AND latency_s > ?), "
-                "TOTAL(outcome = 'ok' AND instr(predictions, 'null') > 0) FROM predictions "
-                "WHERE endpoint = ? AND variant = ? AND at >= ? AND (pinned = 0 OR ?)",
-                (slow_s, endpoint, variant, since, include_pinned),
+                "SELECT COUNT(*), TOTAL(outcome != 'ok'), "
+                f"TOTAL(outcome = 'ok' AND instr(predictions, 'null') > 0){slower} "
+                "FROM predictions WHERE endpoint = ? AND variant = ? AND at >= ? AND at < ? "
+                "AND (pinned = 0 OR ?)",
+                (
+                    *(math.inf if t is None else t for t in slower_than),
+                    endpoint,
+                    variant,
+                    since,
+                    math.inf if until is None else until,
+                    include_pinned,
+                ),
             )
             .fetchone()
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from service.errors import ConfigError
 from service.names import NAME_PATTERN, is_name, is_tag
 from traffic.rollout_policy import (
+    DEFAULT_COMPARISONS,
+    DEFAULT_GUARDRAILS,
+    RATE_GUARDRAILS,
     CompareMetric,
     Comparison,
     GuardMetric,
@@ -161,23 +165,30 @@ class StepConfig(Strict):
 
 
 class GuardrailConfig(Strict):
+    """See traffic/rollout_policy.py ``Guardrail`` for what each metric means."""
+
     metric: GuardMetric
     max: float = Field(gt=0)
-    min_count: int = Field(20, ge=1)
-    breaches: int = Field(1, ge=1, description="breaches among the last of_last evaluations")
+    min_count: int = Field(1, ge=1, description="candidate requests needed for a verdict")
+    breaches: int = Field(1, ge=1, description="rejections among the last of_last evaluations")
     of_last: int = Field(1, ge=1)
+    quantile: float = Field(0.5, gt=0, lt=1, description="latency_ratio: which quantile")
 
     @model_validator(mode="after")
-    def _k_of_n(self) -> GuardrailConfig:
+    def _coherent(self) -> GuardrailConfig:
         if self.breaches > self.of_last:
             raise ValueError("breaches cannot exceed of_last")
+        if self.metric in RATE_GUARDRAILS and self.max >= 1:
+            raise ValueError(f"{self.metric} max is a share of requests, below 1")
+        if self.metric == "latency_ratio" and self.max < 1:
+            raise ValueError("latency_ratio max is a ratio to stable's latency, at least 1")
         return self
 
 
 class ComparisonConfig(Strict):
     metric: CompareMetric
     margin: float = Field(gt=0, le=1)
-    min_samples: int = Field(100, ge=1)
+    min_samples: int = Field(10, ge=1, description="per arm, for a verdict")
     required: bool = True
 
 
@@ -186,17 +197,7 @@ class OfflineGateConfig(Strict):
     margin: float = Field(0.02, ge=0, le=1, description="accuracy points (or relative MAE) allowed")
 
 
-DEFAULT_GUARDRAILS = (
-    GuardrailConfig(metric="error_rate", max=0.05, min_count=20),
-    GuardrailConfig(metric="invalid_rate", max=0.01, min_count=20),
-    GuardrailConfig(metric="p99_latency_ratio", max=2.0, min_count=50, breaches=2, of_last=3),
-)
-DEFAULT_COMPARISONS = (
-    ComparisonConfig(metric="error_rate", margin=0.01),
-    ComparisonConfig(metric="slow_rate", margin=0.05),
-    ComparisonConfig(metric="accuracy", margin=0.03),
-    ComparisonConfig(metric="prediction_divergence", margin=0.2),
-)
+
 
 
 class RolloutConfig(Strict):
@@ -206,14 +207,19 @@ class RolloutConfig(Strict):
     steps: list[StepConfig] = Field(min_length=1)
     interval_s: float = Field(10.0, ge=0.2, le=3600)
     guard_window_s: float = Field(60.0, gt=0)
-    guardrails: list[GuardrailConfig] = list(DEFAULT_GUARDRAILS)
-    comparisons: list[ComparisonConfig] = list(DEFAULT_COMPARISONS)
-    alpha: float = Field(0.05, gt=0, lt=0.5, description="false-rollback budget, all comparisons")
+    guardrails: list[GuardrailConfig] = [GuardrailConfig(**asdict(g)) for g in DEFAULT_GUARDRAILS]
+    comparisons: list[ComparisonConfig] = [
+        ComparisonConfig(**asdict(c)) for c in DEFAULT_COMPARISONS
+    ]
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="false-rollback budget of the rollout")
+    guardrail_alpha: float = Field(
+        0.01, gt=0, description="the guardrails' share of alpha (the comparisons get the rest)"
+    )
     slow_ms: float | None = Field(None, gt=0, description="slow request (default: the SLO)")
     max_insufficient_s: float = Field(600.0, gt=0)
     on_insufficient: Literal["pause", "rollback"] = "pause"
     timeout_s: float = Field(3600.0, gt=0)
-    on_timeout: Literal["pause", "rollback"] = "rollback"
+    on_timeout: Literal["pause", "rollback"] = "pause"
     revert_window_s: float = Field(300.0, ge=0)
     offline_gate: OfflineGateConfig = OfflineGateConfig()
     dry_run: bool = False
@@ -227,6 +233,11 @@ class RolloutConfig(Strict):
         weights = [s.weight for s in self.steps]
         if weights != sorted(weights):
             raise ValueError(f"step weights must not go down, got {weights}")
+        if self.guardrail_alpha >= self.alpha:
+            raise ValueError("guardrail_alpha is a share of alpha: it must be smaller")
+        metrics = [g.metric for g in self.guardrails]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"each guardrail metric at most once, got {metrics}")
         names = {g.metric for g in self.guardrails} | {c.metric for c in self.comparisons}
         unknown = sorted(set(self.dry_run_checks) - names)
         if unknown:
@@ -245,6 +256,7 @@ class RolloutConfig(Strict):
             interval_s=self.interval_s,
             guard_window_s=self.guard_window_s,
             alpha=self.alpha,
+            guardrail_alpha=self.guardrail_alpha,
             slow_ms=self.slow_ms or slo_ms,
             max_insufficient_s=self.max_insufficient_s,
             on_insufficient=self.on_insufficient,

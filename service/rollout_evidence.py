@@ -1,25 +1,33 @@
 """Gathers a rollout's evidence from the monitor's store and its latest analysis run.
 
-The controller (traffic/rollout.py) sees plain counts: per variant since the analysis started (for
-the comparisons, both arms over the same time) and over the recent guard window (for the
-guardrails, with p99 latency), the labeled rows and how many were right, the monitor's distance
-between the candidate's predictions and stable's, and in a shadow step the rows the candidate
-mirrored and agreed on.
+The controller (traffic/rollout.py) sees plain counts over the windows it names
+(``rollout.windows``): the current stage and the current guardrail epoch. Per window and arm:
+requests, failures, invalid outputs, answers slower than ``slow_ms``, labeled rows and the right
+ones; for the candidate, answers slower than the latency_ratio guardrail's threshold (``max``
+times stable's quantile in the same window, from stable's newest answers in it) and than the
+p99_latency_ms guardrail's limit; and stable's counts in the ``PRIOR_WINDOW_S`` before the window,
+which inform the prior over its rates. Also the monitor's distance between the candidate's
+predictions and stable's, and in a shadow step the rows the candidate mirrored and agreed on.
+Pinned requests are not evidence unless the policy says ``count_pinned``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import numpy as np
 
 from monitors.shadow import agreeing
 from monitors.store import MonitorStore
+from traffic import rollout
 from traffic.rollout import RolloutState
-from traffic.rollout_checks import ArmCounts, Evidence
+from traffic.rollout_checks import PRIOR_WINDOW_S, ArmCounts, Evidence, Window
 from traffic.rollout_policy import RolloutPolicy
 
 Reports = Callable[[], Mapping[tuple[str, str], object]]
+QUANTILE_ROWS = 10_000
+"""Stable's newest answers a window's latency quantile is read from."""
 
 
 class EvidenceGatherer:
@@ -30,45 +38,59 @@ class EvidenceGatherer:
 
     def arm(
         self,
-        endpoint: str,
+        policy: RolloutPolicy,
         variant: str,
         since: float,
-        slow_s: float,
-        recent: bool,
-        pinned: bool = False,
+        until: float | None = None,
+        above_s: float | None = None,
     ) -> ArmCounts:
-        """One variant's counts since ``since``; ``pinned``: pinned requests count too."""
-        store = self.store
-        requests, failed, slow, invalid = store.outcomes(endpoint, variant, since, slow_s, pinned)
-        if recent:  # guardrails: latency percentile, no labels (they come late)
-            latencies = store.latencies(endpoint, variant, since, pinned)
-            p99 = float(np.quantile(latencies, 0.99)) * 1000 if latencies else None
-            return ArmCounts(requests, failed, slow, invalid, p99_ms=p99)
-        labeled, correct = store.labeled_counts(endpoint, variant, since, pinned)
-        return ArmCounts(requests, failed, slow, invalid, labeled, correct)
+        """One variant's counts in [since, until); ``above_s``: the latency threshold its
+        ``above`` counts (seconds)."""
+        limit = next((g.max for g in policy.guardrails if g.metric == "p99_latency_ms"), None)
+        thresholds = (policy.slow_ms / 1000, above_s, None if limit is None else limit / 1000)
+        pinned = policy.count_pinned
+        requests, errors, invalid, slow, above, over_limit = self.store.outcomes(
+            policy.endpoint, variant, since, until, thresholds, pinned
+        )
+        labeled, correct = self.store.labeled_counts(
+            policy.endpoint, variant, since, until, pinned
+        )
+        return ArmCounts(requests, errors, slow, invalid, labeled, correct, above, over_limit)
+
+    def window(self, policy: RolloutPolicy, state: RolloutState, since: float) -> Window:
+        """Both arms since ``since``, and stable's counts just before it."""
+        stable = self.store.latencies(
+            policy.endpoint, state.stable, since, policy.count_pinned, QUANTILE_ROWS
+        )
+        ratio = next((g for g in policy.guardrails if g.metric == "latency_ratio"), None)
+        threshold_s = None
+        if ratio is not None and stable:
+            threshold_s = ratio.max * float(np.quantile(stable, ratio.quantile))
+        p99_ms = float(np.quantile(stable, 0.99)) * 1000 if stable else None
+        return Window(
+            candidate=self.arm(policy, state.candidate, since, above_s=threshold_s),
+            stable=replace(self.arm(policy, state.stable, since), p99_ms=p99_ms),
+            stable_before=self.arm(policy, state.stable, since - PRIOR_WINDOW_S, since),
+            threshold_ms=None if threshold_s is None else threshold_s * 1000,
+        )
 
     def gather(
         self, policy: RolloutPolicy, state: RolloutState, now: float, regression: bool
     ) -> Evidence:
         """``regression``: the candidate is a regressor (shadow agreement within 1e-6 relative)."""
-        endpoint, slow_s = policy.endpoint, policy.slow_ms / 1000
-        since = state.analysis_started
-        recent = max(since, now - policy.guard_window_s)
-        report = self.latest_reports().get((endpoint, state.candidate))
+        windows = rollout.windows(policy, state, now)
+        report = self.latest_reports().get((policy.endpoint, state.candidate))
         divergence = drifted = None
         if report is not None and report.drift.status == "ok":
             drifted = report.drift.drifted_share
         if report is not None and report.vs_stable is not None:
             divergence = (report.vs_stable.score, report.vs_stable.threshold)
-        pinned = policy.count_pinned
         return Evidence(
-            candidate=self.arm(endpoint, state.candidate, since, slow_s, False, pinned),
-            stable=self.arm(endpoint, state.stable, since, slow_s, False, pinned),
-            recent_candidate=self.arm(endpoint, state.candidate, recent, slow_s, True, pinned),
-            recent_stable=self.arm(endpoint, state.stable, recent, slow_s, True, pinned),
+            stage=self.window(policy, state, windows.stage_start),
+            epoch=self.window(policy, state, windows.epoch_start),
             divergence=divergence,
             drifted_share=drifted,
-            shadow=self._shadow(policy, state, since, regression),
+            shadow=self._shadow(policy, state, windows.stage_start, regression),
         )
 
     def _shadow(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from monitors.store import MonitorStore
 from service import registry
@@ -311,10 +311,13 @@ class RolloutService:
             "candidate": state.candidate,
             "candidate_model": state.candidate_model,
             "counts": {
-                "candidate": evidence.candidate.__dict__,
-                "stable": evidence.stable.__dict__,
-                "recent_candidate": evidence.recent_candidate.__dict__,
-                "recent_stable": evidence.recent_stable.__dict__,
+                window: {
+                    "candidate": asdict(counts.candidate),
+                    "stable": asdict(counts.stable),
+                    "stable_before": asdict(counts.stable_before),
+                    "threshold_ms": counts.threshold_ms,
+                }
+                for window, counts in (("stage", evidence.stage), ("epoch", evidence.epoch))
             },
             "checks": [c.to_dict() for c in decision.checks],
             "targets": None

@@ -154,7 +154,13 @@ def test_a_rollout_policy_becomes_the_controllers_policy_with_defaults():
     policy = config.rollout_policies()["iris"]
     assert (policy.candidate, policy.stable) == ("next", "stable")
     assert [s.weight for s in policy.steps] == [10, 50]
-    assert {g.metric for g in policy.guardrails} >= {"error_rate", "p99_latency_ratio"}
+    assert {g.metric for g in policy.guardrails} == {
+        "error_increase",
+        "error_rate",
+        "invalid_rate",
+        "latency_ratio",
+    }
+    assert (policy.alpha, policy.guardrail_alpha, policy.on_timeout) == (0.05, 0.01, "pause")
     assert policy.slow_ms == config.server.latency_slo_ms and policy.dry_run_checks == ("accuracy",)
     unchanged = parse_config(
         {"endpoints": {"iris": _with_rollout()["endpoints"]["iris"] | {"rollout": None}}}
@@ -178,6 +184,19 @@ def test_a_rollout_policy_becomes_the_controllers_policy_with_defaults():
         ({"comparisons": [{"metric": "accuracy", "margin": 2}]}, "margin"),
         ({"dry_run_checks": ["nonsense"]}, "dry_run_checks"),
         ({"on_timeout": "promote"}, "on_timeout"),
+        ({"guardrail_alpha": 0.05}, "share of alpha"),
+        ({"guardrails": [{"metric": "error_rate", "max": 1.5}]}, "below 1"),
+        ({"guardrails": [{"metric": "latency_ratio", "max": 0.5}]}, "at least 1"),
+        ({"guardrails": [{"metric": "p99_latency_ratio", "max": 2}]}, "metric"),
+        (
+            {
+                "guardrails": [
+                    {"metric": "error_rate", "max": 0.1},
+                    {"metric": "error_rate", "max": 0.2},
+                ]
+            },
+            "at most once",
+        ),
         ({"surprise": 1}, "surprise"),
     ],
 )

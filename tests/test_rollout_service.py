@@ -13,10 +13,12 @@ from service.config import parse_config
 from service.monitor_metrics import MonitorMetrics
 from service.notifier import Notifier
 from service.rollouts import RolloutService
-from traffic.rollout_checks import ArmCounts, Evidence
+from traffic.rollout_checks import ArmCounts, Evidence, Window
 from traffic.store import SQLiteStateStore
 
-BROKEN = Evidence(recent_candidate=ArmCounts(requests=100, errors=50))
+BROKEN = Evidence(
+    stage=Window(candidate=ArmCounts(requests=100, errors=90), stable=ArmCounts(requests=900))
+)
 
 
 class HandedEvidence:

@@ -6,12 +6,16 @@
                paused            any guardrail FAIL, any required comparison FAIL,
                                  timeout or no data for too long (if so configured) ─▶ rolled_back
 
-Each evaluation: guardrails first (absolute limits, few samples; a FAIL rolls back at once, also
+Each evaluation: guardrails first (limits on gross failure; a FAIL rolls back at once, also
 while paused, awaiting approval or inside the revert window after promotion), then comparisons of
-candidate against stable. All required comparisons PASS continuously for the step's minimum
-duration: advance. Any INSUFFICIENT: hold; after ``max_insufficient_s`` apply ``on_insufficient``.
-Abort beats promote: a FAIL is acted on before anything else. The service layer persists each new
-state before it applies the decision's traffic targets, and appends every decision to the audit.
+candidate against stable in the current step. All required comparisons PASS continuously for the
+step's minimum duration: advance. Any INSUFFICIENT: hold; after ``max_insufficient_s`` apply
+``on_insufficient``. Abort beats promote: a FAIL is acted on before anything else. Every check is
+an always-valid test spending its share of the rollout's ``alpha`` (traffic/rollout_checks.py), so
+however often it looks and however long it waits, a healthy candidate is rolled back with
+probability at most ``alpha``. The service layer gathers the evidence of ``windows(...)``,
+persists each new state before it applies the decision's traffic targets, and appends every
+decision to the audit.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from typing import Literal, get_args
 from traffic.rollout_checks import (
     CheckResult,
     Evidence,
+    Windows,
     applies,
     check_comparison,
     check_guardrail,
     comparison_alpha,
-    guard_value,
+    guardrail_alphas,
 )
 from traffic.rollout_policy import RolloutPolicy
 
@@ -63,6 +68,13 @@ class RolloutState:
     resume_phase: Phase | None = None
     guard_history: Mapping[str, tuple[bool, ...]] = field(default_factory=dict)
     reason: str = ""
+    epochs_before_stage: int = 0
+    """Guardrail epochs the analysis went through before the current stage began."""
+
+    @property
+    def stage_started(self) -> float:
+        """When the current stage began: the step's start, or the promotion."""
+        return self.promoted_at if self.phase == "promoted" else self.step_started
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -95,6 +107,21 @@ class Decision:
     cause: str = ""
     """What decided it, in a word fit for a metric label: a check's name, "operator", "timeout",
     "insufficient_data", "offline_gate", "steps_passed", "revert_window"."""
+
+
+def windows(policy: RolloutPolicy, state: RolloutState, now: float) -> Windows:
+    """The windows an evaluation at ``now`` judges: the current stage, and its current guardrail
+    epoch (``guard_window_s`` long, counted from the stage's start)."""
+    start = state.stage_started
+    into = max(0, int((now - start) // policy.guard_window_s))
+    stage = len(policy.steps) + 1 if state.phase == "promoted" else state.step + 1
+    epoch = state.epochs_before_stage + into + 1
+    return Windows(start, start + into * policy.guard_window_s, stage, epoch)
+
+
+def _new_stage(policy: RolloutPolicy, state: RolloutState, now: float) -> int:
+    """``epochs_before_stage`` for a stage beginning at ``now``."""
+    return windows(policy, state, now).epoch
 
 
 def targets(policy: RolloutPolicy, state: RolloutState) -> dict[str, Target | None]:
@@ -149,13 +176,14 @@ def evaluate(
         return Decision("none", state, f"rollout {state.phase}")
     shadow_step = state.phase != "promoted" and policy.steps[state.step].shadow
     checks, history = [], dict(state.guard_history)
+    judged = windows(policy, state, now)
+    guard_alphas = guardrail_alphas(policy, judged)
     for guard in policy.guardrails:
-        value, count = guard_value(guard, evidence)
         result, history[guard.metric] = check_guardrail(
-            guard, value, count, history.get(guard.metric, ())
+            guard, evidence, guard_alphas, history.get(guard.metric, ())
         )
         checks.append(_acting(result, policy))
-    alpha = comparison_alpha(policy, shadow_step)
+    alpha = comparison_alpha(policy, judged)
     for comparison in policy.comparisons:
         if applies(comparison, shadow_step):
             checks.append(_acting(check_comparison(comparison, evidence, alpha), policy))
@@ -275,6 +303,7 @@ def _next_step(
         phase="progressing",
         step=state.step + 1,
         step_started=now,
+        epochs_before_stage=_new_stage(policy, state, now),
         passing_since=None,
         insufficient_since=None,
         reason=f"{why}; step {state.step + 2} at {policy.steps[state.step + 1].weight:g}%",
@@ -285,7 +314,14 @@ def _next_step(
 def _promote(
     policy: RolloutPolicy, state: RolloutState, now: float, why: str, checks: tuple, cause: str
 ) -> Decision:
-    state = replace(state, phase="promoted", promoted_at=now, resume_phase=None, reason=why)
+    state = replace(
+        state,
+        phase="promoted",
+        promoted_at=now,
+        resume_phase=None,
+        reason=why,
+        epochs_before_stage=_new_stage(policy, state, now),
+    )
     return Decision("promote", state, why, checks, targets(policy, state), cause)
 
 

@@ -1,8 +1,21 @@
 """The evidence a rollout is judged on, and the checks that judge it: PASS, FAIL or INSUFFICIENT.
 
-Evidence is plain counts the service layer gathers from the monitor's records (since the analysis
-started, and over the recent guard window) plus the monitor's latest distances. Insufficient data
-is its own outcome: it never fails a check and never passes one.
+Evidence is plain counts the service layer gathers from the monitor's records over two windows
+(``Windows``): the current stage (the step the candidate is at, or the promoted phase) and the
+current guardrail epoch inside it, plus the monitor's latest distances. Every rate check is an
+always-valid e-value test (traffic/sequential.py); insufficient data never fails a check and never
+passes one.
+
+The false-rollback budget ``alpha`` is spent once per rollout, over every check and every look:
+
+- guardrails share ``guardrail_alpha`` equally; each spends half of its share on the data of the
+  whole stage (``stage_share``: 2/3 to the first, 2/9 to the second, ..., the last what is left)
+  and half on the data of its current epoch (``epoch_share``: 1/(e(e+1)) to epoch e), so a
+  candidate that breaks late is caught within about an epoch, and a rollout that waits (paused,
+  at a gate) never runs out of budget;
+- rate comparisons (error_rate, slow_rate, accuracy, shadow_agreement) share the rest equally,
+  each spending it over the steps as above, on the data of the current step: the traffic split is
+  constant within a step, so a load spike or an outage that hits both arms hits them alike.
 """
 
 from __future__ import annotations
@@ -11,16 +24,20 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from traffic.rollout_policy import Comparison, Guardrail, RolloutPolicy
-from traffic.sequential import difference, proportion
+from traffic.sequential import RARE, BetaPrior, one_arm, threshold, two_arms
 
 Outcome = Literal["PASS", "FAIL", "INSUFFICIENT"]
 RATE_METRICS = ("error_rate", "slow_rate", "accuracy", "shadow_agreement")
+PRIOR_WINDOW_S = 600.0
+"""How much of stable's data from just before a window informs the prior over its rates."""
 
 
 @dataclass(frozen=True)
 class ArmCounts:
-    """One variant's requests over a window: how many, how many failed (5xx), were slow, gave an
-    invalid output (NaN, out of range), were labeled and were right; and its p99 latency."""
+    """One variant's requests in a window: how many, how many failed (5xx or refused), were
+    slower than ``slow_ms``, gave an invalid output (NaN, infinity), were labeled and were right;
+    how many were slower than the latency_ratio guardrail's threshold (``above``) and than the
+    p99_latency_ms guardrail's limit (``over_limit``); its p99 latency, for the audit only."""
 
     requests: int = 0
     errors: int = 0
@@ -28,23 +45,51 @@ class ArmCounts:
     invalid: int = 0
     labeled: int = 0
     correct: int = 0
+    above: int = 0
+    over_limit: int = 0
     p99_ms: float | None = None
+
+    @property
+    def answered(self) -> int:
+        return self.requests - self.errors
+
+
+@dataclass(frozen=True)
+class Window:
+    """Both arms over the same stretch of time, and stable's data just before it (which informs
+    the prior over stable's rates; fixed before the window's data, so validity never rests on
+    it). ``threshold_ms``: the latency the candidate's ``above`` counts were judged against
+    (``max`` x stable's quantile in the same window); None when stable had no answers in it."""
+
+    candidate: ArmCounts = ArmCounts()
+    stable: ArmCounts = ArmCounts()
+    stable_before: ArmCounts = ArmCounts()
+    threshold_ms: float | None = None
 
 
 @dataclass(frozen=True)
 class Evidence:
-    candidate: ArmCounts = ArmCounts()
-    stable: ArmCounts = ArmCounts()
-    """Both since the analysis started, in the same window."""
-    recent_candidate: ArmCounts = ArmCounts()
-    recent_stable: ArmCounts = ArmCounts()
-    """Both over the guard window (the last ``guard_window_s``)."""
+    stage: Window = Window()
+    """Since the stage started (the current step, or the promotion)."""
+    epoch: Window = Window()
+    """Since the current guardrail epoch started (``guard_window_s`` long, inside the stage)."""
     divergence: tuple[float, float] | None = None
     """The candidate's predictions against stable's: (distance, the monitor's threshold)."""
     drifted_share: float | None = None
     """Share of the candidate's input features that drifted from its reference."""
     shadow: tuple[int, int] | None = None
     """In a shadow step: (mirrored rows, rows where the candidate agreed with stable)."""
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Where the evidence of one evaluation starts, and the stage's and epoch's numbers (1-based;
+    the promoted phase is stage len(steps) + 1; epochs count from the start of the analysis)."""
+
+    stage_start: float
+    epoch_start: float
+    stage: int
+    epoch: int
 
 
 @dataclass(frozen=True)
@@ -70,108 +115,200 @@ class CheckResult:
         }
 
 
-def guard_value(guard: Guardrail, evidence: Evidence) -> tuple[float | None, int]:
-    """(the guarded value over the guard window or None, the requests it rests on)."""
-    arm = evidence.recent_candidate
+def stage_share(k: int, stages: int) -> float:
+    """Share of a budget stage ``k`` of ``stages`` may spend: 2/3, 2/9, ... (2 / 3^k), and the last
+    what is left. Most goes to the first step: that is where a bad candidate is caught, on the
+    least traffic; later steps have more traffic and need less."""
+    return 3.0 ** -(k - 1) if k >= stages else 2.0 * 3.0**-k
+
+
+def epoch_share(k: int) -> float:
+    """Share of a budget epoch ``k`` may spend: 1/(k(k+1)), adding up to 1 over unboundedly many
+    epochs, so a rollout may wait as long as it likes; late epochs need only a little more
+    evidence (log(k^2) more, in e-value terms)."""
+    return 1.0 / (k * (k + 1))
+
+
+def guardrail_alphas(policy: RolloutPolicy, windows: Windows) -> tuple[float, float]:
+    """(alpha for the stage's data, alpha for the epoch's data) of each guardrail."""
+    share = policy.guardrail_alpha / max(len(policy.guardrails), 1) / 2
+    stages = len(policy.steps) + 1
+    return share * stage_share(windows.stage, stages), share * epoch_share(windows.epoch)
+
+
+def comparison_alpha(policy: RolloutPolicy, windows: Windows) -> float:
+    """Alpha of each rate comparison at this step."""
+    rated = [c for c in policy.comparisons if c.metric in RATE_METRICS]
+    share = (policy.alpha - policy.guardrail_alpha) / max(len(rated), 1)
+    steps = len(policy.steps)
+    return share * stage_share(min(windows.stage, steps), steps)
+
+
+def _guard_evalue(guard: Guardrail, window: Window) -> float | None:
+    """The guardrail's log e-value on one window (None: nothing to judge it on)."""
+    c, s = window.candidate, window.stable
     if guard.metric == "error_rate":
-        return (arm.errors / arm.requests if arm.requests else None), arm.requests
+        return one_arm(c.errors, c.requests, guard.max)
     if guard.metric == "invalid_rate":
-        answered = arm.requests - arm.errors
-        return (arm.invalid / answered if answered else None), answered
+        return one_arm(c.invalid, c.answered, guard.max)
     if guard.metric == "p99_latency_ms":
-        return arm.p99_ms, arm.requests
-    stable_p99 = evidence.recent_stable.p99_ms
-    if arm.p99_ms is None or not stable_p99 or evidence.recent_stable.requests < guard.min_count:
-        return None, 0
-    return arm.p99_ms / stable_p99, arm.requests
+        return one_arm(c.over_limit, c.answered, 0.01)
+    if guard.metric == "latency_ratio":
+        if window.threshold_ms is None:
+            return None
+        return one_arm(c.above, c.answered, 1.0 - guard.quantile)
+    if not s.requests:
+        return None
+    before = window.stable_before
+    return two_arms(
+        (c.errors, c.requests),
+        (s.errors, s.requests),
+        guard.max,
+        stable_prior=BetaPrior.informed(before.errors, before.requests),
+    )
 
 
-def check_guardrail(guard: Guardrail, value: float | None, count: int, history: tuple) -> tuple:
-    """(CheckResult, the new breach history). A breach needs ``min_count`` requests; ``breaches``
-    of the last ``of_last`` evaluations with enough data fail the guardrail."""
-    name = guard.metric
-    if value is None or count < guard.min_count:
-        reason = f"{count} requests in the guard window, {guard.min_count} needed"
+def _guard_rate(guard: Guardrail, arm: ArmCounts) -> float | None:
+    """The candidate's observed value of what the guardrail limits, for the reason line."""
+    counts = {
+        "error_rate": (arm.errors, arm.requests),
+        "error_increase": (arm.errors, arm.requests),
+        "invalid_rate": (arm.invalid, arm.answered),
+        "latency_ratio": (arm.above, arm.answered),
+        "p99_latency_ms": (arm.over_limit, arm.answered),
+    }[guard.metric]
+    return counts[0] / counts[1] if counts[1] else None
+
+
+def check_guardrail(
+    guard: Guardrail, evidence: Evidence, alphas: tuple[float, float], history: tuple
+) -> tuple[CheckResult, tuple]:
+    """(CheckResult, the new rejection history). FAIL when the stage's or the epoch's e-value
+    reaches its threshold in ``breaches`` of the last ``of_last`` evaluations."""
+    name, stage = guard.metric, evidence.stage
+    if stage.candidate.requests < guard.min_count:
+        count = stage.candidate.requests
+        reason = f"{count} candidate requests in this stage, {guard.min_count} needed"
         return CheckResult(name, "guardrail", "INSUFFICIENT", reason, {"count": count}), history
-    breached = value > guard.max
-    history = (*history, breached)[-guard.of_last :]
-    statistic = {"value": value, "max": guard.max, "count": count, "breaches": sum(history)}
-    if sum(history) >= guard.breaches:
-        reason = (
-            f"{name} {value:.4g} over {guard.max:g} in {sum(history)} of the last {len(history)}"
-        )
+    tests = {}
+    for label, window, alpha in (("stage", stage, alphas[0]), ("epoch", evidence.epoch, alphas[1])):
+        evalue = _guard_evalue(guard, window)
+        if evalue is not None:
+            tests[label] = {
+                "log_e": round(evalue, 4),
+                "threshold": round(threshold(alpha), 4),
+                "requests": window.candidate.requests,
+                "rate": _guard_rate(guard, window.candidate),
+            }
+    if not tests:
+        reason = "no stable answers in the window to compare with"
+        return CheckResult(name, "guardrail", "INSUFFICIENT", reason, {}), history
+    rejected = [label for label, t in tests.items() if t["log_e"] >= t["threshold"]]
+    history = (*history, bool(rejected))[-guard.of_last :]
+    statistic = {"max": guard.max, **tests, "rejections": sum(history)}
+    if guard.metric == "latency_ratio":
+        statistic["threshold_ms"] = stage.threshold_ms
+    what = _describe(guard)
+    if rejected and sum(history) >= guard.breaches:
+        rate = tests[rejected[0]]["rate"]
+        reason = f"{what}: {rate:.4g} in the {rejected[0]} window, with confidence"
         return CheckResult(name, "guardrail", "FAIL", reason, statistic), history
-    return CheckResult(
-        name, "guardrail", "PASS", f"{name} {value:.4g} within {guard.max:g}", statistic
-    ), history
+    return CheckResult(name, "guardrail", "PASS", f"{what}: not shown", statistic), history
 
 
-def _rate_counts(metric: str, evidence: Evidence) -> tuple[int, int, int, int] | None:
-    """(bad events, trials) for candidate then stable; bad = error, slow or wrong answer."""
-    c, s = evidence.candidate, evidence.stable
+def _describe(guard: Guardrail) -> str:
+    return {
+        "error_rate": f"failed share above {guard.max:g}",
+        "error_increase": f"failed share above stable's by more than {guard.max:g}",
+        "invalid_rate": f"invalid outputs above {guard.max:g}",
+        "latency_ratio": (
+            f"p{guard.quantile * 100:g} latency above {guard.max:g} x stable's "
+            f"(share slower than that above {1 - guard.quantile:g})"
+        ),
+        "p99_latency_ms": f"p99 latency above {guard.max:g} ms (share slower above 0.01)",
+    }[guard.metric]
+
+
+def _rate_counts(metric: str, window: Window) -> tuple[tuple, tuple, tuple] | None:
+    """((bad, trials) of the candidate, of stable, and of stable before the window); bad means
+    an error, a slow answer or a wrong one."""
+    arms = (window.candidate, window.stable, window.stable_before)
     if metric == "error_rate":
-        return c.errors, c.requests, s.errors, s.requests
+        return tuple((a.errors, a.requests) for a in arms)
     if metric == "slow_rate":
-        return c.slow, c.requests, s.slow, s.requests
+        return tuple((a.slow, a.answered) for a in arms)
     if metric == "accuracy":
-        return c.labeled - c.correct, c.labeled, s.labeled - s.correct, s.labeled
+        return tuple((a.labeled - a.correct, a.labeled) for a in arms)
     return None
 
 
 def check_comparison(comparison: Comparison, evidence: Evidence, alpha: float) -> CheckResult:
-    """One comparison of the candidate with stable (``alpha``: this check's share)."""
+    """One comparison of the candidate with stable in the current step (``alpha``: its share)."""
     name, margin = comparison.metric, comparison.margin
     insufficient = CheckResult(name, "comparison", "INSUFFICIENT", "", required=comparison.required)
-    counts = _rate_counts(name, evidence)
+    counts = _rate_counts(name, evidence.stage)
+    limit = threshold(alpha)
     if counts is not None:
-        bad_c, n_c, bad_s, n_s = counts
+        candidate, stable, before = counts
+        n_c, n_s = candidate[1], stable[1]
         if min(n_c, n_s) < comparison.min_samples:
             reason = f"{n_c} candidate and {n_s} stable samples, {comparison.min_samples} needed"
             return _with(insufficient, reason, {"candidate": n_c, "stable": n_s})
-        interval = difference(bad_c, n_c, bad_s, n_s, tau=max(margin, 0.005), alpha=alpha)
+        prior = BetaPrior.informed(*before)
+        worse = two_arms(candidate, stable, margin, True, RARE, prior)
+        within = two_arms(candidate, stable, margin, False, RARE, prior)
+        difference = candidate[0] / n_c - stable[0] / n_s
         statistic = {
-            **interval.to_dict(),
+            "difference": difference,
             "margin": margin,
+            "log_e_worse": round(worse, 4),
+            "log_e_within": round(within, 4),
+            "threshold": round(limit, 4),
             "alpha": alpha,
             "candidate": n_c,
             "stable": n_s,
         }
         what = "worse" if name != "accuracy" else "less accurate"
-        if interval.low > margin:
-            reason = f"candidate {what} by {interval.low:.4f} at least, margin {margin}"
+        if worse >= limit:
+            reason = f"candidate {what} by more than {margin} ({difference:+.4f}), with confidence"
             return _with(insufficient, reason, statistic, "FAIL")
-        if interval.high < margin:
-            reason = f"candidate {what} by {interval.high:.4f} at most, within margin {margin}"
+        if within >= limit:
+            reason = f"candidate {what} by less than {margin} ({difference:+.4f}), with confidence"
             return _with(insufficient, reason, statistic, "PASS")
-        reason = f"difference {interval.estimate:+.4f} in [{interval.low:.4f}, {interval.high:.4f}]"
-        return _with(insufficient, f"undecided: {reason}", statistic)
+        return _with(insufficient, f"undecided: difference {difference:+.4f}", statistic)
     if name == "shadow_agreement":
-        if evidence.shadow is None or evidence.shadow[0] < comparison.min_samples:
-            rows = evidence.shadow[0] if evidence.shadow else 0
+        rows, agree = evidence.shadow or (0, 0)
+        if rows < comparison.min_samples:
             return _with(insufficient, f"{rows} mirrored rows, {comparison.min_samples} needed")
-        rows, agree = evidence.shadow
-        interval = proportion(rows - agree, rows, tau=max(margin, 0.005), alpha=alpha)
-        statistic = {**interval.to_dict(), "margin": margin, "rows": rows}
-        if interval.low > margin:
-            return _with(
-                insufficient, f"disagrees on {interval.low:.4f} of rows at least", statistic, "FAIL"
-            )
-        if interval.high < margin:
-            return _with(
-                insufficient, f"disagrees on {interval.high:.4f} of rows at most", statistic, "PASS"
-            )
-        return _with(insufficient, f"undecided: disagreement {interval.estimate:.4f}", statistic)
+        disagree = rows - agree
+        above = one_arm(disagree, rows, margin, above=True)
+        below = one_arm(disagree, rows, margin, above=False)
+        statistic = {
+            "disagreement": disagree / rows,
+            "margin": margin,
+            "log_e_above": round(above, 4),
+            "log_e_below": round(below, 4),
+            "threshold": round(limit, 4),
+            "rows": rows,
+        }
+        if above >= limit:
+            reason = f"disagrees on more than {margin} of rows ({disagree / rows:.4f})"
+            return _with(insufficient, reason, statistic, "FAIL")
+        if below >= limit:
+            reason = f"disagrees on less than {margin} of rows ({disagree / rows:.4f})"
+            return _with(insufficient, reason, statistic, "PASS")
+        return _with(insufficient, f"undecided: disagreement {disagree / rows:.4f}", statistic)
     if name == "prediction_divergence":
         value, floor = evidence.divergence or (None, 0.0)
     else:
         value, floor = evidence.drifted_share, 0.0
     if value is None:
         return _with(insufficient, "no verdict from the monitor yet")
-    limit = max(margin, floor)
-    statistic = {"value": value, "limit": limit}
-    if value > limit:
-        return _with(insufficient, f"{name} {value:.4f} over {limit:.4f}", statistic, "FAIL")
-    return _with(insufficient, f"{name} {value:.4f} within {limit:.4f}", statistic, "PASS")
+    limit_value = max(margin, floor)
+    statistic = {"value": value, "limit": limit_value}
+    if value > limit_value:
+        return _with(insufficient, f"{name} {value:.4f} over {limit_value:.4f}", statistic, "FAIL")
+    return _with(insufficient, f"{name} {value:.4f} within {limit_value:.4f}", statistic, "PASS")
 
 
 def _with(
@@ -185,9 +322,3 @@ def _with(
 def applies(comparison: Comparison, shadow_step: bool) -> bool:
     """Shadow agreement is judged in shadow steps, everything else in steps with traffic."""
     return (comparison.metric == "shadow_agreement") == shadow_step
-
-
-def comparison_alpha(policy: RolloutPolicy, shadow_step: bool) -> float:
-    """Each sequential comparison's share of the false-rollback budget (Bonferroni)."""
-    rated = [c for c in policy.comparisons if c.metric in RATE_METRICS and applies(c, shadow_step)]
-    return policy.alpha / max(len(rated), 1)

@@ -12,7 +12,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-GuardMetric = Literal["error_rate", "invalid_rate", "p99_latency_ms", "p99_latency_ratio"]
+GuardMetric = Literal[
+    "error_rate", "error_increase", "invalid_rate", "latency_ratio", "p99_latency_ms"
+]
 CompareMetric = Literal[
     "error_rate",
     "slow_rate",
@@ -38,15 +40,29 @@ class Step:
 
 @dataclass(frozen=True)
 class Guardrail:
-    """An absolute limit on the candidate over the guard window, needing few samples: a breach in
-    ``breaches`` of the last ``of_last`` evaluations with at least ``min_count`` requests rolls
-    back at once. ``p99_latency_ratio`` is the candidate's p99 over the stable variant's."""
+    """A limit on the candidate that rolls back at once when it is broken with confidence: each
+    guardrail is a one-sided always-valid test spending its share of ``guardrail_alpha``
+    (traffic/rollout_checks.py says how), so it keeps that budget however long the rollout runs
+    or waits.
+
+    - ``error_rate``: the candidate's failed share is above ``max``;
+    - ``error_increase``: it is above stable's in the same window by more than ``max`` (a shared
+      outage fails both arms and is not the candidate's fault);
+    - ``invalid_rate``: its share of answers with NaN or infinite outputs is above ``max``;
+    - ``latency_ratio``: its ``quantile`` latency is above ``max`` times stable's in the same
+      window, judged as the share of its requests slower than that (above 1 - ``quantile``),
+      which needs no sample p99 and holds for any tail shape;
+    - ``p99_latency_ms``: its p99 is above ``max`` ms (more than 1% of its requests slower).
+
+    ``min_count`` candidate requests are needed for a verdict; ``breaches`` of the last
+    ``of_last`` evaluations must reject (only ever more conservative)."""
 
     metric: GuardMetric
     max: float
-    min_count: int = 20
+    min_count: int = 1
     breaches: int = 1
     of_last: int = 1
+    quantile: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,8 +75,28 @@ class Comparison:
 
     metric: CompareMetric
     margin: float
-    min_samples: int = 100
+    min_samples: int = 10
     required: bool = True
+
+
+RATE_GUARDRAILS = ("error_rate", "error_increase", "invalid_rate")
+"""Guardrails whose ``max`` is a rate (a share of requests), at most 1."""
+
+DEFAULT_GUARDRAILS = (
+    Guardrail("error_increase", 0.05),
+    Guardrail("error_rate", 0.5),
+    Guardrail("invalid_rate", 0.01),
+    Guardrail("latency_ratio", 1.5, quantile=0.5),
+)
+"""Worse than stable by 5 error points; half of the requests failing whatever stable does (a
+total failure, also after promotion when stable has no traffic left); any NaN output beyond 1%;
+a median latency 1.5 times stable's."""
+DEFAULT_COMPARISONS = (
+    Comparison("error_rate", 0.01),
+    Comparison("slow_rate", 0.05),
+    Comparison("accuracy", 0.03),
+    Comparison("prediction_divergence", 0.2),
+)
 
 
 @dataclass(frozen=True)
@@ -73,14 +109,18 @@ class RolloutPolicy:
     comparisons: tuple[Comparison, ...] = ()
     interval_s: float = 10.0
     guard_window_s: float = 60.0
+    """Length of a guardrail epoch: besides the data of the whole stage, each guardrail tests
+    the data of its current epoch, so a candidate that breaks late is caught within about one."""
     alpha: float = 0.05
-    """False-rollback budget for all comparisons together (Bonferroni across them)."""
+    """False-rollback budget of the whole rollout, every check and every look together."""
+    guardrail_alpha: float = 0.01
+    """The guardrails' share of ``alpha``; the comparisons spend the rest."""
     slow_ms: float = 100.0
     """A request slower than this counts as slow (slow_rate)."""
     max_insufficient_s: float = 600.0
     on_insufficient: Action = "pause"
     timeout_s: float = 3600.0
-    on_timeout: Action = "rollback"
+    on_timeout: Action = "pause"
     revert_window_s: float = 300.0
     dry_run: bool = False
     """Decide and log as usual, change no traffic (the audit shows what would have happened)."""

@@ -1,17 +1,27 @@
-"""Always-valid confidence sequences for proportions, so a rollout may look at its evidence every
-tick without inflating false rollbacks.
+"""Always-valid tests for rates, so a rollout may look at its evidence every tick, for as long as it
+runs or sits paused, without inflating false rollbacks.
 
 A fixed-horizon test checked repeatedly rolls back a healthy A/A canary far more often than its
-alpha (see ../shared/reference/rollout.md: 14% to 34% at alpha 0.05 over 5 to 60 looks). The
-mixture sequential probability ratio test (mSPRT; Johari et al. 2017, Lindon et al. 2022) with a
-normal mixture of scale ``tau`` over the effect gives, at every sample size at once, the interval
+alpha (../shared/reference/rollout.md: 14% to 34% at alpha 0.05 over 5 to 60 looks). Every check
+here is an e-value: a number that, while the null hypothesis holds, stays a nonnegative
+(super)martingale in the amount of data, so by Ville's inequality the chance that it EVER reaches
+1/alpha is at most alpha, however often it is looked at (Ramdas et al., "Game-theoretic statistics
+and safe anytime-valid inference", 2023).
 
-    d +- sqrt( 2 V (V + tau^2) / tau^2 * log( sqrt((V + tau^2) / V) / alpha ) )
+The e-values are likelihood ratios with the alternative integrated over a Beta prior (Robbins'
+mixture; with the Jeffreys prior, Beta(1/2, 1/2), it is the Krichevsky-Trofimov predictive
+likelihood) and the null maximised over its composite set ("universal inference", Wasserman,
+Ramdas and Balakrishnan 2020). They are exact for Bernoulli data of any size: no normal
+approximation, nothing that breaks when a rate is 0 or a count is 3.
 
-around the observed difference ``d`` of two proportions with variance ``V``: the probability that
-it ever excludes the true difference is at most ``alpha``, however often it is looked at (normal
-approximation, plug-in variance). Counts are smoothed (x + 1) / (n + 2) so that zero errors do not
-give a zero variance. ``tau`` should be of the order of the effects that matter: the margin.
+- ``one_arm``: H0 "the rate is at most p0" (or at least p0). Used by absolute guardrails (a total
+  failure reaches 1/alpha within a handful of requests) and by shadow agreement.
+- ``two_arms``: H0 "candidate's rate minus stable's is at most a margin" (or at least it, to show
+  non-inferiority). The stable arm's nuisance rate is maximised out; its prior may be informed by
+  stable's own earlier data (fixed before the data it weighs, so validity holds whatever it says),
+  which removes most of the price of not knowing stable's rate.
+
+Each function returns the log of the e-value; ``log(1 / alpha)`` is the threshold.
 """
 
 from __future__ import annotations
@@ -21,39 +31,110 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Interval:
-    """An always-valid interval for a difference (or a single proportion)."""
+class BetaPrior:
+    """The mixing distribution over an arm's rate, Beta(a, b)."""
 
-    estimate: float
-    low: float
-    high: float
+    a: float = 0.5
+    b: float = 0.5
 
-    def to_dict(self) -> dict:
-        return {"estimate": self.estimate, "low": self.low, "high": self.high}
-
-
-def _variance(successes: int, trials: int) -> float:
-    p = (successes + 1) / (trials + 2)
-    return p * (1 - p) / trials
+    @classmethod
+    def informed(cls, events: int, trials: int, weight_cap: float = 10_000.0) -> BetaPrior:
+        """Jeffreys updated with earlier data of the same arm (at most ``weight_cap`` trials'
+        worth, so a rate that moved since is not held against the new data for long)."""
+        scale = min(1.0, weight_cap / trials) if trials else 0.0
+        return cls(0.5 + events * scale, 0.5 + (trials - events) * scale)
 
 
-def _radius(variance: float, tau: float, alpha: float) -> float:
-    tau2 = tau * tau
-    ratio = math.sqrt((variance + tau2) / variance)
-    return math.sqrt(2 * variance * (variance + tau2) / tau2 * math.log(ratio / alpha))
+JEFFREYS = BetaPrior()
+RARE = BetaPrior(0.5, 3.0)
+"""For rates of bad events (errors, slow or wrong answers): most of its mass below 0.3, where
+those rates live, so evidence about them costs less than under Jeffreys' U shape."""
 
 
-def difference(
-    events_a: int, trials_a: int, events_b: int, trials_b: int, tau: float, alpha: float
-) -> Interval:
-    """Always-valid interval for rate(a) - rate(b); both arms need at least one trial."""
-    estimate = events_a / trials_a - events_b / trials_b
-    radius = _radius(_variance(events_a, trials_a) + _variance(events_b, trials_b), tau, alpha)
-    return Interval(estimate, estimate - radius, estimate + radius)
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
 
 
-def proportion(events: int, trials: int, tau: float, alpha: float) -> Interval:
-    """Always-valid interval for one rate; needs at least one trial."""
-    estimate = events / trials
-    radius = _radius(_variance(events, trials), tau, alpha)
-    return Interval(estimate, estimate - radius, estimate + radius)
+def log_marginal(events: int, trials: int, prior: BetaPrior = JEFFREYS) -> float:
+    """Log of the mixture likelihood of the arm's data (its sequence, not just its count)."""
+    return _log_beta(prior.a + events, prior.b + trials - events) - _log_beta(prior.a, prior.b)
+
+
+def log_likelihood(events: int, trials: int, rate: float) -> float:
+    """Log-likelihood of ``events`` in ``trials`` at ``rate`` (0 log 0 = 0)."""
+    if events and rate <= 0.0 or trials - events and rate >= 1.0:
+        return -math.inf
+    value = events * math.log(rate) if events else 0.0
+    return value + ((trials - events) * math.log1p(-rate) if trials - events else 0.0)
+
+
+def one_arm(
+    events: int, trials: int, bound: float, above: bool = True, prior: BetaPrior = JEFFREYS
+) -> float:
+    """Log e-value against H0 "rate <= bound" (``above``) or "rate >= bound"; 0 or less while
+    the observed rate is on the null's side."""
+    if trials == 0:
+        return 0.0
+    observed = events / trials
+    if (observed <= bound) if above else (observed >= bound):
+        return min(0.0, log_marginal(events, trials, prior) - log_likelihood(events, trials, observed))
+    return log_marginal(events, trials, prior) - log_likelihood(events, trials, bound)
+
+
+def two_arms(
+    candidate: tuple[int, int],
+    stable: tuple[int, int],
+    margin: float,
+    worse: bool = True,
+    candidate_prior: BetaPrior = JEFFREYS,
+    stable_prior: BetaPrior = JEFFREYS,
+) -> float:
+    """Log e-value against H0 "p_candidate - p_stable <= margin" (``worse``: evidence that the
+    candidate is worse than stable by more than the margin) or "... >= margin" (evidence that it
+    is not). Arms are (events, trials)."""
+    (k_c, n_c), (k_s, n_s) = candidate, stable
+    if n_c == 0 or n_s == 0:
+        return 0.0
+    mixture = log_marginal(k_c, n_c, candidate_prior) + log_marginal(k_s, n_s, stable_prior)
+    difference = k_c / n_c - k_s / n_s
+    if (difference <= margin) if worse else (difference >= margin):
+        best = log_likelihood(k_c, n_c, k_c / n_c) + log_likelihood(k_s, n_s, k_s / n_s)
+        return min(0.0, mixture - best)
+    return mixture - _boundary_maximum(k_c, n_c, k_s, n_s, margin)
+
+
+def _boundary_maximum(k_c: int, n_c: int, k_s: int, n_s: int, margin: float) -> float:
+    """max over p of loglik_c(p + margin) + loglik_s(p): the null's best fit on its boundary.
+    The log-likelihood is concave in p: Newton's method, kept inside a shrinking bracket."""
+    low, high = max(0.0, -margin), min(1.0, 1.0 - margin)
+    tiny = 1e-12
+    f_c, f_s = n_c - k_c, n_s - k_s
+
+    def derivatives(p: float) -> tuple[float, float]:
+        c, s = min(max(p + margin, tiny), 1 - tiny), min(max(p, tiny), 1 - tiny)
+        first = k_c / c - f_c / (1 - c) + k_s / s - f_s / (1 - s)
+        second = -k_c / c**2 - f_c / (1 - c) ** 2 - k_s / s**2 - f_s / (1 - s) ** 2
+        return first, second
+
+    p = min(max((k_c + k_s) / (n_c + n_s) - margin * n_c / (n_c + n_s), low), high)
+    for _ in range(200):
+        first, second = derivatives(p)
+        if abs(first) < 1e-9:
+            break
+        if first > 0:
+            low = p
+        else:
+            high = p
+        step = p - first / second if second < 0 else (low + high) / 2
+        if not low < step < high:
+            step = (low + high) / 2
+        if abs(step - p) < 1e-15 or high - low < 1e-15:
+            p = step
+            break
+        p = step
+    return log_likelihood(k_c, n_c, p + margin) + log_likelihood(k_s, n_s, p)
+
+
+def threshold(alpha: float) -> float:
+    """The log e-value at which a test of level ``alpha`` rejects."""
+    return math.log(1.0 / alpha)
