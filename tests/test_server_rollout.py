@@ -34,7 +34,6 @@ def rollout_config(tmp_path, faults=None, webhook=None, **rollout) -> tuple:
         "interval_s": 0.5,
         "guard_window_s": 5,
         "revert_window_s": 2,
-        "guardrails": [{"metric": "error_rate", "max": 0.05, "min_count": 10}],
         "comparisons": [{"metric": "error_rate", "margin": 0.05, "min_samples": 50}],
         "offline_gate": {"margin": 0.05},
         **rollout,
@@ -103,13 +102,18 @@ async def test_a_broken_canary_is_rolled_back_and_stable_users_see_no_errors(dem
     unique = list({e["id"]: e for e in events}.values())  # delivery is at least once
     kinds = [e["kind"] for e in unique]
     assert kinds[:2] == ["rollout_start", "rollout_rollback"], unique
-    assert unique[1]["endpoint"] == "cancer" and "error_rate" in unique[1]["reason"]
+    assert unique[1]["endpoint"] == "cancer" and "with confidence" in unique[1]["reason"]
     state, history = described["state"], described["history"]
     assert state["phase"] == "rolled_back", state
     rollback = next(e for e in history if e["action"] == "rollback")
-    assert rollback["cause"] == "error_rate" and "guardrail" in rollback["reason"]
-    failing = [c for c in rollback["checks"] if c["outcome"] == "FAIL"]
-    assert failing and failing[0]["statistic"]["value"] > 0.05
+    assert rollback["cause"] in ("error_increase", "error_rate"), rollback  # default guardrails
+    (failing, *_) = [c for c in rollback["checks"] if c["outcome"] == "FAIL"]
+    statistic = failing["statistic"]
+    evidence = [statistic[w] for w in ("stage", "epoch") if w in statistic] or [statistic]
+    assert any(
+        e.get("log_e", e.get("log_e_worse", 0)) >= e.get("threshold", statistic.get("threshold"))
+        for e in evidence
+    ), failing
     assert rollback["policy_hash"] == described["policy_hash"]
     start = next(e for e in history if e["action"] == "start")
     assert start["checks"][0]["name"] == "offline_gate" and start["checks"][0]["outcome"] == "PASS"
