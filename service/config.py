@@ -197,9 +197,6 @@ class OfflineGateConfig(Strict):
     margin: float = Field(0.02, ge=0, le=1, description="accuracy points (or relative MAE) allowed")
 
 
-
-
-
 class RolloutConfig(Strict):
     """An endpoint's automated rollout of its candidate (traffic/rollout.py decides)."""
 

@@ -52,9 +52,7 @@ class EvidenceGatherer:
         requests, errors, invalid, slow, above, over_limit = self.store.outcomes(
             policy.endpoint, variant, since, until, thresholds, pinned
         )
-        labeled, correct = self.store.labeled_counts(
-            policy.endpoint, variant, since, until, pinned
-        )
+        labeled, correct = self.store.labeled_counts(policy.endpoint, variant, since, until, pinned)
         return ArmCounts(requests, errors, slow, invalid, labeled, correct, above, over_limit)
 
     def window(self, policy: RolloutPolicy, state: RolloutState, since: float) -> Window:

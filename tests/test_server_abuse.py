@@ -291,6 +291,14 @@ def test_dark_variants_are_pinned_only_with_the_admin_token(demo):
     status, _, listing = send(gateway, "GET", "/endpoints", headers=ADMIN_AUTH)
     variants = json.loads(listing)["endpoints"]["dark"]["variants"]
     assert {v["name"] for v in variants} == {"stable", "candidate", "mirror"}
+    for headers, versions in (({}, ["v1"]), (ADMIN_AUTH, ["v1", "v2", "v3-shadow"])):
+        _, _, metadata = send(gateway, "GET", "/v2/models/dark", headers=headers)
+        assert sorted(json.loads(metadata)["versions"]) == versions
+        _, _, index = send(gateway, "POST", "/v2/repository/index", b"{}", headers)
+        listed = sorted(e["version"] for e in json.loads(index) if e["name"] == "dark")
+        assert listed == versions
+    assert send(gateway, "GET", "/v2/models/dark/versions/v2/ready")[0] == 404
+    assert send(gateway, "GET", "/v2/models/dark/versions/v2/ready", headers=ADMIN_AUTH)[0] == 200
 
 
 def test_a_reused_request_id_keeps_every_record(demo):

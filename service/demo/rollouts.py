@@ -63,9 +63,10 @@ def watch_rollouts(
     rows = pd.read_csv(models_dir / "cancer-reference.csv")
     for endpoint, what in ROLLOUTS.items():
         print(f"rollout on {endpoint}: {what}")
-        shown, started = 0, time.monotonic()
+        shown, started, ended = 0, time.monotonic(), False
         while time.monotonic() - started < max_s:
-            asyncio.run(drive(base_url, rows, 300, endpoint))
+            if not ended:
+                asyncio.run(drive(base_url, rows, 300, endpoint))
             described = _history(base_url, endpoint, admin_token)
             for entry in described["history"][shown:]:
                 if entry["action"] != "hold":
@@ -74,8 +75,11 @@ def watch_rollouts(
                     )
             shown = len(described["history"])
             state = described["state"]
-            if state and state["phase"] in ("succeeded", "rolled_back"):
+            if ended:
                 break
+            if state and state["phase"] in ("succeeded", "rolled_back"):
+                ended = True  # the last transition's audit entry follows its state: read again
+                time.sleep(0.5)
         else:
             print(f"  still {state['phase'] if state else 'not started'} after {max_s:.0f} s")
     print(f"rollout history: {base_url}/admin/rollouts/<endpoint> (admin token)")

@@ -37,17 +37,28 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 
 
+def _visible(request: Request, variants) -> list[VariantSpec]:
+    """The variants a caller may see: those that take traffic; dark ones (weight 0, shadows)
+    only with the admin token, as on ``/endpoints``."""
+    admin = gateway_of(request).is_admin(request.headers)
+    return [v for v in variants if v.serving or admin]
+
+
 def _described(request: Request) -> tuple[EndpointTable, list[VariantSpec]]:
     """The endpoint in the path and the variants it describes: the one ``/versions/{v}`` names
-    (404 if none), else all of them, the first stable one first."""
+    (404 if none, or if it is dark and the caller is not an admin), else the visible ones, the
+    first stable one first."""
     table = gateway_of(request).dataplane.table(request.path_params["model"])
     version = request.path_params.get("version")
     if version is not None:
         try:
-            return table, [table.by_version(version)]
+            variants = _visible(request, [table.by_version(version)])
         except UnknownVariant as error:
             raise NotFound(str(error)) from None
-    ordered = sorted(table.variants, key=lambda v: v.role != "stable")
+        if not variants:
+            raise NotFound(f"endpoint {table.endpoint!r} has no model version {version!r}")
+        return table, variants
+    ordered = sorted(_visible(request, table.variants), key=lambda v: v.role != "stable")
     return table, ordered
 
 
@@ -161,7 +172,7 @@ async def repository_index(request: Request) -> Response:
     index = [
         {"name": name, "version": variant.model_version, "state": "READY"}
         for name, table in gateway.dataplane.snapshot.tables.items()
-        for variant in table.variants
+        for variant in _visible(request, table.variants)
     ]
     return json_response(index)
 
