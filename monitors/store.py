@@ -327,9 +327,7 @@ class MonitorStore:
         invalid means answered with a NaN or infinite prediction (recorded as null); each
         threshold (seconds; None counts 0) counts answers slower than it. Pinned requests are
         left out unless ``include_pinned``."""
-        slower = "".join(
-            ", TOTAL(outcome = 'ok' AND latency_s > ?)" for _ in slower_than
-        )
+        slower = "".join(", TOTAL(outcome = 'ok' AND latency_s > ?)" for _ in slower_than)
         row = (
             self._db()
             .execute(

@@ -77,7 +77,9 @@ def one_arm(
         return 0.0
     observed = events / trials
     if (observed <= bound) if above else (observed >= bound):
-        return min(0.0, log_marginal(events, trials, prior) - log_likelihood(events, trials, observed))
+        return min(
+            0.0, log_marginal(events, trials, prior) - log_likelihood(events, trials, observed)
+        )
     return log_marginal(events, trials, prior) - log_likelihood(events, trials, bound)
 
 

@@ -184,7 +184,9 @@ class _Arm:
         return counts.arm(policy, None)
 
 
-def _window(policy: RolloutPolicy, candidate: _Counts, stable: _Counts, before: ArmCounts) -> Window:
+def _window(
+    policy: RolloutPolicy, candidate: _Counts, stable: _Counts, before: ArmCounts
+) -> Window:
     ratio = next((g for g in policy.guardrails if g.metric == "latency_ratio"), None)
     quantile = stable.quantile_ms(ratio.quantile) if ratio else None
     threshold_ms = None if quantile is None else ratio.max * quantile
