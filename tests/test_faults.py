@@ -10,6 +10,7 @@ the tests kill workers with SIGKILL and let that happen.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +19,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import psutil
 import pytest
 from aiohttp import web
@@ -179,31 +179,38 @@ async def test_a_full_disk_refuses_labels_whole_and_the_monitor_serves_on(demo_m
         data_dir=str(tmp_path / "data"),
         monitor=local_monitor(port, max_db_mb=1),
     )
-    rows = np.random.default_rng(0).uniform(0, 1000, (100, 30)).tolist()  # ~60 KB recorded
+
+    def batch() -> list[dict]:  # labels waiting for predictions: ~1 KB each
+        return [
+            {"request_id": f"cancer:{secrets.token_hex(16)}", "label": ["malignant"] * 100}
+            for _ in range(100)
+        ]
+
     with (
         running_server(config, port=port, service=MONITOR_SERVICE) as monitor_url,
         running_server(config) as url,
     ):
         async with aiohttp.ClientSession() as session:
-            ids = []
-            for _ in range(40):  # past the 1 MB cap
-                async with session.post(
-                    f"{url}/predict/cancer", json={"instances": rows}
-                ) as answer:
-                    assert answer.status == 200  # answers never wait on monitoring
-                    ids.append((await answer.json())["request_id"])
-            await asyncio.sleep(1.0)
-            labels = [{"request_id": i, "label": ["benign"] * 100} for i in ids]
-            async with session.post(f"{url}/feedback", json={"labels": labels}) as answer:
-                assert answer.status == 503 and answer.headers["Retry-After"]
-                assert "full" in (await answer.json())["error"]
+            for _ in range(40):  # fill the 1 MB database
+                refused = batch()
+                async with session.post(f"{url}/feedback", json={"labels": refused}) as answer:
+                    if answer.status == 503:
+                        assert answer.headers["Retry-After"]
+                        assert "full" in (await answer.json())["error"]
+                        break
+                    assert answer.status == 200
+            else:
+                raise AssertionError("the monitor's database never filled up")
             for path in ("/summary", "/metrics"):
                 async with session.get(f"{monitor_url}{path}", headers=MONITOR_AUTH) as answer:
                     assert answer.status == 200, path
             async with session.post(f"{url}/predict/cancer", json={"instances": [ROW]}) as answer:
                 assert answer.status == 200
     store = MonitorStore(load_config(config).data_dir / "monitor.sqlite3")
-    assert store._db().execute("SELECT COUNT(*) FROM labels").fetchone() == (0,)
+    marks = ",".join("?" * len(refused))
+    ids = [label["request_id"] for label in refused]
+    found = store._db().execute(f"SELECT COUNT(*) FROM labels WHERE request_id IN ({marks})", ids)
+    assert found.fetchone() == (0,)  # nothing of the refused call was stored
 
 
 LOCK = """
