@@ -80,6 +80,31 @@ ROWS = [
                 "timeseries",
             ),
             (
+                "Shed under overload, and the admission limit",
+                "short",
+                [
+                    (
+                        f"sum by (route, reason) (rate(gateway_shed_requests_total{RATE}))",
+                        "shed/s {{route}} ({{reason}})",
+                    ),
+                    ("sum(gateway_admission_limit)", "admission limit (all workers)"),
+                ],
+                "timeseries",
+            ),
+            (
+                "Queue time before the model run, p50 / p99",
+                "s",
+                [
+                    (
+                        f"histogram_quantile({q}, sum by (le, model) "
+                        f"(rate(gateway_queue_time_seconds_bucket{RATE})))",
+                        f"p{int(q * 100)} {{{{model}}}}",
+                    )
+                    for q in (0.5, 0.99)
+                ],
+                "timeseries",
+            ),
+            (
                 "Rows per onnxruntime batch",
                 "short",
                 [

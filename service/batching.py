@@ -23,8 +23,9 @@ from service.errors import InferenceFailed, Overloaded
 
 Tensors = dict[str, np.ndarray]
 RunFn = Callable[[Tensors], Tensors]
-BatchObserver = Callable[[int, float], None]
-"""Called after each batch with (rows, seconds spent running it)."""
+BatchObserver = Callable[[int, float, list[float]], None]
+"""Called after each batch with (rows, seconds spent running it, seconds each request waited in
+the queue before the run began)."""
 
 
 @dataclass
@@ -32,6 +33,7 @@ class _Pending:
     inputs: Tensors
     rows: int
     future: asyncio.Future
+    queued_at: float
 
 
 class Batcher:
@@ -73,7 +75,7 @@ class Batcher:
         queue = self._queue if self._queue is not None else self._start()
         future = asyncio.get_running_loop().create_future()
         try:
-            queue.put_nowait(_Pending(inputs, rows, future))
+            queue.put_nowait(_Pending(inputs, rows, future, time.perf_counter()))
         except asyncio.QueueFull:
             raise Overloaded(
                 f"model {self._name} is overloaded: {self._max_queue} requests already queued"
@@ -147,7 +149,8 @@ class Batcher:
                 for i in range(len(batch))
             ]
         if self._observe_batch is not None:
-            self._observe_batch(sum(p.rows for p in batch), time.perf_counter() - started)
+            waits = [started - p.queued_at for p in batch]
+            self._observe_batch(sum(p.rows for p in batch), time.perf_counter() - started, waits)
         return results
 
     async def close(self) -> None:

@@ -20,8 +20,10 @@ import bentoml
 
 from service import bentoml_fixes
 from service.config import CONFIG_ENV, GatewayConfig, load_config
+from service.gateway import WORKER
 from service.gateway import Gateway as GatewayProcess
 from service.http.app import build_app
+from service.http.gate import PredictionGate
 
 bentoml_fixes.apply()
 log = logging.getLogger("gateway")
@@ -73,3 +75,31 @@ class Gateway:
     @bentoml.on_shutdown
     async def close(self) -> None:
         await self.process.close()
+
+
+def _gate(bentoml_app):
+    """BentoML's app for this service, behind the prediction gate (service/http/gate.py)."""
+
+    def admission():
+        gateway = getattr(http_app.state, "gateway", None)
+        return None if gateway is None else gateway.admission
+
+    def refused(route: str) -> None:
+        http_app.state.gateway.metrics.shed.labels(route, "overload").inc()
+
+    return PredictionGate(bentoml_app, http_app, admission, refused, WORKER)
+
+
+def _install_gate(service) -> None:
+    """Put the gate in front of ``service``'s ASGI app. BentoML's ``Service`` is a slotted attrs
+    class, so the hook is its class's ``to_asgi``, wrapping only this service's app."""
+    build = type(service).to_asgi
+
+    def to_asgi(self, is_main: bool = True):
+        app = build(self, is_main)
+        return _gate(app) if self is service else app
+
+    type(service).to_asgi = to_asgi
+
+
+_install_gate(Gateway)

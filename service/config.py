@@ -73,6 +73,22 @@ class BatchingConfig(Strict):
     concurrency: int = Field(1, ge=1, le=64, description="onnxruntime runs in flight per model")
 
 
+class AdmissionConfig(Strict):
+    """Admission of predictions under overload (service/http/admission.py)."""
+
+    queue_budget_ms: float | None = Field(
+        None, gt=0, description="how long admitted predictions may take; default a third of the SLO"
+    )
+    min_concurrency: int = Field(4, ge=1, description="the adaptive limit never goes below")
+    max_concurrency: int = Field(1024, ge=1, description="...nor above (per worker)")
+    max_refusals_per_s: float = Field(
+        200.0, gt=0, description="refusals are held so they cost at most this many per second"
+    )
+    feedback_concurrency: int = Field(
+        32, ge=1, description="/feedback calls in flight per worker; beyond: 429"
+    )
+
+
 class RuntimeConfig(Strict):
     """How onnxruntime runs each model version."""
 
@@ -426,6 +442,7 @@ class GatewayConfig(Strict):
         None, description="BentoML home holding the model store (default: BENTOML_HOME)"
     )
     batching: BatchingConfig = BatchingConfig()
+    admission: AdmissionConfig = AdmissionConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     limits: LimitsConfig = LimitsConfig()
     data_dir: Path = Field(

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from service.admission import Admission
 from service.config import GatewayConfig
 from service.dataplane import DataPlane, Route
 from service.errors import BadRequest, GatewayError, Overloaded
@@ -146,8 +147,20 @@ class Gateway:
         self.metrics = metrics
         self.dataplane = dataplane
         self.routing = routing
-        self.shadows = ShadowRunner(dataplane.run, metrics)
-        self.recorder = Recorder(config.monitor, metrics, secrets_.monitor_token)
+        admission = config.admission
+        self.admission = Admission(
+            (admission.queue_budget_ms or config.server.latency_slo_ms / 3) / 1000,
+            admission.min_concurrency,
+            admission.max_concurrency,
+            admission.max_refusals_per_s,
+            on_limit=metrics.admission_limit.set,
+        )
+        """Predictions admitted under overload (service/http/admission.py); shadows and sampled
+        inputs wait while it refuses (optional work is shed before answers)."""
+        self.feedback_in_flight = 0
+        shedding = lambda: self.admission.shedding  # noqa: E731 - read at call time
+        self.shadows = ShadowRunner(dataplane.run, metrics, shedding)
+        self.recorder = Recorder(config.monitor, metrics, secrets_.monitor_token, shedding)
 
     @classmethod
     def start(cls, config_path: Path, config: GatewayConfig) -> Gateway:

@@ -30,6 +30,12 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 PROTOCOLS = ("plain", "oip")
 OUTCOMES = ("ok", "client_error", "rejected", "error")
 BATCH_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+SHED_SERIES = (
+    ("predict", "overload"),
+    ("infer", "overload"),
+    ("feedback", "in_flight"),
+    ("shadow", "overload"),
+)
 
 
 def latency_buckets(slo_seconds: float) -> tuple[float, ...]:
@@ -125,6 +131,25 @@ class GatewayMetrics:
             "When a batch of records last reached the monitor (unix time).",
             multiprocess_mode="max",
         )
+        self.queue_time = Histogram(
+            "gateway_queue_time_seconds",
+            "Time a request waited in its model's queue before its run began.",
+            ["model", "model_version"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self.shed = Counter(
+            "gateway_shed_requests_total",
+            "Work refused or skipped under overload, by route (predict, infer, feedback, shadow) "
+            "and reason (overload: the admission limit; in_flight: the route's own budget).",
+            ["route", "reason"],
+        )
+        for route, reason in SHED_SERIES:
+            self.shed.labels(route, reason)  # at 0 from the start: rates and alerts need it
+        self.admission_limit = Gauge(
+            "gateway_admission_limit",
+            "Predictions admitted at once, summed over workers (the adaptive limit).",
+            multiprocess_mode="livesum",
+        )
         self.background_restarts = Counter(
             "gateway_background_restarts_total",
             "Background tasks (batching, record shipping, routing follower) started again "
@@ -165,13 +190,16 @@ class GatewayMetrics:
         return child
 
     def batch_observer(self, model: str, version: str):
-        """A callback for ``Batcher`` that records each batch's rows and run time."""
+        """A callback for ``Batcher`` that records each batch's rows, run time and queue waits."""
         rows = self.batch_rows.labels(model, version)
         duration = self.inference_duration.labels(model, version)
+        queue_time = self.queue_time.labels(model, version)
 
-        def observe(batch_rows: int, seconds: float) -> None:
+        def observe(batch_rows: int, seconds: float, waits: list[float]) -> None:
             rows.observe(batch_rows)
             duration.observe(seconds)
+            for wait in waits:
+                queue_time.observe(wait)
 
         return observe
 

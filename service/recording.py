@@ -16,6 +16,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 
 import aiohttp
 import numpy as np
@@ -41,9 +42,17 @@ def _unavailable(message: str) -> Unavailable:
 class Recorder:
     """Buffers this worker's prediction records and delivers them to the monitor."""
 
-    def __init__(self, config: MonitorConfig, metrics: GatewayMetrics, token: str | None) -> None:
+    def __init__(
+        self,
+        config: MonitorConfig,
+        metrics: GatewayMetrics,
+        token: str | None,
+        shedding: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.config = config
         self.metrics = metrics
+        self.shedding = shedding
+        """True while the gateway refuses predictions: records keep coming, their inputs wait."""
         self.buffer = RecordBuffer(config.buffer_records, config.buffer_bytes)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._failures = Throttled(log)
@@ -93,7 +102,7 @@ class Recorder:
         if not self.enabled:
             return
         card = route.model.card
-        keep_inputs = random.random() < self.config.sample_inputs
+        keep_inputs = random.random() < self.config.sample_inputs and not self.shedding()
         self._keep(
             request_id,
             route,

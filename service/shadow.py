@@ -31,13 +31,22 @@ ShadowDone = Callable[[dict[str, list]], None]
 class ShadowRunner:
     """Starts shadow copies and keeps their tasks referenced until they finish."""
 
-    def __init__(self, run: RunFn, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, run: RunFn, metrics: GatewayMetrics, shedding: Callable[[], bool] = lambda: False
+    ) -> None:
         self._run = run
         self._metrics = metrics
+        self._shedding = shedding
+        """True while the gateway refuses predictions: shadows are optional work, skipped then."""
         self._tasks: set[asyncio.Task] = set()
 
     def mirror(self, route: Route, tensors: Tensors, primary: Tensors, done: ShadowDone) -> None:
-        """Run the route's shadows in the background; ``done`` gets their predictions by name."""
+        """Run the route's shadows in the background; ``done`` gets their predictions by name
+        (at once with none, when shadows are shed under overload)."""
+        if self._shedding():
+            self._metrics.shed.labels("shadow", "overload").inc(len(route.shadows))
+            done({})
+            return
         task = asyncio.create_task(self._mirror(route, tensors, primary, done))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

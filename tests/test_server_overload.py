@@ -1,17 +1,28 @@
-"""Overload and several workers, on a gateway with a tiny queue, 2 workers and a slow model."""
+"""Overload: a tiny queue refuses with 429 at once; a spike of callers past capacity keeps the
+accepted answers within the SLO while labels and the operators' routes go on; several workers."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections import Counter
 
 import aiohttp
+import numpy as np
 import pytest
 
 from service import registry
+from service.cli import MONITOR_SERVICE
 from service.demo.wide_model import build_wide_model
-from service.launch import running_server
-from tests.conftest import METRICS_AUTH, write_config
+from service.launch import free_port, running_server
+from tests.conftest import (
+    ADMIN_AUTH,
+    ADMIN_ENV,
+    METRICS_AUTH,
+    local_monitor,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 ROWS = [[0.5] * 30] * 100
@@ -71,3 +82,80 @@ async def test_two_workers_answer_and_metrics_add_up(overload_url):
             assert all(status == 200 for status, _, _ in results)
         after = await metric_sum(session, overload_url, prefix)
     assert after - before == 6
+
+
+ROW = [14.0, 20.0, 90.0, 600.0, 0.1, 0.1, 0.08, 0.05, 0.18, 0.06] * 3
+
+
+async def test_a_spike_past_capacity_keeps_answers_within_the_slo_and_labels_flowing(
+    demo_models, tmp_path
+):
+    """512 callers that retry at once on one worker: every answer is a 200 or a 429 with
+    Retry-After, the 200s stay within the SLO, and labels, health, metrics and the admin API
+    answer meanwhile."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        data_dir=str(tmp_path / "data"),
+        monitor=local_monitor(port),
+        endpoints={"cancer": {"variants": [{"name": "stable", "model": "cancer:v1"}]}},
+    )
+    statuses, retry_after, ok_latencies, errors, side = Counter(), 0, [], 0, []
+    with (
+        running_server(config, port=port, service=MONITOR_SERVICE),
+        running_server(config, env=ADMIN_ENV) as url,
+    ):
+        connector = aiohttp.TCPConnector(limit=600)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            stop = time.monotonic() + 5
+
+            async def caller() -> None:
+                nonlocal retry_after, errors
+                while time.monotonic() < stop:
+                    started = time.monotonic()
+                    try:
+                        async with session.post(
+                            f"{url}/predict/cancer", json={"instances": [ROW]}
+                        ) as answer:
+                            body = await answer.json()
+                    except aiohttp.ClientError:
+                        errors += 1
+                        continue
+                    statuses[answer.status] += 1
+                    if answer.status == 200:
+                        ok_latencies.append(time.monotonic() - started)
+                        if len(ok_latencies) % 50 == 0:
+                            side.append(await labelled(session, url, body["request_id"]))
+                    elif "Retry-After" in answer.headers:
+                        retry_after += 1
+
+            async def probes() -> None:
+                await asyncio.sleep(2)
+                for path, headers in (
+                    ("/readyz", {}),
+                    ("/metrics", METRICS_AUTH),
+                    ("/admin/routing", ADMIN_AUTH),
+                ):
+                    started = time.monotonic()
+                    async with session.get(f"{url}{path}", headers=headers) as answer:
+                        side.append((path, answer.status, time.monotonic() - started))
+
+            await asyncio.gather(probes(), *(caller() for _ in range(512)))
+    assert errors == 0 and set(statuses) <= {200, 429}, (statuses, errors)
+    assert statuses[429] > 0 and retry_after == statuses[429], statuses
+    p99 = float(np.percentile(ok_latencies, 99))
+    slowest = max(seconds for _, _, seconds in side)
+    print(
+        f"spike: {dict(statuses)}, 200s p99 {p99 * 1000:.0f} ms, slowest side call {slowest:.2f} s"
+    )
+    assert p99 <= 0.1, f"accepted requests' p99 {p99 * 1000:.0f} ms is over the 100 ms SLO"
+    labels = [s for s in side if s[0] == "/feedback"]
+    assert labels and all(status == 200 for _, status, _ in labels), labels
+    assert all(status == 200 and seconds < 2 for _, status, seconds in side), side
+
+
+async def labelled(session, url: str, request_id: str) -> tuple[str, int, float]:
+    started = time.monotonic()
+    label = {"request_id": request_id, "label": "benign"}
+    async with session.post(f"{url}/feedback", json=label) as answer:
+        return "/feedback", answer.status, time.monotonic() - started

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.codecs import decode_json
-from service.errors import BadRequest, Conflict, NotFound
+from service.errors import BadRequest, Conflict, NotFound, Overloaded
 from service.gateway import Gateway
 from service.http.body import read_body
 from service.http.common import gateway_of
@@ -51,9 +51,22 @@ def _checked(gateway: Gateway, item: object, position: int) -> dict:
 
 
 async def feedback(request: Request) -> Response:
+    """Labels have a budget of their own (``admission.feedback_concurrency`` calls in flight per
+    worker), so a flood of them cannot crowd out predictions, nor predictions them."""
     gateway = gateway_of(request)
     if not gateway.recorder.enabled:
         raise NotFound("feedback needs a monitor: set monitor.url in gateway.yaml")
+    if gateway.feedback_in_flight >= gateway.config.admission.feedback_concurrency:
+        gateway.metrics.shed.labels("feedback", "in_flight").inc()
+        raise Overloaded("too many /feedback calls in flight: retry shortly (nothing was stored)")
+    gateway.feedback_in_flight += 1
+    try:
+        return await _store_labels(request, gateway)
+    finally:
+        gateway.feedback_in_flight -= 1
+
+
+async def _store_labels(request: Request, gateway: Gateway) -> Response:
     body = await read_body(request, gateway.config.limits.max_body_bytes)
     data = decode_json(body)
     items = data.get("labels") if isinstance(data, dict) and "labels" in data else [data]

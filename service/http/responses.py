@@ -68,3 +68,12 @@ EXCEPTION_HANDLERS = {
     HTTPException: http_error,
     Exception: unexpected_error,
 }
+
+
+async def error_response(request: Request, error: Exception) -> Response:
+    """The answer to ``error`` by the first handler for its class (as Starlette picks them), for
+    calls that do not go through the app's own exception middleware (service/http/gate.py)."""
+    for kind in type(error).__mro__:
+        if kind in EXCEPTION_HANDLERS:
+            return await EXCEPTION_HANDLERS[kind](request, error)
+    return await unexpected_error(request, error)

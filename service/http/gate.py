@@ -1,0 +1,117 @@
+"""The outermost ASGI app of a gateway worker: predictions are admitted before anything else is
+done for them, and refused cheaply when they cannot be served in time.
+
+Prediction calls (``POST /predict/{endpoint}``, ``POST /v2/models/{model}[/versions/{v}]/infer``)
+ask ``Admission`` (service/admission.py) first; admitted, they go straight to their handler
+(service/http/predict.py, oip.py), past BentoML's middleware stack and Starlette's router, none of
+which serves them (tracing is off for these paths, metrics are the gateway's own, the access log is
+off, the timeout is the SLO's business here; errors become answers with the same handlers as
+everywhere, service/http/responses.py); refused, they get a 429 without their body being read.
+Everything else goes to BentoML's app as before, so ``bentoml serve`` and its routes (``/livez``,
+``/readyz``, the gateway's own app mounted at ``/``) work unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.admission import Admission
+from service.http.oip import infer
+from service.http.predict import predict
+from service.http.responses import error_response
+
+Scope = MutableMapping
+ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+ROUTES: tuple[tuple[str, re.Pattern, Handler], ...] = (
+    ("predict", re.compile(r"/predict/(?P<endpoint>[^/]+)"), predict),
+    (
+        "infer",
+        re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer"),
+        infer,
+    ),
+)
+"""(route name, path, handler) of the prediction calls: the same paths as the app's routes."""
+
+
+def prediction(scope: Scope) -> tuple[str, dict, Handler] | None:
+    """(route name, path parameters, handler) when ``scope`` is a prediction call."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return None
+    for name, path, handler in ROUTES:
+        match = path.fullmatch(scope["path"])
+        if match:
+            return name, {k: v for k, v in match.groupdict().items() if v is not None}, handler
+    return None
+
+
+class PredictionGate:
+    """The worker's outermost ASGI app: predictions through ``Admission`` to the gateway's own app,
+    everything else to BentoML's."""
+
+    def __init__(
+        self,
+        bentoml_app: ASGIApp,
+        gateway_app: ASGIApp,
+        admission: Callable[[], Admission | None],
+        refused: Callable[[str], None],
+        worker: str,
+    ) -> None:
+        self.bentoml_app = bentoml_app
+        self.gateway_app = gateway_app
+        self.admission = admission
+        """This worker's admission, once its gateway has started (None before)."""
+        self.refused = refused
+        """Counts a refusal by route (``predict`` or ``infer``)."""
+        self.worker = worker
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        call = prediction(scope)
+        admission = self.admission() if call is not None else None
+        if admission is None:
+            await self.bentoml_app(scope, receive, send)
+            return
+        name, params, handler = call
+        if not admission.admit():
+            await self._refuse(admission, name, send)
+            return
+        started = time.monotonic()
+        try:
+            scope["app"], scope["path_params"] = self.gateway_app, params
+            request = Request(scope, receive)
+            try:
+                response = await handler(request)
+            except Exception as error:
+                response = await error_response(request, error)
+            await response(scope, receive, send)
+        finally:
+            admission.done(time.monotonic() - started)
+
+    async def _refuse(self, admission: Admission, route: str, send: Callable) -> None:
+        self.refused(route)
+        admission.held += 1
+        try:
+            await asyncio.sleep(admission.hold_s())
+        finally:
+            admission.held -= 1
+        retry = admission.retry_after_s()
+        body = msgspec.json.encode(
+            {"error": f"the gateway is overloaded: retry after {retry} s (nothing was done)"}
+        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(retry).encode()),
+            (b"x-gateway-worker", self.worker.encode()),
+        ]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
