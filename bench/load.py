@@ -14,7 +14,7 @@ import numpy as np
 
 
 async def _closed_loop(
-    url: str, body: bytes, headers: dict, concurrency: int, seconds: float
+    url: str, body: bytes, headers: dict, concurrency: int, seconds: float, warm_up_s: float
 ) -> dict:
     statuses: Counter = Counter()
     ok_latencies: list[float] = []
@@ -22,7 +22,7 @@ async def _closed_loop(
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        warm_until = time.monotonic() + 1.0
+        warm_until = time.monotonic() + warm_up_s
         stop = warm_until + seconds
 
         async def connection() -> None:
@@ -59,7 +59,11 @@ async def _closed_loop(
     }
 
 
-def closed_loop(url: str, body: bytes, concurrency: int, seconds: float, headers=None) -> dict:
-    """One closed-loop run (after 1 s of warm-up that is not counted)."""
+def closed_loop(
+    url: str, body: bytes, concurrency: int, seconds: float, headers=None, warm_up_s: float = 0.0
+) -> dict:
+    """One closed-loop run after a warm-up that is not counted (by default 1 s, and 1 s more per
+    1,000 connections, which take that long to open)."""
     headers = {"Content-Type": "application/json", **(headers or {})}
-    return asyncio.run(_closed_loop(url, body, headers, concurrency, seconds))
+    warm_up_s = warm_up_s or 1.0 + concurrency / 1000
+    return asyncio.run(_closed_loop(url, body, headers, concurrency, seconds, warm_up_s))

@@ -2,7 +2,7 @@
 
 ``Admission`` is an adaptive concurrency limit in the manner of Netflix's concurrency-limits, run on
 time: every ``WINDOW_S`` it compares the 90th percentile of the latency of the predictions it
-admitted with the budget (half of ``server.latency_slo_ms`` unless ``admission.queue_budget_ms``
+admitted with the budget (a third of ``server.latency_slo_ms`` unless ``admission.queue_budget_ms``
 says otherwise) and shrinks the limit in proportion when they took too long, or grows it while it
 is what holds traffic back and they are well within. service/http/gate.py asks it before a
 prediction's body is read, and holds each refusal for a moment first (longer the more callers are

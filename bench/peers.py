@@ -1,0 +1,169 @@
+"""The peers the gateway is measured against, started the way their users start them:
+
+- a bare Starlette app on uvicorn (uvloop, httptools, one worker): parse the OIP JSON body, run
+  ``InferenceSession.run``, write the OIP JSON answer; nothing else (no routing, validation,
+  metrics or recording): the floor of what a Python server can do with this model;
+- MLServer 1.7.1 with a 15-line onnxruntime runtime, in a virtual environment of its own that the
+  benchmark creates on first use (``bench/.mlserver-venv``), so the project's dependencies stay
+  clean.
+
+Each is a context manager that yields the base URL of a server ready on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from service.launch import free_port, stop
+
+ROOT = Path(__file__).resolve().parents[1]
+MLSERVER_VENV = ROOT / "bench" / ".mlserver-venv"
+MLSERVER_VERSION = "1.7.1"
+
+BARE_APP = """
+import os, msgspec, numpy as np, onnxruntime as ort
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+session = ort.InferenceSession(os.environ["BARE_MODEL"], providers=["CPUExecutionProvider"])
+names = [o.name for o in session.get_outputs()]
+
+async def infer(request):
+    body = msgspec.json.decode(await request.body())
+    tensor = body["inputs"][0]
+    x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+    outputs = session.run(None, {tensor["name"]: x})
+    answer = {"model_name": request.path_params["model"], "outputs": [
+        {"name": n, "datatype": {"f": "FP32", "i": "INT64"}.get(o.dtype.kind, "BYTES"),
+         "shape": list(o.shape), "data": o.reshape(-1).tolist()}
+        for n, o in zip(names, outputs)]}
+    return Response(msgspec.json.encode(answer), media_type="application/json")
+
+async def ready(request):
+    return Response(b"{}", media_type="application/json")
+
+app = Starlette(routes=[Route("/v2/models/{model}/infer", infer, methods=["POST"]),
+                        Route("/v2/health/ready", ready)])
+"""
+
+MLSERVER_RUNTIME = """
+import numpy as np, onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+class OnnxRuntime(MLModel):
+    async def load(self) -> bool:
+        self.session = ort.InferenceSession(self.settings.parameters.uri, providers=["CPUExecutionProvider"])
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = NumpyCodec.decode_input(payload.inputs[0]).astype(np.float32)
+        outputs = self.session.run(None, {payload.inputs[0].name: x})
+        names = [o.name for o in self.session.get_outputs()]
+        return InferenceResponse(model_name=self.name, outputs=[
+            NumpyCodec.encode_output(n, o) for n, o in zip(names, outputs)])
+"""
+
+
+def _wait(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} was not ready within {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def _serving(
+    command: list[str], env: dict, cwd: Path | None = None, port: int | None = None
+) -> Iterator[str]:
+    port = port or free_port()
+    command = [part.replace("{port}", str(port)) for part in command]
+    process = subprocess.Popen(
+        command,
+        env={**env, "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url, process)
+        yield url
+    finally:
+        stop(process)
+
+
+@contextlib.contextmanager
+def bare_app(model: Path) -> Iterator[str]:
+    """The bare Starlette + uvicorn + onnxruntime app serving ``model`` at any OIP model name."""
+    with tempfile.TemporaryDirectory() as directory:
+        (Path(directory) / "bare.py").write_text(BARE_APP)
+        command = [
+            sys.executable, "-m", "uvicorn", "bare:app", "--port", "{port}", "--host",
+            "127.0.0.1", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+        ]  # fmt: skip
+        with _serving(command, {"BARE_MODEL": str(model)}, cwd=Path(directory)) as url:
+            yield url
+
+
+def mlserver_python() -> Path:
+    """MLServer's own virtual environment, created (once) with pip from PyPI."""
+    python = MLSERVER_VENV / "bin" / "python"
+    if not (MLSERVER_VENV / ".installed").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet",
+             f"mlserver=={MLSERVER_VERSION}", "onnxruntime", "numpy<2.3"],
+            check=True,
+        )  # fmt: skip
+        (MLSERVER_VENV / ".installed").touch()
+    return python
+
+
+@contextlib.contextmanager
+def mlserver(model: Path, name: str = "cancer") -> Iterator[str]:
+    """MLServer with one worker and an onnxruntime runtime serving ``model`` as ``name``."""
+    python = mlserver_python()
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        (root / "runtime.py").write_text(MLSERVER_RUNTIME)
+        port = free_port()
+        settings = {
+            "http_port": port,
+            "grpc_port": free_port(),
+            "parallel_workers": 0,
+            "metrics_endpoint": None,
+        }
+        (root / "settings.json").write_text(json.dumps(settings))
+        (root / name).mkdir()
+        (root / name / "model-settings.json").write_text(
+            json.dumps(
+                {
+                    "name": name,
+                    "implementation": "runtime.OnnxRuntime",
+                    "parameters": {"uri": str(model)},
+                }
+            )
+        )
+        command = [str(python.parent / "mlserver"), "start", str(root)]
+        with _serving(command, {"PYTHONPATH": str(root)}, cwd=root, port=port) as url:
+            yield url

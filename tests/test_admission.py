@@ -1,0 +1,76 @@
+"""The admission controller (pure, a fake clock): it shrinks when admitted predictions take longer
+than the budget, grows while it holds traffic back and they are fast, holds refusals longer the
+more callers it refuses, and says how long the backlog takes to drain."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.admission import MAX_HOLD_S, WINDOW_S, Admission
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def window(admission: Admission, clock: Clock, latency_s: float, calls: int = 20) -> None:
+    """``calls`` predictions (all admitted: fewer than the limit) finishing after ``latency_s``,
+    then the window closes."""
+    for _ in range(calls):
+        assert admission.admit()
+    for _ in range(calls - 1):
+        admission.done(latency_s)
+    clock.now += WINDOW_S * 1.01
+    admission.done(latency_s)  # closes the window
+
+
+def test_it_admits_up_to_the_limit_and_remembers_refusing():
+    clock = Clock()
+    admission = Admission(0.03, 4, 100, 200, clock)
+    admitted = sum(admission.admit() for _ in range(80))
+    assert admitted == 64 and admission.in_flight == 64 and admission.shedding
+    clock.now += 2
+    assert not admission.shedding  # optional work comes back a second after the last refusal
+
+
+def test_slow_windows_shrink_the_limit_and_fast_limited_ones_grow_it():
+    clock = Clock()
+    limits = []
+    admission = Admission(0.03, 4, 1000, 200, clock, on_limit=limits.append)
+    window(admission, clock, latency_s=0.09)  # three times the budget
+    assert admission.limit == pytest.approx(32)  # halved at most per window
+    window(admission, clock, latency_s=0.04)
+    assert admission.limit == pytest.approx(32 * 0.03 / 0.04)
+    before = admission.limit
+    window(admission, clock, latency_s=0.005)  # fast, but nobody was refused: no reason to grow
+    assert admission.limit == before
+    for _ in range(int(before) + 1):
+        admission.admit()  # the last one is refused
+    admission.in_flight = 0
+    window(admission, clock, latency_s=0.005)  # fast and refusing: grow
+    assert admission.limit > before and limits[-1] == admission.limit
+    for _ in range(50):
+        window(admission, clock, latency_s=1.0, calls=4)
+    assert admission.limit == 4  # never below the floor
+
+
+def test_refusals_are_held_longer_the_more_callers_are_refused():
+    admission = Admission(0.03, 4, 100, 200, Clock())
+    assert admission.hold_s() == pytest.approx(0.01)
+    admission.held = 199
+    assert admission.hold_s() == pytest.approx(1.0)  # 200 held callers: 200 refusals a second
+    admission.held = 10_000
+    assert admission.hold_s() == MAX_HOLD_S
+
+
+def test_retry_after_is_the_backlogs_drain_time_in_whole_seconds():
+    admission = Admission(0.03, 4, 100, 200, Clock())
+    assert admission.retry_after_s() == 1
+    admission.throughput, admission.in_flight, admission.held = 1000.0, 100, 2400
+    assert admission.retry_after_s() == 3
+    admission.held = 10**6
+    assert admission.retry_after_s() == 30
