@@ -3,9 +3,14 @@
 Requests wait in a bounded queue; ``concurrency`` worker tasks each take what is waiting (up to
 ``max_batch_size`` rows, waiting at most ``max_wait_ms`` for more once a batch has started), stack
 the rows, run the model once in a thread (onnxruntime releases the GIL, so the event loop keeps
-serving) and hand each caller its own rows back. Batches form by themselves under load, while a
-batch runs, so the wait can stay at 0 and an idle gateway adds no latency. A full queue is refused
-at once with ``Overloaded`` (429 + Retry-After), never dropped silently.
+serving) and hand each caller its own rows back. A model so small that the hop to the thread costs
+more than the run itself (the demo's logistic regression: about 10 us a row) is run on the event
+loop instead, when its ``RunCost`` (timed when it was loaded, before any traffic: run times measured
+under load mostly show the waits for the CPU and the GIL, not the model) says the batch at hand
+takes under ``INLINE_RUN_S``.
+Batches form by themselves under load, while a batch runs, so the wait can stay at 0 and an idle
+gateway adds no latency. A full queue is refused at once with ``Overloaded`` (429 + Retry-After),
+never dropped silently.
 """
 
 from __future__ import annotations
@@ -23,9 +28,43 @@ from service.errors import InferenceFailed, Overloaded
 
 Tensors = dict[str, np.ndarray]
 RunFn = Callable[[Tensors], Tensors]
+INLINE_RUN_S = 100e-6
+"""A batch predicted to run faster than this runs on the event loop: handing it to a thread and
+back costs the loop about as much CPU, and the answer waits for the thread to be scheduled."""
+TIMINGS = 3
+"""``RunCost.measure`` keeps the fastest of this many runs of each size."""
+
 BatchObserver = Callable[[int, float, list[float]], None]
 """Called after each batch with (rows, seconds spent running it, seconds each request waited in
 the queue before the run began)."""
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """What one run of a model takes: a fixed part and a part per row."""
+
+    fixed_s: float
+    per_row_s: float
+
+    def predict(self, rows: int) -> float:
+        return self.fixed_s + self.per_row_s * rows
+
+    @classmethod
+    def measure(cls, run: RunFn, inputs_of: Callable[[int], Tensors], rows: int) -> RunCost:
+        """Time warm runs of 1 row and of ``rows`` rows (the fastest of a few: nothing else runs
+        at load time, so the fastest is the model's own cost) and draw the line through them."""
+
+        def fastest(n: int) -> float:
+            inputs, times = inputs_of(n), []
+            for _ in range(TIMINGS):
+                started = time.perf_counter()
+                run(inputs)
+                times.append(time.perf_counter() - started)
+            return min(times)
+
+        one = fastest(1)
+        per_row = max(fastest(rows) - one, 0.0) / (rows - 1) if rows > 1 else 0.0
+        return cls(max(one - per_row, 0.0), per_row)
 
 
 @dataclass
@@ -49,7 +88,9 @@ class Batcher:
         concurrency: int = 1,
         observe_batch: BatchObserver | None = None,
         name: str = "model",
+        cost: RunCost | None = None,
     ) -> None:
+        """Without a ``cost`` (never measured), every run goes to the thread."""
         self._run = run
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_ms / 1000.0
@@ -61,6 +102,7 @@ class Batcher:
         self._carry: _Pending | None = None
         self._workers: list[asyncio.Task] = []
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"infer-{name}")
+        self._cost = cost
 
     def _start(self) -> asyncio.Queue[_Pending]:
         self._queue = asyncio.Queue(maxsize=self._max_queue)
@@ -119,7 +161,10 @@ class Batcher:
         """Run a batch and hand each caller its rows. If the run fails, each request is run alone,
         so a request the model cannot take fails by itself and never its batch-mates."""
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            if self._runs_inline(sum(p.rows for p in batch)):
+                outputs = self._run_batch(batch)
+            else:
+                outputs = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except Exception as error:  # a model fault fails its callers, never the worker
             if len(batch) > 1:
                 for pending in batch:
@@ -134,8 +179,12 @@ class Batcher:
             if not pending.future.done():
                 pending.future.set_result(result)
 
+    def _runs_inline(self, rows: int) -> bool:
+        """Whether a batch of ``rows`` is predicted to be cheaper to run than to hand over."""
+        return self._cost is not None and self._cost.predict(rows) < INLINE_RUN_S
+
     def _run_batch(self, batch: list[_Pending]) -> list[Tensors]:
-        """Stack, run once, split back. Runs in the executor thread."""
+        """Stack, run once, split back: in the executor thread, or inline for a tiny model."""
         started = time.perf_counter()
         if len(batch) == 1:
             results = [self._run(batch[0].inputs)]
@@ -148,9 +197,9 @@ class Batcher:
                 {n: value[offsets[i] : offsets[i + 1]] for n, value in outputs.items()}
                 for i in range(len(batch))
             ]
+        seconds, rows = time.perf_counter() - started, sum(p.rows for p in batch)
         if self._observe_batch is not None:
-            waits = [started - p.queued_at for p in batch]
-            self._observe_batch(sum(p.rows for p in batch), time.perf_counter() - started, waits)
+            self._observe_batch(rows, seconds, [started - p.queued_at for p in batch])
         return results
 
     async def close(self) -> None:

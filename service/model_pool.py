@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service import registry
-from service.batching import Batcher
+from service.batching import Batcher, RunCost
 from service.config import GatewayConfig
 from service.errors import ConfigError
 from service.metrics import GatewayMetrics
@@ -76,6 +76,7 @@ class ModelLoader:
                 directory / MODEL_FILE, card, self.providers, runtime.intra_op_threads
             )
             session.warm_up(runtime.warmup_rows)
+            cost = RunCost.measure(session.run, session.zeros, batching.max_batch_size)
         except Exception as error:  # onnxruntime raises its own exception types
             raise ConfigError(f"model {tag} does not load: {error}") from None
         stack = batching.enabled and _can_stack(card)
@@ -87,6 +88,7 @@ class ModelLoader:
             concurrency=batching.concurrency,
             observe_batch=self.metrics.batch_observer(card.name, card.version),
             name=tag,
+            cost=cost,
         )
         self.metrics.model_loaded.labels(card.name, card.version, session.provider).set(1)
         log.info(

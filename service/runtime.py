@@ -90,11 +90,15 @@ class ModelSession:
         values = self.session.run(self.output_names, inputs)
         return dict(zip(self.output_names, values))
 
-    def warm_up(self, rows: int) -> None:
-        """Run once on zeros so the first real request does not pay for lazy initialisation."""
+    def zeros(self, rows: int) -> dict[str, np.ndarray]:
+        """Inputs of ``rows`` rows of zeros, the shapes and types the model takes."""
         feeds = {}
         for spec in self.card.inputs:
             shape = [rows if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(spec.shape)]
             dtype = OIP_TO_NUMPY[spec.datatype]
             feeds[spec.name] = np.zeros(shape, dtype=np.str_ if dtype.kind == "O" else dtype)
-        self.run(feeds)
+        return feeds
+
+    def warm_up(self, rows: int) -> None:
+        """Run once on zeros so the first real request does not pay for lazy initialisation."""
+        self.run(self.zeros(rows))

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import Batcher
+from service.batching import Batcher, RunCost
 from service.errors import InferenceFailed, Overloaded
 
 
@@ -45,11 +45,59 @@ async def test_concurrent_requests_are_batched_and_split_back():
     await batcher.close()
 
 
-async def test_runs_happen_off_the_event_loop_thread():
+ONE_ROW = {"x": np.ones((1, 1))}
+
+
+def loop_thread_only(model: RecordingModel) -> bool:
+    return model.threads == {threading.current_thread().name}
+
+
+async def test_a_model_slower_than_a_thread_hop_at_warm_up_runs_off_the_event_loop_thread():
+    model = RecordingModel()
+    batcher = Batcher(model, max_batch_size=8, max_wait_ms=0, max_queue=10, cost=RunCost(1e-3, 0.0))
+    for _ in range(5):
+        await batcher.submit(ONE_ROW, 1)
+    assert threading.current_thread().name not in model.threads
+    await batcher.close()
+
+
+def test_run_cost_is_the_line_through_the_fastest_runs_of_one_row_and_a_full_batch():
+    def run(inputs):
+        time.sleep(0.002 + 0.0001 * len(inputs["x"]))
+        return {}
+
+    cost = RunCost.measure(run, lambda rows: {"x": np.zeros((rows, 1))}, 64)
+    assert cost.fixed_s == pytest.approx(0.002, abs=5e-4)
+    assert cost.per_row_s == pytest.approx(0.0001, rel=0.2)
+    assert cost.predict(32) == pytest.approx(0.002 + 0.0032, rel=0.15)
+
+
+async def test_a_batch_predicted_too_big_for_the_loop_goes_to_the_thread():
+    model = RecordingModel()
+    batcher = Batcher(model, max_batch_size=64, max_wait_ms=0, max_queue=10, cost=RunCost(0, 2e-6))
+    await batcher.submit({"x": np.ones((8, 1))}, 8)  # 16 us predicted: inline
+    assert loop_thread_only(model)
+    model.threads.clear()
+    await batcher.submit({"x": np.ones((64, 1))}, 64)  # 128 us predicted: the thread
+    assert threading.current_thread().name not in model.threads
+    await batcher.close()
+
+
+async def test_a_model_never_timed_runs_off_the_event_loop_thread():
     model = RecordingModel()
     batcher = Batcher(model, max_batch_size=8, max_wait_ms=0, max_queue=10)
-    await batcher.submit({"x": np.ones((1, 1))}, 1)
-    assert threading.main_thread().name not in model.threads
+    for _ in range(5):
+        await batcher.submit(ONE_ROW, 1)
+    assert threading.current_thread().name not in model.threads
+    await batcher.close()
+
+
+async def test_a_tiny_model_runs_inline():
+    model = RecordingModel()
+    batcher = Batcher(model, max_batch_size=8, max_wait_ms=0, max_queue=10, cost=RunCost(2e-5, 0.0))
+    for _ in range(3):
+        await batcher.submit(ONE_ROW, 1)
+    assert loop_thread_only(model)  # cheaper inline than handed over, from the first request
     await batcher.close()
 
 
