@@ -9,8 +9,9 @@ stays one path segment.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
+import threading
 
 from service.errors import BadRequest
 
@@ -26,9 +27,35 @@ _REQUEST_ID_RE = re.compile(f"(?P<endpoint>{_NAME}):[0-9a-f]{{32}}")
 so a label can be checked against that endpoint's models before its record reaches the monitor."""
 
 
+class _RandomHex:
+    """128-bit random hex strings from the OS's CSPRNG, read 256 at a time: one system call per
+    request was a measurable part of a served answer. Safe across threads and forks."""
+
+    IDS_PER_READ = 256
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a child must not repeat its parent's
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._hex, self._next = "", 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._next >= len(self._hex):
+                self._hex, self._next = os.urandom(16 * self.IDS_PER_READ).hex(), 0
+            start = self._next
+            self._next += 32
+            return self._hex[start : start + 32]
+
+
+_random_hex = _RandomHex()
+
+
 def new_request_id(endpoint: str) -> str:
     """A fresh request id for an answer of ``endpoint``."""
-    return f"{endpoint}:{secrets.token_hex(16)}"
+    return f"{endpoint}:{_random_hex()}"
 
 
 def endpoint_of(request_id: object) -> str | None:
