@@ -38,12 +38,14 @@ promtool:
 test: lint promtool
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# The benchmarks drive load with wrk (Debian package), installed here when missing.
+# Serving and overload drive load with aiohttp callers (bench/load.py), as the issues measure it;
+# routing and recording use wrk (Debian package), installed here when missing.
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 
 bench: $(STAMP) wrk
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/overload.py
 	$(BIN)/python bench/routing.py
 	$(BIN)/python bench/drift.py
 	$(BIN)/python bench/recording.py

@@ -6,6 +6,7 @@ imports BentoML.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -30,7 +31,9 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from service import registry  # noqa: E402
+from service.cli import MONITOR_SERVICE  # noqa: E402
 from service.demo.models import build_demo_models  # noqa: E402
+from service.launch import free_port, running_server  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
@@ -149,3 +152,32 @@ def write_results(name: str, results: list[dict] | dict) -> Path:
     out.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     print(f"wrote {out}")
     return out
+
+
+def _gateway_config(directory: Path, **sections) -> Path:
+    port = free_port()
+    config = {
+        "model_store": str(HOME / "bentoml"),
+        "data_dir": str(directory / "data"),
+        "monitor": {"url": f"http://127.0.0.1:{port}", "port": port},
+        "endpoints": {"cancer": {"variants": [{"name": "stable", "model": "cancer:v1"}]}},
+        **sections,
+    }
+    path = directory / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@contextlib.contextmanager
+def gateway(**sections):
+    """A gateway serving cancer:v1 and its monitor, every feature on (routing, validation,
+    metrics, recording every request with its inputs); ``sections`` override the config's.
+    Yields the gateway's URL."""
+    with tempfile.TemporaryDirectory() as directory:
+        config = _gateway_config(Path(directory), **sections)
+        monitor_port = yaml.safe_load(config.read_text())["monitor"]["port"]
+        with (
+            running_server(config, port=monitor_port, service=MONITOR_SERVICE),
+            running_server(config) as url,
+        ):
+            yield url

@@ -13,54 +13,22 @@ go to bench/results/overload.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402
-import yaml  # noqa: E402
 
-from bench.harness import HOME, register_demo_models, write_results  # noqa: E402
+from bench.harness import gateway, register_demo_models, write_results  # noqa: E402
 from bench.load import closed_loop  # noqa: E402
 from bench.peers import bare_app, mlserver  # noqa: E402
 from service import registry  # noqa: E402
-from service.cli import MONITOR_SERVICE  # noqa: E402
-from service.launch import free_port, running_server  # noqa: E402
 from service.model_card import MODEL_FILE  # noqa: E402
 
 CONCURRENCY = (64, 256, 1024, 2048)
-
-
-def _config(directory: Path, **sections) -> Path:
-    port = free_port()
-    config = {
-        "model_store": str(HOME / "bentoml"),
-        "data_dir": str(directory / "data"),
-        "monitor": {"url": f"http://127.0.0.1:{port}", "port": port},
-        "endpoints": {"cancer": {"variants": [{"name": "stable", "model": "cancer:v1"}]}},
-        **sections,
-    }
-    path = directory / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@contextlib.contextmanager
-def gateway(**sections):
-    """A gateway and its monitor, all features on; yields the gateway's URL."""
-    with tempfile.TemporaryDirectory() as directory:
-        config = _config(Path(directory), **sections)
-        monitor_port = yaml.safe_load(config.read_text())["monitor"]["port"]
-        with (
-            running_server(config, port=monitor_port, service=MONITOR_SERVICE),
-            running_server(config) as url,
-        ):
-            yield url
 
 
 def worker(url: str) -> psutil.Process:

@@ -5,7 +5,9 @@
   metrics or recording): the floor of what a Python server can do with this model;
 - MLServer 1.7.1 with a 15-line onnxruntime runtime, in a virtual environment of its own that the
   benchmark creates on first use (``bench/.mlserver-venv``), so the project's dependencies stay
-  clean.
+  clean;
+- a plain BentoML ``@bentoml.api`` service on the same ONNX file (bench/plain_bentoml.py): JSON rows
+  in, outputs out, what a hand-rolled BentoML service does.
 
 Each is a context manager that yields the base URL of a server ready on a free loopback port.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -75,13 +78,15 @@ class OnnxRuntime(MLModel):
 """
 
 
-def _wait(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+def _wait(
+    url: str, process: subprocess.Popen, timeout_s: float = 120, probe: str = "/v2/health/ready"
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{url} exited with code {process.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as answer:
+            with urllib.request.urlopen(f"{url}{probe}", timeout=2) as answer:
                 if answer.status == 200:
                     return
         except OSError:
@@ -92,7 +97,11 @@ def _wait(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
 
 @contextlib.contextmanager
 def _serving(
-    command: list[str], env: dict, cwd: Path | None = None, port: int | None = None
+    command: list[str],
+    env: dict,
+    cwd: Path | None = None,
+    port: int | None = None,
+    probe: str = "/v2/health/ready",
 ) -> Iterator[str]:
     port = port or free_port()
     command = [part.replace("{port}", str(port)) for part in command]
@@ -106,20 +115,21 @@ def _serving(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(url, process)
+        _wait(url, process, probe=probe)
         yield url
     finally:
         stop(process)
 
 
 @contextlib.contextmanager
-def bare_app(model: Path) -> Iterator[str]:
+def bare_app(model: Path, workers: int = 1) -> Iterator[str]:
     """The bare Starlette + uvicorn + onnxruntime app serving ``model`` at any OIP model name."""
     with tempfile.TemporaryDirectory() as directory:
         (Path(directory) / "bare.py").write_text(BARE_APP)
         command = [
             sys.executable, "-m", "uvicorn", "bare:app", "--port", "{port}", "--host",
             "127.0.0.1", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+            "--workers", str(workers),
         ]  # fmt: skip
         with _serving(command, {"BARE_MODEL": str(model)}, cwd=Path(directory)) as url:
             yield url
@@ -167,3 +177,22 @@ def mlserver(model: Path, name: str = "cancer") -> Iterator[str]:
         command = [str(python.parent / "mlserver"), "start", str(root)]
         with _serving(command, {"PYTHONPATH": str(root)}, cwd=root, port=port) as url:
             yield url
+
+
+@contextlib.contextmanager
+def plain_bentoml(model: Path, workers: int = 1, adaptive: bool = False) -> Iterator[str]:
+    """bench/plain_bentoml.py serving ``model`` at ``POST /predict`` (``{"instances": rows}``);
+    ``adaptive``: with BentoML's adaptive batching."""
+    env = {
+        "BENCH_MODEL": str(model),
+        "BENCH_WORKERS": str(workers),
+        "BENCH_ADAPTIVE": "1" if adaptive else "0",
+        "BENTOML_HOME": os.environ.get("BENTOML_HOME", ""),
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+    command = [
+        sys.executable, "-m", "bentoml", "serve", "bench.plain_bentoml:Plain", "--port", "{port}",
+        "--host", "127.0.0.1",
+    ]  # fmt: skip
+    with _serving(command, env, cwd=ROOT, probe="/readyz") as url:
+        yield url

@@ -2,7 +2,7 @@
 
 It does the same work per request as the gateway's plain API (JSON rows in, label and probabilities
 out) through an ordinary ``@bentoml.api`` method, with access logging off as the gateway has it.
-``BENCH_MODEL`` names the ONNX file. With ``BENCH_ADAPTIVE=1`` it uses BentoML's adaptive batching
+``BENCH_MODEL`` names the ONNX file, ``BENCH_WORKERS`` the number of worker processes. With ``BENCH_ADAPTIVE=1`` it uses BentoML's adaptive batching
 instead (``batchable=True``), the alternative to the gateway's in-process batcher.
 """
 
@@ -17,7 +17,11 @@ import onnxruntime as ort
 ADAPTIVE = os.environ.get("BENCH_ADAPTIVE") == "1"
 
 
-@bentoml.service(name="plain", workers=1, logging={"access": {"enabled": False}})
+@bentoml.service(
+    name="plain",
+    workers=int(os.environ.get("BENCH_WORKERS", "1")),
+    logging={"access": {"enabled": False}},
+)
 class Plain:
     def __init__(self) -> None:
         self.session = ort.InferenceSession(
