@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   build the demo models, start the gateway on :3000, drive traffic through a canary
 #   make test   lint and run the whole test suite (unit + integration against the real server)
+#   (make test-unit: the tests that start no server, in about a minute)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ PORT ?= 3000
 DEMO_HOME ?= .gateway-home
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: demo serve-demo test lint format bench clean promtool wrk
+.PHONY: demo serve-demo test test-unit lint format bench clean promtool wrk
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +25,12 @@ serve-demo: $(STAMP)
 	$(BIN)/gateway demo --home $(DEMO_HOME) --port $(PORT) --serve-only
 
 lint: $(STAMP)
-	$(BIN)/ruff check service traffic monitors tests bench grafana loadtests
-	$(BIN)/ruff format --check service traffic monitors tests bench grafana loadtests
+	$(BIN)/ruff check service traffic monitors storage tests bench grafana loadtests
+	$(BIN)/ruff format --check service traffic monitors storage tests bench grafana loadtests
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix service traffic monitors tests bench grafana loadtests
-	$(BIN)/ruff format service traffic monitors tests bench grafana loadtests
+	$(BIN)/ruff check --fix service traffic monitors storage tests bench grafana loadtests
+	$(BIN)/ruff format service traffic monitors storage tests bench grafana loadtests
 
 # promtool (Debian's prometheus package) checks the metrics; installed here when missing.
 promtool:
@@ -37,6 +38,10 @@ promtool:
 
 test: lint promtool
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Everything but the tests that start real servers (marked integration): the edit-test loop.
+test-unit: $(STAMP) promtool
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration"
 
 # Serving and overload drive load with aiohttp callers (bench/load.py), as the issues measure it;
 # routing and recording use wrk (Debian package), installed here when missing.

@@ -31,9 +31,12 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from service import registry  # noqa: E402
-from service.cli import MONITOR_SERVICE  # noqa: E402
 from service.demo.models import build_demo_models  # noqa: E402
-from service.launch import free_port, running_server  # noqa: E402
+from service.launch import (  # noqa: E402
+    MONITOR_SERVICE,  # noqa: E402
+    free_port,
+    running_server,
+)
 
 RESULTS = ROOT / "bench" / "results"
 UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}

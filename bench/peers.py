@@ -35,7 +35,7 @@ BARE_APP = """
 import os, msgspec, numpy as np, onnxruntime as ort
 from starlette.applications import Starlette
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route as HttpRoute
 
 session = ort.InferenceSession(os.environ["BARE_MODEL"], providers=["CPUExecutionProvider"])
 names = [o.name for o in session.get_outputs()]
@@ -54,8 +54,8 @@ async def infer(request):
 async def ready(request):
     return Response(b"{}", media_type="application/json")
 
-app = Starlette(routes=[Route("/v2/models/{model}/infer", infer, methods=["POST"]),
-                        Route("/v2/health/ready", ready)])
+app = Starlette(routes=[HttpRoute("/v2/models/{model}/infer", infer, methods=["POST"]),
+                        HttpRoute("/v2/health/ready", ready)])
 """
 
 MLSERVER_RUNTIME = """

@@ -34,8 +34,11 @@ from bench.harness import (  # noqa: E402
     write_results,
     wrk,
 )
-from service.cli import MONITOR_SERVICE  # noqa: E402
-from service.launch import free_port, running_server  # noqa: E402
+from service.launch import (  # noqa: E402
+    MONITOR_SERVICE,  # noqa: E402
+    free_port,
+    running_server,
+)
 
 SYSTEMS = ("recording off", "recording on, live monitor")
 

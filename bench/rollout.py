@@ -32,8 +32,10 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from bench.harness import HOME, register_demo_models, write_results  # noqa: E402
-from service.cli import MONITOR_SERVICE  # noqa: E402
-from service.launch import running_server  # noqa: E402
+from service.launch import (
+    MONITOR_SERVICE,  # noqa: E402
+    running_server,  # noqa: E402
+)
 from tests.test_rollout import DEFAULT  # noqa: E402
 from tests.test_server_rollout import drive, rollout_config  # noqa: E402
 from traffic.simulation import ArmModel, Bursts, simulate  # noqa: E402

@@ -1,4 +1,4 @@
-"""Monitors: recording, windows, drift and quality reports, label joins (pure library; to come).
+"""Monitors: records and their store, label joins, drift and quality, reports (pure library).
 
 Imports neither ``service`` nor ``traffic``: the service layer hands it plain values.
 """

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ import msgspec
 import pandas as pd
 
 from monitors.records import PredictionRecord
+from storage.sqlite import SQLiteFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -72,6 +72,8 @@ ADDED_COLUMNS = {
 }
 """Columns newer than the first layout, added in place to an older file."""
 PAGE_BYTES = 4096
+BUSY_TIMEOUT_S = 10.0
+"""How long a statement waits for another thread's write lock before it fails."""
 PRUNE_CHUNK = 5000
 """Rows deleted per transaction when pruning, so ingestion never waits long behind it."""
 
@@ -97,10 +99,8 @@ class MonitorStore:
     def __init__(self, path: Path, max_bytes: int | None = None) -> None:
         """``max_bytes``: a cap on the file (SQLite's ``max_page_count``); writes past it raise
         ``StoreFull`` as a full disk would."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._path = path
-        self._max_pages = None if max_bytes is None else max(1, max_bytes // PAGE_BYTES)
-        self._local = threading.local()
+        cap = [] if max_bytes is None else [f"max_page_count={max(1, max_bytes // PAGE_BYTES)}"]
+        self._file = SQLiteFile(path, BUSY_TIMEOUT_S, cap)
         db = self._db()
         columns = {row[1] for row in db.execute("PRAGMA table_info(predictions)")}
         if columns and not columns >= set(RECORD_COLUMNS) - set(ADDED_COLUMNS["predictions"]):
@@ -116,14 +116,7 @@ class MonitorStore:
         db.executescript(SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self._path, timeout=10, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            if self._max_pages is not None:
-                db.execute(f"PRAGMA max_page_count={self._max_pages}")
-            self._local.db = db
-        return db
+        return self._file.connection()
 
     @contextmanager
     def _transaction(self, durable: bool) -> Iterator[sqlite3.Connection]:

@@ -4,7 +4,7 @@
    empties it whenever a server starts, so a second server on the same home (a monitor beside a
    gateway, two gateways, the tests) wipes the first one's metrics. ``gateway serve`` and
    ``gateway monitor`` give each server its own directory (``GATEWAY_METRICS_DIR``, see
-   ``service.cli.serve_env``); ``apply`` points prometheus_client at it.
+   ``service.launch.serve_env``); ``apply`` points prometheus_client at it.
 
 2. TimeoutMiddleware:
 
@@ -25,7 +25,7 @@ from typing import Any
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from starlette.responses import JSONResponse
 
-from service.cli import METRICS_DIR_ENV
+from service.launch import METRICS_DIR_ENV
 
 
 async def _timeout_call(self: TimeoutMiddleware, scope: Any, receive: Any, send: Any) -> None:

@@ -9,18 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from service.config import CONFIG_ENV
 from service.errors import ConfigError
+from service.launch import MONITOR_SERVICE, serve_command, serve_env
 
 MODEL_STORE_ENV = "BENTOML_HOME"
-METRICS_DIR_ENV = "GATEWAY_METRICS_DIR"  # read by service.bentoml_fixes in each server
-GATEWAY_SERVICE = "service.bento:Gateway"
-MONITOR_SERVICE = "service.monitor_bento:Monitor"
 
 
 def _use_model_store(path: Path | None) -> None:
@@ -74,8 +69,8 @@ def _checked_config(path: str):
 
     config = load_config(path)
     _use_model_store(config.model_store)
-    from service.model_pool import check_models
-    from service.routing import model_tags
+    from service.gateway.models import check_models
+    from service.state import model_tags
 
     return config, check_models(config, model_tags(config.tables()))
 
@@ -89,29 +84,6 @@ def _check(args: argparse.Namespace) -> int:
         f"version(s), device {device}"
     )
     return 0
-
-
-def serve_command(port: int, host: str, service: str = GATEWAY_SERVICE) -> list[str]:
-    """The ``bentoml serve`` command line for a service (its env comes from ``serve_env``)."""
-    bentoml_cli = Path(sys.executable).with_name("bentoml")
-    return [str(bentoml_cli), "serve", service, "--port", str(port), "--host", host]
-
-
-def serve_env(config_path: Path, port: int) -> dict[str, str]:
-    """The server's environment: its config, and a metrics directory of its own.
-
-    BentoML keeps every server's metric files in one directory under its home and empties it when a
-    server starts, so a second gateway on the same model store would wipe the first one's metrics.
-    Each gateway therefore gets a fresh directory per port (service/bento.py switches to it).
-    """
-    metrics_dir = Path(tempfile.gettempdir()) / f"gateway-metrics-{port}"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
-    return {
-        **os.environ,
-        CONFIG_ENV: str(Path(config_path).resolve()),
-        METRICS_DIR_ENV: str(metrics_dir),
-    }
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -74,7 +74,7 @@ class BatchingConfig(Strict):
 
 
 class AdmissionConfig(Strict):
-    """Admission of predictions under overload (service/admission.py)."""
+    """Admission of predictions under overload (service/gateway/admission.py)."""
 
     queue_budget_ms: float | None = Field(
         None, gt=0, description="how long admitted predictions may take; default a third of the SLO"

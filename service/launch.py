@@ -1,23 +1,56 @@
-"""Starting a gateway as a child process on loopback and waiting until it is ready.
+"""How a gateway or monitor server is started: the ``bentoml serve`` command and environment
+(``gateway serve`` and ``gateway monitor`` exec them), and a child process on loopback waited on
+until it is ready.
 
-Used by the demo, the integration tests and the benchmarks, so all three start the real server the
-same way: ``bentoml serve`` in its own process group, torn down as a whole.
+Used by the CLI, the demo, the integration tests and the benchmarks, so all of them start the real
+server the same way: ``bentoml serve`` in its own process group, torn down as a whole.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from service.cli import GATEWAY_SERVICE, serve_command, serve_env
+from service.config import CONFIG_ENV
+
+METRICS_DIR_ENV = "GATEWAY_METRICS_DIR"
+"""Each server's own Prometheus multiprocess directory (service/bentoml_fixes.py switches to it)."""
+GATEWAY_SERVICE = "service.gateway.bento:GatewayService"
+MONITOR_SERVICE = "service.monitor.bento:MonitorService"
+
+
+def serve_command(port: int, host: str, service: str = GATEWAY_SERVICE) -> list[str]:
+    """The ``bentoml serve`` command line for a service (its env comes from ``serve_env``)."""
+    bentoml_cli = Path(sys.executable).with_name("bentoml")
+    return [str(bentoml_cli), "serve", service, "--port", str(port), "--host", host]
+
+
+def serve_env(config_path: Path, port: int) -> dict[str, str]:
+    """The server's environment: its config, and a metrics directory of its own.
+
+    BentoML keeps every server's metric files in one directory under its home and empties it when a
+    server starts, so a second gateway on the same model store would wipe the first one's metrics.
+    Each gateway therefore gets a fresh directory per port (service/gateway/bento.py switches to it).
+    """
+    metrics_dir = Path(tempfile.gettempdir()) / f"gateway-metrics-{port}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    return {
+        **os.environ,
+        CONFIG_ENV: str(Path(config_path).resolve()),
+        METRICS_DIR_ENV: str(metrics_dir),
+    }
 
 
 def free_port() -> int:

@@ -27,6 +27,9 @@ OIP_TO_NUMPY: dict[str, np.dtype] = {
 
 FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 
+Tensors = dict[str, np.ndarray]
+"""Named tensors: a model's inputs or outputs by name, as every layer passes them."""
+
 
 def oip_datatype_of(array: np.ndarray) -> str:
     """The OIP datatype of a numpy array (strings and objects are BYTES)."""

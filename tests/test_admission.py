@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.admission import MAX_HOLD_S, WINDOW_S, Admission
+from service.gateway.admission import MAX_HOLD_S, WINDOW_S, Admission
 
 
 class Clock:

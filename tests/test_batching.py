@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import Batcher, RunCost
 from service.errors import InferenceFailed, Overloaded
+from service.gateway.batching import Batcher, RunCost
 
 
 class RecordingModel:

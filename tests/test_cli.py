@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import STORE_ROOT, write_config
+from tests.helpers import STORE_ROOT, write_config
 
 
 def gateway(*args: str) -> subprocess.CompletedProcess:

@@ -18,10 +18,8 @@ import aiohttp
 import pytest
 import yaml
 
-from service.cli import MONITOR_SERVICE
-from service.launch import free_port, running_server, stop
-from tests.conftest import METRICS_TOKEN, MONITOR_AUTH, local_monitor, write_config
-from tests.test_server_rollout import drive
+from service.launch import MONITOR_SERVICE, free_port, running_server, stop
+from tests.helpers import METRICS_TOKEN, MONITOR_AUTH, drive, local_monitor, write_config
 
 pytestmark = pytest.mark.integration
 GRAFANA = Path(__file__).resolve().parents[1] / "grafana"

@@ -24,18 +24,19 @@ import pytest
 from aiohttp import web
 
 from monitors.store import MonitorStore
-from service.cli import MONITOR_SERVICE
 from service.config import load_config
-from service.launch import free_port, running_server
-from tests.conftest import (
+from service.launch import MONITOR_SERVICE, free_port, running_server
+from tests.helpers import (
     ADMIN_AUTH,
     ADMIN_ENV,
     MONITOR_AUTH,
+    ROW,
+    drive,
     local_monitor,
     loopback_receiver,
+    rollout_config,
     write_config,
 )
-from tests.test_server_rollout import ROW, drive, rollout_config
 
 pytestmark = pytest.mark.integration
 

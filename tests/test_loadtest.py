@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import MONITOR_SERVICE
-from service.launch import free_port, running_server
-from tests.conftest import local_monitor, write_config
+from service.launch import MONITOR_SERVICE, free_port, running_server
+from tests.helpers import local_monitor, write_config
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import METRICS_AUTH
+from tests.helpers import METRICS_AUTH
 
 pytestmark = pytest.mark.integration
 

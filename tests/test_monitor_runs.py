@@ -10,8 +10,8 @@ from monitors.records import PredictionRecord
 from monitors.reports import ReportArchive
 from monitors.store import MonitorStore
 from service.config import MonitorConfig
-from service.monitor_metrics import MonitorMetrics
-from service.monitor_runs import MonitorRunner
+from service.monitor.metrics import MonitorMetrics
+from service.monitor.runs import MonitorRunner
 
 ROLES = {("cancer", "stable"): "stable", ("cancer", "candidate"): "candidate"}
 

@@ -13,8 +13,8 @@ from unittest.mock import MagicMock
 from aiohttp import web
 
 from service.config import NotificationsConfig
-from service.notifier import SIGNATURE_HEADER, DriftAlarm, Notifier, sign
-from tests.conftest import loopback_receiver
+from service.monitor.notifier import SIGNATURE_HEADER, DriftAlarm, Notifier, sign
+from tests.helpers import loopback_receiver
 from traffic.store import SQLiteStateStore
 
 SECRET = "webhook-secret-of-the-tests"

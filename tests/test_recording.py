@@ -14,8 +14,8 @@ from aiohttp import web
 
 from monitors.records import PredictionRecord, decode_batch, encode_batch
 from service.config import MonitorConfig
-from service.recording import Recorder
-from tests.conftest import loopback_receiver
+from service.gateway.recording import Recorder
+from tests.helpers import loopback_receiver
 
 
 def test_numpy_arrays_are_shipped_as_lists_with_nan_and_infinities_as_none():

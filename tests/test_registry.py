@@ -9,7 +9,7 @@ import pytest
 from service import registry
 from service.config import parse_config
 from service.errors import ConfigError
-from service.model_pool import check_models
+from service.gateway.models import check_models
 from service.runtime import resolve_providers
 
 

@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry
 
 from monitors.store import MonitorStore
 from service.config import parse_config
-from service.monitor_metrics import MonitorMetrics
-from service.notifier import Notifier
-from service.rollouts import RolloutService
+from service.monitor.metrics import MonitorMetrics
+from service.monitor.notifier import Notifier
+from service.monitor.rollouts import RolloutService
 from traffic.rollout_checks import ArmCounts, Evidence, Window
 from traffic.store import SQLiteStateStore
 
@@ -67,7 +67,7 @@ def service(tmp_path, webhooks=(), **rollout) -> tuple[RolloutService, HandedEvi
 
 
 def weights(rollouts: RolloutService) -> dict[str, float]:
-    table = rollouts.routing.load().tables["churn"]
+    table = rollouts.state_store.load().tables["churn"]
     return {v.name: v.weight for v in table.variants}
 
 
@@ -76,7 +76,7 @@ def events(rollouts: RolloutService) -> list[tuple[str, int]]:
     import json
 
     return [
-        (json.loads(e["body"])["kind"], e["ready"]) for e in reversed(rollouts.routing.events())
+        (json.loads(e["body"])["kind"], e["ready"]) for e in reversed(rollouts.state_store.events())
     ]
 
 
@@ -128,7 +128,7 @@ def test_a_new_candidate_model_restarts_the_analysis(tmp_path):
 
     rollouts, _ = service(tmp_path)
     rollouts.tick("churn", now=1.0)
-    current = rollouts.routing.load()
+    current = rollouts.state_store.load()
     table = current.tables["churn"]
     swapped = replace(
         table,
@@ -136,7 +136,7 @@ def test_a_new_candidate_model_restarts_the_analysis(tmp_path):
             replace(v, model="churn:v3") if v.name == "next" else v for v in table.variants
         ),
     )
-    rollouts.routing.save(
+    rollouts.state_store.save(
         RoutingState(current.version, current.source, {"churn": swapped}), current.version
     )
     decision = rollouts.tick("churn", now=5.0)

@@ -10,8 +10,8 @@ import time
 from types import SimpleNamespace
 from unittest.mock import MagicMock
 
-from service import routing
-from service.routing import RoutingControl, with_retries
+from service.gateway import routing
+from service.gateway.routing import RoutingControl, with_retries
 
 
 class FailingStore:

@@ -21,11 +21,10 @@ import yaml
 
 from monitors.store import MonitorStore
 from service import registry
-from service.cli import MONITOR_SERVICE
 from service.config import load_config
 from service.demo.run import demo_config
-from service.launch import free_port, running_server
-from tests.conftest import ADMIN_AUTH, ADMIN_ENV, METRICS_AUTH, MONITOR_AUTH, STORE_ROOT
+from service.launch import MONITOR_SERVICE, free_port, running_server
+from tests.helpers import ADMIN_AUTH, ADMIN_ENV, METRICS_AUTH, MONITOR_AUTH, STORE_ROOT
 
 pytestmark = pytest.mark.integration
 ROW = [14.0, 20.0, 90.0, 600.0, 0.1, 0.1, 0.08, 0.05, 0.18, 0.06] * 3

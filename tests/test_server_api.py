@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from service import registry
-from tests.conftest import METRICS_AUTH
+from tests.helpers import METRICS_AUTH
 
 pytestmark = pytest.mark.integration
 

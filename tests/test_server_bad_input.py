@@ -12,7 +12,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tests.conftest import METRICS_AUTH
+from tests.helpers import METRICS_AUTH
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,9 @@ import aiohttp
 import pytest
 
 from monitors.store import MonitorStore
-from service.cli import MONITOR_SERVICE
 from service.config import load_config
-from service.launch import free_port, running_server
-from tests.conftest import (
+from service.launch import MONITOR_SERVICE, free_port, running_server
+from tests.helpers import (
     ADMIN_AUTH,
     ADMIN_ENV,
     METRICS_AUTH,

@@ -13,66 +13,12 @@ import aiohttp
 import aiohttp.web
 import pytest
 
-from service.cli import MONITOR_SERVICE
-from service.launch import free_port, running_server
-from tests.conftest import local_monitor, loopback_receiver, write_config
+from service.launch import MONITOR_SERVICE, running_server
+from tests.helpers import drive, loopback_receiver, rollout_config
 
 pytestmark = pytest.mark.integration
 TOKEN = "rollout-test-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-ROW = [14.0, 20.0, 90.0, 600.0, 0.1, 0.1, 0.08, 0.05, 0.18, 0.06] * 3
-
-
-def rollout_config(tmp_path, faults=None, webhook=None, **rollout) -> tuple:
-    port = free_port()
-    candidate = {"name": "candidate", "model": "cancer:v2", "role": "candidate", "weight": 0}
-    if faults:
-        candidate["faults"] = faults
-    policy = {
-        "candidate": "candidate",
-        "steps": [{"weight": 20, "min_duration_s": 2}, {"weight": 50, "min_duration_s": 2}],
-        "interval_s": 0.5,
-        "guard_window_s": 5,
-        "revert_window_s": 2,
-        "comparisons": [{"metric": "error_rate", "margin": 0.05, "min_samples": 50}],
-        "offline_gate": {"margin": 0.05},
-        **rollout,
-    }
-    config = write_config(
-        tmp_path / "gateway.yaml",
-        data_dir=str(tmp_path / "data"),
-        monitor=local_monitor(port),
-        notifications={"webhooks": [webhook] if webhook else [], "timeout_s": 2},
-        endpoints={
-            "cancer": {
-                "routing": {"key": {"header": "x-user-id"}},
-                "variants": [{"name": "stable", "model": "cancer:v1"}, candidate],
-                "rollout": policy,
-            }
-        },
-    )
-    return config, port
-
-
-async def drive(session, url, seconds, users=400, concurrency=8, endpoint="cancer") -> list[tuple]:
-    """Keyed requests for ``seconds``: (time, user, status, variant, request id) for each."""
-    answers, stop = [], time.monotonic() + seconds
-
-    async def user_loop(first: int) -> None:
-        user = first
-        while time.monotonic() < stop:
-            headers = {"x-user-id": f"user-{user % users}"}
-            async with session.post(
-                f"{url}/predict/{endpoint}", json={"instances": [ROW]}, headers=headers
-            ) as answer:
-                variant = answer.headers.get("x-gateway-variant")
-                request_id = answer.headers.get("x-gateway-request-id")
-                answers.append((time.monotonic(), user % users, answer.status, variant, request_id))
-            user += concurrency
-            await asyncio.sleep(0.005)
-
-    await asyncio.gather(*(user_loop(i) for i in range(concurrency)))
-    return answers
 
 
 async def rollout_state(session, url) -> dict:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from traffic.store import RoutingState, SQLiteStateStore, VersionConflict, audit_entry
+from traffic.store import (
+    CAS_ATTEMPTS,
+    RoutingState,
+    SQLiteStateStore,
+    VersionConflict,
+    audit_entry,
+    compare_and_swap,
+)
 from traffic.table import EndpointTable, VariantSpec
 
 TABLE = EndpointTable(
@@ -29,6 +36,47 @@ def test_save_load_and_compare_and_swap(tmp_path):
     reopened = SQLiteStateStore(tmp_path / "state.sqlite3").load()
     assert reopened.version == 2 and reopened.source == "cfg"
     assert reopened.tables["churn"].variant("c").weight == 50
+
+
+def test_compare_and_swap_reapplies_a_change_on_top_of_a_concurrent_writer(tmp_path):
+    store = SQLiteStateStore(tmp_path / "state.sqlite3")
+    store.save(RoutingState(0, "cfg", {"churn": TABLE}), 0)
+    seen = []
+
+    def halve_candidate(current):
+        seen.append(current.version)
+        if len(seen) == 1:  # another writer moves the state between our read and our save
+            other = current.tables["churn"].with_weights({"c": 20})
+            store.save(RoutingState(0, "cfg", {"churn": other}), current.version)
+        weight = current.tables["churn"].variant("c").weight
+        return RoutingState(0, "cfg", {"churn": TABLE.with_weights({"c": weight // 2})})
+
+    swap = compare_and_swap(store, halve_candidate)
+    assert seen == [1, 2], "re-read after the conflict"
+    assert swap.before.version == 2 and swap.after.version == 3
+    assert store.load().tables["churn"].variant("c").weight == 10  # half of the other's 20
+
+
+def test_compare_and_swap_saves_nothing_when_the_change_needs_nothing_or_is_refused(tmp_path):
+    store = SQLiteStateStore(tmp_path / "state.sqlite3")
+    store.save(RoutingState(0, "cfg", {"churn": TABLE}), 0)
+    assert compare_and_swap(store, lambda current: None).after is None
+    with pytest.raises(ValueError):
+        compare_and_swap(store, lambda current: (_ for _ in ()).throw(ValueError("no")))
+    assert store.current_version() == 1
+
+
+def test_compare_and_swap_gives_up_on_a_state_that_never_stops_moving(tmp_path):
+    store = SQLiteStateStore(tmp_path / "state.sqlite3")
+    store.save(RoutingState(0, "cfg", {"churn": TABLE}), 0)
+
+    def always_beaten(current):
+        store.save(RoutingState(0, "cfg", dict(current.tables)), current.version)
+        return RoutingState(0, "cfg", dict(current.tables))
+
+    with pytest.raises(VersionConflict):
+        compare_and_swap(store, always_beaten)
+    assert store.current_version() == 1 + CAS_ATTEMPTS
 
 
 def test_audit_is_appended_and_read_newest_first(tmp_path):

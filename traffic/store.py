@@ -16,13 +16,13 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from storage.sqlite import SQLiteFile
 from traffic.table import EndpointTable
 
 
@@ -132,6 +132,38 @@ class StateStore(Protocol):
     def evaluations(self, endpoint: str, limit: int = 100) -> list[dict]: ...
 
 
+CAS_ATTEMPTS = 10
+"""How often a change is re-applied to a state that other writers keep moving before giving up."""
+
+
+@dataclass(frozen=True)
+class Swap:
+    """What a compare-and-swap read, and what it saved (None: the change needed nothing)."""
+
+    before: RoutingState | None
+    after: RoutingState | None
+
+
+def compare_and_swap(
+    store: StateStore, change: Callable[[RoutingState | None], RoutingState | None]
+) -> Swap:
+    """Apply ``change`` to the stored routing state and save its result on the version it read;
+    when another writer got there first, re-read and re-apply. ``change`` returns None when the
+    state needs no change, and may raise to refuse it (nothing is saved then). The one place
+    every writer of the routing state (workers at start, the admin API, rollouts) goes through.
+    ``VersionConflict`` after ``CAS_ATTEMPTS`` tries."""
+    for _ in range(CAS_ATTEMPTS):
+        before = store.load()
+        after = change(before)
+        if after is None:
+            return Swap(before, None)
+        try:
+            return Swap(before, store.save(after, before.version if before else 0))
+        except VersionConflict:
+            continue
+    raise VersionConflict(f"the routing state kept changing; gave up after {CAS_ATTEMPTS} tries")
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS routing (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -186,20 +218,11 @@ class SQLiteStateStore:
     """The embedded store: a SQLite file shared by the workers of one machine."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._path = path
-        self._local = threading.local()
-        with self._connection() as db:
-            db.executescript(SCHEMA)
+        self._file = SQLiteFile(path, BUSY_TIMEOUT_S, ["synchronous=FULL"])
+        self._file.connection().executescript(SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            self._local.db = db
-        return db
+        return self._file.connection()
 
     def current_version(self) -> int:
         row = self._connection().execute("SELECT version FROM routing WHERE id = 1").fetchone()

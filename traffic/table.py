@@ -90,7 +90,7 @@ class RoutingPolicy:
 
 
 @dataclass(frozen=True)
-class Decision:
+class Assignment:
     """Where one request goes: the answering variant, why, and the shadows that get a copy."""
 
     variant: VariantSpec
@@ -173,7 +173,7 @@ class EndpointTable:
         pin_version: str | None = None,
         privileged: bool = False,
         rng: random.Random | None = None,
-    ) -> Decision:
+    ) -> Assignment:
         """Decide where one request goes (see the module docstring). ``privileged``: the caller
         may pin any variant, even where pinning is off or the variant is dark."""
         rng = rng or random
@@ -191,15 +191,15 @@ class EndpointTable:
                     f"variant {pinned.name!r} of {self.endpoint!r} takes no share of the traffic: "
                     f"pinning it needs the admin token"
                 )
-            return Decision(pinned, "pinned", tuple(s for s in shadows if s is not pinned))
+            return Assignment(pinned, "pinned", tuple(s for s in shadows if s is not pinned))
         if key is not None:
             name = owner(self.ranges, bucket_of(self.salt, key))
-            return Decision(self.variant(name), "key", shadows)
+            return Assignment(self.variant(name), "key", shadows)
         if self.policy.require_key:
             source = self.policy.key_header or self.policy.key_field
             raise RoutingError(f"endpoint {self.endpoint!r} needs a routing key ({source})")
         name = owner(self.ranges, int(rng.random() * BUCKETS))
-        return Decision(self.variant(name), "random", shadows)
+        return Assignment(self.variant(name), "random", shadows)
 
     def with_weights(self, weights: Mapping[str, float]) -> EndpointTable:
         """The same table with new weights for the named variants."""

@@ -18,9 +18,8 @@ import numpy as np
 from service.codecs import decode_json
 from service.errors import BadRequest
 from service.model_card import ModelCard
-from service.tensors import OIP_TO_NUMPY, oip_datatype_of
+from service.tensors import OIP_TO_NUMPY, Tensors, oip_datatype_of
 
-Tensors = dict[str, np.ndarray]
 HEADER_LENGTH = "inference-header-content-length"
 MAX_RANK = 32
 """No model the gateway serves takes tensors of more dimensions (numpy's own limit is 64)."""

@@ -14,9 +14,7 @@ import numpy as np
 from service.codecs import decode_json
 from service.errors import BadRequest
 from service.model_card import ModelCard
-from service.tensors import OIP_TO_NUMPY
-
-Tensors = dict[str, np.ndarray]
+from service.tensors import OIP_TO_NUMPY, Tensors
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from service.cli import MONITOR_SERVICE
-from service.launch import running_server
+from service.launch import MONITOR_SERVICE, running_server
 
 SECRET_FILES = {
     "admin_token_file": "secrets/admin.token",

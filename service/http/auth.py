@@ -15,6 +15,10 @@ from service.errors import Forbidden, Unauthorized
 from service.logs import Throttled
 from service.secrets import presents
 
+CLIENT_HEADER = "x-gateway-client"
+"""The address of the caller a call the gateway passes on to the monitor came from (the monitor's
+audit names it)."""
+
 log = logging.getLogger("gateway.auth")
 _refusals = Throttled(log, every_s=10.0)
 

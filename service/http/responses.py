@@ -72,7 +72,7 @@ EXCEPTION_HANDLERS = {
 
 async def error_response(request: Request, error: Exception) -> Response:
     """The answer to ``error`` by the first handler for its class (as Starlette picks them), for
-    calls that do not go through the app's own exception middleware (service/http/gate.py)."""
+    calls that do not go through the app's own exception middleware (service/gateway/http/gate.py)."""
     for kind in type(error).__mro__:
         if kind in EXCEPTION_HANDLERS:
             return await EXCEPTION_HANDLERS[kind](request, error)

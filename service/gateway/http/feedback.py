@@ -19,9 +19,9 @@ from starlette.responses import Response
 
 from service.codecs import decode_json
 from service.errors import BadRequest, Conflict, NotFound, Overloaded
-from service.gateway import Gateway
+from service.gateway.http.common import gateway_of
+from service.gateway.process import Gateway
 from service.http.body import read_body
-from service.http.common import gateway_of
 from service.http.responses import json_response
 from service.labels import label_problem
 from service.names import endpoint_of

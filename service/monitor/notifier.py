@@ -2,7 +2,7 @@
 POST to every configured URL, with retries and a timeout, never in the way of the caller.
 
 Rollout events are written in the same transaction as the rollout state that produced them
-(service/rollouts.py), so a transition decided just before a crash is still announced after the
+(service/monitor/rollouts.py), so a transition decided just before a crash is still announced after the
 restart, under the same event ``id`` (receivers drop repeats by it: delivery is at least once).
 A delivery is signed with HMAC-SHA256 over ``<timestamp>.<body>`` with ``GATEWAY_WEBHOOK_SECRET``,
 sent as ``X-Gateway-Signature: t=<timestamp>,v1=<hex digest>`` (docs/operations.md shows how to
@@ -26,7 +26,7 @@ import aiohttp
 import anyio
 
 from service.config import NotificationsConfig
-from service.monitor_metrics import MonitorMetrics
+from service.monitor.metrics import MonitorMetrics
 from traffic.store import OutboxEvent, SQLiteStateStore
 
 log = logging.getLogger("gateway.notify")

@@ -1,4 +1,5 @@
-"""The data plane: endpoints, their routing tables and models, shared by the plain JSON and OIP APIs.
+"""The data plane: endpoints, their routing tables and models, shared by the plain JSON and OIP
+APIs.
 
 Both HTTP front ends decode a request, ask the data plane to route it, and hand it tensors; the data
 plane validates them against the chosen variant's model and runs it. Like MLServer's DataPlane, it
@@ -14,15 +15,12 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
 from service.config import FaultConfig, LimitsConfig
 from service.errors import BadRequest, Forbidden, InferenceFailed, NotFound
-from service.model_pool import LoadedModel
-from service.validation import check_inputs
+from service.gateway.models import LoadedModel
+from service.gateway.validation import check_inputs
+from service.tensors import Tensors
 from traffic.table import EndpointTable, PinRefused, RoutingError, VariantSpec
-
-Tensors = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -91,7 +89,7 @@ class DataPlane:
         snapshot = self.snapshot
         table = self.table(endpoint)
         try:
-            decision = table.route(
+            assignment = table.route(
                 key, pin_variant=pin_variant, pin_version=pin_version, privileged=privileged
             )
         except PinRefused as error:
@@ -99,9 +97,13 @@ class DataPlane:
         except RoutingError as error:
             raise BadRequest(str(error)) from None
         models = snapshot.models
-        shadows = tuple((s, models[s.model]) for s in decision.shadows)
+        shadows = tuple((s, models[s.model]) for s in assignment.shadows)
         return Route(
-            endpoint, decision.variant, models[decision.variant.model], decision.reason, shadows
+            endpoint,
+            assignment.variant,
+            models[assignment.variant.model],
+            assignment.reason,
+            shadows,
         )
 
     async def infer(self, route: Route, tensors: Tensors) -> Tensors:

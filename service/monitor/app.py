@@ -1,6 +1,6 @@
 """The monitor's HTTP surface: records in (from every gateway worker and replica), labels in,
 a summary, analysis runs, reports and rollouts out. One monitor process owns the store
-(service/monitor_bento.py starts it; service/monitor_process.py is what it serves with).
+(service/monitor/bento.py starts it; service/monitor/process.py is what it serves with).
 
 Every route needs ``Authorization: Bearer <monitor token>`` (``/metrics``: the metrics or monitor
 token, unless ``access.metrics`` is ``anonymous``). Records with names the routing state does not
@@ -21,7 +21,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route as HttpRoute
 
 from monitors.records import decode_batch
 from monitors.store import TooManyPending
@@ -29,16 +29,15 @@ from service import supervise
 from service.codecs import decode_json
 from service.config import MAX_RECORD_BATCH_BYTES
 from service.errors import BadRequest, NotFound, Overloaded
-from service.http.auth import require_token
+from service.exposition import CONTENT_TYPE, exposition
+from service.http.auth import CLIENT_HEADER, require_token
 from service.http.body import read_body
 from service.http.query import bool_param, int_param
 from service.http.responses import EXCEPTION_HANDLERS, json_response
 from service.labels import label_problem
 from service.logs import Throttled
-from service.metrics import CONTENT_TYPE, exposition
-from service.monitor_process import Monitor
+from service.monitor.process import Monitor
 from service.names import endpoint_of, is_name
-from service.recording import CLIENT_HEADER
 
 log = logging.getLogger("gateway.monitor")
 _refused_records = Throttled(log, every_s=60.0)
@@ -257,15 +256,15 @@ async def background(app: Starlette) -> AsyncIterator[None]:
 
 def build_monitor_app() -> Starlette:
     routes = [
-        Route("/records", add_records, methods=["POST"]),
-        Route("/labels", add_labels, methods=["POST"]),
-        Route("/summary", summary, methods=["GET"]),
-        Route("/runs", run_now, methods=["POST"]),
-        Route("/reports", list_reports, methods=["GET"]),
-        Route("/reports/{endpoint}/{variant}/{name}", get_report, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/rollouts", list_rollouts, methods=["GET"]),
-        Route("/rollouts/{endpoint}", get_rollout, methods=["GET"]),
-        Route("/rollouts/{endpoint}/{action}", rollout_action, methods=["POST"]),
+        HttpRoute("/records", add_records, methods=["POST"]),
+        HttpRoute("/labels", add_labels, methods=["POST"]),
+        HttpRoute("/summary", summary, methods=["GET"]),
+        HttpRoute("/runs", run_now, methods=["POST"]),
+        HttpRoute("/reports", list_reports, methods=["GET"]),
+        HttpRoute("/reports/{endpoint}/{variant}/{name}", get_report, methods=["GET"]),
+        HttpRoute("/metrics", metrics, methods=["GET"]),
+        HttpRoute("/rollouts", list_rollouts, methods=["GET"]),
+        HttpRoute("/rollouts/{endpoint}", get_rollout, methods=["GET"]),
+        HttpRoute("/rollouts/{endpoint}/{action}", rollout_action, methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=background)

@@ -4,7 +4,7 @@
 time: every ``WINDOW_S`` it compares the 90th percentile of the latency of the predictions it
 admitted with the budget (a third of ``server.latency_slo_ms`` unless ``admission.queue_budget_ms``
 says otherwise) and shrinks the limit in proportion when they took too long, or grows it while it
-is what holds traffic back and they are well within. service/http/gate.py asks it before a
+is what holds traffic back and they are well within. service/gateway/http/gate.py asks it before a
 prediction's body is read, and holds each refusal for a moment first (longer the more callers are
 being refused), so that callers that retry at once cannot turn refusals into the work that starves
 accepted requests. ``Retry-After`` is the time the current backlog takes to drain.
@@ -55,7 +55,8 @@ class Admission:
 
     @property
     def shedding(self) -> bool:
-        """Whether predictions were refused lately: optional work (shadows, sampled inputs) waits."""
+        """Whether predictions were refused lately: optional work (shadows, sampled inputs)
+        waits."""
         return self.clock() - self._last_refusal < SHED_MEMORY_S
 
     def admit(self) -> bool:

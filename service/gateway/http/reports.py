@@ -13,9 +13,9 @@ from starlette.responses import Response
 
 from monitors.reports import REPORT_NAME
 from service.errors import NotFound
-from service.gateway import Gateway
+from service.gateway.http.common import gateway_of
+from service.gateway.process import Gateway
 from service.http.auth import client_of, require_token
-from service.http.common import gateway_of
 from service.names import is_name
 
 

@@ -18,24 +18,23 @@ from typing import TypeVar
 
 import anyio
 
-from service.config import GatewayConfig
-from service.dataplane import DataPlane, Snapshot
 from service.errors import ConfigError, Conflict, GatewayError, Unavailable
+from service.gateway.dataplane import DataPlane, Snapshot
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.models import LoadedModel, ModelLoader
 from service.logs import Throttled
-from service.metrics import GatewayMetrics
-from service.model_pool import LoadedModel, ModelLoader
+from service.state import model_tags
 from traffic.store import (
     RoutingState,
     StateStore,
     StoreUnavailable,
     VersionConflict,
     audit_entry,
+    compare_and_swap,
 )
 from traffic.table import EndpointTable, RoutingError
 
 log = logging.getLogger("gateway.routing")
-STATE_FILE = "routing.sqlite3"
-"""The shared routing state's file in the data directory (SQLite default store)."""
 POLL_S = 0.25
 MAX_BACKOFF_S = 5.0
 START_DEADLINE_S = 300.0
@@ -45,11 +44,6 @@ GRACE_S = 30.0
 
 Tables = Mapping[str, EndpointTable]
 T = TypeVar("T")
-
-
-def model_tags(tables: Tables) -> list[str]:
-    """Every model version the tables use, each once."""
-    return list(dict.fromkeys(v.model for t in tables.values() for v in t.variants))
 
 
 def with_retries(what: str, work: Callable[[], T], deadline_s: float = START_DEADLINE_S) -> T:
@@ -69,23 +63,6 @@ def with_retries(what: str, work: Callable[[], T], deadline_s: float = START_DEA
             continue
         failures.recovered("%s succeeded", what)
         return result
-
-
-def initial_state(config: GatewayConfig, store: StateStore) -> RoutingState:
-    """The stored state, or the config's when nothing is stored or the config's endpoints changed."""
-    source = config.routing_hash()
-    while True:
-        stored = store.load()
-        if stored is not None and stored.source == source:
-            return stored
-        version = stored.version if stored else 0
-        try:
-            saved = store.save(RoutingState(0, source, config.tables()), version)
-        except VersionConflict:
-            continue  # another worker initialised it meanwhile: adopt theirs
-        reason = "first start" if stored is None else "config endpoints changed"
-        store.append_audit(audit_entry("config", "initialize", "*", {"reason": reason}))
-        return saved
 
 
 class RoutingControl:
@@ -134,11 +111,13 @@ class RoutingControl:
             if all(model is not m for m in in_use):
                 asyncio.ensure_future(model.batcher.close())
 
-    async def _load_missing(self, tables: Tables) -> dict[str, LoadedModel]:
+    def _load_missing(self, tables: Tables) -> dict[str, LoadedModel]:
+        """The installed models plus any the tables need that are not loaded yet (blocking: call
+        it off the event loop)."""
         models = dict(self.dataplane.snapshot.models)
         for tag in model_tags(tables):
             if tag not in models:
-                models[tag] = await anyio.to_thread.run_sync(self.loader.load, tag)
+                models[tag] = self.loader.load(tag)
         return models
 
     async def follow(self) -> None:
@@ -165,7 +144,7 @@ class RoutingControl:
             state = await anyio.to_thread.run_sync(self.store.load)
             if state is None or state.version == self.dataplane.snapshot.version:
                 return
-            models = await self._load_missing(state.tables)
+            models = await anyio.to_thread.run_sync(self._load_missing, state.tables)
             self.publish(self.snapshot(state, models))
             log.info("routing state version %d installed", state.version)
 
@@ -179,50 +158,35 @@ class RoutingControl:
         source: str | None = None,
     ) -> RoutingState:
         """Apply ``mutate`` to the current tables: validate, load, save (CAS), audit, install.
-        503 when the store is locked by another process for too long (nothing changed)."""
-        try:
-            return await self._change(client, action, endpoint, detail, mutate, source)
-        except StoreUnavailable as error:
-            self.metrics.admin_changes.labels(action, "refused").inc()
-            raise Unavailable(f"{error}; nothing was changed", retry_after_s=1) from None
+        400 for a change the tables or models refuse, 409 when the state kept moving underneath,
+        503 when the store is locked by another process for too long (nothing changed then)."""
+        models: dict[str, LoadedModel] = {}
 
-    async def _change(
-        self,
-        client: str,
-        action: str,
-        endpoint: str,
-        detail: Mapping,
-        mutate: Callable[[Tables], Tables],
-        source: str | None,
-    ) -> RoutingState:
+        def changed(state: RoutingState | None) -> RoutingState:
+            """Runs off the event loop: the new tables, with every model they use loaded."""
+            assert state is not None, "a worker initialises the routing state before serving"
+            tables = mutate(state.tables)
+            models.update(self._load_missing(tables))
+            return RoutingState(0, source or state.source, tables)
+
         async with self._lock:
-            for _ in range(5):
-                state = await anyio.to_thread.run_sync(self.store.load)
-                try:
-                    tables = mutate(state.tables)
-                except RoutingError as error:
-                    self.metrics.admin_changes.labels(action, "refused").inc()
-                    raise GatewayError(str(error)) from None
-                try:
-                    models = await self._load_missing(tables)
-                except ConfigError as error:
-                    self.metrics.admin_changes.labels(action, "refused").inc()
-                    raise GatewayError(str(error)) from None
-                new = RoutingState(0, source or state.source, tables)
-                try:
-                    saved = await anyio.to_thread.run_sync(self.store.save, new, state.version)
-                except VersionConflict:
-                    continue
+            try:
+                swap = await anyio.to_thread.run_sync(compare_and_swap, self.store, changed)
+                saved = swap.after
                 entry = audit_entry(client, action, endpoint, {**detail, "version": saved.version})
                 await anyio.to_thread.run_sync(self.store.append_audit, entry)
-                self.metrics.admin_changes.labels(action, "applied").inc()
-                self.publish(self.snapshot(saved, models))
-                log.info(
-                    "%s on %s by %s: routing state version %d",
-                    action,
-                    endpoint,
-                    client,
-                    saved.version,
-                )
-                return saved
-        raise Conflict("the routing state kept changing underneath; try again")
+            except (RoutingError, ConfigError) as error:
+                self.metrics.admin_changes.labels(action, "refused").inc()
+                raise GatewayError(str(error)) from None
+            except VersionConflict:
+                self.metrics.admin_changes.labels(action, "refused").inc()
+                raise Conflict("the routing state kept changing underneath; try again") from None
+            except StoreUnavailable as error:
+                self.metrics.admin_changes.labels(action, "refused").inc()
+                raise Unavailable(f"{error}; nothing was changed", retry_after_s=1) from None
+            self.metrics.admin_changes.labels(action, "applied").inc()
+            self.publish(self.snapshot(saved, models))
+            log.info(
+                "%s on %s by %s: routing state version %d", action, endpoint, client, saved.version
+            )
+            return saved

@@ -1,4 +1,5 @@
-"""The BentoML service: the composition root ``bentoml serve service.bento:Gateway`` starts.
+"""The gateway's BentoML service: what ``bentoml serve service.gateway.bento:GatewayService``
+starts, and where a worker's parts are built.
 
 The configuration comes from the file named by ``GATEWAY_CONFIG`` (``gateway serve`` sets it). It is
 read once at import for the worker count, which BentoML needs at class definition, and again in
@@ -20,10 +21,9 @@ import bentoml
 
 from service import bentoml_fixes
 from service.config import CONFIG_ENV, GatewayConfig, load_config
-from service.gateway import WORKER
-from service.gateway import Gateway as GatewayProcess
-from service.http.app import build_app
-from service.http.gate import PredictionGate
+from service.gateway.http.app import build_app
+from service.gateway.http.gate import PredictionGate
+from service.gateway.process import WORKER, Gateway
 
 bentoml_fixes.apply()
 log = logging.getLogger("gateway")
@@ -52,13 +52,13 @@ def _check_model_store(config: GatewayConfig) -> None:
     http={"host": _CONFIG.server.host, "port": _CONFIG.server.port} if _CONFIG else {},
     logging={"access": {"enabled": _CONFIG.server.access_log if _CONFIG else False}},
     traffic={"timeout": 60},
-    # The gateway serves its own /metrics (bounded labels; see service/metrics.py), and the hot
-    # path is not traced: both BentoML middlewares cost ~15% of a worker's CPU on 1-row requests.
+    # The gateway serves its own /metrics (bounded labels; see service/gateway/metrics.py), and
+    # the hot path is not traced: both BentoML middlewares cost ~15% of a worker's CPU on 1-row requests.
     metrics={"enabled": False},
     tracing={"excluded_urls": ["/predict/", "/v2/"]},
 )
 @bentoml.asgi_app(http_app, path="/")
-class Gateway:
+class GatewayService:
     """One instance per worker process: loads the models and serves them through ``http_app``."""
 
     def __init__(self) -> None:
@@ -66,7 +66,7 @@ class Gateway:
         if _CONFIG is None:
             raise RuntimeError(f"no gateway config: set {CONFIG_ENV} to a gateway.yaml")
         _check_model_store(_CONFIG)
-        self.process = GatewayProcess.start(_CONFIG_PATH, _CONFIG)
+        self.process = Gateway.start(_CONFIG_PATH, _CONFIG)
         http_app.state.gateway = self.process
         # Everything loaded so far lives as long as the worker: keep it out of the collector's way,
         # or each full collection walks BentoML's large heap and stalls the event loop.
@@ -78,7 +78,7 @@ class Gateway:
 
 
 def _gate(bentoml_app):
-    """BentoML's app for this service, behind the prediction gate (service/http/gate.py)."""
+    """BentoML's app for this service, behind the prediction gate (service/gateway/http/gate.py)."""
 
     def admission():
         gateway = getattr(http_app.state, "gateway", None)
@@ -102,4 +102,4 @@ def _install_gate(service) -> None:
     type(service).to_asgi = to_asgi
 
 
-_install_gate(Gateway)
+_install_gate(GatewayService)

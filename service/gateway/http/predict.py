@@ -7,10 +7,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.codecs.plain import PlainRequest, PredictionEncoder, decode_plain
-from service.gateway import Call
+from service.gateway.http.common import gateway_of
+from service.gateway.process import Call
 from service.http.auth import require_token
 from service.http.body import read_body
-from service.http.common import gateway_of
 from service.http.responses import json_response
 from traffic.table import EndpointTable
 

@@ -3,8 +3,8 @@ and carry labels and the calls operators make through the gateway to the monitor
 
 ``record`` appends to a ``RecordBuffer`` bounded in records and bytes and returns at once (no metric
 write on the hot path unless a record is dropped); ``ship_forever`` (a supervised background task
-in each worker) posts batches, bounded in bytes too, to the monitor's ``/records``. If the monitor is
-slow, down or refuses this gateway's token, batches go back into the buffer and shipping backs off;
+in each worker) posts batches, bounded in bytes too, to the monitor's ``/records``. If the monitor
+is slow, down or refuses this gateway's token, batches go back into the buffer and shipping backs off;
 once the buffer is full, new records are dropped and counted
 (``gateway_monitor_dropped_records_total``). Nothing here ever delays an answer. Every call to the
 monitor carries the monitor token.
@@ -24,15 +24,14 @@ import numpy as np
 from monitors.records import PredictionRecord, RecordBuffer, encode_batch
 from service.codecs.plain import row_predictions
 from service.config import MonitorConfig
-from service.dataplane import Route
 from service.errors import BadRequest, Overloaded, Unavailable
+from service.gateway.dataplane import Route
+from service.gateway.metrics import GatewayMetrics
+from service.http.auth import CLIENT_HEADER
 from service.logs import Throttled
-from service.metrics import GatewayMetrics
 
 log = logging.getLogger("gateway.recording")
 MAX_BACKOFF_S = 5.0
-CLIENT_HEADER = "x-gateway-client"
-"""The address of the caller a passed-through call came from (for the monitor's audit)."""
 
 
 def _unavailable(message: str) -> Unavailable:

@@ -13,17 +13,17 @@ import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route as HttpRoute
 
 from service import supervise
 from service.errors import NotFound
-from service.http import admin, oip, reports
+from service.exposition import CONTENT_TYPE, exposition
+from service.gateway.http import admin, oip, reports
+from service.gateway.http.common import gateway_of
+from service.gateway.http.feedback import feedback
+from service.gateway.http.predict import list_endpoints, predict
 from service.http.auth import require_token
-from service.http.common import gateway_of
-from service.http.feedback import feedback
-from service.http.predict import list_endpoints, predict
 from service.http.responses import EXCEPTION_HANDLERS
-from service.metrics import CONTENT_TYPE, exposition
 
 
 async def metrics(request: Request) -> Response:
@@ -38,7 +38,7 @@ async def metrics(request: Request) -> Response:
             secrets.admin_token,
             off="/metrics needs GATEWAY_METRICS_TOKEN (or access.metrics: anonymous)",
         )
-    content = await anyio.to_thread.run_sync(exposition)
+    content = await anyio.to_thread.run_sync(exposition, gateway.metrics.registry)
     return Response(content, media_type=CONTENT_TYPE)
 
 
@@ -49,17 +49,17 @@ async def no_such_route(request: Request) -> None:
 
 def build_app() -> Starlette:
     routes = [
-        Route("/predict/{endpoint}", predict, methods=["POST"]),
-        Route("/endpoints", list_endpoints, methods=["GET"]),
-        Route("/feedback", feedback, methods=["POST"]),
-        Route("/reports", reports.list_reports, methods=["GET"]),
-        Route("/reports/{endpoint}/{variant}/{name}", reports.get_report, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        HttpRoute("/predict/{endpoint}", predict, methods=["POST"]),
+        HttpRoute("/endpoints", list_endpoints, methods=["GET"]),
+        HttpRoute("/feedback", feedback, methods=["POST"]),
+        HttpRoute("/reports", reports.list_reports, methods=["GET"]),
+        HttpRoute("/reports/{endpoint}/{variant}/{name}", reports.get_report, methods=["GET"]),
+        HttpRoute("/metrics", metrics, methods=["GET"]),
         *oip.ROUTES,
         *admin.ROUTES,
-        Route("/v2/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
-        Route("/predict/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
-        Route("/admin/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
+        HttpRoute("/v2/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
+        HttpRoute("/predict/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
+        HttpRoute("/admin/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
     ]
     return Starlette(
         routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=background_tasks

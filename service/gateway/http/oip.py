@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 import anyio
+from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
@@ -20,11 +21,11 @@ from service.codecs.oip import (
     encode_infer_response,
 )
 from service.errors import NotFound
-from service.gateway import Call
+from service.exposition import sample_totals
+from service.gateway.http.common import gateway_of
+from service.gateway.process import Call
 from service.http.body import read_body
-from service.http.common import gateway_of
 from service.http.responses import json_response
-from service.metrics import sample_totals
 from service.model_card import ModelCard
 from service.tensors import TensorSpec
 from traffic.table import EndpointTable, UnknownVariant, VariantSpec
@@ -128,17 +129,19 @@ async def model_config(request: Request) -> Response:
     )
 
 
-def _variant_stats(endpoint: str, variant: VariantSpec, card: ModelCard) -> dict:
+def _variant_stats(
+    registry: CollectorRegistry, endpoint: str, variant: VariantSpec, card: ModelCard
+) -> dict:
     """Triton-style statistics for one variant, summed over every worker from the metrics files."""
     requests = {"endpoint": endpoint, "model_version": variant.model_version}
     run = {"model": card.name, "model_version": card.version}
-    succeeded = sample_totals("gateway_requests_total", outcome="ok", **requests)
-    answered = sample_totals("gateway_requests_total", **requests)
+    succeeded = sample_totals(registry, "gateway_requests_total", outcome="ok", **requests)
+    answered = sample_totals(registry, "gateway_requests_total", **requests)
     latency = sample_totals(
-        "gateway_request_duration_seconds_sum", endpoint=endpoint, variant=variant.name
+        registry, "gateway_request_duration_seconds_sum", endpoint=endpoint, variant=variant.name
     )
-    runs = sample_totals("gateway_inference_batch_rows_count", **run)
-    compute = sample_totals("gateway_inference_duration_seconds_sum", **run)
+    runs = sample_totals(registry, "gateway_inference_batch_rows_count", **run)
+    compute = sample_totals(registry, "gateway_inference_duration_seconds_sum", **run)
 
     def stat(count: float, seconds: float = 0.0) -> dict:
         return {"count": int(count), "ns": int(seconds * 1e9)}
@@ -146,7 +149,7 @@ def _variant_stats(endpoint: str, variant: VariantSpec, card: ModelCard) -> dict
     return {
         "name": endpoint,
         "version": variant.model_version,
-        "inference_count": int(sample_totals("gateway_inference_batch_rows_sum", **run)),
+        "inference_count": int(sample_totals(registry, "gateway_inference_batch_rows_sum", **run)),
         "execution_count": int(runs),
         "inference_stats": {
             "success": stat(succeeded, latency),
@@ -159,10 +162,11 @@ def _variant_stats(endpoint: str, variant: VariantSpec, card: ModelCard) -> dict
 async def model_stats(request: Request) -> Response:
     """``/stats``: per-version request and run counts (tritonclient's get_inference_statistics)."""
     table, variants = _described(request)
-    dataplane = gateway_of(request).dataplane
-    cards = [dataplane.model(v).card for v in variants]
+    gateway = gateway_of(request)
+    cards = [gateway.dataplane.model(v).card for v in variants]
+    registry = gateway.metrics.registry
     stats = await anyio.to_thread.run_sync(
-        lambda: [_variant_stats(table.endpoint, v, c) for v, c in zip(variants, cards)]
+        lambda: [_variant_stats(registry, table.endpoint, v, c) for v, c in zip(variants, cards)]
     )
     return json_response({"model_stats": stats})
 

@@ -1,5 +1,5 @@
 """One monitor process: its store, analysis runner, rollouts, webhook outbox and their background
-work, wired together (the monitor's counterpart of service/gateway.py's ``Gateway``).
+work, wired together (the monitor's counterpart of service/gateway/process.py's ``Gateway``).
 
 The monitor takes records and labels from every gateway worker and replica, runs the analysis,
 decides rollouts and announces them. Every one of its routes needs the monitor token; started
@@ -25,14 +25,14 @@ from service import registry
 from service.config import GatewayConfig
 from service.errors import ConfigError
 from service.model_card import ModelCard
-from service.monitor_metrics import MonitorMetrics
-from service.monitor_runs import MonitorRunner
+from service.monitor.evidence import EvidenceGatherer
+from service.monitor.metrics import MonitorMetrics
+from service.monitor.notifier import DriftAlarm, Notifier
+from service.monitor.rollouts import RolloutService
+from service.monitor.runs import MonitorRunner
 from service.names import endpoint_of, is_name, is_tag
-from service.notifier import DriftAlarm, Notifier
-from service.rollout_evidence import EvidenceGatherer
-from service.rollouts import RolloutService
-from service.routing import STATE_FILE
 from service.secrets import Secrets, check_exposure, load_secrets
+from service.state import STATE_FILE
 from traffic.store import SQLiteStateStore
 from traffic.table import EndpointTable
 
@@ -87,9 +87,9 @@ class Monitor:
         )
         self.metrics = MonitorMetrics()
         self.archive = ReportArchive(config.data_dir / REPORTS_DIR, config.monitor.report_keep)
-        self.routing = SQLiteStateStore(config.data_dir / STATE_FILE)
+        self.state_store = SQLiteStateStore(config.data_dir / STATE_FILE)
         self.notifier = Notifier(
-            config.notifications, self.metrics, self.routing, secrets.webhook_secret
+            config.notifications, self.metrics, self.state_store, secrets.webhook_secret
         )
         self.runner = MonitorRunner(
             config.monitor,
@@ -102,7 +102,7 @@ class Monitor:
         self.rollouts = RolloutService(
             config,
             self.store,
-            self.routing,
+            self.state_store,
             EvidenceGatherer(self.store, lambda: self.runner.latest),
             self.metrics,
             self.notifier,
@@ -118,7 +118,7 @@ class Monitor:
 
     def tables(self) -> Mapping[str, EndpointTable]:
         """The routing tables as they are now (the config's before any state was saved)."""
-        state = self.routing.load()
+        state = self.state_store.load()
         return state.tables if state else self.config.tables()
 
     def roles(self) -> dict[tuple[str, str], str]:
@@ -159,7 +159,7 @@ class Monitor:
             now - retention.labels_s,
             now - self.config.monitor.label_retention_s,
         )
-        deleted |= self.routing.prune(
+        deleted |= self.state_store.prune(
             now - retention.audit_s, now - retention.evaluations_s, now - retention.webhooks_s
         )
         deleted["reports"] = self.archive.prune_older_than(retention.reports_s, now)

@@ -16,14 +16,14 @@ import numpy as np
 
 from monitors.shadow import agreeing
 from service.codecs.plain import row_predictions
-from service.dataplane import Route
 from service.errors import GatewayError, Overloaded
-from service.metrics import GatewayMetrics
-from service.model_pool import LoadedModel
+from service.gateway.dataplane import Route
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.models import LoadedModel
+from service.tensors import Tensors
 from traffic.table import VariantSpec
 
 log = logging.getLogger("gateway.shadow")
-Tensors = dict[str, np.ndarray]
 RunFn = Callable[[str, VariantSpec, LoadedModel, Tensors], Awaitable[Tensors]]
 ShadowDone = Callable[[dict[str, list]], None]
 

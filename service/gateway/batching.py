@@ -25,8 +25,8 @@ import numpy as np
 
 from service import supervise
 from service.errors import InferenceFailed, Overloaded
+from service.tensors import Tensors
 
-Tensors = dict[str, np.ndarray]
 RunFn = Callable[[Tensors], Tensors]
 INLINE_RUN_S = 100e-6
 """A batch predicted to run faster than this runs on the event loop: handing it to a thread and

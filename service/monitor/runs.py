@@ -27,7 +27,7 @@ from service import registry
 from service.config import MonitorConfig
 from service.errors import ConfigError
 from service.model_card import ModelCard
-from service.monitor_metrics import MonitorMetrics
+from service.monitor.metrics import MonitorMetrics
 
 log = logging.getLogger("gateway.monitor")
 

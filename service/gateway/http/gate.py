@@ -2,9 +2,9 @@
 done for them, and refused cheaply when they cannot be served in time.
 
 Prediction calls (``POST /predict/{endpoint}``, ``POST /v2/models/{model}[/versions/{v}]/infer``)
-ask ``Admission`` (service/admission.py) first; admitted, they go straight to their handler
-(service/http/predict.py, oip.py), past BentoML's middleware stack and Starlette's router, none of
-which serves them (tracing is off for these paths, metrics are the gateway's own, the access log is
+ask ``Admission`` (service/gateway/admission.py) first; admitted, they go straight to their
+handler (service/gateway/http/predict.py, oip.py), past BentoML's middleware stack and Starlette's
+router, none of which serves them (tracing is off for these paths, metrics are the gateway's own, the access log is
 off, the timeout is the SLO's business here; errors become answers with the same handlers as
 everywhere, service/http/responses.py); refused, they get a 429 without their body being read.
 Everything else goes to BentoML's app as before, so ``bentoml serve`` and its routes (``/livez``,
@@ -22,9 +22,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.admission import Admission
-from service.http.oip import infer
-from service.http.predict import predict
+from service.gateway.admission import Admission
+from service.gateway.http.oip import infer
+from service.gateway.http.predict import predict
 from service.http.responses import error_response
 
 Scope = MutableMapping

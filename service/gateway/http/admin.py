@@ -1,9 +1,9 @@
 """``/admin/...``: read and change routing, reload the config, read the audit log; read and steer
 rollouts (passed on to the monitor, which decides them).
 
-Every call needs ``Authorization: Bearer <GATEWAY_ADMIN_TOKEN>``; with no token configured the admin
-API is off (403). A wrong or missing token is 401 and is logged with the client's address; tokens are
-compared in constant time. Changes go through ``RoutingControl.change``: validated, models loaded,
+Every call needs ``Authorization: Bearer <GATEWAY_ADMIN_TOKEN>``; with no token configured the
+admin API is off (403). A wrong or missing token is 401 and is logged with the client's address;
+tokens are compared in constant time. Changes go through ``RoutingControl.change``: validated, models loaded,
 saved with compare-and-swap, audited, installed here at once and on the other workers within
 ``POLL_S``.
 """
@@ -17,17 +17,17 @@ import anyio
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route as HttpRoute
 
 from service.codecs import decode_json
 from service.config import VariantConfig, describe, load_config
 from service.errors import BadRequest, ConfigError, NotFound
-from service.gateway import Gateway
+from service.gateway.http.common import gateway_of
+from service.gateway.http.reports import from_monitor
+from service.gateway.process import Gateway
 from service.http.auth import client_of, require_token
 from service.http.body import read_body
-from service.http.common import gateway_of
 from service.http.query import int_param
-from service.http.reports import from_monitor
 from service.http.responses import json_response
 from service.names import checked_name
 from traffic.rollout import ACTIONS
@@ -207,13 +207,13 @@ async def rollout_action(request: Request) -> Response:
 
 
 ROUTES = [
-    Route("/admin/routing", read_routing, methods=["GET"]),
-    Route("/admin/endpoints/{endpoint}/weights", set_weights, methods=["PUT"]),
-    Route("/admin/endpoints/{endpoint}/variants", add_variant, methods=["POST"]),
-    Route("/admin/endpoints/{endpoint}/variants/{variant}", remove_variant, methods=["DELETE"]),
-    Route("/admin/reload", reload_config, methods=["POST"]),
-    Route("/admin/audit", read_audit, methods=["GET"]),
-    Route("/admin/rollouts", rollouts, methods=["GET"]),
-    Route("/admin/rollouts/{endpoint}", rollout, methods=["GET"]),
-    Route("/admin/rollouts/{endpoint}/{action}", rollout_action, methods=["POST"]),
+    HttpRoute("/admin/routing", read_routing, methods=["GET"]),
+    HttpRoute("/admin/endpoints/{endpoint}/weights", set_weights, methods=["PUT"]),
+    HttpRoute("/admin/endpoints/{endpoint}/variants", add_variant, methods=["POST"]),
+    HttpRoute("/admin/endpoints/{endpoint}/variants/{variant}", remove_variant, methods=["DELETE"]),
+    HttpRoute("/admin/reload", reload_config, methods=["POST"]),
+    HttpRoute("/admin/audit", read_audit, methods=["GET"]),
+    HttpRoute("/admin/rollouts", rollouts, methods=["GET"]),
+    HttpRoute("/admin/rollouts/{endpoint}", rollout, methods=["GET"]),
+    HttpRoute("/admin/rollouts/{endpoint}/{action}", rollout_action, methods=["POST"]),
 ]

@@ -9,19 +9,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
-
 from service import registry
-from service.batching import Batcher, RunCost
 from service.config import GatewayConfig
 from service.errors import ConfigError
-from service.metrics import GatewayMetrics
+from service.gateway.batching import Batcher, RunCost
+from service.gateway.metrics import GatewayMetrics
 from service.model_card import MODEL_FILE, ModelCard
 from service.runtime import ModelSession, resolve_providers
+from service.tensors import Tensors
 
 log = logging.getLogger("gateway.models")
-
-Tensors = dict[str, np.ndarray]
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from service.errors import NotReady
-from service.gateway import Gateway
+from service.gateway.process import Gateway
 
 
 def gateway_of(request: Request) -> Gateway:

@@ -28,11 +28,11 @@ from service import registry
 from service.config import GatewayConfig, OfflineGateConfig
 from service.crash_points import crash_point
 from service.errors import ConfigError, Conflict, NotFound
-from service.monitor_metrics import MonitorMetrics
-from service.notifier import Notifier
-from service.offline_gate import offline_gate
-from service.rollout_evidence import EvidenceGatherer
-from service.routing import initial_state
+from service.monitor.evidence import EvidenceGatherer
+from service.monitor.metrics import MonitorMetrics
+from service.monitor.notifier import Notifier
+from service.monitor.offline_gate import offline_gate
+from service.state import initial_state
 from traffic import rollout
 from traffic.rollout import (
     ACTIONS,
@@ -48,9 +48,9 @@ from traffic.rollout_policy import RolloutPolicy
 from traffic.store import (
     OutboxEvent,
     RoutingState,
-    SQLiteStateStore,
-    VersionConflict,
+    StateStore,
     audit_entry,
+    compare_and_swap,
 )
 from traffic.table import EndpointTable
 
@@ -63,7 +63,7 @@ class RolloutService:
         self,
         config: GatewayConfig,
         store: MonitorStore,
-        routing: SQLiteStateStore,
+        state_store: StateStore,
         evidence: EvidenceGatherer,
         metrics: MonitorMetrics,
         notifier: Notifier,
@@ -74,7 +74,7 @@ class RolloutService:
             name: e.rollout.offline_gate for name, e in config.endpoints.items() if e.rollout
         }
         self.store = store
-        self.routing = routing
+        self.state_store = state_store
         self.evidence = evidence
         self.metrics = metrics
         self.notifier = notifier
@@ -94,7 +94,7 @@ class RolloutService:
 
     def _load(self, endpoint: str) -> tuple[int, RolloutState | None, bool]:
         """(revision, state, applied) as stored; revision 0 and no state before the first start."""
-        stored = self.routing.load_rollout(endpoint)
+        stored = self.state_store.load_rollout(endpoint)
         if stored is None:
             return 0, None, True
         revision, document = stored
@@ -110,7 +110,7 @@ class RolloutService:
             "applied": applied,
             "policy": policy.to_dict(),
             "policy_hash": policy.policy_hash,
-            "history": self.routing.evaluations(endpoint, history),
+            "history": self.state_store.evaluations(endpoint, history),
         }
 
     # -- deciding --------------------------------------------------------------------------
@@ -153,7 +153,7 @@ class RolloutService:
         revision = self._save(policy.endpoint, revision, state, applied=True)
         reason = f"applied after a restart: {state.reason}"
         decision = Decision("reapply", state, reason, cause="restart")
-        self.routing.append_evaluation(
+        self.state_store.append_evaluation(
             policy.endpoint, self._entry(policy, decision, Evidence(), now)
         )
         log.warning("rollout %s: %s", policy.endpoint, reason)
@@ -220,7 +220,7 @@ class RolloutService:
         applied: bool,
         events: tuple[OutboxEvent, ...] = (),
     ) -> int:
-        revision = self.routing.save_rollout(
+        revision = self.state_store.save_rollout(
             endpoint, {"state": state.to_dict(), "applied": applied}, revision, events
         )
         if applied:
@@ -257,45 +257,36 @@ class RolloutService:
             crash_point(f"rollout_saved:{decision.action}")
             self._apply(policy, state, decision.targets, decision.action)
             self._save(endpoint, revision, state, applied=True)
-        self.routing.append_evaluation(endpoint, self._entry(policy, decision, evidence, now))
+        self.state_store.append_evaluation(endpoint, self._entry(policy, decision, evidence, now))
         self._export(policy, decision)
         if decision.action != "hold":
             log.info("rollout %s: %s (%s)", endpoint, decision.action, decision.reason)
 
     def _routing_state(self) -> RoutingState:
-        return self.routing.load() or initial_state(self.config, self.routing)
+        return self.state_store.load() or initial_state(self.config, self.state_store)
 
     def _apply(self, policy: RolloutPolicy, state: RolloutState, targets, action: str) -> None:
-        """Write the targets into the shared routing state (compare-and-swap, retried)."""
-        for _ in range(10):
-            current = self._routing_state()
-            table = current.tables[policy.endpoint]
+        """Write the targets into the shared routing state (compare-and-swap) and audit it."""
+        self._routing_state()  # made from the config if no worker has started yet
+        endpoint = policy.endpoint
+
+        def retarget(current: RoutingState | None) -> RoutingState | None:
+            assert current is not None, "initialised just above; never deleted"
+            table = current.tables[endpoint]
             moved = _retarget(table, targets)
             if moved == table:
-                return
-            try:
-                self.routing.save(
-                    RoutingState(
-                        current.version, current.source, {**current.tables, policy.endpoint: moved}
-                    ),
-                    current.version,
-                )
-            except VersionConflict:
-                continue
-            weights = {
-                v.name: {"role": v.role, "weight": v.weight, "mirror": v.mirror}
-                for v in moved.variants
-            }
-            self.routing.append_audit(
-                audit_entry(
-                    "rollout",
-                    f"rollout_{action}",
-                    policy.endpoint,
-                    {"variants": weights, "reason": state.reason},
-                )
-            )
+                return None
+            return RoutingState(0, current.source, {**current.tables, endpoint: moved})
+
+        swap = compare_and_swap(self.state_store, retarget)
+        if swap.after is None:
             return
-        raise RuntimeError(f"routing state of {policy.endpoint!r} kept changing; not applied")
+        weights = {
+            v.name: {"role": v.role, "weight": v.weight, "mirror": v.mirror}
+            for v in swap.after.tables[endpoint].variants
+        }
+        detail = {"variants": weights, "reason": state.reason}
+        self.state_store.append_audit(audit_entry("rollout", f"rollout_{action}", endpoint, detail))
 
     def _entry(
         self, policy: RolloutPolicy, decision: Decision, evidence: Evidence, now: float

@@ -1,30 +1,17 @@
 """The gateway's Prometheus metrics (prometheus_client, multiprocess-safe under BentoML workers).
 
 BentoML starts its workers with ``PROMETHEUS_MULTIPROC_DIR`` set; every worker writes its series
-there and ``/metrics`` (served by the gateway, see ``exposition``) reads them all, so series are
+there and ``/metrics`` (service/exposition.py) reads them all, so series are
 summed over workers. Gauges name their multiprocess mode. Label values are bounded: endpoint,
 variant, model and version come from the config, outcome from a fixed set.
 
-BentoML's own HTTP metrics are switched off (service/bento.py): they label each series with the raw
-request path, so every mistyped or probing URL would add series for good.
+BentoML's own HTTP metrics are switched off (service/gateway/bento.py): they label each series
+with the raw request path, so every mistyped or probing URL would add series for good.
 """
 
 from __future__ import annotations
 
-import os
-
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.multiprocess import MultiProcessCollector
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PROTOCOLS = ("plain", "oip")
@@ -46,102 +33,123 @@ def latency_buckets(slo_seconds: float) -> tuple[float, ...]:
 class GatewayMetrics:
     """All series the gateway writes; one instance per process."""
 
-    def __init__(self, latency_slo_seconds: float) -> None:
+    def __init__(self, latency_slo_seconds: float, registry: CollectorRegistry = REGISTRY) -> None:
+        """``registry``: where the series live (the process's default; a fresh one lets several
+        gateways be built in one process, as the in-process tests do)."""
+        self.registry = registry
         self.requests = Counter(
             "gateway_requests_total",
             "Prediction requests answered, by endpoint, variant, model version and outcome.",
             ["endpoint", "variant", "model_version", "protocol", "outcome"],
+            registry=registry,
         )
         self.request_duration = Histogram(
             "gateway_request_duration_seconds",
             "Time from the request's body read to its answer ready, per endpoint and variant.",
             ["endpoint", "variant"],
             buckets=latency_buckets(latency_slo_seconds),
+            registry=registry,
         )
         self.inference_duration = Histogram(
             "gateway_inference_duration_seconds",
             "Time one onnxruntime run (one batch) took.",
             ["model", "model_version"],
             buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.batch_rows = Histogram(
             "gateway_inference_batch_rows",
             "Rows per onnxruntime run: how well concurrent requests are coalesced.",
             ["model", "model_version"],
             buckets=BATCH_ROW_BUCKETS,
+            registry=registry,
         )
         self.in_flight = Gauge(
             "gateway_in_flight_requests",
             "Prediction requests being handled now.",
             ["endpoint"],
             multiprocess_mode="livesum",
+            registry=registry,
         )
         self.queue_rejections = Counter(
             "gateway_queue_rejections_total",
             "Requests refused with 429 because the model's queue was full.",
             ["endpoint", "variant"],
+            registry=registry,
         )
         self.model_loaded = Gauge(
             "gateway_model_loaded",
             "1 when a model version is loaded, with the execution provider actually in use.",
             ["model", "model_version", "provider"],
             multiprocess_mode="livemax",
+            registry=registry,
         )
         self.variant_weight = Gauge(
             "gateway_variant_weight",
             "Current traffic weight (percent) of each variant; for shadows, the mirrored percent.",
             ["endpoint", "variant"],
             multiprocess_mode="mostrecent",
+            registry=registry,
         )
         self.routing_version = Gauge(
             "gateway_routing_state_version",
             "Routing-state version installed; min over workers (a lagging worker shows here).",
             multiprocess_mode="min",
+            registry=registry,
         )
         self.admin_changes = Counter(
             "gateway_admin_changes_total",
             "Changes asked of the admin API, by action and outcome (applied or refused).",
             ["action", "outcome"],
+            registry=registry,
         )
         self.shadow_requests = Counter(
             "gateway_shadow_requests_total",
             "Requests mirrored to a shadow variant, by outcome (ok, error, rejected).",
             ["endpoint", "variant", "outcome"],
+            registry=registry,
         )
         self.shadow_rows = Counter(
             "gateway_shadow_rows_total",
             "Rows answered by both primary and shadow, by whether their predictions agree.",
             ["endpoint", "variant", "agreement"],
+            registry=registry,
         )
         self.monitor_dropped = Counter(
             "gateway_monitor_dropped_records_total",
             "Prediction records dropped because the buffer towards the monitor was full.",
+            registry=registry,
         )
         self.monitor_shipped = Counter(
             "gateway_monitor_shipped_records_total",
             "Prediction records delivered to the monitor.",
+            registry=registry,
         )
         self.monitor_buffered = Gauge(
             "gateway_monitor_buffered_records",
             "Prediction records waiting for the monitor.",
             multiprocess_mode="livesum",
+            registry=registry,
         )
         self.monitor_last_delivery = Gauge(
             "gateway_monitor_last_delivery_timestamp_seconds",
             "When a batch of records last reached the monitor (unix time).",
             multiprocess_mode="max",
+            registry=registry,
         )
         self.queue_time = Histogram(
             "gateway_queue_time_seconds",
             "Time a request waited in its model's queue before its run began.",
             ["model", "model_version"],
             buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.shed = Counter(
             "gateway_shed_requests_total",
             "Work refused or skipped under overload, by route (predict, infer, feedback, shadow) "
             "and reason (overload: the admission limit; in_flight: the route's own budget).",
             ["route", "reason"],
+            registry=registry,
         )
         for route, reason in SHED_SERIES:
             self.shed.labels(route, reason)  # at 0 from the start: rates and alerts need it
@@ -149,12 +157,14 @@ class GatewayMetrics:
             "gateway_admission_limit",
             "Predictions admitted at once, summed over workers (the adaptive limit).",
             multiprocess_mode="livesum",
+            registry=registry,
         )
         self.background_restarts = Counter(
             "gateway_background_restarts_total",
             "Background tasks (batching, record shipping, routing follower) started again "
             "after they died.",
             ["task"],
+            registry=registry,
         )
         self._request_children: dict[tuple, Counter] = {}
         self._duration_children: dict[tuple, Histogram] = {}
@@ -182,7 +192,8 @@ class GatewayMetrics:
         self.background_restarts.labels(task).inc()
 
     def duration_series(self, endpoint: str, variant: str):
-        """The latency histogram child for an endpoint and variant, cached like ``request_series``."""
+        """The latency histogram child for an endpoint and variant, cached as ``request_series``
+        caches its children."""
         key = (endpoint, variant)
         child = self._duration_children.get(key)
         if child is None:
@@ -202,27 +213,3 @@ class GatewayMetrics:
                 queue_time.observe(wait)
 
         return observe
-
-
-def _all_workers() -> CollectorRegistry:
-    """Every worker's series (or this process's, outside a multiprocess server)."""
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        return REGISTRY
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)
-    return registry
-
-
-def exposition() -> bytes:
-    """The Prometheus text format of every worker's series."""
-    return generate_latest(_all_workers())
-
-
-def sample_totals(name: str, **labels: str) -> float:
-    """The sum, over every worker, of the samples called ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for family in _all_workers().collect():
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total

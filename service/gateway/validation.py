@@ -11,13 +11,12 @@ import numpy as np
 from service.config import LimitsConfig
 from service.errors import BadRequest, PayloadTooLarge
 from service.model_card import ModelCard
-from service.tensors import FLOAT_TYPES, OIP_TO_NUMPY
-
-Tensors = dict[str, np.ndarray]
+from service.tensors import FLOAT_TYPES, OIP_TO_NUMPY, Tensors
 
 
 def check_inputs(card: ModelCard, tensors: Tensors, limits: LimitsConfig) -> int:
-    """Raise a 4xx ``GatewayError`` if the tensors cannot be fed to the model; return the row count."""
+    """Raise a 4xx ``GatewayError`` if the tensors cannot be fed to the model; return the row
+    count."""
     expected = {spec.name: spec for spec in card.inputs}
     missing = sorted(expected.keys() - tensors.keys())
     if missing:

@@ -19,30 +19,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
+from prometheus_client import REGISTRY, CollectorRegistry
 
-from service.admission import Admission
 from service.config import GatewayConfig
-from service.dataplane import DataPlane, Route
 from service.errors import BadRequest, GatewayError, Overloaded
-from service.metrics import GatewayMetrics
+from service.gateway.admission import Admission
+from service.gateway.dataplane import DataPlane, Route
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.models import ModelLoader, check_models
+from service.gateway.recording import Recorder
+from service.gateway.routing import RoutingControl, with_retries
+from service.gateway.shadow import ShadowRunner
 from service.model_card import ModelCard
-from service.model_pool import ModelLoader, check_models
 from service.names import new_request_id
-from service.recording import Recorder
-from service.routing import (
-    STATE_FILE,
-    RoutingControl,
-    initial_state,
-    model_tags,
-    with_retries,
-)
 from service.secrets import Secrets, load_secrets, presents
-from service.shadow import ShadowRunner
+from service.state import STATE_FILE, initial_state, model_tags
+from service.tensors import Tensors
 from traffic.store import SQLiteStateStore
 from traffic.table import EndpointTable
 
-Tensors = dict[str, np.ndarray]
 REQUEST_ID_HEADER = "x-gateway-request-id"
 """The gateway's own id of an answer (its record's key; labels name it)."""
 CORRELATION_HEADER = "x-request-id"
@@ -155,7 +150,7 @@ class Gateway:
             admission.max_refusals_per_s,
             on_limit=metrics.admission_limit.set,
         )
-        """Predictions admitted under overload (service/http/admission.py); shadows and sampled
+        """Predictions admitted under overload (service/gateway/admission.py); shadows and sampled
         inputs wait while it refuses (optional work is shed before answers)."""
         self.feedback_in_flight = 0
         shedding = lambda: self.admission.shedding  # noqa: E731 - read at call time
@@ -163,10 +158,13 @@ class Gateway:
         self.recorder = Recorder(config.monitor, metrics, secrets_.monitor_token, shedding)
 
     @classmethod
-    def start(cls, config_path: Path, config: GatewayConfig) -> Gateway:
-        """Adopt the routing state, then load every model it uses (warm, on the resolved device)."""
+    def start(
+        cls, config_path: Path, config: GatewayConfig, registry: CollectorRegistry = REGISTRY
+    ) -> Gateway:
+        """Adopt the routing state, then load every model it uses (warm, on the resolved device).
+        ``registry``: where its metrics live (see ``GatewayMetrics``)."""
         secrets_ = load_secrets(config.secrets)
-        metrics = GatewayMetrics(config.server.latency_slo_ms / 1000.0)
+        metrics = GatewayMetrics(config.server.latency_slo_ms / 1000.0, registry)
         path = config.data_dir / STATE_FILE
         store = with_retries("opening the routing state", lambda: SQLiteStateStore(path))
         state = with_retries("reading the routing state", lambda: initial_state(config, store))
@@ -247,7 +245,7 @@ class Gateway:
             )
             return
 
-        def record(shadow: dict[str, list]) -> None:
+        def record_with(shadow: dict[str, list]) -> None:
             self.recorder.record(
                 answer.request_id,
                 answer.correlation_id,
@@ -258,7 +256,7 @@ class Gateway:
                 shadow,
             )
 
-        self.shadows.mirror(route, tensors, answer.outputs, record)
+        self.shadows.mirror(route, tensors, answer.outputs, record_with)
 
     async def close(self) -> None:
         for model in self.dataplane.snapshot.models.values():

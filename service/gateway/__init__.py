@@ -1,0 +1,2 @@
+"""The gateway worker process: BentoML service, data plane, batching, routing follower, recording
+and the HTTP API. Nothing here imports ``service.monitor``."""

@@ -1,0 +1,40 @@
+"""The shared routing state both processes start from: where it lives and how it is first made.
+
+A gateway worker adopts it at start (service/gateway/routing.py); the monitor reads it to know the
+endpoints and to drive rollouts (service/monitor/rollouts.py). The store itself is
+traffic/store.py's; this module only says which file and what goes in first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from service.config import GatewayConfig
+from traffic.store import RoutingState, StateStore, audit_entry, compare_and_swap
+from traffic.table import EndpointTable
+
+STATE_FILE = "routing.sqlite3"
+"""The shared routing state's file in the data directory (SQLite default store)."""
+
+
+def model_tags(tables: Mapping[str, EndpointTable]) -> list[str]:
+    """Every model version the tables use, each once."""
+    return list(dict.fromkeys(v.model for t in tables.values() for v in t.variants))
+
+
+def initial_state(config: GatewayConfig, store: StateStore) -> RoutingState:
+    """The stored state, or the config's when nothing is stored or the config's endpoints changed
+    (when several workers start at once, one writes it and the others adopt theirs)."""
+    source = config.routing_hash()
+
+    def from_config(stored: RoutingState | None) -> RoutingState | None:
+        if stored is not None and stored.source == source:
+            return None
+        return RoutingState(0, source, config.tables())
+
+    swap = compare_and_swap(store, from_config)
+    if swap.after is None:
+        return swap.before
+    reason = "first start" if swap.before is None else "config endpoints changed"
+    store.append_audit(audit_entry("config", "initialize", "*", {"reason": reason}))
+    return swap.after

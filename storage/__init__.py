@@ -1,0 +1,1 @@
+"""Storage plumbing shared by the stores of traffic/ and monitors/ (imports nothing of ours)."""

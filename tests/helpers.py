@@ -1,0 +1,161 @@
+"""What the tests share: the throwaway model store and the tokens every server they start gets,
+config writers, a loopback receiver, a traffic driver, and a gateway built in-process.
+
+Tests import these from here (never from conftest.py or from each other). Importing this module
+points BentoML at the throwaway store (``BENTOML_HOME`` is read once, at BentoML's import), so it is
+imported before anything that imports BentoML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import yaml
+from prometheus_client import CollectorRegistry
+
+STORE_ROOT = Path(tempfile.mkdtemp(prefix="gateway-tests-"))
+os.environ["BENTOML_HOME"] = str(STORE_ROOT / "bentoml")
+os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+MONITOR_TOKEN = "monitor-token-of-the-test-session"
+os.environ["GATEWAY_MONITOR_TOKEN"] = MONITOR_TOKEN  # every server the tests start inherits it
+MONITOR_AUTH = {"Authorization": f"Bearer {MONITOR_TOKEN}"}
+"""Headers for tests that call a monitor directly (gateways send the token themselves)."""
+METRICS_TOKEN = "metrics-token-of-the-test-session"
+os.environ["GATEWAY_METRICS_TOKEN"] = METRICS_TOKEN
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+"""Headers for reading /metrics of a gateway or a monitor (as Prometheus does)."""
+ADMIN_TOKEN = "admin-token-of-the-test-session"
+ADMIN_ENV = {"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
+"""The environment that gives a server this admin token (servers have none unless given)."""
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+os.environ.pop("GATEWAY_ADMIN_TOKEN", None)
+
+from service.config import load_config  # noqa: E402  (after BENTOML_HOME)
+from service.gateway.http.app import background_tasks, build_app  # noqa: E402
+from service.gateway.http.gate import PredictionGate  # noqa: E402
+from service.gateway.process import WORKER, Gateway  # noqa: E402
+from service.launch import free_port  # noqa: E402
+
+
+def write_config(path: Path, **overrides) -> Path:
+    """A gateway.yaml serving the demo models, with top-level sections overridden."""
+    config = {
+        "model_store": str(STORE_ROOT / "bentoml"),
+        "endpoints": {
+            "cancer": {
+                "routing": {"key": {"header": "x-user-id"}},
+                "variants": [
+                    {"name": "stable", "model": "cancer:v1", "weight": 90},
+                    {"name": "candidate", "model": "cancer:v2", "weight": 10, "role": "candidate"},
+                ],
+            },
+            "diabetes": {"variants": [{"name": "stable", "model": "diabetes:v1"}]},
+        },
+    }
+    config.update(overrides)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def local_monitor(port: int, **settings) -> dict:
+    """A config's ``monitor`` section for a monitor on 127.0.0.1:``port``, flushing every 50 ms."""
+    return {"url": f"http://127.0.0.1:{port}", "port": port, "flush_interval_ms": 50, **settings}
+
+
+async def loopback_receiver(path: str, handle):
+    """A small real HTTP server on 127.0.0.1 answering POST ``path`` with ``handle`` (an aiohttp
+    handler): stands in for a monitor or a webhook in tests. Returns (URL, cleanup coroutine)."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_post(path, handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return f"http://127.0.0.1:{port}{path}", runner.cleanup
+
+
+ROW = [14.0, 20.0, 90.0, 600.0, 0.1, 0.1, 0.08, 0.05, 0.18, 0.06] * 3
+
+
+def rollout_config(tmp_path, faults=None, webhook=None, **rollout) -> tuple:
+    port = free_port()
+    candidate = {"name": "candidate", "model": "cancer:v2", "role": "candidate", "weight": 0}
+    if faults:
+        candidate["faults"] = faults
+    policy = {
+        "candidate": "candidate",
+        "steps": [{"weight": 20, "min_duration_s": 2}, {"weight": 50, "min_duration_s": 2}],
+        "interval_s": 0.5,
+        "guard_window_s": 5,
+        "revert_window_s": 2,
+        "comparisons": [{"metric": "error_rate", "margin": 0.05, "min_samples": 50}],
+        "offline_gate": {"margin": 0.05},
+        **rollout,
+    }
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        data_dir=str(tmp_path / "data"),
+        monitor=local_monitor(port),
+        notifications={"webhooks": [webhook] if webhook else [], "timeout_s": 2},
+        endpoints={
+            "cancer": {
+                "routing": {"key": {"header": "x-user-id"}},
+                "variants": [{"name": "stable", "model": "cancer:v1"}, candidate],
+                "rollout": policy,
+            }
+        },
+    )
+    return config, port
+
+
+async def drive(session, url, seconds, users=400, concurrency=8, endpoint="cancer") -> list[tuple]:
+    """Keyed requests for ``seconds``: (time, user, status, variant, request id) for each."""
+    answers, stop = [], time.monotonic() + seconds
+
+    async def user_loop(first: int) -> None:
+        user = first
+        while time.monotonic() < stop:
+            headers = {"x-user-id": f"user-{user % users}"}
+            async with session.post(
+                f"{url}/predict/{endpoint}", json={"instances": [ROW]}, headers=headers
+            ) as answer:
+                variant = answer.headers.get("x-gateway-variant")
+                request_id = answer.headers.get("x-gateway-request-id")
+                answers.append((time.monotonic(), user % users, answer.status, variant, request_id))
+            user += concurrency
+            await asyncio.sleep(0.005)
+
+    await asyncio.gather(*(user_loop(i) for i in range(concurrency)))
+    return answers
+
+
+@contextlib.asynccontextmanager
+async def in_process_gateway(config_path: Path) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
+    """A gateway built in this process from ``config_path`` (the process object and its app,
+    behind the prediction gate as BentoML serves them, with its background tasks running) and an
+    HTTP client that calls it without a socket. Its metrics live in a registry of their own."""
+    gateway = Gateway.start(config_path, load_config(config_path), CollectorRegistry())
+    app = build_app()
+    app.state.gateway = gateway
+
+    def refused(route: str) -> None:
+        gateway.metrics.shed.labels(route, "overload").inc()
+
+    # BentoML mounts the app at /: every route that is not a prediction goes straight to it
+    gate = PredictionGate(app, app, lambda: gateway.admission, refused, WORKER)
+    transport = httpx.ASGITransport(app=gate)
+    try:
+        async with background_tasks(app):
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                yield gateway, client
+    finally:
+        await gateway.close()

@@ -1,0 +1,171 @@
+"""The gateway built in-process on the demo models: the request path, routing changes and
+recording, through the same app and gate BentoML serves, without starting a server.
+
+These run in a second or two where the same checks through ``bentoml serve`` take minutes; the
+integration tests (test_server_*.py) still prove the real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp.web
+import pytest
+
+from monitors.records import decode_batch
+from tests.helpers import ADMIN_AUTH, ROW, in_process_gateway, loopback_receiver, write_config
+
+KEYS = [f"user-{i}" for i in range(200)]
+
+
+@pytest.fixture
+async def monitor():
+    """A loopback stand-in for the monitor that keeps every record batch it is sent."""
+    records = []
+
+    async def take(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        records.extend(decode_batch(await request.read()))
+        return aiohttp.web.json_response({"stored": len(records)})
+
+    url, cleanup = await loopback_receiver("/records", take)
+    yield url.removesuffix("/records"), records
+    await cleanup()
+
+
+@pytest.fixture
+def config(demo_models, tmp_path, monitor, monkeypatch):
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", ADMIN_AUTH["Authorization"].split()[1])
+    url, _ = monitor
+    return write_config(
+        tmp_path / "gateway.yaml",
+        data_dir=str(tmp_path / "data"),
+        monitor={"url": url, "flush_interval_ms": 20},
+    )
+
+
+async def test_a_prediction_is_routed_run_counted_and_recorded(config, monitor):
+    _, records = monitor
+    async with in_process_gateway(config) as (gateway, client):
+        answer = await client.post(
+            "/predict/cancer",
+            json={"instances": [ROW, ROW]},
+            headers={"x-user-id": "user-1", "x-request-id": "caller-1"},
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        expected = gateway.dataplane.table("cancer").route("user-1").variant.name
+        assert body["variant"] == expected == answer.headers["x-gateway-variant"]
+        assert len(body["predictions"]) == 2 and body["correlation_id"] == "caller-1"
+        requests = gateway.metrics.registry.get_sample_value(
+            "gateway_requests_total",
+            {
+                "endpoint": "cancer",
+                "variant": expected,
+                "model_version": body["model_version"],
+                "protocol": "plain",
+                "outcome": "ok",
+            },
+        )
+        assert requests == 1
+        for _ in range(100):
+            if records:
+                break
+            await asyncio.sleep(0.02)
+    [record] = records
+    assert record.request_id == body["request_id"] and record.variant == expected
+    assert record.correlation_id == "caller-1" and len(record.predictions) == 2
+
+
+async def test_oip_and_plain_answer_alike_through_the_one_call(config):
+    async with in_process_gateway(config) as (_, client):
+        plain = await client.post(
+            "/predict/cancer", json={"instances": [ROW]}, headers={"x-user-id": "u"}
+        )
+        oip = await client.post(
+            "/v2/models/cancer/infer",
+            json={"inputs": [{"name": "X", "shape": [1, 30], "datatype": "FP32", "data": ROW}]},
+            headers={"x-user-id": "u"},
+        )
+    assert plain.status_code == 200 and oip.status_code == 200, oip.text
+    assert plain.headers["x-gateway-variant"] == oip.headers["x-gateway-variant"]
+    label = {o["name"]: o["data"] for o in oip.json()["outputs"]}["label"]
+    assert [plain.json()["predictions"][0]["label"]] == label
+
+
+async def test_a_bad_request_is_a_4xx_counted_and_kept_from_the_monitor(config, monitor):
+    _, records = monitor
+    async with in_process_gateway(config) as (gateway, client):
+        short = await client.post("/predict/cancer", json={"instances": [ROW[:3]]})
+        unknown = await client.post("/predict/nope", json={"instances": [ROW]})
+        after = await client.post("/predict/cancer", json={"instances": [ROW]})
+        await asyncio.sleep(0.1)
+        client_errors = sum(
+            gateway.metrics.registry.get_sample_value(
+                "gateway_requests_total",
+                {
+                    "endpoint": "cancer",
+                    "variant": variant,
+                    "model_version": version,
+                    "protocol": "plain",
+                    "outcome": "client_error",
+                },
+            )
+            or 0
+            for variant, version in (("stable", "v1"), ("candidate", "v2"), ("none", "none"))
+        )
+    assert short.status_code == 400 and "30" in short.json()["error"], short.text
+    assert unknown.status_code == 404 and "cancer" in unknown.json()["error"]
+    assert after.status_code == 200, "still serves afterwards"
+    assert client_errors == 1
+    assert [r.request_id for r in records] == [after.json()["request_id"]]
+
+
+async def test_a_weight_change_is_saved_audited_and_followed_at_once(config):
+    async with in_process_gateway(config) as (gateway, client):
+        before = gateway.dataplane.snapshot.version
+        changed = await client.put(
+            "/admin/endpoints/cancer/weights",
+            json={"weights": {"stable": 0, "candidate": 100}},
+            headers=ADMIN_AUTH,
+        )
+        assert changed.status_code == 200, changed.text
+        assert gateway.dataplane.snapshot.version == before + 1
+        answers = [
+            await client.post(
+                "/predict/cancer", json={"instances": [ROW]}, headers={"x-user-id": key}
+            )
+            for key in KEYS[:20]
+        ]
+        assert {a.headers["x-gateway-variant"] for a in answers} == {"candidate"}
+        refused = await client.put(
+            "/admin/endpoints/cancer/weights", json={"weights": {"stable": 100, "candidate": 0}}
+        )
+        assert refused.status_code == 401
+        audit = await client.get("/admin/audit", headers=ADMIN_AUTH)
+    assert refused.status_code == 401 and gateway.dataplane.snapshot.version == before + 1
+    actions = [entry["action"] for entry in audit.json()["entries"]]
+    assert actions[0] == "set_weights" and actions.count("set_weights") == 1
+
+
+async def test_a_change_made_by_another_worker_is_followed(config):
+    """Two gateways on one store, as two workers are: a change through one reaches the other
+    by the routing follower, and the compare-and-swap keeps both writers' changes."""
+    async with (
+        in_process_gateway(config) as (first, first_client),
+        in_process_gateway(config) as (second, _),
+    ):
+        changed = await first_client.put(
+            "/admin/endpoints/cancer/weights",
+            json={"weights": {"stable": 50, "candidate": 50}},
+            headers=ADMIN_AUTH,
+        )
+        assert changed.status_code == 200
+        version = changed.json()["version"]
+        for _ in range(100):
+            if second.dataplane.snapshot.version == version:
+                break
+            await asyncio.sleep(0.02)
+        table = second.dataplane.table("cancer")
+    assert second.dataplane.snapshot.version == version, "the second worker followed"
+    assert table.variant("candidate").weight == 50
+    assert first.dataplane.table("cancer") == table
