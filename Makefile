@@ -10,7 +10,7 @@ PORT ?= 3000
 DEMO_HOME ?= .gateway-home
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: demo serve-demo test test-unit lint format bench clean promtool wrk
+.PHONY: demo serve-demo test test-unit lint format bench clean promtool chromium wrk
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,11 @@ format: $(STAMP)
 promtool:
 	@command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }
 
-test: lint promtool
+# chromium (Debian's) opens the reports page in a real browser in the tests; installed when missing.
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: lint promtool chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Everything but the tests that start real servers (marked integration): the edit-test loop.

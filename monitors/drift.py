@@ -7,17 +7,22 @@ Two paths, because they have different costs:
 - ``drift_report`` (what operators open): a full Evidently ``Report`` of explicit per-column
   ``ValueDrift`` metrics with the same methods and thresholds, saved as HTML and JSON.
 
-Defaults: normed Wasserstein distance for numeric columns and Jensen-Shannon distance for
-categorical ones (a predicted label), drift when the score is >= 0.1. Evidently's automatic choice
-switches to K-S p-values for reference samples of up to 1,000 rows, and p-values flag every column
-on big windows (see ../shared/reference/monitoring.md); distances keep one meaning at any size. A
-window smaller than ``min_rows`` gives "insufficient_data", never a verdict.
+A column drifted when two things hold. Its distance is at least the configured threshold (0.1):
+the change is big enough to matter (normed Wasserstein distance for numeric columns, Jensen-Shannon
+for categorical ones such as a predicted label; distances keep one meaning at any size, where
+p-values alone flag every column of a big window, see ../shared/reference/monitoring.md). And a
+distribution-free test says it is not sampling noise at ``NOISE_ALPHA`` (two-sample
+Kolmogorov-Smirnov and Mann-Whitney for numeric columns, chi-square homogeneity for categorical
+ones): two finite
+samples of one distribution are never at distance zero, and how far noise alone takes the distance
+depends on the column's shape (a heavy-tailed amount, a count with a few levels) as much as on the
+sizes, so no fixed threshold or formula holds for every shape. The rank tests' false-alarm rate
+is ``NOISE_ALPHA`` for any continuous distribution, and no higher where ties are many (counts,
+binary flags): tests/test_drift.py checks ten shapes, heavy tails and zero inflation among them. Big windows are held to the threshold; small ones need a bigger shift.
 
-A distance between two finite samples is never zero, even from one distribution: its noise shrinks
-like sqrt(1/n + 1/m) for n window and m reference rows. A fixed 0.1 would flag noise on windows of a
-few hundred rows, so each column's threshold is raised to its noise floor, the distance that two
-samples of these sizes from one distribution exceed about once in a thousand times
-(``noise_threshold``). Big windows keep the configured threshold; small ones need a bigger shift.
+Both are registered with Evidently as stat tests (``wasserstein_beyond_noise`` and
+``jensenshannon_beyond_noise``), so the operators' report judges each column by the same rule as
+the metrics. A window smaller than ``min_rows`` gives "insufficient_data", never a verdict.
 """
 
 from __future__ import annotations
@@ -26,53 +31,77 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import pandas as pd
-from evidently.legacy.calculations.stattests.registry import get_stattest
+from evidently.legacy.calculations.stattests.jensenshannon import jensenshannon_stat_test
+from evidently.legacy.calculations.stattests.registry import (
+    StatTest,
+    get_stattest,
+    register_stattest,
+)
+from evidently.legacy.calculations.stattests.wasserstein_distance_norm import (
+    wasserstein_stat_test,
+)
 from evidently.legacy.core import ColumnType
+from scipy.stats import chi2_contingency, ks_2samp, mannwhitneyu
+
+from monitors.reports import ReportSummary
 
 Status = Literal["ok", "insufficient_data"]
+
+
+NOISE_ALPHA = 0.001
+"""A column whose distance is past the threshold is flagged only if the distribution-free test
+rejects "the same distribution" at this level: an undrifted column is flagged in at most about
+1 window in 1,000, whatever its shape."""
+
+
+def _wasserstein_beyond_noise(
+    reference: pd.Series, current: pd.Series, feature_type: ColumnType, threshold: float
+) -> tuple[float, bool]:
+    score = wasserstein_stat_test(reference, current, feature_type, threshold).drift_score
+    if score < threshold:
+        return score, False
+    # K-S sees any change of shape; Mann-Whitney is the more powerful one for a shift. Each at
+    # half the level, so that together they keep NOISE_ALPHA (Bonferroni).
+    tests = (ks_2samp(reference, current), mannwhitneyu(reference, current))
+    return score, any(test.pvalue < NOISE_ALPHA / 2 for test in tests)
+
+
+def _jensenshannon_beyond_noise(
+    reference: pd.Series, current: pd.Series, feature_type: ColumnType, threshold: float
+) -> tuple[float, bool]:
+    score = jensenshannon_stat_test(reference, current, feature_type, threshold).drift_score
+    if score < threshold:
+        return score, False
+    counts = pd.concat([reference.value_counts(), current.value_counts()], axis=1).fillna(0)
+    return score, bool(chi2_contingency(counts.to_numpy().T).pvalue < NOISE_ALPHA)
+
+
+WASSERSTEIN_BEYOND_NOISE = StatTest(
+    name="wasserstein_beyond_noise",
+    display_name=f"Wasserstein distance (normed), if rank tests say it is not noise (p < {NOISE_ALPHA})",
+    allowed_feature_types=[ColumnType.Numerical],
+    default_threshold=0.1,
+)
+JENSENSHANNON_BEYOND_NOISE = StatTest(
+    name="jensenshannon_beyond_noise",
+    display_name=f"Jensen-Shannon distance, if chi-square says it is not noise (p < {NOISE_ALPHA})",
+    allowed_feature_types=[ColumnType.Categorical],
+    default_threshold=0.1,
+)
+register_stattest(WASSERSTEIN_BEYOND_NOISE, _wasserstein_beyond_noise)
+register_stattest(JENSENSHANNON_BEYOND_NOISE, _jensenshannon_beyond_noise)
 
 
 @dataclass(frozen=True)
 class DriftSettings:
     """Which tests, what threshold, how many rows make a verdict."""
 
-    numeric_method: str = "wasserstein"
-    categorical_method: str = "jensenshannon"
+    numeric_method: str = WASSERSTEIN_BEYOND_NOISE.name
+    categorical_method: str = JENSENSHANNON_BEYOND_NOISE.name
     threshold: float = 0.1
     min_rows: int = 200
     drifted_share_alarm: float = 0.5
-    noise_floor: bool = True
-    """Raise each column's threshold to its sampling-noise floor (see ``noise_threshold``)."""
-
-
-WASSERSTEIN_NOISE = 3.5
-"""Normed Wasserstein distance between two samples of one distribution, in units of
-sqrt(1/n + 1/m): simulated 99.9th percentiles are 2.7-3.3 for normal, exponential and uniform data
-and up to 4 for log-normal (300 draws per size, n and m from 200 to 5,000)."""
-
-
-def noise_threshold(
-    reference: pd.Series, current: pd.Series, categorical: bool, settings: DriftSettings
-) -> float:
-    """The configured threshold, raised to what sampling noise alone reaches at these sizes.
-
-    Numeric: ``WASSERSTEIN_NOISE`` x sqrt(1/n + 1/m). Categorical, k categories: the Jensen-Shannon
-    distance is about sqrt(chi2(k-1) / 8) x sqrt(1/n + 1/m) under no drift, so the 99.9th percentile
-    of chi2 with k-1 degrees of freedom gives the floor (checked by simulation for k = 2 and 3).
-    """
-    if not settings.noise_floor:
-        return settings.threshold
-    scale = float(np.sqrt(1 / max(len(current), 1) + 1 / max(len(reference), 1)))
-    if categorical:
-        from scipy.stats import chi2
-
-        categories = max(pd.concat([reference, current]).nunique(), 2)
-        noise = float(np.sqrt(chi2.ppf(0.999, categories - 1) / 8)) * scale
-    else:
-        noise = WASSERSTEIN_NOISE * scale
-    return max(settings.threshold, noise)
 
 
 @dataclass(frozen=True)
@@ -112,8 +141,7 @@ def column_drift(
     column_type = ColumnType.Categorical if categorical else ColumnType.Numerical
     method = settings.categorical_method if categorical else settings.numeric_method
     test = get_stattest(reference, current, column_type, method)
-    threshold = noise_threshold(reference, current, categorical, settings)
-    result = test(reference, current, column_type, threshold)
+    result = test(reference, current, column_type, settings.threshold)
     return ColumnDrift(
         str(current.name),
         method,
@@ -121,6 +149,32 @@ def column_drift(
         result.actual_threshold,
         bool(result.drifted),
     )
+
+
+def drift_summary(result: DriftResult) -> ReportSummary:
+    """The lines a drift report opens with: which features drifted, and a table of every column
+    by score, the prediction included."""
+    drifted = result.drifted_features
+    named = f": {', '.join(drifted)}" if drifted else ""
+    prediction = result.prediction
+    verdict = "n/a" if prediction is None else ("yes" if prediction.drifted else "no")
+    headline = (
+        f"{len(drifted)} of {len(result.features)} features drifted{named}; "
+        f"prediction drift: {verdict} ({result.rows} rows against {result.reference_rows} "
+        "reference rows)"
+    )
+    columns = [*result.features, *([prediction] if prediction is not None else [])]
+    rows = tuple(
+        (
+            c.column if c is not prediction else f"{c.column} (model output)",
+            c.method,
+            c.score,
+            c.threshold,
+            c.drifted,
+        )
+        for c in sorted(columns, key=lambda c: c.score, reverse=True)
+    )
+    return ReportSummary(headline, ("feature", "method", "score", "threshold", "drifted"), rows)
 
 
 def compute_drift(
@@ -167,15 +221,9 @@ def drift_report(
         (categorical if categorical_prediction else numeric).append(prediction_column)
 
     def value_drift(column: str) -> ValueDrift:
-        """The same method and (noise-raised) threshold as ``compute_drift`` uses."""
-        is_categorical = column in categorical
-        ours, theirs = (
-            frame[column].astype(str) if is_categorical else frame[column]
-            for frame in (reference, current)
-        )
-        method = settings.categorical_method if is_categorical else settings.numeric_method
-        threshold = noise_threshold(ours, theirs, is_categorical, settings)
-        return ValueDrift(column=column, method=method, threshold=threshold)
+        """The same method and threshold as ``compute_drift`` uses."""
+        method = settings.categorical_method if column in categorical else settings.numeric_method
+        return ValueDrift(column=column, method=method, threshold=settings.threshold)
 
     columns = [*features, *([prediction_column] if prediction_column is not None else [])]
     metrics = [value_drift(column) for column in columns]

@@ -14,6 +14,8 @@ from typing import Literal
 
 import pandas as pd
 
+from monitors.reports import ReportSummary
+
 Status = Literal["ok", "insufficient_data"]
 
 
@@ -99,3 +101,17 @@ def regression_quality(labeled: pd.DataFrame, min_rows: int = 50) -> QualityResu
     mae, rmse = (m["value"] for m in report.dict()["metrics"])
     mae = mae["mean"] if isinstance(mae, dict) else mae
     return QualityResult("ok", len(frame), {"mae": float(mae), "rmse": float(rmse)}, {}, report)
+
+
+def quality_summary(current: QualityResult, reference: QualityResult | None) -> ReportSummary:
+    """The lines a quality report opens with: the variant's figures beside the reference's (the
+    model's own reference sample, scored when it was registered)."""
+    theirs = reference.metrics if reference is not None else {}
+    rows = tuple(
+        (name, value, theirs.get(name), None if name not in theirs else value - theirs[name])
+        for name, value in current.metrics.items()
+    )
+    first, value = next(iter(current.metrics.items()))
+    against = f" vs {theirs[first]:.3g} on the reference" if first in theirs else ""
+    headline = f"{first} on labels {value:.3g}{against} ({current.rows} labeled rows)"
+    return ReportSummary(headline, ("metric", "this variant", "reference", "difference"), rows)

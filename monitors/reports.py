@@ -1,5 +1,9 @@
 """The Evidently reports operators open: HTML and JSON per endpoint, variant and kind, kept on disk.
 
+Each report opens with its ``ReportSummary`` (a headline and a table: which features drifted, or
+the variant's quality beside the reference's) above Evidently's own rendering, in one document; the
+JSON carries the same summary under ``"summary"`` (what the reports page shows).
+
 Layout: ``<root>/<endpoint>/<variant>/<kind>-<unix time>.{html,json}``; the newest ``keep`` of each
 (endpoint, variant, kind) stay, older ones are deleted, and none older than a retention the monitor
 gives. Reading looks names up against what is on disk, never joins them from a request. Writing
@@ -10,14 +14,75 @@ renames it, so a reader never sees half a report and a crash leaves no partial o
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 KINDS = ("drift", "quality")
 REPORT_NAME = re.compile(r"(drift|quality)-(\d+)\.(html|json)")
+
+
+BODY_TAG = re.compile(r"<body[^>]*>", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """What a report says at a glance: a headline, and a table with one row per column or metric."""
+
+    headline: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[object, ...], ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "headline": self.headline,
+            "columns": list(self.columns),
+            "rows": [list(row) for row in self.rows],
+        }
+
+    def html(self) -> str:
+        """The summary as an HTML block (every value escaped)."""
+
+        def cells(tag: str, values: Sequence[object]) -> str:
+            return "".join(f"<{tag}>{html.escape(_shown(v))}</{tag}>" for v in values)
+
+        rows = "".join(f"<tr>{cells('td', row)}</tr>" for row in self.rows)
+        return (
+            '<section class="gateway-summary" style="font-family:sans-serif;margin:1em">'
+            f"<h2>{html.escape(self.headline)}</h2>"
+            f'<table border="1" cellpadding="4" style="border-collapse:collapse">'
+            f"<thead><tr>{cells('th', self.columns)}</tr></thead><tbody>{rows}</tbody></table>"
+            "</section>"
+        )
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "" if value is None else str(value)
+
+
+def _write_html(snapshot, summary: ReportSummary, path: str) -> None:
+    """Evidently's HTML with the summary at the top of its body."""
+    snapshot.save_html(path)
+    document = Path(path).read_text(encoding="utf-8")
+    opening = BODY_TAG.search(document)
+    at = opening.end() if opening else 0
+    Path(path).write_text(document[:at] + summary.html() + document[at:], encoding="utf-8")
+
+
+def _write_json(snapshot, summary: ReportSummary, path: str) -> None:
+    """Evidently's JSON with the summary beside its metrics."""
+    snapshot.save_json(path)
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    Path(path).write_text(json.dumps({"summary": summary.to_dict(), **document}), encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -60,18 +125,21 @@ class ReportArchive:
             raise ValueError(f"{endpoint}/{variant} resolves outside the report archive")
         return directory
 
-    def save(self, endpoint: str, variant: str, kind: str, snapshot) -> list[ReportFile]:
-        """Write ``snapshot`` (an Evidently run result) as HTML and JSON; prune old ones."""
+    def save(
+        self, endpoint: str, variant: str, kind: str, snapshot, summary: ReportSummary
+    ) -> list[ReportFile]:
+        """Write ``snapshot`` (an Evidently run result) as HTML and JSON, each opening with
+        ``summary``; prune old ones."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
         directory = self._directory(endpoint, variant)
         directory.mkdir(parents=True, exist_ok=True)
         stamp = int(time.time() * 1000)
-        for fmt, write in (("html", snapshot.save_html), ("json", snapshot.save_json)):
+        for fmt, write in (("html", _write_html), ("json", _write_json)):
             final = directory / f"{kind}-{stamp}.{fmt}"
             partial = directory / f".{final.name}.partial"
             try:
-                write(str(partial))
+                write(snapshot, summary, str(partial))
                 os.replace(partial, final)
             finally:
                 partial.unlink(missing_ok=True)
@@ -96,6 +164,13 @@ class ReportArchive:
                 endpoint, variant = path.parent.parent.name, path.parent.name
                 found.append(ReportFile(endpoint, variant, match[1], int(match[2]), match[3], path))
         return sorted(found, key=lambda f: f.created, reverse=True)
+
+    def summary(self, report: ReportFile) -> dict | None:
+        """The summary a JSON report opens with (None for an older report without one)."""
+        try:
+            return json.loads(report.path.read_text(encoding="utf-8")).get("summary")
+        except (OSError, ValueError):
+            return None
 
     def find(self, endpoint: str, variant: str, name: str) -> ReportFile | None:
         for report in self.list():

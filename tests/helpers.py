@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -136,6 +138,32 @@ async def drive(session, url, seconds, users=400, concurrency=8, endpoint="cance
 
     await asyncio.gather(*(user_loop(i) for i in range(concurrency)))
     return answers
+
+
+def browse(url: str) -> str:
+    """The DOM of ``url`` after a real browser (Debian's chromium, headless) loaded it and ran its
+    scripts for up to 10 s. Fails, saying so, where chromium is not installed."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise AssertionError("chromium is not installed: apt-get install chromium (make test does)")
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        shown = subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",  # tests may run as root, where chromium's sandbox cannot start
+                "--disable-gpu",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    return shown.stdout
 
 
 @contextlib.asynccontextmanager

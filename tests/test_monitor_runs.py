@@ -62,4 +62,4 @@ def test_a_candidate_that_agrees_does_not_diverge(demo_models, tmp_path):
     runner = runner_with(tmp_path, demo_models, lambda y: y)
     candidate = {r.variant: r for r in runner.run_once(now=2000.0)}["candidate"]
     assert not candidate.vs_stable.drifted and candidate.vs_stable.score < 0.01
-    assert candidate.to_dict()["vs_stable"]["method"] == "jensenshannon"
+    assert candidate.to_dict()["vs_stable"]["method"] == "jensenshannon_beyond_noise"

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitors.quality import classification_quality, regression_quality
+from monitors.quality import classification_quality, quality_summary, regression_quality
 
 
 def labeled_classifier(rows: int, accuracy: float, classes, seed: int = 0) -> pd.DataFrame:
@@ -52,3 +52,19 @@ def test_regression_mae_and_rmse():
     errors = frame.label - frame.prediction
     assert result.metrics["mae"] == pytest.approx(errors.abs().mean())
     assert result.metrics["rmse"] == pytest.approx(np.sqrt((errors**2).mean()))
+
+
+def test_the_summary_reads_the_variant_beside_the_reference():
+    classes = ["benign", "malignant"]
+    current = classification_quality(labeled_classifier(400, 0.8, classes, seed=1), classes)
+    reference = classification_quality(labeled_classifier(2000, 0.95, classes, seed=2), classes)
+    summary = quality_summary(current, reference)
+    accuracy = current.metrics["accuracy"]
+    assert summary.headline == (
+        f"accuracy on labels {accuracy:.3g} vs {reference.metrics['accuracy']:.3g} "
+        "on the reference (400 labeled rows)"
+    )
+    first = summary.rows[0]
+    assert first[:3] == ("accuracy", accuracy, reference.metrics["accuracy"])
+    assert first[3] == pytest.approx(accuracy - reference.metrics["accuracy"]) and first[3] < 0
+    assert [row[0] for row in summary.rows] == ["accuracy", "f1", "precision", "recall"]

@@ -110,6 +110,7 @@ async def test_a_spike_past_capacity_keeps_answers_within_the_slo_and_labels_flo
 
             async def caller() -> None:
                 nonlocal retry_after, errors
+                connected = False  # a first call also waits for its connection: not timed
                 while time.monotonic() < stop:
                     started = time.monotonic()
                     try:
@@ -121,12 +122,13 @@ async def test_a_spike_past_capacity_keeps_answers_within_the_slo_and_labels_flo
                         errors += 1
                         continue
                     statuses[answer.status] += 1
-                    if answer.status == 200:
+                    if answer.status == 200 and connected:
                         ok_latencies.append(time.monotonic() - started)
                         if len(ok_latencies) % 50 == 0:
                             side.append(await labelled(session, url, body["request_id"]))
                     elif "Retry-After" in answer.headers:
                         retry_after += 1
+                    connected = True
 
             async def probes() -> None:
                 await asyncio.sleep(2)

@@ -16,6 +16,9 @@ from traffic.store import StoreUnavailable
 
 log = logging.getLogger("gateway.http")
 JSON = "application/json"
+PAGE_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
+"""The Content-Security-Policy of the HTML pages the project itself renders: no script of any
+kind runs, whatever a name or summary on them says."""
 
 
 def json_response(

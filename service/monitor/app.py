@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route as HttpRoute
 
 from monitors.records import decode_batch
@@ -32,11 +32,12 @@ from service.errors import BadRequest, NotFound, Overloaded
 from service.exposition import CONTENT_TYPE, exposition
 from service.http.auth import CLIENT_HEADER, require_token
 from service.http.body import read_body
-from service.http.query import bool_param, int_param
-from service.http.responses import EXCEPTION_HANDLERS, json_response
+from service.http.query import bool_param, int_param, wants_html
+from service.http.responses import EXCEPTION_HANDLERS, PAGE_SECURITY_POLICY, json_response
 from service.labels import label_problem
 from service.logs import Throttled
 from service.monitor.process import Monitor
+from service.monitor.reports_page import newest_reports, reports_page
 from service.names import endpoint_of, is_name
 
 log = logging.getLogger("gateway.monitor")
@@ -142,9 +143,21 @@ async def run_now(request: Request) -> Response:
 
 
 async def list_reports(request: Request) -> Response:
-    archive = monitor_of(request).archive
-    files = await anyio.to_thread.run_sync(archive.list)
+    """``GET /reports``: every saved report (JSON), or for a browser the reports page."""
+    monitor = monitor_of(request)
+    if wants_html(request):
+        page = await anyio.to_thread.run_sync(_reports_page, monitor)
+        headers = {"content-security-policy": PAGE_SECURITY_POLICY}
+        return HTMLResponse(page, headers=headers)
+    files = await anyio.to_thread.run_sync(monitor.archive.list)
     return json_response({"reports": [f.to_dict() for f in files]})
+
+
+def _reports_page(monitor: Monitor) -> str:
+    rollouts = monitor.rollouts
+    described = {name: rollouts.describe(name, 0) for name in rollouts.policies}
+    endpoints = sorted(monitor.tables())
+    return reports_page(newest_reports(monitor.archive), described, endpoints)
 
 
 async def get_report(request: Request) -> Response:

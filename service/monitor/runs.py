@@ -18,8 +18,20 @@ from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
-from monitors.drift import ColumnDrift, DriftResult, DriftSettings, compute_drift, drift_report
-from monitors.quality import QualityResult, classification_quality, regression_quality
+from monitors.drift import (
+    ColumnDrift,
+    DriftResult,
+    DriftSettings,
+    compute_drift,
+    drift_report,
+    drift_summary,
+)
+from monitors.quality import (
+    QualityResult,
+    classification_quality,
+    quality_summary,
+    regression_quality,
+)
 from monitors.reports import ReportArchive
 from monitors.shadow import ShadowResult, compare_shadows
 from monitors.store import MonitorStore
@@ -112,6 +124,7 @@ class MonitorRunner:
         """The newest report per (endpoint, variant), for the rollout controller."""
         self.settings = DriftSettings(threshold=config.drift_threshold, min_rows=config.min_rows)
         self._references: dict[str, tuple[ModelCard, pd.DataFrame]] = {}
+        self._reference_qualities: dict[str, QualityResult] = {}
 
     def _reference(self, tag: str) -> tuple[ModelCard, pd.DataFrame]:
         if tag not in self._references:
@@ -222,7 +235,8 @@ class MonitorRunner:
         return compared
 
     def _save(self, report: VariantReport) -> None:
-        """The operators' Evidently reports for a variant that had a verdict."""
+        """The operators' Evidently reports for a variant that had a verdict, each opening with
+        its summary."""
         card, reference = self._reference(report.model)
         if report.drift.status == "ok":
             snapshot = drift_report(
@@ -233,12 +247,28 @@ class MonitorRunner:
                 card.task == "classification",
                 self.settings,
             )
-            self.archive.save(report.endpoint, report.variant, "drift", snapshot)
-        if report.quality.report is not None:
-            self.archive.save(report.endpoint, report.variant, "quality", report.quality.report)
-        for shadow in report.shadows:
-            if shadow.quality.report is not None:
-                self.archive.save(report.endpoint, shadow.shadow, "quality", shadow.quality.report)
+            summary = drift_summary(report.drift)
+            self.archive.save(report.endpoint, report.variant, "drift", snapshot, summary)
+        baseline = self._reference_quality(report.model)
+        for variant, quality in (
+            (report.variant, report.quality),
+            *((shadow.shadow, shadow.quality) for shadow in report.shadows),
+        ):
+            if quality.report is not None:
+                summary = quality_summary(quality, baseline)
+                self.archive.save(report.endpoint, variant, "quality", quality.report, summary)
+
+    def _reference_quality(self, tag: str) -> QualityResult:
+        """The model's quality on its own reference sample (what a variant's is read against)."""
+        if tag not in self._reference_qualities:
+            card, reference = self._reference(tag)
+            labeled = reference.rename(columns={card.label_column: "label"})
+            self._reference_qualities[tag] = (
+                classification_quality(labeled, card.class_labels, min_rows=1)
+                if card.task == "classification"
+                else regression_quality(labeled, min_rows=1)
+            )
+        return self._reference_qualities[tag]
 
     def _export(self, report: VariantReport) -> None:
         metrics, key = self.metrics, (report.endpoint, report.variant)

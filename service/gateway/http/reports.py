@@ -1,5 +1,6 @@
 """``GET /reports`` and ``/reports/{endpoint}/{variant}/{name}``: the monitor's Evidently reports
-(HTML and JSON), listed and served through the gateway so operators need one address.
+(HTML and JSON), listed (JSON for clients, the reports page for a browser) and served through the
+gateway so operators need one address.
 
 Reports show the distributions of what callers sent, so they need the admin token unless
 ``access.reports`` is ``anonymous``. Only names that pass the gateway's name rule (and a report
@@ -16,6 +17,7 @@ from service.errors import NotFound
 from service.gateway.http.common import gateway_of
 from service.gateway.process import Gateway
 from service.http.auth import client_of, require_token
+from service.http.query import wants_html
 from service.names import is_name
 
 
@@ -43,8 +45,11 @@ def _reader(request: Request) -> Gateway:
 
 
 async def list_reports(request: Request) -> Response:
+    """The monitor's listing (JSON), or for a browser its reports page (HTML)."""
     _reader(request)
-    return await from_monitor(request, "/reports")
+    return await from_monitor(
+        request, "/reports?format=html" if wants_html(request) else "/reports"
+    )
 
 
 async def get_report(request: Request) -> Response:
