@@ -52,6 +52,10 @@ async def test_the_reports_page_opens_in_a_browser_and_its_links_render(demo_mod
                 await asyncio.sleep(0.1)
             async with session.get(f"{url}/reports") as answer:  # a client: JSON as before
                 assert answer.content_type == "application/json"
+            async with session.get(f"{url}/reports?format=html") as answer:
+                assert answer.content_type == "text/html"
+                policy = answer.headers["content-security-policy"]
+                assert policy == "default-src 'none'; style-src 'unsafe-inline'"  # no script
         page = await asyncio.to_thread(browse, f"{url}/reports")
         assert "Endpoint cancer" in page and "no rollout policy" in page
         assert re.search(r"0 of 30 features drifted; prediction drift: no", page), page[:3000]

@@ -18,6 +18,7 @@ from service.gateway.http.common import gateway_of
 from service.gateway.process import Gateway
 from service.http.auth import client_of, require_token
 from service.http.query import wants_html
+from service.http.responses import PAGE_SECURITY_POLICY
 from service.names import is_name
 
 
@@ -47,9 +48,11 @@ def _reader(request: Request) -> Gateway:
 async def list_reports(request: Request) -> Response:
     """The monitor's listing (JSON), or for a browser its reports page (HTML)."""
     _reader(request)
-    return await from_monitor(
-        request, "/reports?format=html" if wants_html(request) else "/reports"
-    )
+    if not wants_html(request):
+        return await from_monitor(request, "/reports")
+    page = await from_monitor(request, "/reports?format=html")
+    page.headers["content-security-policy"] = PAGE_SECURITY_POLICY
+    return page
 
 
 async def get_report(request: Request) -> Response:
