@@ -104,6 +104,19 @@ class LimitsConfig(Strict):
     )
 
 
+class ExplainConfig(Strict):
+    """``/explain``: SHAP attributions, computed in a process of their own (service/gateway/explain.py)."""
+
+    max_rows: int = Field(16, ge=1, le=1024, description="rows one call may ask to explain")
+    background_rows: int = Field(
+        100, ge=1, le=10_000, description="reference rows SHAP masks with (a seeded subsample)"
+    )
+    max_evals: int = Field(
+        0, ge=0, description="model evaluations per row; 0: ten permutations (20 x features + 1)"
+    )
+    max_waiting: int = Field(4, ge=1, description="calls queued or running per worker; beyond: 429")
+
+
 class FaultConfig(Strict):
     """Injected faults, for demos and tests of shadows and rollbacks: a delay and an error rate."""
 
@@ -445,6 +458,7 @@ class GatewayConfig(Strict):
     admission: AdmissionConfig = AdmissionConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     limits: LimitsConfig = LimitsConfig()
+    explain: ExplainConfig = ExplainConfig()
     data_dir: Path = Field(
         Path("gateway-data"), description="routing state and audit log; relative to the config"
     )

@@ -153,6 +153,12 @@ def browse(url: str) -> str:
                 "--headless",
                 "--no-sandbox",  # tests may run as root, where chromium's sandbox cannot start
                 "--disable-gpu",
+                # nothing beyond loopback: no background fetches, updates, sync or QUIC probes
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
                 f"--user-data-dir={profile}",
                 "--virtual-time-budget=10000",
                 "--dump-dom",

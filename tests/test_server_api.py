@@ -181,3 +181,29 @@ async def test_metrics_count_requests_by_variant_and_outcome(gateway_url, test_r
         'gateway_model_loaded{model="cancer",model_version="v1",provider="CPUExecutionProvider"} 1.0'
         in after
     )
+
+
+async def test_explanations_from_the_real_server_add_up_and_come_from_the_keys_variant(
+    gateway_url, test_rows
+):
+    """``/explain`` in a real worker (its explanation process spawned from it): the same variant
+    as ``/predict`` for the key, one explanation per row adding up to ``/predict``'s probability,
+    and a wrong width is a 400."""
+    rows = test_rows.drop(columns=["label"]).head(3).to_numpy().tolist()
+    for key in ("u-1", "u-2", "u-3", "u-4"):
+        headers = {"x-user-id": key}
+        status, _, predicted = await post(
+            f"{gateway_url}/predict/cancer", {"instances": rows}, headers
+        )
+        status, _, explained = await post(
+            f"{gateway_url}/explain/cancer", {"instances": rows}, headers
+        )
+        assert status == 200, explained
+        assert explained["variant"] == predicted["variant"]
+        assert len(explained["explanations"]) == 3
+        for prediction, explanation in zip(predicted["predictions"], explained["explanations"]):
+            assert set(explanation["values"]) == set(registry.load_card("cancer:v1").feature_names)
+            total = explanation["base_value"] + sum(explanation["values"].values())
+            assert abs(total - prediction["probabilities"][explanation["target"]]) < 0.02
+    status, _, error = await post(f"{gateway_url}/explain/cancer", {"instances": [rows[0][:4]]})
+    assert status == 400 and "30" in error["error"]

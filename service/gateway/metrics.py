@@ -159,6 +159,12 @@ class GatewayMetrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+        self.explain_requests = Counter(
+            "gateway_explain_requests_total",
+            "Explanation calls (/explain) by endpoint and outcome (ok, client_error, rejected, error).",
+            ["endpoint", "outcome"],
+            registry=registry,
+        )
         self.background_restarts = Counter(
             "gateway_background_restarts_total",
             "Background tasks (batching, record shipping, routing follower) started again "

@@ -25,6 +25,7 @@ from service.config import GatewayConfig
 from service.errors import BadRequest, GatewayError, Overloaded
 from service.gateway.admission import Admission
 from service.gateway.dataplane import DataPlane, Route
+from service.gateway.explain import Explainer, Explanation, targets_for
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.models import ModelLoader, check_models
 from service.gateway.recording import Recorder
@@ -156,6 +157,7 @@ class Gateway:
         shedding = lambda: self.admission.shedding  # noqa: E731 - read at call time
         self.shadows = ShadowRunner(dataplane.run, metrics, shedding)
         self.recorder = Recorder(config.monitor, metrics, secrets_.monitor_token, shedding)
+        self.explainer = Explainer(config.explain)
 
     @classmethod
     def start(
@@ -191,26 +193,15 @@ class Gateway:
         started = time.perf_counter()
         route: Route | None = None
         outcome = "error"
-        pin_variant = call.headers.get(PIN_HEADER)
         try:
             decoded = await call.read(table)
             started = time.perf_counter()  # latency counts from the moment the body is read
-            pinned = pin_variant is not None or call.pin_version is not None
-            route = self.dataplane.route(
-                table.endpoint,
-                routing_key(call.headers, table, decoded.fields),
-                pin_variant=pin_variant,
-                pin_version=call.pin_version,
-                privileged=pinned and self.is_admin(call.headers),
-            )
+            route = self._route(call, table, decoded)
             tensors = decoded.tensors(route.model.card)
             outputs = await self.dataplane.infer(route, tensors)
             outcome = "ok"
         except GatewayError as error:
-            if isinstance(error, Overloaded):
-                outcome = "rejected"
-            else:
-                outcome = "client_error" if error.status < 500 else "error"
+            outcome = _outcome(error)
             _add_ids(error, request_id, correlation_id)
             raise
         finally:
@@ -220,6 +211,43 @@ class Gateway:
         answer = Answer(request_id, correlation_id, route, outputs, decoded)
         self._record(answer, tensors, latency_s)
         return answer
+
+    async def explain(self, call: Call, target: str | None) -> tuple[Answer, list[Explanation]]:
+        """Route, validate and run a request as ``predict`` does (the same key gets the same
+        variant), then explain each row's answer (service/gateway/explain.py). Explanations are
+        not traffic: counted apart (``gateway_explain_requests_total``), never recorded."""
+        table = self.dataplane.table(call.endpoint)
+        request_id = new_request_id(table.endpoint)
+        correlation_id = correlation_id_from(call.headers.get(CORRELATION_HEADER))
+        outcome = "error"
+        try:
+            decoded = await call.read(table)
+            route = self._route(call, table, decoded)
+            card = route.model.card
+            tensors = decoded.tensors(card)
+            outputs = await self.dataplane.infer(route, tensors)
+            targets = targets_for(card, outputs, target)
+            explanations = await self.explainer.explain(card, tensors, targets)
+            outcome = "ok"
+        except GatewayError as error:
+            outcome = _outcome(error)
+            _add_ids(error, request_id, correlation_id)
+            raise
+        finally:
+            self.metrics.explain_requests.labels(table.endpoint, outcome).inc()
+        return Answer(request_id, correlation_id, route, outputs, decoded), explanations
+
+    def _route(self, call: Call, table: EndpointTable, decoded: Decoded) -> Route:
+        """Where the request goes: its key, or a pin (dark variants only with the admin token)."""
+        pin_variant = call.headers.get(PIN_HEADER)
+        pinned = pin_variant is not None or call.pin_version is not None
+        return self.dataplane.route(
+            table.endpoint,
+            routing_key(call.headers, table, decoded.fields),
+            pin_variant=pin_variant,
+            pin_version=call.pin_version,
+            privileged=pinned and self.is_admin(call.headers),
+        )
 
     def _account(
         self, call: Call, request_id: str, route: Route | None, outcome: str, latency_s: float
@@ -259,8 +287,16 @@ class Gateway:
         self.shadows.mirror(route, tensors, answer.outputs, record_with)
 
     async def close(self) -> None:
+        self.explainer.close()
         for model in self.dataplane.snapshot.models.values():
             await model.batcher.close()
+
+
+def _outcome(error: GatewayError) -> str:
+    """A failed request's outcome label: refused, the caller's fault, or ours."""
+    if isinstance(error, Overloaded):
+        return "rejected"
+    return "client_error" if error.status < 500 else "error"
 
 
 def _add_ids(error: GatewayError, request_id: str, correlation_id: str | None) -> None:

@@ -21,7 +21,7 @@ from service.exposition import CONTENT_TYPE, exposition
 from service.gateway.http import admin, oip, reports
 from service.gateway.http.common import gateway_of
 from service.gateway.http.feedback import feedback
-from service.gateway.http.predict import list_endpoints, predict
+from service.gateway.http.predict import explain, list_endpoints, predict
 from service.http.auth import require_token
 from service.http.responses import EXCEPTION_HANDLERS
 
@@ -50,6 +50,7 @@ async def no_such_route(request: Request) -> None:
 def build_app() -> Starlette:
     routes = [
         HttpRoute("/predict/{endpoint}", predict, methods=["POST"]),
+        HttpRoute("/explain/{endpoint}", explain, methods=["POST"]),
         HttpRoute("/endpoints", list_endpoints, methods=["GET"]),
         HttpRoute("/feedback", feedback, methods=["POST"]),
         HttpRoute("/reports", reports.list_reports, methods=["GET"]),
@@ -59,6 +60,7 @@ def build_app() -> Starlette:
         *admin.ROUTES,
         HttpRoute("/v2/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
         HttpRoute("/predict/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
+        HttpRoute("/explain/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
         HttpRoute("/admin/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
     ]
     return Starlette(

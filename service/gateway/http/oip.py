@@ -6,6 +6,7 @@ Health answers are judged by status code only; errors are ``{"error": message}``
 
 from __future__ import annotations
 
+import json
 from importlib.metadata import PackageNotFoundError, version
 
 import anyio
@@ -20,10 +21,10 @@ from service.codecs.oip import (
     decode_infer_request,
     encode_infer_response,
 )
-from service.errors import NotFound
+from service.errors import BadRequest, NotFound
 from service.exposition import sample_totals
 from service.gateway.http.common import gateway_of
-from service.gateway.process import Call
+from service.gateway.process import Answer, Call
 from service.http.body import read_body
 from service.http.responses import json_response
 from service.model_card import ModelCard
@@ -181,34 +182,53 @@ async def repository_index(request: Request) -> Response:
     return json_response(index)
 
 
-async def infer(request: Request) -> Response:
-    """Infer; ``/versions/{v}`` pins the variant serving model version v. The gateway's request id
-    comes back in the answer's ``parameters.request_id`` and the ``x-gateway-request-id`` header;
-    the body's ``id`` is the caller's, echoed as the protocol says."""
-    gateway = gateway_of(request)
-    limit = gateway.config.limits.max_body_bytes
+def infer_call(request: Request) -> Call:
+    """The call an OIP infer body makes (JSON, or Triton's binary extension)."""
+    limit = gateway_of(request).config.limits.max_body_bytes
 
     async def read(table: EndpointTable) -> InferRequest:
         return decode_infer_request(
             await read_body(request, limit), request.headers.get(HEADER_LENGTH)
         )
 
-    call = Call(
+    return Call(
         request.path_params["model"],
         "oip",
         request.headers,
         read,
         pin_version=request.path_params.get("version"),
     )
-    answer = await gateway.predict(call)
-    decoded = answer.decoded
-    content, header_length = encode_infer_response(
+
+
+def _infer_response(answer: Answer) -> tuple[bytes, int | None]:
+    return encode_infer_response(
         answer.route.endpoint,
         answer.route.model.card.version,
-        decoded,
+        answer.decoded,
         answer.outputs,
         {"request_id": answer.request_id},
     )
+
+
+async def explain(request: Request) -> Response:
+    """``POST /v2/models/{model}[/versions/{v}]/explain[?target=<class>]``: an infer request
+    answered as infer is, with ``explanations`` beside ``outputs`` (JSON only)."""
+    answer, explanations = await gateway_of(request).explain(
+        infer_call(request), request.query_params.get("target")
+    )
+    content, header_length = _infer_response(answer)
+    if header_length is not None:
+        raise BadRequest("explanations are answered in JSON: ask for no binary outputs")
+    body = {**json.loads(content), "explanations": [e.to_dict() for e in explanations]}
+    return json_response(body, headers=answer.headers())
+
+
+async def infer(request: Request) -> Response:
+    """Infer; ``/versions/{v}`` pins the variant serving model version v. The gateway's request id
+    comes back in the answer's ``parameters.request_id`` and the ``x-gateway-request-id`` header;
+    the body's ``id`` is the caller's, echoed as the protocol says."""
+    answer = await gateway_of(request).predict(infer_call(request))
+    content, header_length = _infer_response(answer)
     headers = answer.headers()
     if header_length is None:
         return Response(content, headers=headers, media_type="application/json")
@@ -234,4 +254,5 @@ ROUTES = [
     *_with_versions("/config", model_config, ["GET"]),
     *_with_versions("/stats", model_stats, ["GET"]),
     *_with_versions("/infer", infer, ["POST"]),
+    *_with_versions("/explain", explain, ["POST"]),
 ]

@@ -1,5 +1,5 @@
-"""``POST /predict/{endpoint}`` (the plain JSON prediction API for applications) and
-``GET /endpoints``. The handler only moves headers and bodies: ``Gateway.predict`` owns the call."""
+"""``POST /predict/{endpoint}`` (the plain JSON prediction API for applications),
+``POST /explain/{endpoint}`` (the same, with why) and ``GET /endpoints``. The handler only moves headers and bodies: ``Gateway.predict`` owns the call."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from service.codecs.plain import PlainRequest, PredictionEncoder, decode_plain
 from service.gateway.http.common import gateway_of
-from service.gateway.process import Call
+from service.gateway.process import Answer, Call
 from service.http.auth import require_token
 from service.http.body import read_body
 from service.http.responses import json_response
@@ -17,13 +17,33 @@ from traffic.table import EndpointTable
 
 async def predict(request: Request) -> Response:
     gateway = gateway_of(request)
-    limit = gateway.config.limits.max_body_bytes
+    answer = await gateway.predict(plain_call(request))
+    return json_response(plain_body(answer), headers=answer.headers())
+
+
+async def explain(request: Request) -> Response:
+    """``POST /explain/{endpoint}[?target=<class>]``: the body and routing of ``/predict``; the
+    answer is ``/predict``'s with one SHAP explanation per row (service/gateway/explain.py)."""
+    gateway = gateway_of(request)
+    answer, explanations = await gateway.explain(
+        plain_call(request), request.query_params.get("target")
+    )
+    body = {**plain_body(answer), "explanations": [e.to_dict() for e in explanations]}
+    return json_response(body, headers=answer.headers())
+
+
+def plain_call(request: Request) -> Call:
+    """The call a plain JSON body makes (its rows as lists or records; its key field, if any)."""
+    limit = gateway_of(request).config.limits.max_body_bytes
 
     async def read(table: EndpointTable) -> PlainRequest:
         return decode_plain(await read_body(request, limit), table.policy.key_field)
 
-    call = Call(request.path_params["endpoint"], "plain", request.headers, read)
-    answer = await gateway.predict(call)
+    return Call(request.path_params["endpoint"], "plain", request.headers, read)
+
+
+def plain_body(answer: Answer) -> dict:
+    """The plain JSON answer: who answered, and each row's prediction."""
     card = answer.route.model.card
     body = {
         "request_id": answer.request_id,
@@ -35,7 +55,7 @@ async def predict(request: Request) -> Response:
     }
     if answer.correlation_id is not None:
         body["correlation_id"] = answer.correlation_id
-    return json_response(body, headers=answer.headers())
+    return body
 
 
 async def list_endpoints(request: Request) -> Response:
