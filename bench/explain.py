@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import register_demo_models, write_results  # noqa: E402
 from service import registry  # noqa: E402
-from service.gateway.explain import PERMUTATIONS, attributions  # noqa: E402
+from service.explanations import PERMUTATIONS, attributions  # noqa: E402
 
 ROWS = 8
 

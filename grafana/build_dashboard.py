@@ -204,6 +204,21 @@ ROWS = [
                 "timeseries",
             ),
             (
+                "Reasons (mean |SHAP| shares): moved from reference, apart from stable",
+                "short",
+                [
+                    (
+                        f"gateway_attribution_shift_score{{{EV}}}",
+                        "vs reference {{endpoint}} {{variant}}",
+                    ),
+                    (
+                        f"gateway_attribution_divergence_from_stable_score{{{EV}}}",
+                        "vs stable {{endpoint}} {{variant}}",
+                    ),
+                ],
+                "timeseries",
+            ),
+            (
                 "Accuracy and F1 on labels",
                 "percentunit",
                 [

@@ -27,7 +27,7 @@ the metrics. A window smaller than ``min_rows`` gives "insufficient_data", never
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,6 +44,7 @@ from evidently.legacy.calculations.stattests.wasserstein_distance_norm import (
 from evidently.legacy.core import ColumnType
 from scipy.stats import chi2_contingency, ks_2samp, mannwhitneyu
 
+from monitors.attribution import attribution_distance
 from monitors.reports import ReportSummary
 
 Status = Literal["ok", "insufficient_data"]
@@ -151,9 +152,13 @@ def column_drift(
     )
 
 
-def drift_summary(result: DriftResult) -> ReportSummary:
+def drift_summary(
+    result: DriftResult,
+    attribution: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
+) -> ReportSummary:
     """The lines a drift report opens with: which features drifted, and a table of every column
-    by score, the prediction included."""
+    by score, the prediction included; with ``attribution`` (each feature's mean |SHAP| in the
+    window and in the reference), how far the model's reasons moved, and both columns."""
     drifted = result.drifted_features
     named = f": {', '.join(drifted)}" if drifted else ""
     prediction = result.prediction
@@ -163,6 +168,9 @@ def drift_summary(result: DriftResult) -> ReportSummary:
         f"prediction drift: {verdict} ({result.rows} rows against {result.reference_rows} "
         "reference rows)"
     )
+    window, reference = attribution if attribution is not None else ({}, {})
+    if attribution is not None:
+        headline += f"; reasons moved {attribution_distance(window, reference):.2f} (0-1)"
     columns = [*result.features, *([prediction] if prediction is not None else [])]
     rows = tuple(
         (
@@ -171,10 +179,14 @@ def drift_summary(result: DriftResult) -> ReportSummary:
             c.score,
             c.threshold,
             c.drifted,
+            *((window.get(c.column), reference.get(c.column)) if attribution else ()),
         )
         for c in sorted(columns, key=lambda c: c.score, reverse=True)
     )
-    return ReportSummary(headline, ("feature", "method", "score", "threshold", "drifted"), rows)
+    names = ("feature", "method", "score", "threshold", "drifted")
+    if attribution is not None:
+        names += ("mean |SHAP| here", "mean |SHAP| reference")
+    return ReportSummary(headline, names, rows)
 
 
 def compute_drift(

@@ -380,6 +380,12 @@ class MonitorConfig(Strict):
     min_rows: int = Field(200, ge=1, description="fewer rows (or labels): insufficient data")
     drift_threshold: float = Field(0.1, gt=0, description="drift when a distance reaches this")
     max_feature_series: int = Field(50, ge=0, description="cap on per-feature drift series")
+    attribution_rows: int = Field(
+        32, ge=0, le=1000, description="window rows explained per run for attribution drift; 0: off"
+    )
+    attribution_background_rows: int = Field(
+        50, ge=1, le=10_000, description="reference rows SHAP masks with in those explanations"
+    )
     report_interval_s: float = Field(
         300.0, ge=1, description="how often Evidently reports are saved"
     )

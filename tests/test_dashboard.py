@@ -123,7 +123,7 @@ def test_provisioning_points_grafana_at_prometheus_and_the_dashboards():
 
 async def _traffic(url: str, monitor_url: str) -> None:
     async with aiohttp.ClientSession() as session:
-        for _ in range(8):
+        for _ in range(4):
             answers = []
             for endpoint in ("cancer", "cancer-bad", "cancer-shadow"):
                 answers += await drive(session, url, 1.0, endpoint=endpoint, concurrency=4)

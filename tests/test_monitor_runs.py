@@ -63,3 +63,31 @@ def test_a_candidate_that_agrees_does_not_diverge(demo_models, tmp_path):
     candidate = {r.variant: r for r in runner.run_once(now=2000.0)}["candidate"]
     assert not candidate.vs_stable.drifted and candidate.vs_stable.score < 0.01
     assert candidate.to_dict()["vs_stable"]["method"] == "jensenshannon_beyond_noise"
+
+
+def test_each_variants_reasons_are_measured_against_its_reference_and_stables(
+    demo_models, tmp_path
+):
+    """Attribution drift: mean |SHAP| per feature on a sample of the window against the same on
+    the reference, exported; the candidate (an MLP) against stable (a logistic regression)."""
+    runner = runner_with(tmp_path, demo_models, lambda y: y)
+    reports = {r.variant: r for r in runner.run_once(now=2000.0)}
+    stable, candidate = reports["stable"], reports["candidate"]
+    features = set(runner._reference("cancer:v1")[0].feature_names)
+    assert set(stable.attribution.window) == features and stable.attribution.rows == 32
+    assert stable.attribution.shift < 0.05  # the stable window is its own reference's rows
+    card, reference = runner._reference("cancer:v1")
+    moved = reference.assign(mean_radius=reference.mean_radius * 1.5, worst_texture=0.0)
+    assert runner._attribution(card, moved).shift > 0.1  # the demo's drift moves its reasons
+    assert stable.attribution_vs_stable is None
+    assert 0 < candidate.attribution_vs_stable <= 1
+    registry = runner.metrics.registry
+    shift = registry.get_sample_value(
+        "gateway_attribution_shift_score", {"endpoint": "cancer", "variant": "stable"}
+    )
+    assert shift == stable.attribution.shift
+    divergence = registry.get_sample_value(
+        "gateway_attribution_divergence_from_stable_score",
+        {"endpoint": "cancer", "variant": "candidate"},
+    )
+    assert divergence == candidate.attribution_vs_stable

@@ -16,7 +16,7 @@ import pytest
 
 from service.config import RolloutConfig
 from traffic.rollout import RolloutError, RolloutState, act, evaluate, start
-from traffic.rollout_checks import ArmCounts, Evidence, Window
+from traffic.rollout_checks import ArmCounts, Evidence, Window, check_comparison
 from traffic.rollout_policy import Comparison, Step
 from traffic.simulation import ArmModel, Bursts, simulate
 
@@ -221,3 +221,23 @@ def test_state_round_trips_through_its_dict():
     state = evaluate(DEFAULT, _state(), healthy, 1.0).state
     assert RolloutState.from_dict(state.to_dict()) == state
     assert state.guard_history["error_rate"] == (False,)
+
+
+def test_a_candidate_whose_reasons_differ_from_stables_beyond_the_margin_fails():
+    """attribution_divergence: the monitor's distance between the candidate's and stable's
+    attribution shares in the same window, against the policy's margin."""
+    comparison = Comparison("attribution_divergence", 0.2)
+    waiting = check_comparison(comparison, Evidence(), 0.05)
+    close = check_comparison(comparison, Evidence(attribution_divergence=0.05), 0.05)
+    apart = check_comparison(comparison, Evidence(attribution_divergence=0.35), 0.05)
+    assert waiting.outcome == "INSUFFICIENT" and "no verdict" in waiting.reason
+    assert close.outcome == "PASS" and apart.outcome == "FAIL"
+    assert "attribution_divergence 0.3500 over 0.2000" in apart.reason
+    config = RolloutConfig(
+        candidate="candidate",
+        steps=[{"weight": 10, "min_duration_s": 60}],
+        comparisons=[{"metric": "attribution_divergence", "margin": 0.2}],
+    )
+    assert (
+        config.policy("cancer", "stable", 100.0).comparisons[0].metric == "attribution_divergence"
+    )

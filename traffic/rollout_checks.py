@@ -77,6 +77,8 @@ class Evidence:
     """The candidate's predictions against stable's: (distance, the monitor's threshold)."""
     drifted_share: float | None = None
     """Share of the candidate's input features that drifted from its reference."""
+    attribution_divergence: float | None = None
+    """How far the candidate's reasons (shares of mean |SHAP| per feature) are from stable's."""
     shadow: tuple[int, int] | None = None
     """In a shadow step: (mirrored rows, rows where the candidate agreed with stable)."""
 
@@ -300,6 +302,8 @@ def check_comparison(comparison: Comparison, evidence: Evidence, alpha: float) -
         return _with(insufficient, f"undecided: disagreement {disagree / rows:.4f}", statistic)
     if name == "prediction_divergence":
         value, floor = evidence.divergence or (None, 0.0)
+    elif name == "attribution_divergence":
+        value, floor = evidence.attribution_divergence, 0.0
     else:
         value, floor = evidence.drifted_share, 0.0
     if value is None:

@@ -21,6 +21,7 @@ CompareMetric = Literal[
     "accuracy",
     "prediction_divergence",
     "input_drift",
+    "attribution_divergence",
     "shadow_agreement",
 ]
 Action = Literal["pause", "rollback"]
@@ -70,8 +71,10 @@ class Comparison:
     """Candidate against stable in the same window. Rates (error_rate, slow_rate, 1 - accuracy)
     use an always-valid interval on the difference: FAIL when it lies wholly above ``margin``
     (worse by more than allowed), PASS when wholly below it, else INSUFFICIENT. Distances
-    (prediction_divergence, input_drift) PASS under ``margin`` and FAIL over it once the monitor
-    has a verdict; shadow_agreement must stay above 1 - ``margin``."""
+    (prediction_divergence, input_drift, attribution_divergence: how far the candidate's reasons,
+    its features' shares of mean |SHAP|, are from stable's in the same window, 0 to 1) PASS under
+    ``margin`` and FAIL over it once the monitor has a verdict; shadow_agreement must stay above
+    1 - ``margin``."""
 
     metric: CompareMetric
     margin: float

@@ -23,9 +23,10 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from service.config import GatewayConfig
 from service.errors import BadRequest, GatewayError, Overloaded
+from service.explanations import Explanation
 from service.gateway.admission import Admission
 from service.gateway.dataplane import DataPlane, Route
-from service.gateway.explain import Explainer, Explanation, targets_for
+from service.gateway.explain import Explainer, targets_for
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.models import ModelLoader, check_models
 from service.gateway.recording import Recorder

@@ -88,6 +88,7 @@ class EvidenceGatherer:
             epoch=self.window(policy, state, windows.epoch_start),
             divergence=divergence,
             drifted_share=drifted,
+            attribution_divergence=None if report is None else report.attribution_vs_stable,
             shadow=self._shadow(policy, state, windows.stage_start, regression),
         )
 

@@ -16,6 +16,7 @@ RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 class MonitorMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         """``registry``: the default one in the monitor; a private one in tests."""
+        self.registry = registry
         into = {"registry": registry}
         mode = {"multiprocess_mode": "mostrecent", **into}
         self.feature_drift = Gauge(
@@ -39,6 +40,24 @@ class MonitorMetrics:
         self.vs_stable = Gauge(
             "gateway_prediction_divergence_from_stable_score",
             "Distance between a variant's predictions and the stable variant's, same window.",
+            ["endpoint", "variant"],
+            **mode,
+        )
+        self.feature_attribution = Gauge(
+            "gateway_feature_attribution",
+            "Mean absolute SHAP attribution of one input feature over a sample of the window.",
+            ["endpoint", "variant", "feature"],
+            **mode,
+        )
+        self.attribution_shift = Gauge(
+            "gateway_attribution_shift_score",
+            "How far a variant's reasons moved from its reference's (0 = same shares, 1 = none).",
+            ["endpoint", "variant"],
+            **mode,
+        )
+        self.attribution_vs_stable = Gauge(
+            "gateway_attribution_divergence_from_stable_score",
+            "How far a variant's reasons are from the stable variant's, same window (0 to 1).",
             ["endpoint", "variant"],
             **mode,
         )

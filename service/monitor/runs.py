@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
+from monitors.attribution import attribution_distance
 from monitors.drift import (
     ColumnDrift,
     DriftResult,
@@ -38,10 +39,25 @@ from monitors.store import MonitorStore
 from service import registry
 from service.config import MonitorConfig
 from service.errors import ConfigError
+from service.explanations import REGRESSION_TARGET, mean_attributions
 from service.model_card import ModelCard
 from service.monitor.metrics import MonitorMetrics
 
 log = logging.getLogger("gateway.monitor")
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Each feature's mean absolute SHAP attribution in a sample of the window and of the
+    reference, and how far their shares are apart (monitors/attribution.py)."""
+
+    rows: int
+    window: dict[str, float]
+    reference: dict[str, float]
+
+    @property
+    def shift(self) -> float:
+        return attribution_distance(self.window, self.reference)
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,10 @@ class VariantReport:
     """This variant's predictions against the endpoint's stable variant's, in the same window."""
     shadows: tuple[ShadowResult, ...] = ()
     """The shadows that mirrored this variant's requests: agreement with it and their quality."""
+    attribution: Attribution | None = None
+    """Why the variant answered what it did in this window, against its reference."""
+    attribution_vs_stable: float | None = None
+    """How far its reasons are from the stable variant's in the same window (0 to 1)."""
 
     def to_dict(self) -> dict:
         drift = self.drift
@@ -83,6 +103,14 @@ class VariantReport:
                 "score": self.vs_stable.score,
                 "method": self.vs_stable.method,
                 "drifted": self.vs_stable.drifted,
+            },
+            "attribution": None
+            if self.attribution is None
+            else {
+                "rows": self.attribution.rows,
+                "shift": self.attribution.shift,
+                "vs_stable": self.attribution_vs_stable,
+                "features": self.attribution.window,
             },
             "shadows": {
                 s.shadow: {
@@ -125,6 +153,7 @@ class MonitorRunner:
         self.settings = DriftSettings(threshold=config.drift_threshold, min_rows=config.min_rows)
         self._references: dict[str, tuple[ModelCard, pd.DataFrame]] = {}
         self._reference_qualities: dict[str, QualityResult] = {}
+        self._reference_attributions: dict[str, dict[str, float]] = {}
 
     def _reference(self, tag: str) -> tuple[ModelCard, pd.DataFrame]:
         if tag not in self._references:
@@ -160,7 +189,43 @@ class MonitorRunner:
             card.class_labels if classification else None,
             self.config.min_rows,
         )
-        return VariantReport(endpoint, variant, tag, drift, quality, window, shadows=tuple(shadows))
+        attribution = self._attribution(card, window)
+        return VariantReport(
+            endpoint,
+            variant,
+            tag,
+            drift,
+            quality,
+            window,
+            shadows=tuple(shadows),
+            attribution=attribution,
+        )
+
+    def _attribution(self, card: ModelCard, window: pd.DataFrame) -> Attribution | None:
+        """Mean |SHAP| per feature on a seeded sample of the window's recorded inputs, against
+        the same on the model's reference (computed once per model); None when off or short."""
+        rows = self.config.attribution_rows
+        inputs = window.dropna(subset=list(card.feature_names))
+        if rows == 0 or len(inputs) < min(rows, self.config.min_rows):
+            return None
+        sample = inputs.sample(min(rows, len(inputs)), random_state=0)
+        if card.tag not in self._reference_attributions:
+            reference = self._reference(card.tag)[1]
+            self._reference_attributions[card.tag] = self._profile(
+                card, reference.sample(min(rows, len(reference)), random_state=0)
+            )
+        return Attribution(
+            len(sample), self._profile(card, sample), self._reference_attributions[card.tag]
+        )
+
+    def _profile(self, card: ModelCard, rows: pd.DataFrame) -> dict[str, float]:
+        classification = card.task == "classification"
+        targets = (
+            rows["prediction"].astype(str) if classification else [REGRESSION_TARGET] * len(rows)
+        )
+        features = rows[list(card.feature_names)].to_numpy(dtype=float)
+        background = self.config.attribution_background_rows
+        return mean_attributions(card, features, list(targets), background)
 
     def run_once(self, now: float | None = None, save_reports: bool = False) -> list[VariantReport]:
         """One run over every active variant; saves Evidently reports when asked or when due."""
@@ -231,7 +296,16 @@ class MonitorRunner:
                     card.task == "classification",
                     self.settings,
                 )
-                compared[-1] = replace(report, vs_stable=result.prediction)
+                attribution_vs_stable = (
+                    attribution_distance(report.attribution.window, base.attribution.window)
+                    if report.attribution is not None and base.attribution is not None
+                    else None
+                )
+                compared[-1] = replace(
+                    report,
+                    vs_stable=result.prediction,
+                    attribution_vs_stable=attribution_vs_stable,
+                )
         return compared
 
     def _save(self, report: VariantReport) -> None:
@@ -247,7 +321,11 @@ class MonitorRunner:
                 card.task == "classification",
                 self.settings,
             )
-            summary = drift_summary(report.drift)
+            attribution = report.attribution
+            summary = drift_summary(
+                report.drift,
+                None if attribution is None else (attribution.window, attribution.reference),
+            )
             self.archive.save(report.endpoint, report.variant, "drift", snapshot, summary)
         baseline = self._reference_quality(report.model)
         for variant, quality in (
@@ -285,6 +363,13 @@ class MonitorRunner:
         self._export_quality(key, quality)
         if report.vs_stable is not None:
             metrics.vs_stable.labels(*key).set(report.vs_stable.score)
+        if report.attribution is not None:
+            metrics.attribution_shift.labels(*key).set(report.attribution.shift)
+            ranked = sorted(report.attribution.window.items(), key=lambda i: i[1], reverse=True)
+            for feature, value in ranked[: self.config.max_feature_series]:
+                metrics.feature_attribution.labels(*key, feature).set(value)
+        if report.attribution_vs_stable is not None:
+            metrics.attribution_vs_stable.labels(*key).set(report.attribution_vs_stable)
         for shadow in report.shadows:
             shadow_key = (report.endpoint, shadow.shadow)
             metrics.shadow_agreement.labels(*shadow_key).set(shadow.agreement)

@@ -1,0 +1,112 @@
+"""SHAP attributions of a registered model's answers: what both processes explain with.
+
+The gateway's ``/explain`` runs ``attributions`` in a process of its own (service/gateway/explain.py);
+the monitor runs ``mean_attributions`` on a sample of each variant's window and of the model's
+reference, to watch whether the reasons a model gives drift (service/monitor/runs.py).
+
+The method is SHAP's permutation explainer (the ``shap`` package) with an independent masker over
+the model's reference sample (a seeded subsample of ``background_rows`` rows): antithetic
+permutations make the attributions add up exactly, ``base_value + sum(values)`` = the explained
+output, and for a model without interactions they are exact (a linear model's are its coefficient
+times the row's distance from the background mean). The explained output is the probability of the
+target class for a classifier and the value for a regressor. The model is the registry's ONNX file,
+run by onnxruntime on the CPU in the calling process, in batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from service.model_card import MODEL_FILE, ModelCard
+from service.tensors import OIP_TO_NUMPY
+
+REGRESSION_TARGET = "value"
+"""The one target a regressor's explanation has: the value it answers."""
+PERMUTATIONS = 10
+"""Permutations per row when ``max_evals`` is 0 (each costs 2 x features evaluations)."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why one row got its answer: ``base_value + sum(values)`` is the explained output."""
+
+    target: str
+    base_value: float
+    values: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_loaded: dict[tuple[str, int], tuple[object, np.ndarray]] = {}
+"""Per model tag and background size: its onnxruntime session and background rows (loaded once
+per process)."""
+
+
+def _model(card: ModelCard, background_rows: int) -> tuple[object, np.ndarray]:
+    key = (card.tag, background_rows)
+    if key not in _loaded:
+        from service import registry
+        from service.runtime import ModelSession
+
+        path = registry.model_dir(card.tag) / MODEL_FILE
+        session = ModelSession(path, card, ["CPUExecutionProvider"])
+        reference = registry.load_reference(card.tag)[list(card.feature_names)]
+        sample = reference.sample(min(background_rows, len(reference)), random_state=0)
+        _loaded[key] = (session, sample.to_numpy(dtype=np.float64))
+    return _loaded[key]
+
+
+def attributions(
+    card: ModelCard,
+    features: np.ndarray,
+    targets: list[str],
+    background_rows: int,
+    max_evals: int,
+) -> list[Explanation]:
+    """SHAP values of each row for its target (runs in the explanation process)."""
+    import shap
+
+    session, background = _model(card, background_rows)
+    spec = card.feature_input
+    dtype = OIP_TO_NUMPY[spec.datatype]
+    evals = max_evals or 2 * PERMUTATIONS * len(card.feature_names) + 1
+    classes = [str(c) for c in card.class_labels]
+
+    def output(target: str):
+        def explained(rows: np.ndarray) -> np.ndarray:
+            outputs = session.run({spec.name: rows.astype(dtype)})
+            if card.task == "classification":
+                return np.asarray(outputs[card.probability_output])[:, classes.index(target)]
+            return np.asarray(outputs[card.value_output]).reshape(len(rows))
+
+        return explained
+
+    masker = shap.maskers.Independent(background, max_samples=len(background))
+    found: list[Explanation | None] = [None] * len(features)
+    for target in dict.fromkeys(targets):
+        at = [i for i, t in enumerate(targets) if t == target]
+        explainer = shap.PermutationExplainer(output(target), masker, seed=0)
+        shapley = explainer(features[at].astype(np.float64), max_evals=evals, silent=True)
+        for row, values, base in zip(at, shapley.values, shapley.base_values):
+            named = dict(zip(card.feature_names, map(float, values)))
+            found[row] = Explanation(target, float(base), named)
+    return found
+
+
+def mean_attributions(
+    card: ModelCard,
+    features: np.ndarray,
+    targets: Sequence[str],
+    background_rows: int,
+    max_evals: int = 0,
+) -> dict[str, float]:
+    """Each feature's mean absolute attribution over ``features``' rows: how much the model leans
+    on it, whatever the direction."""
+    found = attributions(card, features, list(targets), background_rows, max_evals)
+    return {
+        name: float(np.mean([abs(e.values[name]) for e in found])) for name in card.feature_names
+    }
