@@ -67,8 +67,17 @@ def write_config(path: Path, **overrides) -> Path:
 
 
 def local_monitor(port: int, **settings) -> dict:
-    """A config's ``monitor`` section for a monitor on 127.0.0.1:``port``, flushing every 50 ms."""
-    return {"url": f"http://127.0.0.1:{port}", "port": port, "flush_interval_ms": 50, **settings}
+    """A config's ``monitor`` section for a monitor on 127.0.0.1:``port``, flushing every 50 ms.
+    Attribution drift is off unless a test turns it on (``attribution_rows``): it is a SHAP run
+    per variant per analysis, which tests about other things need not pay for;
+    tests/test_monitor_runs.py and tests/test_dashboard.py test it."""
+    return {
+        "url": f"http://127.0.0.1:{port}",
+        "port": port,
+        "flush_interval_ms": 50,
+        "attribution_rows": 0,
+        **settings,
+    }
 
 
 async def loopback_receiver(path: str, handle):

@@ -141,7 +141,7 @@ async def test_every_panel_query_returns_data_from_a_real_prometheus(demo_models
     config = write_config(
         tmp_path / "gateway.yaml",
         data_dir=str(tmp_path / "data"),
-        monitor=local_monitor(port, min_rows=20),
+        monitor=local_monitor(port, min_rows=20, attribution_rows=32),
         endpoints={
             "cancer": {
                 "routing": {"key": {"header": "x-user-id"}},

@@ -91,3 +91,21 @@ def test_each_variants_reasons_are_measured_against_its_reference_and_stables(
         {"endpoint": "cancer", "variant": "candidate"},
     )
     assert divergence == candidate.attribution_vs_stable
+
+
+def test_without_recorded_inputs_there_is_no_attribution_and_no_failure(demo_models, tmp_path):
+    store = MonitorStore(tmp_path / "monitor.sqlite3")
+    store.add_records(
+        PredictionRecord(f"s{i}", 1000.0 + i, "cancer", "stable", "cancer:v1", ["benign"], 0.001)
+        for i in range(300)
+    )
+    metrics = MonitorMetrics(CollectorRegistry())
+    runner = MonitorRunner(
+        MonitorConfig(min_rows=100, window_s=10**9), store, metrics, ReportArchive(tmp_path / "r")
+    )
+    [report] = runner.run_once(now=2000.0)
+    assert report.attribution is None and report.drift.status == "insufficient_data"
+    failures = metrics.registry.get_sample_value(
+        "gateway_monitor_analysis_failures_total", {"endpoint": "cancer", "variant": "stable"}
+    )
+    assert not failures

@@ -204,9 +204,11 @@ class MonitorRunner:
     def _attribution(self, card: ModelCard, window: pd.DataFrame) -> Attribution | None:
         """Mean |SHAP| per feature on a seeded sample of the window's recorded inputs, against
         the same on the model's reference (computed once per model); None when off or short."""
-        rows = self.config.attribution_rows
-        inputs = window.dropna(subset=list(card.feature_names))
-        if rows == 0 or len(inputs) < min(rows, self.config.min_rows):
+        rows, features = self.config.attribution_rows, list(card.feature_names)
+        if rows == 0 or not set(features) <= set(window.columns):
+            return None  # off, or no inputs were recorded (monitor.sample_inputs)
+        inputs = window.dropna(subset=features)
+        if len(inputs) < min(rows, self.config.min_rows):
             return None
         sample = inputs.sample(min(rows, len(inputs)), random_state=0)
         if card.tag not in self._reference_attributions:
