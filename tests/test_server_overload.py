@@ -139,13 +139,13 @@ async def test_a_spike_past_capacity_keeps_answers_within_the_slo_and_labels_flo
                 ):
                     started = time.monotonic()
                     async with session.get(f"{url}{path}", headers=headers) as answer:
-                        side.append((path, answer.status, time.monotonic() - started))
+                        side.append((path, answer.status, time.monotonic() - started, []))
 
             await asyncio.gather(probes(), *(caller() for _ in range(512)))
     assert errors == 0 and set(statuses) <= {200, 429}, (statuses, errors)
     assert statuses[429] > 0 and retry_after == statuses[429], statuses
     p50, p99 = (float(np.percentile(ok_latencies, q)) for q in (50, 99))
-    slowest = max(seconds for _, _, seconds in side)
+    slowest = max(seconds for _, _, seconds, _ in side)
     print(
         f"spike: {dict(statuses)}, 200s p50 {p50 * 1000:.0f} ms p99 {p99 * 1000:.0f} ms, "
         f"slowest side call {slowest:.2f} s"
@@ -157,12 +157,24 @@ async def test_a_spike_past_capacity_keeps_answers_within_the_slo_and_labels_flo
     assert p50 <= 0.1, f"accepted requests' p50 {p50 * 1000:.0f} ms is over the 100 ms SLO"
     assert p99 <= 0.5, f"accepted requests' p99 {p99 * 1000:.0f} ms is over 5x the SLO"
     labels = [s for s in side if s[0] == "/feedback"]
-    assert labels and all(status == 200 for _, status, _ in labels), labels
-    assert all(status == 200 and seconds < 2 for _, status, seconds in side), side
+    refused = [label for label in labels if label[1] != 200]
+    assert labels and not refused, refused
+    retried = [label[3] for label in labels if label[3]]
+    print(f"labels: {len(labels)} acknowledged, {len(retried)} after a retry: {retried[:3]}")
+    assert all(status == 200 and seconds < 2 for _, status, seconds, _ in side), side
 
 
-async def labelled(session, url: str, request_id: str) -> tuple[str, int, float]:
+async def labelled(session, url: str, request_id: str) -> tuple[str, int, float, list]:
+    """Post a label as a careful client does: a 429 or 503 says nothing was stored and when to
+    come back, so it is sent again (up to three times, sooner than asked: the test is short).
+    The refusals met on the way are kept for the failure message."""
     started = time.monotonic()
     label = {"request_id": request_id, "label": "benign"}
-    async with session.post(f"{url}/feedback", json=label) as answer:
-        return "/feedback", answer.status, time.monotonic() - started
+    refusals = []
+    for _ in range(4):
+        async with session.post(f"{url}/feedback", json=label) as answer:
+            if answer.status not in (429, 503) or "Retry-After" not in answer.headers:
+                return "/feedback", answer.status, time.monotonic() - started, refusals
+            refusals.append((answer.status, (await answer.json())["error"]))
+        await asyncio.sleep(0.2)
+    return "/feedback", answer.status, time.monotonic() - started, refusals
