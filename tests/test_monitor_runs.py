@@ -16,7 +16,7 @@ from service.monitor.runs import MonitorRunner
 ROLES = {("cancer", "stable"): "stable", ("cancer", "candidate"): "candidate"}
 
 
-def runner_with(tmp_path, demo_models, candidate_predicts) -> MonitorRunner:
+def runner_with(tmp_path, demo_models, candidate_predicts, attribution_rows=0) -> MonitorRunner:
     rows = pd.read_csv(demo_models["cancer:v1"].reference_path)
     features = rows.drop(columns=["label"]).to_numpy().tolist()
     labels = rows["label"].tolist()
@@ -41,7 +41,7 @@ def runner_with(tmp_path, demo_models, candidate_predicts) -> MonitorRunner:
             )
         )
     store.add_records(records)
-    config = MonitorConfig(min_rows=100, window_s=10**9)
+    config = MonitorConfig(min_rows=100, window_s=10**9, attribution_rows=attribution_rows)
     return MonitorRunner(
         config,
         store,
@@ -70,7 +70,7 @@ def test_each_variants_reasons_are_measured_against_its_reference_and_stables(
 ):
     """Attribution drift: mean |SHAP| per feature on a sample of the window against the same on
     the reference, exported; the candidate (an MLP) against stable (a logistic regression)."""
-    runner = runner_with(tmp_path, demo_models, lambda y: y)
+    runner = runner_with(tmp_path, demo_models, lambda y: y, attribution_rows=32)
     reports = {r.variant: r for r in runner.run_once(now=2000.0)}
     stable, candidate = reports["stable"], reports["candidate"]
     features = set(runner._reference("cancer:v1")[0].feature_names)
