@@ -109,3 +109,18 @@ def test_without_recorded_inputs_there_is_no_attribution_and_no_failure(demo_mod
         "gateway_monitor_analysis_failures_total", {"endpoint": "cancer", "variant": "stable"}
     )
     assert not failures
+
+
+def test_a_variant_that_became_stable_loses_its_divergence_from_stable(demo_models, tmp_path):
+    """After a promotion the old candidate is the stable variant: its "from stable" series go,
+    instead of showing its last value as if it were still compared."""
+    runner = runner_with(tmp_path, demo_models, lambda y: "benign")
+    runner.run_once(now=2000.0)
+    series = {"endpoint": "cancer", "variant": "candidate"}
+    registry = runner.metrics.registry
+    name = "gateway_prediction_divergence_from_stable_score"
+    assert registry.get_sample_value(name, series) > 0.2
+    runner.roles = lambda: {("cancer", "candidate"): "stable", ("cancer", "stable"): "candidate"}
+    runner.run_once(now=2001.0)
+    assert registry.get_sample_value(name, series) is None
+    assert registry.get_sample_value(name, {"endpoint": "cancer", "variant": "stable"}) > 0.2

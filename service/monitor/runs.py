@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 
 import pandas as pd
+from prometheus_client import Gauge
 
 from monitors.attribution import attribution_distance
 from monitors.drift import (
@@ -363,15 +364,14 @@ class MonitorRunner:
             for column in ranked[: self.config.max_feature_series]:
                 metrics.feature_drift.labels(*key, column.column).set(column.score)
         self._export_quality(key, quality)
-        if report.vs_stable is not None:
-            metrics.vs_stable.labels(*key).set(report.vs_stable.score)
+        vs_stable = None if report.vs_stable is None else report.vs_stable.score
+        _set_or_drop(metrics.vs_stable, key, vs_stable)
+        _set_or_drop(metrics.attribution_vs_stable, key, report.attribution_vs_stable)
         if report.attribution is not None:
             metrics.attribution_shift.labels(*key).set(report.attribution.shift)
             ranked = sorted(report.attribution.window.items(), key=lambda i: i[1], reverse=True)
             for feature, value in ranked[: self.config.max_feature_series]:
                 metrics.feature_attribution.labels(*key, feature).set(value)
-        if report.attribution_vs_stable is not None:
-            metrics.attribution_vs_stable.labels(*key).set(report.attribution_vs_stable)
         for shadow in report.shadows:
             shadow_key = (report.endpoint, shadow.shadow)
             metrics.shadow_agreement.labels(*shadow_key).set(shadow.agreement)
@@ -383,3 +383,13 @@ class MonitorRunner:
         metrics.insufficient.labels(*key, "quality").set(int(quality.status != "ok"))
         for name, value in quality.metrics.items():
             metrics.quality.labels(*key, name).set(value)
+
+
+def _set_or_drop(gauge: Gauge, key: tuple[str, ...], value: float | None) -> None:
+    """Set a series, or drop it when there is no value now: a variant that became stable has no
+    divergence from stable, and its old value must not stay on the dashboard."""
+    if value is not None:
+        gauge.labels(*key).set(value)
+        return
+    with suppress(KeyError):
+        gauge.remove(*key)
