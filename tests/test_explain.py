@@ -109,6 +109,18 @@ async def test_oip_explain_answers_like_infer_with_explanations(served):
         ("/explain/nope", {"instances": [ROW]}, 404, "unknown endpoint"),
         ("/explain/diabetes?target=x", {"instances": [ROW[:10]]}, 400, "one target"),
         ("/v2/models/cancer/explain", {"inputs": []}, 400, ""),
+        (
+            "/v2/models/cancer/explain",
+            {"inputs": [{"name": "Y", "shape": [1, 30], "datatype": "FP32", "data": ROW}]},
+            400,
+            "X",
+        ),
+        (
+            "/v2/models/cancer/explain",
+            {"inputs": [{"name": "X", "shape": [9, 30], "datatype": "FP32", "data": ROW * 9}]},
+            400,
+            "at most 8 rows",
+        ),
     ],
 )
 async def test_bad_explain_requests_are_clear_4xx_and_the_gateway_serves_on(

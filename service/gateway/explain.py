@@ -49,17 +49,22 @@ class Explainer:
         self.waiting = 0
         self._pool: ProcessPoolExecutor | None = None
 
-    async def explain(
-        self, card: ModelCard, inputs: Tensors, targets: Sequence[str]
-    ) -> list[Explanation]:
-        """One explanation per row of ``inputs`` (already validated against ``card``)."""
+    def check(self, card: ModelCard, inputs: Tensors) -> None:
+        """400 for what cannot be explained, before the model runs for it: a model of several
+        input tensors, or more rows than ``explain.max_rows``."""
         if len(card.inputs) != 1:
             raise BadRequest(f"{card.tag} takes several input tensors: it cannot be explained")
-        features = inputs[card.feature_input.name]
-        if len(features) > self.config.max_rows:
+        features = inputs.get(card.feature_input.name)  # missing: validation says so next
+        if features is not None and len(features) > self.config.max_rows:
             raise BadRequest(
                 f"explain at most {self.config.max_rows} rows per call (explain.max_rows)"
             )
+
+    async def explain(
+        self, card: ModelCard, inputs: Tensors, targets: Sequence[str]
+    ) -> list[Explanation]:
+        """One explanation per row of ``inputs`` (validated against ``card`` and ``check``ed)."""
+        features = inputs[card.feature_input.name]
         if self.waiting >= self.config.max_waiting:
             raise Overloaded("explanations are busy: retry after 1 s (nothing was done)")
         self.waiting += 1

@@ -226,6 +226,7 @@ class Gateway:
             route = self._route(call, table, decoded)
             card = route.model.card
             tensors = decoded.tensors(card)
+            self.explainer.check(card, tensors)
             outputs = await self.dataplane.infer(route, tensors)
             targets = targets_for(card, outputs, target)
             explanations = await self.explainer.explain(card, tensors, targets)
