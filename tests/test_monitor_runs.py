@@ -73,12 +73,13 @@ def test_each_variants_reasons_are_measured_against_its_reference_and_stables(
     runner = runner_with(tmp_path, demo_models, lambda y: y, attribution_rows=32)
     reports = {r.variant: r for r in runner.run_once(now=2000.0)}
     stable, candidate = reports["stable"], reports["candidate"]
-    features = set(runner._reference("cancer:v1")[0].feature_names)
+    features = set(runner._reference("cancer:v1").card.feature_names)
     assert set(stable.attribution.window) == features and stable.attribution.rows == 32
     assert stable.attribution.shift < 0.05  # the stable window is its own reference's rows
-    card, reference = runner._reference("cancer:v1")
-    moved = reference.assign(mean_radius=reference.mean_radius * 1.5, worst_texture=0.0)
-    assert runner._attribution(card, moved).shift > 0.1  # the demo's drift moves its reasons
+    reference = runner._reference("cancer:v1")
+    frame = reference.frame
+    moved = frame.assign(mean_radius=frame.mean_radius * 1.5, worst_texture=0.0)
+    assert runner._attribution(reference, moved).shift > 0.1  # the demo's drift moves its reasons
     assert stable.attribution_vs_stable is None
     assert 0 < candidate.attribution_vs_stable <= 1
     registry = runner.metrics.registry

@@ -10,6 +10,7 @@ every ``interval_s`` seconds and on demand (``POST /runs``); both call ``run_onc
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -45,6 +46,25 @@ from service.model_card import ModelCard
 from service.monitor.metrics import MonitorMetrics
 
 log = logging.getLogger("gateway.monitor")
+
+
+@dataclass
+class ModelReference:
+    """A model version's card and reference sample, and what is computed on the sample once and
+    kept while the monitor runs."""
+
+    card: ModelCard
+    frame: pd.DataFrame
+    attribution: dict[str, float] | None = None
+    """Mean |SHAP| per feature on a sample of the reference (on first need)."""
+
+    @functools.cached_property
+    def quality(self) -> QualityResult:
+        """The model's quality on its own reference sample (what a variant's is read against)."""
+        labeled = self.frame.rename(columns={self.card.label_column: "label"})
+        if self.card.task == "classification":
+            return classification_quality(labeled, self.card.class_labels, min_rows=1)
+        return regression_quality(labeled, min_rows=1)
 
 
 @dataclass(frozen=True)
@@ -152,13 +172,13 @@ class MonitorRunner:
         self.latest: dict[tuple[str, str], VariantReport] = {}
         """The newest report per (endpoint, variant), for the rollout controller."""
         self.settings = DriftSettings(threshold=config.drift_threshold, min_rows=config.min_rows)
-        self._references: dict[str, tuple[ModelCard, pd.DataFrame]] = {}
-        self._reference_qualities: dict[str, QualityResult] = {}
-        self._reference_attributions: dict[str, dict[str, float]] = {}
+        self._references: dict[str, ModelReference] = {}
 
-    def _reference(self, tag: str) -> tuple[ModelCard, pd.DataFrame]:
+    def _reference(self, tag: str) -> ModelReference:
         if tag not in self._references:
-            self._references[tag] = (registry.load_card(tag), registry.load_reference(tag))
+            self._references[tag] = ModelReference(
+                registry.load_card(tag), registry.load_reference(tag)
+            )
         return self._references[tag]
 
     def _window(self, endpoint: str, variant: str, card: ModelCard, since: float) -> pd.DataFrame:
@@ -167,12 +187,13 @@ class MonitorRunner:
         return window.rename(columns=names)
 
     def analyse(self, endpoint: str, variant: str, tag: str, since: float) -> VariantReport:
-        card, reference = self._reference(tag)
+        reference = self._reference(tag)
+        card = reference.card
         classification = card.task == "classification"
         window = self._window(endpoint, variant, card, since)
         drift = compute_drift(
             window,
-            reference,
+            reference.frame,
             card.feature_names,
             "prediction",
             classification,
@@ -190,7 +211,7 @@ class MonitorRunner:
             card.class_labels if classification else None,
             self.config.min_rows,
         )
-        attribution = self._attribution(card, window)
+        attribution = self._attribution(reference, window)
         return VariantReport(
             endpoint,
             variant,
@@ -202,9 +223,10 @@ class MonitorRunner:
             attribution=attribution,
         )
 
-    def _attribution(self, card: ModelCard, window: pd.DataFrame) -> Attribution | None:
+    def _attribution(self, reference: ModelReference, window: pd.DataFrame) -> Attribution | None:
         """Mean |SHAP| per feature on a seeded sample of the window's recorded inputs, against
         the same on the model's reference (computed once per model); None when off or short."""
+        card = reference.card
         rows, features = self.config.attribution_rows, list(card.feature_names)
         if rows == 0 or not set(features) <= set(window.columns):
             return None  # off, or no inputs were recorded (monitor.sample_inputs)
@@ -212,14 +234,12 @@ class MonitorRunner:
         if len(inputs) < min(rows, self.config.min_rows):
             return None
         sample = inputs.sample(min(rows, len(inputs)), random_state=0)
-        if card.tag not in self._reference_attributions:
-            reference = self._reference(card.tag)[1]
-            self._reference_attributions[card.tag] = self._profile(
-                card, reference.sample(min(rows, len(reference)), random_state=0)
+        if reference.attribution is None:
+            frame = reference.frame
+            reference.attribution = self._profile(
+                card, frame.sample(min(rows, len(frame)), random_state=0)
             )
-        return Attribution(
-            len(sample), self._profile(card, sample), self._reference_attributions[card.tag]
-        )
+        return Attribution(len(sample), self._profile(card, sample), reference.attribution)
 
     def _profile(self, card: ModelCard, rows: pd.DataFrame) -> dict[str, float]:
         classification = card.task == "classification"
@@ -290,7 +310,7 @@ class MonitorRunner:
                 continue
             compared.append(report)
             with self._isolated(report.endpoint, report.variant, "comparison with stable"):
-                card = self._reference(report.model)[0]
+                card = self._reference(report.model).card
                 result = compute_drift(
                     report.window[["prediction"]],
                     base.window[["prediction"]],
@@ -314,11 +334,12 @@ class MonitorRunner:
     def _save(self, report: VariantReport) -> None:
         """The operators' Evidently reports for a variant that had a verdict, each opening with
         its summary."""
-        card, reference = self._reference(report.model)
+        reference = self._reference(report.model)
+        card = reference.card
         if report.drift.status == "ok":
             snapshot = drift_report(
                 report.window,
-                reference,
+                reference.frame,
                 card.feature_names,
                 "prediction",
                 card.task == "classification",
@@ -330,7 +351,7 @@ class MonitorRunner:
                 None if attribution is None else (attribution.window, attribution.reference),
             )
             self.archive.save(report.endpoint, report.variant, "drift", snapshot, summary)
-        baseline = self._reference_quality(report.model)
+        baseline = reference.quality
         for variant, quality in (
             (report.variant, report.quality),
             *((shadow.shadow, shadow.quality) for shadow in report.shadows),
@@ -338,18 +359,6 @@ class MonitorRunner:
             if quality.report is not None:
                 summary = quality_summary(quality, baseline)
                 self.archive.save(report.endpoint, variant, "quality", quality.report, summary)
-
-    def _reference_quality(self, tag: str) -> QualityResult:
-        """The model's quality on its own reference sample (what a variant's is read against)."""
-        if tag not in self._reference_qualities:
-            card, reference = self._reference(tag)
-            labeled = reference.rename(columns={card.label_column: "label"})
-            self._reference_qualities[tag] = (
-                classification_quality(labeled, card.class_labels, min_rows=1)
-                if card.task == "classification"
-                else regression_quality(labeled, min_rows=1)
-            )
-        return self._reference_qualities[tag]
 
     def _export(self, report: VariantReport) -> None:
         metrics, key = self.metrics, (report.endpoint, report.variant)
