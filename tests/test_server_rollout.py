@@ -88,8 +88,19 @@ async def test_a_healthy_canary_walks_the_steps_and_is_promoted(demo_models, tmp
                 described = await rollout_state(session, url)
                 if described["state"]["phase"] in ("succeeded", "rolled_back"):
                     break
-            async with session.get(f"{url}/admin/routing", headers=ADMIN) as answer:
-                routing = (await answer.json())["endpoints"]["cancer"]
+            # The phase is saved before its traffic is applied (so a crash between the two
+            # re-applies it), and workers follow an applied change within POLL_S: read the
+            # routing once the transition is applied and a worker has had a second to follow.
+            while not described["applied"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                described = await rollout_state(session, url)
+            followed = time.monotonic() + 1.0
+            while True:
+                async with session.get(f"{url}/admin/routing", headers=ADMIN) as answer:
+                    routing = (await answer.json())["endpoints"]["cancer"]
+                if len(routing["variants"]) == 1 or time.monotonic() > followed:
+                    break
+                await asyncio.sleep(0.05)
             after = await drive(session, url, seconds=1)
     actions = [e["action"] for e in described["history"] if e["action"] != "hold"]
     assert actions == ["start", "advance", "promote", "succeed"], described["history"][-1]
