@@ -1,0 +1,339 @@
+"""The experiment readout's statistics: fixed-horizon numbers equal scipy's and statsmodels',
+the always-valid interval keeps its promise under peeking (A/A simulations with heavy tails and
+clustered users), injected lifts are found and covered, sample-ratio mismatch fires when it
+should and only then, and verdicts follow the rule."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+
+from monitors.experiments import (
+    INCONCLUSIVE,
+    NO_SHIP,
+    SHIP,
+    Design,
+    MetricSpec,
+    UnitTotals,
+    compare,
+    readout,
+    sample_ratio,
+    sequence_multiplier,
+    summarize,
+)
+
+ALPHA = 0.05
+PLANNED = 10_000
+
+
+def plain(values) -> UnitTotals:
+    """One value per unit (an endpoint without a routing key: the unit is the request)."""
+    return UnitTotals.of(values, np.ones(len(values)))
+
+
+def test_fixed_horizon_numbers_are_welchs():
+    rng = np.random.default_rng(1)
+    control, treatment = rng.lognormal(0, 1, 400), rng.lognormal(0.1, 1.2, 650)
+    lift = compare(summarize(plain(control)), summarize(plain(treatment)), ALPHA, PLANNED)
+    expected = stats.ttest_ind(treatment, control, equal_var=False)
+    assert lift.p_value == pytest.approx(expected.pvalue, rel=1e-9)
+    assert lift.degrees_of_freedom == pytest.approx(expected.df, rel=1e-9)
+    interval = expected.confidence_interval(0.95)
+    assert lift.fixed.lower == pytest.approx(interval.low, rel=1e-9)
+    assert lift.fixed.upper == pytest.approx(interval.high, rel=1e-9)
+    assert lift.absolute == pytest.approx(treatment.mean() - control.mean())
+    assert lift.relative == pytest.approx(treatment.mean() / control.mean() - 1)
+    summary = summarize(plain(control))
+    assert summary.sd == pytest.approx(control.std(ddof=1))
+    assert summary.units == 400
+
+
+def test_ratio_metric_is_the_delta_method_over_units():
+    """Units with several requests: the mean is per request, the variance per unit."""
+    rng = np.random.default_rng(2)
+    counts = rng.integers(1, 8, 300)
+    sums = rng.binomial(counts, 0.3).astype(float)
+    summary = summarize(UnitTotals.of(sums, counts))
+    mean = sums.sum() / counts.sum()
+    assert summary.mean == pytest.approx(mean)
+    # Deng et al.: Var(R) = (s_yy - 2 R s_xy + R^2 s_xx) / (n mean_x^2)
+    cov = np.cov(sums, counts, ddof=1)
+    delta = (cov[0, 0] - 2 * mean * cov[0, 1] + mean**2 * cov[1, 1]) / (300 * counts.mean() ** 2)
+    assert summary.variance_of_mean == pytest.approx(delta)
+    assert summary.values == counts.sum()
+
+
+def test_units_without_values_do_not_count():
+    summary = summarize(UnitTotals.of([1.0, 0.0, 2.0], [1, 0, 1]))
+    assert summary.units == 2 and summary.mean == 1.5
+
+
+def test_benjamini_hochberg_matches_statsmodels():
+    rng = np.random.default_rng(3)
+    arms = {"a": 0.10, "b": 0.11}
+    metrics = ("m0", "m1", "m2", "m3")
+    data = {
+        m: {arm: plain(rng.binomial(1, rate + 0.01 * i, 3000)) for arm, rate in arms.items()}
+        for i, m in enumerate(metrics)
+    }
+    design = Design("a", ("b",), {"a": 50, "b": 50}, "m0", tuple(MetricSpec(m) for m in metrics))
+    result = readout(design, {"a": 3000, "b": 3000}, data, 600.0)
+    (arm,) = result.arms
+    raw = [r.lift.p_value for r in arm.results]
+    expected = multipletests(raw, method="fdr_bh")[1]
+    assert [r.p_adjusted for r in arm.results] == pytest.approx(list(expected))
+
+
+def test_sample_ratio_is_pearsons_chi_square():
+    ratio = sample_ratio({"a": 5100, "b": 4900}, {"a": 50, "b": 50}, 0.001)
+    assert ratio.p_value == pytest.approx(stats.chisquare([5100, 4900]).pvalue)
+    assert not ratio.flagged
+    skewed = sample_ratio({"a": 2000, "b": 8100}, {"a": 20, "b": 80}, 0.001)
+    expected = stats.chisquare([2000, 8100], [0.2 * 10100, 0.8 * 10100]).pvalue
+    assert skewed.p_value == pytest.approx(expected)
+
+
+def test_a_three_percent_exposure_loss_fires_srm_and_balanced_traffic_does_not():
+    rng = np.random.default_rng(4)
+    users = 200_000  # at 100,000 the test has about 95% power; here all but certainly
+    fired_on_loss, fired_on_balance = 0, 0
+    for _ in range(200):
+        arm_b = rng.random(users) < 0.5
+        lost = arm_b & (rng.random(users) < 0.03)  # 3% of arm b's exposures never logged
+        kept_b = int(arm_b.sum() - lost.sum())
+        balanced = sample_ratio({"a": int((~arm_b).sum()), "b": int(arm_b.sum())}, WEIGHTS, 0.001)
+        lossy = sample_ratio({"a": int((~arm_b).sum()), "b": kept_b}, WEIGHTS, 0.001)
+        fired_on_balance += balanced.flagged
+        fired_on_loss += lossy.flagged
+    assert fired_on_loss >= 198
+    assert fired_on_balance <= 2  # 0.1% expected
+
+
+WEIGHTS = {"a": 50.0, "b": 50.0}
+
+
+def _peeking_false_positives(
+    rng: np.random.Generator, draw, sims: int, looks: int, per_look: int
+) -> tuple[float, float]:
+    """Share of A/A experiments (both arms from ``draw``) whose always-valid interval, looked at
+    after every ``per_look`` units per arm, ever excluded zero; and the same for the
+    fixed-horizon interval looked at as often (the mistake the always-valid one prevents).
+    Vectorised over simulations; ``compare`` is checked to give the same numbers below."""
+    arms = []
+    for _ in range(2):
+        sums, counts = draw((sims, looks * per_look))
+        arms.append(
+            [np.cumsum(a, axis=1)[:, per_look - 1 :: per_look] for a in _moments(sums, counts)]
+        )
+    n = np.arange(1, looks + 1) * per_look
+    variances = []
+    means = []
+    for y, x, yy, xx, xy in arms:
+        mean = y / x
+        residual = (yy - 2 * mean * xy + mean**2 * xx) / (n - 1) / (x / n) ** 2
+        means.append(mean)
+        variances.append(residual / n)
+    diff = means[1] - means[0]
+    se = np.sqrt(variances[0] + variances[1])
+    always = np.abs(diff) > sequence_multiplier(2 * n, ALPHA, PLANNED) * se
+    fixed = np.abs(diff) > 1.96 * se
+    return float(always.any(axis=1).mean()), float(fixed.any(axis=1).mean())
+
+
+def _moments(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ...]:
+    return sums, counts, sums * sums, counts * counts, sums * counts
+
+
+def _binary(rng, p):
+    return lambda shape: (rng.binomial(1, p, shape).astype(float), np.ones(shape))
+
+
+def _heavy_tailed(rng):
+    """Revenue per user: most spend nothing, spenders' amounts are lognormal with sigma 2."""
+
+    def draw(shape):
+        spends = rng.random(shape) < 0.05
+        return np.where(spends, rng.lognormal(3, 2, shape), 0.0), np.ones(shape)
+
+    return draw
+
+
+def _clustered(rng):
+    """Users who come back 1 to 20 times, each with a conversion propensity of their own."""
+
+    def draw(shape):
+        counts = rng.integers(1, 21, shape).astype(float)
+        propensity = rng.beta(1, 9, shape)
+        return rng.binomial(counts.astype(int), propensity).astype(float), counts
+
+    return draw
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["binary", "binary rare", "heavy tailed", "clustered users"],
+)
+def test_a_a_peeking_after_every_batch_keeps_the_false_positive_rate(shape):
+    """1,000 A/A experiments, each looked at 100 times (every 100 units per arm, from the
+    minimum sample on): the always-valid interval excludes zero in at most alpha of them."""
+    rng = np.random.default_rng(5)
+    draw = {
+        "binary": _binary(rng, 0.1),
+        "binary rare": _binary(rng, 0.01),
+        "heavy tailed": _heavy_tailed(rng),
+        "clustered users": _clustered(rng),
+    }[shape]
+    always, fixed = _peeking_false_positives(rng, draw, sims=1000, looks=100, per_look=100)
+    assert always <= ALPHA, f"{shape}: always-valid false positives {always:.3f}"
+    assert fixed > 2 * ALPHA, f"{shape}: peeking at a fixed interval should mislead ({fixed:.3f})"
+
+
+def test_the_vectorised_simulation_computes_what_compare_does():
+    rng = np.random.default_rng(6)
+    sums_a, counts_a = _clustered(rng)((1, 300))
+    sums_b, counts_b = _clustered(rng)((1, 300))
+    lift = compare(
+        summarize(UnitTotals.of(sums_a[0], counts_a[0])),
+        summarize(UnitTotals.of(sums_b[0], counts_b[0])),
+        ALPHA,
+        PLANNED,
+    )
+    mean_a, mean_b = sums_a.sum() / counts_a.sum(), sums_b.sum() / counts_b.sum()
+    variances = []
+    for sums, counts, mean in ((sums_a, counts_a, mean_a), (sums_b, counts_b, mean_b)):
+        yy, xx, xy = (sums * sums).sum(), (counts * counts).sum(), (sums * counts).sum()
+        variances.append((yy - 2 * mean * xy + mean**2 * xx) / 299 / (counts.mean()) ** 2 / 300)
+    se = math.sqrt(sum(variances))
+    assert lift.standard_error == pytest.approx(se)
+    half = sequence_multiplier(600, ALPHA, PLANNED) * se
+    assert lift.always_valid.upper - lift.absolute == pytest.approx(half)
+
+
+def test_an_injected_lift_is_found_and_covered_at_the_nominal_rate():
+    """Conversion 10% against 11.5%: over 1,000 experiments of 20,000 units per arm the fixed 95%
+    interval covers the true lift about 95% of the time, the always-valid one at every look at
+    least that often, and the lift is declared in most of them."""
+    rng = np.random.default_rng(7)
+    sims, looks, per_look = 1000, 40, 500
+    n = np.arange(1, looks + 1) * per_look
+    control = np.cumsum(rng.binomial(1, 0.10, (sims, looks * per_look)), axis=1)[
+        :, per_look - 1 :: per_look
+    ]
+    treated = np.cumsum(rng.binomial(1, 0.115, (sims, looks * per_look)), axis=1)[
+        :, per_look - 1 :: per_look
+    ]
+    p_c, p_t = control / n, treated / n
+    se = np.sqrt(p_c * (1 - p_c) / (n - 1) + p_t * (1 - p_t) / (n - 1))
+    diff = p_t - p_c
+    truth = 0.015
+    fixed_covered = (np.abs(diff[:, -1] - truth) <= 1.96 * se[:, -1]).mean()
+    always_half = sequence_multiplier(2 * n, ALPHA, PLANNED) * se
+    always_covered = (np.abs(diff - truth) <= always_half).all(axis=1).mean()
+    detected = (diff - always_half > 0).any(axis=1).mean()
+    assert 0.93 <= fixed_covered <= 0.97
+    assert always_covered >= 0.95
+    assert detected >= 0.9
+
+
+def _design(**overrides) -> Design:
+    metrics = (
+        MetricSpec("converted"),
+        MetricSpec("error_rate", higher_is_better=False, margin=0.5),
+        MetricSpec("latency", higher_is_better=False, margin=0.2),
+    )
+    return Design(
+        **{
+            "control": "a",
+            "treatments": ("b",),
+            "weights": WEIGHTS,
+            "primary": "converted",
+            "metrics": metrics,
+            **overrides,
+        }
+    )
+
+
+def _data(rng, units: int, rates: dict, latency: dict, errors: dict) -> dict:
+    return {
+        "converted": {arm: plain(rng.binomial(1, p, units)) for arm, p in rates.items()},
+        "error_rate": {arm: plain(rng.binomial(1, p, units)) for arm, p in errors.items()},
+        "latency": {arm: plain(rng.gamma(4, m / 4, units)) for arm, m in latency.items()},
+    }
+
+
+def test_verdict_ship_when_the_primary_improves_and_guardrails_hold():
+    rng = np.random.default_rng(8)
+    data = _data(rng, 20_000, {"a": 0.10, "b": 0.13}, {"a": 20, "b": 20}, {"a": 0.02, "b": 0.02})
+    result = readout(_design(), {"a": 20_000, "b": 20_000}, data, 3600.0)
+    assert result.verdict == SHIP and result.winner == "b", result.reason
+    (arm,) = result.arms
+    assert {r.metric: r.outcome for r in arm.results} == {
+        "converted": "better",
+        "error_rate": "non_inferior",
+        "latency": "non_inferior",
+    }
+    primary = arm.results[0].lift
+    assert primary.always_valid.lower < primary.fixed.lower < primary.absolute
+    assert primary.fixed_relative.lower < 0.3 < primary.fixed_relative.upper
+
+
+def test_verdict_no_ship_when_a_guardrail_is_beyond_its_margin():
+    rng = np.random.default_rng(9)
+    data = _data(rng, 20_000, {"a": 0.10, "b": 0.13}, {"a": 20, "b": 30}, {"a": 0.02, "b": 0.02})
+    result = readout(_design(), {"a": 20_000, "b": 20_000}, data, 3600.0)
+    assert result.verdict == NO_SHIP and "latency" in result.reason
+
+
+def test_verdict_no_ship_when_the_primary_gets_worse():
+    rng = np.random.default_rng(10)
+    data = _data(rng, 20_000, {"a": 0.13, "b": 0.10}, {"a": 20, "b": 20}, {"a": 0.02, "b": 0.02})
+    result = readout(_design(), {"a": 20_000, "b": 20_000}, data, 3600.0)
+    assert result.verdict == NO_SHIP and "converted" in result.reason
+
+
+def test_verdict_inconclusive_with_few_units_or_no_effect():
+    rng = np.random.default_rng(11)
+    few = _data(rng, 50, {"a": 0.1, "b": 0.5}, {"a": 20, "b": 20}, {"a": 0.0, "b": 0.0})
+    result = readout(_design(), {"a": 50, "b": 50}, few, 60.0)
+    assert result.verdict == INCONCLUSIVE and "fewer than 100 units" in result.reason
+    assert result.arms[0].results[0].lift is None
+    same = _data(rng, 5000, {"a": 0.1, "b": 0.1}, {"a": 20, "b": 20}, {"a": 0.02, "b": 0.02})
+    result = readout(_design(), {"a": 5000, "b": 5000}, same, 600.0)
+    assert result.verdict == INCONCLUSIVE and "not changed significantly" in result.reason
+
+
+def test_sample_ratio_mismatch_blocks_shipping():
+    rng = np.random.default_rng(12)
+    data = _data(rng, 20_000, {"a": 0.10, "b": 0.13}, {"a": 20, "b": 20}, {"a": 0.02, "b": 0.02})
+    result = readout(_design(), {"a": 20_000, "b": 19_000}, data, 3600.0)
+    assert result.sample_ratio.flagged
+    assert result.verdict == NO_SHIP and "sample ratio mismatch" in result.reason
+
+
+def test_power_says_what_is_detectable_now_and_how_long_until_the_planned_effect():
+    rng = np.random.default_rng(13)
+    data = _data(rng, 2000, {"a": 0.10, "b": 0.10}, {"a": 20, "b": 20}, {"a": 0.02, "b": 0.02})
+    design = _design(minimum_detectable_effect=0.05)
+    result = readout(design, {"a": 2000, "b": 2000}, data, 400.0)
+    power = result.arms[0].power
+    lift = result.arms[0].results[0].lift
+    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)
+    control_mean = result.summaries["converted"]["a"].mean
+    assert power.minimum_detectable_effect == pytest.approx(z * lift.standard_error / control_mean)
+    # a 5% relative lift on a 10% rate needs about 2 x 57,000 units at 80% power
+    assert 90_000 < power.units_needed < 150_000
+    assert power.seconds_to_go == pytest.approx((power.units_needed - 4000) / (4000 / 400.0))
+    assert result.to_dict()["arms"][0]["power"]["units_needed"] == power.units_needed
+
+
+def test_the_readout_is_plain_json():
+    import json
+
+    rng = np.random.default_rng(14)
+    data = _data(rng, 20, {"a": 0.1, "b": 0.1}, {"a": 20, "b": 20}, {"a": 0.0, "b": 0.0})
+    document = readout(_design(), {"a": 20, "b": 20}, data, 1.0).to_dict()
+    assert json.loads(json.dumps(document, allow_nan=False)) == document
