@@ -40,6 +40,9 @@ class PredictionRecord(msgspec.Struct, frozen=True, gc=False):
     """The caller's own ``x-request-id``, kept as it came (callers may reuse one)."""
     pinned: bool = False
     """The caller chose the variant (a pin), so the request is not a random draw of traffic."""
+    unit: str | None = None
+    """Who sent it: the hex digest of its salted routing key (experiments count units by it);
+    None for a request without a key, which is its own unit."""
 
 
 ELEMENT_BYTES = 24

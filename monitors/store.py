@@ -1,10 +1,12 @@
-"""The monitor's durable store: prediction records and ground-truth labels, joined by request id.
+"""The monitor's durable store: prediction records, ground-truth labels and business rewards
+(an experiment's outcomes, one value per request and metric), joined by request id.
 
 Labels may arrive before their prediction (held as pending: bounded in number by the caller and
 expired by ``prune``, joined when the prediction comes) or after; the same label twice is accepted
 once (idempotent), a different label for the same id is a conflict. Every label write is on disk
 (fsync) before it returns, so an acknowledged label survives a crash; a write that does not fit
-(a full disk, or the configured size cap) changes nothing and raises ``StoreFull``. Reads are
+(a full disk, or the configured size cap) changes nothing and raises ``StoreFull``. Rewards follow
+the same rules, and are refused as late past their experiment's join window. Reads are
 bounded in rows, so a window or a join never loads more than asked however big requests were.
 SQLite, one file; the same shape maps onto PostgreSQL for a monitor shared by several machines.
 """
@@ -15,7 +17,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -39,7 +41,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     latency_s REAL NOT NULL,
     outcome TEXT NOT NULL,
     correlation_id TEXT,
-    pinned INTEGER NOT NULL DEFAULT 0
+    pinned INTEGER NOT NULL DEFAULT 0,
+    unit TEXT
 );
 CREATE INDEX IF NOT EXISTS predictions_by_variant ON predictions (endpoint, variant, at);
 CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (at);
@@ -50,6 +53,15 @@ CREATE TABLE IF NOT EXISTS labels (
     pending INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS labels_pending ON labels (received_at) WHERE pending = 1;
+CREATE TABLE IF NOT EXISTS rewards (
+    request_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    received_at REAL NOT NULL,
+    pending INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (request_id, metric)
+);
+CREATE INDEX IF NOT EXISTS rewards_pending ON rewards (received_at) WHERE pending = 1;
 """
 
 RECORD_COLUMNS = (
@@ -65,9 +77,14 @@ RECORD_COLUMNS = (
     "outcome",
     "correlation_id",
     "pinned",
+    "unit",
 )
 ADDED_COLUMNS = {
-    "predictions": {"correlation_id": "TEXT", "pinned": "INTEGER NOT NULL DEFAULT 0"},
+    "predictions": {
+        "correlation_id": "TEXT",
+        "pinned": "INTEGER NOT NULL DEFAULT 0",
+        "unit": "TEXT",
+    },
     "labels": {"pending": "INTEGER NOT NULL DEFAULT 0"},
 }
 """Columns newer than the first layout, added in place to an older file."""
@@ -79,9 +96,15 @@ PRUNE_CHUNK = 5000
 
 
 class LabelOutcome(str, Enum):
+    """What became of one label, or one reward, sent to the store."""
+
     STORED = "stored"
     DUPLICATE = "duplicate"
+    """The same value was stored before: nothing changed (sending again is safe)."""
     CONFLICT = "conflict"
+    """A different value was stored before: kept as it was."""
+    LATE = "late"
+    """A reward that came after its experiment's join window: not stored."""
 
 
 class StoreFull(RuntimeError):
@@ -156,6 +179,7 @@ class MonitorStore:
                 r.outcome,
                 r.correlation_id,
                 int(r.pinned),
+                r.unit,
             )
             for r in records
         ]
@@ -167,10 +191,11 @@ class MonitorStore:
                 rows,
             )
             stored = db.total_changes - before
-            db.executemany(
-                "UPDATE labels SET pending = 0 WHERE pending = 1 AND request_id = ?",
-                [(row[0],) for row in rows],
-            )
+            ids = [(row[0],) for row in rows]
+            for table in ("labels", "rewards"):
+                db.executemany(
+                    f"UPDATE {table} SET pending = 0 WHERE pending = 1 AND request_id = ?", ids
+                )
             return stored
 
     def add_label(self, request_id: str, label: object) -> LabelOutcome:
@@ -209,6 +234,112 @@ class MonitorStore:
                     raise TooManyPending(f"{max_pending} labels already wait for their predictions")
             db.executemany("INSERT INTO labels VALUES (?,?,?,?)", list(new.values()))
         return outcomes
+
+    def add_rewards(
+        self,
+        rewards: Iterable[tuple[str, str, float]],
+        join_window_s: float,
+        max_pending: int | None = None,
+    ) -> list[LabelOutcome]:
+        """Store (request id, metric, value) rewards durably in one transaction, all or none:
+        the same value again is a duplicate, another one a conflict, one that comes more than
+        ``join_window_s`` after its prediction is late (not stored). Rewards for a prediction
+        not seen yet are held like labels (``TooManyPending`` beyond ``max_pending``)."""
+        rewards = [(i, metric, float(value)) for i, metric, value in rewards]
+        ids = sorted({request_id for request_id, _, _ in rewards})
+        outcomes, now = [], time.time()
+        with self._transaction(durable=True) as db:
+            stored = {
+                (i, metric): value
+                for i, metric, value in _in_chunks(
+                    db, "SELECT request_id, metric, value FROM rewards", ids
+                )
+            }
+            answered_at = dict(_in_chunks(db, "SELECT request_id, at FROM predictions", ids))
+            new: dict[tuple[str, str], tuple] = {}
+            for request_id, metric, value in rewards:
+                earlier = stored.get((request_id, metric))
+                if earlier is None and (request_id, metric) in new:
+                    earlier = new[(request_id, metric)][2]
+                if earlier is not None:
+                    same = earlier == value
+                    outcomes.append(LabelOutcome.DUPLICATE if same else LabelOutcome.CONFLICT)
+                elif now - answered_at.get(request_id, now) > join_window_s:
+                    outcomes.append(LabelOutcome.LATE)
+                else:
+                    pending = request_id not in answered_at
+                    new[(request_id, metric)] = (request_id, metric, value, now, pending)
+                    outcomes.append(LabelOutcome.STORED)
+            if max_pending is not None:
+                waiting = sum(row[4] for row in new.values())
+                if waiting and self.pending_rewards() + waiting > max_pending:
+                    raise TooManyPending(
+                        f"{max_pending} rewards already wait for their predictions"
+                    )
+            db.executemany("INSERT INTO rewards VALUES (?,?,?,?,?)", list(new.values()))
+        return outcomes
+
+    def pending_rewards(self) -> int:
+        """Rewards held for a prediction that has not arrived (yet)."""
+        return self._db().execute("SELECT COUNT(*) FROM rewards WHERE pending = 1").fetchone()[0]
+
+    def unit_totals(
+        self,
+        endpoint: str,
+        variants: Sequence[str],
+        since: float,
+        until: float,
+        rewards: Mapping[str, float | None],
+    ) -> pd.DataFrame:
+        """Per variant and unit (the digest of the routing key, or the request for a request
+        without one), over the unpinned records of [since, until): requests, failed ones,
+        answered ones and their latency sum, and for each reward metric the sum and count of its
+        values. ``rewards``: metric -> the value a request without a reward counts as (None: it
+        does not count). Summed in the database; one row per unit comes back."""
+        marks = ",".join("?" * len(variants))
+        reward_values = "".join(
+            f", COALESCE((SELECT value FROM rewards r WHERE r.request_id = p.request_id "
+            f"AND r.metric = ?), ?) AS m{i}"
+            for i in range(len(rewards))
+        )
+        reward_totals = "".join(f", TOTAL(m{i}), COUNT(m{i})" for i in range(len(rewards)))
+        parameters = [value for metric, fill in rewards.items() for value in (metric, fill)]
+        rows = (
+            self._db()
+            .execute(
+                "SELECT variant, unit, COUNT(*), TOTAL(failed), TOTAL(answered), "
+                f"TOTAL(latency_s){reward_totals} FROM ("
+                "SELECT p.variant, COALESCE(p.unit, p.request_id) AS unit, "
+                "p.outcome != 'ok' AS failed, p.outcome = 'ok' AS answered, "
+                f"CASE WHEN p.outcome = 'ok' THEN p.latency_s END AS latency_s{reward_values} "
+                "FROM predictions p WHERE p.endpoint = ? AND p.at >= ? AND p.at < ? "
+                f"AND p.pinned = 0 AND p.variant IN ({marks})) GROUP BY variant, unit",
+                (*parameters, endpoint, since, until, *variants),
+            )
+            .fetchall()
+        )
+        columns = ["variant", "unit", "requests", "failed", "answered", "latency_s"]
+        for metric in rewards:
+            columns += [f"{metric}_sum", f"{metric}_count"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def unit_accuracy(
+        self, endpoint: str, variants: Sequence[str], since: float, until: float
+    ) -> pd.DataFrame:
+        """Per variant and unit, as ``unit_totals``: labeled rows, and rows predicted right."""
+        marks = ",".join("?" * len(variants))
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT p.variant, COALESCE(p.unit, p.request_id) AS u, {_LABELED_TOTALS} "
+                f"{_LABELED_ROWS} WHERE p.endpoint = ? AND p.at >= ? AND p.at < ? "
+                f"AND p.pinned = 0 AND p.variant IN ({marks}) AND {_LABEL_FITS} "
+                "GROUP BY p.variant, u",
+                (endpoint, since, until, *variants),
+            )
+            .fetchall()
+        )
+        return pd.DataFrame(rows, columns=["variant", "unit", "labeled", "correct"])
 
     def answered(self, request_ids: Iterable[str]) -> dict[str, tuple[str, int]]:
         """Request id -> (model tag, rows answered) of the ids that have a successful record."""
@@ -260,15 +391,9 @@ class MonitorStore:
         row = (
             self._db()
             .execute(
-                "SELECT COUNT(*), TOTAL(CAST(pe.value AS TEXT) = CAST(le.value AS TEXT)) "
-                "FROM predictions p JOIN labels l ON l.request_id = p.request_id "
-                "JOIN json_each(p.predictions) pe "
-                "JOIN json_each(CASE WHEN json_type(l.label) = 'array' THEN l.label "
-                "ELSE json_array(json(l.label)) END) le ON le.key = pe.key "
+                f"SELECT {_LABELED_TOTALS} {_LABELED_ROWS} "
                 "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.at < ? "
-                "AND (p.pinned = 0 OR ?) "
-                "AND json_array_length(p.predictions) = (CASE WHEN json_type(l.label) = 'array' "
-                "THEN json_array_length(l.label) ELSE 1 END)",
+                f"AND (p.pinned = 0 OR ?) AND {_LABEL_FITS}",
                 (endpoint, variant, since, math.inf if until is None else until, include_pinned),
             )
             .fetchone()
@@ -419,9 +544,9 @@ class MonitorStore:
         return frame.tail(max_rows).reset_index(drop=True)
 
     def prune(self, predictions_before: float, labels_before: float, pending_before: float) -> dict:
-        """Delete records older than ``predictions_before``, joined labels received before
-        ``labels_before`` and pending labels received before ``pending_before`` (expired: their
-        prediction never came). In chunks, so ingestion does not wait behind it. Returns the
+        """Delete records older than ``predictions_before``, joined labels and rewards received
+        before ``labels_before`` and pending ones received before ``pending_before`` (expired:
+        their prediction never came). In chunks, so ingestion does not wait behind it. Returns the
         number of rows deleted of each kind."""
         deleted = {}
         for kind, statement, cutoff in (
@@ -443,6 +568,18 @@ class MonitorStore:
                 "(SELECT rowid FROM labels WHERE pending = 1 AND received_at < ? LIMIT ?)",
                 pending_before,
             ),
+            (
+                "rewards",
+                "DELETE FROM rewards WHERE rowid IN "
+                "(SELECT rowid FROM rewards WHERE pending = 0 AND received_at < ? LIMIT ?)",
+                labels_before,
+            ),
+            (
+                "expired_rewards",
+                "DELETE FROM rewards WHERE rowid IN "
+                "(SELECT rowid FROM rewards WHERE pending = 1 AND received_at < ? LIMIT ?)",
+                pending_before,
+            ),
         ):
             deleted[kind] = 0
             while True:
@@ -453,6 +590,21 @@ class MonitorStore:
                     break
         return deleted
 
+
+_LABELED_ROWS = (
+    "FROM predictions p JOIN labels l ON l.request_id = p.request_id "
+    "JOIN json_each(p.predictions) pe "
+    "JOIN json_each(CASE WHEN json_type(l.label) = 'array' THEN l.label "
+    "ELSE json_array(json(l.label)) END) le ON le.key = pe.key"
+)
+"""Labeled prediction rows: each row of a record beside its label's value for that row."""
+_LABELED_TOTALS = "COUNT(*), TOTAL(CAST(pe.value AS TEXT) = CAST(le.value AS TEXT))"
+"""(labeled rows, rows predicted right) over ``_LABELED_ROWS``."""
+_LABEL_FITS = (
+    "json_array_length(p.predictions) = (CASE WHEN json_type(l.label) = 'array' "
+    "THEN json_array_length(l.label) ELSE 1 END)"
+)
+"""A label that does not fit its request's rows is left out, as ``labeled`` leaves it out."""
 
 CHUNK = 500
 """Ids per ``IN (...)`` list (SQLite caps the number of parameters of one statement)."""

@@ -1,5 +1,6 @@
-"""Records and labels: the bounded buffer never blocks, labels join whichever arrives first,
-duplicates are idempotent, conflicts are refused, labels survive a reopen, accuracy is right."""
+"""Records, labels and rewards: the bounded buffer never blocks, labels and rewards join whichever
+arrives first, duplicates are idempotent, conflicts are refused, late rewards are not stored,
+labels survive a reopen, accuracy and per-unit totals are right."""
 
 from __future__ import annotations
 
@@ -100,7 +101,13 @@ def test_pruning_removes_old_records_and_labels_in_chunks(tmp_path):
     store.add_records([record(f"r{i}", [i], at=float(i)) for i in range(12_000)])
     store.add_labels([(f"r{i}", i) for i in range(100)])
     deleted = store.prune(predictions_before=11_000.0, labels_before=10**12, pending_before=0)
-    assert deleted == {"predictions": 11_000, "labels": 100, "expired_labels": 0}
+    assert deleted == {
+        "predictions": 11_000,
+        "labels": 100,
+        "expired_labels": 0,
+        "rewards": 0,
+        "expired_rewards": 0,
+    }
     assert sum(c["records"] for c in store.counts()) == 1000
 
 
@@ -183,3 +190,81 @@ def test_shadow_rows_come_back_beside_the_primary_with_labels_once_joined(tmp_pa
     assert result.shadow == "next" and result.rows == 3
     assert result.agreement == pytest.approx(2 / 3)  # 3.0000001 is within 1e-6 relative
     assert result.quality.metrics["mae"] == pytest.approx(0.25)  # |1-1.5|, |2.5-2.5|
+
+
+def unit_record(request_id, variant, unit, at=1000.0, outcome="ok", latency_s=0.01, pinned=False):
+    predictions = [1] if outcome == "ok" else []
+    return PredictionRecord(
+        request_id,
+        at,
+        "churn",
+        variant,
+        f"churn:{variant}",
+        predictions,
+        latency_s,
+        outcome=outcome,
+        pinned=pinned,
+        unit=unit,
+    )
+
+
+def test_rewards_are_idempotent_held_until_their_prediction_and_refused_when_late(tmp_path):
+    import time
+
+    store = MonitorStore(tmp_path / "monitor.sqlite3")
+    now = time.time()
+    store.add_records(
+        [unit_record("old", "a", "u1", at=now - 7200), unit_record("new", "a", "u1", at=now)]
+    )
+    outcomes = store.add_rewards(
+        [
+            ("new", "converted", 1),
+            ("new", "converted", 1),  # the same twice in one call: once
+            ("new", "revenue", 2.5),
+            ("old", "converted", 1),  # two hours after its prediction, window one hour
+            ("early", "converted", 0),  # its prediction has not come yet
+        ],
+        join_window_s=3600,
+    )
+    assert [o.value for o in outcomes] == ["stored", "duplicate", "stored", "late", "stored"]
+    assert store.add_rewards([("new", "converted", 0)], 3600) == [LabelOutcome.CONFLICT]
+    assert store.add_rewards([("new", "converted", 1.0)], 3600) == [LabelOutcome.DUPLICATE]
+    assert store.pending_rewards() == 1
+    with pytest.raises(TooManyPending):  # nothing of this call is stored
+        store.add_rewards([("ghost", "converted", 1), ("new", "clicks", 3)], 3600, max_pending=1)
+    store.add_records([unit_record("early", "b", "u2", at=now)])
+    assert store.pending_rewards() == 0
+    totals = store.unit_totals("churn", ["a", "b"], 0, now + 1, {"converted": 0.0, "clicks": None})
+    by_unit = totals.set_index("unit")
+    assert by_unit.loc["u1", "converted_sum"] == 1 and by_unit.loc["u1", "converted_count"] == 2
+    assert by_unit.loc["u1", "clicks_count"] == 0  # not stored: the call was refused whole
+    assert by_unit.loc["u2", "converted_sum"] == 0 and by_unit.loc["u2", "converted_count"] == 1
+    deleted = store.prune(predictions_before=0, labels_before=now + 1, pending_before=0)
+    assert deleted["rewards"] == 3
+
+
+def test_unit_totals_group_requests_by_unit_and_leave_pinned_ones_out(tmp_path):
+    store = MonitorStore(tmp_path / "monitor.sqlite3")
+    store.add_records(
+        [
+            unit_record("r1", "a", "u1", latency_s=0.010),
+            unit_record("r2", "a", "u1", latency_s=0.030),
+            unit_record("r3", "a", "u1", outcome="error", latency_s=0.5),
+            unit_record("r4", "b", None),  # no key: the request is its own unit
+            unit_record("r5", "b", None),
+            unit_record("r6", "b", "u9", pinned=True),  # a pin is not a random draw
+            unit_record("r7", "a", "u1", at=5000.0),  # outside the window
+        ]
+    )
+    store.add_labels([("r1", 1), ("r2", 0), ("r4", 1)])
+    totals = store.unit_totals("churn", ["a", "b"], 0, 2000, {})
+    rows = {(r.variant, r.unit): r for r in totals.itertuples()}
+    assert set(rows) == {("a", "u1"), ("b", "r4"), ("b", "r5")}
+    u1 = rows[("a", "u1")]
+    assert (u1.requests, u1.failed, u1.answered) == (3, 1, 2)
+    assert u1.latency_s == pytest.approx(0.040)
+    accuracy = store.unit_accuracy("churn", ["a", "b"], 0, 2000)
+    assert sorted((r.variant, r.unit, r.labeled, r.correct) for r in accuracy.itertuples()) == [
+        ("a", "u1", 2, 1),
+        ("b", "r4", 1, 1),
+    ]

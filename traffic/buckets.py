@@ -16,9 +16,18 @@ from dataclasses import dataclass
 BUCKETS = 10_000
 
 
+def key_digest(salt: str, key: str) -> bytes:
+    """The salted hash of a routing key: what its bucket derives from, and (in hex) the unit an
+    experiment counts, so a user's id itself is never stored."""
+    return hashlib.blake2b(f"{salt}\x00{key}".encode(), digest_size=8).digest()
+
+
 def bucket_of(salt: str, key: str) -> int:
     """The bucket of ``key`` for an endpoint salted with ``salt``, in [0, BUCKETS)."""
-    digest = hashlib.blake2b(f"{salt}\x00{key}".encode(), digest_size=8).digest()
+    return bucket_of_digest(key_digest(salt, key))
+
+
+def bucket_of_digest(digest: bytes) -> int:
     return int.from_bytes(digest, "big") % BUCKETS
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from traffic.buckets import BUCKETS, BucketRange, allocate, bucket_of, owner
+from traffic.buckets import BUCKETS, BucketRange, allocate, bucket_of_digest, key_digest, owner
 
 Role = Literal["stable", "candidate", "shadow"]
 ROLES = ("stable", "candidate", "shadow")
@@ -96,6 +96,8 @@ class Assignment:
     variant: VariantSpec
     reason: Literal["pinned", "key", "random"]
     shadows: tuple[VariantSpec, ...] = ()
+    unit: str | None = None
+    """For a keyed request, the hex digest of its salted key: who it is, without the key."""
 
 
 def check_variants(variants: Iterable[VariantSpec]) -> None:
@@ -193,8 +195,9 @@ class EndpointTable:
                 )
             return Assignment(pinned, "pinned", tuple(s for s in shadows if s is not pinned))
         if key is not None:
-            name = owner(self.ranges, bucket_of(self.salt, key))
-            return Assignment(self.variant(name), "key", shadows)
+            digest = key_digest(self.salt, key)
+            name = owner(self.ranges, bucket_of_digest(digest))
+            return Assignment(self.variant(name), "key", shadows, digest.hex())
         if self.policy.require_key:
             source = self.policy.key_header or self.policy.key_field
             raise RoutingError(f"endpoint {self.endpoint!r} needs a routing key ({source})")

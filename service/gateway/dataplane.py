@@ -32,6 +32,8 @@ class Route:
     model: LoadedModel
     reason: str
     shadows: tuple[tuple[VariantSpec, LoadedModel], ...] = ()
+    unit: str | None = None
+    """Who sent it, for experiments: the digest of its routing key (None without a key)."""
 
     @property
     def pinned(self) -> bool:
@@ -104,6 +106,7 @@ class DataPlane:
             models[assignment.variant.model],
             assignment.reason,
             shadows,
+            assignment.unit,
         )
 
     async def infer(self, route: Route, tensors: Tensors) -> Tensors:

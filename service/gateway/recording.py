@@ -128,6 +128,7 @@ class Recorder:
             predictions=predictions,
             latency_s=latency_s,
             pinned=route.pinned,
+            unit=route.unit,
             **fields,
         )
         if not self.buffer.append(record):
