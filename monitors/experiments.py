@@ -57,6 +57,8 @@ class MetricSpec:
     higher_is_better: bool = True
     margin: float | None = None
     """Set for guardrails only."""
+    relative_margin: bool = True
+    """The margin is a share of the control's mean (else in the metric's own unit)."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class Interval:
     upper: float
 
     def to_list(self) -> list[float | None]:
-        return [_finite(self.lower), _finite(self.upper)]
+        return [finite(self.lower), finite(self.upper)]
 
 
 @dataclass(frozen=True)
@@ -318,22 +320,22 @@ def _result_dict(result: MetricResult) -> dict:
         "role": result.role,
         "significant": result.significant,
         "outcome": result.outcome,
-        "p_value_adjusted": _finite(result.p_adjusted),
+        "p_value_adjusted": finite(result.p_adjusted),
     }
     if lift is None:
         return {**described, "lift": None}
     return {
         **described,
         "lift": {
-            "absolute": _finite(lift.absolute),
-            "relative": _finite(lift.relative),
+            "absolute": finite(lift.absolute),
+            "relative": finite(lift.relative),
             "fixed_interval": lift.fixed.to_list(),
             "fixed_interval_relative": lift.fixed_relative.to_list(),
             "always_valid_interval": lift.always_valid.to_list(),
             "always_valid_interval_relative": lift.always_valid_relative.to_list(),
-            "p_value": _finite(lift.p_value),
-            "standard_error": _finite(lift.standard_error),
-            "degrees_of_freedom": _finite(lift.degrees_of_freedom),
+            "p_value": finite(lift.p_value),
+            "standard_error": finite(lift.standard_error),
+            "degrees_of_freedom": finite(lift.degrees_of_freedom),
         },
     }
 
@@ -407,10 +409,9 @@ def _result(
     if lift is None:
         return MetricResult(spec.name, role, None, None, False, "unclear")
     sign = 1.0 if spec.higher_is_better else -1.0
-    # the always-valid interval of the lift, turned so that up is better
-    good_low, good_high = sorted(
-        (sign * lift.always_valid_relative.lower, sign * lift.always_valid_relative.upper)
-    )
+    # the always-valid interval of the lift in the margin's terms, turned so that up is better
+    interval = lift.always_valid_relative if spec.relative_margin else lift.always_valid
+    good_low, good_high = sorted((sign * interval.lower, sign * interval.upper))
     significant = lift.always_valid.lower > 0 or lift.always_valid.upper < 0
     if spec.margin is not None:
         if good_low > -spec.margin:
@@ -501,10 +502,10 @@ def _power(
     return Power(detectable, needed, to_go)
 
 
-def _finite(value: float | None) -> float | None:
-    """JSON has no NaN or infinity: those become null."""
-    return value if value is not None and math.isfinite(value) else None
+def finite(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: those become null (and numpy floats plain floats)."""
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _plain(values: dict) -> dict:
-    return {k: _finite(v) if isinstance(v, float) else v for k, v in values.items()}
+    return {k: finite(v) if isinstance(v, float) else v for k, v in values.items()}

@@ -19,12 +19,13 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-KINDS = ("drift", "quality")
-REPORT_NAME = re.compile(r"(drift|quality)-(\d+)\.(html|json)")
+KINDS = ("drift", "quality", "experiment")
+"""Drift and quality: Evidently reports (HTML and JSON); experiment: a readout (JSON)."""
+REPORT_NAME = re.compile(r"(drift|quality|experiment)-(\d+)\.(html|json)")
 
 
 BODY_TAG = re.compile(r"<body[^>]*>", re.IGNORECASE)
@@ -130,16 +131,44 @@ class ReportArchive:
     ) -> list[ReportFile]:
         """Write ``snapshot`` (an Evidently run result) as HTML and JSON, each opening with
         ``summary``; prune old ones."""
+        writers = {
+            "html": lambda path: _write_html(snapshot, summary, path),
+            "json": lambda path: _write_json(snapshot, summary, path),
+        }
+        return self._publish(endpoint, variant, kind, writers)
+
+    def save_document(
+        self, endpoint: str, variant: str, kind: str, document: dict, summary: ReportSummary
+    ) -> list[ReportFile]:
+        """Write a JSON document of our own (an experiment's readout), opening with ``summary``,
+        and an HTML page of the summary beside it."""
+        text = json.dumps({"summary": summary.to_dict(), **document}, allow_nan=False)
+        page = (
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(summary.headline)}</title></head><body>{summary.html()}"
+            "</body></html>"
+        )
+        writers = {
+            "html": lambda path: Path(path).write_text(page, "utf-8"),
+            "json": lambda path: Path(path).write_text(text, "utf-8"),
+        }
+        return self._publish(endpoint, variant, kind, writers)
+
+    def _publish(
+        self, endpoint: str, variant: str, kind: str, writers: dict[str, Callable[[str], None]]
+    ) -> list[ReportFile]:
+        """Each format written to a temporary file and renamed into place (a reader never sees
+        half a report); then the oldest beyond ``keep`` go."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
         directory = self._directory(endpoint, variant)
         directory.mkdir(parents=True, exist_ok=True)
         stamp = int(time.time() * 1000)
-        for fmt, write in (("html", _write_html), ("json", _write_json)):
+        for fmt, write in writers.items():
             final = directory / f"{kind}-{stamp}.{fmt}"
             partial = directory / f".{final.name}.partial"
             try:
-                write(snapshot, summary, str(partial))
+                write(str(partial))
                 os.replace(partial, final)
             finally:
                 partial.unlink(missing_ok=True)

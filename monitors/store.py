@@ -236,17 +236,15 @@ class MonitorStore:
         return outcomes
 
     def add_rewards(
-        self,
-        rewards: Iterable[tuple[str, str, float]],
-        join_window_s: float,
-        max_pending: int | None = None,
+        self, rewards: Iterable[tuple[str, str, float, float]], max_pending: int | None = None
     ) -> list[LabelOutcome]:
-        """Store (request id, metric, value) rewards durably in one transaction, all or none:
-        the same value again is a duplicate, another one a conflict, one that comes more than
-        ``join_window_s`` after its prediction is late (not stored). Rewards for a prediction
-        not seen yet are held like labels (``TooManyPending`` beyond ``max_pending``)."""
-        rewards = [(i, metric, float(value)) for i, metric, value in rewards]
-        ids = sorted({request_id for request_id, _, _ in rewards})
+        """Store (request id, metric, value, join window in seconds) rewards durably in one
+        transaction, all or none: the same value again is a duplicate, another one a conflict,
+        one that comes more than its join window after its prediction is late (not stored).
+        Rewards for a prediction not seen yet are held like labels (``TooManyPending`` beyond
+        ``max_pending``)."""
+        rewards = [(i, metric, float(value), window) for i, metric, value, window in rewards]
+        ids = sorted({reward[0] for reward in rewards})
         outcomes, now = [], time.time()
         with self._transaction(durable=True) as db:
             stored = {
@@ -257,7 +255,7 @@ class MonitorStore:
             }
             answered_at = dict(_in_chunks(db, "SELECT request_id, at FROM predictions", ids))
             new: dict[tuple[str, str], tuple] = {}
-            for request_id, metric, value in rewards:
+            for request_id, metric, value, join_window_s in rewards:
                 earlier = stored.get((request_id, metric))
                 if earlier is None and (request_id, metric) in new:
                     earlier = new[(request_id, metric)][2]
@@ -290,12 +288,14 @@ class MonitorStore:
         since: float,
         until: float,
         rewards: Mapping[str, float | None],
+        by_request: bool = False,
     ) -> pd.DataFrame:
         """Per variant and unit (the digest of the routing key, or the request for a request
         without one), over the unpinned records of [since, until): requests, failed ones,
         answered ones and their latency sum, and for each reward metric the sum and count of its
         values. ``rewards``: metric -> the value a request without a reward counts as (None: it
-        does not count). Summed in the database; one row per unit comes back."""
+        does not count); ``by_request``: every request is its own unit. Summed in the database;
+        one row per unit comes back."""
         marks = ",".join("?" * len(variants))
         reward_values = "".join(
             f", COALESCE((SELECT value FROM rewards r WHERE r.request_id = p.request_id "
@@ -309,7 +309,7 @@ class MonitorStore:
             .execute(
                 "SELECT variant, unit, COUNT(*), TOTAL(failed), TOTAL(answered), "
                 f"TOTAL(latency_s){reward_totals} FROM ("
-                "SELECT p.variant, COALESCE(p.unit, p.request_id) AS unit, "
+                f"SELECT p.variant, {_unit(by_request)} AS unit, "
                 "p.outcome != 'ok' AS failed, p.outcome = 'ok' AS answered, "
                 f"CASE WHEN p.outcome = 'ok' THEN p.latency_s END AS latency_s{reward_values} "
                 "FROM predictions p WHERE p.endpoint = ? AND p.at >= ? AND p.at < ? "
@@ -324,14 +324,19 @@ class MonitorStore:
         return pd.DataFrame(rows, columns=columns)
 
     def unit_accuracy(
-        self, endpoint: str, variants: Sequence[str], since: float, until: float
+        self,
+        endpoint: str,
+        variants: Sequence[str],
+        since: float,
+        until: float,
+        by_request: bool = False,
     ) -> pd.DataFrame:
         """Per variant and unit, as ``unit_totals``: labeled rows, and rows predicted right."""
         marks = ",".join("?" * len(variants))
         rows = (
             self._db()
             .execute(
-                f"SELECT p.variant, COALESCE(p.unit, p.request_id) AS u, {_LABELED_TOTALS} "
+                f"SELECT p.variant, {_unit(by_request)} AS u, {_LABELED_TOTALS} "
                 f"{_LABELED_ROWS} WHERE p.endpoint = ? AND p.at >= ? AND p.at < ? "
                 f"AND p.pinned = 0 AND p.variant IN ({marks}) AND {_LABEL_FITS} "
                 "GROUP BY p.variant, u",
@@ -605,6 +610,13 @@ _LABEL_FITS = (
     "THEN json_array_length(l.label) ELSE 1 END)"
 )
 """A label that does not fit its request's rows is left out, as ``labeled`` leaves it out."""
+
+
+def _unit(by_request: bool) -> str:
+    """What an experiment counts as a unit: the request, or the routing key's digest when the
+    request had a key."""
+    return "p.request_id" if by_request else "COALESCE(p.unit, p.request_id)"
+
 
 CHUNK = 500
 """Ids per ``IN (...)`` list (SQLite caps the number of parameters of one statement)."""

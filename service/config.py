@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,6 +37,9 @@ from traffic.table import (
     VariantSpec,
     check_variants,
 )
+
+if TYPE_CHECKING:
+    from monitors.experiments import Design
 
 
 class Strict(BaseModel):
@@ -295,10 +299,120 @@ class RolloutConfig(Strict):
         )
 
 
+BUILT_IN_METRICS = {"error_rate": False, "latency_ms": False, "accuracy": True}
+"""Metrics every experiment reads from its records and labels, with whether higher is better:
+the share of requests not answered, the latency of answered ones, and accuracy on labels."""
+
+
+class RewardConfig(Strict):
+    """A business outcome callers post to ``/feedback`` per request (see service/rewards.py)."""
+
+    kind: Literal["binary", "continuous"] = Field(
+        "binary", description="binary: 0 or 1 (a conversion); continuous: any finite number"
+    )
+    higher_is_better: bool = True
+    missing: float | None = Field(
+        0.0,
+        description="what a request without this reward counts as (0: not converted); "
+        "null: such requests are left out of this metric",
+    )
+
+
+class ExperimentGuardrailConfig(Strict):
+    metric: str
+    margin: float = Field(gt=0, description="how much worse a treatment may be and still ship")
+    relative: bool = Field(
+        True, description="the margin is a share of the control's mean, else in the metric's unit"
+    )
+
+
+class ExperimentConfig(Strict):
+    """An A/B experiment on the endpoint (monitors/experiments.py reads it out); started and
+    stopped through ``/admin/experiments/{endpoint}/...``."""
+
+    arms: list[str] = Field(min_length=2, description="variants compared; the first is the control")
+    unit: Literal["key", "request"] | None = Field(
+        None,
+        description="what is randomised and counted: key (one unit per routing key, the "
+        "default when routing.key is set) or request",
+    )
+    rewards: dict[str, RewardConfig] = Field({}, description="metric name -> its definition")
+    primary: str = Field(description="the success metric: a reward or a built-in metric")
+    guardrails: list[ExperimentGuardrailConfig] = [
+        ExperimentGuardrailConfig(metric="error_rate", margin=0.01, relative=False),
+        ExperimentGuardrailConfig(metric="latency_ms", margin=0.25),
+    ]
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    power: float = Field(0.8, gt=0, lt=1)
+    minimum_detectable_effect: float = Field(
+        0.05, gt=0, description="relative lift of the primary metric to size the experiment for"
+    )
+    planned_units: int = Field(
+        10_000, ge=100, description="units where the always-valid interval is tuned narrowest"
+    )
+    min_units: int = Field(100, ge=2, description="units per arm before intervals are given")
+    join_window_s: float = Field(
+        86_400.0, gt=0, description="rewards later than this after their prediction are refused"
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ExperimentConfig:
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms must be distinct, got {self.arms}")
+        for name in self.rewards:
+            if not is_name(name) or name in BUILT_IN_METRICS:
+                raise ValueError(
+                    f"reward {name!r} must be a name (A-Z a-z 0-9 _ . -) other than the "
+                    f"built-in metrics {sorted(BUILT_IN_METRICS)}"
+                )
+        known = sorted({*self.rewards, *BUILT_IN_METRICS})
+        guarded = [g.metric for g in self.guardrails]
+        for metric in (self.primary, *guarded):
+            if metric not in known:
+                raise ValueError(f"metric {metric!r} is neither a reward nor built in: {known}")
+        if self.primary in guarded or len(set(guarded)) != len(guarded):
+            raise ValueError("each guardrail metric once, and not the primary metric")
+        return self
+
+    def higher_is_better(self, metric: str) -> bool:
+        reward = self.rewards.get(metric)
+        return reward.higher_is_better if reward else BUILT_IN_METRICS[metric]
+
+    def design(self, weights: Mapping[str, float]) -> Design:
+        """The readout's view of this section, with the arms' weights when it started."""
+        from monitors.experiments import Design, MetricSpec  # scipy: the monitor's, not a worker's
+
+        guardrails = {g.metric: g for g in self.guardrails}
+        names = [self.primary, *guardrails]
+        names += [m for m in (*self.rewards, *BUILT_IN_METRICS) if m not in names]
+        metrics = tuple(
+            MetricSpec(
+                name,
+                self.higher_is_better(name),
+                guardrails[name].margin if name in guardrails else None,
+                guardrails[name].relative if name in guardrails else True,
+            )
+            for name in names
+        )
+        return Design(
+            control=self.arms[0],
+            treatments=tuple(self.arms[1:]),
+            weights=dict(weights),
+            primary=self.primary,
+            metrics=metrics,
+            alpha=self.alpha,
+            power=self.power,
+            minimum_detectable_effect=self.minimum_detectable_effect,
+            planned_units=self.planned_units,
+            min_units=self.min_units,
+        )
+
+
 class EndpointConfig(Strict):
     routing: RoutingConfig = RoutingConfig()
     variants: list[VariantConfig] = Field(min_length=1)
     rollout: RolloutConfig | None = None
+    experiment: ExperimentConfig | None = None
 
     @model_validator(mode="after")
     def _variants_are_coherent(self) -> EndpointConfig:
@@ -317,7 +431,22 @@ class EndpointConfig(Strict):
                     f"rollout.candidate {self.rollout.candidate!r} must name a candidate or "
                     f"shadow variant of this endpoint"
                 )
+        if self.experiment is not None:
+            self._check_experiment(self.experiment)
         return self
+
+    def _check_experiment(self, experiment: ExperimentConfig) -> None:
+        if self.rollout is not None:
+            raise ValueError(
+                "an endpoint has a rollout or an experiment, not both: a rollout moves the "
+                "weights an experiment must keep fixed"
+            )
+        roles = {v.name: v.role for v in self.variants}
+        for arm in experiment.arms:
+            if roles.get(arm) in (None, "shadow"):
+                raise ValueError(f"experiment arm {arm!r} must be a stable or candidate variant")
+        if experiment.unit == "key" and self.routing.key is None:
+            raise ValueError("experiment.unit key needs routing.key")
 
     def stable_variant(self) -> str:
         stable = [v.name for v in self.variants if v.role == "stable"]

@@ -53,6 +53,12 @@ class Conflict(GatewayError):
     status = 409
 
 
+class TooLate(GatewayError):
+    """A reward that came after its experiment's join window: well-formed, but not counted."""
+
+    status = 422
+
+
 class PayloadTooLarge(GatewayError):
     """The body or the number of rows is over the configured limits."""
 

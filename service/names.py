@@ -22,6 +22,7 @@ TAG_PATTERN = f"^{_NAME}:{_NAME}$"
 """A model version in the registry: ``name:version``."""
 _NAME_RE = re.compile(_NAME)
 _TAG_RE = re.compile(f"{_NAME}:{_NAME}")
+_UNIT_RE = re.compile("[0-9a-f]{16}")
 _REQUEST_ID_RE = re.compile(f"(?P<endpoint>{_NAME}):[0-9a-f]{{32}}")
 """``<endpoint>:<128 random bits in hex>``: unguessable, and it says which endpoint answered,
 so a label can be checked against that endpoint's models before its record reaches the monitor."""
@@ -66,6 +67,12 @@ def endpoint_of(request_id: object) -> str | None:
 
 def is_name(value: object) -> bool:
     return isinstance(value, str) and _NAME_RE.fullmatch(value) is not None
+
+
+def is_unit(value: object) -> bool:
+    """Whether ``value`` is an experiment unit as the gateway records it (traffic/buckets.py
+    ``key_digest``, in hex)."""
+    return isinstance(value, str) and _UNIT_RE.fullmatch(value) is not None
 
 
 def is_tag(value: object) -> bool:

@@ -216,22 +216,22 @@ def test_rewards_are_idempotent_held_until_their_prediction_and_refused_when_lat
     store.add_records(
         [unit_record("old", "a", "u1", at=now - 7200), unit_record("new", "a", "u1", at=now)]
     )
+    hour = 3600
     outcomes = store.add_rewards(
         [
-            ("new", "converted", 1),
-            ("new", "converted", 1),  # the same twice in one call: once
-            ("new", "revenue", 2.5),
-            ("old", "converted", 1),  # two hours after its prediction, window one hour
-            ("early", "converted", 0),  # its prediction has not come yet
-        ],
-        join_window_s=3600,
+            ("new", "converted", 1, hour),
+            ("new", "converted", 1, hour),  # the same twice in one call: once
+            ("new", "revenue", 2.5, hour),
+            ("old", "converted", 1, hour),  # two hours after its prediction
+            ("early", "converted", 0, hour),  # its prediction has not come yet
+        ]
     )
     assert [o.value for o in outcomes] == ["stored", "duplicate", "stored", "late", "stored"]
-    assert store.add_rewards([("new", "converted", 0)], 3600) == [LabelOutcome.CONFLICT]
-    assert store.add_rewards([("new", "converted", 1.0)], 3600) == [LabelOutcome.DUPLICATE]
+    assert store.add_rewards([("new", "converted", 0, hour)]) == [LabelOutcome.CONFLICT]
+    assert store.add_rewards([("new", "converted", 1.0, hour)]) == [LabelOutcome.DUPLICATE]
     assert store.pending_rewards() == 1
     with pytest.raises(TooManyPending):  # nothing of this call is stored
-        store.add_rewards([("ghost", "converted", 1), ("new", "clicks", 3)], 3600, max_pending=1)
+        store.add_rewards([("ghost", "converted", 1, hour), ("new", "clicks", 3, hour)], 1)
     store.add_records([unit_record("early", "b", "u2", at=now)])
     assert store.pending_rewards() == 0
     totals = store.unit_totals("churn", ["a", "b"], 0, now + 1, {"converted": 0.0, "clicks": None})

@@ -107,6 +107,10 @@ class StateStore(Protocol):
 
     def load_rollout(self, endpoint: str) -> tuple[int, dict] | None: ...
 
+    def load_experiment(self, endpoint: str) -> tuple[int, dict] | None: ...
+
+    def save_experiment(self, endpoint: str, state: Mapping, expected_revision: int) -> int: ...
+
     def save_rollout(
         self,
         endpoint: str,
@@ -180,6 +184,11 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rollouts (
+    endpoint TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS experiments (
     endpoint TEXT PRIMARY KEY,
     revision INTEGER NOT NULL,
     state TEXT NOT NULL
@@ -277,6 +286,35 @@ class SQLiteStateStore:
             .fetchall()
         )
         return [AuditEntry(at, c, a, e, json.loads(d)) for at, c, a, e, d in rows]
+
+    def load_experiment(self, endpoint: str) -> tuple[int, dict] | None:
+        """(revision, state) of the endpoint's experiment, if it ever had one."""
+        row = (
+            self._connection()
+            .execute("SELECT revision, state FROM experiments WHERE endpoint = ?", (endpoint,))
+            .fetchone()
+        )
+        return (row[0], json.loads(row[1])) if row else None
+
+    def save_experiment(self, endpoint: str, state: Mapping, expected_revision: int) -> int:
+        """Store the experiment's state as the next revision; ``VersionConflict`` if another
+        writer (another worker starting it at the same moment) got there first."""
+        db = self._connection()
+        document = json.dumps(state, sort_keys=True)
+        revision = expected_revision + 1
+        if expected_revision == 0:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO experiments (endpoint, revision, state) VALUES (?,?,?)",
+                (endpoint, revision, document),
+            )
+        else:
+            cursor = db.execute(
+                "UPDATE experiments SET revision = ?, state = ? WHERE endpoint = ? AND revision = ?",
+                (revision, document, endpoint, expected_revision),
+            )
+        if cursor.rowcount != 1:
+            raise VersionConflict(f"the experiment of {endpoint} changed meanwhile")
+        return revision
 
     def load_rollout(self, endpoint: str) -> tuple[int, dict] | None:
         """(revision, state) of the endpoint's rollout, if it ever had one."""

@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import aiohttp
 import numpy as np
@@ -60,19 +61,20 @@ class Recorder:
     def enabled(self) -> bool:
         return self.config.url is not None
 
-    async def send_labels(self, labels: list[dict]) -> list[dict]:
-        """Hand labels to the monitor, which checks and stores them durably before it answers.
+    async def send_feedback(
+        self, kind: Literal["labels", "rewards"], items: list[dict]
+    ) -> list[dict]:
+        """Hand labels or rewards to the monitor, which checks and stores them durably before it
+        answers; each item's outcome comes back.
 
-        The monitor's refusals come back as the same errors (400 a bad label, 429 too many
-        labels waiting for their predictions); ``Unavailable`` when it cannot be reached, fails,
+        The monitor's refusals come back as the same errors (400 a bad label or reward, 429 too
+        many waiting for their predictions); ``Unavailable`` when it cannot be reached, fails,
         or cannot store (a full disk).
         """
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         try:
             async with aiohttp.ClientSession(timeout=timeout, headers=self.headers) as session:
-                async with session.post(
-                    f"{self.config.url}/labels", json={"labels": labels}
-                ) as answer:
+                async with session.post(f"{self.config.url}/{kind}", json={kind: items}) as answer:
                     if answer.status == 200:
                         return (await answer.json())["results"]
                     message = await _error_message(answer)

@@ -1,5 +1,5 @@
-"""The monitor's HTTP surface: records in (from every gateway worker and replica), labels in,
-a summary, analysis runs, reports and rollouts out. One monitor process owns the store
+"""The monitor's HTTP surface: records in (from every gateway worker and replica), labels and
+rewards in, a summary, analysis runs, reports, rollouts and experiment readouts out. One monitor process owns the store
 (service/monitor/bento.py starts it; service/monitor/process.py is what it serves with).
 
 Every route needs ``Authorization: Bearer <monitor token>`` (``/metrics``: the metrics or monitor
@@ -39,6 +39,7 @@ from service.logs import Throttled
 from service.monitor.process import Monitor
 from service.monitor.reports_page import newest_reports, reports_page
 from service.names import endpoint_of, is_name
+from service.rewards import request_value, reward_problem
 
 log = logging.getLogger("gateway.monitor")
 _refused_records = Throttled(log, every_s=60.0)
@@ -70,28 +71,38 @@ async def add_records(request: Request) -> Response:
     return json_response({"stored": stored, "refused": refused})
 
 
-def _label_items(data: object) -> list[dict]:
-    items = data.get("labels") if isinstance(data, dict) else None
+def _feedback_items(data: object, kind: str, fields: tuple[str, ...]) -> list[dict]:
+    """The items of ``{kind: [{"request_id": str, <fields>...}, ...]}`` (400 otherwise)."""
+    items = data.get(kind) if isinstance(data, dict) else None
     if not isinstance(items, list) or not all(
-        isinstance(i, dict) and isinstance(i.get("request_id"), str) and "label" in i for i in items
+        isinstance(i, dict) and isinstance(i.get("request_id"), str) and set(fields) <= i.keys()
+        for i in items
     ):
-        raise BadRequest('the body must be {"labels": [{"request_id": str, "label": value}, ...]}')
+        shape = ", ".join(f'"{name}": value' for name in fields)
+        raise BadRequest(f'the body must be {{"{kind}": [{{"request_id": str, {shape}}}, ...]}}')
     return items
+
+
+def _endpoint_of_item(request_id: str) -> str:
+    endpoint = endpoint_of(request_id)
+    if endpoint is None:
+        raise BadRequest(f"{request_id!r} is not a request id the gateway gives")
+    return endpoint
 
 
 async def add_labels(request: Request) -> Response:
     """Check every label against the model that answered (when its record is here), then store
     them all durably in one transaction, or none; the answer gives each one's outcome."""
     monitor = monitor_of(request)
-    items = _label_items(decode_json(await read_body(request, MAX_RECORD_BATCH_BYTES)))
+    body = decode_json(await read_body(request, MAX_RECORD_BATCH_BYTES))
+    items = _feedback_items(body, "labels", ("label",))
     store = monitor.store
 
     def check_and_store() -> list[dict]:
         answered = store.answered(i["request_id"] for i in items)
         for item in items:
             request_id = item["request_id"]
-            if endpoint_of(request_id) is None:
-                raise BadRequest(f"{request_id!r} is not a request id the gateway gives")
+            _endpoint_of_item(request_id)
             if request_id in answered:
                 tag, rows = answered[request_id]
                 card = monitor.card(tag)
@@ -117,6 +128,46 @@ async def add_labels(request: Request) -> Response:
         raise
     for result in results:
         monitor.metrics.labels.labels(result["outcome"]).inc()
+    return json_response({"results": results})
+
+
+async def add_rewards(request: Request) -> Response:
+    """Check every reward against its endpoint's experiment (and the rows its request had, when
+    its record is here), then store them all durably in one transaction, or none."""
+    monitor = monitor_of(request)
+    body = decode_json(await read_body(request, MAX_RECORD_BATCH_BYTES))
+    items = _feedback_items(body, "rewards", ("metric", "value"))
+    store, endpoints = monitor.store, monitor.config.endpoints
+
+    def check_and_store() -> list[dict]:
+        answered = store.answered(i["request_id"] for i in items)
+        rewards = []
+        for item in items:
+            request_id, metric, value = item["request_id"], item["metric"], item["value"]
+            endpoint = endpoints.get(_endpoint_of_item(request_id))
+            experiment = endpoint.experiment if endpoint else None
+            rows = answered[request_id][1] if request_id in answered else None
+            problem = reward_problem(experiment, metric, value, rows)
+            if problem is not None:
+                raise BadRequest(f"{request_id} {metric}: {problem}; nothing was stored")
+            rewards.append((request_id, metric, request_value(value), experiment.join_window_s))
+        outcomes = store.add_rewards(rewards, max_pending=monitor.config.monitor.max_pending_labels)
+        return [
+            {"request_id": item["request_id"], "metric": item["metric"], "outcome": outcome.value}
+            for item, outcome in zip(items, outcomes)
+        ]
+
+    counted = monitor.metrics.rewards
+    try:
+        results = await anyio.to_thread.run_sync(check_and_store)
+    except TooManyPending as error:
+        counted.labels("refused").inc(len(items))
+        raise Overloaded(f"{error}: nothing was stored", retry_after_s=60) from None
+    except BadRequest:
+        counted.labels("invalid").inc(len(items))
+        raise
+    for result in results:
+        counted.labels(result["outcome"]).inc()
     return json_response({"results": results})
 
 
@@ -225,6 +276,26 @@ async def rollout_action(request: Request) -> Response:
     )
 
 
+def _experiments(request: Request):
+    experiments = monitor_of(request).experiments
+    if not experiments.experiments:
+        raise NotFound("no endpoint has an experiment in gateway.yaml")
+    return experiments
+
+
+async def list_experiments(request: Request) -> Response:
+    experiments = _experiments(request)
+    return json_response({"experiments": await anyio.to_thread.run_sync(experiments.list)})
+
+
+async def get_experiment(request: Request) -> Response:
+    """The readout: per arm and metric the means, per treatment the lifts with their intervals
+    and corrected p-values, the sample-ratio test, power, and the verdict with its reason."""
+    experiments = _experiments(request)
+    endpoint = request.path_params["endpoint"]
+    return json_response(await anyio.to_thread.run_sync(experiments.describe, endpoint))
+
+
 async def _every(interval_s: float, work: Callable[[], object], what: str) -> None:
     """Run ``work`` in a thread every ``interval_s`` seconds; a failure is logged, not fatal."""
     failures = Throttled(log, every_s=300.0)
@@ -253,6 +324,9 @@ async def background(app: Starlette) -> AsyncIterator[None]:
             "pruning": functools.partial(
                 _every, monitor.config.retention.prune_interval_s, monitor.prune, "pruning"
             ),
+            "experiments": functools.partial(
+                _every, runner.config.interval_s, monitor.experiments.export, "experiment readout"
+            ),
         }
         for name, policy in rollouts.policies.items():
             tick = functools.partial(rollouts.tick, name)
@@ -271,6 +345,7 @@ def build_monitor_app() -> Starlette:
     routes = [
         HttpRoute("/records", add_records, methods=["POST"]),
         HttpRoute("/labels", add_labels, methods=["POST"]),
+        HttpRoute("/rewards", add_rewards, methods=["POST"]),
         HttpRoute("/summary", summary, methods=["GET"]),
         HttpRoute("/runs", run_now, methods=["POST"]),
         HttpRoute("/reports", list_reports, methods=["GET"]),
@@ -279,5 +354,7 @@ def build_monitor_app() -> Starlette:
         HttpRoute("/rollouts", list_rollouts, methods=["GET"]),
         HttpRoute("/rollouts/{endpoint}", get_rollout, methods=["GET"]),
         HttpRoute("/rollouts/{endpoint}/{action}", rollout_action, methods=["POST"]),
+        HttpRoute("/experiments", list_experiments, methods=["GET"]),
+        HttpRoute("/experiments/{endpoint}", get_experiment, methods=["GET"]),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=background)

@@ -94,6 +94,61 @@ class MonitorMetrics:
         )
         for outcome in ("stored", "duplicate", "conflict", "invalid", "refused"):
             self.labels.labels(outcome)
+        self.rewards = Counter(
+            "gateway_rewards_received_total",
+            "Experiment rewards received through /feedback, by outcome (stored, duplicate, "
+            "conflict, late: after the join window, invalid, refused: too many waiting).",
+            ["outcome"],
+            **into,
+        )
+        for outcome in ("stored", "duplicate", "conflict", "late", "invalid", "refused"):
+            self.rewards.labels(outcome)
+        self.experiment_running = Gauge(
+            "gateway_experiment_running",
+            "1 while the endpoint's experiment runs, 0 once stopped.",
+            ["endpoint"],
+            **mode,
+        )
+        self.experiment_units = Gauge(
+            "gateway_experiment_units",
+            "Units (users, or requests without a routing key) each arm has had so far.",
+            ["endpoint", "arm"],
+            **mode,
+        )
+        self.experiment_mean = Gauge(
+            "gateway_experiment_metric_mean",
+            "Each arm's mean of each experiment metric (per request, over its units).",
+            ["endpoint", "arm", "metric"],
+            **mode,
+        )
+        self.experiment_lift = Gauge(
+            "gateway_experiment_lift_ratio",
+            "A treatment's relative lift over the control (0.1 = 10% higher): the estimate and "
+            "the bounds of its always-valid 95% interval (bound: estimate, lower, upper).",
+            ["endpoint", "arm", "metric", "bound"],
+            **mode,
+        )
+        self.experiment_p_value = Gauge(
+            "gateway_experiment_p_value",
+            "Fixed-horizon p-value of a treatment's lift, Benjamini-Hochberg-corrected across "
+            "the experiment's metrics.",
+            ["endpoint", "arm", "metric"],
+            **mode,
+        )
+        self.experiment_srm_p_value = Gauge(
+            "gateway_experiment_srm_p_value",
+            "Sample-ratio-mismatch chi-square p-value of units per arm against the weights the "
+            "experiment started with (below 0.001: the assignment is broken).",
+            ["endpoint"],
+            **mode,
+        )
+        self.experiment_verdict = Gauge(
+            "gateway_experiment_verdict",
+            "1 for the experiment's current verdict (ship, no_ship, inconclusive), 0 for the "
+            "others.",
+            ["endpoint", "verdict"],
+            **mode,
+        )
         self.pending = Gauge(
             "gateway_labels_pending",
             "Labels held for a prediction the monitor has not received (yet).",

@@ -26,11 +26,12 @@ from service.config import GatewayConfig
 from service.errors import ConfigError
 from service.model_card import ModelCard
 from service.monitor.evidence import EvidenceGatherer
+from service.monitor.experiments import ExperimentReadouts
 from service.monitor.metrics import MonitorMetrics
 from service.monitor.notifier import DriftAlarm, Notifier
 from service.monitor.rollouts import RolloutService
 from service.monitor.runs import MonitorRunner
-from service.names import endpoint_of, is_name, is_tag
+from service.names import endpoint_of, is_name, is_tag, is_unit
 from service.secrets import Secrets, check_exposure, load_secrets
 from service.state import STATE_FILE
 from traffic.store import SQLiteStateStore
@@ -107,6 +108,9 @@ class Monitor:
             self.metrics,
             self.notifier,
         )
+        self.experiments = ExperimentReadouts(
+            config, self.store, self.state_store, self.metrics, self.archive
+        )
         self.known = KnownVariants(self.tables)
         self._cards: dict[str, ModelCard | None] = {}
 
@@ -146,6 +150,7 @@ class Monitor:
             and math.isfinite(record.latency_s)
             and record.latency_s >= 0
             and all(is_name(name) for name in record.shadow)
+            and (record.unit is None or is_unit(record.unit))
             and self.known.knows(record.endpoint, record.variant)
         )
 

@@ -22,6 +22,7 @@ from starlette.routing import Route as HttpRoute
 from service.codecs import decode_json
 from service.config import VariantConfig, describe, load_config
 from service.errors import BadRequest, ConfigError, NotFound
+from service.gateway import experiments
 from service.gateway.http.common import gateway_of
 from service.gateway.http.reports import from_monitor
 from service.gateway.process import Gateway
@@ -37,7 +38,7 @@ log = logging.getLogger("gateway.admin")
 MAX_ADMIN_BODY = 64 * 1024
 
 
-def _authorized(request: Request) -> Gateway:
+def authorized(request: Request) -> Gateway:
     gateway = gateway_of(request)
     require_token(
         request,
@@ -47,7 +48,7 @@ def _authorized(request: Request) -> Gateway:
     return gateway
 
 
-def _endpoint(request: Request) -> str:
+def endpoint_param(request: Request) -> str:
     return checked_name("the endpoint", request.path_params["endpoint"])
 
 
@@ -73,13 +74,25 @@ def _routing_view(gateway: Gateway) -> dict:
     }
 
 
+async def _changed(gateway: Gateway, client: str, status: int = 200, **extra) -> Response:
+    """The routing as it is after a change, with a warning for each running experiment whose
+    arms' weights it moved (service/gateway/experiments.py)."""
+    view = {**_routing_view(gateway), **extra}
+    warnings = await experiments.note_weight_changes(gateway, client)
+    if warnings:
+        view["warnings"] = warnings
+        for warning in warnings:
+            log.warning("%s (by %s)", warning, client)
+    return json_response(view, status=status)
+
+
 async def read_routing(request: Request) -> Response:
-    return json_response(_routing_view(_authorized(request)))
+    return json_response(_routing_view(authorized(request)))
 
 
 async def set_weights(request: Request) -> Response:
-    gateway = _authorized(request)
-    endpoint = _endpoint(request)
+    gateway = authorized(request)
+    endpoint = endpoint_param(request)
     weights = (await _json_object(request)).get("weights")
     if (
         not isinstance(weights, dict)
@@ -95,16 +108,15 @@ async def set_weights(request: Request) -> Response:
     def mutate(tables):
         return {**tables, endpoint: _table(tables, endpoint).with_weights(weights)}
 
-    await gateway.routing.change(
-        client_of(request), "set_weights", endpoint, {"weights": weights}, mutate
-    )
-    return json_response(_routing_view(gateway))
+    client = client_of(request)
+    await gateway.routing.change(client, "set_weights", endpoint, {"weights": weights}, mutate)
+    return await _changed(gateway, client)
 
 
 async def add_variant(request: Request) -> Response:
     """Add a variant (default: a candidate at weight 0). Its model loads before it gets traffic."""
-    gateway = _authorized(request)
-    endpoint = _endpoint(request)
+    gateway = authorized(request)
+    endpoint = endpoint_param(request)
     data = await _json_object(request)
     try:
         variant = VariantConfig.model_validate({"role": "candidate", "weight": 0, **data})
@@ -117,30 +129,28 @@ async def add_variant(request: Request) -> Response:
     def mutate(tables):
         return {**tables, endpoint: _table(tables, endpoint).with_variant(spec)}
 
-    await gateway.routing.change(
-        client_of(request), "add_variant", endpoint, spec.to_dict(), mutate
-    )
-    return json_response(_routing_view(gateway), status=201)
+    client = client_of(request)
+    await gateway.routing.change(client, "add_variant", endpoint, spec.to_dict(), mutate)
+    return await _changed(gateway, client, status=201)
 
 
 async def remove_variant(request: Request) -> Response:
-    gateway = _authorized(request)
-    endpoint = _endpoint(request)
+    gateway = authorized(request)
+    endpoint = endpoint_param(request)
     name = checked_name("the variant", request.path_params["variant"])
 
     def mutate(tables):
         return {**tables, endpoint: _table(tables, endpoint).without_variant(name)}
 
-    await gateway.routing.change(
-        client_of(request), "remove_variant", endpoint, {"variant": name}, mutate
-    )
-    return json_response(_routing_view(gateway))
+    client = client_of(request)
+    await gateway.routing.change(client, "remove_variant", endpoint, {"variant": name}, mutate)
+    return await _changed(gateway, client)
 
 
 async def reload_config(request: Request) -> Response:
     """Re-read gateway.yaml and make its endpoints the routing state (other sections need a
     restart, and the answer says which differ)."""
-    gateway = _authorized(request)
+    gateway = authorized(request)
     path = gateway.config_path
     try:
         config = load_config(path)
@@ -151,19 +161,20 @@ async def reload_config(request: Request) -> Response:
         for key in ("server", "device", "model_store", "batching", "runtime", "limits", "data_dir")
         if getattr(config, key) != getattr(gateway.config, key)
     ]
+    client = client_of(request)
     await gateway.routing.change(
-        client_of(request),
+        client,
         "reload",
         "*",
         {"config": str(path), "restart_required": changed},
         lambda tables: config.tables(),
         source=config.routing_hash(),
     )
-    return json_response({**_routing_view(gateway), "restart_required": changed})
+    return await _changed(gateway, client, restart_required=changed)
 
 
 async def read_audit(request: Request) -> Response:
-    gateway = _authorized(request)
+    gateway = authorized(request)
     limit = int_param(request, "limit", 100, 1, 10_000)
     entries = await anyio.to_thread.run_sync(gateway.routing.store.audit, limit)
     return json_response(
@@ -184,22 +195,22 @@ async def read_audit(request: Request) -> Response:
 
 async def rollouts(request: Request) -> Response:
     """Every rollout's state (the monitor decides rollouts; the gateway passes the call on)."""
-    _authorized(request)
+    authorized(request)
     return await from_monitor(request, "/rollouts", "rollouts")
 
 
 async def rollout(request: Request) -> Response:
     """One rollout's state, policy and history (``?history=N`` evaluations)."""
-    _authorized(request)
-    endpoint = _endpoint(request)
+    authorized(request)
+    endpoint = endpoint_param(request)
     history = int_param(request, "history", 50, 0, 10_000)
     return await from_monitor(request, f"/rollouts/{endpoint}?history={history}", "rollouts")
 
 
 async def rollout_action(request: Request) -> Response:
     """Pause, resume, approve, promote, roll back or start a rollout by hand."""
-    _authorized(request)
-    endpoint, action = _endpoint(request), request.path_params["action"]
+    authorized(request)
+    endpoint, action = endpoint_param(request), request.path_params["action"]
     if action not in ACTIONS:
         raise NotFound(f"unknown rollout action {action!r}; actions: {list(ACTIONS)}")
     log.info("rollout %s of %s requested by %s", action, endpoint, client_of(request))

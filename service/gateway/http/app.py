@@ -18,7 +18,7 @@ from starlette.routing import Route as HttpRoute
 from service import supervise
 from service.errors import NotFound
 from service.exposition import CONTENT_TYPE, exposition
-from service.gateway.http import admin, oip, reports
+from service.gateway.http import admin, experiments, oip, reports
 from service.gateway.http.common import gateway_of
 from service.gateway.http.feedback import feedback
 from service.gateway.http.predict import explain, list_endpoints, predict
@@ -58,6 +58,7 @@ def build_app() -> Starlette:
         HttpRoute("/metrics", metrics, methods=["GET"]),
         *oip.ROUTES,
         *admin.ROUTES,
+        *experiments.ROUTES,
         HttpRoute("/v2/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
         HttpRoute("/predict/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),
         HttpRoute("/explain/{rest:path}", no_such_route, methods=["GET", "POST", "PUT", "DELETE"]),

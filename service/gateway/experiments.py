@@ -1,0 +1,120 @@
+"""Starting and stopping an endpoint's A/B experiment, and keeping its record of weight changes.
+
+An experiment's state (service/experiment_state.py) lives in the shared routing-state store beside
+the routing it depends on, saved with compare-and-swap so two workers starting it at once cannot
+both win. Starting needs every arm to take traffic; the arms' weights at that moment are what the
+sample-ratio test expects. Weights may still be changed while it runs (switching a harmful arm off
+must never wait), but each change is recorded in the experiment and the caller is warned: the
+sample-ratio test will flag the assignment, and no "ship" verdict follows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+
+import anyio
+
+from service.config import ExperimentConfig
+from service.errors import Conflict, NotFound
+from service.experiment_state import RUNNING, STOPPED, ExperimentState
+from service.gateway.process import Gateway
+from traffic.store import VersionConflict, audit_entry
+
+
+def configured(gateway: Gateway, endpoint: str) -> ExperimentConfig:
+    """The endpoint's experiment in gateway.yaml (404 when it has none)."""
+    endpoint_config = gateway.config.endpoints.get(endpoint)
+    if endpoint_config is None or endpoint_config.experiment is None:
+        raise NotFound(f"endpoint {endpoint!r} has no experiment in gateway.yaml")
+    return endpoint_config.experiment
+
+
+def arm_weights(gateway: Gateway, endpoint: str, experiment: ExperimentConfig) -> dict[str, float]:
+    """Each arm's weight in the routing state as this worker has it (0 for an arm removed)."""
+    table = gateway.dataplane.table(endpoint)
+    weights = {v.name: v.weight for v in table.variants if v.role != "shadow"}
+    return {arm: weights.get(arm, 0.0) for arm in experiment.arms}
+
+
+async def _load(gateway: Gateway, endpoint: str) -> tuple[int, ExperimentState | None]:
+    found = await anyio.to_thread.run_sync(gateway.routing.store.load_experiment, endpoint)
+    return (found[0], ExperimentState.from_dict(found[1])) if found else (0, None)
+
+
+async def _save(
+    gateway: Gateway, endpoint: str, state: ExperimentState, revision: int, client: str, action: str
+) -> None:
+    store = gateway.routing.store
+    try:
+        await anyio.to_thread.run_sync(store.save_experiment, endpoint, state.to_dict(), revision)
+    except VersionConflict:
+        raise Conflict(f"the experiment of {endpoint} changed meanwhile; try again") from None
+    detail = {"weights": dict(state.weights), "status": state.status}
+    await anyio.to_thread.run_sync(
+        store.append_audit, audit_entry(client, action, endpoint, detail)
+    )
+
+
+async def start(gateway: Gateway, endpoint: str, client: str) -> ExperimentState:
+    """Open a new window for the experiment (409 while one runs, or while an arm is dark)."""
+    experiment = configured(gateway, endpoint)
+    revision, state = await _load(gateway, endpoint)
+    if state is not None and state.status == RUNNING:
+        raise Conflict(
+            f"the experiment of {endpoint} has been running since {_when(state.started_at)}; "
+            "stop it first"
+        )
+    weights = arm_weights(gateway, endpoint, experiment)
+    dark = [arm for arm, weight in weights.items() if weight <= 0]
+    if dark:
+        raise Conflict(f"arm(s) {dark} take no traffic: give them weights first")
+    started = ExperimentState(RUNNING, time.time(), weights, client)
+    await _save(gateway, endpoint, started, revision, client, "start_experiment")
+    return started
+
+
+async def stop(gateway: Gateway, endpoint: str, client: str) -> ExperimentState:
+    """Close the experiment's window; its readout stays (409 unless it runs)."""
+    configured(gateway, endpoint)
+    revision, state = await _load(gateway, endpoint)
+    if state is None or state.status != RUNNING:
+        raise Conflict(f"the experiment of {endpoint} is not running")
+    stopped = dataclasses.replace(state, status=STOPPED, stopped_at=time.time(), stopped_by=client)
+    await _save(gateway, endpoint, stopped, revision, client, "stop_experiment")
+    return stopped
+
+
+async def note_weight_changes(gateway: Gateway, client: str) -> list[str]:
+    """After a routing change: record, in each running experiment whose arms' weights it moved,
+    the new weights; one warning per such experiment."""
+    warnings = []
+    for endpoint, endpoint_config in gateway.config.endpoints.items():
+        experiment = endpoint_config.experiment
+        if experiment is None or endpoint not in gateway.dataplane.snapshot.tables:
+            continue
+        revision, state = await _load(gateway, endpoint)
+        if state is None or state.status != RUNNING:
+            continue
+        weights = arm_weights(gateway, endpoint, experiment)
+        last = state.weight_changes[-1]["weights"] if state.weight_changes else state.weights
+        if weights == dict(last):
+            continue
+        change = {"at": time.time(), "weights": weights, "by": client}
+        noted = dataclasses.replace(state, weight_changes=[*state.weight_changes, change])
+        await _save(gateway, endpoint, noted, revision, client, "experiment_weights_changed")
+        warnings.append(_warning(endpoint, state.weights, weights))
+    return warnings
+
+
+def _warning(endpoint: str, started: Mapping[str, float], now: Mapping[str, float]) -> str:
+    return (
+        f"the experiment of {endpoint} is running with the weights {dict(started)}; its arms now "
+        f"have {dict(now)}: the sample-ratio test will flag the assignment and block shipping "
+        "(stop the experiment and start it again for a clean window)"
+    )
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))

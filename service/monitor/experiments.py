@@ -1,0 +1,217 @@
+"""Experiments in the monitor: each endpoint's A/B readout, read from its records, labels and
+rewards (monitors/experiments.py does the statistics), answered on request, exported for Grafana
+and saved with the reports.
+
+An experiment's state (service/experiment_state.py) is written by the gateway's admin API into the
+shared routing-state store; the monitor reads it to know the window: from its start to its stop,
+or to now while it runs. Pinned requests are not in it (the caller chose the arm: not a random
+draw), and each unit (the digest of a routing key, or a request without one) counts once per arm.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+import pandas as pd
+
+from monitors.experiments import Readout, UnitTotals, finite, readout
+from monitors.reports import ReportArchive, ReportSummary
+from monitors.store import MonitorStore
+from service.config import ExperimentConfig, GatewayConfig
+from service.errors import NotFound
+from service.experiment_state import RUNNING, ExperimentState
+from service.monitor.metrics import MonitorMetrics
+from traffic.store import StateStore
+
+log = logging.getLogger("gateway.experiments")
+VERDICTS = ("ship", "no_ship", "inconclusive")
+
+
+class ExperimentReadouts:
+    """The experiments gateway.yaml declares, read out on demand and every monitor interval."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: MonitorStore,
+        state_store: StateStore,
+        metrics: MonitorMetrics,
+        archive: ReportArchive,
+    ) -> None:
+        self.experiments: dict[str, ExperimentConfig] = {
+            name: endpoint.experiment
+            for name, endpoint in config.endpoints.items()
+            if endpoint.experiment is not None
+        }
+        self.store = store
+        self.state_store = state_store
+        self.metrics = metrics
+        self.archive = archive
+        self.report_interval_s = config.monitor.report_interval_s
+        self._saved_at: dict[str, float] = {}
+
+    def state(self, endpoint: str) -> ExperimentState | None:
+        found = self.state_store.load_experiment(endpoint)
+        return ExperimentState.from_dict(found[1]) if found else None
+
+    def describe(self, endpoint: str, now: float | None = None) -> dict:
+        """The experiment's state and, once started, its whole readout (JSON-ready)."""
+        experiment = self.experiments.get(endpoint)
+        if experiment is None:
+            raise NotFound(f"endpoint {endpoint!r} has no experiment in gateway.yaml")
+        state = self.state(endpoint)
+        if state is None:
+            return {"endpoint": endpoint, "status": "not_started"}
+        result = self.read_out(endpoint, experiment, state, now or time.time())
+        return {"endpoint": endpoint, **state.to_dict(), **result.to_dict()}
+
+    def read_out(
+        self, endpoint: str, experiment: ExperimentConfig, state: ExperimentState, now: float
+    ) -> Readout:
+        until = state.stopped_at if state.stopped_at is not None else now
+        design = experiment.design(state.weights)
+        units, data = self._unit_data(endpoint, experiment, state.started_at, until)
+        return readout(design, units, data, max(0.0, until - state.started_at))
+
+    def _unit_data(
+        self, endpoint: str, experiment: ExperimentConfig, since: float, until: float
+    ) -> tuple[dict[str, int], dict[str, dict[str, UnitTotals]]]:
+        """Units per arm, and per metric and arm the per-unit totals the readout needs."""
+        arms = experiment.arms
+        by_request = experiment.unit == "request"
+        missing = {name: reward.missing for name, reward in experiment.rewards.items()}
+        totals = self.store.unit_totals(endpoint, arms, since, until, missing, by_request)
+        accuracy = self.store.unit_accuracy(endpoint, arms, since, until, by_request)
+        per_arm = _by_arm(totals, arms)
+        units = {arm: len(frame) for arm, frame in per_arm.items()}
+        data = {
+            name: {
+                arm: UnitTotals.of(frame[f"{name}_sum"], frame[f"{name}_count"])
+                for arm, frame in per_arm.items()
+            }
+            for name in missing
+        }
+        data["error_rate"] = {
+            arm: UnitTotals.of(frame.failed, frame.requests) for arm, frame in per_arm.items()
+        }
+        data["latency_ms"] = {
+            arm: UnitTotals.of(frame.latency_s * 1000.0, frame.answered)
+            for arm, frame in per_arm.items()
+        }
+        if len(accuracy):
+            data["accuracy"] = {
+                arm: UnitTotals.of(frame.correct, frame.labeled)
+                for arm, frame in _by_arm(accuracy, arms).items()
+            }
+        return units, data
+
+    def list(self) -> list[dict]:
+        """Every declared experiment: its status and, once started, its verdict."""
+        described = []
+        for endpoint in self.experiments:
+            full = self.describe(endpoint)
+            described.append(
+                {
+                    key: full[key]
+                    for key in ("endpoint", "status", "started_at", "verdict", "reason", "winner")
+                    if key in full
+                }
+            )
+        return described
+
+    def export(self, now: float | None = None) -> None:
+        """Every started experiment's readout into the metrics; saved as a report every
+        ``report_interval_s`` while it runs (and once after it stopped)."""
+        now = now or time.time()
+        for endpoint, experiment in self.experiments.items():
+            state = self.state(endpoint)
+            if state is None:
+                continue
+            result = self.read_out(endpoint, experiment, state, now)
+            self._set_metrics(endpoint, state, result)
+            saved = self._saved_at.get(endpoint)
+            due = saved is None or (
+                state.status == RUNNING and now - saved >= self.report_interval_s
+            )
+            if due:
+                document = {"endpoint": endpoint, **state.to_dict(), **result.to_dict()}
+                self.archive.save_document(
+                    endpoint, experiment.arms[0], "experiment", document, _summary(endpoint, result)
+                )
+                self._saved_at[endpoint] = now
+
+    def _set_metrics(self, endpoint: str, state: ExperimentState, result: Readout) -> None:
+        metrics = self.metrics
+        metrics.experiment_running.labels(endpoint).set(state.status == RUNNING)
+        for arm, units in result.sample_ratio.units.items():
+            metrics.experiment_units.labels(endpoint, arm).set(units)
+        for metric, arms in result.summaries.items():
+            for arm, summary in arms.items():
+                if summary.units:
+                    metrics.experiment_mean.labels(endpoint, arm, metric).set(summary.mean)
+        for arm in result.arms:
+            for item in arm.results:
+                if item.lift is None:
+                    continue
+                interval = item.lift.always_valid_relative
+                bounds = {
+                    "estimate": item.lift.relative,
+                    "lower": interval.lower,
+                    "upper": interval.upper,
+                }
+                for bound, value in bounds.items():
+                    metrics.experiment_lift.labels(endpoint, arm.arm, item.metric, bound).set(value)
+                metrics.experiment_p_value.labels(endpoint, arm.arm, item.metric).set(
+                    item.p_adjusted
+                )
+        metrics.experiment_srm_p_value.labels(endpoint).set(result.sample_ratio.p_value)
+        for verdict in VERDICTS:
+            metrics.experiment_verdict.labels(endpoint, verdict).set(result.verdict == verdict)
+
+
+def _by_arm(frame: pd.DataFrame, arms: list[str]) -> Mapping[str, pd.DataFrame]:
+    return {arm: frame[frame.variant == arm] for arm in arms}
+
+
+def _summary(endpoint: str, result: Readout) -> ReportSummary:
+    """The readout at a glance: the verdict, then a row per treatment arm and metric."""
+    control = result.design.control
+    rows = []
+    for arm in result.arms:
+        for item in arm.results:
+            lift = item.lift
+            means = result.summaries.get(item.metric, {})
+            rows.append(
+                (
+                    arm.arm,
+                    item.metric,
+                    item.role,
+                    finite(means[control].mean) if control in means else None,
+                    finite(means[arm.arm].mean) if arm.arm in means else None,
+                    None if lift is None else finite(lift.relative),
+                    None if lift is None else finite(lift.always_valid_relative.lower),
+                    None if lift is None else finite(lift.always_valid_relative.upper),
+                    finite(item.p_adjusted),
+                    item.outcome,
+                )
+            )
+    srm = result.sample_ratio
+    headline = (
+        f"{endpoint} experiment: {result.verdict} ({result.reason}); sample ratio "
+        f"{'MISMATCH' if srm.flagged else 'ok'} (p = {srm.p_value:.3g})"
+    )
+    columns = (
+        "arm",
+        "metric",
+        "role",
+        f"mean ({control})",
+        "mean (arm)",
+        "relative lift",
+        "always-valid lower",
+        "always-valid upper",
+        "p (BH)",
+        "outcome",
+    )
+    return ReportSummary(headline, columns, tuple(rows))
