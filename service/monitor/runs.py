@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import pandas as pd
@@ -43,7 +43,7 @@ from service.config import MonitorConfig
 from service.errors import ConfigError
 from service.explanations import REGRESSION_TARGET, mean_attributions
 from service.model_card import ModelCard
-from service.monitor.metrics import MonitorMetrics
+from service.monitor.metrics import MonitorMetrics, drop_series
 
 log = logging.getLogger("gateway.monitor")
 
@@ -399,6 +399,5 @@ def _set_or_drop(gauge: Gauge, key: tuple[str, ...], value: float | None) -> Non
     divergence from stable, and its old value must not stay on the dashboard."""
     if value is not None:
         gauge.labels(*key).set(value)
-        return
-    with suppress(KeyError):
-        gauge.remove(*key)
+    else:
+        drop_series(gauge, key)
