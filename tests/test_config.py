@@ -203,3 +203,70 @@ def test_a_rollout_policy_becomes_the_controllers_policy_with_defaults():
 def test_bad_rollout_policies_name_the_problem(rollout, named):
     with pytest.raises(ConfigError, match=named):
         parse_config(_with_rollout(**rollout))
+
+
+AB_VARIANTS = [
+    {"name": "a", "model": "iris:v1", "weight": 50},
+    {"name": "b", "model": "iris:v2", "weight": 50, "role": "candidate"},
+    {"name": "mirror", "model": "iris:v3", "role": "shadow", "mirror": 0.1},
+]
+AB = {"arms": ["a", "b"], "rewards": {"converted": {}}, "primary": "converted"}
+
+
+def with_experiment(**experiment) -> dict:
+    endpoint = {"routing": {"key": {"header": "x-user-id"}}, "variants": AB_VARIANTS}
+    return {"endpoints": {"iris": {**endpoint, "experiment": {**AB, **experiment}}}}
+
+
+def test_an_experiment_becomes_the_readouts_design_with_defaults():
+    experiment = parse_config(with_experiment()).endpoints["iris"].experiment
+    design = experiment.design({"a": 50.0, "b": 50.0})
+    assert (design.control, design.treatments, design.primary) == ("a", ("b",), "converted")
+    metrics = {m.name: m for m in design.metrics}
+    assert list(metrics) == ["converted", "error_rate", "latency_ms", "accuracy"]
+    assert metrics["error_rate"].margin == 0.01 and not metrics["error_rate"].relative_margin
+    assert metrics["latency_ms"].margin == 0.25 and not metrics["latency_ms"].higher_is_better
+    assert metrics["converted"].margin is None and metrics["converted"].higher_is_better
+    assert experiment.rewards["converted"].kind == "binary"
+    assert experiment.rewards["converted"].missing == 0.0
+    assert (design.alpha, design.power, experiment.join_window_s) == (0.05, 0.8, 86_400.0)
+
+
+@pytest.mark.parametrize(
+    "experiment, named",
+    [
+        ({"arms": ["a", "mirror"]}, "stable or candidate"),
+        ({"arms": ["a", "nobody"]}, "stable or candidate"),
+        ({"arms": ["a", "a"]}, "distinct"),
+        ({"arms": ["a"]}, "experiment.arms"),
+        ({"primary": "clicks"}, "neither a reward nor built in"),
+        ({"rewards": {"latency_ms": {}}}, "built-in"),
+        ({"rewards": {"../x": {}}}, "must be a name"),
+        ({"guardrails": [{"metric": "converted", "margin": 0.1}]}, "not the primary"),
+        ({"guardrails": [{"metric": "error_rate", "margin": 0}]}, "margin"),
+        ({"rewards": {"converted": {"kind": "count"}}}, "kind"),
+        ({"alpha": 0.7}, "alpha"),
+        ({"join_window_s": -1}, "join_window_s"),
+        ({"surprise": 1}, "unknown key"),
+    ],
+)
+def test_bad_experiments_name_the_problem(experiment, named):
+    with pytest.raises(ConfigError, match=named):
+        parse_config(with_experiment(**experiment))
+
+
+def test_an_endpoint_has_a_rollout_or_an_experiment_not_both():
+    config = with_experiment()
+    config["endpoints"]["iris"]["rollout"] = {"candidate": "b", "steps": [{"weight": 50}]}
+    with pytest.raises(ConfigError, match="a rollout or an experiment, not both"):
+        parse_config(config)
+
+
+def test_an_experiment_by_key_needs_a_routing_key():
+    config = with_experiment(unit="key")
+    del config["endpoints"]["iris"]["routing"]
+    with pytest.raises(ConfigError, match="needs routing.key"):
+        parse_config(config)
+    config = with_experiment(unit="request")
+    del config["endpoints"]["iris"]["routing"]
+    assert parse_config(config).endpoints["iris"].experiment.unit == "request"

@@ -1,6 +1,7 @@
 """``gateway demo``: build and register the demo models, write a config, start the monitor (on
-port + 1) and the gateway, drive traffic and send its ground-truth labels, then watch two rollouts
-(one promoted, one rolled back).
+port + 1) and the gateway, drive traffic and send its ground-truth labels, run a short A/B test
+with a synthetic reward and print its readout, then watch two rollouts (one promoted, one rolled
+back).
 
 Everything lives under ``--home``: the built models, the BentoML model store, ``gateway.yaml`` and
 the demo's secrets (``secrets/admin.token``, ``secrets/monitor.token``, made once, readable by their
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from service.demo.experiment import EXPERIMENT
 from service.launch import MONITOR_SERVICE, running_server
 
 SECRET_FILES = {
@@ -36,6 +38,7 @@ DEMO_CONFIG = {
                 {"name": "stable", "model": "cancer:v1", "weight": 90, "role": "stable"},
                 {"name": "candidate", "model": "cancer:v2", "weight": 10, "role": "candidate"},
             ],
+            "experiment": EXPERIMENT,
         },
         "diabetes": {"variants": [{"name": "stable", "model": "diabetes:v1"}]},
     },
@@ -106,12 +109,14 @@ def run_demo(home: Path, port: int, *, serve_only: bool, requests: int) -> int:
             )
             if not serve_only:
                 from service.config import load_config
+                from service.demo.experiment import run_experiment
                 from service.demo.rollouts import watch_rollouts
                 from service.demo.traffic import drive_traffic
                 from service.secrets import load_secrets
 
                 secrets = load_secrets(load_config(config_path).secrets)
                 drive_traffic(base_url, monitor_url, home / "models", requests, secrets)
+                run_experiment(base_url, home / "models", secrets.admin_token)
                 watch_rollouts(base_url, home / "models", secrets.admin_token)
             print("serving; press Ctrl-C to stop")
             signal.pause()
