@@ -16,6 +16,8 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent / "dashboards" / "gateway.json"
 EV = 'endpoint=~"$endpoint", variant=~"$variant"'
 E = 'endpoint=~"$endpoint"'
+EA = 'endpoint=~"$endpoint", arm=~"$variant"'
+"""An experiment's arms are variants: the variant selector picks them."""
 RATE = "[$__rate_interval]"
 
 
@@ -240,6 +242,46 @@ ROWS = [
                             f"sum by (endpoint, variant) (rate(gateway_shadow_rows_total{{{EV}}}{RATE}))",
                         ),
                         "gateway {{endpoint}} {{variant}}",
+                    ),
+                ],
+                "timeseries",
+            ),
+        ],
+    ),
+    (
+        "Experiments",
+        [
+            (
+                "Experiment lift over the control, with its always-valid 95% interval",
+                "percentunit",
+                [
+                    (
+                        f"gateway_experiment_lift_ratio{{{EA}}}",
+                        "{{endpoint}} {{arm}} {{metric}} {{bound}}",
+                    )
+                ],
+                "timeseries",
+            ),
+            (
+                "Experiment verdict",
+                "short",
+                [(f"gateway_experiment_verdict{{{E}}} == 1", "{{endpoint}} {{verdict}}")],
+                "stat",
+            ),
+            (
+                "Sample ratio (p below 0.001: the assignment is broken)",
+                "short",
+                [(f"gateway_experiment_srm_p_value{{{E}}}", "{{endpoint}}")],
+                "stat",
+            ),
+            (
+                "Experiment units per arm and metric means",
+                "short",
+                [
+                    (f"gateway_experiment_units{{{EA}}}", "units {{endpoint}} {{arm}}"),
+                    (
+                        f"gateway_experiment_metric_mean{{{EA}}}",
+                        "{{metric}} {{endpoint}} {{arm}}",
                     ),
                 ],
                 "timeseries",

@@ -19,7 +19,15 @@ import pytest
 import yaml
 
 from service.launch import MONITOR_SERVICE, free_port, running_server, stop
-from tests.helpers import METRICS_TOKEN, MONITOR_AUTH, drive, local_monitor, write_config
+from tests.helpers import (
+    ADMIN_AUTH,
+    ADMIN_ENV,
+    METRICS_TOKEN,
+    MONITOR_AUTH,
+    drive,
+    local_monitor,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 GRAFANA = Path(__file__).resolve().parents[1] / "grafana"
@@ -123,12 +131,22 @@ def test_provisioning_points_grafana_at_prometheus_and_the_dashboards():
 
 async def _traffic(url: str, monitor_url: str) -> None:
     async with aiohttp.ClientSession() as session:
+        start = f"{url}/admin/experiments/cancer-ab/start"
+        async with session.post(start, headers=ADMIN_AUTH) as answer:
+            assert answer.status == 200
         for _ in range(4):
             answers = []
             for endpoint in ("cancer", "cancer-bad", "cancer-shadow"):
                 answers += await drive(session, url, 1.0, endpoint=endpoint, concurrency=4)
+            tested = await drive(session, url, 1.0, endpoint="cancer-ab", concurrency=4)
             labels = [{"request_id": a[4], "label": "benign"} for a in answers if a[2] == 200]
-            async with session.post(f"{url}/feedback", json={"labels": labels}) as answer:
+            rewards = [
+                {"request_id": a[4], "metric": "converted", "value": int(a[1] % 3 == 0)}
+                for a in tested
+                if a[2] == 200
+            ]
+            feedback = {"labels": labels, "rewards": rewards}
+            async with session.post(f"{url}/feedback", json=feedback) as answer:
                 assert answer.status == 200
         await asyncio.sleep(0.5)
         async with session.post(f"{monitor_url}/runs", headers=MONITOR_AUTH) as answer:
@@ -162,11 +180,24 @@ async def test_every_panel_query_returns_data_from_a_real_prometheus(demo_models
                     {"name": "mirror", "model": "cancer:v1", "role": "shadow", "mirror": 1.0},
                 ]
             },
+            "cancer-ab": {
+                "routing": {"key": {"header": "x-user-id"}},
+                "variants": [
+                    {"name": "stable", "model": "cancer:v1", "weight": 50},
+                    {**candidate, "weight": 50},
+                ],
+                "experiment": {
+                    "arms": ["stable", "candidate"],
+                    "rewards": {"converted": {}},
+                    "primary": "converted",
+                    "min_units": 10,
+                },
+            },
         },
     )
     with (
         running_server(config, port=port, service=MONITOR_SERVICE) as monitor_url,
-        running_server(config) as url,
+        running_server(config, env=ADMIN_ENV) as url,
     ):
         prometheus, prometheus_url = start_prometheus(tmp_path, url[7:], monitor_url[7:])
         try:

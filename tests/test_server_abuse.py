@@ -104,7 +104,10 @@ def test_every_monitor_route_needs_the_monitor_token(demo):
         ("POST", "/rollouts/cancer-canary/start"),
         ("POST", "/runs"),
         ("POST", "/labels"),
+        ("POST", "/rewards"),
         ("POST", "/records"),
+        ("GET", "/experiments"),
+        ("GET", "/experiments/cancer"),
         ("GET", "/summary"),
         ("GET", "/rollouts"),
         ("GET", "/rollouts/cancer-canary"),
@@ -206,6 +209,20 @@ def test_malformed_input_is_4xx_on_every_route(demo):
         ("GET", "/admin/rollouts/%2e%2e", None, ADMIN_AUTH),
         ("POST", "/admin/rollouts/cancer-canary/%2e%2e", None, ADMIN_AUTH),
         ("PUT", "/admin/endpoints/cancer/weights", DEEP, ADMIN_AUTH),
+        ("GET", "/admin/experiments/%2e%2e", None, ADMIN_AUTH),
+        ("POST", "/admin/experiments/cancer/%2e%2e", None, ADMIN_AUTH),
+        ("POST", "/admin/experiments/diabetes/start", None, ADMIN_AUTH),
+        ("POST", "/admin/experiments/cancer/stop", None, ADMIN_AUTH),  # not running
+        ("POST", "/feedback", b'{"rewards": [{"request_id": "x", "metric": "converted"}]}', {}),
+        ("POST", "/feedback", b'{"rewards": {"request_id": "x"}}', {}),
+        ("GET", "/experiments/%2e%2e", None, MONITOR_AUTH),
+        ("POST", "/rewards", DEEP, MONITOR_AUTH),
+        (
+            "POST",
+            "/rewards",
+            b'{"rewards": [{"request_id": "../x", "metric": "a", "value": 1}]}',
+            MONITOR_AUTH,
+        ),
         ("GET", "/rollouts/cancer-canary?history=%C2%B2", None, MONITOR_AUTH),
         ("POST", "/runs?reports=%C2%B2", None, MONITOR_AUTH),
         ("POST", "/labels", DEEP, MONITOR_AUTH),
@@ -328,6 +345,12 @@ def test_metrics_and_reports_need_a_token_by_default(demo):
     assert send(gateway, "GET", "/reports", headers=METRICS_AUTH)[0] == 401
     assert send(gateway, "GET", "/reports", headers=ADMIN_AUTH)[0] == 200
     assert send(gateway, "GET", "/admin/routing", headers=METRICS_AUTH)[0] == 401
+    for method, path in (
+        ("GET", "/admin/experiments/cancer"),
+        ("POST", "/admin/experiments/cancer/start"),
+    ):
+        assert send(gateway, method, path)[0] == 401
+        assert send(gateway, method, path, headers=METRICS_AUTH)[0] == 401
 
 
 def test_a_monitor_without_a_token_refuses_a_non_loopback_address(tmp_path):

@@ -186,10 +186,17 @@ async def summary(request: Request) -> Response:
 
 
 async def run_now(request: Request) -> Response:
-    """``POST /runs[?reports=true]``: compute drift and quality now (and save Evidently reports)."""
-    runner = monitor_of(request).runner
+    """``POST /runs[?reports=true]``: compute drift and quality now (and save Evidently reports),
+    and read out the running experiments."""
+    monitor = monitor_of(request)
     save = bool_param(request, "reports")
-    reports = await anyio.to_thread.run_sync(lambda: runner.run_once(save_reports=save))
+
+    def run() -> list:
+        reports = monitor.runner.run_once(save_reports=save)
+        monitor.experiments.export()
+        return reports
+
+    reports = await anyio.to_thread.run_sync(run)
     return json_response({"variants": [r.to_dict() for r in reports]})
 
 
