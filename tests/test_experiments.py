@@ -178,7 +178,7 @@ def _clustered(rng):
     ["binary", "binary rare", "heavy tailed", "clustered users"],
 )
 def test_a_a_peeking_after_every_batch_keeps_the_false_positive_rate(shape):
-    """1,000 A/A experiments, each looked at 100 times (every 100 units per arm, from the
+    """1,000 A/A experiments, each looked at 60 times (every 100 units per arm, from the
     minimum sample on): the always-valid interval excludes zero in at most alpha of them."""
     rng = np.random.default_rng(5)
     draw = {
@@ -187,7 +187,7 @@ def test_a_a_peeking_after_every_batch_keeps_the_false_positive_rate(shape):
         "heavy tailed": _heavy_tailed(rng),
         "clustered users": _clustered(rng),
     }[shape]
-    always, fixed = _peeking_false_positives(rng, draw, sims=1000, looks=100, per_look=100)
+    always, fixed = _peeking_false_positives(rng, draw, sims=1000, looks=60, per_look=100)
     assert always <= ALPHA, f"{shape}: always-valid false positives {always:.3f}"
     assert fixed > 2 * ALPHA, f"{shape}: peeking at a fixed interval should mislead ({fixed:.3f})"
 
