@@ -281,18 +281,23 @@ def test_verdict_ship_when_the_primary_improves_and_guardrails_hold():
     assert primary.fixed_relative.lower < 0.3 < primary.fixed_relative.upper
 
 
-def test_verdict_no_ship_when_a_guardrail_is_beyond_its_margin():
+@pytest.mark.parametrize(
+    "case, rates, latency, exposed, named",
+    [
+        ("a guardrail beyond its margin", (0.10, 0.13), (20, 30), (20_000, 20_000), "latency"),
+        ("the primary metric worse", (0.13, 0.10), (20, 20), (20_000, 20_000), "converted"),
+        ("a sample ratio mismatch", (0.10, 0.13), (20, 20), (20_000, 19_000), "sample ratio"),
+    ],
+)
+def test_verdict_no_ship(case, rates, latency, exposed, named):
     rng = np.random.default_rng(9)
-    data = _data(rng, 20_000, {"a": 0.10, "b": 0.13}, {"a": 20, "b": 30}, {"a": 0.02, "b": 0.02})
-    result = readout(_design(), {"a": 20_000, "b": 20_000}, data, 3600.0)
-    assert result.verdict == NO_SHIP and "latency" in result.reason
+    data = _data(rng, 20_000, dict(zip("ab", rates)), dict(zip("ab", latency)), ERRORS)
+    result = readout(_design(), dict(zip("ab", exposed)), data, 3600.0)
+    assert result.verdict == NO_SHIP and named in result.reason, case
+    assert result.sample_ratio.flagged == (case == "a sample ratio mismatch")
 
 
-def test_verdict_no_ship_when_the_primary_gets_worse():
-    rng = np.random.default_rng(10)
-    data = _data(rng, 20_000, {"a": 0.13, "b": 0.10}, {"a": 20, "b": 20}, {"a": 0.02, "b": 0.02})
-    result = readout(_design(), {"a": 20_000, "b": 20_000}, data, 3600.0)
-    assert result.verdict == NO_SHIP and "converted" in result.reason
+ERRORS = {"a": 0.02, "b": 0.02}
 
 
 def test_verdict_inconclusive_with_few_units_or_no_effect():
@@ -304,14 +309,6 @@ def test_verdict_inconclusive_with_few_units_or_no_effect():
     same = _data(rng, 5000, {"a": 0.1, "b": 0.1}, {"a": 20, "b": 20}, {"a": 0.02, "b": 0.02})
     result = readout(_design(), {"a": 5000, "b": 5000}, same, 600.0)
     assert result.verdict == INCONCLUSIVE and "not changed significantly" in result.reason
-
-
-def test_sample_ratio_mismatch_blocks_shipping():
-    rng = np.random.default_rng(12)
-    data = _data(rng, 20_000, {"a": 0.10, "b": 0.13}, {"a": 20, "b": 20}, {"a": 0.02, "b": 0.02})
-    result = readout(_design(), {"a": 20_000, "b": 19_000}, data, 3600.0)
-    assert result.sample_ratio.flagged
-    assert result.verdict == NO_SHIP and "sample ratio mismatch" in result.reason
 
 
 def test_power_says_what_is_detectable_now_and_how_long_until_the_planned_effect():
