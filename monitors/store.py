@@ -297,24 +297,32 @@ class MonitorStore:
         does not count); ``by_request``: every request is its own unit. Summed in the database;
         one row per unit comes back."""
         marks = ",".join("?" * len(variants))
-        reward_values = "".join(
-            f", COALESCE((SELECT value FROM rewards r WHERE r.request_id = p.request_id "
-            f"AND r.metric = ?), ?) AS m{i}"
-            for i in range(len(rewards))
+        metrics = list(rewards)
+        # each request's rewards as one row (a column per metric), from this endpoint's ids only
+        # (ids start with "<endpoint>:"; ";" is the character after ":")
+        per_request = "".join(
+            f", MAX(CASE WHEN metric = ? THEN value END) AS m{i}" for i in range(len(metrics))
         )
-        reward_totals = "".join(f", TOTAL(m{i}), COUNT(m{i})" for i in range(len(rewards)))
-        parameters = [value for metric, fill in rewards.items() for value in (metric, fill)]
+        reward_totals = "".join(
+            f", TOTAL(COALESCE(r.m{i}, ?)), COUNT(COALESCE(r.m{i}, ?))" for i in range(len(metrics))
+        )
+        fills = [fill for metric in metrics for fill in (rewards[metric], rewards[metric])]
+        joined = (
+            f"LEFT JOIN (SELECT request_id{per_request} FROM rewards WHERE request_id > ? "
+            "AND request_id < ? GROUP BY request_id) r ON r.request_id = p.request_id "
+            if metrics
+            else ""
+        )
+        bounds = [f"{endpoint}:", f"{endpoint};"] if metrics else []
         rows = (
             self._db()
             .execute(
-                "SELECT variant, unit, COUNT(*), TOTAL(failed), TOTAL(answered), "
-                f"TOTAL(latency_s){reward_totals} FROM ("
-                f"SELECT p.variant, {_unit(by_request)} AS unit, "
-                "p.outcome != 'ok' AS failed, p.outcome = 'ok' AS answered, "
-                f"CASE WHEN p.outcome = 'ok' THEN p.latency_s END AS latency_s{reward_values} "
-                "FROM predictions p WHERE p.endpoint = ? AND p.at >= ? AND p.at < ? "
-                f"AND p.pinned = 0 AND p.variant IN ({marks})) GROUP BY variant, unit",
-                (*parameters, endpoint, since, until, *variants),
+                f"SELECT p.variant, {_unit(by_request)} AS u, COUNT(*), "
+                "TOTAL(p.outcome != 'ok'), TOTAL(p.outcome = 'ok'), "
+                f"TOTAL(CASE WHEN p.outcome = 'ok' THEN p.latency_s END){reward_totals} "
+                f"FROM predictions p {joined}WHERE p.endpoint = ? AND p.at >= ? AND p.at < ? "
+                f"AND p.pinned = 0 AND p.variant IN ({marks}) GROUP BY p.variant, u",
+                (*fills, *metrics, *bounds, endpoint, since, until, *variants),
             )
             .fetchall()
         )

@@ -214,25 +214,30 @@ def test_rewards_are_idempotent_held_until_their_prediction_and_refused_when_lat
     store = MonitorStore(tmp_path / "monitor.sqlite3")
     now = time.time()
     store.add_records(
-        [unit_record("old", "a", "u1", at=now - 7200), unit_record("new", "a", "u1", at=now)]
+        [
+            unit_record("churn:old", "a", "u1", at=now - 7200),
+            unit_record("churn:new", "a", "u1", at=now),
+        ]
     )
     hour = 3600
     outcomes = store.add_rewards(
         [
-            ("new", "converted", 1, hour),
-            ("new", "converted", 1, hour),  # the same twice in one call: once
-            ("new", "revenue", 2.5, hour),
-            ("old", "converted", 1, hour),  # two hours after its prediction
-            ("early", "converted", 0, hour),  # its prediction has not come yet
+            ("churn:new", "converted", 1, hour),
+            ("churn:new", "converted", 1, hour),  # the same twice in one call: once
+            ("churn:new", "revenue", 2.5, hour),
+            ("churn:old", "converted", 1, hour),  # two hours after its prediction
+            ("churn:early", "converted", 0, hour),  # its prediction has not come yet
         ]
     )
     assert [o.value for o in outcomes] == ["stored", "duplicate", "stored", "late", "stored"]
-    assert store.add_rewards([("new", "converted", 0, hour)]) == [LabelOutcome.CONFLICT]
-    assert store.add_rewards([("new", "converted", 1.0, hour)]) == [LabelOutcome.DUPLICATE]
+    assert store.add_rewards([("churn:new", "converted", 0, hour)]) == [LabelOutcome.CONFLICT]
+    assert store.add_rewards([("churn:new", "converted", 1.0, hour)]) == [LabelOutcome.DUPLICATE]
     assert store.pending_rewards() == 1
     with pytest.raises(TooManyPending):  # nothing of this call is stored
-        store.add_rewards([("ghost", "converted", 1, hour), ("new", "clicks", 3, hour)], 1)
-    store.add_records([unit_record("early", "b", "u2", at=now)])
+        store.add_rewards(
+            [("churn:ghost", "converted", 1, hour), ("churn:new", "clicks", 3, hour)], 1
+        )
+    store.add_records([unit_record("churn:early", "b", "u2", at=now)])
     assert store.pending_rewards() == 0
     totals = store.unit_totals("churn", ["a", "b"], 0, now + 1, {"converted": 0.0, "clicks": None})
     by_unit = totals.set_index("unit")

@@ -264,6 +264,12 @@ async def test_moved_weights_are_recorded_warned_about_and_flag_the_sample_ratio
         assert fresh["sample_ratio"]["units"] == {"stable": 0, "candidate": 0}
         assert fresh["verdict"] == "inconclusive"
         await act(session, url, "quick", "stop")
+        async with session.get(f"{url}/reports", headers=ADMIN_AUTH) as answer:
+            reports = (await answer.json())["reports"]
+        saved = {
+            (r["endpoint"], r["variant"], r["format"]) for r in reports if r["kind"] == "experiment"
+        }
+        assert {("cancer", "stable", "json"), ("cancer", "stable", "html")} <= saved
         async with session.get(f"{monitor_url}/metrics", headers=METRICS_AUTH) as answer:
             exposition = await answer.text()
         assert 'gateway_experiment_verdict{endpoint="cancer",verdict="ship"} 1.0' in exposition

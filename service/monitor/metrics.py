@@ -101,11 +101,12 @@ class MonitorMetrics:
         self.rewards = Counter(
             "gateway_rewards_received_total",
             "Experiment rewards received through /feedback, by outcome (stored, duplicate, "
-            "conflict, late: after the join window, invalid, refused: too many waiting).",
+            "conflict, late: after the join window, invalid, refused: too many waiting; expired: "
+            "their prediction never came within label_retention_s).",
             ["outcome"],
             **into,
         )
-        for outcome in ("stored", "duplicate", "conflict", "late", "invalid", "refused"):
+        for outcome in ("stored", "duplicate", "conflict", "late", "invalid", "refused", "expired"):
             self.rewards.labels(outcome)
         self.experiment_running = Gauge(
             "gateway_experiment_running",

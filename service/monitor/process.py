@@ -155,8 +155,9 @@ class Monitor:
         )
 
     def prune(self, now: float | None = None) -> dict:
-        """Everything older than its retention goes (records, labels, audit, evaluations,
-        webhook events, reports); labels held longer than ``label_retention_s`` expire."""
+        """Everything older than its retention goes (records, labels and rewards, audit,
+        evaluations, webhook events, reports); labels and rewards held longer than
+        ``label_retention_s`` for their prediction expire."""
         now = now or time.time()
         retention = self.config.retention
         deleted = self.store.prune(
@@ -169,6 +170,7 @@ class Monitor:
         )
         deleted["reports"] = self.archive.prune_older_than(retention.reports_s, now)
         self.metrics.labels_expired.inc(deleted["expired_labels"])
+        self.metrics.rewards.labels("expired").inc(deleted["expired_rewards"])
         if any(deleted.values()):
             log.info("pruned %s", deleted)
         return deleted
