@@ -10,7 +10,7 @@ PORT ?= 3000
 DEMO_HOME ?= .gateway-home
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: demo serve-demo test test-unit lint format bench clean promtool chromium wrk
+.PHONY: demo serve-demo test test-unit lint format bench clean promtool chromium wrk grpc-stubs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix service traffic monitors storage tests bench grafana loadtests
 	$(BIN)/ruff format service traffic monitors storage tests bench grafana loadtests
+
+# The gRPC modules from service/gateway/grpc/inference.proto (committed; a test checks they match).
+grpc-stubs: $(STAMP)
+	$(BIN)/python service/gateway/grpc/generate.py
 
 # promtool (Debian's prometheus package) checks the metrics; installed here when missing.
 promtool:

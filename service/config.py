@@ -58,6 +58,13 @@ MAX_RECORD_BATCH_BYTES = 64 * 2**20
 class ServerConfig(Strict):
     host: str = Field(LOOPBACK, description="listen address; 0.0.0.0 exposes every interface")
     port: int = Field(3000, ge=1, le=65535)
+    grpc_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="the Open Inference Protocol over gRPC on this port (same host); "
+        "none: gRPC off. Triton's default is 8001",
+    )
     workers: int = Field(1, ge=1, le=64)
     access_log: bool = False
     latency_slo_ms: float = Field(100.0, gt=0, description="gets its own histogram bucket")

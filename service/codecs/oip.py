@@ -53,8 +53,8 @@ class InferRequest:
         return self.inputs
 
 
-def _shape(tensor: dict, name: str) -> tuple[int, ...]:
-    shape = tensor.get("shape")
+def checked_shape(shape: object, name: str) -> tuple[int, ...]:
+    """An input's shape as the protocol allows it (a list of at most ``MAX_RANK`` sizes)."""
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
@@ -110,7 +110,8 @@ def _split_bytes_tensor(blob: bytes, count: int, name: str) -> np.ndarray:
     return np.array(items, dtype=object)
 
 
-def _from_binary(blob: bytes, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+def from_raw(blob: bytes, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """A tensor from its raw little-endian bytes (BYTES: each element's length, then it)."""
     count = math.prod(shape)
     if datatype == "BYTES":
         return _split_bytes_tensor(blob, count, name).reshape(shape)
@@ -166,7 +167,7 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
             raise BadRequest(
                 f"input {name!r}: unknown datatype {datatype!r}; one of {sorted(OIP_TO_NUMPY)}"
             )
-        shape = _shape(tensor, name)
+        shape = checked_shape(tensor.get("shape"), name)
         size = _parameters(tensor, f"input {name!r}").get("binary_data_size")
         if size is None:
             if "data" not in tensor:
@@ -180,7 +181,7 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
                 f"input {name!r}: binary_data_size {size} runs past the end of the body "
                 f"({len(binary) - offset} binary bytes left)"
             )
-        inputs[name] = _from_binary(binary[offset : offset + size], datatype, shape, name)
+        inputs[name] = from_raw(binary[offset : offset + size], datatype, shape, name)
         offset += size
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} trailing binary bytes after the last input")
@@ -208,7 +209,10 @@ def _with_output_request(request: dict, inputs: Tensors) -> InferRequest:
     return InferRequest(request_id, inputs, tuple(names), frozenset(binary), all_binary, parameters)
 
 
-def _bytes_tensor(array: np.ndarray) -> bytes:
+def to_raw(array: np.ndarray, datatype: str) -> bytes:
+    """A tensor as raw little-endian bytes (BYTES: each element's length in 4 bytes, then it)."""
+    if datatype != "BYTES":
+        return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
     parts = []
     for item in array.reshape(-1):
         data = item if isinstance(item, bytes) else str(item).encode()
@@ -240,11 +244,7 @@ def encode_infer_response(
         datatype = oip_datatype_of(array)
         tensor: dict = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if request.all_binary or name in request.binary_outputs:
-            blob = (
-                _bytes_tensor(array)
-                if datatype == "BYTES"
-                else np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-            )
+            blob = to_raw(array, datatype)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

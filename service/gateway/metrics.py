@@ -20,6 +20,7 @@ BATCH_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 SHED_SERIES = (
     ("predict", "overload"),
     ("infer", "overload"),
+    ("grpc_infer", "overload"),
     ("feedback", "in_flight"),
     ("shadow", "overload"),
 )
@@ -146,7 +147,8 @@ class GatewayMetrics:
         )
         self.shed = Counter(
             "gateway_shed_requests_total",
-            "Work refused or skipped under overload, by route (predict, infer, feedback, shadow) "
+            "Work refused or skipped under overload, by route (predict, infer, grpc_infer, feedback, "
+            "shadow) "
             "and reason (overload: the admission limit; in_flight: the route's own budget).",
             ["route", "reason"],
             registry=registry,

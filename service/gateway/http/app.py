@@ -72,17 +72,24 @@ def build_app() -> Starlette:
 @contextlib.asynccontextmanager
 async def background_tasks(app: Starlette) -> AsyncIterator[None]:
     """While serving, follow the shared routing state and ship records to the monitor (both
-    supervised: started again, with a log line, if they ever die)."""
+    supervised: started again, with a log line, if they ever die), and serve gRPC when
+    ``server.grpc_port`` is set."""
     gateway = getattr(app.state, "gateway", None)
     tasks = []
-    if gateway is not None:
-        restarted = gateway.metrics.task_restarted
-        tasks.append(supervise.start("routing follower", gateway.routing.follow, restarted))
-        if gateway.recorder.enabled:
-            recorder = gateway.recorder.ship_forever
-            tasks.append(supervise.start("record shipping", recorder, restarted))
-    try:
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
+    async with contextlib.AsyncExitStack() as stack:
+        if gateway is not None:
+            restarted = gateway.metrics.task_restarted
+            tasks.append(supervise.start("routing follower", gateway.routing.follow, restarted))
+            if gateway.recorder.enabled:
+                recorder = gateway.recorder.ship_forever
+                tasks.append(supervise.start("record shipping", recorder, restarted))
+            server = gateway.config.server
+            if server.grpc_port is not None:
+                from service.gateway.grpc.service import grpc_server  # grpcio: only when asked
+
+                await stack.enter_async_context(grpc_server(gateway, server.host, server.grpc_port))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()

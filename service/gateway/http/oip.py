@@ -7,7 +7,6 @@ Health answers are judged by status code only; errors are ``{"error": message}``
 from __future__ import annotations
 
 import json
-from importlib.metadata import PackageNotFoundError, version
 
 import anyio
 from prometheus_client import CollectorRegistry
@@ -21,57 +20,19 @@ from service.codecs.oip import (
     decode_infer_request,
     encode_infer_response,
 )
-from service.errors import BadRequest, NotFound
+from service.errors import BadRequest
 from service.exposition import sample_totals
+from service.gateway import repository
 from service.gateway.http.common import gateway_of
 from service.gateway.process import Answer, Call
 from service.http.body import read_body
 from service.http.responses import json_response
 from service.model_card import ModelCard
-from service.tensors import TensorSpec
-from traffic.table import EndpointTable, UnknownVariant, VariantSpec
-
-try:
-    SERVER_VERSION = version("onnx-gateway")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    SERVER_VERSION = "0+unknown"
-
-TRITON_TYPES = {"BYTES": "TYPE_STRING"}
-
-
-def _visible(request: Request, variants) -> list[VariantSpec]:
-    """The variants a caller may see: those that take traffic; dark ones (weight 0, shadows)
-    only with the admin token, as on ``/endpoints``."""
-    admin = gateway_of(request).is_admin(request.headers)
-    return [v for v in variants if v.serving or admin]
-
-
-def _described(request: Request) -> tuple[EndpointTable, list[VariantSpec]]:
-    """The endpoint in the path and the variants it describes: the one ``/versions/{v}`` names
-    (404 if none, or if it is dark and the caller is not an admin), else the visible ones, the
-    first stable one first."""
-    table = gateway_of(request).dataplane.table(request.path_params["model"])
-    version = request.path_params.get("version")
-    if version is not None:
-        try:
-            variants = _visible(request, [table.by_version(version)])
-        except UnknownVariant as error:
-            raise NotFound(str(error)) from None
-        if not variants:
-            raise NotFound(f"endpoint {table.endpoint!r} has no model version {version!r}")
-        return table, variants
-    ordered = sorted(_visible(request, table.variants), key=lambda v: v.role != "stable")
-    return table, ordered
+from traffic.table import EndpointTable, VariantSpec
 
 
 async def server_metadata(request: Request) -> Response:
-    return json_response(
-        {
-            "name": "onnx-gateway",
-            "version": SERVER_VERSION,
-            "extensions": ["binary_tensor_data", "model_repository"],
-        }
-    )
+    return json_response(repository.SERVER_METADATA)
 
 
 async def server_live(request: Request) -> Response:
@@ -83,50 +44,34 @@ async def server_ready(request: Request) -> Response:
     return json_response({"ready": True})
 
 
+def _described(request: Request) -> tuple[EndpointTable, list[VariantSpec]]:
+    params = request.path_params
+    return repository.described(
+        gateway_of(request), request.headers, params["model"], params.get("version")
+    )
+
+
 async def model_ready(request: Request) -> Response:
     table, _ = _described(request)
     return json_response({"name": table.endpoint, "ready": True})
 
 
-def _tensor_metadata(spec: TensorSpec) -> dict:
-    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
-
-
 async def model_metadata(request: Request) -> Response:
-    table, variants = _described(request)
-    card = gateway_of(request).dataplane.model(variants[0]).card
+    params = request.path_params
     return json_response(
-        {
-            "name": table.endpoint,
-            "versions": [v.model_version for v in variants],
-            "platform": "onnxruntime_onnx",
-            "inputs": [_tensor_metadata(s) for s in card.inputs],
-            "outputs": [_tensor_metadata(s) for s in card.outputs],
-        }
+        repository.model_metadata(
+            gateway_of(request), request.headers, params["model"], params.get("version")
+        )
     )
-
-
-def _triton_tensor(spec: TensorSpec, batched: bool) -> dict:
-    dims = list(spec.shape[1:] if batched else spec.shape) or [1]
-    data_type = TRITON_TYPES.get(spec.datatype, f"TYPE_{spec.datatype}")
-    return {"name": spec.name, "data_type": data_type, "dims": dims}
 
 
 async def model_config(request: Request) -> Response:
     """A Triton-style model config (perf_analyzer and tritonclient read it)."""
-    table, variants = _described(request)
-    card = gateway_of(request).dataplane.model(variants[0]).card
-    batched = all(s.batched for s in card.inputs + card.outputs)
-    limits = gateway_of(request).config.limits
+    params = request.path_params
     return json_response(
-        {
-            "name": table.endpoint,
-            "platform": "onnxruntime_onnx",
-            "backend": "onnxruntime",
-            "max_batch_size": limits.max_rows if batched else 0,
-            "input": [_triton_tensor(s, batched) for s in card.inputs],
-            "output": [_triton_tensor(s, batched) for s in card.outputs],
-        }
+        repository.model_config(
+            gateway_of(request), request.headers, params["model"], params.get("version")
+        )
     )
 
 
@@ -173,13 +118,7 @@ async def model_stats(request: Request) -> Response:
 
 
 async def repository_index(request: Request) -> Response:
-    gateway = gateway_of(request)
-    index = [
-        {"name": name, "version": variant.model_version, "state": "READY"}
-        for name, table in gateway.dataplane.snapshot.tables.items()
-        for variant in _visible(request, table.variants)
-    ]
-    return json_response(index)
+    return json_response(repository.repository_index(gateway_of(request), request.headers))
 
 
 def infer_call(request: Request) -> Call:

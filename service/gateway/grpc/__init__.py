@@ -1,0 +1,1 @@
+"""The gateway worker's gRPC server: the Open Inference Protocol over gRPC."""

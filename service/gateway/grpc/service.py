@@ -1,0 +1,203 @@
+"""The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``), served by each gateway
+worker on ``server.grpc_port`` on the same event loop as its HTTP server (grpc.aio), so
+``tritonclient.grpc`` and KServe's gRPC clients work unchanged.
+
+Like the REST handlers, this only moves metadata and messages: ``ModelInfer`` hands
+``Gateway.predict`` a ``Call`` (routing key and pins from the metadata, ``model_version`` pins a
+version, the request's parameters may carry a key field), so validation, batching, shadows,
+recording and metrics (``protocol="grpc"``) are the same as for HTTP. Predictions go through the
+worker's admission first (RESOURCE_EXHAUSTED with ``retry-after`` when refused). The answer's ids
+come back in trailing metadata (``x-gateway-request-id`` and the others every answer carries). A
+``GatewayError`` becomes the status code its HTTP status maps to (``STATUS``); anything else is
+INTERNAL, logged with its traceback: nothing a caller sends becomes INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from service.errors import GatewayError, Overloaded
+from service.gateway import repository
+from service.gateway.grpc import inference_pb2 as pb
+from service.gateway.grpc import inference_pb2_grpc as rpc
+from service.gateway.grpc.codec import decode_infer_request, encode_infer_response
+from service.gateway.process import WORKER, Call, Gateway
+from traffic.table import EndpointTable
+
+log = logging.getLogger("gateway.grpc")
+STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ABORTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+"""The gRPC status of each HTTP status a ``GatewayError`` carries (else INTERNAL)."""
+SEND_LIMIT_BYTES = 256 * 2**20
+"""Answers may be bigger than requests (many outputs per row); bounded all the same."""
+
+
+def metadata_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The call's metadata as headers: lower-case keys, text values (``-bin`` keys left out)."""
+    return {
+        key.lower(): value
+        for key, value in (context.invocation_metadata() or ())
+        if isinstance(value, str)
+    }
+
+
+async def _answered(context: grpc.aio.ServicerContext, work: Callable[[], Awaitable]):
+    """``work``'s result, or the call aborted with the status its error maps to."""
+    try:
+        return await work()
+    except GatewayError as error:
+        trailing = tuple((k.lower(), str(v)) for k, v in error.headers.items())
+        code = STATUS.get(error.status, grpc.StatusCode.INTERNAL)
+        await context.abort(code, error.message, trailing_metadata=trailing)
+    except asyncio.CancelledError:
+        raise
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        log.exception("unhandled error in a gRPC call")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
+
+
+class InferenceService(rpc.GRPCInferenceServiceServicer):
+    """``inference.GRPCInferenceService`` over one worker's ``Gateway``."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def ServerLive(self, request, context):  # noqa: N802 - the protocol's names
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):  # noqa: N802
+        return pb.ServerReadyResponse(ready=True)  # a worker serves only once its models load
+
+    async def ServerMetadata(self, request, context):  # noqa: N802
+        return pb.ServerMetadataResponse(**repository.SERVER_METADATA)
+
+    async def ModelReady(self, request, context):  # noqa: N802
+        async def ready():
+            repository.described(
+                self.gateway, metadata_of(context), request.name, request.version or None
+            )
+            return pb.ModelReadyResponse(ready=True)
+
+        return await _answered(context, ready)
+
+    async def ModelMetadata(self, request, context):  # noqa: N802
+        async def metadata():
+            described = repository.model_metadata(
+                self.gateway, metadata_of(context), request.name, request.version or None
+            )
+            tensors = {
+                kind: [pb.ModelMetadataResponse.TensorMetadata(**t) for t in described[kind]]
+                for kind in ("inputs", "outputs")
+            }
+            return pb.ModelMetadataResponse(**{**described, **tensors})
+
+        return await _answered(context, metadata)
+
+    async def ModelConfig(self, request, context):  # noqa: N802
+        async def config():
+            described = repository.model_config(
+                self.gateway, metadata_of(context), request.name, request.version or None
+            )
+            tensors = {
+                kind: [
+                    message(**{**t, "data_type": pb.DataType.Value(t["data_type"])})
+                    for t in described[kind]
+                ]
+                for kind, message in (("input", pb.ModelInput), ("output", pb.ModelOutput))
+            }
+            return pb.ModelConfigResponse(config=pb.ModelConfig(**{**described, **tensors}))
+
+        return await _answered(context, config)
+
+    async def RepositoryIndex(self, request, context):  # noqa: N802
+        index = repository.repository_index(self.gateway, metadata_of(context))
+        models = [pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in index]
+        return pb.RepositoryIndexResponse(models=models)
+
+    async def ModelInfer(self, request, context):  # noqa: N802
+        gateway = self.gateway
+        admission = gateway.admission
+        if not admission.admit():
+            await self._refuse(context)
+        started = time.monotonic()
+        try:
+            return await _answered(context, lambda: self._infer(request, context))
+        finally:
+            admission.done(time.monotonic() - started)
+
+    async def _infer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        async def read(table: EndpointTable):
+            return decode_infer_request(request)
+
+        call = Call(
+            request.model_name,
+            "grpc",
+            metadata_of(context),
+            read,
+            pin_version=request.model_version or None,
+        )
+        answer = await self.gateway.predict(call)
+        context.set_trailing_metadata(tuple(answer.headers().items()))
+        return encode_infer_response(
+            answer.route.endpoint,
+            answer.route.model.card.version,
+            answer.decoded,
+            answer.outputs,
+            answer.request_id,
+        )
+
+    async def _refuse(self, context) -> None:
+        """As the HTTP gate refuses: held a moment, then RESOURCE_EXHAUSTED with Retry-After."""
+        admission = self.gateway.admission
+        self.gateway.metrics.shed.labels("grpc_infer", "overload").inc()
+        admission.held += 1
+        try:
+            await asyncio.sleep(admission.hold_s())
+        finally:
+            admission.held -= 1
+        retry = admission.retry_after_s()
+        error = Overloaded(f"the gateway is overloaded: retry after {retry} s (nothing was done)")
+        trailing = (("retry-after", str(retry)), ("x-gateway-worker", WORKER))
+        await context.abort(STATUS[error.status], error.message, trailing_metadata=trailing)
+
+
+def _options(gateway: Gateway) -> list[tuple[str, int]]:
+    limit = gateway.config.limits.max_body_bytes
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", max(limit, SEND_LIMIT_BYTES)),
+        ("grpc.so_reuseport", 1),  # every worker binds the port; the kernel spreads connections
+    ]
+
+
+@contextlib.asynccontextmanager
+async def grpc_server(gateway: Gateway, host: str, port: int) -> AsyncIterator[grpc.aio.Server]:
+    """The worker's gRPC server on ``host:port`` while the context lasts."""
+    server = grpc.aio.server(options=_options(gateway))
+    rpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(gateway), server)
+    server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    log.info("gRPC (Open Inference Protocol) on %s:%d", host, port)
+    try:
+        yield server
+    finally:
+        await server.stop(grace=1.0)
