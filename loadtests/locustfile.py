@@ -8,6 +8,11 @@ thinks (50-500 ms); the ground truth of its answers arrives later (1-5 s), in ba
 ``POST /feedback``, as a labelling pipeline would send it. Rows come from scikit-learn's bundled
 breast-cancer data (the demo's ``cancer`` endpoint; ``GATEWAY_ENDPOINT`` to change it).
 ``GATEWAY_SHAPE=step`` or ``drift`` adds a load shape (loadtests/shapes.py).
+
+``GATEWAY_GRPC=127.0.0.1:3002`` (the gateway's ``server.grpc_port``) adds users that call the
+Open Inference Protocol over gRPC with tritonclient.grpc (one in four users), timed and reported
+the way Locust's documentation shows for custom clients (``events.request``), under the name
+``grpc ModelInfer``.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ def sample() -> tuple[list[float], str]:
 
 
 class GatewayClient(FastHttpUser):
+    weight = 3
     wait_time = between(0.05, 0.5)
 
     def on_start(self) -> None:
@@ -96,3 +102,45 @@ class GatewayClient(FastHttpUser):
         ) as answer:
             if answer.status_code != 200:
                 answer.failure(f"{answer.status_code}: {answer.text[:200]}")
+
+
+if os.environ.get("GATEWAY_GRPC"):
+    import grpc.experimental.gevent as grpc_gevent  # noqa: E402
+    import numpy as np  # noqa: E402
+    import tritonclient.grpc as triton_grpc  # noqa: E402
+    from locust import User  # noqa: E402
+
+    grpc_gevent.init_gevent()  # grpc's own threads made to cooperate with Locust's greenlets
+
+    class GrpcGatewayClient(User):
+        """A client of the gateway's gRPC port: sticky id in the metadata, one row per call."""
+
+        weight = 1
+        wait_time = between(0.05, 0.5)
+
+        def on_start(self) -> None:
+            self.user_id = f"user-{uuid.uuid4().hex[:12]}"
+            self.client = triton_grpc.InferenceServerClient(os.environ["GATEWAY_GRPC"])
+
+        def on_stop(self) -> None:
+            self.client.close()
+
+        @task
+        def predict_grpc(self) -> None:
+            row, _ = sample()
+            tensor = triton_grpc.InferInput("X", [1, len(row)], "FP32")
+            tensor.set_data_from_numpy(np.asarray([row], dtype=np.float32))
+            started, failure, size = time.perf_counter(), None, 0
+            try:
+                result = self.client.infer(ENDPOINT, [tensor], headers={"x-user-id": self.user_id})
+                size = result.get_response().ByteSize()
+            except Exception as error:  # reported to Locust as the call's failure
+                failure = error
+            self.environment.events.request.fire(
+                request_type="grpc",
+                name="grpc ModelInfer",
+                response_time=(time.perf_counter() - started) * 1000,
+                response_length=size,
+                exception=failure,
+                context={},
+            )

@@ -50,26 +50,29 @@ def locust(url: str, out: Path, seconds: int, env: dict | None = None) -> dict[s
 @pytest.fixture(scope="module")
 def served(demo_models, tmp_path_factory):
     directory = tmp_path_factory.mktemp("locust")
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     config = write_config(
         directory / "gateway.yaml",
+        server={"grpc_port": grpc_port},
         data_dir=str(directory / "data"),
         monitor=local_monitor(port, flush_interval_ms=100),
     )
     with running_server(config, port=port, service=MONITOR_SERVICE), running_server(config) as url:
-        yield url, directory
+        yield url, directory, f"127.0.0.1:{grpc_port}"
 
 
 def test_a_short_locust_run_has_zero_failures(served):
-    url, directory = served
-    rows = locust(url, directory, seconds=10)
+    """HTTP users and, behind GATEWAY_GRPC, gRPC users in the same run."""
+    url, directory, grpc_address = served
+    rows = locust(url, directory, seconds=10, env={"GATEWAY_GRPC": grpc_address})
     total = rows["Aggregated"]
     assert int(total["Request Count"]) > 50 and int(total["Failure Count"]) == 0, total
-    assert {"/predict", "/v2/models/infer", "/feedback"} <= set(rows)
+    assert {"/predict", "/v2/models/infer", "/feedback", "grpc ModelInfer"} <= set(rows)
+    assert int(rows["grpc ModelInfer"]["Request Count"]) > 5
 
 
 def test_the_drift_shape_runs_to_its_end_with_zero_failures(served, tmp_path):
-    url, _ = served
+    url, _, _ = served
     rows = locust(
         url,
         tmp_path,

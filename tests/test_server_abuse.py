@@ -40,6 +40,7 @@ def demo(demo_models, tmp_path_factory):
     config = demo_config(port)
     config.pop("access")  # the product's defaults, not the demo's anonymous metrics
     config.pop("secrets")  # tokens from the environment
+    config["server"]["grpc_port"] = free_port()
     config.update(model_store=str(STORE_ROOT / "bentoml"), data_dir=str(directory / "data"))
     v1 = demo_models["cancer:v1"]
     registry.add_model(v1.onnx_path, "cancer", v1.reference_path, version="v3-shadow")

@@ -46,13 +46,15 @@ DEMO_CONFIG = {
 
 
 def demo_config(monitor_port: int) -> dict:
-    """The demo's gateway.yaml: the monitoring canary plus the two rollout endpoints."""
+    """The demo's gateway.yaml: the monitoring canary plus the two rollout endpoints; gRPC on the
+    port after the monitor's (the gateway's port + 2)."""
     from service.demo.rollouts import rollout_endpoints
 
     monitor = {"url": f"http://127.0.0.1:{monitor_port}", "port": monitor_port, "interval_s": 5}
     endpoints = {**DEMO_CONFIG["endpoints"], **rollout_endpoints()}
     return {
         **DEMO_CONFIG,
+        "server": {**DEMO_CONFIG["server"], "grpc_port": monitor_port + 1},
         "monitor": monitor,
         "secrets": SECRET_FILES,
         "access": {"metrics": "anonymous"},  # loopback only: a local Prometheus scrapes it
@@ -102,6 +104,7 @@ def run_demo(home: Path, port: int, *, serve_only: bool, requests: int) -> int:
             running_server(config_path, port) as base_url,
         ):
             print(f"gateway ready at {base_url}, monitor at {monitor_url} (config {config_path})")
+            print(f"gRPC (Open Inference Protocol) at 127.0.0.1:{port + 2}")
             print(
                 f"admin token: {home / SECRET_FILES['admin_token_file']} "
                 f"(or GATEWAY_ADMIN_TOKEN); monitor token: "
