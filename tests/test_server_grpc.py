@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import aiohttp
 import grpc
@@ -19,7 +20,15 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from service.launch import MONITOR_SERVICE, free_port, running_server
-from tests.helpers import ADMIN_AUTH, ADMIN_ENV, METRICS_AUTH, ROW, local_monitor, write_config
+from tests.helpers import (
+    ADMIN_AUTH,
+    ADMIN_ENV,
+    METRICS_AUTH,
+    MONITOR_AUTH,
+    ROW,
+    local_monitor,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 ROWS = np.array([ROW, [v * 1.5 for v in ROW], [v * 0.5 for v in ROW]], dtype=np.float32)
@@ -60,7 +69,7 @@ def servers(demo_models, tmp_path_factory):
         ),
         running_server(config, env=ADMIN_ENV, log_path=directory / "g.log") as url,
     ):
-        yield url, f"127.0.0.1:{grpc_port}"
+        yield url, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{monitor_port}"
 
 
 def infer_input(rows: np.ndarray, name: str = "X", datatype: str = "FP32") -> grpcclient.InferInput:
@@ -86,7 +95,7 @@ def rest_infer(url: str, endpoint: str, rows: np.ndarray, headers: dict | None =
 
 
 def test_health_metadata_index_and_config(servers):
-    _, address = servers
+    _, address, _ = servers
     client = grpcclient.InferenceServerClient(address)
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("cancer") and client.is_model_ready("cancer", "v1")
@@ -112,7 +121,7 @@ def test_health_metadata_index_and_config(servers):
 
 
 def test_raw_infer_equals_rest_and_pins_follow_the_version(servers):
-    url, address = servers
+    url, address, _ = servers
     client = grpcclient.InferenceServerClient(address)
     outputs = [
         grpcclient.InferRequestedOutput("label"),
@@ -147,7 +156,7 @@ def test_raw_infer_equals_rest_and_pins_follow_the_version(servers):
 
 
 def test_typed_contents_in_and_out(servers):
-    url, address = servers
+    url, address, _ = servers
     with grpc.insecure_channel(address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         request = service_pb2.ModelInferRequest(model_name="cancer", id="my-id")
@@ -177,7 +186,7 @@ def _typed_request(**changes) -> service_pb2.ModelInferRequest:
 
 
 def test_bad_input_is_invalid_argument_or_not_found_never_internal(servers):
-    _, address = servers
+    _, address, _ = servers
     client = grpcclient.InferenceServerClient(address)
     cases = [
         (
@@ -267,7 +276,7 @@ def _raw_request(*blobs: bytes) -> service_pb2.ModelInferRequest:
 
 
 async def test_both_protocols_at_once_on_one_server_counted_apart(servers):
-    url, address = servers
+    url, address, monitor_url = servers
 
     async def metric_total(session) -> dict[str, float]:
         async with session.get(f"{url}/metrics", headers=METRICS_AUTH) as answer:
@@ -308,4 +317,15 @@ async def test_both_protocols_at_once_on_one_server_counted_apart(servers):
         after = await metric_total(session)
     assert after.get("grpc", 0) - before.get("grpc", 0) == 96
     assert after.get("plain", 0) - before.get("plain", 0) == 96
+    # gRPC answers are recorded for the monitor like any other (rollouts and drift see them)
+    deadline = time.monotonic() + 10
+    async with aiohttp.ClientSession(headers=MONITOR_AUTH) as session:
+        while time.monotonic() < deadline:
+            async with session.get(f"{monitor_url}/summary") as answer:
+                variants = (await answer.json())["variants"]
+            if sum(v["records"] for v in variants if v["endpoint"] == "diabetes") >= 192:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the monitor did not get a record of every gRPC and REST answer")
     assert json.dumps(after)  # both protocols kept serving
