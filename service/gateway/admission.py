@@ -12,6 +12,7 @@ accepted requests. ``Retry-After`` is the time the current backlog takes to drai
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -85,6 +86,16 @@ class Admission:
             self.limit = min(self.max_limit, self.limit + max(1.0, math.sqrt(self.limit)))
         self._latencies, self._window_start, self._limited = [], now, False
         self.on_limit(self.limit)
+
+    async def hold_refused(self) -> int:
+        """Hold a refused caller for ``hold_s`` (so callers that retry at once cannot make
+        refusals the worker's main job), then the ``Retry-After`` to answer it with."""
+        self.held += 1
+        try:
+            await asyncio.sleep(self.hold_s())
+        finally:
+            self.held -= 1
+        return self.retry_after_s()
 
     def hold_s(self) -> float:
         """How long to hold a refusal: enough that refusals cost at most ``max_refusals_per_s``."""

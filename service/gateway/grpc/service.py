@@ -167,14 +167,8 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):
 
     async def _refuse(self, context) -> None:
         """As the HTTP gate refuses: held a moment, then RESOURCE_EXHAUSTED with Retry-After."""
-        admission = self.gateway.admission
         self.gateway.metrics.shed.labels("grpc_infer", "overload").inc()
-        admission.held += 1
-        try:
-            await asyncio.sleep(admission.hold_s())
-        finally:
-            admission.held -= 1
-        retry = admission.retry_after_s()
+        retry = await self.gateway.admission.hold_refused()
         error = Overloaded(f"the gateway is overloaded: retry after {retry} s (nothing was done)")
         trailing = (("retry-after", str(retry)), ("x-gateway-worker", WORKER))
         await context.abort(STATUS[error.status], error.message, trailing_metadata=trailing)

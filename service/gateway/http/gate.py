@@ -13,7 +13,6 @@ Everything else goes to BentoML's app as before, so ``bentoml serve`` and its ro
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -98,12 +97,7 @@ class PredictionGate:
 
     async def _refuse(self, admission: Admission, route: str, send: Callable) -> None:
         self.refused(route)
-        admission.held += 1
-        try:
-            await asyncio.sleep(admission.hold_s())
-        finally:
-            admission.held -= 1
-        retry = admission.retry_after_s()
+        retry = await admission.hold_refused()
         body = msgspec.json.encode(
             {"error": f"the gateway is overloaded: retry after {retry} s (nothing was done)"}
         )
