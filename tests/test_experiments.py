@@ -9,13 +9,14 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import special, stats
 from statsmodels.stats.multitest import multipletests
 
 from monitors.experiments import (
     INCONCLUSIVE,
     NO_SHIP,
     SHIP,
+    SRM_PRIOR_UNITS,
     Design,
     MetricSpec,
     UnitTotals,
@@ -23,6 +24,7 @@ from monitors.experiments import (
     readout,
     sample_ratio,
     sequence_multiplier,
+    sequential_srm_p_value,
     summarize,
 )
 
@@ -88,18 +90,28 @@ def test_benjamini_hochberg_matches_statsmodels():
     assert [r.p_adjusted for r in arm.results] == pytest.approx(list(expected))
 
 
-def test_sample_ratio_is_pearsons_chi_square():
+def test_sample_ratio_gives_pearsons_chi_square_and_the_dirichlet_multinomial_factor():
     ratio = sample_ratio({"a": 5100, "b": 4900}, {"a": 50, "b": 50}, 0.001)
-    assert ratio.p_value == pytest.approx(stats.chisquare([5100, 4900]).pvalue)
+    assert ratio.chi_square_p_value == pytest.approx(stats.chisquare([5100, 4900]).pvalue)
     assert not ratio.flagged
     skewed = sample_ratio({"a": 2000, "b": 8100}, {"a": 20, "b": 80}, 0.001)
     expected = stats.chisquare([2000, 8100], [0.2 * 10100, 0.8 * 10100]).pvalue
-    assert skewed.p_value == pytest.approx(expected)
+    assert skewed.chi_square_p_value == pytest.approx(expected)
+    # two arms: the Bayes factor of a Beta(k p, k (1 - p)) mixture against the point null
+    k, n_a, n_b = SRM_PRIOR_UNITS, 2000, 8100
+    log_factor = (
+        special.betaln(k * 0.2 + n_a, k * 0.8 + n_b)
+        - special.betaln(k * 0.2, k * 0.8)
+        - n_a * math.log(0.2)
+        - n_b * math.log(0.8)
+    )
+    assert skewed.p_value == pytest.approx(min(1.0, math.exp(-log_factor)))
+    assert sequential_srm_p_value([50, 50], [0.5, 0.5]) == 1.0
 
 
 def test_a_three_percent_exposure_loss_fires_srm_and_balanced_traffic_does_not():
     rng = np.random.default_rng(4)
-    users = 200_000  # at 100,000 the test has about 95% power; here all but certainly
+    users = 300_000  # the always-valid test needs more units than one chi-square: ~99.6% at 200,000
     fired_on_loss, fired_on_balance = 0, 0
     for _ in range(200):
         arm_b = rng.random(users) < 0.5
@@ -114,6 +126,26 @@ def test_a_three_percent_exposure_loss_fires_srm_and_balanced_traffic_does_not()
 
 
 WEIGHTS = {"a": 50.0, "b": 50.0}
+
+
+def test_the_sample_ratio_flag_keeps_its_level_however_often_it_is_looked_at():
+    """1,000 balanced experiments looked at every 100 units for 300 looks: the always-valid flag
+    fires in at most 0.1% of them, where Pearson's chi-square at p < 0.001 fires in several
+    times that (its level holds for one look only)."""
+    rng = np.random.default_rng(15)
+    looks, per = 300, 100
+    arm_a = np.cumsum(rng.binomial(per, 0.5, (1000, looks)), axis=1)
+    n = np.arange(1, looks + 1) * per
+    sequential = [
+        any(
+            sequential_srm_p_value([int(a), int(t - a)], [0.5, 0.5]) < 0.001 for a, t in zip(row, n)
+        )
+        for row in arm_a
+    ]
+    z = (arm_a - n / 2) / np.sqrt(n / 4)
+    chi_square = (2 * stats.norm.sf(np.abs(z)) < 0.001).any(axis=1)
+    assert np.mean(sequential) <= 0.001
+    assert np.mean(chi_square) > 3 * max(np.mean(sequential), 0.001)
 
 
 def _peeking_false_positives(

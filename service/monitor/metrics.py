@@ -142,7 +142,7 @@ class MonitorMetrics:
         )
         self.experiment_srm_p_value = Gauge(
             "gateway_experiment_srm_p_value",
-            "Sample-ratio-mismatch chi-square p-value of units per arm against the weights the "
+            "Always-valid sample-ratio-mismatch p-value of units per arm against the weights the "
             "experiment started with (below 0.001: the assignment is broken).",
             ["endpoint"],
             **mode,
