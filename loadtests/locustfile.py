@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from locust import FastHttpUser, between, task  # noqa: E402
+from locust import FastHttpUser, between, events, task  # noqa: E402
 from sklearn.datasets import load_breast_cancer  # noqa: E402
 
 import loadtests.drift as drift  # noqa: E402
@@ -111,6 +111,14 @@ if os.environ.get("GATEWAY_GRPC"):
     from locust import User  # noqa: E402
 
     grpc_gevent.init_gevent()  # grpc's own threads made to cooperate with Locust's greenlets
+    CLIENTS: list = []
+
+    @events.quitting.add_listener
+    def _close_grpc_clients(environment, **kwargs) -> None:
+        """Close every channel from the main greenlet before Locust exits: a channel left open,
+        or closed from a user's greenlet as it is killed, can hang the process at exit."""
+        for client in CLIENTS:
+            client.close()
 
     class GrpcGatewayClient(User):
         """A client of the gateway's gRPC port: sticky id in the metadata, one row per call."""
@@ -121,9 +129,7 @@ if os.environ.get("GATEWAY_GRPC"):
         def on_start(self) -> None:
             self.user_id = f"user-{uuid.uuid4().hex[:12]}"
             self.client = triton_grpc.InferenceServerClient(os.environ["GATEWAY_GRPC"])
-
-        def on_stop(self) -> None:
-            self.client.close()
+            CLIENTS.append(self.client)
 
         @task
         def predict_grpc(self) -> None:
