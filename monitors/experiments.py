@@ -242,13 +242,12 @@ def sample_ratio(
     arms = list(weights)
     total_weight = sum(weights.values())
     shares = {arm: weights[arm] / total_weight for arm in arms}
-    observed = np.array([units.get(arm, 0) for arm in arms], dtype=float)
-    total = observed.sum()
+    counts = [units.get(arm, 0) for arm in arms]
+    total = sum(counts)
     if total == 0 or len(arms) < 2:
         return SampleRatio(dict(units), shares, 1.0, 1.0, False)
-    expected = np.array([shares[arm] * total for arm in arms])
-    chi_square = float(stats.chisquare(observed, expected).pvalue)
-    counts = [units.get(arm, 0) for arm in arms]
+    expected = [shares[arm] * total for arm in arms]
+    chi_square = float(stats.chisquare(counts, expected).pvalue)
     p_value = sequential_srm_p_value(counts, [shares[arm] for arm in arms])
     return SampleRatio(dict(units), shares, p_value, chi_square, p_value < alpha)
 

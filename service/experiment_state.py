@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from traffic.store import StateStore
+
 Status = Literal["running", "stopped"]
 RUNNING: Status = "running"
 """Started and not stopped: its window grows with every request."""
@@ -33,3 +35,9 @@ class ExperimentState:
     @classmethod
     def from_dict(cls, data: Mapping) -> ExperimentState:
         return cls(**data)
+
+
+def load_state(store: StateStore, endpoint: str) -> tuple[int, ExperimentState | None]:
+    """(revision, state) of the endpoint's experiment; (0, None) before it was first started."""
+    found = store.load_experiment(endpoint)
+    return (found[0], ExperimentState.from_dict(found[1])) if found else (0, None)

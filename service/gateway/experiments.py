@@ -18,7 +18,7 @@ import anyio
 
 from service.config import ExperimentConfig
 from service.errors import Conflict, NotFound
-from service.experiment_state import RUNNING, STOPPED, ExperimentState
+from service.experiment_state import RUNNING, STOPPED, ExperimentState, load_state
 from service.gateway.process import Gateway
 from traffic.store import VersionConflict, audit_entry
 
@@ -39,8 +39,7 @@ def arm_weights(gateway: Gateway, endpoint: str, experiment: ExperimentConfig) -
 
 
 async def _load(gateway: Gateway, endpoint: str) -> tuple[int, ExperimentState | None]:
-    found = await anyio.to_thread.run_sync(gateway.routing.store.load_experiment, endpoint)
-    return (found[0], ExperimentState.from_dict(found[1])) if found else (0, None)
+    return await anyio.to_thread.run_sync(load_state, gateway.routing.store, endpoint)
 
 
 async def _save(

@@ -10,7 +10,6 @@ draw), and each unit (the digest of a routing key, or a request without one) cou
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 
@@ -21,11 +20,10 @@ from monitors.reports import ReportArchive, ReportSummary
 from monitors.store import MonitorStore
 from service.config import ExperimentConfig, GatewayConfig
 from service.errors import NotFound
-from service.experiment_state import RUNNING, ExperimentState
+from service.experiment_state import RUNNING, ExperimentState, load_state
 from service.monitor.metrics import MonitorMetrics
 from traffic.store import StateStore
 
-log = logging.getLogger("gateway.experiments")
 VERDICTS = ("ship", "no_ship", "inconclusive")
 
 
@@ -53,8 +51,7 @@ class ExperimentReadouts:
         self._saved_at: dict[str, float] = {}
 
     def state(self, endpoint: str) -> ExperimentState | None:
-        found = self.state_store.load_experiment(endpoint)
-        return ExperimentState.from_dict(found[1]) if found else None
+        return load_state(self.state_store, endpoint)[1]
 
     def describe(self, endpoint: str, now: float | None = None) -> dict:
         """The experiment's state and, once started, its whole readout (JSON-ready)."""

@@ -14,7 +14,6 @@ INTERNAL, logged with its traceback: nothing a caller sends becomes INTERNAL.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -66,10 +65,6 @@ async def _answered(context: grpc.aio.ServicerContext, work: Callable[[], Awaita
         trailing = tuple((k.lower(), str(v)) for k, v in error.headers.items())
         code = STATUS.get(error.status, grpc.StatusCode.INTERNAL)
         await context.abort(code, error.message, trailing_metadata=trailing)
-    except asyncio.CancelledError:
-        raise
-    except grpc.aio.AbortError:
-        raise
     except Exception:
         log.exception("unhandled error in a gRPC call")
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
