@@ -67,7 +67,7 @@ def best_of_three(work) -> tuple[float, object]:
 def measure(requests: int) -> dict:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as directory:
-        store = MonitorStore(Path(directory) / "monitor.sqlite3")
+        store = MonitorStore.open_sqlite(Path(directory) / "monitor.sqlite3")
         fill(store, requests, rng)
         until = 1000.0 + requests
         summing_s, totals = best_of_three(

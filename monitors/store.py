@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
 
@@ -26,43 +24,52 @@ import msgspec
 import pandas as pd
 
 from monitors.records import PredictionRecord
-from storage.sqlite import SQLiteFile
+from storage.database import Database, Dialect, Session
+from storage.schema import Schema, installed_version, upgrade
+from storage.sqlite import SQLiteDatabase
 
-SCHEMA = """
+SCHEMA = Schema(
+    "monitor",
+    [
+        """
 CREATE TABLE IF NOT EXISTS predictions (
-    request_id TEXT PRIMARY KEY,
-    at REAL NOT NULL,
+    request_id {key_text} PRIMARY KEY,
+    at DOUBLE PRECISION NOT NULL,
     endpoint TEXT NOT NULL,
     variant TEXT NOT NULL,
     model TEXT NOT NULL,
     predictions TEXT NOT NULL,
     inputs TEXT,
     shadow TEXT NOT NULL,
-    latency_s REAL NOT NULL,
+    latency_s DOUBLE PRECISION NOT NULL,
     outcome TEXT NOT NULL,
     correlation_id TEXT,
     pinned INTEGER NOT NULL DEFAULT 0,
-    unit TEXT
+    unit {key_text}
 );
 CREATE INDEX IF NOT EXISTS predictions_by_variant ON predictions (endpoint, variant, at);
 CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (at);
 CREATE TABLE IF NOT EXISTS labels (
-    request_id TEXT PRIMARY KEY,
+    request_id {key_text} PRIMARY KEY,
     label TEXT NOT NULL,
-    received_at REAL NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL,
     pending INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS labels_pending ON labels (received_at) WHERE pending = 1;
 CREATE TABLE IF NOT EXISTS rewards (
-    request_id TEXT NOT NULL,
+    request_id {key_text} NOT NULL,
     metric TEXT NOT NULL,
-    value REAL NOT NULL,
-    received_at REAL NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL,
     pending INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (request_id, metric)
 );
-CREATE INDEX IF NOT EXISTS rewards_pending ON rewards (received_at) WHERE pending = 1;
+CREATE INDEX IF NOT EXISTS rewards_pending ON rewards (received_at) WHERE pending = 1
 """
+    ],
+)
+"""Version 1 is the layout from before schemas were versioned (``IF NOT EXISTS``: a file of that
+time is adopted once ``_adopt_unversioned_sqlite`` brought its columns up to it)."""
 
 RECORD_COLUMNS = (
     "request_id",
@@ -87,7 +94,7 @@ ADDED_COLUMNS = {
     },
     "labels": {"pending": "INTEGER NOT NULL DEFAULT 0"},
 }
-"""Columns newer than the first layout, added in place to an older file."""
+"""Columns added in place to SQLite files older than versioned schemas."""
 PAGE_BYTES = 4096
 BUSY_TIMEOUT_S = 10.0
 """How long a statement waits for another thread's write lock before it fails."""
@@ -107,60 +114,29 @@ class LabelOutcome(str, Enum):
     """A reward that came after its experiment's join window: not stored."""
 
 
-class StoreFull(RuntimeError):
-    """The write did not fit (the disk or the configured cap is full); nothing was written."""
-
-
 class TooManyPending(RuntimeError):
     """Storing these labels would hold more labels without a prediction than allowed; nothing
     was written."""
 
 
 class MonitorStore:
-    """Records and labels in one SQLite file (WAL); safe to use from several threads."""
+    """Records, labels and rewards in a SQL database; safe to use from several threads, and from
+    several monitor processes at once (on PostgreSQL, one per machine)."""
 
-    def __init__(self, path: Path, max_bytes: int | None = None) -> None:
-        """``max_bytes``: a cap on the file (SQLite's ``max_page_count``); writes past it raise
-        ``StoreFull`` as a full disk would."""
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        if db.dialect.name == "sqlite" and installed_version(db, SCHEMA.component) == 0:
+            _adopt_unversioned_sqlite(db)
+        upgrade(db, SCHEMA)
+        self._labeled_rows = _labeled_rows(db.dialect)
+        self._label_fits = _label_fits(db.dialect)
+
+    @classmethod
+    def open_sqlite(cls, path: Path, max_bytes: int | None = None) -> MonitorStore:
+        """The embedded store: one SQLite file. ``max_bytes``: a cap on the file (SQLite's
+        ``max_page_count``); writes past it raise ``StoreFull`` as a full disk would."""
         cap = [] if max_bytes is None else [f"max_page_count={max(1, max_bytes // PAGE_BYTES)}"]
-        self._file = SQLiteFile(path, BUSY_TIMEOUT_S, cap)
-        db = self._db()
-        columns = {row[1] for row in db.execute("PRAGMA table_info(predictions)")}
-        if columns and not columns >= set(RECORD_COLUMNS) - set(ADDED_COLUMNS["predictions"]):
-            # a layout from before records named their model: set it aside, keep the labels
-            db.execute(f"ALTER TABLE predictions RENAME TO predictions_before_{int(time.time())}")
-            db.execute("DROP INDEX IF EXISTS predictions_by_variant")
-            db.execute("DROP INDEX IF EXISTS predictions_by_time")
-        for table, added in ADDED_COLUMNS.items():
-            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-            for column, kind in added.items():
-                if columns and column not in columns:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        db.executescript(SCHEMA)
-
-    def _db(self) -> sqlite3.Connection:
-        return self._file.connection()
-
-    @contextmanager
-    def _transaction(self, durable: bool) -> Iterator[sqlite3.Connection]:
-        """One write transaction. ``durable``: its commit is on disk (fsync) before it returns,
-        which labels need (acknowledged means kept). Records are telemetry: their commits survive
-        a crash of the monitor but may be lost with the machine's power, and skip the fsync."""
-        db = self._db()
-        db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # SQLite has rolled back by itself on some errors
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.OperationalError as error:
-            if "full" in str(error):
-                raise StoreFull(f"the monitor's database is full: {error}") from None
-            raise
+        return cls(SQLiteDatabase(path, BUSY_TIMEOUT_S, cap))
 
     def add_records(self, records: Iterable[PredictionRecord]) -> int:
         """Store records (a record seen before is ignored); returns how many were new."""
@@ -183,19 +159,20 @@ class MonitorStore:
             )
             for r in records
         ]
-        with self._transaction(durable=False) as db:
-            before = db.total_changes
-            db.executemany(
-                f"INSERT OR IGNORE INTO predictions ({', '.join(RECORD_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(RECORD_COLUMNS))})",
+        with self.db.transaction(durable=False) as session:
+            stored = session.run_many(
+                f"INSERT INTO predictions ({', '.join(RECORD_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(RECORD_COLUMNS))}) ON CONFLICT DO NOTHING",
                 rows,
             )
-            stored = db.total_changes - before
-            ids = [(row[0],) for row in rows]
+            ids = [row[0] for row in rows]
             for table in ("labels", "rewards"):
-                db.executemany(
-                    f"UPDATE {table} SET pending = 0 WHERE pending = 1 AND request_id = ?", ids
-                )
+                for chunk in _chunks(ids):
+                    session.run(
+                        f"UPDATE {table} SET pending = 0 WHERE pending = 1 "
+                        f"AND request_id IN ({_marks(chunk)})",
+                        chunk,
+                    )
             return stored
 
     def add_label(self, request_id: str, label: object) -> LabelOutcome:
@@ -214,9 +191,11 @@ class MonitorStore:
         labels = [(request_id, json.dumps(label, sort_keys=True)) for request_id, label in labels]
         ids = [request_id for request_id, _ in labels]
         outcomes, now = [], time.time()
-        with self._transaction(durable=True) as db:
-            stored = dict(_in_chunks(db, "SELECT request_id, label FROM labels", ids))
-            answered = {i for (i,) in _in_chunks(db, "SELECT request_id FROM predictions", ids)}
+        with self.db.transaction(durable=True, lock=FEEDBACK_LOCK) as session:
+            stored = dict(_in_chunks(session, "SELECT request_id, label FROM labels", ids))
+            answered = {
+                i for (i,) in _in_chunks(session, "SELECT request_id FROM predictions", ids)
+            }
             new: dict[str, tuple] = {}
             for request_id, text in labels:
                 earlier = stored.get(request_id) or (
@@ -230,9 +209,12 @@ class MonitorStore:
                 outcomes.append(LabelOutcome.STORED)
             if max_pending is not None:
                 waiting = sum(row[3] for row in new.values())
-                if waiting and self.pending_labels() + waiting > max_pending:
+                if waiting and _pending(session, "labels") + waiting > max_pending:
                     raise TooManyPending(f"{max_pending} labels already wait for their predictions")
-            db.executemany("INSERT INTO labels VALUES (?,?,?,?)", list(new.values()))
+            session.run_many(
+                "INSERT INTO labels (request_id, label, received_at, pending) VALUES (?,?,?,?)",
+                [(i, label, at, int(pending)) for i, label, at, pending in new.values()],
+            )
         return outcomes
 
     def add_rewards(
@@ -246,14 +228,14 @@ class MonitorStore:
         rewards = [(i, metric, float(value), window) for i, metric, value, window in rewards]
         ids = sorted({reward[0] for reward in rewards})
         outcomes, now = [], time.time()
-        with self._transaction(durable=True) as db:
+        with self.db.transaction(durable=True, lock=FEEDBACK_LOCK) as session:
             stored = {
                 (i, metric): value
                 for i, metric, value in _in_chunks(
-                    db, "SELECT request_id, metric, value FROM rewards", ids
+                    session, "SELECT request_id, metric, value FROM rewards", ids
                 )
             }
-            answered_at = dict(_in_chunks(db, "SELECT request_id, at FROM predictions", ids))
+            answered_at = dict(_in_chunks(session, "SELECT request_id, at FROM predictions", ids))
             new: dict[tuple[str, str], tuple] = {}
             for request_id, metric, value, join_window_s in rewards:
                 earlier = stored.get((request_id, metric))
@@ -270,16 +252,20 @@ class MonitorStore:
                     outcomes.append(LabelOutcome.STORED)
             if max_pending is not None:
                 waiting = sum(row[4] for row in new.values())
-                if waiting and self.pending_rewards() + waiting > max_pending:
+                if waiting and _pending(session, "rewards") + waiting > max_pending:
                     raise TooManyPending(
                         f"{max_pending} rewards already wait for their predictions"
                     )
-            db.executemany("INSERT INTO rewards VALUES (?,?,?,?,?)", list(new.values()))
+            session.run_many(
+                "INSERT INTO rewards (request_id, metric, value, received_at, pending) "
+                "VALUES (?,?,?,?,?)",
+                [(*row[:4], int(row[4])) for row in new.values()],
+            )
         return outcomes
 
     def pending_rewards(self) -> int:
         """Rewards held for a prediction that has not arrived (yet)."""
-        return self._db().execute("SELECT COUNT(*) FROM rewards WHERE pending = 1").fetchone()[0]
+        return _pending(self.db, "rewards")
 
     def unit_totals(
         self,
@@ -296,7 +282,7 @@ class MonitorStore:
         values. ``rewards``: metric -> the value a request without a reward counts as (None: it
         does not count); ``by_request``: every request is its own unit. Summed in the database;
         one row per unit comes back."""
-        marks = ",".join("?" * len(variants))
+        marks = _marks(variants)
         metrics = list(rewards)
         # each request's rewards as one row (a column per metric), from this endpoint's ids only
         # (ids start with "<endpoint>:"; ";" is the character after ":")
@@ -304,7 +290,8 @@ class MonitorStore:
             f", MAX(CASE WHEN metric = ? THEN value END) AS m{i}" for i in range(len(metrics))
         )
         reward_totals = "".join(
-            f", TOTAL(COALESCE(r.m{i}, ?)), COUNT(COALESCE(r.m{i}, ?))" for i in range(len(metrics))
+            f", {_sum(f'COALESCE(r.m{i}, ?)')}, COUNT(COALESCE(r.m{i}, ?))"
+            for i in range(len(metrics))
         )
         fills = [fill for metric in metrics for fill in (rewards[metric], rewards[metric])]
         joined = (
@@ -314,17 +301,14 @@ class MonitorStore:
             else ""
         )
         bounds = [f"{endpoint}:", f"{endpoint};"] if metrics else []
-        rows = (
-            self._db()
-            .execute(
-                f"SELECT p.variant, {_unit(by_request)} AS u, COUNT(*), "
-                "TOTAL(p.outcome != 'ok'), TOTAL(p.outcome = 'ok'), "
-                f"TOTAL(CASE WHEN p.outcome = 'ok' THEN p.latency_s END){reward_totals} "
-                f"FROM predictions p {joined}WHERE p.endpoint = ? AND p.at >= ? AND p.at < ? "
-                f"AND p.pinned = 0 AND p.variant IN ({marks}) GROUP BY p.variant, u",
-                (*fills, *metrics, *bounds, endpoint, since, until, *variants),
-            )
-            .fetchall()
+        failed, answered = _count("p.outcome != 'ok'"), _count("p.outcome = 'ok'")
+        latency = _sum("CASE WHEN p.outcome = 'ok' THEN p.latency_s END")
+        rows = self.db.query(
+            f"SELECT p.variant, {_unit(by_request)} AS u, COUNT(*), {failed}, {answered}, "
+            f"{latency}{reward_totals} "
+            f"FROM predictions p {joined}WHERE p.endpoint = ? AND p.at >= ? AND p.at < ? "
+            f"AND p.pinned = 0 AND p.variant IN ({marks}) GROUP BY p.variant, u",
+            (*fills, *metrics, *bounds, endpoint, since, until, *variants),
         )
         columns = ["variant", "unit", "requests", "failed", "answered", "latency_s"]
         for metric in rewards:
@@ -340,53 +324,49 @@ class MonitorStore:
         by_request: bool = False,
     ) -> pd.DataFrame:
         """Per variant and unit, as ``unit_totals``: labeled rows, and rows predicted right."""
-        marks = ",".join("?" * len(variants))
-        rows = (
-            self._db()
-            .execute(
-                f"SELECT p.variant, {_unit(by_request)} AS u, {_LABELED_TOTALS} "
-                f"{_LABELED_ROWS} WHERE p.endpoint = ? AND p.at >= ? AND p.at < ? "
-                f"AND p.pinned = 0 AND p.variant IN ({marks}) AND {_LABEL_FITS} "
-                "GROUP BY p.variant, u",
-                (endpoint, since, until, *variants),
-            )
-            .fetchall()
+        marks = _marks(variants)
+        rows = self.db.query(
+            f"SELECT p.variant, {_unit(by_request)} AS u, {_LABELED_TOTALS} "
+            f"{self._labeled_rows} WHERE p.endpoint = ? AND p.at >= ? AND p.at < ? "
+            f"AND p.pinned = 0 AND p.variant IN ({marks}) AND {self._label_fits} "
+            "GROUP BY p.variant, u",
+            (endpoint, since, until, *variants),
         )
         return pd.DataFrame(rows, columns=["variant", "unit", "labeled", "correct"])
 
     def answered(self, request_ids: Iterable[str]) -> dict[str, tuple[str, int]]:
         """Request id -> (model tag, rows answered) of the ids that have a successful record."""
         rows = _in_chunks(
-            self._db(),
-            "SELECT request_id, model, json_array_length(predictions) FROM predictions "
-            "WHERE outcome = 'ok' AND",
+            self.db,
+            f"SELECT request_id, model, {self.db.dialect.json_length.format('predictions')} "
+            "FROM predictions WHERE outcome = 'ok' AND",
             list(request_ids),
         )
         return {request_id: (model, count) for request_id, model, count in rows}
 
     def pending_labels(self) -> int:
         """Labels held for a prediction that has not arrived (yet)."""
-        return self._db().execute("SELECT COUNT(*) FROM labels WHERE pending = 1").fetchone()[0]
+        return _pending(self.db, "labels")
 
     def labeled(
         self, endpoint: str, variant: str, since: float = 0.0, max_rows: int = 1_000_000
     ) -> pd.DataFrame:
         """The newest labeled prediction rows (at most ``max_rows``), oldest first: request id,
         time, prediction, label."""
-        rows = self._db().execute(
+        table: list[tuple] = []
+        with self.db.stream(
             "SELECT p.request_id, p.at, p.predictions, l.label FROM predictions p "
             "JOIN labels l ON l.request_id = p.request_id "
             "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? ORDER BY p.at DESC",
             (endpoint, variant, since),
-        )
-        table: list[tuple] = []
-        for request_id, at, predictions, label in rows:
-            predictions = json.loads(predictions)
-            labels = _row_labels(label, len(predictions))
-            if labels is not None:
-                table += reversed([(request_id, at, p, y) for p, y in zip(predictions, labels)])
-            if len(table) >= max_rows:
-                break
+        ) as rows:
+            for request_id, at, predictions, label in rows:
+                predictions = json.loads(predictions)
+                labels = _row_labels(label, len(predictions))
+                if labels is not None:
+                    table += reversed([(request_id, at, p, y) for p, y in zip(predictions, labels)])
+                if len(table) >= max_rows:
+                    break
         table = table[:max_rows][::-1]
         return pd.DataFrame(table, columns=["request_id", "at", "prediction", "label"])
 
@@ -401,15 +381,11 @@ class MonitorStore:
         """(labeled rows, rows whose prediction equals the label) of records in [since,
         until), counted in the database (no row is loaded); a label that does not fit its
         request's rows is left out as it is in ``labeled``."""
-        row = (
-            self._db()
-            .execute(
-                f"SELECT {_LABELED_TOTALS} {_LABELED_ROWS} "
-                "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.at < ? "
-                f"AND (p.pinned = 0 OR ?) AND {_LABEL_FITS}",
-                (endpoint, variant, since, math.inf if until is None else until, include_pinned),
-            )
-            .fetchone()
+        (row,) = self.db.query(
+            f"SELECT {_LABELED_TOTALS} {self._labeled_rows} "
+            "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.at < ? "
+            f"AND (p.pinned = 0 OR ?) AND {self._label_fits}",
+            (endpoint, variant, since, math.inf if until is None else until, include_pinned),
         )
         return int(row[0]), int(row[1])
 
@@ -419,27 +395,27 @@ class MonitorStore:
         """The newest rows (at most ``max_rows``, oldest first) a shadow mirrored from this
         variant: request id, shadow, the primary's prediction, the shadow's, and the label (None
         until one joins)."""
-        rows = self._db().execute(
+        table: list[tuple] = []
+        with self.db.stream(
             "SELECT p.request_id, p.predictions, p.shadow, l.label FROM predictions p "
             "LEFT JOIN labels l ON l.request_id = p.request_id "
             "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.shadow != '{}' "
             "ORDER BY p.at DESC",
             (endpoint, variant, since),
-        )
-        table: list[tuple] = []
-        for request_id, predictions, shadows, label in rows:
-            predictions = json.loads(predictions)
-            labels = _row_labels(label, len(predictions)) or [None] * len(predictions)
-            request = []
-            for shadow, theirs in json.loads(shadows).items():
-                if len(theirs) == len(predictions):
-                    request += [
-                        (request_id, shadow, p, s, y)
-                        for p, s, y in zip(predictions, theirs, labels)
-                    ]
-            table += reversed(request)
-            if len(table) >= max_rows:
-                break
+        ) as rows:
+            for request_id, predictions, shadows, label in rows:
+                predictions = json.loads(predictions)
+                labels = _row_labels(label, len(predictions)) or [None] * len(predictions)
+                request = []
+                for shadow, theirs in json.loads(shadows).items():
+                    if len(theirs) == len(predictions):
+                        request += [
+                            (request_id, shadow, p, s, y)
+                            for p, s, y in zip(predictions, theirs, labels)
+                        ]
+                table += reversed(request)
+                if len(table) >= max_rows:
+                    break
         table = table[:max_rows][::-1]
         columns = ["request_id", "shadow", "prediction", "shadow_prediction", "label"]
         return pd.DataFrame(table, columns=columns)
@@ -458,24 +434,22 @@ class MonitorStore:
         invalid means answered with a NaN or infinite prediction (recorded as null); each
         threshold (seconds; None counts 0) counts answers slower than it. Pinned requests are
         left out unless ``include_pinned``."""
-        slower = "".join(", TOTAL(outcome = 'ok' AND latency_s > ?)" for _ in slower_than)
-        row = (
-            self._db()
-            .execute(
-                "SELECT COUNT(*), TOTAL(outcome != 'ok'), "
-                f"TOTAL(outcome = 'ok' AND instr(predictions, 'null') > 0){slower} "
-                "FROM predictions WHERE endpoint = ? AND variant = ? AND at >= ? AND at < ? "
-                "AND (pinned = 0 OR ?)",
-                (
-                    *(math.inf if t is None else t for t in slower_than),
-                    endpoint,
-                    variant,
-                    since,
-                    math.inf if until is None else until,
-                    include_pinned,
-                ),
-            )
-            .fetchone()
+        slow = _count("outcome = 'ok' AND latency_s > ?")
+        slower = "".join(f", {slow}" for _ in slower_than)
+        failed = _count("outcome != 'ok'")
+        invalid = _count("outcome = 'ok' AND predictions LIKE '%null%'")
+        (row,) = self.db.query(
+            f"SELECT COUNT(*), {failed}, {invalid}{slower} "
+            "FROM predictions WHERE endpoint = ? AND variant = ? AND at >= ? AND at < ? "
+            "AND (pinned = 0 OR ?)",
+            (
+                *(math.inf if t is None else t for t in slower_than),
+                endpoint,
+                variant,
+                since,
+                math.inf if until is None else until,
+                include_pinned,
+            ),
         )
         return tuple(int(v) for v in row)
 
@@ -489,42 +463,30 @@ class MonitorStore:
     ) -> list[float]:
         """Latencies (seconds) of the newest requests (at most ``max_rows``) a variant answered
         since ``since``."""
-        rows = (
-            self._db()
-            .execute(
-                "SELECT latency_s FROM predictions WHERE endpoint = ? AND variant = ? AND at >= ? "
-                "AND outcome = 'ok' AND (pinned = 0 OR ?) ORDER BY at DESC LIMIT ?",
-                (endpoint, variant, since, include_pinned, max_rows),
-            )
-            .fetchall()
+        rows = self.db.query(
+            "SELECT latency_s FROM predictions WHERE endpoint = ? AND variant = ? AND at >= ? "
+            "AND outcome = 'ok' AND (pinned = 0 OR ?) ORDER BY at DESC LIMIT ?",
+            (endpoint, variant, since, include_pinned, max_rows),
         )
         return [latency for (latency,) in rows]
 
     def active(self, since: float) -> list[tuple[str, str, str]]:
         """(endpoint, variant, model) that recorded predictions since ``since``."""
-        return (
-            self._db()
-            .execute(
-                "SELECT DISTINCT endpoint, variant, model FROM predictions WHERE at >= ? "
-                "ORDER BY endpoint, variant, model",
-                (since,),
-            )
-            .fetchall()
+        return self.db.query(
+            "SELECT DISTINCT endpoint, variant, model FROM predictions WHERE at >= ? "
+            "ORDER BY endpoint, variant, model",
+            (since,),
         )
 
     def newest(self) -> float | None:
         """Time of the newest record, if any."""
-        return self._db().execute("SELECT MAX(at) FROM predictions").fetchone()[0]
+        return self.db.query("SELECT MAX(at) FROM predictions")[0][0]
 
     def counts(self) -> list[dict]:
         """Records and labeled records per endpoint and variant."""
-        rows = (
-            self._db()
-            .execute(
-                "SELECT p.endpoint, p.variant, COUNT(*), COUNT(l.request_id) FROM predictions p "
-                "LEFT JOIN labels l ON l.request_id = p.request_id GROUP BY p.endpoint, p.variant"
-            )
-            .fetchall()
+        rows = self.db.query(
+            "SELECT p.endpoint, p.variant, COUNT(*), COUNT(l.request_id) FROM predictions p "
+            "LEFT JOIN labels l ON l.request_id = p.request_id GROUP BY p.endpoint, p.variant"
         )
         return [
             {"endpoint": e, "variant": v, "records": n, "labeled": labeled}
@@ -536,18 +498,18 @@ class MonitorStore:
     ) -> pd.DataFrame:
         """The newest recorded input rows (at most ``max_rows``, with their predictions) of a
         variant, oldest first."""
-        rows = self._db().execute(
+        requests, count = [], 0
+        with self.db.stream(
             "SELECT inputs, predictions FROM predictions WHERE endpoint = ? AND variant = ? "
             "AND at >= ? AND inputs IS NOT NULL ORDER BY at DESC",
             (endpoint, variant, since),
-        )
-        requests, count = [], 0
-        for raw_inputs, raw_predictions in rows:
-            inputs, predictions = json.loads(raw_inputs), json.loads(raw_predictions)
-            requests.append((inputs, predictions))
-            count += len(inputs)
-            if count >= max_rows:
-                break
+        ) as rows:
+            for raw_inputs, raw_predictions in rows:
+                inputs, predictions = json.loads(raw_inputs), json.loads(raw_predictions)
+                requests.append((inputs, predictions))
+                count += len(inputs)
+                if count >= max_rows:
+                    break
         inputs, predictions = [], []
         for request_inputs, request_predictions in reversed(requests):
             inputs += request_inputs
@@ -565,59 +527,96 @@ class MonitorStore:
         for kind, statement, cutoff in (
             (
                 "predictions",
-                "DELETE FROM predictions WHERE rowid IN "
-                "(SELECT rowid FROM predictions WHERE at < ? LIMIT ?)",
+                "DELETE FROM predictions WHERE request_id IN "
+                "(SELECT request_id FROM predictions WHERE at < ? LIMIT ?)",
                 predictions_before,
             ),
             (
                 "labels",
-                "DELETE FROM labels WHERE rowid IN "
-                "(SELECT rowid FROM labels WHERE pending = 0 AND received_at < ? LIMIT ?)",
+                "DELETE FROM labels WHERE request_id IN (SELECT request_id FROM labels "
+                "WHERE pending = 0 AND received_at < ? LIMIT ?)",
                 labels_before,
             ),
             (
                 "expired_labels",
-                "DELETE FROM labels WHERE rowid IN "
-                "(SELECT rowid FROM labels WHERE pending = 1 AND received_at < ? LIMIT ?)",
+                "DELETE FROM labels WHERE request_id IN (SELECT request_id FROM labels "
+                "WHERE pending = 1 AND received_at < ? LIMIT ?)",
                 pending_before,
             ),
             (
                 "rewards",
-                "DELETE FROM rewards WHERE rowid IN "
-                "(SELECT rowid FROM rewards WHERE pending = 0 AND received_at < ? LIMIT ?)",
+                "DELETE FROM rewards WHERE (request_id, metric) IN (SELECT request_id, metric "
+                "FROM rewards WHERE pending = 0 AND received_at < ? LIMIT ?)",
                 labels_before,
             ),
             (
                 "expired_rewards",
-                "DELETE FROM rewards WHERE rowid IN "
-                "(SELECT rowid FROM rewards WHERE pending = 1 AND received_at < ? LIMIT ?)",
+                "DELETE FROM rewards WHERE (request_id, metric) IN (SELECT request_id, metric "
+                "FROM rewards WHERE pending = 1 AND received_at < ? LIMIT ?)",
                 pending_before,
             ),
         ):
             deleted[kind] = 0
             while True:
-                with self._transaction(durable=False) as db:
-                    removed = db.execute(statement, (cutoff, PRUNE_CHUNK)).rowcount
+                with self.db.transaction(durable=False) as session:
+                    removed = session.run(statement, (cutoff, PRUNE_CHUNK))
                 deleted[kind] += removed
                 if removed < PRUNE_CHUNK:
                     break
         return deleted
 
 
-_LABELED_ROWS = (
-    "FROM predictions p JOIN labels l ON l.request_id = p.request_id "
-    "JOIN json_each(p.predictions) pe "
-    "JOIN json_each(CASE WHEN json_type(l.label) = 'array' THEN l.label "
-    "ELSE json_array(json(l.label)) END) le ON le.key = pe.key"
-)
-"""Labeled prediction rows: each row of a record beside its label's value for that row."""
-_LABELED_TOTALS = "COUNT(*), TOTAL(CAST(pe.value AS TEXT) = CAST(le.value AS TEXT))"
-"""(labeled rows, rows predicted right) over ``_LABELED_ROWS``."""
-_LABEL_FITS = (
-    "json_array_length(p.predictions) = (CASE WHEN json_type(l.label) = 'array' "
-    "THEN json_array_length(l.label) ELSE 1 END)"
-)
-"""A label that does not fit its request's rows is left out, as ``labeled`` leaves it out."""
+def _count(condition: str) -> str:
+    """SQL: how many rows meet ``condition`` (0 when none)."""
+    return f"COALESCE(SUM(CASE WHEN {condition} THEN 1 ELSE 0 END), 0)"
+
+
+def _sum(expression: str) -> str:
+    """SQL: the sum of ``expression`` over the rows (0 when none)."""
+    return f"COALESCE(SUM({expression}), 0)"
+
+
+def _labeled_rows(dialect: Dialect) -> str:
+    """Labeled prediction rows: each row of a record beside its label's value for that row."""
+    predictions = dialect.json_elements.format("p.predictions", "pe")
+    labels = dialect.json_elements.format(dialect.json_as_array.format("l.label"), "le")
+    return (
+        "FROM predictions p JOIN labels l ON l.request_id = p.request_id "
+        f"JOIN {predictions} ON 1 = 1 JOIN {labels} ON le.key = pe.key"
+    )
+
+
+def _label_fits(dialect: Dialect) -> str:
+    """A label that does not fit its request's rows is left out, as ``labeled`` leaves it out."""
+    length = dialect.json_length
+    return f"{length.format('p.predictions')} = {length.format(dialect.json_as_array.format('l.label'))}"
+
+
+_LABELED_TOTALS = f"COUNT(*), {_count('CAST(pe.value AS TEXT) = CAST(le.value AS TEXT)')}"
+"""(labeled rows, rows predicted right) over the labeled rows."""
+FEEDBACK_LOCK = "monitor:feedback"
+"""Label and reward writes take turns (on every machine): each decides from what is stored."""
+
+
+def _adopt_unversioned_sqlite(db: Database) -> None:
+    """Bring a SQLite file from before versioned schemas to version 1: a predictions table from
+    before records named their model is set aside (labels kept); newer columns are added."""
+    with db.transaction() as session:
+        columns = {row[1] for row in session.query("PRAGMA table_info(predictions)")}
+        if columns and not columns >= set(RECORD_COLUMNS) - set(ADDED_COLUMNS["predictions"]):
+            session.run(f"ALTER TABLE predictions RENAME TO predictions_before_{int(time.time())}")
+            session.run("DROP INDEX IF EXISTS predictions_by_variant")
+            session.run("DROP INDEX IF EXISTS predictions_by_time")
+        for table, added in ADDED_COLUMNS.items():
+            columns = {row[1] for row in session.query(f"PRAGMA table_info({table})")}
+            for column, kind in added.items():
+                if columns and column not in columns:
+                    session.run(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
+def _pending(db: Database | Session, table: str) -> int:
+    """Labels or rewards held for a prediction that has not arrived (yet)."""
+    return db.query(f"SELECT COUNT(*) FROM {table} WHERE pending = 1")[0][0]
 
 
 def _unit(by_request: bool) -> str:
@@ -630,15 +629,21 @@ CHUNK = 500
 """Ids per ``IN (...)`` list (SQLite caps the number of parameters of one statement)."""
 
 
-def _in_chunks(db: sqlite3.Connection, select: str, ids: list[str]) -> list[tuple]:
+def _chunks(ids: list[str]) -> list[list[str]]:
+    return [ids[start : start + CHUNK] for start in range(0, len(ids), CHUNK)]
+
+
+def _marks(values: Sequence) -> str:
+    return ",".join("?" * len(values))
+
+
+def _in_chunks(db: Database | Session, select: str, ids: list[str]) -> list[tuple]:
     """The rows of ``select ... request_id IN (ids)``, a chunk of ids per statement; ``select``
     ends with its FROM clause, or with ``AND`` after a condition of its own."""
     joiner = " " if select.endswith(" AND") else " WHERE "
     rows: list[tuple] = []
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start : start + CHUNK]
-        marks = ",".join("?" * len(chunk))
-        rows += db.execute(f"{select}{joiner}request_id IN ({marks})", chunk).fetchall()
+    for chunk in _chunks(ids):
+        rows += db.query(f"{select}{joiner}request_id IN ({_marks(chunk)})", chunk)
     return rows
 
 

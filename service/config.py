@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -475,13 +475,26 @@ class EndpointConfig(Strict):
         return EndpointTable(name, tuple(v.spec() for v in self.variants), policy)
 
 
+MONITOR_URL = r"^https?://[^\s/]+(:\d+)?$"
+
+
 class MonitorConfig(Strict):
     """Where prediction records and labels go, and how recording stays off the hot path."""
 
     url: str | None = Field(
-        None,
-        pattern=r"^https?://[^\s/]+(:\d+)?$",
-        description="the monitor's base URL; none: recording off",
+        None, pattern=MONITOR_URL, description="the monitor's base URL; none: recording off"
+    )
+    urls: list[Annotated[str, Field(pattern=MONITOR_URL)]] = Field(
+        [],
+        max_length=16,
+        description="or several monitors (one leader, standbys): the gateway fails over between them",
+    )
+    lease_s: float = Field(
+        5.0,
+        ge=1,
+        le=300,
+        description="the leader monitor's lease: a standby takes over within about this once "
+        "the leader stops renewing it (it renews every lease_s / 5)",
     )
     port: int = Field(3001, ge=1, le=65535, description="port `gateway monitor` listens on")
     host: str = Field(LOOPBACK, description="address `gateway monitor` listens on")
@@ -526,6 +539,35 @@ class MonitorConfig(Strict):
         300.0, ge=1, description="how often Evidently reports are saved"
     )
     report_keep: int = Field(10, ge=1, description="reports kept per endpoint, variant and kind")
+
+    @model_validator(mode="after")
+    def _one_way_to_name_monitors(self) -> MonitorConfig:
+        if self.url is not None and self.urls:
+            raise ValueError("set monitor.url (one monitor, or a load balancer) or monitor.urls")
+        return self
+
+    def monitor_urls(self) -> list[str]:
+        """The monitors' base URLs, in the order the gateway tries them (none: recording off)."""
+        return [self.url] if self.url is not None else list(self.urls)
+
+
+class StateConfig(Strict):
+    """Where shared state lives: routing and its audit, rollouts and experiments, the webhook
+    outbox, and the monitor's records, labels and rewards (docs/deployment.md)."""
+
+    backend: Literal["sqlite", "postgres"] = Field(
+        "sqlite",
+        description="sqlite: files in data_dir, for one machine (nothing to set up); "
+        "postgres: one database shared by replicas on several machines",
+    )
+    dsn_env: str = Field(
+        "GATEWAY_DATABASE_URL",
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="the environment variable holding the PostgreSQL DSN (never the file)",
+    )
+    pool_size: int = Field(
+        4, ge=1, le=64, description="PostgreSQL connections per process (each worker has its own)"
+    )
 
 
 class NotificationsConfig(Strict):
@@ -605,11 +647,21 @@ class GatewayConfig(Strict):
         Path("gateway-data"), description="routing state and audit log; relative to the config"
     )
     monitor: MonitorConfig = MonitorConfig()
+    state: StateConfig = StateConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     secrets: SecretsConfig = SecretsConfig()
     access: AccessConfig = AccessConfig()
     retention: RetentionConfig = RetentionConfig()
     endpoints: dict[str, EndpointConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cap_only_on_sqlite(self) -> GatewayConfig:
+        if self.state.backend == "postgres" and self.monitor.max_db_mb is not None:
+            raise ValueError(
+                "monitor.max_db_mb caps the embedded SQLite file; on PostgreSQL use the "
+                "database's own quotas and alerts instead"
+            )
+        return self
 
     @field_validator("endpoints")
     @classmethod

@@ -2,19 +2,41 @@
 
 A gateway worker adopts it at start (service/gateway/routing.py); the monitor reads it to know the
 endpoints and to drive rollouts (service/monitor/rollouts.py). The store itself is
-traffic/store.py's; this module only says which file and what goes in first.
+traffic/store.py's; this module only says where it is (a file in ``data_dir``, or the PostgreSQL
+database named by the environment variable ``state.dsn_env``) and what goes in first.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from service.config import GatewayConfig
-from traffic.store import RoutingState, StateStore, audit_entry, compare_and_swap
+from service.errors import ConfigError
+from storage.postgres import PostgresDatabase
+from traffic.store import RoutingState, SQLStateStore, StateStore, audit_entry, compare_and_swap
 from traffic.table import EndpointTable
 
 STATE_FILE = "routing.sqlite3"
 """The shared routing state's file in the data directory (SQLite default store)."""
+
+
+def postgres_database(config: GatewayConfig) -> PostgresDatabase:
+    """A pool on the database the DSN in ``$<state.dsn_env>`` names (``StoreUnavailable`` while
+    it cannot be reached)."""
+    dsn = os.environ.get(config.state.dsn_env, "").strip()
+    if not dsn:
+        raise ConfigError(
+            f"state.backend is postgres, but ${config.state.dsn_env} (the database's DSN) is not set"
+        )
+    return PostgresDatabase(dsn, config.state.pool_size)
+
+
+def open_state_store(config: GatewayConfig) -> SQLStateStore:
+    """The routing state store the config names, its schema brought up to date."""
+    if config.state.backend == "postgres":
+        return SQLStateStore(postgres_database(config))
+    return SQLStateStore.open_sqlite(config.data_dir / STATE_FILE)
 
 
 def model_tags(tables: Mapping[str, EndpointTable]) -> list[str]:

@@ -166,7 +166,7 @@ async def test_acknowledged_labels_survive_kill_9_of_a_gateway_worker_and_of_the
                     return answer.status == 200
 
             await wait_until(monitor_back, 30, "the monitor did not come back")
-    store = MonitorStore(load_config(config).data_dir / "monitor.sqlite3")
+    store = MonitorStore.open_sqlite(load_config(config).data_dir / "monitor.sqlite3")
     stored = dict(store._db().execute("SELECT request_id, label FROM labels").fetchall())
     missing = [i for i in acknowledged if stored.get(i) != '"benign"']
     assert len(acknowledged) > 50 and failures > 0, (len(acknowledged), failures)
@@ -207,7 +207,7 @@ async def test_a_full_disk_refuses_labels_whole_and_the_monitor_serves_on(demo_m
                     assert answer.status == 200, path
             async with session.post(f"{url}/predict/cancer", json={"instances": [ROW]}) as answer:
                 assert answer.status == 200
-    store = MonitorStore(load_config(config).data_dir / "monitor.sqlite3")
+    store = MonitorStore.open_sqlite(load_config(config).data_dir / "monitor.sqlite3")
     marks = ",".join("?" * len(refused))
     ids = [label["request_id"] for label in refused]
     found = store._db().execute(f"SELECT COUNT(*) FROM labels WHERE request_id IN ({marks})", ids)

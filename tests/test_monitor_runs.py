@@ -20,7 +20,7 @@ def runner_with(tmp_path, demo_models, candidate_predicts, attribution_rows=0) -
     rows = pd.read_csv(demo_models["cancer:v1"].reference_path)
     features = rows.drop(columns=["label"]).to_numpy().tolist()
     labels = rows["label"].tolist()
-    store = MonitorStore(tmp_path / "monitor.sqlite3")
+    store = MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3")
     records = []
     for i, (x, y) in enumerate(zip(features, labels)):
         records.append(
@@ -95,7 +95,7 @@ def test_each_variants_reasons_are_measured_against_its_reference_and_stables(
 
 
 def test_without_recorded_inputs_there_is_no_attribution_and_no_failure(demo_models, tmp_path):
-    store = MonitorStore(tmp_path / "monitor.sqlite3")
+    store = MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3")
     store.add_records(
         PredictionRecord(f"s{i}", 1000.0 + i, "cancer", "stable", "cancer:v1", ["benign"], 0.001)
         for i in range(300)

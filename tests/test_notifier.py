@@ -15,7 +15,7 @@ from aiohttp import web
 from service.config import NotificationsConfig
 from service.monitor.notifier import SIGNATURE_HEADER, DriftAlarm, Notifier, sign
 from tests.helpers import loopback_receiver
-from traffic.store import SQLiteStateStore
+from traffic.store import SQLStateStore
 
 SECRET = "webhook-secret-of-the-tests"
 
@@ -43,7 +43,9 @@ async def receiver(answer):
 async def deliver(tmp_path, url: str, seconds: float, **settings) -> Notifier:
     """Announce one event to ``url`` and run the deliverer for ``seconds``."""
     config = NotificationsConfig(webhooks=[url], **{"timeout_s": 1, "retries": 2, **settings})
-    notifier = Notifier(config, MagicMock(), SQLiteStateStore(tmp_path / "state.sqlite3"), SECRET)
+    notifier = Notifier(
+        config, MagicMock(), SQLStateStore.open_sqlite(tmp_path / "state.sqlite3"), SECRET
+    )
     notifier.notify("rollout_rollback", {"endpoint": "cancer"})
     task = asyncio.create_task(notifier.deliver_forever())
     await asyncio.sleep(seconds)

@@ -14,7 +14,7 @@ from service.monitor.metrics import MonitorMetrics
 from service.monitor.notifier import Notifier
 from service.monitor.rollouts import RolloutService
 from traffic.rollout_checks import ArmCounts, Evidence, Window
-from traffic.store import SQLiteStateStore
+from traffic.store import SQLStateStore
 
 BROKEN = Evidence(
     stage=Window(candidate=ArmCounts(requests=100, errors=90), stable=ArmCounts(requests=900))
@@ -54,10 +54,10 @@ def service(tmp_path, webhooks=(), **rollout) -> tuple[RolloutService, HandedEvi
     )
     evidence = HandedEvidence()
     metrics = MonitorMetrics(CollectorRegistry())
-    state = SQLiteStateStore(tmp_path / "state.sqlite3")
+    state = SQLStateStore.open_sqlite(tmp_path / "state.sqlite3")
     built = RolloutService(
         config,
-        MonitorStore(tmp_path / "monitor.sqlite3"),
+        MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3"),
         state,
         evidence,
         metrics,

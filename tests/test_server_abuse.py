@@ -178,7 +178,7 @@ def test_names_from_posted_records_never_become_paths_or_series(demo):
     assert ("cancer", "stable") in written, written
     assert all(part[0] in config_endpoints(data_dir) for part in written), written
     assert not (data_dir.parent / "escaped").exists() and not Path("/tmp/x").exists()
-    store = MonitorStore(data_dir / "monitor.sqlite3")
+    store = MonitorStore.open_sqlite(data_dir / "monitor.sqlite3")
     assert {(r["endpoint"], r["variant"]) for r in store.counts()} <= {
         ("cancer", "stable"),
         ("cancer", "candidate"),
@@ -275,7 +275,7 @@ def test_labels_must_fit_the_model_and_name_a_real_answer(demo):
         body = json.dumps({"labels": [label]}).encode()
         status, _, reply = send(gateway, "POST", "/feedback", body)
         assert status == 400 and words in json.loads(reply)["error"], (label, reply)
-    store = MonitorStore(data_dir / "monitor.sqlite3")
+    store = MonitorStore.open_sqlite(data_dir / "monitor.sqlite3")
     stored = store._db().execute("SELECT request_id FROM labels").fetchall()
     assert (answer["request_id"],) not in stored and (regression["request_id"],) not in stored
     body = json.dumps({"labels": [{"request_id": answer["request_id"], "label": "benign"}]})
@@ -324,7 +324,7 @@ def test_a_reused_request_id_keeps_every_record(demo):
     answers = [predict(gateway, headers=headers) for _ in range(4)]
     ids = {a["request_id"] for a in answers}
     assert len(ids) == 4 and all(a["correlation_id"] == headers["x-request-id"] for a in answers)
-    store = MonitorStore(data_dir / "monitor.sqlite3")
+    store = MonitorStore.open_sqlite(data_dir / "monitor.sqlite3")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         marks = ",".join("?" * len(ids))

@@ -114,7 +114,7 @@ async def test_labels_join_before_and_after_and_are_idempotent(monitored):
                 session, url, [{"request_id": ids[1], "label": [answers[1][1]] * 2}]
             )
             assert status == 400 and "1 row(s)" in body["error"]  # the record is there: rows known
-    store = MonitorStore(load_config(config).data_dir / "monitor.sqlite3")
+    store = MonitorStore.open_sqlite(load_config(config).data_dir / "monitor.sqlite3")
     joined = {}
     for variant in ("stable", "candidate"):
         frame = store.labeled("cancer", variant)

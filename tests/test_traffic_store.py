@@ -7,7 +7,7 @@ import pytest
 from traffic.store import (
     CAS_ATTEMPTS,
     RoutingState,
-    SQLiteStateStore,
+    SQLStateStore,
     VersionConflict,
     audit_entry,
     compare_and_swap,
@@ -24,7 +24,7 @@ TABLE = EndpointTable(
 
 
 def test_save_load_and_compare_and_swap(tmp_path):
-    store = SQLiteStateStore(tmp_path / "state.sqlite3")
+    store = SQLStateStore.open_sqlite(tmp_path / "state.sqlite3")
     assert store.load() is None and store.current_version() == 0
     first = store.save(RoutingState(0, "cfg", {"churn": TABLE}), 0)
     assert first.version == 1 and store.current_version() == 1
@@ -33,13 +33,13 @@ def test_save_load_and_compare_and_swap(tmp_path):
     changed = TABLE.with_weights({"c": 50})
     second = store.save(RoutingState(0, "cfg", {"churn": changed}), 1)
     assert second.version == 2
-    reopened = SQLiteStateStore(tmp_path / "state.sqlite3").load()
+    reopened = SQLStateStore.open_sqlite(tmp_path / "state.sqlite3").load()
     assert reopened.version == 2 and reopened.source == "cfg"
     assert reopened.tables["churn"].variant("c").weight == 50
 
 
 def test_compare_and_swap_reapplies_a_change_on_top_of_a_concurrent_writer(tmp_path):
-    store = SQLiteStateStore(tmp_path / "state.sqlite3")
+    store = SQLStateStore.open_sqlite(tmp_path / "state.sqlite3")
     store.save(RoutingState(0, "cfg", {"churn": TABLE}), 0)
     seen = []
 
@@ -58,7 +58,7 @@ def test_compare_and_swap_reapplies_a_change_on_top_of_a_concurrent_writer(tmp_p
 
 
 def test_compare_and_swap_saves_nothing_when_the_change_needs_nothing_or_is_refused(tmp_path):
-    store = SQLiteStateStore(tmp_path / "state.sqlite3")
+    store = SQLStateStore.open_sqlite(tmp_path / "state.sqlite3")
     store.save(RoutingState(0, "cfg", {"churn": TABLE}), 0)
     assert compare_and_swap(store, lambda current: None).after is None
     with pytest.raises(ValueError):
@@ -67,7 +67,7 @@ def test_compare_and_swap_saves_nothing_when_the_change_needs_nothing_or_is_refu
 
 
 def test_compare_and_swap_gives_up_on_a_state_that_never_stops_moving(tmp_path):
-    store = SQLiteStateStore(tmp_path / "state.sqlite3")
+    store = SQLStateStore.open_sqlite(tmp_path / "state.sqlite3")
     store.save(RoutingState(0, "cfg", {"churn": TABLE}), 0)
 
     def always_beaten(current):
@@ -80,7 +80,7 @@ def test_compare_and_swap_gives_up_on_a_state_that_never_stops_moving(tmp_path):
 
 
 def test_audit_is_appended_and_read_newest_first(tmp_path):
-    store = SQLiteStateStore(tmp_path / "state.sqlite3")
+    store = SQLStateStore.open_sqlite(tmp_path / "state.sqlite3")
     store.append_audit(audit_entry("10.0.0.1", "set_weights", "churn", {"weights": {"c": 5}}))
     store.append_audit(audit_entry("10.0.0.2", "reload", "*", {}))
     entries = store.audit()

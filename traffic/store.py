@@ -4,55 +4,31 @@ of events to announce (webhooks), written in the same transaction as the rollout
 produced them, so a transition is announced even if the process dies right after deciding it.
 
 Every worker and replica reads the same state; a change is a compare-and-swap on the version, so
-two admins (or two workers starting at once) never overwrite each other silently. ``StateStore`` is
-the interface; ``SQLiteStateStore`` the embedded default (one file in the data directory, WAL mode,
-shared by the workers of one machine). For replicas on several machines the same interface sits on
-PostgreSQL (a ``routing`` row updated with ``WHERE version = %s``, LISTEN/NOTIFY to wake pollers) or
-Redis (WATCH/MULTI on a hash, a pub/sub channel): see docs/architecture.md.
+two admins (or two workers starting at once) never overwrite each other silently. A saved version
+is announced on ``ROUTING_CHANNEL`` (LISTEN/NOTIFY on PostgreSQL), so followers need not wait for
+their next poll. Leases elect one holder of a role among processes on several machines (the
+monitor's leader). ``StateStore`` is the interface; ``SQLStateStore`` implements it on either
+engine of storage/: a SQLite file shared by the workers of one machine (the default), or
+PostgreSQL shared by replicas on several.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from storage.sqlite import SQLiteFile
+from storage.database import Database, Session
+from storage.schema import Schema, upgrade
+from storage.sqlite import SQLiteDatabase
 from traffic.table import EndpointTable
 
 
 class VersionConflict(RuntimeError):
     """The state changed since it was read; re-read and re-apply the change."""
-
-
-class StoreUnavailable(RuntimeError):
-    """The store cannot be read or written now (another process holds its lock for longer than
-    ``BUSY_TIMEOUT_S``, its disk is full): nothing was changed; try again later."""
-
-
-def _unavailable_on_database_errors(cls: type) -> type:
-    """Every public method of ``cls`` raises ``StoreUnavailable`` where SQLite raises an
-    ``OperationalError``, so callers handle the interface's error, not the engine's."""
-
-    def translated(method: Callable) -> Callable:
-        @functools.wraps(method)
-        def call(*args, **kwargs):
-            try:
-                return method(*args, **kwargs)
-            except sqlite3.OperationalError as error:
-                raise StoreUnavailable(f"the routing state store is unavailable: {error}") from None
-
-        return call
-
-    for name, member in list(vars(cls).items()):
-        if callable(member) and not name.startswith("_"):
-            setattr(cls, name, translated(member))
-    return cls
 
 
 @dataclass(frozen=True)
@@ -135,6 +111,12 @@ class StateStore(Protocol):
 
     def evaluations(self, endpoint: str, limit: int = 100) -> list[dict]: ...
 
+    def hold_lease(self, name: str, holder: str, ttl_s: float) -> int | None: ...
+
+    def release_lease(self, name: str, holder: str) -> None: ...
+
+    def lease(self, name: str) -> Lease | None: ...
+
 
 CAS_ATTEMPTS = 10
 """How often a change is re-applied to a state that other writers keep moving before giving up."""
@@ -168,7 +150,10 @@ def compare_and_swap(
     raise VersionConflict(f"the routing state kept changing; gave up after {CAS_ATTEMPTS} tries")
 
 
-SCHEMA = """
+SCHEMA = Schema(
+    "routing",
+    [
+        """
 CREATE TABLE IF NOT EXISTS routing (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     version INTEGER NOT NULL,
@@ -176,8 +161,8 @@ CREATE TABLE IF NOT EXISTS routing (
     document TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
+    id {serial_key},
+    at DOUBLE PRECISION NOT NULL,
     client TEXT NOT NULL,
     action TEXT NOT NULL,
     endpoint TEXT NOT NULL,
@@ -194,9 +179,9 @@ CREATE TABLE IF NOT EXISTS experiments (
     state TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rollout_evaluations (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {serial_key},
     endpoint TEXT NOT NULL,
-    at REAL NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
     entry TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rollout_evaluations_by_endpoint ON rollout_evaluations (endpoint, id);
@@ -205,125 +190,142 @@ CREATE TABLE IF NOT EXISTS outbox (
     url TEXT NOT NULL,
     endpoint TEXT NOT NULL,
     body TEXT NOT NULL,
-    created REAL NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
     ready INTEGER NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL DEFAULT 0,
+    next_at DOUBLE PRECISION NOT NULL DEFAULT 0,
     outcome TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (id, url)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_at) WHERE status = 'pending' AND ready = 1;
 CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
-CREATE INDEX IF NOT EXISTS rollout_evaluations_by_time ON rollout_evaluations (at);
-"""
+CREATE INDEX IF NOT EXISTS rollout_evaluations_by_time ON rollout_evaluations (at)
+""",
+        """
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    term INTEGER NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+)
+""",
+    ],
+)
+"""Version 1 is the layout from before schemas were versioned (``IF NOT EXISTS``: a file of that
+time is adopted as it is); version 2 adds leases."""
+ROUTING_CHANNEL = "gateway_routing"
+"""Where a saved routing version is announced (``LISTEN/NOTIFY`` on PostgreSQL)."""
 PRUNE_CHUNK = 5000
 BUSY_TIMEOUT_S = 5.0
-"""How long a statement waits for another process's lock before it fails (and is retried)."""
+"""How long a SQLite statement waits for another process's lock before it fails (and is retried)."""
 
 
-@_unavailable_on_database_errors
-class SQLiteStateStore:
-    """The embedded store: a SQLite file shared by the workers of one machine."""
+@dataclass(frozen=True)
+class Lease:
+    """Who holds a named lease, in which term, and for how much longer (seconds; negative once
+    it lapsed)."""
 
-    def __init__(self, path: Path) -> None:
-        self._file = SQLiteFile(path, BUSY_TIMEOUT_S, ["synchronous=FULL"])
-        self._file.connection().executescript(SCHEMA)
+    holder: str
+    term: int
+    expires_in_s: float
 
-    def _connection(self) -> sqlite3.Connection:
-        return self._file.connection()
+
+class SQLStateStore:
+    """The routing state store on a SQL database: a SQLite file shared by the workers of one
+    machine (``open_sqlite``), or PostgreSQL shared by replicas on several."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        upgrade(db, SCHEMA)
+
+    @classmethod
+    def open_sqlite(cls, path: Path) -> SQLStateStore:
+        return cls(SQLiteDatabase(path, BUSY_TIMEOUT_S))
 
     def current_version(self) -> int:
-        row = self._connection().execute("SELECT version FROM routing WHERE id = 1").fetchone()
-        return row[0] if row else 0
+        rows = self.db.query("SELECT version FROM routing WHERE id = 1")
+        return rows[0][0] if rows else 0
 
     def load(self) -> RoutingState | None:
-        row = (
-            self._connection()
-            .execute("SELECT version, source, document FROM routing WHERE id = 1")
-            .fetchone()
-        )
-        return RoutingState.parse(*row) if row else None
+        rows = self.db.query("SELECT version, source, document FROM routing WHERE id = 1")
+        return RoutingState.parse(*rows[0]) if rows else None
 
     def save(self, state: RoutingState, expected_version: int) -> RoutingState:
-        """Store ``state`` as version ``expected_version + 1``; ``VersionConflict`` if it moved."""
-        db = self._connection()
+        """Store ``state`` as version ``expected_version + 1``; ``VersionConflict`` if it moved.
+        Listeners of ``ROUTING_CHANNEL`` hear the new version when it commits."""
         new_version = expected_version + 1
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.db.transaction() as session:
             if expected_version == 0:
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO routing (id, version, source, document) VALUES (1,?,?,?)",
+                changed = session.run(
+                    "INSERT INTO routing (id, version, source, document) VALUES (1,?,?,?) "
+                    "ON CONFLICT DO NOTHING",
                     (new_version, state.source, state.document()),
                 )
             else:
-                cursor = db.execute(
+                changed = session.run(
                     "UPDATE routing SET version = ?, source = ?, document = ? "
                     "WHERE id = 1 AND version = ?",
                     (new_version, state.source, state.document(), expected_version),
                 )
-            if cursor.rowcount != 1:
+            if changed != 1:
                 raise VersionConflict(f"routing state is no longer at version {expected_version}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            session.notify(ROUTING_CHANNEL, str(new_version))
         return RoutingState(new_version, state.source, state.tables)
 
     def append_audit(self, entry: AuditEntry) -> None:
-        self._connection().execute(
+        self.db.run(
             "INSERT INTO audit (at, client, action, endpoint, detail) VALUES (?,?,?,?,?)",
             (entry.at, entry.client, entry.action, entry.endpoint, json.dumps(entry.detail)),
         )
 
     def audit(self, limit: int = 100) -> list[AuditEntry]:
-        rows = (
-            self._connection()
-            .execute(
-                "SELECT at, client, action, endpoint, detail FROM audit ORDER BY id DESC LIMIT ?",
-                (limit,),
-            )
-            .fetchall()
+        rows = self.db.query(
+            "SELECT at, client, action, endpoint, detail FROM audit ORDER BY id DESC LIMIT ?",
+            (limit,),
         )
         return [AuditEntry(at, c, a, e, json.loads(d)) for at, c, a, e, d in rows]
 
+    def _load_versioned(self, table: str, endpoint: str) -> tuple[int, dict] | None:
+        rows = self.db.query(f"SELECT revision, state FROM {table} WHERE endpoint = ?", (endpoint,))
+        return (rows[0][0], json.loads(rows[0][1])) if rows else None
+
+    @staticmethod
+    def _save_versioned(
+        session: Session, table: str, endpoint: str, document: str, expected_revision: int
+    ) -> None:
+        """Write revision ``expected_revision + 1`` of an endpoint's row in ``table``, or raise
+        ``VersionConflict`` when another writer moved it first."""
+        if expected_revision == 0:
+            changed = session.run(
+                f"INSERT INTO {table} (endpoint, revision, state) VALUES (?,1,?) "
+                "ON CONFLICT DO NOTHING",
+                (endpoint, document),
+            )
+        else:
+            changed = session.run(
+                f"UPDATE {table} SET revision = revision + 1, state = ? "
+                "WHERE endpoint = ? AND revision = ?",
+                (document, endpoint, expected_revision),
+            )
+        if changed != 1:
+            raise VersionConflict(f"{table} of {endpoint!r} is no longer at {expected_revision}")
+
     def load_experiment(self, endpoint: str) -> tuple[int, dict] | None:
         """(revision, state) of the endpoint's experiment, if it ever had one."""
-        row = (
-            self._connection()
-            .execute("SELECT revision, state FROM experiments WHERE endpoint = ?", (endpoint,))
-            .fetchone()
-        )
-        return (row[0], json.loads(row[1])) if row else None
+        return self._load_versioned("experiments", endpoint)
 
     def save_experiment(self, endpoint: str, state: Mapping, expected_revision: int) -> int:
         """Store the experiment's state as the next revision; ``VersionConflict`` if another
         writer (another worker starting it at the same moment) got there first."""
-        db = self._connection()
         document = json.dumps(state, sort_keys=True)
-        revision = expected_revision + 1
-        if expected_revision == 0:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO experiments (endpoint, revision, state) VALUES (?,?,?)",
-                (endpoint, revision, document),
-            )
-        else:
-            cursor = db.execute(
-                "UPDATE experiments SET revision = ?, state = ? WHERE endpoint = ? AND revision = ?",
-                (revision, document, endpoint, expected_revision),
-            )
-        if cursor.rowcount != 1:
-            raise VersionConflict(f"the experiment of {endpoint} changed meanwhile")
-        return revision
+        with self.db.transaction() as session:
+            self._save_versioned(session, "experiments", endpoint, document, expected_revision)
+        return expected_revision + 1
 
     def load_rollout(self, endpoint: str) -> tuple[int, dict] | None:
         """(revision, state) of the endpoint's rollout, if it ever had one."""
-        row = (
-            self._connection()
-            .execute("SELECT revision, state FROM rollouts WHERE endpoint = ?", (endpoint,))
-            .fetchone()
-        )
-        return (row[0], json.loads(row[1])) if row else None
+        return self._load_versioned("rollouts", endpoint)
 
     def save_rollout(
         self,
@@ -338,72 +340,43 @@ class SQLiteStateStore:
         ``events`` go into the outbox in the same transaction. They are delivered once the state
         is applied (``state["applied"]``): saving an applied state releases every event of the
         endpoint still held, so a transition decided before a crash is announced after it."""
-        db = self._connection()
-        document = json.dumps(state)
         applied = bool(state.get("applied", True))
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if expected_revision == 0:
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO rollouts (endpoint, revision, state) VALUES (?,1,?)",
-                    (endpoint, document),
-                )
-            else:
-                cursor = db.execute(
-                    "UPDATE rollouts SET revision = revision + 1, state = ? "
-                    "WHERE endpoint = ? AND revision = ?",
-                    (document, endpoint, expected_revision),
-                )
-            if cursor.rowcount != 1:
-                raise VersionConflict(
-                    f"rollout of {endpoint!r} is no longer at {expected_revision}"
-                )
-            self._insert_events(db, events, applied)
+        with self.db.transaction() as session:
+            self._save_versioned(
+                session, "rollouts", endpoint, json.dumps(state), expected_revision
+            )
+            self._insert_events(session, events, applied)
             if applied:
-                db.execute(
+                session.run(
                     "UPDATE outbox SET ready = 1 WHERE endpoint = ? AND ready = 0", (endpoint,)
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return expected_revision + 1
 
     def append_evaluation(self, endpoint: str, entry: Mapping) -> None:
-        self._connection().execute(
+        self.db.run(
             "INSERT INTO rollout_evaluations (endpoint, at, entry) VALUES (?,?,?)",
             (endpoint, entry.get("at", time.time()), json.dumps(entry)),
         )
 
     @staticmethod
-    def _insert_events(db: sqlite3.Connection, events: Sequence[OutboxEvent], ready: bool) -> None:
-        db.executemany(
-            "INSERT OR IGNORE INTO outbox (id, url, endpoint, body, created, ready) "
-            "VALUES (?,?,?,?,?,?)",
+    def _insert_events(session: Session, events: Sequence[OutboxEvent], ready: bool) -> None:
+        session.run_many(
+            "INSERT INTO outbox (id, url, endpoint, body, created, ready) "
+            "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
             [(e.id, e.url, e.endpoint, e.body, time.time(), int(ready)) for e in events],
         )
 
     def add_events(self, events: Sequence[OutboxEvent]) -> None:
         """Events with no state behind them (drift), ready to deliver at once."""
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self._insert_events(db, events, ready=True)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        with self.db.transaction() as session:
+            self._insert_events(session, events, ready=True)
 
     def due_events(self, now: float, limit: int = 100) -> list[OutboxEvent]:
         """Undelivered events whose next attempt is due, oldest first."""
-        rows = (
-            self._connection()
-            .execute(
-                "SELECT id, url, body, endpoint, attempts FROM outbox WHERE status = 'pending' "
-                "AND ready = 1 AND next_at <= ? ORDER BY next_at, created LIMIT ?",
-                (now, limit),
-            )
-            .fetchall()
+        rows = self.db.query(
+            "SELECT id, url, body, endpoint, attempts FROM outbox WHERE status = 'pending' "
+            "AND ready = 1 AND next_at <= ? ORDER BY next_at, created LIMIT ?",
+            (now, limit),
         )
         return [OutboxEvent(*row) for row in rows]
 
@@ -412,7 +385,7 @@ class SQLiteStateStore:
     ) -> None:
         """Record one delivery attempt: ``status`` pending (retry at ``next_at``), delivered
         or failed (given up); ``outcome`` says what the receiver did."""
-        self._connection().execute(
+        self.db.run(
             "UPDATE outbox SET status = ?, outcome = ?, attempts = attempts + 1, next_at = ? "
             "WHERE id = ? AND url = ?",
             (status, outcome, next_at, event.id, event.url),
@@ -420,14 +393,10 @@ class SQLiteStateStore:
 
     def events(self, limit: int = 100) -> list[dict]:
         """The newest outbox entries (for operators and tests)."""
-        rows = (
-            self._connection()
-            .execute(
-                "SELECT id, url, endpoint, status, attempts, outcome, ready, body FROM outbox "
-                "ORDER BY created DESC LIMIT ?",
-                (limit,),
-            )
-            .fetchall()
+        rows = self.db.query(
+            "SELECT id, url, endpoint, status, attempts, outcome, ready, body FROM outbox "
+            "ORDER BY created DESC LIMIT ?",
+            (limit,),
         )
         keys = ("id", "url", "endpoint", "status", "attempts", "outcome", "ready", "body")
         return [dict(zip(keys, row)) for row in rows]
@@ -436,7 +405,6 @@ class SQLiteStateStore:
         """Delete audit entries, rollout evaluations and finished outbox events older than the
         given times, in chunks; returns how many of each went."""
         deleted = {}
-        db = self._connection()
         for kind, statement, cutoff in (
             (
                 "audit",
@@ -451,14 +419,14 @@ class SQLiteStateStore:
             ),
             (
                 "events",
-                "DELETE FROM outbox WHERE rowid IN (SELECT rowid FROM outbox "
+                "DELETE FROM outbox WHERE (id, url) IN (SELECT id, url FROM outbox "
                 "WHERE status != 'pending' AND created < ? LIMIT ?)",
                 events_before,
             ),
         ):
             deleted[kind] = 0
             while True:
-                removed = db.execute(statement, (cutoff, PRUNE_CHUNK)).rowcount
+                removed = self.db.run(statement, (cutoff, PRUNE_CHUNK))
                 deleted[kind] += removed
                 if removed < PRUNE_CHUNK:
                     break
@@ -466,15 +434,42 @@ class SQLiteStateStore:
 
     def evaluations(self, endpoint: str, limit: int = 100) -> list[dict]:
         """The newest ``limit`` evaluations of the endpoint's rollouts, oldest first."""
-        rows = (
-            self._connection()
-            .execute(
-                "SELECT entry FROM rollout_evaluations WHERE endpoint = ? ORDER BY id DESC LIMIT ?",
-                (endpoint, limit),
-            )
-            .fetchall()
+        rows = self.db.query(
+            "SELECT entry FROM rollout_evaluations WHERE endpoint = ? ORDER BY id DESC LIMIT ?",
+            (endpoint, limit),
         )
         return [json.loads(entry) for (entry,) in reversed(rows)]
+
+    def hold_lease(self, name: str, holder: str, ttl_s: float) -> int | None:
+        """Take the lease ``name`` for ``holder`` when it is free or lapsed, or renew it when
+        ``holder`` has it: for ``ttl_s`` seconds of the database's clock (one clock for every
+        machine). The term (a new one each time the lease changes hands), or None when another
+        holder has it."""
+        now = self.db.dialect.now_s
+        with self.db.transaction() as session:
+            rows = session.query(
+                "INSERT INTO leases (name, holder, term, expires_at) "
+                f"VALUES (?, ?, 1, {now} + ?) ON CONFLICT (name) DO UPDATE SET "
+                "term = CASE WHEN leases.holder = excluded.holder THEN leases.term "
+                "ELSE leases.term + 1 END, holder = excluded.holder, "
+                "expires_at = excluded.expires_at "
+                f"WHERE leases.holder = excluded.holder OR leases.expires_at < {now} RETURNING term",
+                (name, holder, ttl_s),
+            )
+        return rows[0][0] if rows else None
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up at once (a clean shutdown), if ``holder`` has it."""
+        self.db.run(
+            "UPDATE leases SET expires_at = 0 WHERE name = ? AND holder = ?", (name, holder)
+        )
+
+    def lease(self, name: str) -> Lease | None:
+        rows = self.db.query(
+            f"SELECT holder, term, expires_at - {self.db.dialect.now_s} FROM leases WHERE name = ?",
+            (name,),
+        )
+        return Lease(*rows[0]) if rows else None
 
 
 def audit_entry(client: str, action: str, endpoint: str, detail: Mapping) -> AuditEntry:

@@ -35,9 +35,9 @@ from service.gateway.shadow import ShadowRunner
 from service.model_card import ModelCard
 from service.names import new_request_id
 from service.secrets import Secrets, load_secrets, presents
-from service.state import STATE_FILE, initial_state, model_tags
+from service.state import initial_state, model_tags, open_state_store
 from service.tensors import Tensors
-from traffic.store import SQLiteStateStore
+from storage.postgres import PostgresDatabase
 from traffic.table import EndpointTable
 
 REQUEST_ID_HEADER = "x-gateway-request-id"
@@ -168,15 +168,15 @@ class Gateway:
         ``registry``: where its metrics live (see ``GatewayMetrics``)."""
         secrets_ = load_secrets(config.secrets)
         metrics = GatewayMetrics(config.server.latency_slo_ms / 1000.0, registry)
-        path = config.data_dir / STATE_FILE
-        store = with_retries("opening the routing state", lambda: SQLiteStateStore(path))
+        store = with_retries("opening the routing state", lambda: open_state_store(config))
         state = with_retries("reading the routing state", lambda: initial_state(config, store))
         tags = model_tags(state.tables)
         loader = ModelLoader(config, check_models(config, tags), metrics)
         models = {tag: loader.load(tag) for tag in tags}
         snapshot = RoutingControl.snapshot(state, models)
         dataplane = DataPlane(config.limits, snapshot, config.faults())
-        routing = RoutingControl(store, loader, dataplane, metrics)
+        dsn = store.db.dsn if isinstance(store.db, PostgresDatabase) else None
+        routing = RoutingControl(store, loader, dataplane, metrics, notifications_dsn=dsn)
         routing.export(snapshot)
         return cls(config_path, config, secrets_, metrics, dataplane, routing)
 

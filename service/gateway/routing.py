@@ -6,11 +6,15 @@ At start a worker adopts the stored state, unless the config's endpoints changed
 traffic moves only once the model is warm), then installs the new snapshot in one step. A change
 made through the admin API is validated, loaded in the worker that took it, saved with
 compare-and-swap, audited, and installed there at once; the other workers follow within ``POLL_S``.
+On PostgreSQL every worker of every replica also listens for the saved version (LISTEN/NOTIFY) and
+reads it at once; polling stays, every ``NOTIFIED_POLL_S``, as the safety net for a lost
+notification or a listener reconnecting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -24,10 +28,12 @@ from service.gateway.metrics import GatewayMetrics
 from service.gateway.models import LoadedModel, ModelLoader
 from service.logs import Throttled
 from service.state import model_tags
+from storage.database import StoreUnavailable
+from storage.postgres import listen_forever
 from traffic.store import (
+    ROUTING_CHANNEL,
     RoutingState,
     StateStore,
-    StoreUnavailable,
     VersionConflict,
     audit_entry,
     compare_and_swap,
@@ -36,6 +42,7 @@ from traffic.table import EndpointTable, RoutingError
 
 log = logging.getLogger("gateway.routing")
 POLL_S = 0.25
+NOTIFIED_POLL_S = 1.0
 MAX_BACKOFF_S = 5.0
 START_DEADLINE_S = 300.0
 """How long a starting worker waits for a routing store it cannot read (locked) before failing."""
@@ -54,6 +61,8 @@ def with_retries(what: str, work: Callable[[], T], deadline_s: float = START_DEA
     while True:
         try:
             result = work()
+        except ConfigError:
+            raise  # waiting does not mend a config
         except Exception as error:
             if time.monotonic() + delay > deadline:
                 raise
@@ -74,12 +83,16 @@ class RoutingControl:
         loader: ModelLoader,
         dataplane: DataPlane,
         metrics: GatewayMetrics,
+        notifications_dsn: str | None = None,
     ) -> None:
         self.store = store
         self.loader = loader
         self.dataplane = dataplane
         self.metrics = metrics
+        self.notifications_dsn = notifications_dsn
+        """Where to LISTEN for saved versions (PostgreSQL's DSN); None: polling alone."""
         self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
 
     @staticmethod
     def snapshot(state: RoutingState, models: Mapping[str, LoadedModel]) -> Snapshot:
@@ -125,9 +138,12 @@ class RoutingControl:
         While the store cannot be read (locked, gone), polls back off to ``MAX_BACKOFF_S`` and
         the failure is logged once a minute at most, then its end."""
         failures = Throttled(log, every_s=60.0)
-        delay = POLL_S
+        poll_s = POLL_S if self.notifications_dsn is None else NOTIFIED_POLL_S
+        delay = poll_s
         while True:
-            await asyncio.sleep(delay)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
             try:
                 version = await anyio.to_thread.run_sync(self.store.current_version)
                 if version != self.dataplane.snapshot.version:
@@ -137,7 +153,16 @@ class RoutingControl:
                 failures.warning("cannot follow the routing state (%s); retrying", error)
                 continue
             failures.recovered("following the routing state again")
-            delay = POLL_S
+            delay = poll_s
+
+    async def listen(self) -> None:
+        """Wake ``follow`` the moment any process saves a routing version, and after each
+        (re)connection of the listener, which may have missed some (a supervised background
+        task where ``notifications_dsn`` is set)."""
+        assert self.notifications_dsn is not None
+        await listen_forever(
+            self.notifications_dsn, ROUTING_CHANNEL, lambda _: self._wake.set(), self._wake.set
+        )
 
     async def refresh(self) -> None:
         async with self._lock:

@@ -9,10 +9,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from monitors.store import StoreFull
 from service.errors import GatewayError, Unavailable
 from service.logs import Throttled
-from traffic.store import StoreUnavailable
+from storage.database import StoreFull, StoreUnavailable
 
 log = logging.getLogger("gateway.http")
 JSON = "application/json"

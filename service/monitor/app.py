@@ -303,11 +303,19 @@ async def get_experiment(request: Request) -> Response:
     return json_response(await anyio.to_thread.run_sync(experiments.describe, endpoint))
 
 
-async def _every(interval_s: float, work: Callable[[], object], what: str) -> None:
-    """Run ``work`` in a thread every ``interval_s`` seconds; a failure is logged, not fatal."""
+async def _every(
+    interval_s: float,
+    work: Callable[[], object],
+    what: str,
+    when: Callable[[], bool] = lambda: True,
+) -> None:
+    """Run ``work`` in a thread every ``interval_s`` seconds while ``when()``; a failure is
+    logged, not fatal."""
     failures = Throttled(log, every_s=300.0)
     while True:
         await asyncio.sleep(interval_s)
+        if not when():
+            continue
         try:
             await anyio.to_thread.run_sync(work)
         except Exception:  # the next round tries again
@@ -316,36 +324,45 @@ async def _every(interval_s: float, work: Callable[[], object], what: str) -> No
 
 @contextlib.asynccontextmanager
 async def background(app: Starlette) -> AsyncIterator[None]:
-    """While the monitor serves (each task supervised): drift and quality every ``interval_s``,
-    each endpoint's rollout every its own ``interval_s``, webhook deliveries, and pruning."""
+    """While the monitor serves (each task supervised): the leader lease renewed (or sought),
+    and while this monitor leads: drift and quality every ``interval_s``, each endpoint's rollout
+    every its own ``interval_s``, webhook deliveries, and pruning."""
     monitor: Monitor | None = getattr(app.state, "monitor", None)
     tasks = []
     if monitor is not None:
         restarted = monitor.metrics.task_restarted
-        runner, rollouts = monitor.runner, monitor.rollouts
+        runner, rollouts, leadership = monitor.runner, monitor.rollouts, monitor.leadership
+
+        def leading() -> bool:
+            return leadership.leading
+
+        def led(interval_s: float, work: Callable[[], object], what: str) -> Callable:
+            """A job that runs only while this monitor leads."""
+            return functools.partial(_every, interval_s, work, what, leading)
+
         jobs = {
-            "monitor runs": functools.partial(
-                _every, runner.config.interval_s, runner.run_once, "monitor run"
+            "leader lease": functools.partial(
+                _every, leadership.renew_every_s, leadership.renew, "leader lease"
             ),
-            "webhook deliveries": monitor.notifier.deliver_forever,
-            "pruning": functools.partial(
-                _every, monitor.config.retention.prune_interval_s, monitor.prune, "pruning"
-            ),
-            "experiments": functools.partial(
-                _every, runner.config.interval_s, monitor.experiments.export, "experiment readout"
+            "monitor runs": led(runner.config.interval_s, runner.run_once, "monitor run"),
+            "webhook deliveries": functools.partial(monitor.notifier.deliver_forever, leading),
+            "pruning": led(monitor.config.retention.prune_interval_s, monitor.prune, "pruning"),
+            "experiments": led(
+                runner.config.interval_s, monitor.experiments.export, "experiment readout"
             ),
         }
         for name, policy in rollouts.policies.items():
             tick = functools.partial(rollouts.tick, name)
-            jobs[f"rollout {name}"] = functools.partial(
-                _every, policy.interval_s, tick, f"rollout {name}"
-            )
+            jobs[f"rollout {name}"] = led(policy.interval_s, tick, f"rollout {name}")
+        await anyio.to_thread.run_sync(leadership.renew)
         tasks = [supervise.start(name, job, restarted) for name, job in jobs.items()]
     try:
         yield
     finally:
         for task in tasks:
             task.cancel()
+        if monitor is not None:
+            await anyio.to_thread.run_sync(monitor.leadership.resign)
 
 
 def build_monitor_app() -> Starlette:

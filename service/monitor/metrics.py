@@ -233,6 +233,14 @@ class MonitorMetrics:
             **into,
         )
 
+        self.leader = Gauge(
+            "gateway_monitor_leader",
+            "1 while this monitor holds the leader lease (runs analysis, rollouts, webhooks), "
+            "0 while it stands by (it still ingests records, labels and rewards).",
+            ["holder"],
+            **mode,
+        )
+
     def task_restarted(self, task: str) -> None:
         """Count a supervised background task started again (service/supervise.py)."""
         self.background_restarts.labels(task).inc()

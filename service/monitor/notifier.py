@@ -21,13 +21,14 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 import aiohttp
 import anyio
 
 from service.config import NotificationsConfig
 from service.monitor.metrics import MonitorMetrics
-from traffic.store import OutboxEvent, SQLiteStateStore
+from traffic.store import OutboxEvent, StateStore
 
 log = logging.getLogger("gateway.notify")
 SIGNATURE_HEADER = "X-Gateway-Signature"
@@ -51,7 +52,7 @@ class Notifier:
         self,
         config: NotificationsConfig,
         metrics: MonitorMetrics,
-        outbox: SQLiteStateStore,
+        outbox: StateStore,
         secret: str | None,
     ) -> None:
         self.config = config
@@ -85,15 +86,18 @@ class Notifier:
         if self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    async def deliver_forever(self) -> None:
-        """Deliver due events until cancelled (a supervised task on the monitor's loop)."""
+    async def deliver_forever(self, active: Callable[[], bool] = lambda: True) -> None:
+        """Deliver due events until cancelled (a supervised task on the monitor's loop), while
+        ``active()`` (this monitor leads: one deliverer for the shared outbox)."""
         self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
         slots = asyncio.Semaphore(CONCURRENCY)
         tasks: set[asyncio.Task] = set()
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
-                due = await anyio.to_thread.run_sync(self.outbox.due_events, time.time())
+                due = []
+                if active():
+                    due = await anyio.to_thread.run_sync(self.outbox.due_events, time.time())
                 for event in due:
                     if (event.id, event.url) in self._in_flight:
                         continue

@@ -27,14 +27,15 @@ from service.errors import ConfigError
 from service.model_card import ModelCard
 from service.monitor.evidence import EvidenceGatherer
 from service.monitor.experiments import ExperimentReadouts
+from service.monitor.leadership import Leadership
 from service.monitor.metrics import MonitorMetrics
 from service.monitor.notifier import DriftAlarm, Notifier
 from service.monitor.rollouts import RolloutService
 from service.monitor.runs import MonitorRunner
 from service.names import endpoint_of, is_name, is_tag, is_unit
 from service.secrets import Secrets, check_exposure, load_secrets
-from service.state import STATE_FILE
-from traffic.store import SQLiteStateStore
+from service.state import STATE_FILE, postgres_database
+from traffic.store import SQLStateStore
 from traffic.table import EndpointTable
 
 log = logging.getLogger("gateway.monitor")
@@ -53,6 +54,19 @@ def listening_host() -> str | None:
     descriptor = int(sys.argv[sys.argv.index("--fd") + 1])
     with socket.socket(fileno=os.dup(descriptor)) as bound:
         return bound.getsockname()[0]
+
+
+def open_stores(config: GatewayConfig) -> tuple[MonitorStore, SQLStateStore]:
+    """The monitor's store and the shared state store, on the backend the config names (one
+    PostgreSQL pool for both), their schemas brought up to date."""
+    if config.state.backend == "postgres":
+        database = postgres_database(config)
+        return MonitorStore(database), SQLStateStore(database)
+    max_db = config.monitor.max_db_mb
+    store = MonitorStore.open_sqlite(
+        config.data_dir / MONITOR_FILE, None if max_db is None else int(max_db * 2**20)
+    )
+    return store, SQLStateStore.open_sqlite(config.data_dir / STATE_FILE)
 
 
 @dataclass
@@ -82,13 +96,10 @@ class Monitor:
     def __init__(self, config: GatewayConfig, secrets: Secrets) -> None:
         self.config = config
         self.secrets = secrets
-        max_db = config.monitor.max_db_mb
-        self.store = MonitorStore(
-            config.data_dir / MONITOR_FILE, None if max_db is None else int(max_db * 2**20)
-        )
+        self.store, self.state_store = open_stores(config)
         self.metrics = MonitorMetrics()
+        self.leadership = Leadership(self.state_store, config.monitor.lease_s, self._led)
         self.archive = ReportArchive(config.data_dir / REPORTS_DIR, config.monitor.report_keep)
-        self.state_store = SQLiteStateStore(config.data_dir / STATE_FILE)
         self.notifier = Notifier(
             config.notifications, self.metrics, self.state_store, secrets.webhook_secret
         )
@@ -107,12 +118,25 @@ class Monitor:
             EvidenceGatherer(self.store, lambda: self.runner.latest),
             self.metrics,
             self.notifier,
+            actor=lambda: f"rollout@{self.leadership.identity}",
         )
         self.experiments = ExperimentReadouts(
             config, self.store, self.state_store, self.metrics, self.archive
         )
         self.known = KnownVariants(self.tables)
         self._cards: dict[str, ModelCard | None] = {}
+
+    def _led(self, leading: bool) -> None:
+        """Export whether this process leads; a new leader resumes every rollout at once (a
+        transition its predecessor saved but did not apply is applied now), not an interval
+        later."""
+        self.metrics.leader.labels(self.leadership.holder).set(int(leading))
+        if leading:
+            for endpoint in self.rollouts.policies:
+                try:
+                    self.rollouts.tick(endpoint)
+                except Exception:  # its own task tries again within its interval
+                    log.warning("resuming the rollout of %s failed", endpoint, exc_info=True)
 
     @classmethod
     def start(cls, config_path: Path, config: GatewayConfig) -> Monitor:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 
 from monitors.store import MonitorStore
@@ -67,7 +68,10 @@ class RolloutService:
         evidence: EvidenceGatherer,
         metrics: MonitorMetrics,
         notifier: Notifier,
+        actor: Callable[[], str] = lambda: "rollout",
     ) -> None:
+        """``actor``: who the audit log names for each traffic move (the leader monitor)."""
+        self.actor = actor
         self.config = config
         self.policies = config.rollout_policies()
         self.gates: dict[str, OfflineGateConfig] = {
@@ -286,7 +290,8 @@ class RolloutService:
             for v in swap.after.tables[endpoint].variants
         }
         detail = {"variants": weights, "reason": state.reason}
-        self.state_store.append_audit(audit_entry("rollout", f"rollout_{action}", endpoint, detail))
+        entry = audit_entry(self.actor(), f"rollout_{action}", endpoint, detail)
+        self.state_store.append_audit(entry)
 
     def _entry(
         self, policy: RolloutPolicy, decision: Decision, evidence: Evidence, now: float

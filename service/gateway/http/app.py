@@ -80,6 +80,9 @@ async def background_tasks(app: Starlette) -> AsyncIterator[None]:
         if gateway is not None:
             restarted = gateway.metrics.task_restarted
             tasks.append(supervise.start("routing follower", gateway.routing.follow, restarted))
+            if gateway.routing.notifications_dsn is not None:
+                listener = gateway.routing.listen
+                tasks.append(supervise.start("routing listener", listener, restarted))
             if gateway.recorder.enabled:
                 recorder = gateway.recorder.ship_forever
                 tasks.append(supervise.start("record shipping", recorder, restarted))
