@@ -10,7 +10,7 @@ PORT ?= 3000
 DEMO_HOME ?= .gateway-home
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: demo serve-demo test test-unit lint format bench clean promtool chromium wrk grpc-stubs
+.PHONY: demo serve-demo test test-unit lint format bench clean promtool chromium postgresql wrk grpc-stubs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,11 +44,17 @@ promtool:
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-test: lint promtool chromium
+# PostgreSQL (Debian's server): the store tests run on it as well as on SQLite, and the replica
+# test shares one between two gateways and two monitors. The tests start a throwaway cluster
+# themselves (tests/postgres.py); only the package is installed here, when missing.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
+
+test: lint promtool chromium postgresql
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Everything but the tests that start real servers (marked integration): the edit-test loop.
-test-unit: $(STAMP) promtool
+test-unit: $(STAMP) promtool postgresql
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration"
 
 # Serving and overload drive load with aiohttp callers (bench/load.py), as the issues measure it;

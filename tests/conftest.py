@@ -1,4 +1,5 @@
-"""Shared fixtures: the demo models in a throwaway model store, and a real gateway serving them.
+"""Shared fixtures: the demo models in a throwaway model store, a real gateway serving them, and
+a real PostgreSQL cluster (with ``open_database``, which runs a store test on both engines).
 
 BentoML reads ``BENTOML_HOME`` once at import; tests/helpers.py sets it, so it is imported first.
 """
@@ -8,11 +9,19 @@ from __future__ import annotations
 
 from tests.helpers import STORE_ROOT, write_config
 
+from collections.abc import Callable, Iterator
+
 import pytest
 
 from service import registry
 from service.demo.models import DemoModel, build_demo_models
 from service.launch import running_server
+from storage.database import Database
+from storage.postgres import PostgresDatabase
+from storage.sqlite import SQLiteDatabase
+from tests.postgres import Cluster, PostgresUnavailable, running_cluster
+
+BACKENDS = ("sqlite", "postgres")
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +43,37 @@ def gateway_url(demo_models, tmp_path_factory) -> str:
     no_admin = {"GATEWAY_ADMIN_TOKEN": ""}
     with running_server(config, log_path=directory / "server.log", env=no_admin) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """A real PostgreSQL server for the session (fails, saying why, when none can start)."""
+    try:
+        with running_cluster() as cluster:
+            yield cluster
+    except PostgresUnavailable as error:
+        pytest.fail(f"PostgreSQL is needed for this test and could not start: {error}")
+
+
+@pytest.fixture(params=BACKENDS)
+def open_database(request, tmp_path) -> Iterator[Callable[[], Database]]:
+    """Opens the test's database, on each engine in turn: one SQLite file, or one fresh
+    PostgreSQL database. Opening it again is what a restarted process does; every connection
+    is closed when the test ends."""
+    opened: list[Database] = []
+    if request.param == "postgres":
+        dsn = request.getfixturevalue("postgres").new_database()
+
+        def open_() -> Database:
+            opened.append(PostgresDatabase(dsn))
+            return opened[-1]
+
+    else:
+
+        def open_() -> Database:
+            opened.append(SQLiteDatabase(tmp_path / "store.sqlite3", busy_timeout_s=10.0))
+            return opened[-1]
+
+    yield open_
+    for database in opened:
+        database.close()

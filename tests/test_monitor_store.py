@@ -56,8 +56,8 @@ def test_the_buffer_and_its_batches_are_bounded_in_bytes():
     assert all(len(encode_batch(b)) <= limit for b in batches)
 
 
-def test_labels_join_whether_they_come_before_or_after(tmp_path):
-    store = MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3")
+def test_labels_join_whether_they_come_before_or_after(open_database):
+    store = MonitorStore(open_database())
     assert store.add_label("early", "yes") == LabelOutcome.STORED  # before its prediction
     store.add_records([record("early", ["yes"]), record("late", ["no", "no"])])
     assert store.add_label("late", ["no", "yes"]) == LabelOutcome.STORED  # after, per row
@@ -70,19 +70,18 @@ def test_labels_join_whether_they_come_before_or_after(tmp_path):
     assert (joined.prediction == joined.label).mean() == pytest.approx(2 / 3)
 
 
-def test_duplicates_are_idempotent_conflicts_refused_and_labels_durable(tmp_path):
-    path = tmp_path / "monitor.sqlite3"
-    store = MonitorStore.open_sqlite(path)
+def test_duplicates_are_idempotent_conflicts_refused_and_labels_durable(open_database):
+    store = MonitorStore(open_database())
     assert store.add_label("r1", 1) == LabelOutcome.STORED
     assert store.add_label("r1", 1) == LabelOutcome.DUPLICATE
     assert store.add_label("r1", 0) == LabelOutcome.CONFLICT
-    reopened = MonitorStore.open_sqlite(path)
+    reopened = MonitorStore(open_database())
     reopened.add_records([record("r1", [1])])
     assert reopened.labeled("churn", "stable").label.tolist() == [1]
 
 
-def test_labels_wait_for_their_prediction_bounded_in_number_and_expire(tmp_path):
-    store = MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3")
+def test_labels_wait_for_their_prediction_bounded_in_number_and_expire(open_database):
+    store = MonitorStore(open_database())
     store.add_label("ghost", 1)
     store.add_label("real", 1)
     assert store.pending_labels() == 2
@@ -97,8 +96,8 @@ def test_labels_wait_for_their_prediction_bounded_in_number_and_expire(tmp_path)
     assert store.add_label("real", 1) == LabelOutcome.DUPLICATE  # a joined label is kept
 
 
-def test_pruning_removes_old_records_and_labels_in_chunks(tmp_path):
-    store = MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3")
+def test_pruning_removes_old_records_and_labels_in_chunks(open_database):
+    store = MonitorStore(open_database())
     store.add_records([record(f"r{i}", [i], at=float(i)) for i in range(12_000)])
     store.add_labels([(f"r{i}", i) for i in range(100)])
     deleted = store.prune(predictions_before=11_000.0, labels_before=10**12, pending_before=0)
@@ -125,8 +124,8 @@ def test_a_full_database_refuses_the_write_and_keeps_what_it_had(tmp_path):
     assert store.pending_labels() == 1
 
 
-def test_window_returns_the_newest_input_rows_with_predictions(tmp_path):
-    store = MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3")
+def test_window_returns_the_newest_input_rows_with_predictions(open_database):
+    store = MonitorStore(open_database())
     store.add_records(
         [record(f"r{i}", [i], at=1000.0 + i, inputs=[[float(i), 1.0]]) for i in range(10)]
         + [record("other", [9], variant="candidate", inputs=[[9.0, 9.0]])]
@@ -136,8 +135,8 @@ def test_window_returns_the_newest_input_rows_with_predictions(tmp_path):
     assert store.add_records([record("r0", [0])]) == 0  # a record seen before is ignored
 
 
-def test_active_variants_since(tmp_path):
-    store = MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3")
+def test_active_variants_since(open_database):
+    store = MonitorStore(open_database())
     store.add_records([record("a", [1], at=10.0), record("b", [1], at=20.0, variant="candidate")])
     assert store.active(since=15.0) == [("churn", "candidate", "churn:v1")]
 
@@ -161,10 +160,10 @@ def test_a_store_from_before_records_named_their_model_is_set_aside(tmp_path):
     assert store.add_label("kept", 1) == LabelOutcome.DUPLICATE  # labels are kept
 
 
-def test_shadow_rows_come_back_beside_the_primary_with_labels_once_joined(tmp_path):
+def test_shadow_rows_come_back_beside_the_primary_with_labels_once_joined(open_database):
     from monitors.shadow import compare_shadows
 
-    store = MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3")
+    store = MonitorStore(open_database())
     store.add_records(
         [
             PredictionRecord(
@@ -209,10 +208,10 @@ def unit_record(request_id, variant, unit, at=1000.0, outcome="ok", latency_s=0.
     )
 
 
-def test_rewards_are_idempotent_held_until_their_prediction_and_refused_when_late(tmp_path):
+def test_rewards_are_idempotent_held_until_their_prediction_and_refused_when_late(open_database):
     import time
 
-    store = MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3")
+    store = MonitorStore(open_database())
     now = time.time()
     store.add_records(
         [
@@ -249,8 +248,8 @@ def test_rewards_are_idempotent_held_until_their_prediction_and_refused_when_lat
     assert deleted["rewards"] == 3
 
 
-def test_unit_totals_group_requests_by_unit_and_leave_pinned_ones_out(tmp_path):
-    store = MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3")
+def test_unit_totals_group_requests_by_unit_and_leave_pinned_ones_out(open_database):
+    store = MonitorStore(open_database())
     store.add_records(
         [
             unit_record("r1", "a", "u1", latency_s=0.010),

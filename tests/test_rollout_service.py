@@ -1,4 +1,4 @@
-"""The rollout service without a server: real SQLite stores, evidence handed in (unit test).
+"""The rollout service without a server: real stores on both engines, evidence handed in.
 
 Transitions are saved before their traffic is written, and a restart in between re-applies them;
 a dry run decides and logs but moves no traffic."""
@@ -31,7 +31,9 @@ class HandedEvidence:
         return self.evidence
 
 
-def service(tmp_path, webhooks=(), **rollout) -> tuple[RolloutService, HandedEvidence]:
+def service(
+    tmp_path, open_database, webhooks=(), **rollout
+) -> tuple[RolloutService, HandedEvidence]:
     config = parse_config(
         {
             "data_dir": str(tmp_path),
@@ -54,10 +56,10 @@ def service(tmp_path, webhooks=(), **rollout) -> tuple[RolloutService, HandedEvi
     )
     evidence = HandedEvidence()
     metrics = MonitorMetrics(CollectorRegistry())
-    state = SQLStateStore.open_sqlite(tmp_path / "state.sqlite3")
+    state = SQLStateStore(open_database())
     built = RolloutService(
         config,
-        MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3"),
+        MonitorStore(open_database()),
         state,
         evidence,
         metrics,
@@ -80,9 +82,11 @@ def events(rollouts: RolloutService) -> list[tuple[str, int]]:
     ]
 
 
-def test_a_transition_saved_but_not_applied_is_applied_after_a_restart(tmp_path, monkeypatch):
+def test_a_transition_saved_but_not_applied_is_applied_after_a_restart(
+    tmp_path, open_database, monkeypatch
+):
     hook = "http://127.0.0.1:9/hook"
-    rollouts, evidence = service(tmp_path, webhooks=[hook])
+    rollouts, evidence = service(tmp_path, open_database, webhooks=[hook])
     rollouts.tick("churn", now=1.0)
     assert weights(rollouts) == {"stable": 90, "next": 10}
     evidence.evidence = BROKEN
@@ -97,7 +101,7 @@ def test_a_transition_saved_but_not_applied_is_applied_after_a_restart(tmp_path,
     assert described["state"]["phase"] == "rolled_back" and not described["applied"]
     assert weights(rollouts) == {"stable": 90, "next": 10}  # not applied yet
     assert events(rollouts) == [("rollout_start", 1), ("rollout_rollback", 0)]  # held back
-    restarted, _ = service(tmp_path, webhooks=[hook])
+    restarted, _ = service(tmp_path, open_database, webhooks=[hook])
     assert restarted.tick("churn", now=3.0) is None  # nothing left to decide
     assert weights(restarted) == {"stable": 100, "next": 0}
     assert restarted.describe("churn")["applied"]
@@ -109,8 +113,8 @@ def test_a_transition_saved_but_not_applied_is_applied_after_a_restart(tmp_path,
     ]
 
 
-def test_a_dry_run_decides_and_logs_but_moves_no_traffic(tmp_path):
-    rollouts, evidence = service(tmp_path, dry_run=True)
+def test_a_dry_run_decides_and_logs_but_moves_no_traffic(tmp_path, open_database):
+    rollouts, evidence = service(tmp_path, open_database, dry_run=True)
     rollouts.tick("churn", now=1.0)
     evidence.evidence = BROKEN
     decision = rollouts.tick("churn", now=2.0)
@@ -121,12 +125,12 @@ def test_a_dry_run_decides_and_logs_but_moves_no_traffic(tmp_path):
     assert all(e["dry_run"] for e in history)
 
 
-def test_a_new_candidate_model_restarts_the_analysis(tmp_path):
+def test_a_new_candidate_model_restarts_the_analysis(tmp_path, open_database):
     from dataclasses import replace
 
     from traffic.store import RoutingState
 
-    rollouts, _ = service(tmp_path)
+    rollouts, _ = service(tmp_path, open_database)
     rollouts.tick("churn", now=1.0)
     current = rollouts.state_store.load()
     table = current.tables["churn"]
@@ -144,10 +148,12 @@ def test_a_new_candidate_model_restarts_the_analysis(tmp_path):
     assert decision.state.analysis_started == 5.0
 
 
-def test_starting_again_after_the_old_stable_left_is_a_conflict_not_a_crash(tmp_path):
+def test_starting_again_after_the_old_stable_left_is_a_conflict_not_a_crash(
+    tmp_path, open_database
+):
     from service.errors import Conflict
 
-    rollouts, _ = service(tmp_path, revert_window_s=0)
+    rollouts, _ = service(tmp_path, open_database, revert_window_s=0)
     rollouts.tick("churn", now=1.0)
     rollouts.act("churn", "promote", now=2.0)
     assert rollouts.tick("churn", now=3.0).action == "succeed"  # the old stable leaves

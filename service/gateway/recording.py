@@ -8,6 +8,10 @@ is slow, down or refuses this gateway's token, batches go back into the buffer a
 once the buffer is full, new records are dropped and counted
 (``gateway_monitor_dropped_records_total``). Nothing here ever delays an answer. Every call to the
 monitor carries the monitor token.
+
+With several monitors (``monitor.urls``: a leader and standbys, any of which ingests), every call
+goes to the one that answered last; one that cannot be reached or answers 5xx sends the call (and
+the following ones) on to the next, so labels are not refused while a monitor is down.
 """
 
 from __future__ import annotations
@@ -55,11 +59,23 @@ class Recorder:
         """True while the gateway refuses predictions: records keep coming, their inputs wait."""
         self.buffer = RecordBuffer(config.buffer_records, config.buffer_bytes)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.urls = config.monitor_urls()
+        self._current = 0
+        """Index in ``urls`` of the monitor calls go to first (the last one that answered)."""
         self._failures = Throttled(log)
 
     @property
     def enabled(self) -> bool:
-        return self.config.url is not None
+        return bool(self.urls)
+
+    def _in_turn(self) -> list[int]:
+        """Indexes of the monitors, the current one first."""
+        return [(self._current + i) % len(self.urls) for i in range(len(self.urls))]
+
+    def _fail_over(self, index: int) -> None:
+        """The monitor at ``index`` failed: the next one goes first from now on."""
+        if index == self._current:
+            self._current = (index + 1) % len(self.urls)
 
     async def send_feedback(
         self, kind: Literal["labels", "rewards"], items: list[dict]
@@ -72,22 +88,33 @@ class Recorder:
         or cannot store (a full disk).
         """
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-        try:
-            async with aiohttp.ClientSession(timeout=timeout, headers=self.headers) as session:
-                async with session.post(f"{self.config.url}/{kind}", json={kind: items}) as answer:
-                    if answer.status == 200:
-                        return (await answer.json())["results"]
-                    message = await _error_message(answer)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-            raise _unavailable(f"the monitor is unreachable ({error})") from None
-        if answer.status == 400:
+        async with aiohttp.ClientSession(timeout=timeout, headers=self.headers) as session:
+            for index in self._in_turn():
+                try:
+                    url = f"{self.urls[index]}/{kind}"
+                    async with session.post(url, json={kind: items}) as answer:
+                        if answer.status == 200:
+                            self._current = index
+                            return (await answer.json())["results"]
+                        message = await _error_message(answer)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                    status, message = None, f"the monitor is unreachable ({error})"
+                else:
+                    status = answer.status
+                if status is None or status >= 500:
+                    self._fail_over(index)
+                    continue
+                break
+        if status is None:
+            raise _unavailable(message)
+        if status == 400:
             raise BadRequest(message)
-        if answer.status == 429:
+        if status == 429:
             raise Overloaded(message, retry_after_s=60)
-        if answer.status in (401, 403):
+        if status in (401, 403):
             log.error("the monitor refused this gateway's token: check GATEWAY_MONITOR_TOKEN")
             raise _unavailable("the monitor refused the gateway")
-        raise _unavailable(f"the monitor answered {answer.status}: {message}")
+        raise _unavailable(f"the monitor answered {status}: {message}")
 
     def record(
         self,
@@ -142,30 +169,45 @@ class Recorder:
         ``path`` is built by the caller from validated names only."""
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s * 5)
         headers = {**self.headers, CLIENT_HEADER: client}
-        try:
-            async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-                url = f"{self.config.url}{path}"
-                async with session.request(method, url, allow_redirects=False) as answer:
-                    content_type = answer.headers.get("Content-Type", "application/octet-stream")
-                    if answer.status in (401, 403):
-                        log.error("the monitor refused this gateway's token: check its secret")
-                        raise _unavailable("the monitor refused the gateway")
-                    return answer.status, content_type, await answer.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-            raise _unavailable(f"the monitor is unreachable ({error})") from None
+        problem = "no monitor is configured"
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+            for index in self._in_turn():
+                url = f"{self.urls[index]}{path}"
+                try:
+                    async with session.request(method, url, allow_redirects=False) as answer:
+                        content_type = answer.headers.get(
+                            "Content-Type", "application/octet-stream"
+                        )
+                        if answer.status in (401, 403):
+                            log.error("the monitor refused this gateway's token: check its secret")
+                            raise _unavailable("the monitor refused the gateway")
+                        if answer.status < 500:
+                            self._current = index
+                            return answer.status, content_type, await answer.read()
+                        problem = f"the monitor answered {answer.status}"
+                except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                    problem = f"the monitor is unreachable ({error})"
+                self._fail_over(index)
+        raise _unavailable(problem)
 
     async def ship_forever(self) -> None:
         """Deliver batches until cancelled; back off while the monitor does not take them."""
-        url = f"{self.config.url}/records"
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         base = self.config.flush_interval_ms / 1000
         backoff = base
         async with aiohttp.ClientSession(timeout=timeout, headers=self.headers) as session:
             while True:
                 await asyncio.sleep(backoff)
-                delivered = await self._ship(session, url)
+                index = self._current
+                delivered = await self._ship(session, f"{self.urls[index]}/records")
                 self.metrics.monitor_buffered.set(len(self.buffer))
-                backoff = base if delivered else min(backoff * 2, MAX_BACKOFF_S)
+                if delivered:
+                    backoff = base
+                elif len(self.urls) > 1:
+                    self._fail_over(index)  # the next monitor at once, backing off per round
+                    backoff = base if self._current != 0 else min(backoff * 2, MAX_BACKOFF_S)
+                else:
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     def _refused(self, batch: list[PredictionRecord], reason: str) -> None:
         """The monitor refused a batch as invalid: sending it again would fail forever."""

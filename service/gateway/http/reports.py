@@ -27,7 +27,7 @@ async def from_monitor(request: Request, path: str, what: str = "reports") -> Re
     only), passed through as it is."""
     gateway = gateway_of(request)
     if not gateway.recorder.enabled:
-        raise NotFound(f"{what} need a monitor: set monitor.url in gateway.yaml")
+        raise NotFound(f"{what} need a monitor: set monitor.url (or monitor.urls) in gateway.yaml")
     status, content_type, body = await gateway.recorder.forward(
         request.method, path, client_of(request)
     )
