@@ -108,6 +108,28 @@ def _monitor(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _db_upgrade(args: argparse.Namespace) -> int:
+    """Create or migrate the schemas of the configured backend, and say which versions they are
+    at (every process does this at start; this runs it alone, e.g. before a rolling upgrade)."""
+    from service.config import load_config
+    from service.state import open_stores
+    from storage.database import StoreUnavailable
+    from storage.schema import installed_version
+
+    config = load_config(args.config)
+    try:
+        monitor_store, state_store = open_stores(config)
+    except StoreUnavailable as error:
+        print(f"gateway: {error}", file=sys.stderr)
+        return 1
+    for database, component in ((state_store.db, "routing"), (monitor_store.db, "monitor")):
+        version = installed_version(database, component)
+        print(f"{component} schema at version {version} ({config.state.backend})")
+    for database in {id(d): d for d in (state_store.db, monitor_store.db)}.values():
+        database.close()  # one pool for both on PostgreSQL
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from service.demo.run import run_demo
 
@@ -152,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--port", type=int)
     monitor.add_argument("--host")
     monitor.set_defaults(handler=_monitor)
+
+    db = commands.add_parser("db", help="the shared state's database").add_subparsers(
+        dest="db_command", required=True
+    )
+    upgrade = db.add_parser("upgrade", help="create or migrate the schemas (also run at start)")
+    upgrade.add_argument("--config", required=True)
+    upgrade.set_defaults(handler=_db_upgrade)
 
     demo = commands.add_parser("demo", help="build demo models, serve them, drive traffic")
     demo.add_argument("--home", required=True, help="directory for models, store and config")

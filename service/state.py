@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from monitors.store import MonitorStore
 from service.config import GatewayConfig
 from service.errors import ConfigError
 from storage.postgres import PostgresDatabase
@@ -19,6 +20,8 @@ from traffic.table import EndpointTable
 
 STATE_FILE = "routing.sqlite3"
 """The shared routing state's file in the data directory (SQLite default store)."""
+MONITOR_FILE = "monitor.sqlite3"
+"""The monitor's records, labels and rewards in the data directory (SQLite default store)."""
 
 
 def postgres_database(config: GatewayConfig) -> PostgresDatabase:
@@ -60,3 +63,16 @@ def initial_state(config: GatewayConfig, store: StateStore) -> RoutingState:
     reason = "first start" if swap.before is None else "config endpoints changed"
     store.append_audit(audit_entry("config", "initialize", "*", {"reason": reason}))
     return swap.after
+
+
+def open_stores(config: GatewayConfig) -> tuple[MonitorStore, SQLStateStore]:
+    """The monitor's store and the shared state store, on the backend the config names (one
+    PostgreSQL pool for both), their schemas brought up to date."""
+    if config.state.backend == "postgres":
+        database = postgres_database(config)
+        return MonitorStore(database), SQLStateStore(database)
+    max_db = config.monitor.max_db_mb
+    store = MonitorStore.open_sqlite(
+        config.data_dir / MONITOR_FILE, None if max_db is None else int(max_db * 2**20)
+    )
+    return store, SQLStateStore.open_sqlite(config.data_dir / STATE_FILE)

@@ -9,8 +9,8 @@ import sys
 from tests.helpers import STORE_ROOT, write_config
 
 
-def gateway(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BENTOML_HOME": str(STORE_ROOT / "bentoml")}
+def gateway(*args: str, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BENTOML_HOME": str(STORE_ROOT / "bentoml"), **extra_env}
     command = [sys.executable, "-m", "service.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
 
@@ -71,3 +71,23 @@ def test_serve_with_an_unregistered_model_fails_before_starting(demo_models, tmp
     result = gateway("serve", "--config", str(config))
     assert result.returncode == 2
     assert "model ghost:v3 is not in the model store" in result.stderr
+
+
+def test_db_upgrade_creates_the_schemas_on_either_backend_and_says_what_is_missing(
+    tmp_path, postgres
+):
+    sqlite = write_config(tmp_path / "sqlite.yaml", data_dir=str(tmp_path / "data"))
+    result = gateway("db", "upgrade", "--config", str(sqlite))
+    assert result.returncode == 0, result.stderr
+    assert "routing schema at version 2 (sqlite)" in result.stdout
+    assert "monitor schema at version 1 (sqlite)" in result.stdout
+
+    shared = write_config(tmp_path / "postgres.yaml", state={"backend": "postgres"})
+    dsn = postgres.new_database()
+    result = gateway("db", "upgrade", "--config", str(shared), GATEWAY_DATABASE_URL=dsn)
+    assert result.returncode == 0, result.stderr
+    assert "routing schema at version 2 (postgres)" in result.stdout
+
+    result = gateway("db", "upgrade", "--config", str(shared), GATEWAY_DATABASE_URL="")
+    assert result.returncode == 2
+    assert "$GATEWAY_DATABASE_URL (the database's DSN) is not set" in result.stderr

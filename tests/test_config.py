@@ -83,6 +83,16 @@ def test_several_variants_are_expressible():
             {"endpoints": {"e": {"variants": [{"name": "a", "model": "m:v1", "weight": 0}]}}},
             "weights",
         ),
+        ({"state": {"backend": "mysql"}}, "state.backend"),
+        ({"state": {"dsn": "postgresql://u:secret@db/gw"}}, "state.dsn: unknown key"),
+        ({"state": {"dsn_env": "lower case"}}, "state.dsn_env"),
+        ({"state": {"backend": "postgres"}, "monitor": {"max_db_mb": 10}}, "quotas"),
+        (
+            {"monitor": {"url": "http://127.0.0.1:1", "urls": ["http://127.0.0.1:2"]}},
+            "monitor.url (one monitor, or a load balancer) or monitor.urls",
+        ),
+        ({"monitor": {"urls": ["http://127.0.0.1:2/path"]}}, "monitor.urls.0"),
+        ({"monitor": {"lease_s": 0.1}}, "monitor.lease_s"),
     ],
 )
 def test_bad_values_name_the_key(change, named):
@@ -270,3 +280,14 @@ def test_an_experiment_by_key_needs_a_routing_key():
     config = with_experiment(unit="request")
     del config["endpoints"]["iris"]["routing"]
     assert parse_config(config).endpoints["iris"].experiment.unit == "request"
+
+
+def test_postgres_takes_its_dsn_from_the_environment_only(monkeypatch):
+    from service.state import open_state_store
+
+    config = parse_config({**MINIMAL, "state": {"backend": "postgres", "dsn_env": "MY_DB"}})
+    monkeypatch.delenv("MY_DB", raising=False)
+    with pytest.raises(ConfigError, match=r"\$MY_DB \(the database's DSN\) is not set"):
+        open_state_store(config)
+    several = parse_config({**MINIMAL, "monitor": {"urls": ["http://a:1", "http://b:2"]}})
+    assert several.monitor.monitor_urls() == ["http://a:1", "http://b:2"]

@@ -167,7 +167,7 @@ async def test_acknowledged_labels_survive_kill_9_of_a_gateway_worker_and_of_the
 
             await wait_until(monitor_back, 30, "the monitor did not come back")
     store = MonitorStore.open_sqlite(load_config(config).data_dir / "monitor.sqlite3")
-    stored = dict(store._db().execute("SELECT request_id, label FROM labels").fetchall())
+    stored = dict(store.db.query("SELECT request_id, label FROM labels"))
     missing = [i for i in acknowledged if stored.get(i) != '"benign"']
     assert len(acknowledged) > 50 and failures > 0, (len(acknowledged), failures)
     assert missing == [], f"{len(missing)} of {len(acknowledged)} acknowledged labels lost"
@@ -210,8 +210,8 @@ async def test_a_full_disk_refuses_labels_whole_and_the_monitor_serves_on(demo_m
     store = MonitorStore.open_sqlite(load_config(config).data_dir / "monitor.sqlite3")
     marks = ",".join("?" * len(refused))
     ids = [label["request_id"] for label in refused]
-    found = store._db().execute(f"SELECT COUNT(*) FROM labels WHERE request_id IN ({marks})", ids)
-    assert found.fetchone() == (0,)  # nothing of the refused call was stored
+    found = store.db.query(f"SELECT COUNT(*) FROM labels WHERE request_id IN ({marks})", ids)
+    assert found == [(0,)]  # nothing of the refused call was stored
 
 
 LOCK = """

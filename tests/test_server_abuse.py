@@ -276,7 +276,7 @@ def test_labels_must_fit_the_model_and_name_a_real_answer(demo):
         status, _, reply = send(gateway, "POST", "/feedback", body)
         assert status == 400 and words in json.loads(reply)["error"], (label, reply)
     store = MonitorStore.open_sqlite(data_dir / "monitor.sqlite3")
-    stored = store._db().execute("SELECT request_id FROM labels").fetchall()
+    stored = store.db.query("SELECT request_id FROM labels")
     assert (answer["request_id"],) not in stored and (regression["request_id"],) not in stored
     body = json.dumps({"labels": [{"request_id": answer["request_id"], "label": "benign"}]})
     assert send(gateway, "POST", "/feedback", body.encode())[0] == 200
@@ -328,10 +328,10 @@ def test_a_reused_request_id_keeps_every_record(demo):
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         marks = ",".join("?" * len(ids))
-        found = store._db().execute(
+        found = store.db.query(
             f"SELECT COUNT(*) FROM predictions WHERE request_id IN ({marks})", list(ids)
         )
-        if found.fetchone()[0] == 4:
+        if found[0][0] == 4:
             break
         time.sleep(0.1)
     else:

@@ -122,10 +122,10 @@ async def test_labels_join_before_and_after_and_are_idempotent(monitored):
     assert set(ids) <= set(joined)
     assert joined[ids[1]] == (answers[1][1], answers[1][1])
     assert joined[ids[0]] == (answers[0][1], "benign")
-    correlations = store._db().execute(
+    correlations = store.db.query(
         "SELECT DISTINCT correlation_id FROM predictions WHERE request_id IN (?,?,?)", ids
     )
-    assert correlations.fetchall() == [("same-correlation-id",)]
+    assert correlations == [("same-correlation-id",)]
 
 
 UNKNOWN_ID = "cancer:" + "0" * 32

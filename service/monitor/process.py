@@ -20,7 +20,6 @@ from pathlib import Path
 
 from monitors.records import PredictionRecord
 from monitors.reports import ReportArchive
-from monitors.store import MonitorStore
 from service import registry
 from service.config import GatewayConfig
 from service.errors import ConfigError
@@ -34,12 +33,10 @@ from service.monitor.rollouts import RolloutService
 from service.monitor.runs import MonitorRunner
 from service.names import endpoint_of, is_name, is_tag, is_unit
 from service.secrets import Secrets, check_exposure, load_secrets
-from service.state import STATE_FILE, postgres_database
-from traffic.store import SQLStateStore
+from service.state import open_stores
 from traffic.table import EndpointTable
 
 log = logging.getLogger("gateway.monitor")
-MONITOR_FILE = "monitor.sqlite3"
 REPORTS_DIR = "reports"
 OUTCOMES = ("ok", "error", "rejected")
 KNOWN_GRACE_S = 3600.0
@@ -54,19 +51,6 @@ def listening_host() -> str | None:
     descriptor = int(sys.argv[sys.argv.index("--fd") + 1])
     with socket.socket(fileno=os.dup(descriptor)) as bound:
         return bound.getsockname()[0]
-
-
-def open_stores(config: GatewayConfig) -> tuple[MonitorStore, SQLStateStore]:
-    """The monitor's store and the shared state store, on the backend the config names (one
-    PostgreSQL pool for both), their schemas brought up to date."""
-    if config.state.backend == "postgres":
-        database = postgres_database(config)
-        return MonitorStore(database), SQLStateStore(database)
-    max_db = config.monitor.max_db_mb
-    store = MonitorStore.open_sqlite(
-        config.data_dir / MONITOR_FILE, None if max_db is None else int(max_db * 2**20)
-    )
-    return store, SQLStateStore.open_sqlite(config.data_dir / STATE_FILE)
 
 
 @dataclass

@@ -97,7 +97,9 @@ async def feedback(request: Request) -> Response:
     worker), so a flood of them cannot crowd out predictions, nor predictions them."""
     gateway = gateway_of(request)
     if not gateway.recorder.enabled:
-        raise NotFound("feedback needs a monitor: set monitor.url (or monitor.urls) in gateway.yaml")
+        raise NotFound(
+            "feedback needs a monitor: set monitor.url (or monitor.urls) in gateway.yaml"
+        )
     if gateway.feedback_in_flight >= gateway.config.admission.feedback_concurrency:
         gateway.metrics.shed.labels("feedback", "in_flight").inc()
         raise Overloaded("too many /feedback calls in flight: retry shortly (nothing was stored)")
