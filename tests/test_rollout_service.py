@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from monitors.store import MonitorStore
 from service.config import parse_config
+from service.errors import Conflict
 from service.monitor.metrics import MonitorMetrics
 from service.monitor.notifier import Notifier
 from service.monitor.rollouts import RolloutService
@@ -160,3 +161,19 @@ def test_starting_again_after_the_old_stable_left_is_a_conflict_not_a_crash(
     assert set(weights(rollouts)) == {"next"}
     with pytest.raises(Conflict, match="stable"):
         rollouts.act("churn", "start", now=4.0)
+
+
+def test_an_operator_action_racing_another_monitor_is_a_conflict_and_changes_nothing(
+    tmp_path, open_database, monkeypatch
+):
+    leader, _ = service(tmp_path, open_database)
+    standby, _ = service(tmp_path, open_database)  # a second monitor on the same database
+    leader.tick("churn", now=1.0)
+    read_before = standby._load("churn")
+    leader.act("churn", "pause", now=2.0)  # the leader moves the state on meanwhile
+    monkeypatch.setattr(standby, "_load", lambda endpoint: read_before)
+    with pytest.raises(Conflict, match="changed meanwhile"):
+        standby.act("churn", "pause", now=3.0)
+    described = leader.describe("churn")
+    assert described["state"]["phase"] == "paused"
+    assert [e["action"] for e in described["history"]] == ["start", "pause"]

@@ -69,8 +69,9 @@ class Leadership:
 
     @property
     def identity(self) -> str:
-        """Holder and term, e.g. ``host:123:ab12cd#4`` (what the audit log records)."""
-        return f"{self.holder}#{self.term}"
+        """Holder and term while leading, e.g. ``host:123:ab12cd#4``; the holder alone on a
+        standby (an operator's action may reach any monitor). What the audit log records."""
+        return f"{self.holder}#{self.term}" if self.leading else self.holder
 
     def renew(self) -> bool:
         """Take or renew the lease once (blocking: call it off the event loop); whether this

@@ -50,6 +50,7 @@ from traffic.store import (
     OutboxEvent,
     RoutingState,
     StateStore,
+    VersionConflict,
     audit_entry,
     compare_and_swap,
 )
@@ -189,7 +190,13 @@ class RolloutService:
                     decision = rollout.act(policy, state, action, now)
                 except RolloutError as error:
                     raise Conflict(str(error)) from None
-            self._commit(policy, revision, decision, Evidence(), now)
+            try:
+                self._commit(policy, revision, decision, Evidence(), now)
+            except VersionConflict:
+                raise Conflict(
+                    f"the rollout of {endpoint!r} changed meanwhile (another monitor decided); "
+                    "read it again and retry"
+                ) from None
             return decision
 
     def _variant_models(self, policy: RolloutPolicy) -> dict[str, str]:
