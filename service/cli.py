@@ -118,15 +118,14 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     try:
-        monitor_store, state_store = open_stores(config)
+        stores = open_stores(config)
     except StoreUnavailable as error:
         print(f"gateway: {error}", file=sys.stderr)
         return 1
-    for database, component in ((state_store.db, "routing"), (monitor_store.db, "monitor")):
+    for database, component in ((stores.state.db, "routing"), (stores.records.db, "monitor")):
         version = installed_version(database, component)
         print(f"{component} schema at version {version} ({config.state.backend})")
-    for database in {id(d): d for d in (state_store.db, monitor_store.db)}.values():
-        database.close()  # one pool for both on PostgreSQL
+    stores.close()
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from monitors.store import MonitorStore
 from service.config import GatewayConfig
@@ -24,15 +25,17 @@ MONITOR_FILE = "monitor.sqlite3"
 """The monitor's records, labels and rewards in the data directory (SQLite default store)."""
 
 
-def postgres_database(config: GatewayConfig) -> PostgresDatabase:
-    """A pool on the database the DSN in ``$<state.dsn_env>`` names (``StoreUnavailable`` while
-    it cannot be reached)."""
+def postgres_database(
+    config: GatewayConfig, max_connections: int | None = None
+) -> PostgresDatabase:
+    """A pool (of ``state.pool_size`` connections unless told) on the database the DSN in
+    ``$<state.dsn_env>`` names (``StoreUnavailable`` while it cannot be reached)."""
     dsn = os.environ.get(config.state.dsn_env, "").strip()
     if not dsn:
         raise ConfigError(
             f"state.backend is postgres, but ${config.state.dsn_env} (the database's DSN) is not set"
         )
-    return PostgresDatabase(dsn, config.state.pool_size)
+    return PostgresDatabase(dsn, max_connections or config.state.pool_size)
 
 
 def open_state_store(config: GatewayConfig) -> SQLStateStore:
@@ -65,14 +68,32 @@ def initial_state(config: GatewayConfig, store: StateStore) -> RoutingState:
     return swap.after
 
 
-def open_stores(config: GatewayConfig) -> tuple[MonitorStore, SQLStateStore]:
-    """The monitor's store and the shared state store, on the backend the config names (one
-    PostgreSQL pool for both), their schemas brought up to date."""
+@dataclass(frozen=True)
+class MonitorStores:
+    """What a monitor stores in: its records, labels and rewards; the shared state; and the
+    shared state again for the leader lease alone, on a connection of its own (PostgreSQL), so
+    that renewing the lease never waits behind ingestion or an analysis holding the pool."""
+
+    records: MonitorStore
+    state: SQLStateStore
+    leases: SQLStateStore
+
+    def close(self) -> None:
+        for database in {
+            id(d): d for d in (self.records.db, self.state.db, self.leases.db)
+        }.values():
+            database.close()
+
+
+def open_stores(config: GatewayConfig) -> MonitorStores:
+    """A monitor's stores on the backend the config names, their schemas brought up to date."""
     if config.state.backend == "postgres":
         database = postgres_database(config)
-        return MonitorStore(database), SQLStateStore(database)
+        leases = SQLStateStore(postgres_database(config, max_connections=1))
+        return MonitorStores(MonitorStore(database), SQLStateStore(database), leases)
     max_db = config.monitor.max_db_mb
-    store = MonitorStore.open_sqlite(
+    records = MonitorStore.open_sqlite(
         config.data_dir / MONITOR_FILE, None if max_db is None else int(max_db * 2**20)
     )
-    return store, SQLStateStore.open_sqlite(config.data_dir / STATE_FILE)
+    state = SQLStateStore.open_sqlite(config.data_dir / STATE_FILE)
+    return MonitorStores(records, state, state)

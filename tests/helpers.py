@@ -17,8 +17,10 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
+import psutil
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -129,6 +131,43 @@ def rollout_config(tmp_path, faults=None, webhook=None, **rollout) -> tuple:
         },
     )
     return config, port
+
+
+class Answer(NamedTuple):
+    """What one prediction answered, from its status and headers."""
+
+    status: int
+    variant: str | None
+    worker: str | None
+    seconds: float
+    request_id: str | None
+
+
+async def predict(session, url, key=None, endpoint="cancer", headers=None) -> Answer:
+    """One 1-row prediction, keyed by ``key`` (the ``x-user-id`` header) when given."""
+    all_headers = {**({"x-user-id": key} if key else {}), **(headers or {})}
+    started = time.perf_counter()
+    async with session.post(
+        f"{url}/predict/{endpoint}", json={"instances": [ROW]}, headers=all_headers
+    ) as answer:
+        await answer.read()
+        return Answer(
+            answer.status,
+            answer.headers.get("x-gateway-variant"),
+            answer.headers.get("x-gateway-worker"),
+            time.perf_counter() - started,
+            answer.headers.get("x-gateway-request-id"),
+        )
+
+
+def server_processes(port: int) -> tuple[psutil.Process, list[psutil.Process]]:
+    """The server listening on ``port``: its arbiter and its worker processes."""
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "serve" in command and "--port" in command:
+            if command[command.index("--port") + 1] == str(port):
+                return process, process.children(recursive=True)
+    raise AssertionError(f"no server on port {port}")
 
 
 async def drive(session, url, seconds, users=400, concurrency=8, endpoint="cancer") -> list[tuple]:

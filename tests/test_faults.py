@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import psutil
 import pytest
 from aiohttp import web
 
@@ -35,20 +34,11 @@ from tests.helpers import (
     local_monitor,
     loopback_receiver,
     rollout_config,
+    server_processes,
     write_config,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def workers(port: int) -> list[psutil.Process]:
-    """The worker processes of the server listening on ``port`` (children of its arbiter)."""
-    for process in psutil.process_iter(["cmdline"]):
-        command = process.info["cmdline"] or []
-        if "serve" in command and "--port" in command:
-            if command[command.index("--port") + 1] == str(port):
-                return process.children()
-    raise AssertionError(f"no server on port {port}")
 
 
 async def wait_until(check, timeout_s: float, what: str) -> None:
@@ -152,9 +142,9 @@ async def test_acknowledged_labels_survive_kill_9_of_a_gateway_worker_and_of_the
 
         async def kill() -> None:
             await asyncio.sleep(2)
-            workers(gateway_port)[0].send_signal(signal.SIGKILL)
+            server_processes(gateway_port)[1][0].send_signal(signal.SIGKILL)
             await asyncio.sleep(2)
-            workers(port)[0].send_signal(signal.SIGKILL)
+            server_processes(port)[1][0].send_signal(signal.SIGKILL)
 
         connector = aiohttp.TCPConnector(force_close=True)  # spread over both gateway workers
         async with aiohttp.ClientSession(connector=connector) as session:

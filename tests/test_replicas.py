@@ -16,12 +16,18 @@ import time
 from pathlib import Path
 
 import aiohttp
-import psutil
 import psycopg
 import pytest
 
 from service.launch import MONITOR_SERVICE, free_port, running_server
-from tests.helpers import ADMIN_AUTH, ADMIN_ENV, ROW, local_monitor, write_config
+from tests.helpers import (
+    ADMIN_AUTH,
+    ADMIN_ENV,
+    local_monitor,
+    predict,
+    server_processes,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -72,14 +78,9 @@ def machine_config(directory: Path, monitor_port: int, monitor_ports: list[int])
     )
 
 
-def server_pids(port: int) -> list[int]:
-    """The pids of the server on ``port``: its arbiter and every worker."""
-    for process in psutil.process_iter(["cmdline"]):
-        command = process.info["cmdline"] or []
-        if "serve" in command and "--port" in command:
-            if command[command.index("--port") + 1] == str(port):
-                return [process.pid, *(c.pid for c in process.children(recursive=True))]
-    raise AssertionError(f"no server on port {port}")
+def pids(port: int) -> set[int]:
+    arbiter, workers = server_processes(port)
+    return {arbiter.pid, *(worker.pid for worker in workers)}
 
 
 def lease(dsn: str) -> tuple[str, int] | None:
@@ -89,19 +90,6 @@ def lease(dsn: str) -> tuple[str, int] | None:
             "AND expires_at > extract(epoch from clock_timestamp())"
         ).fetchone()
     return (row[0], row[1]) if row else None
-
-
-async def predict(session, url: str, user: str, endpoint: str = "cancer") -> tuple[int, str, str]:
-    headers = {"x-user-id": user}
-    async with session.post(
-        f"{url}/predict/{endpoint}", json={"instances": [ROW]}, headers=headers
-    ) as answer:
-        await answer.read()
-        return (
-            answer.status,
-            answer.headers.get("x-gateway-variant"),
-            answer.headers.get("x-gateway-request-id"),
-        )
 
 
 async def rollout_state(session, url: str) -> dict:
@@ -134,8 +122,8 @@ async def test_two_replicas_share_routing_and_a_standby_monitor_takes_over_a_rol
             # the same key gets the same variant on both replicas
             for user in range(60):
                 answers = [await predict(session, url, f"u{user}", "ab") for url in replicas]
-                assert [a[0] for a in answers] == [200, 200]
-                assert answers[0][1] == answers[1][1], (user, answers)
+                assert [a.status for a in answers] == [200, 200]
+                assert answers[0].variant == answers[1].variant, (user, answers)
 
             # a weight change through replica A is served by replica B within a second
             changed = time.monotonic()
@@ -147,7 +135,7 @@ async def test_two_replicas_share_routing_and_a_standby_monitor_takes_over_a_rol
                 assert answer.status == 200, await answer.text()
             while True:
                 users = [f"u{user}" for user in range(20)]
-                variants = [(await predict(session, replicas[1], u, "ab"))[1] for u in users]
+                variants = [(await predict(session, replicas[1], u, "ab")).variant for u in users]
                 if set(variants) == {"b"}:
                     break
                 assert time.monotonic() - changed < 1.0, "replica B still routes to a after 1 s"
@@ -162,12 +150,13 @@ async def test_two_replicas_share_routing_and_a_standby_monitor_takes_over_a_rol
                 url = replicas[index % 2]
                 user = index
                 while not stop.is_set():
-                    status, _, request_id = await predict(session, url, f"user-{user % 300}")
+                    answer = await predict(session, url, f"user-{user % 300}")
+                    status, request_id = answer.status, answer.request_id
                     answers.append((status, url, request_id))
                     if status == 200 and user % 3 == 0:
                         body = {"request_id": request_id, "label": "benign"}
-                        async with session.post(f"{url}/feedback", json=body) as answer:
-                            if answer.status == 200:
+                        async with session.post(f"{url}/feedback", json=body) as taken:
+                            if taken.status == 200:
                                 acknowledged.append(request_id)
                     user += 8
                     await asyncio.sleep(0.01)
@@ -187,9 +176,10 @@ async def test_two_replicas_share_routing_and_a_standby_monitor_takes_over_a_rol
                 leader = lease(dsn)
                 assert leader is not None, "no monitor holds the leader lease"
                 leader_pid = int(leader[0].split(":")[1])  # holders are host:pid:suffix
-                leader_port = next(p for p in monitor_ports if leader_pid in server_pids(p))
-                for pid in server_pids(leader_port):
-                    psutil.Process(pid).send_signal(signal.SIGKILL)
+                leader_port = next(p for p in monitor_ports if leader_pid in pids(p))
+                arbiter, workers = server_processes(leader_port)
+                for process in (arbiter, *workers):
+                    process.send_signal(signal.SIGKILL)
                 killed = time.monotonic()
 
                 # the standby takes the lease within the bound and resumes the same rollout

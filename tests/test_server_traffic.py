@@ -16,7 +16,7 @@ import pytest
 from service import registry
 from service.config import load_config
 from service.launch import running_server
-from tests.helpers import METRICS_AUTH, write_config
+from tests.helpers import METRICS_AUTH, predict, write_config
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret-admin-token-of-traffic"
@@ -73,21 +73,6 @@ def fresh_connections() -> aiohttp.ClientSession:
     time, a steady load (more at once on a 2-core runner is a spike that admission rightly
     sheds, which tests/test_server_overload.py covers)."""
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=16))
-
-
-async def predict(session, url, key=None, endpoint="cancer", headers=None):
-    all_headers = {**({"x-user-id": key} if key else {}), **(headers or {})}
-    started = time.perf_counter()
-    async with session.post(
-        f"{url}/predict/{endpoint}", json={"instances": [ROW]}, headers=all_headers
-    ) as answer:
-        await answer.read()
-        return (
-            answer.status,
-            answer.headers.get("x-gateway-variant"),
-            answer.headers.get("x-gateway-worker"),
-            time.perf_counter() - started,
-        )
 
 
 async def metric(session, url, prefix: str) -> float:
@@ -287,7 +272,7 @@ async def test_admin_refuses_bad_changes_clearly(traffic_url, method, path, body
     async with aiohttp.ClientSession() as session:
         got, answer = await admin(session, traffic_url, method, path, body)
         assert got == status and words in answer["error"], answer
-        status, _, _, _ = await predict(session, traffic_url, "after-bad-admin")
+        status = (await predict(session, traffic_url, "after-bad-admin")).status
         assert status == 200
 
 

@@ -80,9 +80,10 @@ class Monitor:
     def __init__(self, config: GatewayConfig, secrets: Secrets) -> None:
         self.config = config
         self.secrets = secrets
-        self.store, self.state_store = open_stores(config)
+        stores = open_stores(config)
+        self.store, self.state_store = stores.records, stores.state
         self.metrics = MonitorMetrics()
-        self.leadership = Leadership(self.state_store, config.monitor.lease_s, self._led)
+        self.leadership = Leadership(stores.leases, config.monitor.lease_s, self._led)
         self.archive = ReportArchive(config.data_dir / REPORTS_DIR, config.monitor.report_keep)
         self.notifier = Notifier(
             config.notifications, self.metrics, self.state_store, secrets.webhook_secret
