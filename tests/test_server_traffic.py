@@ -96,7 +96,7 @@ async def answers_from_both_workers(url: str, keys: list[str]) -> list[tuple[str
         for _ in range(5):
             results = await asyncio.gather(*(predict(session, url, k) for k in keys))
             pairs += list(zip(keys, results))
-            if len({answer[2] for _, answer in pairs}) == 2:
+            if len({answer.worker for _, answer in pairs}) == 2:
                 break
     return pairs
 
@@ -112,7 +112,7 @@ async def test_keys_are_sticky_on_both_workers_and_match_the_table(traffic_url, 
     keys = [f"user-{i}" for i in range(600)]
     expected = expected_variants(traffic_config, keys)
     pairs = await answers_from_both_workers(traffic_url, keys * 2)
-    assert len({answer[2] for _, answer in pairs}) == 2, "both workers answered"
+    assert len({answer.worker for _, answer in pairs}) == 2, "both workers answered"
     wrong = [(key, answer) for key, answer in pairs if answer[:2] != (200, expected[key])]
     assert not wrong, wrong[:5]
     share = Counter(expected.values())["candidate"] / len(keys)
@@ -129,10 +129,10 @@ async def test_shadows_never_slow_or_fail_callers(traffic_url):
         baseline = [await predict(session, traffic_url, endpoint="baseline") for _ in range(40)]
         mirrored = [await predict(session, traffic_url, f"u{i}") for i in range(40)]
         assert all(status == 200 for status, *_ in baseline + mirrored)
-        base_ms = statistics.median(r[3] for r in baseline) * 1000
-        mirrored_ms = statistics.median(r[3] for r in mirrored) * 1000
+        base_ms = statistics.median(r.seconds for r in baseline) * 1000
+        mirrored_ms = statistics.median(r.seconds for r in mirrored) * 1000
         assert mirrored_ms < base_ms + 20, (base_ms, mirrored_ms)
-        assert max(r[3] for r in mirrored) < 0.5  # a 1 s shadow never reaches the caller
+        assert max(r.seconds for r in mirrored) < 0.5  # a 1 s shadow never reaches the caller
         await asyncio.sleep(1.5)  # let the slow shadow finish
         errors = await metric(
             session,
@@ -159,7 +159,7 @@ async def test_pinning_by_header_and_oip_version(traffic_url):
             await predict(session, traffic_url, f"k{i}", headers={"x-gateway-variant": "candidate"})
             for i in range(10)
         ]
-        assert {variant for _, variant, _, _ in pinned} == {"candidate"}
+        assert {answer.variant for answer in pinned} == {"candidate"}
         body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 30], "data": ROW}]}
         async with session.post(
             f"{traffic_url}/v2/models/cancer/versions/v2/infer", json=body
@@ -298,7 +298,7 @@ async def test_weight_change_reaches_every_worker_within_a_second(traffic_url, t
             session, traffic_url, 'gateway_variant_weight{endpoint="cancer",variant="candidate"}'
         )
     pairs = await answers_from_both_workers(traffic_url, keys * 2)
-    assert len({answer[2] for _, answer in pairs}) == 2, "both workers answered"
+    assert len({answer.worker for _, answer in pairs}) == 2, "both workers answered"
     wrong = [(key, answer) for key, answer in pairs if answer[:2] != (200, new[key])]
     assert not wrong, wrong[:5]
     assert weight == 50
@@ -319,7 +319,7 @@ async def test_add_and_remove_a_variant_then_audit(traffic_url):
         assert "extra" in names and routing["endpoints"]["cancer"]["variants"][-1]["weight"] == 0
         pin = {"x-gateway-variant": "extra"}
         refused = await predict(session, traffic_url, "u", headers=pin)
-        assert refused[0] == 403  # at weight 0 it is dark: callers cannot pin it
+        assert refused.status == 403  # at weight 0 it is dark: callers cannot pin it
         pinned = await predict(session, traffic_url, "u", headers={**pin, **ADMIN})
         assert pinned[:2] == (200, "extra")
         status, routing = await admin(
@@ -354,7 +354,7 @@ async def test_changes_survive_a_restart(traffic_url, traffic_config):
             after = [await predict(session, url, f"user-{i}") for i in range(50)]
     weights = {v["name"]: v["weight"] for v in routing["endpoints"]["cancer"]["variants"]}
     assert weights["candidate"] == 30 and weights["stable"] == 70
-    assert [b[1] for b in before] == [a[1] for a in after]
+    assert [b.variant for b in before] == [a.variant for a in after]
 
 
 async def test_requests_are_counted_per_variant(traffic_url):
@@ -371,7 +371,7 @@ async def test_requests_are_counted_per_variant(traffic_url):
             v: await metric(session, traffic_url, prefix % (ver, v))
             for v, ver in (("stable", "v1"), ("candidate", "v2"))
         }
-    seen = Counter(variant for _, variant, _, _ in results)
+    seen = Counter(answer.variant for answer in results)
     assert {v: after[v] - before[v] for v in after} == {
         "stable": seen["stable"],
         "candidate": seen["candidate"],
