@@ -16,6 +16,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import anyio
 from starlette.applications import Starlette
@@ -36,10 +37,12 @@ from service.http.query import bool_param, int_param, wants_html
 from service.http.responses import EXCEPTION_HANDLERS, PAGE_SECURITY_POLICY, json_response
 from service.labels import label_problem
 from service.logs import Throttled
-from service.monitor.process import Monitor
 from service.monitor.reports_page import newest_reports, reports_page
 from service.names import endpoint_of, is_name
 from service.rewards import request_value, reward_problem
+
+if TYPE_CHECKING:  # the process (Evidently, SHAP) is imported by the worker alone: bento.py
+    from service.monitor.process import Monitor
 
 log = logging.getLogger("gateway.monitor")
 _refused_records = Throttled(log, every_s=60.0)

@@ -1,10 +1,14 @@
 """The monitor as a BentoML service: ``bentoml serve service.monitor.bento:MonitorService`` (one worker).
 
-It owns the monitor store (``<data_dir>/monitor.sqlite3``) and takes records and labels from every
-gateway worker and replica over HTTP (service/monitor/app.py); it runs the analysis and, being a
-single process, is the one writer that decides rollouts (service/monitor/rollouts.py). Started by
-``gateway monitor``; the gateway finds it at ``monitor.url``. A separate process, so the gateway
-serves on while it is stopped, slow or restarting.
+It takes records, labels and rewards from every gateway worker and replica over HTTP
+(service/monitor/app.py) into the monitor store (``<data_dir>/monitor.sqlite3``, or PostgreSQL),
+and while it holds the leader lease runs the analysis and decides rollouts
+(service/monitor/leadership.py; several monitors may share one database). Started by ``gateway
+monitor``; the gateway finds it at ``monitor.url`` or ``monitor.urls``. A separate process, so the
+gateway serves on while it is stopped, slow or restarting.
+
+BentoML imports this module in its arbiter too (for the service's settings): the monitor's
+process, with Evidently and SHAP, is imported only where it runs, in the worker's ``__init__``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import bentoml
 from service import bentoml_fixes
 from service.config import CONFIG_ENV, load_config
 from service.monitor.app import build_monitor_app
-from service.monitor.process import Monitor
 
 bentoml_fixes.apply()
 monitor_app = build_monitor_app()
@@ -36,10 +39,12 @@ _CONFIG = load_config(_CONFIG_PATH) if _CONFIG_PATH.is_file() else None
 )
 @bentoml.asgi_app(monitor_app, path="/")
 class MonitorService:
-    """Holds the store; one process, so SQLite writes never contend across workers."""
+    """Holds the monitor; one worker per monitor process (more monitors: more processes)."""
 
     def __init__(self) -> None:
         logging.getLogger("gateway").setLevel(logging.INFO)
         if _CONFIG is None:
             raise RuntimeError(f"no gateway config: set {CONFIG_ENV} to a gateway.yaml")
+        from service.monitor.process import Monitor
+
         monitor_app.state.monitor = Monitor.start(_CONFIG_PATH, _CONFIG)
