@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from unittest.mock import MagicMock
 
 from service.gateway import routing
-from service.gateway.routing import RoutingControl, with_retries
+from service.gateway.routing import RoutingControl
 
 
 class FailingStore:
@@ -46,31 +46,3 @@ async def test_following_backs_off_while_the_store_fails_and_logs_once(monkeypat
     warnings = [r for r in caplog.records if "cannot follow" in r.getMessage()]
     assert len(warnings) == 1 and "database is locked" in warnings[0].getMessage()
     assert "following the routing state again" in caplog.text
-
-
-def test_start_up_work_is_retried_until_it_succeeds_or_its_deadline(monkeypatch, caplog):
-    monkeypatch.setattr(routing, "MAX_BACKOFF_S", 0.01)
-    attempts = []
-
-    def flaky() -> str:
-        attempts.append(1)
-        if len(attempts) < 4:
-            raise sqlite3.OperationalError("database is locked")
-        return "state"
-
-    with caplog.at_level(logging.INFO, logger="gateway.routing"):
-        assert with_retries("reading the routing state", flaky) == "state"
-    assert len(attempts) == 4
-    assert sum("reading the routing state failed" in r.getMessage() for r in caplog.records) == 1
-
-    def broken() -> str:
-        raise sqlite3.OperationalError("disk I/O error")
-
-    started = time.monotonic()
-    try:
-        with_retries("reading the routing state", broken, deadline_s=0.2)
-    except sqlite3.OperationalError:
-        pass
-    else:
-        raise AssertionError("the last failure is raised after the deadline")
-    assert time.monotonic() - started < 1

@@ -30,10 +30,11 @@ from service.gateway.explain import Explainer, targets_for
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.models import ModelLoader, check_models
 from service.gateway.recording import Recorder
-from service.gateway.routing import RoutingControl, with_retries
+from service.gateway.routing import RoutingControl
 from service.gateway.shadow import ShadowRunner
 from service.model_card import ModelCard
 from service.names import new_request_id
+from service.retries import with_retries
 from service.secrets import Secrets, load_secrets, presents
 from service.state import initial_state, model_tags, open_state_store
 from service.tensors import Tensors

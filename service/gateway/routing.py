@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Mapping
-from typing import TypeVar
 
 import anyio
 
@@ -44,34 +42,10 @@ log = logging.getLogger("gateway.routing")
 POLL_S = 0.25
 NOTIFIED_POLL_S = 1.0
 MAX_BACKOFF_S = 5.0
-START_DEADLINE_S = 300.0
-"""How long a starting worker waits for a routing store it cannot read (locked) before failing."""
 GRACE_S = 30.0
 """How long a model no table uses stays loaded, for requests routed to it just before a change."""
 
 Tables = Mapping[str, EndpointTable]
-T = TypeVar("T")
-
-
-def with_retries(what: str, work: Callable[[], T], deadline_s: float = START_DEADLINE_S) -> T:
-    """``work()``, tried again with backoff while it fails (a locked database at start), logged
-    once a minute at most; the last failure is raised after ``deadline_s``."""
-    failures = Throttled(log, every_s=60.0)
-    deadline, delay = time.monotonic() + deadline_s, 0.1
-    while True:
-        try:
-            result = work()
-        except ConfigError:
-            raise  # waiting does not mend a config
-        except Exception as error:
-            if time.monotonic() + delay > deadline:
-                raise
-            failures.warning("%s failed (%s); retrying", what, error)
-            time.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF_S)
-            continue
-        failures.recovered("%s succeeded", what)
-        return result
 
 
 class RoutingControl:

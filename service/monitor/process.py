@@ -32,6 +32,7 @@ from service.monitor.notifier import DriftAlarm, Notifier
 from service.monitor.rollouts import RolloutService
 from service.monitor.runs import MonitorRunner
 from service.names import endpoint_of, is_name, is_tag, is_unit
+from service.retries import with_retries
 from service.secrets import Secrets, check_exposure, load_secrets
 from service.state import open_stores
 from traffic.table import EndpointTable
@@ -80,7 +81,7 @@ class Monitor:
     def __init__(self, config: GatewayConfig, secrets: Secrets) -> None:
         self.config = config
         self.secrets = secrets
-        stores = open_stores(config)
+        stores = with_retries("opening the monitor's database", lambda: open_stores(config))
         self.store, self.state_store = stores.records, stores.state
         self.metrics = MonitorMetrics()
         self.leadership = Leadership(stores.leases, config.monitor.lease_s, self._led)

@@ -328,6 +328,7 @@ class RolloutService:
             else {n: t and t.__dict__ for n, t in decision.targets.items()},
             "policy_hash": policy.policy_hash,
             "dry_run": policy.dry_run,
+            "by": self.actor(),
         }
 
     def _prepare_series(self, policy: RolloutPolicy) -> None:
