@@ -6,14 +6,17 @@ rollout's state, gather evidence, let traffic/rollout.py decide, then
     1. save the new state (compare-and-swap on its revision, marked "not yet applied") together
        with its webhook events in the outbox, held until the state is applied,
     2. apply its traffic targets to the shared routing state (every gateway worker and replica
-       polls it every 0.25 s, so a rollback reaches them all well within a second),
+       follows it: polling, and LISTEN/NOTIFY on PostgreSQL, so a rollback reaches them all well
+       within a second),
     3. mark the state applied (which releases its events to the deliverer), append the evaluation
        to the audit log, export metrics.
 
 A restart between 1 and 3 re-applies the saved state's targets before anything else and then
-releases its events, so a decision is never half applied nor left unannounced. The monitor is a single process with one worker, and each endpoint's work
-happens under its own lock, so decisions are never made concurrently on the same state; the
-compare-and-swap refuses a second writer should one ever run.
+releases its events, so a decision is never half applied nor left unannounced; a standby monitor
+that takes the leader lease does the same at once (service/monitor/leadership.py). Ticks run only
+on the leader, and each endpoint's work in a process happens under its own lock; an operator's
+action may reach any monitor, and the compare-and-swap on the revision refuses a second writer
+(a 409), so one transition is applied once whoever decided it.
 """
 
 from __future__ import annotations
