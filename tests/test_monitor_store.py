@@ -273,3 +273,32 @@ def test_unit_totals_group_requests_by_unit_and_leave_pinned_ones_out(open_datab
         ("a", "u1", 2, 1),
         ("b", "r4", 1, 1),
     ]
+
+
+def test_what_rollouts_read_outcomes_latencies_and_labeled_counts(open_database):
+    store = MonitorStore(open_database())
+    store.add_records(
+        [
+            PredictionRecord("churn:1", 1000.0, "churn", "c", "churn:v2", ["yes", "no"], 0.010),
+            PredictionRecord("churn:2", 1001.0, "churn", "c", "churn:v2", [None], 0.300),  # NaN
+            PredictionRecord(
+                "churn:3", 1002.0, "churn", "c", "churn:v2", [], 0.050, outcome="error"
+            ),
+            PredictionRecord("churn:4", 1003.0, "churn", "c", "churn:v2", ["no"], 0.200),
+            PredictionRecord(
+                "churn:5", 1004.0, "churn", "c", "churn:v2", ["yes"], 0.020, pinned=True
+            ),
+            PredictionRecord("churn:6", 9000.0, "churn", "c", "churn:v2", ["yes"], 0.020),
+        ]
+    )
+    store.add_labels([("churn:1", ["yes", "yes"]), ("churn:4", "no"), ("churn:5", "yes")])
+    store.add_labels([("churn:2", ["a", "b"])])  # does not fit its one row: left out
+    # requests, failed, invalid, then answers slower than each threshold (None counts none)
+    assert store.outcomes("churn", "c", 0, 2000, slower_than=(0.1, None)) == (4, 1, 1, 2, 0)
+    assert store.outcomes("churn", "c", 0, 2000, include_pinned=True)[0] == 5
+    assert store.latencies("churn", "c", 0) == pytest.approx([0.02, 0.2, 0.3, 0.01])
+    assert store.latencies("churn", "c", 0, max_rows=1) == pytest.approx([0.02])
+    assert store.labeled_counts("churn", "c", 0, 2000) == (3, 2)  # yes/yes, no/yes, no/no
+    assert store.labeled_counts("churn", "c", 0, 2000, include_pinned=True) == (4, 3)
+    assert store.answered(["churn:1", "churn:3", "churn:9"]) == {"churn:1": ("churn:v2", 2)}
+    assert store.newest() == 9000.0

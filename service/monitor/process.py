@@ -13,6 +13,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -115,14 +116,17 @@ class Monitor:
     def _led(self, leading: bool) -> None:
         """Export whether this process leads; a new leader resumes every rollout at once (a
         transition its predecessor saved but did not apply is applied now), not an interval
-        later."""
+        later, in a thread of its own so that the lease's renewals never wait for it."""
         self.metrics.leader.labels(self.leadership.holder).set(int(leading))
         if leading:
-            for endpoint in self.rollouts.policies:
-                try:
-                    self.rollouts.tick(endpoint)
-                except Exception:  # its own task tries again within its interval
-                    log.warning("resuming the rollout of %s failed", endpoint, exc_info=True)
+            threading.Thread(target=self._resume_rollouts, name="resume rollouts").start()
+
+    def _resume_rollouts(self) -> None:
+        for endpoint in self.rollouts.policies:
+            try:
+                self.rollouts.tick(endpoint)
+            except Exception:  # its own task tries again within its interval
+                log.warning("resuming the rollout of %s failed", endpoint, exc_info=True)
 
     @classmethod
     def start(cls, config_path: Path, config: GatewayConfig) -> Monitor:
