@@ -88,7 +88,10 @@ class AdmissionConfig(Strict):
     """Admission of predictions under overload (service/gateway/admission.py)."""
 
     queue_budget_ms: float | None = Field(
-        None, gt=0, description="how long admitted predictions may take; default a third of the SLO"
+        None,
+        gt=0,
+        description="how long admitted predictions may take (p90, from the gate); default a sixth "
+        "of the SLO, leaving the rest for the time before the gate under a spike",
     )
     min_concurrency: int = Field(4, ge=1, description="the adaptive limit never goes below")
     max_concurrency: int = Field(1024, ge=1, description="...nor above (per worker)")

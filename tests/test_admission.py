@@ -17,12 +17,19 @@ class Clock:
         return self.now
 
 
-def window(admission: Admission, clock: Clock, latency_s: float, calls: int = 20) -> None:
-    """``calls`` predictions (all admitted: fewer than the limit) finishing after ``latency_s``,
-    then the window closes."""
+SERVICE_S = 0.002
+"""What the model itself takes: the one call of each window that did not queue."""
+
+
+def window(
+    admission: Admission, clock: Clock, latency_s: float, calls: int = 20, service_s=SERVICE_S
+) -> None:
+    """``calls`` predictions (all admitted: fewer than the limit), one finishing after
+    ``service_s`` and the others after ``latency_s`` (they queued), then the window closes."""
     for _ in range(calls):
         assert admission.admit()
-    for _ in range(calls - 1):
+    admission.done(service_s)
+    for _ in range(calls - 2):
         admission.done(latency_s)
     clock.now += WINDOW_S * 1.01
     admission.done(latency_s)  # closes the window
@@ -56,6 +63,17 @@ def test_slow_windows_shrink_the_limit_and_fast_limited_ones_grow_it():
     for _ in range(50):
         window(admission, clock, latency_s=1.0, calls=4)
     assert admission.limit == 4  # never below the floor
+
+
+def test_a_model_slower_than_the_budget_is_served_at_its_own_pace_not_refused():
+    clock = Clock()
+    admission = Admission(0.03, 4, 1000, 200, clock)
+    for _ in range(20):  # every call takes 50 ms without queueing: the model, not a queue
+        window(admission, clock, latency_s=0.05, service_s=0.05)
+    assert admission.limit == 64 and admission.service_s == pytest.approx(0.05)
+    for _ in range(5):  # now calls queue behind each other: three times the model's own time
+        window(admission, clock, latency_s=0.3, calls=4, service_s=0.05)
+    assert admission.limit < 64 / 2
 
 
 def test_refusals_are_held_longer_the_more_callers_are_refused():

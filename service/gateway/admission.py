@@ -2,9 +2,15 @@
 
 ``Admission`` is an adaptive concurrency limit in the manner of Netflix's concurrency-limits, run on
 time: every ``WINDOW_S`` it compares the 90th percentile of the latency of the predictions it
-admitted with the budget (a third of ``server.latency_slo_ms`` unless ``admission.queue_budget_ms``
-says otherwise) and shrinks the limit in proportion when they took too long, or grows it while it
-is what holds traffic back and they are well within. service/gateway/http/gate.py asks it before a
+admitted with the budget and shrinks the limit in proportion when they took too long, or grows it
+while it is what holds traffic back and they are well within. The budget is a sixth of
+``server.latency_slo_ms`` unless ``admission.queue_budget_ms`` says otherwise: what the gate
+measures starts once a request reaches it, and under a spike the time before (the socket, the
+HTTP parser, an event loop busy with refusals) is several times what it measures (at 1,024
+callers here a budget of a third gave a p99 of 210 ms at the client, a sixth about 50 ms;
+BENCHMARKS.md). It never goes below ``SERVICE_FACTOR`` times the model's own time (the fastest
+admitted call of a window, smoothed): a model slower than the budget is served at its own pace,
+not refused down to ``min_concurrency``. service/gateway/http/gate.py asks it before a
 prediction's body is read, and holds each refusal for a moment first (longer the more callers are
 being refused), so that callers that retry at once cannot turn refusals into the work that starves
 accepted requests. ``Retry-After`` is the time the current backlog takes to drain.
@@ -23,6 +29,8 @@ SHED_MEMORY_S = 1.0
 """After a refusal, shadows and sampled inputs are skipped this long (shed before answers)."""
 MAX_HOLD_S = 5.0
 """The longest a refusal is held before its 429 is sent."""
+SERVICE_FACTOR = 2.0
+"""The budget is never below this many times the time an admitted call takes with no queue."""
 
 
 class Admission:
@@ -49,6 +57,8 @@ class Admission:
         self.held = 0
         self.throughput = 0.0
         """Completions per second, smoothed over windows."""
+        self.service_s = 0.0
+        """The time a call takes with no queue: each window's fastest, smoothed."""
         self._latencies: list[float] = []
         self._window_start = clock()
         self._limited = False
@@ -79,10 +89,13 @@ class Admission:
             return
         completed = len(self._latencies)
         self.throughput = 0.7 * self.throughput + 0.3 * completed / elapsed
-        slow = sorted(self._latencies)[int(0.9 * (completed - 1))]
-        if slow > self.budget_s:
-            self.limit = max(self.min_limit, self.limit * max(0.5, self.budget_s / slow))
-        elif self._limited and slow < 0.7 * self.budget_s:
+        latencies = sorted(self._latencies)
+        fastest, slow = latencies[0], latencies[int(0.9 * (completed - 1))]
+        self.service_s = fastest if not self.service_s else 0.9 * self.service_s + 0.1 * fastest
+        budget = max(self.budget_s, SERVICE_FACTOR * self.service_s)
+        if slow > budget:
+            self.limit = max(self.min_limit, self.limit * max(0.5, budget / slow))
+        elif self._limited and slow < 0.7 * budget:
             self.limit = min(self.max_limit, self.limit + max(1.0, math.sqrt(self.limit)))
         self._latencies, self._window_start, self._limited = [], now, False
         self.on_limit(self.limit)

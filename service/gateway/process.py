@@ -147,7 +147,7 @@ class Gateway:
         self.routing = routing
         admission = config.admission
         self.admission = Admission(
-            (admission.queue_budget_ms or config.server.latency_slo_ms / 3) / 1000,
+            (admission.queue_budget_ms or config.server.latency_slo_ms / 6) / 1000,
             admission.min_concurrency,
             admission.max_concurrency,
             admission.max_refusals_per_s,
