@@ -33,10 +33,19 @@ class Schema:
         return len(self.migrations)
 
 
+SCHEMA_LOCK = "schema"
+"""Every schema change takes this lock: processes starting together (on several machines) create
+the version table and migrate one at a time (PostgreSQL's ``CREATE TABLE IF NOT EXISTS`` is not
+safe to race)."""
+
+
 def installed_version(db: Database, component: str) -> int:
     """The version a database's schema of ``component`` is at (0: none yet)."""
-    db.run(VERSIONS_TABLE)
-    rows = db.query("SELECT version FROM schema_versions WHERE component = ?", (component,))
+    with db.transaction(lock=SCHEMA_LOCK) as session:
+        session.run(VERSIONS_TABLE)
+        rows = session.query(
+            "SELECT version FROM schema_versions WHERE component = ?", (component,)
+        )
     return rows[0][0] if rows else 0
 
 
@@ -44,9 +53,9 @@ def upgrade(db: Database, schema: Schema) -> int:
     """Apply the migrations ``db`` has not had; the version it is at afterwards. A database
     newer than this code (a newer release wrote it) is refused rather than guessed at."""
     fragments = {"serial_key": db.dialect.serial_key, "key_text": db.dialect.key_text}
-    db.run(VERSIONS_TABLE)
     while True:
-        with db.transaction(lock=f"schema:{schema.component}") as session:
+        with db.transaction(lock=SCHEMA_LOCK) as session:
+            session.run(VERSIONS_TABLE)
             rows = session.query(
                 "SELECT version FROM schema_versions WHERE component = ?", (schema.component,)
             )

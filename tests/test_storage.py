@@ -50,3 +50,30 @@ def test_two_monitors_storing_the_same_labels_at_once_store_each_once(postgres):
     finally:
         for store in stores:
             store.db.close()
+
+
+def test_processes_starting_together_on_a_fresh_database_migrate_once(postgres):
+    from traffic.store import SQLStateStore
+
+    dsn = postgres.new_database()
+    failures: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def open_store() -> None:
+        start.wait()
+        try:
+            SQLStateStore(PostgresDatabase(dsn, 1)).db.close()
+        except BaseException as error:  # noqa: BLE001 - any failure fails the test
+            failures.append(error)
+
+    threads = [threading.Thread(target=open_store) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    database = PostgresDatabase(dsn)
+    try:
+        assert database.query("SELECT component, version FROM schema_versions") == [("routing", 2)]
+    finally:
+        database.close()
