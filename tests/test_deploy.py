@@ -4,6 +4,9 @@ ports and probes are the servers' own, the Bento carries every package and modul
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import tomllib
@@ -20,6 +23,7 @@ from service.secrets import (
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "deploy" / "kubernetes"
+ALERTS = ROOT / "grafana" / "prometheus" / "alerts.yml"
 
 
 def documents() -> list[dict]:
@@ -105,3 +109,32 @@ def test_the_bento_carries_every_package_and_module_the_code_needs():
     included = set(bentofile["include"])
     assert {f"{p.rstrip('*')}/**/*.py" for p in packages} <= included
     assert bentofile["service"] == GATEWAY_SERVICE
+
+
+def test_the_prometheus_config_passes_promtool(tmp_path):
+    """promtool checks the scrape config as Prometheus would load it, with the rule file and the
+    token file where the ConfigMap and the Secret's mount put them (here: the repository's rules,
+    a token file of the test's). Debian's promtool is built without Kubernetes discovery, so each
+    ``kubernetes_sd_configs`` stands in as a static target; authorization, relabeling and rules
+    are checked as written."""
+    text = named("ConfigMap", "gateway-prometheus")["data"]["prometheus.yml"]
+    text, discoveries = re.subn(
+        r"kubernetes_sd_configs:\n(\s+)- role: pod",
+        r'static_configs:\n\1- targets: ["127.0.0.1:3000"]',
+        text,
+    )
+    assert discoveries == 2
+    token = tmp_path / "GATEWAY_METRICS_TOKEN"
+    token.write_text("a-metrics-token")
+    text = text.replace("/etc/prometheus/rules/alerts.yml", str(ALERTS)).replace(
+        "/etc/prometheus/secrets/GATEWAY_METRICS_TOKEN", str(token)
+    )
+    config = tmp_path / "prometheus.yml"
+    config.write_text(text)
+    checked = subprocess.run(
+        [shutil.which("promtool") or "promtool", "check", "config", str(config)],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout + checked.stderr
