@@ -17,6 +17,7 @@ the following ones) on to the next, so labels are not refused while a monitor is
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -89,32 +90,43 @@ class Recorder:
         """
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout, headers=self.headers) as session:
-            for index in self._in_turn():
-                try:
-                    url = f"{self.urls[index]}/{kind}"
-                    async with session.post(url, json={kind: items}) as answer:
-                        if answer.status == 200:
-                            self._current = index
-                            return (await answer.json())["results"]
-                        message = await _error_message(answer)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-                    status, message = None, f"the monitor is unreachable ({error})"
-                else:
-                    status = answer.status
-                if status is None or status >= 500:
-                    self._fail_over(index)
-                    continue
-                break
-        if status is None:
-            raise _unavailable(message)
+            status, _, body = await self._call(session, "POST", f"/{kind}", json={kind: items})
+        if status == 200:
+            return json.loads(body)["results"]
+        message = _error_message(body)
         if status == 400:
             raise BadRequest(message)
         if status == 429:
             raise Overloaded(message, retry_after_s=60)
-        if status in (401, 403):
-            log.error("the monitor refused this gateway's token: check GATEWAY_MONITOR_TOKEN")
-            raise _unavailable("the monitor refused the gateway")
         raise _unavailable(f"the monitor answered {status}: {message}")
+
+    async def _call(
+        self, session: aiohttp.ClientSession, method: str, path: str, **options
+    ) -> tuple[int, str, bytes]:
+        """``method path`` on the monitors in turn, until one answers below 500: (status, content
+        type, body). ``Unavailable`` when none does, or when a monitor refuses this gateway's
+        token."""
+        problem = "no monitor is configured"
+        for index in self._in_turn():
+            try:
+                async with session.request(
+                    method, f"{self.urls[index]}{path}", **options
+                ) as answer:
+                    body = await answer.read()
+                    status = answer.status
+                    content_type = answer.headers.get("Content-Type", "application/octet-stream")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                problem = f"the monitor is unreachable ({error})"
+            else:
+                if status in (401, 403):
+                    log.error("the monitor refused this gateway's token: check its secret")
+                    raise _unavailable("the monitor refused the gateway")
+                if status < 500:
+                    self._current = index
+                    return status, content_type, body
+                problem = f"the monitor answered {status}: {_error_message(body)}"
+            self._fail_over(index)
+        raise _unavailable(problem)
 
     def record(
         self,
@@ -169,26 +181,8 @@ class Recorder:
         ``path`` is built by the caller from validated names only."""
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s * 5)
         headers = {**self.headers, CLIENT_HEADER: client}
-        problem = "no monitor is configured"
         async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-            for index in self._in_turn():
-                url = f"{self.urls[index]}{path}"
-                try:
-                    async with session.request(method, url, allow_redirects=False) as answer:
-                        content_type = answer.headers.get(
-                            "Content-Type", "application/octet-stream"
-                        )
-                        if answer.status in (401, 403):
-                            log.error("the monitor refused this gateway's token: check its secret")
-                            raise _unavailable("the monitor refused the gateway")
-                        if answer.status < 500:
-                            self._current = index
-                            return answer.status, content_type, await answer.read()
-                        problem = f"the monitor answered {answer.status}"
-                except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-                    problem = f"the monitor is unreachable ({error})"
-                self._fail_over(index)
-        raise _unavailable(problem)
+            return await self._call(session, method, path, allow_redirects=False)
 
     async def ship_forever(self) -> None:
         """Deliver batches until cancelled; back off while the monitor does not take them."""
@@ -248,9 +242,9 @@ class Recorder:
         return True
 
 
-async def _error_message(answer: aiohttp.ClientResponse) -> str:
+def _error_message(body: bytes) -> str:
     """The ``error`` of a JSON error answer, or its text."""
     try:
-        return str((await answer.json(content_type=None))["error"])
+        return str(json.loads(body)["error"])
     except Exception:  # not our JSON: the status says enough
-        return (await answer.text())[:500]
+        return body.decode(errors="replace")[:500]
