@@ -2,8 +2,8 @@
 gateway's OIP statistics.
 
 BentoML starts its workers with ``PROMETHEUS_MULTIPROC_DIR`` set; every worker writes its series
-there (service/gateway/metrics.py, service/monitor/metrics.py) and these functions read them all,
-so series are summed over workers.
+there (service/gateway/metrics.py, service/monitor/metrics.py; service/metric_values.py writes them)
+and these functions read them all, so series are summed over workers.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import os
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service import metric_values
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -20,6 +22,7 @@ def _all_workers(registry: CollectorRegistry) -> CollectorRegistry:
     """Every worker's series, or, outside a multiprocess server, ``registry``'s."""
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return registry
+    metric_values.flush()  # this worker's own series as of now (service/metric_values.py)
     workers = CollectorRegistry()
     MultiProcessCollector(workers)
     return workers

@@ -15,6 +15,7 @@ import pytest
 from service import registry
 from service.demo.wide_model import build_wide_model
 from service.launch import MONITOR_SERVICE, free_port, running_server
+from service.metric_values import FLUSH_S
 from tests.helpers import (
     ADMIN_AUTH,
     ADMIN_ENV,
@@ -49,6 +50,9 @@ async def call(session, url):
 
 
 async def metric_sum(session, url: str, prefix: str) -> float:
+    """The sum of a metric's series over the server's workers, once every worker has written
+    its latest values (each does every ``FLUSH_S``; service/metric_values.py)."""
+    await asyncio.sleep(2 * FLUSH_S)
     async with session.get(f"{url}/metrics", headers=METRICS_AUTH) as answer:
         text = await answer.text()
     return sum(

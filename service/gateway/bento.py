@@ -19,13 +19,14 @@ from pathlib import Path
 
 import bentoml
 
-from service import bentoml_fixes
+from service import bentoml_fixes, metric_values
 from service.config import CONFIG_ENV, GatewayConfig, load_config
 from service.gateway.http.app import build_app
 from service.gateway.http.gate import PredictionGate
 from service.gateway.process import WORKER, Gateway
 
 bentoml_fixes.apply()
+metric_values.install()
 log = logging.getLogger("gateway")
 http_app = build_app()
 

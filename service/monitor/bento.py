@@ -19,11 +19,12 @@ from pathlib import Path
 
 import bentoml
 
-from service import bentoml_fixes
+from service import bentoml_fixes, metric_values
 from service.config import CONFIG_ENV, load_config
 from service.monitor.app import build_monitor_app
 
 bentoml_fixes.apply()
+metric_values.install()
 monitor_app = build_monitor_app()
 _CONFIG_PATH = Path(os.environ.get(CONFIG_ENV, "gateway.yaml")).resolve()
 _CONFIG = load_config(_CONFIG_PATH) if _CONFIG_PATH.is_file() else None
