@@ -535,6 +535,9 @@ class MonitorConfig(Strict):
     attribution_rows: int = Field(
         32, ge=0, le=1000, description="window rows explained per run for attribution drift; 0: off"
     )
+    attribution_interval_s: float = Field(
+        300.0, ge=1, description="how often attribution drift is computed (most of a run's CPU)"
+    )
     attribution_background_rows: int = Field(
         50, ge=1, le=10_000, description="reference rows SHAP masks with in those explanations"
     )

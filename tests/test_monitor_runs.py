@@ -94,6 +94,28 @@ def test_each_variants_reasons_are_measured_against_its_reference_and_stables(
     assert divergence == candidate.attribution_vs_stable
 
 
+def test_attribution_is_computed_every_attribution_interval_or_when_asked(
+    demo_models, tmp_path, monkeypatch
+):
+    """SHAP on window rows is most of a run's CPU: runs in between keep the last one."""
+    runner = runner_with(tmp_path, demo_models, lambda y: y, attribution_rows=8)
+    computed = []
+    profile = runner._profile
+    monkeypatch.setattr(runner, "_profile", lambda *a: computed.append(1) or profile(*a))
+    interval = runner.config.attribution_interval_s
+
+    def attribution(**run) -> object:
+        return {r.variant: r for r in runner.run_once(**run)}["stable"].attribution
+
+    first = attribution(now=2000.0)
+    assert first is not None and computed  # the first run computes it (and the reference's)
+    computed.clear()
+    assert attribution(now=2000.0 + interval / 2) is first and not computed
+    assert attribution(now=2000.0 + interval / 2, fresh=True) is not first and computed
+    computed.clear()
+    assert attribution(now=2000.0 + interval * 2) is not first and computed
+
+
 def test_without_recorded_inputs_there_is_no_attribution_and_no_failure(demo_models, tmp_path):
     store = MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3")
     store.add_records(

@@ -16,6 +16,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
 import anyio
@@ -37,6 +38,7 @@ from service.http.query import bool_param, int_param, wants_html
 from service.http.responses import EXCEPTION_HANDLERS, PAGE_SECURITY_POLICY, json_response
 from service.labels import label_problem
 from service.logs import Throttled
+from service.monitor.priority import background_executor
 from service.monitor.reports_page import newest_reports, reports_page
 from service.names import endpoint_of, is_name
 from service.rewards import request_value, reward_problem
@@ -195,7 +197,7 @@ async def run_now(request: Request) -> Response:
     save = bool_param(request, "reports")
 
     def run() -> list:
-        reports = monitor.runner.run_once(save_reports=save)
+        reports = monitor.runner.run_once(save_reports=save, fresh=True)
         monitor.experiments.export()
         return reports
 
@@ -311,16 +313,20 @@ async def _every(
     work: Callable[[], object],
     what: str,
     when: Callable[[], bool] = lambda: True,
+    executor: Executor | None = None,
 ) -> None:
-    """Run ``work`` in a thread every ``interval_s`` seconds while ``when()``; a failure is
-    logged, not fatal."""
+    """Run ``work`` in a thread (of ``executor`` when given) every ``interval_s`` seconds while
+    ``when()``; a failure is logged, not fatal."""
     failures = Throttled(log, every_s=300.0)
     while True:
         await asyncio.sleep(interval_s)
         if not when():
             continue
         try:
-            await anyio.to_thread.run_sync(work)
+            if executor is None:
+                await anyio.to_thread.run_sync(work)
+            else:
+                await asyncio.get_running_loop().run_in_executor(executor, work)
         except Exception:  # the next round tries again
             failures.warning("%s failed", what, exc_info=True)
 
@@ -329,9 +335,13 @@ async def _every(
 async def background(app: Starlette) -> AsyncIterator[None]:
     """While the monitor serves (each task supervised): the leader lease renewed (or sought),
     and while this monitor leads: drift and quality every ``interval_s``, each endpoint's rollout
-    every its own ``interval_s``, webhook deliveries, and pruning."""
+    every its own ``interval_s``, webhook deliveries, and pruning. The analysis (drift, quality,
+    experiment readouts, pruning) runs in one thread at a lower CPU priority
+    (service/monitor/priority.py); lease renewals and rollout ticks, which are due on time, do
+    not."""
     monitor: Monitor | None = getattr(app.state, "monitor", None)
     tasks = []
+    analysis = background_executor()
     if monitor is not None:
         restarted = monitor.metrics.task_restarted
         runner, rollouts, leadership = monitor.runner, monitor.rollouts, monitor.leadership
@@ -339,19 +349,29 @@ async def background(app: Starlette) -> AsyncIterator[None]:
         def leading() -> bool:
             return leadership.leading
 
-        def led(interval_s: float, work: Callable[[], object], what: str) -> Callable:
+        def led(
+            interval_s: float,
+            work: Callable[[], object],
+            what: str,
+            executor: Executor | None = None,
+        ) -> Callable:
             """A job that runs only while this monitor leads."""
-            return functools.partial(_every, interval_s, work, what, leading)
+            return functools.partial(_every, interval_s, work, what, leading, executor)
 
         jobs = {
             "leader lease": functools.partial(
                 _every, leadership.renew_every_s, leadership.renew, "leader lease"
             ),
-            "monitor runs": led(runner.config.interval_s, runner.run_once, "monitor run"),
+            "monitor runs": led(runner.config.interval_s, runner.run_once, "monitor run", analysis),
             "webhook deliveries": functools.partial(monitor.notifier.deliver_forever, leading),
-            "pruning": led(monitor.config.retention.prune_interval_s, monitor.prune, "pruning"),
+            "pruning": led(
+                monitor.config.retention.prune_interval_s, monitor.prune, "pruning", analysis
+            ),
             "experiments": led(
-                runner.config.interval_s, monitor.experiments.export, "experiment readout"
+                runner.config.interval_s,
+                monitor.experiments.export,
+                "experiment readout",
+                analysis,
             ),
         }
         for name, policy in rollouts.policies.items():
@@ -364,6 +384,7 @@ async def background(app: Starlette) -> AsyncIterator[None]:
     finally:
         for task in tasks:
             task.cancel()
+        analysis.shutdown(wait=False, cancel_futures=True)
         if monitor is not None:
             await anyio.to_thread.run_sync(monitor.leadership.resign)
 

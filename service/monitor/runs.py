@@ -167,6 +167,7 @@ class MonitorRunner:
         self.metrics = metrics
         self.archive = archive
         self._last_reports = 0.0
+        self._last_attribution = 0.0
         self.on_drift = on_drift
         """Told (endpoint, variant, model, drifted features, share) after each drift verdict."""
         self.latest: dict[tuple[str, str], VariantReport] = {}
@@ -186,7 +187,11 @@ class MonitorRunner:
         names = dict(enumerate(card.feature_names))
         return window.rename(columns=names)
 
-    def analyse(self, endpoint: str, variant: str, tag: str, since: float) -> VariantReport:
+    def analyse(
+        self, endpoint: str, variant: str, tag: str, since: float, attribute: bool = True
+    ) -> VariantReport:
+        """Drift, quality, shadows and attribution of one variant's window; without
+        ``attribute`` the variant's last attribution is kept (computed when it has none)."""
         reference = self._reference(tag)
         card = reference.card
         classification = card.task == "classification"
@@ -211,7 +216,11 @@ class MonitorRunner:
             card.class_labels if classification else None,
             self.config.min_rows,
         )
-        attribution = self._attribution(reference, window)
+        previous = self.latest.get((endpoint, variant))
+        if attribute or previous is None or previous.model != tag or not previous.attribution:
+            attribution = self._attribution(reference, window)
+        else:
+            attribution = previous.attribution
         return VariantReport(
             endpoint,
             variant,
@@ -250,15 +259,22 @@ class MonitorRunner:
         background = self.config.attribution_background_rows
         return mean_attributions(card, features, list(targets), background)
 
-    def run_once(self, now: float | None = None, save_reports: bool = False) -> list[VariantReport]:
-        """One run over every active variant; saves Evidently reports when asked or when due."""
+    def run_once(
+        self, now: float | None = None, save_reports: bool = False, fresh: bool = False
+    ) -> list[VariantReport]:
+        """One run over every active variant; saves Evidently reports when asked or when due.
+        Attribution (SHAP on window rows: most of a run's CPU, a slow signal) is computed every
+        ``attribution_interval_s``, or when ``fresh`` (an operator asked for a run)."""
         started = time.perf_counter()
         now = now or time.time()
         since = now - self.config.window_s
+        attribute = fresh or now - self._last_attribution >= self.config.attribution_interval_s
         reports = []
         for endpoint, variant, tag in self.store.active(since):
             with self._isolated(endpoint, variant, "analysis"):
-                reports.append(self.analyse(endpoint, variant, tag, since))
+                reports.append(self.analyse(endpoint, variant, tag, since, attribute))
+        if attribute:
+            self._last_attribution = now
         reports = self._against_stable(reports)
         save_reports = save_reports or now - self._last_reports >= self.config.report_interval_s
         for report in reports:
