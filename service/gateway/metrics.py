@@ -174,18 +174,29 @@ class GatewayMetrics:
             ["task"],
             registry=registry,
         )
-        self._request_children: dict[tuple, Counter] = {}
-        self._duration_children: dict[tuple, Histogram] = {}
+        self._children: dict[tuple, Counter | Gauge | Histogram] = {}
+
+    def _child(self, metric: Counter | Gauge | Histogram, *labels: str):
+        """``metric``'s series for ``labels``, cached: ``labels()`` is costly on the hot path."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def request_series(
         self, endpoint: str, variant: str, version: str, protocol: str, outcome: str
     ):
-        """The counter child for one label set, cached: ``labels()`` is costly on the hot path."""
-        key = (endpoint, variant, version, protocol, outcome)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(*key)
-        return child
+        """The request counter of one label set."""
+        return self._child(self.requests, endpoint, variant, version, protocol, outcome)
+
+    def duration_series(self, endpoint: str, variant: str):
+        """The latency histogram of an endpoint and variant."""
+        return self._child(self.request_duration, endpoint, variant)
+
+    def in_flight_series(self, endpoint: str):
+        """The in-flight gauge of an endpoint."""
+        return self._child(self.in_flight, endpoint)
 
     def prepare_variant(self, endpoint: str, variant: str, version: str) -> None:
         """Create a variant's request and rejection series at 0 before its first request, so an
@@ -198,15 +209,6 @@ class GatewayMetrics:
     def task_restarted(self, task: str) -> None:
         """Count a supervised background task started again (service/supervise.py)."""
         self.background_restarts.labels(task).inc()
-
-    def duration_series(self, endpoint: str, variant: str):
-        """The latency histogram child for an endpoint and variant, cached as ``request_series``
-        caches its children."""
-        key = (endpoint, variant)
-        child = self._duration_children.get(key)
-        if child is None:
-            child = self._duration_children[key] = self.request_duration.labels(*key)
-        return child
 
     def batch_observer(self, model: str, version: str):
         """A callback for ``Batcher`` that records each batch's rows, run time and queue waits."""

@@ -190,7 +190,7 @@ class Gateway:
         table = self.dataplane.table(call.endpoint)
         request_id = new_request_id(table.endpoint)
         correlation_id = correlation_id_from(call.headers.get(CORRELATION_HEADER))
-        in_flight = self.metrics.in_flight.labels(table.endpoint)
+        in_flight = self.metrics.in_flight_series(table.endpoint)
         in_flight.inc()
         started = time.perf_counter()
         route: Route | None = None

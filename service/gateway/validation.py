@@ -17,16 +17,12 @@ from service.tensors import FLOAT_TYPES, OIP_TO_NUMPY, Tensors
 def check_inputs(card: ModelCard, tensors: Tensors, limits: LimitsConfig) -> int:
     """Raise a 4xx ``GatewayError`` if the tensors cannot be fed to the model; return the row
     count."""
-    expected = {spec.name: spec for spec in card.inputs}
-    missing = sorted(expected.keys() - tensors.keys())
-    if missing:
-        raise BadRequest(f"missing input(s) {missing}; model {card.tag} takes {sorted(expected)}")
-    unknown = sorted(tensors.keys() - expected.keys())
-    if unknown:
-        raise BadRequest(f"unknown input(s) {unknown}; model {card.tag} takes {sorted(expected)}")
+    specs = card.inputs
+    if len(tensors) != len(specs) or any(spec.name not in tensors for spec in specs):
+        _refuse_names(card, tensors)
     rows = None
-    for name, spec in expected.items():
-        array = tensors[name]
+    for spec in specs:
+        name, array = spec.name, tensors[spec.name]
         if array.dtype != OIP_TO_NUMPY[spec.datatype] and not (
             spec.datatype == "BYTES" and array.dtype.kind in "OUS"
         ):
@@ -51,3 +47,13 @@ def check_inputs(card: ModelCard, tensors: Tensors, limits: LimitsConfig) -> int
     if rows > limits.max_rows:
         raise PayloadTooLarge(f"{rows} rows is over the limit of {limits.max_rows} per request")
     return rows
+
+
+def _refuse_names(card: ModelCard, tensors: Tensors) -> None:
+    """400 naming the inputs missing or unknown to the model."""
+    expected = sorted(spec.name for spec in card.inputs)
+    missing = sorted(set(expected) - tensors.keys())
+    if missing:
+        raise BadRequest(f"missing input(s) {missing}; model {card.tag} takes {expected}")
+    unknown = sorted(tensors.keys() - set(expected))
+    raise BadRequest(f"unknown input(s) {unknown}; model {card.tag} takes {expected}")

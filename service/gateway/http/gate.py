@@ -42,15 +42,64 @@ ROUTES: tuple[tuple[str, re.Pattern, Handler], ...] = (
 """(route name, path, handler) of the prediction calls: the same paths as the app's routes."""
 
 
-def prediction(scope: Scope) -> tuple[str, dict, Handler] | None:
-    """(route name, path parameters, handler) when ``scope`` is a prediction call."""
-    if scope["type"] != "http" or scope["method"] != "POST":
-        return None
-    for name, path, handler in ROUTES:
-        match = path.fullmatch(scope["path"])
+MAX_KNOWN_PATHS = 4096
+"""Paths whose match is remembered (a bounded cache: a caller sending endless new paths only
+empties it)."""
+_known_paths: dict[str, tuple[str, dict, Handler] | None] = {}
+
+
+def _match(path: str) -> tuple[str, dict, Handler] | None:
+    for name, pattern, handler in ROUTES:
+        match = pattern.fullmatch(path)
         if match:
             return name, {k: v for k, v in match.groupdict().items() if v is not None}, handler
     return None
+
+
+def prediction(scope: Scope) -> tuple[str, dict, Handler] | None:
+    """(route name, path parameters, handler) when ``scope`` is a prediction call. Callers use
+    a handful of paths, so each one's match is remembered rather than searched again."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return None
+    path = scope["path"]
+    try:
+        found = _known_paths[path]
+    except KeyError:
+        if len(_known_paths) >= MAX_KNOWN_PATHS:
+            _known_paths.clear()
+        found = _known_paths[path] = _match(path)
+    if found is None:
+        return None
+    name, params, handler = found
+    return name, dict(params), handler
+
+
+class HeaderMap(dict):
+    """A request's headers as a dict built once: looked up without case, the first of repeated
+    headers winning, as with Starlette's ``Headers``, whose every lookup scans the raw list (and
+    raises and catches a ``KeyError`` for each header that is absent, as most asked for are)."""
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        return super().get(key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+
+class PredictionRequest(Request):
+    """A Starlette request whose ``headers`` are a ``HeaderMap``."""
+
+    @property
+    def headers(self) -> HeaderMap:  # type: ignore[override]
+        try:
+            return self._header_map
+        except AttributeError:
+            raw = reversed(self.scope["headers"])
+            self._header_map = HeaderMap((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+            return self._header_map
 
 
 class PredictionGate:
@@ -86,7 +135,7 @@ class PredictionGate:
         started = time.monotonic()
         try:
             scope["app"], scope["path_params"] = self.gateway_app, params
-            request = Request(scope, receive)
+            request = PredictionRequest(scope, receive)
             try:
                 response = await handler(request)
             except Exception as error:
