@@ -25,6 +25,8 @@ OIP_TO_NUMPY: dict[str, np.dtype] = {
     "BYTES": np.dtype(object),
 }
 
+_NUMPY_TO_OIP: dict[np.dtype, str] = {dtype: name for name, dtype in OIP_TO_NUMPY.items()}
+
 FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 
 Tensors = dict[str, np.ndarray]
@@ -35,9 +37,9 @@ def oip_datatype_of(array: np.ndarray) -> str:
     """The OIP datatype of a numpy array (strings and objects are BYTES)."""
     if array.dtype.kind in "OUS":
         return "BYTES"
-    for name, dtype in OIP_TO_NUMPY.items():
-        if dtype == array.dtype:
-            return name
+    name = _NUMPY_TO_OIP.get(array.dtype)
+    if name is not None:
+        return name
     raise TypeError(f"no OIP datatype for numpy dtype {array.dtype}")
 
 

@@ -86,7 +86,7 @@ def _gate(bentoml_app):
         return None if gateway is None else gateway.admission
 
     def refused(route: str) -> None:
-        http_app.state.gateway.metrics.shed.labels(route, "overload").inc()
+        http_app.state.gateway.metrics.shed_series(route, "overload").inc()
 
     return PredictionGate(bentoml_app, http_app, admission, refused, WORKER)
 

@@ -198,6 +198,10 @@ class GatewayMetrics:
         """The in-flight gauge of an endpoint."""
         return self._child(self.in_flight, endpoint)
 
+    def shed_series(self, route: str, reason: str):
+        """The counter of work shed on ``route`` for ``reason`` (one of ``SHED_SERIES``)."""
+        return self._child(self.shed, route, reason)
+
     def prepare_variant(self, endpoint: str, variant: str, version: str) -> None:
         """Create a variant's request and rejection series at 0 before its first request, so an
         error ratio or rejection rate is 0 rather than missing (dashboards and alerts need it)."""

@@ -44,7 +44,7 @@ class ShadowRunner:
         """Run the route's shadows in the background; ``done`` gets their predictions by name
         (at once with none, when shadows are shed under overload)."""
         if self._shedding():
-            self._metrics.shed.labels("shadow", "overload").inc(len(route.shadows))
+            self._metrics.shed_series("shadow", "overload").inc(len(route.shadows))
             done({})
             return
         task = asyncio.create_task(self._mirror(route, tensors, primary, done))

@@ -162,7 +162,7 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):
 
     async def _refuse(self, context) -> None:
         """As the HTTP gate refuses: held a moment, then RESOURCE_EXHAUSTED with Retry-After."""
-        self.gateway.metrics.shed.labels("grpc_infer", "overload").inc()
+        self.gateway.metrics.shed_series("grpc_infer", "overload").inc()
         retry = await self.gateway.admission.hold_refused()
         error = Overloaded(f"the gateway is overloaded: retry after {retry} s (nothing was done)")
         trailing = (("retry-after", str(retry)), ("x-gateway-worker", WORKER))

@@ -101,7 +101,7 @@ async def feedback(request: Request) -> Response:
             "feedback needs a monitor: set monitor.url (or monitor.urls) in gateway.yaml"
         )
     if gateway.feedback_in_flight >= gateway.config.admission.feedback_concurrency:
-        gateway.metrics.shed.labels("feedback", "in_flight").inc()
+        gateway.metrics.shed_series("feedback", "in_flight").inc()
         raise Overloaded("too many /feedback calls in flight: retry shortly (nothing was stored)")
     gateway.feedback_in_flight += 1
     try:

@@ -13,6 +13,7 @@ Everything else goes to BentoML's app as before, so ``bentoml serve`` and its ro
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -146,15 +147,21 @@ class PredictionGate:
 
     async def _refuse(self, admission: Admission, route: str, send: Callable) -> None:
         self.refused(route)
-        retry = await admission.hold_refused()
-        body = msgspec.json.encode(
-            {"error": f"the gateway is overloaded: retry after {retry} s (nothing was done)"}
-        )
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(retry).encode()),
-            (b"x-gateway-worker", self.worker.encode()),
-        ]
+        headers, body = _refusal(await admission.hold_refused(), self.worker)
         await send({"type": "http.response.start", "status": 429, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+@functools.cache
+def _refusal(retry_after_s: int, worker: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The 429's headers and body for a ``Retry-After`` (a few values: made once each)."""
+    body = msgspec.json.encode(
+        {"error": f"the gateway is overloaded: retry after {retry_after_s} s (nothing was done)"}
+    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(retry_after_s).encode()),
+        (b"x-gateway-worker", worker.encode()),
+    ]
+    return headers, body
