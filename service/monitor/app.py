@@ -335,10 +335,10 @@ async def _every(
 async def background(app: Starlette) -> AsyncIterator[None]:
     """While the monitor serves (each task supervised): the leader lease renewed (or sought),
     and while this monitor leads: drift and quality every ``interval_s``, each endpoint's rollout
-    every its own ``interval_s``, webhook deliveries, and pruning. The analysis (drift, quality,
-    experiment readouts, pruning) runs in one thread at a lower CPU priority
-    (service/monitor/priority.py); lease renewals and rollout ticks, which are due on time, do
-    not."""
+    every its own ``interval_s``, webhook deliveries, and pruning. Analysis runs (drift, quality,
+    attribution, Evidently reports) and pruning, the costly and least urgent work, share one
+    thread at a lower CPU priority (service/monitor/priority.py); lease renewals, rollout ticks and
+    experiment readouts, which are due on time, do not wait behind them."""
     monitor: Monitor | None = getattr(app.state, "monitor", None)
     tasks = []
     analysis = background_executor()
@@ -368,10 +368,7 @@ async def background(app: Starlette) -> AsyncIterator[None]:
                 monitor.config.retention.prune_interval_s, monitor.prune, "pruning", analysis
             ),
             "experiments": led(
-                runner.config.interval_s,
-                monitor.experiments.export,
-                "experiment readout",
-                analysis,
+                runner.config.interval_s, monitor.experiments.export, "experiment readout"
             ),
         }
         for name, policy in rollouts.policies.items():

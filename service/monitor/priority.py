@@ -1,7 +1,7 @@
 """One thread, at a lower CPU priority, for the monitor's periodic analysis.
 
-Drift and quality runs (with their Evidently reports and SHAP attributions), experiment readouts
-and pruning are periodic and can wait; answering predictions and taking in records cannot. A run
+Drift and quality runs (with their Evidently reports and SHAP attributions) and pruning are
+periodic and can wait; answering predictions and taking in records cannot. A run
 over a full window takes a core for seconds (measured on the demo, 2 cores: about a core for 5 to
 10 s every 30 s, during which the gateway beside it served up to 40% fewer predictions). Run
 ``NICENESS`` above the rest of the process, it gets the CPU that serving leaves (Linux schedules

@@ -46,6 +46,8 @@ ROUTES: tuple[tuple[str, re.Pattern, Handler], ...] = (
 MAX_KNOWN_PATHS = 4096
 """Paths whose match is remembered (a bounded cache: a caller sending endless new paths only
 empties it)."""
+MAX_KNOWN_PATH_LENGTH = 256
+"""Longer paths are matched every time, so the cache holds at most about a megabyte."""
 _known_paths: dict[str, tuple[str, dict, Handler] | None] = {}
 
 
@@ -63,12 +65,13 @@ def prediction(scope: Scope) -> tuple[str, dict, Handler] | None:
     if scope["type"] != "http" or scope["method"] != "POST":
         return None
     path = scope["path"]
-    try:
-        found = _known_paths[path]
-    except KeyError:
-        if len(_known_paths) >= MAX_KNOWN_PATHS:
-            _known_paths.clear()
-        found = _known_paths[path] = _match(path)
+    found = _known_paths.get(path, False)
+    if found is False:
+        found = _match(path)
+        if len(path) <= MAX_KNOWN_PATH_LENGTH:
+            if len(_known_paths) >= MAX_KNOWN_PATHS:
+                _known_paths.clear()
+            _known_paths[path] = found
     if found is None:
         return None
     name, params, handler = found

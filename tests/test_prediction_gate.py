@@ -1,0 +1,48 @@
+"""The prediction gate's own pieces (service/gateway/http/gate.py): which calls are predictions,
+and request headers read as Starlette reads them."""
+
+from __future__ import annotations
+
+from service.gateway.http import gate
+from service.gateway.http.gate import PredictionRequest, prediction
+
+
+def scope(path: str, method: str = "POST", headers=()) -> dict:
+    return {"type": "http", "method": method, "path": path, "headers": list(headers)}
+
+
+def test_prediction_calls_are_recognised_with_their_parameters() -> None:
+    name, params, _ = prediction(scope("/v2/models/cancer/versions/v2/infer"))
+    assert (name, params) == ("infer", {"model": "cancer", "version": "v2"})
+    name, params, _ = prediction(scope("/v2/models/cancer/infer"))
+    assert (name, params) == ("infer", {"model": "cancer"})
+    assert prediction(scope("/predict/cancer"))[:2] == ("predict", {"endpoint": "cancer"})
+    assert prediction(scope("/predict/cancer", method="GET")) is None
+    assert prediction(scope("/v2/models/cancer/ready")) is None
+    # asked again, from the remembered match: the same answer, parameters a fresh dict each time
+    first, again = prediction(scope("/predict/cancer")), prediction(scope("/predict/cancer"))
+    assert first == again and first[1] is not again[1]
+
+
+def test_the_remembered_paths_stay_bounded(monkeypatch) -> None:
+    monkeypatch.setattr(gate, "MAX_KNOWN_PATHS", 8)
+    gate._known_paths.clear()
+    for i in range(50):
+        assert prediction(scope(f"/predict/endpoint-{i}"))[1] == {"endpoint": f"endpoint-{i}"}
+        assert len(gate._known_paths) <= 8
+    long_path = "/predict/" + "x" * 1000
+    assert prediction(scope(long_path))[1] == {"endpoint": "x" * 1000}
+    assert long_path not in gate._known_paths
+
+
+def test_headers_are_read_without_case_and_the_first_of_repeated_ones_wins() -> None:
+    raw = [
+        (b"x-request-id", b"first"),
+        (b"content-type", b"application/json"),
+        (b"x-request-id", b"second"),
+    ]
+    headers = PredictionRequest(scope("/predict/cancer", headers=raw)).headers
+    assert headers["X-Request-Id"] == headers.get("x-request-id") == "first"
+    assert "Content-Type" in headers and "x-user-id" not in headers
+    assert headers.get("Inference-Header-Content-Length") is None
+    assert headers.get("x-user-id", "none") == "none"
