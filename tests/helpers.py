@@ -49,6 +49,7 @@ from service.gateway.http.app import background_tasks, build_app  # noqa: E402
 from service.gateway.http.gate import PredictionGate  # noqa: E402
 from service.gateway.process import WORKER, Gateway  # noqa: E402
 from service.launch import free_port  # noqa: E402
+from service.metric_values import FLUSH_S  # noqa: E402
 
 
 def write_config(path: Path, **overrides) -> Path:
@@ -141,6 +142,22 @@ class Answer(NamedTuple):
     worker: str | None
     seconds: float
     request_id: str | None
+
+
+async def scrape(session, url: str) -> str:
+    """A server's ``/metrics`` once every worker has written its latest values (each does every
+    ``FLUSH_S``; service/metric_values.py)."""
+    await asyncio.sleep(2 * FLUSH_S)
+    async with session.get(f"{url}/metrics", headers=METRICS_AUTH) as answer:
+        assert answer.status == 200, await answer.text()
+        return await answer.text()
+
+
+def metric_total(text: str, prefix: str) -> float:
+    """The sum of the samples in an exposition whose line starts with ``prefix``."""
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
 
 
 async def predict(session, url, key=None, endpoint="cancer", headers=None) -> Answer:

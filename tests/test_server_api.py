@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from service import registry
-from tests.helpers import METRICS_AUTH
+from tests.helpers import scrape
 
 pytestmark = pytest.mark.integration
 
@@ -153,10 +153,9 @@ async def test_health_and_readiness(gateway_url):
 
 
 async def test_metrics_count_requests_by_variant_and_outcome(gateway_url, test_rows):
-    async def scrape() -> str:
+    async def scrape_gateway() -> str:
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"{gateway_url}/metrics", headers=METRICS_AUTH) as answer:
-                return await answer.text()
+            return await scrape(session, gateway_url)
 
     def value(text: str, prefix: str) -> float:
         return sum(
@@ -165,12 +164,12 @@ async def test_metrics_count_requests_by_variant_and_outcome(gateway_url, test_r
 
     ok = 'gateway_requests_total{endpoint="diabetes",model_version="v1",outcome="ok",protocol="plain",variant="stable"}'
     bad = 'gateway_requests_total{endpoint="diabetes",model_version="v1",outcome="client_error",protocol="plain",variant="stable"}'
-    before = await scrape()
+    before = await scrape_gateway()
     for _ in range(7):
         await post(f"{gateway_url}/predict/diabetes", {"instances": [[0.0] * 10]})
     for _ in range(3):
         await post(f"{gateway_url}/predict/diabetes", {"instances": [[0.0] * 9]})
-    after = await scrape()
+    after = await scrape_gateway()
     assert value(after, ok) - value(before, ok) == 7
     assert value(after, bad) - value(before, bad) == 3
     assert (

@@ -23,10 +23,10 @@ from service.launch import MONITOR_SERVICE, free_port, running_server
 from tests.helpers import (
     ADMIN_AUTH,
     ADMIN_ENV,
-    METRICS_AUTH,
     MONITOR_AUTH,
     ROW,
     local_monitor,
+    scrape,
     write_config,
 )
 
@@ -279,8 +279,7 @@ async def test_both_protocols_at_once_on_one_server_counted_apart(servers):
     url, address, monitor_url = servers
 
     async def metric_total(session) -> dict[str, float]:
-        async with session.get(f"{url}/metrics", headers=METRICS_AUTH) as answer:
-            text = await answer.text()
+        text = await scrape(session, url)
         totals: dict[str, float] = {}
         for line in text.splitlines():
             if line.startswith("gateway_requests_total{") and 'endpoint="diabetes"' in line:

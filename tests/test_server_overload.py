@@ -15,12 +15,13 @@ import pytest
 from service import registry
 from service.demo.wide_model import build_wide_model
 from service.launch import MONITOR_SERVICE, free_port, running_server
-from service.metric_values import FLUSH_S
 from tests.helpers import (
     ADMIN_AUTH,
     ADMIN_ENV,
     METRICS_AUTH,
     local_monitor,
+    metric_total,
+    scrape,
     write_config,
 )
 
@@ -50,14 +51,7 @@ async def call(session, url):
 
 
 async def metric_sum(session, url: str, prefix: str) -> float:
-    """The sum of a metric's series over the server's workers, once every worker has written
-    its latest values (each does every ``FLUSH_S``; service/metric_values.py)."""
-    await asyncio.sleep(2 * FLUSH_S)
-    async with session.get(f"{url}/metrics", headers=METRICS_AUTH) as answer:
-        text = await answer.text()
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
-    )
+    return metric_total(await scrape(session, url), prefix)
 
 
 async def test_overload_is_refused_with_429_retry_after_and_counted(overload_url):

@@ -16,7 +16,7 @@ import pytest
 from service import registry
 from service.config import load_config
 from service.launch import running_server
-from tests.helpers import METRICS_AUTH, predict, write_config
+from tests.helpers import metric_total, predict, scrape, write_config
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret-admin-token-of-traffic"
@@ -76,11 +76,7 @@ def fresh_connections() -> aiohttp.ClientSession:
 
 
 async def metric(session, url, prefix: str) -> float:
-    async with session.get(f"{url}/metrics", headers=METRICS_AUTH) as answer:
-        text = await answer.text()
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
-    )
+    return metric_total(await scrape(session, url), prefix)
 
 
 async def admin(session, url, method, path, body=None, headers=ADMIN):
