@@ -7,13 +7,17 @@ Everything lives under ``--home``: the built models, the BentoML model store, ``
 the demo's secrets (``secrets/admin.token``, ``secrets/monitor.token``, made once, readable by their
 owner only; ``GATEWAY_ADMIN_TOKEN`` / ``GATEWAY_MONITOR_TOKEN`` win when set). Both servers listen
 on 127.0.0.1 only, so the demo leaves ``/metrics`` anonymous for a local Prometheus; everything
-else is as a deployment gets it by default. Running it again reuses what is there. With
-``--serve-only`` the gateway just serves until Ctrl-C.
+else is as a deployment gets it by default. Running it again reuses the models, the store and the
+secrets, but starts from empty state (routing, rollouts, experiments, records): the previous run's
+is moved to ``data.previous``, so the rollouts and the A/B test are told again from their start
+rather than resumed (a rollout left running by an interrupted run was paused for its timeout).
+With ``--serve-only`` the gateway just serves until Ctrl-C, on the state that is there.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -90,6 +94,18 @@ def prepare_home(home: Path, monitor_port: int) -> Path:
     return config_path
 
 
+def set_previous_state_aside(home: Path) -> None:
+    """Move the last run's state to ``data.previous`` (replacing an older one), so this run
+    starts from none."""
+    data = home / DEMO_CONFIG["data_dir"]
+    if not data.exists():
+        return
+    previous = home / "data.previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    data.rename(previous)
+    print(f"the previous run's state (routing, rollouts, records) is now in {previous}")
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -98,6 +114,8 @@ def run_demo(home: Path, port: int, *, serve_only: bool, requests: int) -> int:
     """Prepare ``home``, serve on ``port`` and drive traffic; stops the gateway on Ctrl-C or SIGTERM."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwinds through running_server's cleanup
     config_path = prepare_home(home, port + 1)
+    if not serve_only:
+        set_previous_state_aside(home)
     try:
         with (
             running_server(config_path, port + 1, service=MONITOR_SERVICE) as monitor_url,
