@@ -160,6 +160,11 @@ def metric_total(text: str, prefix: str) -> float:
     )
 
 
+async def metric_sum(session, url: str, prefix: str) -> float:
+    """The sum over a server's workers of the samples whose line starts with ``prefix``."""
+    return metric_total(await scrape(session, url), prefix)
+
+
 async def predict(session, url, key=None, endpoint="cancer", headers=None) -> Answer:
     """One 1-row prediction, keyed by ``key`` (the ``x-user-id`` header) when given."""
     all_headers = {**({"x-user-id": key} if key else {}), **(headers or {})}

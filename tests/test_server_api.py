@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from service import registry
-from tests.helpers import scrape
+from tests.helpers import metric_total, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -157,11 +157,6 @@ async def test_metrics_count_requests_by_variant_and_outcome(gateway_url, test_r
         async with aiohttp.ClientSession() as session:
             return await scrape(session, gateway_url)
 
-    def value(text: str, prefix: str) -> float:
-        return sum(
-            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
-        )
-
     ok = 'gateway_requests_total{endpoint="diabetes",model_version="v1",outcome="ok",protocol="plain",variant="stable"}'
     bad = 'gateway_requests_total{endpoint="diabetes",model_version="v1",outcome="client_error",protocol="plain",variant="stable"}'
     before = await scrape_gateway()
@@ -170,8 +165,8 @@ async def test_metrics_count_requests_by_variant_and_outcome(gateway_url, test_r
     for _ in range(3):
         await post(f"{gateway_url}/predict/diabetes", {"instances": [[0.0] * 9]})
     after = await scrape_gateway()
-    assert value(after, ok) - value(before, ok) == 7
-    assert value(after, bad) - value(before, bad) == 3
+    assert metric_total(after, ok) - metric_total(before, ok) == 7
+    assert metric_total(after, bad) - metric_total(before, bad) == 3
     assert (
         'gateway_request_duration_seconds_bucket{endpoint="diabetes",le="0.1",variant="stable"}'
         in after

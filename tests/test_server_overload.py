@@ -20,8 +20,7 @@ from tests.helpers import (
     ADMIN_ENV,
     METRICS_AUTH,
     local_monitor,
-    metric_total,
-    scrape,
+    metric_sum,
     write_config,
 )
 
@@ -48,10 +47,6 @@ def overload_url(demo_models, tmp_path_factory):
 async def call(session, url):
     async with session.post(f"{url}/predict/slow", json={"instances": ROWS}) as answer:
         return answer.status, answer.headers.get("Retry-After"), await answer.read()
-
-
-async def metric_sum(session, url: str, prefix: str) -> float:
-    return metric_total(await scrape(session, url), prefix)
 
 
 async def test_overload_is_refused_with_429_retry_after_and_counted(overload_url):

@@ -16,7 +16,7 @@ import pytest
 from service import registry
 from service.config import load_config
 from service.launch import running_server
-from tests.helpers import metric_total, predict, scrape, write_config
+from tests.helpers import metric_sum, predict, write_config
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret-admin-token-of-traffic"
@@ -75,10 +75,6 @@ def fresh_connections() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=16))
 
 
-async def metric(session, url, prefix: str) -> float:
-    return metric_total(await scrape(session, url), prefix)
-
-
 async def admin(session, url, method, path, body=None, headers=ADMIN):
     async with session.request(method, f"{url}{path}", json=body, headers=headers) as answer:
         return answer.status, json.loads(await answer.read())
@@ -117,7 +113,7 @@ async def test_keys_are_sticky_on_both_workers_and_match_the_table(traffic_url, 
 
 async def test_shadows_never_slow_or_fail_callers(traffic_url):
     async with aiohttp.ClientSession() as session:
-        before_errors = await metric(
+        before_errors = await metric_sum(
             session,
             traffic_url,
             'gateway_shadow_requests_total{endpoint="cancer",outcome="error",variant="bad-shadow"}',
@@ -130,17 +126,17 @@ async def test_shadows_never_slow_or_fail_callers(traffic_url):
         assert mirrored_ms < base_ms + 20, (base_ms, mirrored_ms)
         assert max(r.seconds for r in mirrored) < 0.5  # a 1 s shadow never reaches the caller
         await asyncio.sleep(1.5)  # let the slow shadow finish
-        errors = await metric(
+        errors = await metric_sum(
             session,
             traffic_url,
             'gateway_shadow_requests_total{endpoint="cancer",outcome="error",variant="bad-shadow"}',
         )
-        slow_ok = await metric(
+        slow_ok = await metric_sum(
             session,
             traffic_url,
             'gateway_shadow_requests_total{endpoint="cancer",outcome="ok",variant="slow-shadow"}',
         )
-        agree = await metric(
+        agree = await metric_sum(
             session,
             traffic_url,
             'gateway_shadow_rows_total{agreement="agree",endpoint="cancer",variant="slow-shadow"}',
@@ -286,11 +282,11 @@ async def test_weight_change_reaches_every_worker_within_a_second(traffic_url, t
         changed_at = time.monotonic()
         assert status == 200
         version = routing["version"]
-        while await metric(session, traffic_url, "gateway_routing_state_version") < version:
+        while await metric_sum(session, traffic_url, "gateway_routing_state_version") < version:
             assert time.monotonic() - changed_at < 1.0, "a worker did not follow within 1 s"
             await asyncio.sleep(0.02)
         elapsed = time.monotonic() - changed_at
-        weight = await metric(
+        weight = await metric_sum(
             session, traffic_url, 'gateway_variant_weight{endpoint="cancer",variant="candidate"}'
         )
     pairs = await answers_from_both_workers(traffic_url, keys * 2)
@@ -357,14 +353,14 @@ async def test_requests_are_counted_per_variant(traffic_url):
     prefix = 'gateway_requests_total{endpoint="cancer",model_version="%s",outcome="ok",protocol="plain",variant="%s"}'
     async with fresh_connections() as session:
         before = {
-            v: await metric(session, traffic_url, prefix % (ver, v))
+            v: await metric_sum(session, traffic_url, prefix % (ver, v))
             for v, ver in (("stable", "v1"), ("candidate", "v2"))
         }
         results = await asyncio.gather(
             *(predict(session, traffic_url, f"count-{i}") for i in range(200))
         )
         after = {
-            v: await metric(session, traffic_url, prefix % (ver, v))
+            v: await metric_sum(session, traffic_url, prefix % (ver, v))
             for v, ver in (("stable", "v1"), ("candidate", "v2"))
         }
     seen = Counter(answer.variant for answer in results)
