@@ -116,6 +116,25 @@ def test_attribution_is_computed_every_attribution_interval_or_when_asked(
     assert attribution(now=2000.0 + interval * 2) is not first and computed
 
 
+def test_reports_are_saved_when_asked_or_an_interval_after_the_first_run(
+    demo_models, tmp_path, monkeypatch
+):
+    """A monitor that starts (or takes over) does not begin with every variant's reports."""
+    runner = runner_with(tmp_path, demo_models, lambda y: y)
+    saved = []
+    monkeypatch.setattr(runner, "_save", lambda report: saved.append(report.variant))
+    interval = runner.config.report_interval_s
+    runner.run_once(now=2000.0)
+    assert saved == []
+    runner.run_once(now=2000.0 + interval / 2, save_reports=True)
+    assert sorted(saved) == ["candidate", "stable"]
+    saved.clear()
+    runner.run_once(now=2000.0 + interval)
+    assert saved == []  # the save asked for restarted the clock
+    runner.run_once(now=2000.0 + interval * 1.5)
+    assert sorted(saved) == ["candidate", "stable"]
+
+
 def test_without_recorded_inputs_there_is_no_attribution_and_no_failure(demo_models, tmp_path):
     store = MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3")
     store.add_records(

@@ -166,7 +166,8 @@ class MonitorRunner:
         self.store = store
         self.metrics = metrics
         self.archive = archive
-        self._last_reports = 0.0
+        self._last_reports: float | None = None
+        """When reports were last saved; the first run only starts the clock (see ``run_once``)."""
         self._last_attribution = 0.0
         self.on_drift = on_drift
         """Told (endpoint, variant, model, drifted features, share) after each drift verdict."""
@@ -262,7 +263,10 @@ class MonitorRunner:
     def run_once(
         self, now: float | None = None, save_reports: bool = False, fresh: bool = False
     ) -> list[VariantReport]:
-        """One run over every active variant; saves Evidently reports when asked or when due.
+        """One run over every active variant; saves Evidently reports when asked or when due
+        (``report_interval_s`` after the last save or after the first run: a monitor that starts
+        or takes over does not begin by writing every variant's reports, seconds of CPU beside
+        the gateway; its predecessor's reports stay listed meanwhile).
         Attribution (SHAP on window rows: most of a run's CPU, a slow signal) is computed every
         ``attribution_interval_s``, or when ``fresh`` (an operator asked for a run)."""
         started = time.perf_counter()
@@ -276,6 +280,8 @@ class MonitorRunner:
         if attribute:
             self._last_attribution = now
         reports = self._against_stable(reports)
+        if self._last_reports is None:  # the first reports one interval after the first run
+            self._last_reports = now
         save_reports = save_reports or now - self._last_reports >= self.config.report_interval_s
         for report in reports:
             self._export(report)
