@@ -28,6 +28,7 @@ from tests.helpers import (
     local_monitor,
     write_config,
 )
+from traffic.rollout import TERMINAL
 
 pytestmark = pytest.mark.integration
 GRAFANA = Path(__file__).resolve().parents[1] / "grafana"
@@ -42,6 +43,8 @@ FAST_ROLLOUT = {
     "comparisons": [{"metric": "error_rate", "margin": 0.1, "min_samples": 30}],
     "offline_gate": {"margin": 0.05},
 }
+MIN_ROUNDS, MAX_ROUNDS = 2, 8
+"""Rounds of traffic (4 s each): on until both rollouts ended, then the runs and scrapes."""
 VARIABLES = {"$endpoint": ".*", "$variant": ".*", "$__rate_interval": "1m", "$slo_seconds": "0.1"}
 
 
@@ -129,12 +132,25 @@ def test_provisioning_points_grafana_at_prometheus_and_the_dashboards():
     assert names == ["datasource", "endpoint", "variant", "slo_seconds"]
 
 
+async def _rollouts_ended(session: aiohttp.ClientSession, monitor_url: str) -> bool:
+    """Whether both rollouts have reached their end (the promotion's and rollback's series)."""
+    async with session.get(f"{monitor_url}/rollouts", headers=MONITOR_AUTH) as answer:
+        assert answer.status == 200, await answer.text()
+        rollouts = (await answer.json())["rollouts"]
+    return len(rollouts) == 2 and all(
+        r["state"] is not None and r["state"]["phase"] in TERMINAL for r in rollouts
+    )
+
+
 async def _traffic(url: str, monitor_url: str) -> None:
+    """Rounds of predictions, labels and rewards until both rollouts have ended."""
     async with aiohttp.ClientSession() as session:
         start = f"{url}/admin/experiments/cancer-ab/start"
         async with session.post(start, headers=ADMIN_AUTH) as answer:
             assert answer.status == 200
-        for _ in range(4):
+        for round_ in range(MAX_ROUNDS):
+            if round_ >= MIN_ROUNDS and await _rollouts_ended(session, monitor_url):
+                break
             answers = []
             for endpoint in ("cancer", "cancer-bad", "cancer-shadow"):
                 answers += await drive(session, url, 1.0, endpoint=endpoint, concurrency=4)
