@@ -66,10 +66,8 @@ class RecordBatch(msgspec.Struct, frozen=True):
 
 
 def _plain(value: object) -> object:
-    """numpy values as JSON can carry them: arrays as lists, NaN and infinities as None."""
+    """numpy values as lists and scalars; msgspec writes NaN and infinities as null (None)."""
     if isinstance(value, np.ndarray):
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            return np.where(np.isfinite(value), value, None).tolist()
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
