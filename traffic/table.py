@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import msgspec
+
 from traffic.buckets import BUCKETS, BucketRange, allocate, bucket_of_digest, key_digest, owner
 
 Role = Literal["stable", "candidate", "shadow"]
@@ -89,8 +91,7 @@ class RoutingPolicy:
         return cls(**{**data, "pinnable": tuple(data.get("pinnable", ()))})
 
 
-@dataclass(frozen=True)
-class Assignment:
+class Assignment(msgspec.Struct, frozen=True):
     """Where one request goes: the answering variant, why, and the shadows that get a copy."""
 
     variant: VariantSpec

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
 
 import msgspec
 import numpy as np
@@ -22,11 +21,12 @@ from service.tensors import OIP_TO_NUMPY, Tensors, oip_datatype_of
 
 HEADER_LENGTH = "inference-header-content-length"
 MAX_RANK = 32
+FITTING_KINDS = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
+"""numpy kinds of JSON data that fit a datatype of each kind (bool, int, unsigned, float)."""
 """No model the gateway serves takes tensors of more dimensions (numpy's own limit is 64)."""
 
 
-@dataclass(frozen=True)
-class InferRequest:
+class InferRequest(msgspec.Struct, frozen=True):
     """A decoded infer request: tensors by name and how the caller wants the outputs."""
 
     id: str | None
@@ -81,8 +81,7 @@ def _from_json_data(data: object, datatype: str, shape: tuple[int, ...], name: s
             raise BadRequest(f"input {name!r}: BYTES data must be strings")
         return raw.reshape(shape)
     target = OIP_TO_NUMPY[datatype]
-    allowed = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}[target.kind]
-    if raw.size and kind not in allowed:
+    if raw.size and kind not in FITTING_KINDS[target.kind]:
         raise BadRequest(f"input {name!r}: data does not fit datatype {datatype}")
     if target.kind in "iu" and kind in "iu":
         info = np.iinfo(target)
@@ -138,10 +137,13 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:length], body[length:]
 
 
-def _parameters(holder: dict, what: str) -> dict:
+def _parameters(holder: dict, what: str, name: str | None = None) -> dict:
+    """``holder``'s parameters; a 400 naming ``what`` (and ``name``) when they are not an object
+    (the message is made only then: this runs for every tensor of every request)."""
     parameters = holder.get("parameters") or {}
     if not isinstance(parameters, dict):
-        raise BadRequest(f"{what}: 'parameters' must be an object")
+        where = what if name is None else f"{what} {name!r}"
+        raise BadRequest(f"{where}: 'parameters' must be an object")
     return parameters
 
 
@@ -168,7 +170,7 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
                 f"input {name!r}: unknown datatype {datatype!r}; one of {sorted(OIP_TO_NUMPY)}"
             )
         shape = checked_shape(tensor.get("shape"), name)
-        size = _parameters(tensor, f"input {name!r}").get("binary_data_size")
+        size = _parameters(tensor, "input", name).get("binary_data_size")
         if size is None:
             if "data" not in tensor:
                 raise BadRequest(f"input {name!r} has neither 'data' nor binary_data_size")
@@ -204,7 +206,7 @@ def _with_output_request(request: dict, inputs: Tensors) -> InferRequest:
         if not isinstance(output, dict) or not isinstance(output.get("name"), str):
             raise BadRequest(f"outputs[{position}] must be an object with a string 'name'")
         names.append(output["name"])
-        if _parameters(output, f"output {output['name']!r}").get("binary_data", False):
+        if _parameters(output, "output", output["name"]).get("binary_data", False):
             binary.add(output["name"])
     return InferRequest(request_id, inputs, tuple(names), frozenset(binary), all_binary, parameters)
 

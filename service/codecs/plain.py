@@ -7,8 +7,7 @@ regressor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import msgspec
 import numpy as np
 
 from service.codecs import decode_json
@@ -17,8 +16,7 @@ from service.model_card import ModelCard
 from service.tensors import OIP_TO_NUMPY, Tensors
 
 
-@dataclass(frozen=True)
-class PlainRequest:
+class PlainRequest(msgspec.Struct, frozen=True):
     """A decoded ``/predict`` body: its rows, and the fields a routing key may come from."""
 
     instances: list

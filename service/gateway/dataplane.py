@@ -15,6 +15,8 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import msgspec
+
 from service.config import FaultConfig, LimitsConfig
 from service.errors import BadRequest, Forbidden, InferenceFailed, NotFound
 from service.gateway.models import LoadedModel
@@ -23,8 +25,7 @@ from service.tensors import Tensors
 from traffic.table import EndpointTable, PinRefused, RoutingError, VariantSpec
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(msgspec.Struct, frozen=True):
     """Where one request goes: the answering variant and model, why, and the shadows' copies."""
 
     endpoint: str

@@ -15,10 +15,10 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import msgspec
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from service.config import GatewayConfig
@@ -72,8 +72,7 @@ class Decoded(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Call:
+class Call(msgspec.Struct, frozen=True):
     """One prediction call as a transport hands it over."""
 
     endpoint: str
@@ -85,8 +84,7 @@ class Call:
     """The model version a protocol's path pins (OIP ``/versions/{v}``)."""
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(msgspec.Struct, frozen=True):
     """What a prediction returns to its transport: who answered what, and the ids to echo."""
 
     request_id: str
