@@ -1,7 +1,10 @@
 """The prediction gate's own pieces (service/gateway/http/gate.py): which calls are predictions,
-and request headers read as Starlette reads them."""
+request headers and bodies read as Starlette reads them."""
 
 from __future__ import annotations
+
+import pytest
+from starlette.requests import ClientDisconnect
 
 from service.gateway.http import gate
 from service.gateway.http.gate import PredictionRequest, prediction
@@ -46,3 +49,38 @@ def test_headers_are_read_without_case_and_the_first_of_repeated_ones_wins() -> 
     assert "Content-Type" in headers and "x-user-id" not in headers
     assert headers.get("Inference-Header-Content-Length") is None
     assert headers.get("x-user-id", "none") == "none"
+
+
+def receiving(*messages: dict):
+    """An ASGI ``receive`` handing out ``messages`` in turn."""
+    queue = list(messages)
+
+    async def receive() -> dict:
+        return queue.pop(0)
+
+    return receive
+
+
+async def test_the_body_is_read_whole_however_it_comes_and_once() -> None:
+    one = PredictionRequest(scope("/predict/x"), receiving({"type": "http.request", "body": b"ab"}))
+    assert await one.body() == b"ab" and await one.body() == b"ab"
+    chunked = PredictionRequest(
+        scope("/predict/x"),
+        receiving(
+            {"type": "http.request", "body": b"a", "more_body": True},
+            {"type": "http.request", "more_body": True},
+            {"type": "http.request", "body": b"bc", "more_body": False},
+        ),
+    )
+    assert await chunked.body() == b"abc"
+
+
+async def test_a_client_gone_before_its_body_ends_is_a_disconnect() -> None:
+    request = PredictionRequest(
+        scope("/predict/x"),
+        receiving(
+            {"type": "http.request", "body": b"a", "more_body": True}, {"type": "http.disconnect"}
+        ),
+    )
+    with pytest.raises(ClientDisconnect):
+        await request.body()

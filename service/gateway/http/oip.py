@@ -24,9 +24,9 @@ from service.errors import BadRequest
 from service.exposition import sample_totals
 from service.gateway import repository
 from service.gateway.http.common import gateway_of
-from service.gateway.process import Answer, Call
+from service.gateway.process import Answer, Call, Gateway
 from service.http.body import read_body
-from service.http.responses import json_response
+from service.http.responses import AnswerResponse, json_response
 from service.model_card import ModelCard
 from traffic.table import EndpointTable, VariantSpec
 
@@ -121,9 +121,9 @@ async def repository_index(request: Request) -> Response:
     return json_response(repository.repository_index(gateway_of(request), request.headers))
 
 
-def infer_call(request: Request) -> Call:
+def infer_call(request: Request, gateway: Gateway) -> Call:
     """The call an OIP infer body makes (JSON, or Triton's binary extension)."""
-    limit = gateway_of(request).config.limits.max_body_bytes
+    limit = gateway.config.limits.max_body_bytes
 
     async def read(table: EndpointTable) -> InferRequest:
         return decode_infer_request(
@@ -152,8 +152,9 @@ def _infer_response(answer: Answer) -> tuple[bytes, int | None]:
 async def explain(request: Request) -> Response:
     """``POST /v2/models/{model}[/versions/{v}]/explain[?target=<class>]``: an infer request
     answered as infer is, with ``explanations`` beside ``outputs`` (JSON only)."""
-    answer, explanations = await gateway_of(request).explain(
-        infer_call(request), request.query_params.get("target")
+    gateway = gateway_of(request)
+    answer, explanations = await gateway.explain(
+        infer_call(request, gateway), request.query_params.get("target")
     )
     content, header_length = _infer_response(answer)
     if header_length is not None:
@@ -166,13 +167,14 @@ async def infer(request: Request) -> Response:
     """Infer; ``/versions/{v}`` pins the variant serving model version v. The gateway's request id
     comes back in the answer's ``parameters.request_id`` and the ``x-gateway-request-id`` header;
     the body's ``id`` is the caller's, echoed as the protocol says."""
-    answer = await gateway_of(request).predict(infer_call(request))
+    gateway = gateway_of(request)
+    answer = await gateway.predict(infer_call(request, gateway))
     content, header_length = _infer_response(answer)
     headers = answer.headers()
     if header_length is None:
-        return Response(content, headers=headers, media_type="application/json")
+        return AnswerResponse(content, headers=headers, media_type="application/json")
     headers["Inference-Header-Content-Length"] = str(header_length)
-    return Response(content, headers=headers, media_type="application/octet-stream")
+    return AnswerResponse(content, headers=headers, media_type="application/octet-stream")
 
 
 def _with_versions(path: str, endpoint, methods: list[str]) -> list[HttpRoute]:

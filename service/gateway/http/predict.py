@@ -3,22 +3,24 @@
 
 from __future__ import annotations
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from service.codecs.plain import PlainRequest, PredictionEncoder, decode_plain
 from service.gateway.http.common import gateway_of
-from service.gateway.process import Answer, Call
+from service.gateway.process import Answer, Call, Gateway
 from service.http.auth import require_token
 from service.http.body import read_body
-from service.http.responses import json_response
+from service.http.responses import JSON, AnswerResponse, json_response
 from traffic.table import EndpointTable
 
 
 async def predict(request: Request) -> Response:
     gateway = gateway_of(request)
-    answer = await gateway.predict(plain_call(request))
-    return json_response(plain_body(answer), headers=answer.headers())
+    answer = await gateway.predict(plain_call(request, gateway))
+    content = msgspec.json.encode(plain_body(answer))
+    return AnswerResponse(content, headers=answer.headers(), media_type=JSON)
 
 
 async def explain(request: Request) -> Response:
@@ -26,15 +28,15 @@ async def explain(request: Request) -> Response:
     answer is ``/predict``'s with one SHAP explanation per row (service/gateway/explain.py)."""
     gateway = gateway_of(request)
     answer, explanations = await gateway.explain(
-        plain_call(request), request.query_params.get("target")
+        plain_call(request, gateway), request.query_params.get("target")
     )
     body = {**plain_body(answer), "explanations": [e.to_dict() for e in explanations]}
     return json_response(body, headers=answer.headers())
 
 
-def plain_call(request: Request) -> Call:
+def plain_call(request: Request, gateway: Gateway) -> Call:
     """The call a plain JSON body makes (its rows as lists or records; its key field, if any)."""
-    limit = gateway_of(request).config.limits.max_body_bytes
+    limit = gateway.config.limits.max_body_bytes
 
     async def read(table: EndpointTable) -> PlainRequest:
         return decode_plain(await read_body(request, limit), table.policy.key_field)
