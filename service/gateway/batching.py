@@ -191,12 +191,12 @@ class Batcher:
         else:
             names = batch[0].inputs.keys()
             stacked = {n: np.concatenate([p.inputs[n] for p in batch]) for n in names}
-            outputs = self._run(stacked)
-            offsets = np.cumsum([0] + [p.rows for p in batch])
-            results = [
-                {n: value[offsets[i] : offsets[i + 1]] for n, value in outputs.items()}
-                for i in range(len(batch))
-            ]
+            outputs = self._run(stacked).items()
+            results, start = [], 0
+            for pending in batch:  # slices by Python ints: numpy's cost twice as much
+                end = start + pending.rows
+                results.append({n: value[start:end] for n, value in outputs})
+                start = end
         seconds, rows = time.perf_counter() - started, sum(p.rows for p in batch)
         if self._observe_batch is not None:
             self._observe_batch(rows, seconds, [started - p.queued_at for p in batch])
