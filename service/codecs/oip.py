@@ -55,12 +55,13 @@ class InferRequest(msgspec.Struct, frozen=True):
 
 def checked_shape(shape: object, name: str) -> tuple[int, ...]:
     """An input's shape as the protocol allows it (a list of at most ``MAX_RANK`` sizes)."""
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    if not isinstance(shape, list):
         raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers")
     if len(shape) > MAX_RANK:
         raise BadRequest(f"input {name!r}: shape has {len(shape)} dimensions, at most {MAX_RANK}")
+    for size in shape:  # a loop: a generator costs twice as much, on every request
+        if type(size) is not int or size < 0:  # bool is an int, but not a size
+            raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers")
     return tuple(shape)
 
 

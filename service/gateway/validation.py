@@ -18,11 +18,13 @@ def check_inputs(card: ModelCard, tensors: Tensors, limits: LimitsConfig) -> int
     """Raise a 4xx ``GatewayError`` if the tensors cannot be fed to the model; return the row
     count."""
     specs = card.inputs
-    if len(tensors) != len(specs) or any(spec.name not in tensors for spec in specs):
+    if len(tensors) != len(specs):
         _refuse_names(card, tensors)
     rows = None
-    for spec in specs:
-        name, array = spec.name, tensors[spec.name]
+    for spec in specs:  # loops, not generators, here and below: this runs for every request
+        name, array = spec.name, tensors.get(spec.name)
+        if array is None:
+            _refuse_names(card, tensors)
         if array.dtype != OIP_TO_NUMPY[spec.datatype] and not (
             spec.datatype == "BYTES" and array.dtype.kind in "OUS"
         ):
