@@ -50,6 +50,23 @@ from service.gateway.http.gate import PredictionGate  # noqa: E402
 from service.gateway.process import WORKER, Gateway  # noqa: E402
 from service.launch import free_port  # noqa: E402
 from service.metric_values import FLUSH_S  # noqa: E402
+from service.model_card import ModelCard  # noqa: E402
+from service.tensors import TensorSpec  # noqa: E402
+
+TWO_FEATURE_CARD = ModelCard(
+    name="m",
+    version="v1",
+    sha256="0" * 64,
+    task="classification",
+    inputs=(TensorSpec("X", "FP32", (-1, 2)),),
+    outputs=(TensorSpec("label", "BYTES", (-1,)), TensorSpec("probabilities", "FP32", (-1, 2))),
+    feature_names=("a", "b"),
+    label_column="label",
+    class_labels=("no", "yes"),
+    label_output="label",
+    probability_output="probabilities",
+)
+"""A two-feature classifier's card, for tests of what is checked against a card."""
 
 
 def write_config(path: Path, **overrides) -> Path:

@@ -10,21 +10,9 @@ import pytest
 from service.codecs.plain import PredictionEncoder, decode_instances, instances_to_tensors
 from service.errors import BadRequest
 from service.model_card import ModelCard
-from service.tensors import TensorSpec
+from tests.helpers import TWO_FEATURE_CARD
 
-CARD = ModelCard(
-    name="m",
-    version="v1",
-    sha256="0" * 64,
-    task="classification",
-    inputs=(TensorSpec("X", "FP32", (-1, 2)),),
-    outputs=(TensorSpec("label", "BYTES", (-1,)), TensorSpec("probabilities", "FP32", (-1, 2))),
-    feature_names=("a", "b"),
-    label_column="label",
-    class_labels=("no", "yes"),
-    label_output="label",
-    probability_output="probabilities",
-)
+CARD = TWO_FEATURE_CARD
 
 
 def test_lists_and_records_give_the_same_tensor():
