@@ -21,9 +21,9 @@ from service.tensors import OIP_TO_NUMPY, Tensors, oip_datatype_of
 
 HEADER_LENGTH = "inference-header-content-length"
 MAX_RANK = 32
+"""No model the gateway serves takes tensors of more dimensions (numpy's own limit is 64)."""
 FITTING_KINDS = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
 """numpy kinds of JSON data that fit a datatype of each kind (bool, int, unsigned, float)."""
-"""No model the gateway serves takes tensors of more dimensions (numpy's own limit is 64)."""
 
 
 class InferRequest(msgspec.Struct, frozen=True):
