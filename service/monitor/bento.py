@@ -37,6 +37,8 @@ _CONFIG = load_config(_CONFIG_PATH) if _CONFIG_PATH.is_file() else None
     http={"host": _CONFIG.monitor.host, "port": _CONFIG.monitor.port} if _CONFIG else {},
     logging={"access": {"enabled": False}},
     metrics={"enabled": False},
+    # every gateway worker posts its records several times a second: not traced
+    tracing={"excluded_urls": ["/records"]},
 )
 @bentoml.asgi_app(monitor_app, path="/")
 class MonitorService:
