@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 
 from service.errors import BadRequest
 
@@ -24,15 +25,21 @@ _NAME_RE = re.compile(_NAME)
 _TAG_RE = re.compile(f"{_NAME}:{_NAME}")
 _UNIT_RE = re.compile("[0-9a-f]{16}")
 _REQUEST_ID_RE = re.compile(f"(?P<endpoint>{_NAME}):[0-9a-f]{{32}}")
-"""``<endpoint>:<128 random bits in hex>``: unguessable, and it says which endpoint answered,
-so a label can be checked against that endpoint's models before its record reaches the monitor."""
+"""``<endpoint>:<milliseconds since 1970, 48 bits><80 random bits>``, both in hex: unguessable,
+in time order, and it says which endpoint answered, so a label can be checked against that
+endpoint's models before its record reaches the monitor. Time first because the id is the stores'
+key: new keys go to the end of its index instead of to a random page each (with 60,000 records
+stored, a random key made storing a record cost twice as much, and more as the store grows)."""
+TIME_DIGITS = 12
+"""Hex digits of the id's time part (48 bits of milliseconds: until the year 10889)."""
 
 
 class _RandomHex:
-    """128-bit random hex strings from the OS's CSPRNG, read 256 at a time: one system call per
+    """80-bit random hex strings from the OS's CSPRNG, read 256 at a time: one system call per
     request was a measurable part of a served answer. Safe across threads and forks."""
 
     IDS_PER_READ = 256
+    BYTES = 10
 
     def __init__(self) -> None:
         self._reset()
@@ -45,10 +52,10 @@ class _RandomHex:
     def __call__(self) -> str:
         with self._lock:
             if self._next >= len(self._hex):
-                self._hex, self._next = os.urandom(16 * self.IDS_PER_READ).hex(), 0
+                self._hex, self._next = os.urandom(self.BYTES * self.IDS_PER_READ).hex(), 0
             start = self._next
-            self._next += 32
-            return self._hex[start : start + 32]
+            self._next += 2 * self.BYTES
+            return self._hex[start : self._next]
 
 
 _random_hex = _RandomHex()
@@ -56,7 +63,7 @@ _random_hex = _RandomHex()
 
 def new_request_id(endpoint: str) -> str:
     """A fresh request id for an answer of ``endpoint``."""
-    return f"{endpoint}:{_random_hex()}"
+    return f"{endpoint}:{time.time_ns() // 1_000_000:0{TIME_DIGITS}x}{_random_hex()}"
 
 
 def endpoint_of(request_id: object) -> str | None:
