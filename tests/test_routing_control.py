@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import statistics
 import time
 from types import SimpleNamespace
 from unittest.mock import MagicMock
@@ -42,7 +43,9 @@ async def test_following_backs_off_while_the_store_fails_and_logs_once(monkeypat
     assert all(b > a * 1.5 for a, b in zip(gaps[:3], gaps[1:4])), gaps  # doubling: 0.02, 0.04, ...
     assert all(0.15 <= gap < 0.3 for gap in gaps[3:]), gaps  # ... capped at MAX_BACKOFF_S
     after = [b - a for a, b in zip(store.calls[7:], store.calls[8:])]
-    assert after and max(after) < 0.05  # back to polling once it recovered
+    # back to polling once it recovered: every gap well under the backoff cap (one can stretch
+    # when the machine is busy: a 70 ms gap was seen under CI), most of them the poll interval
+    assert after and max(after) < 0.15 and statistics.median(after) < 0.03, after
     warnings = [r for r in caplog.records if "cannot follow" in r.getMessage()]
     assert len(warnings) == 1 and "database is locked" in warnings[0].getMessage()
     assert "following the routing state again" in caplog.text
