@@ -278,7 +278,7 @@ def _raw_request(*blobs: bytes) -> service_pb2.ModelInferRequest:
 async def test_both_protocols_at_once_on_one_server_counted_apart(servers):
     url, address, monitor_url = servers
 
-    async def metric_total(session) -> dict[str, float]:
+    async def requests_by_protocol(session) -> dict[str, float]:
         text = await scrape(session, url)
         totals: dict[str, float] = {}
         for line in text.splitlines():
@@ -290,7 +290,7 @@ async def test_both_protocols_at_once_on_one_server_counted_apart(servers):
     rows = np.ones((1, 10), np.float32)
     client = aio_grpcclient.InferenceServerClient(address)
     async with aiohttp.ClientSession() as session:
-        before = await metric_total(session)
+        before = await requests_by_protocol(session)
 
         async def by_grpc() -> float:
             tensor = aio_grpcclient.InferInput("X", [1, 10], "FP32")
@@ -313,7 +313,7 @@ async def test_both_protocols_at_once_on_one_server_counted_apart(servers):
         # the same rows, the same answer, either way (to float32 precision: batches differ)
         np.testing.assert_allclose(answers, answers[0], rtol=1e-6)
         await asyncio.sleep(0.3)
-        after = await metric_total(session)
+        after = await requests_by_protocol(session)
     assert after.get("grpc", 0) - before.get("grpc", 0) == 96
     assert after.get("plain", 0) - before.get("plain", 0) == 96
     # gRPC answers are recorded for the monitor like any other (rollouts and drift see them)
