@@ -1,4 +1,4 @@
-"""Workarounds for two BentoML 1.4 behaviours, applied when a gateway or monitor service is imported.
+"""Workarounds for BentoML 1.4 behaviours, applied when a gateway or monitor service is imported.
 
 1. Metrics directory: BentoML keeps every server's metric files in one directory under its home and
    empties it whenever a server starts, so a second server on the same home (a monitor beside a
@@ -14,6 +14,9 @@ alive for ``traffic.timeout`` seconds (60 by default). At 3,000 requests/s that 
 objects, and every full garbage collection walks them: measured here as 55-90 ms event-loop stalls
 two to three times a second, the gateway's whole p99. The replacement below behaves the same (504
 after ``timeout`` seconds without a response start) but cancels its timer when the request ends.
+
+3. Two writes per answer: the uvicorn server BentoML runs writes an answer's head and body in two
+system calls; service/http/single_write.py makes them one.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from starlette.responses import JSONResponse
 
+from service.http import single_write
 from service.launch import METRICS_DIR_ENV
 
 
@@ -54,8 +58,10 @@ async def _timeout_call(self: TimeoutMiddleware, scope: Any, receive: Any, send:
 
 
 def apply() -> None:
-    """Use this server's metrics directory; patch the middleware (unless BentoML changed it)."""
+    """Use this server's metrics directory; patch the middleware (unless BentoML changed it); one
+    write per answer."""
     if os.environ.get(METRICS_DIR_ENV):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_ENV]
     if hasattr(TimeoutMiddleware, "_set_timer_out"):
         TimeoutMiddleware.__call__ = _timeout_call
+    single_write.apply()
