@@ -54,18 +54,28 @@ def plain_app(body: bytes = b"hello", headers: list | None = None, status: int =
     return app
 
 
-async def serve(app, request: bytes) -> RecordingTransport:
-    """Feed ``request`` to a uvicorn HTTP protocol serving ``app``; the transport once the answer
-    is complete."""
+def connect(app) -> tuple[HttpToolsProtocol, RecordingTransport]:
+    """A uvicorn HTTP protocol serving ``app`` on a new connection, and its transport."""
     config = Config(app=app, log_config=None, proxy_headers=False, date_header=False)
     protocol = HttpToolsProtocol(config, ServerState(), LifespanOff(config).state)
     transport = RecordingTransport()
     protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def answered(protocol: HttpToolsProtocol, request: bytes) -> None:
+    """Feed ``request`` to the connection and let the event loop run until it is answered."""
     protocol.data_received(request)
     for _ in range(100):
         await asyncio.sleep(0)
         if protocol.cycle is not None and protocol.cycle.response_complete:
-            break
+            return
+
+
+async def serve(app, request: bytes) -> RecordingTransport:
+    """One request on a new connection; the transport once it is answered and closed."""
+    protocol, transport = connect(app)
+    await answered(protocol, request)
     protocol.connection_lost(None)
     return transport
 
@@ -123,15 +133,8 @@ async def test_an_app_that_fails_after_its_head_gets_the_connection_closed_not_a
 
 
 async def test_two_answers_on_one_connection_each_take_one_write():
-    config = Config(app=plain_app(headers=[(b"content-length", b"5")]), log_config=None)
-    protocol = HttpToolsProtocol(config, ServerState(), LifespanOff(config).state)
-    transport = RecordingTransport()
-    protocol.connection_made(transport)
+    protocol, transport = connect(plain_app(headers=[(b"content-length", b"5")]))
     for _ in range(2):
-        protocol.data_received(GET)
-        for _ in range(100):
-            await asyncio.sleep(0)
-            if protocol.cycle.response_complete:
-                break
+        await answered(protocol, GET)
     assert len(transport.writes) == 2
     assert all(write.endswith(b"\r\n\r\nhello") for write in transport.writes)
