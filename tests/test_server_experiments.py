@@ -21,6 +21,7 @@ from tests.helpers import (
     MONITOR_AUTH,
     ROW,
     local_monitor,
+    metric_sum,
     write_config,
 )
 
@@ -107,6 +108,15 @@ async def keyed_traffic(session, url, users, requests_each, endpoint="cancer") -
 
     await asyncio.gather(*(worker() for _ in range(16)))
     return answers
+
+
+async def every_worker_on(session, url, version, timeout_s=5.0) -> None:
+    """Wait until every gateway worker has installed routing ``version`` (the metric is the
+    minimum over workers)."""
+    deadline = time.monotonic() + timeout_s
+    while await metric_sum(session, url, "gateway_routing_state_version") < version:
+        assert time.monotonic() < deadline, f"a worker did not install version {version}"
+        await asyncio.sleep(0.05)
 
 
 async def wait_for_records(session, monitor_url, endpoint, count, timeout_s=15.0) -> None:
@@ -240,8 +250,12 @@ async def test_moved_weights_are_recorded_warned_about_and_flag_the_sample_ratio
             headers=ADMIN_AUTH,
         ) as answer:
             assert answer.status == 200
-            (warning,) = (await answer.json())["warnings"]
+            changed = await answer.json()
+        (warning,) = changed["warnings"]
         assert "sample-ratio test will flag" in warning
+        # the other worker follows within routing's POLL_S; traffic before that would be split
+        # by the old weights there
+        await every_worker_on(session, url, changed["version"])
         answers = await keyed_traffic(session, url, range(2000, 2600), 1, "quick")
         await wait_for_records(session, monitor_url, "quick", 900)
         result = await readout(session, url, "quick")
