@@ -465,11 +465,11 @@ class MonitorStore:
         include_pinned: bool = False,
         max_rows: int = 100_000,
     ) -> list[float]:
-        """Latencies (seconds) of the newest requests (at most ``max_rows``) a variant answered
-        since ``since``."""
+        """Latencies (seconds) of the first requests (at most ``max_rows``) a variant answered
+        since ``since``: a set that only grows as time passes, until it is full."""
         rows = self.db.query(
             "SELECT latency_s FROM predictions WHERE endpoint = ? AND variant = ? AND at >= ? "
-            "AND outcome = 'ok' AND (pinned = 0 OR ?) ORDER BY at DESC LIMIT ?",
+            "AND outcome = 'ok' AND (pinned = 0 OR ?) ORDER BY at LIMIT ?",
             (endpoint, variant, since, include_pinned, max_rows),
         )
         return [latency for (latency,) in rows]

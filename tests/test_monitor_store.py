@@ -296,8 +296,8 @@ def test_what_rollouts_read_outcomes_latencies_and_labeled_counts(open_database)
     # requests, failed, invalid, then answers slower than each threshold (None counts none)
     assert store.outcomes("churn", "c", 0, 2000, slower_than=(0.1, None)) == (4, 1, 1, 2, 0)
     assert store.outcomes("churn", "c", 0, 2000, include_pinned=True)[0] == 5
-    assert store.latencies("churn", "c", 0) == pytest.approx([0.02, 0.2, 0.3, 0.01])
-    assert store.latencies("churn", "c", 0, max_rows=1) == pytest.approx([0.02])
+    assert store.latencies("churn", "c", 0) == pytest.approx([0.01, 0.3, 0.2, 0.02])
+    assert store.latencies("churn", "c", 0, max_rows=1) == pytest.approx([0.01])  # the first
     assert store.labeled_counts("churn", "c", 0, 2000) == (3, 2)  # yes/yes, no/yes, no/no
     assert store.labeled_counts("churn", "c", 0, 2000, include_pinned=True) == (4, 3)
     assert store.answered(["churn:1", "churn:3", "churn:9"]) == {"churn:1": ("churn:v2", 2)}

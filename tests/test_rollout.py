@@ -103,7 +103,7 @@ def test_a_candidate_three_times_slower_is_rolled_back_within_three_evaluations(
     ends = evaluations_to_rollback(ArmModel(error_rate=0.005, median_latency_ms=60), 50)
     assert max(ends) <= 3, ends
     slow_traffic = evaluations_to_rollback(ArmModel(error_rate=0.005, median_latency_ms=60), 5)
-    assert np.quantile(slow_traffic, 0.9) <= 15, slow_traffic
+    assert np.quantile(slow_traffic, 0.9) <= 20, slow_traffic
 
 
 def test_a_candidate_5_points_less_accurate_is_never_promoted():

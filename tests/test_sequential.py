@@ -1,6 +1,7 @@
 """The always-valid tests (pure): under the null hypothesis their e-values reach 1/alpha at most
 alpha of the time however often they are looked at; a fixed-horizon test looked at as often does
-not; the null's best fit is found exactly; a total failure needs only a handful of samples."""
+not; the null's best fit is found exactly; a total failure needs only a handful of samples; the
+quantile bound built on them stays above the true quantile at every look, whatever the tail."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from traffic.sequential import (
     _boundary_maximum,
     log_likelihood,
     one_arm,
+    quantile_upper_rank,
     threshold,
     two_arms,
 )
@@ -100,3 +102,28 @@ def test_evidence_for_the_null_never_rejects_it():
     assert two_arms((0, 0), (10, 100), 0.01) == 0.0
     assert two_arms((5, 1000), (5, 1000), 0.01, worse=False) < threshold(ALPHA)  # too little
     assert two_arms((100, 20_000), (100, 20_000), 0.01, worse=False) > threshold(ALPHA)
+
+
+@pytest.mark.parametrize("quantile", [0.5, 0.9])
+def test_the_quantile_bound_stays_above_the_quantile_at_every_look(quantile):
+    """The k-th smallest draw is below the true quantile exactly when k draws are, so counting
+    the draws below it is the whole story, for any continuous distribution (a Pareto here)."""
+    rng = np.random.default_rng(5)
+    truth = (1 - quantile) ** (-1 / 1.5) - 1  # Pareto shape 1.5 (infinite variance)
+    looks = np.arange(5, 5001, 5)
+    ranks = np.array([quantile_upper_rank(int(n), quantile, ALPHA) or n + 1 for n in looks])
+    sequences = 2000
+    below = np.cumsum(rng.pareto(1.5, (sequences, looks[-1])) < truth, axis=1)[:, looks - 1]
+    ever = (below >= ranks).any(axis=1).mean()
+    assert ever <= ALPHA
+    sample_quantile_below = (below[:, 40] >= np.ceil(quantile * looks[40])).mean()
+    assert sample_quantile_below > 0.3  # what a point estimate in its place would do
+
+
+def test_the_quantile_bound_needs_a_few_draws_and_tightens_with_more():
+    alpha = 0.01 / 4 / 2 * (2 / 3) / 2  # the latency guardrail's first-stage bound share
+    assert quantile_upper_rank(0, 0.5, alpha) is None
+    assert quantile_upper_rank(13, 0.5, alpha) is None  # too few for any bound
+    assert quantile_upper_rank(14, 0.5, alpha) == 14
+    shares = [quantile_upper_rank(n, 0.5, alpha) / n for n in (100, 1000, 10_000)]
+    assert shares == sorted(shares, reverse=True) and 0.5 < shares[-1] < 0.53

@@ -13,6 +13,11 @@ The false-rollback budget ``alpha`` is spent once per rollout, over every check 
   and half on the data of its current epoch (``epoch_share``: 1/(e(e+1)) to epoch e), so a
   candidate that breaks late is caught within about an epoch, and a rollout that waits (paused,
   at a gate) never runs out of budget;
+- a latency_ratio guardrail's threshold is ``max`` times an upper confidence bound for stable's
+  quantile in the same window, not its sample quantile, spending ``LATENCY_BOUND_SHARE`` of the
+  guardrail's alpha in that window (the test on the candidate spends the rest): a point estimate
+  is whatever stable's few answers in a window happened to take (requests still in flight when a
+  candidate is promoted), and a healthy candidate judged against it was rolled back;
 - rate comparisons (error_rate, slow_rate, accuracy, shadow_agreement) share the rest equally,
   each spending it over the steps as above, on the data of the current step: the traffic split is
   constant within a step, so a load spike or an outage that hits both arms hits them alike.
@@ -24,12 +29,22 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from traffic.rollout_policy import Comparison, Guardrail, RolloutPolicy
-from traffic.sequential import RARE, BetaPrior, one_arm, threshold, two_arms
+from traffic.sequential import (
+    RARE,
+    BetaPrior,
+    one_arm,
+    quantile_upper_rank,
+    threshold,
+    two_arms,
+)
 
 Outcome = Literal["PASS", "FAIL", "INSUFFICIENT"]
 RATE_METRICS = ("error_rate", "slow_rate", "accuracy", "shadow_agreement")
 PRIOR_WINDOW_S = 600.0
 """How much of stable's data from just before a window informs the prior over its rates."""
+LATENCY_BOUND_SHARE = 0.5
+"""Of a latency_ratio guardrail's alpha in a window, the share its threshold's confidence bound
+spends; the test of the candidate's share slower than the threshold spends the rest."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,8 @@ class Window:
     """Both arms over the same stretch of time, and stable's data just before it (which informs
     the prior over stable's rates; fixed before the window's data, so validity never rests on
     it). ``threshold_ms``: the latency the candidate's ``above`` counts were judged against
-    (``max`` x stable's quantile in the same window); None when stable had no answers in it."""
+    (``max`` x an upper confidence bound for stable's quantile in the same window,
+    ``latency_threshold_rank``); None when stable answered too few requests in it for one."""
 
     candidate: ArmCounts = ArmCounts()
     stable: ArmCounts = ArmCounts()
@@ -146,6 +162,16 @@ def comparison_alpha(policy: RolloutPolicy, windows: Windows) -> float:
     return share * stage_share(min(windows.stage, steps), steps)
 
 
+def latency_threshold_rank(guard: Guardrail, stable_answers: int, alpha: float) -> int | None:
+    """Which of stable's answers in a window (by rank, 1-based, fastest first) sets a
+    latency_ratio guardrail's threshold there (``guard.max`` times its latency): an anytime-valid
+    upper confidence bound for stable's ``guard.quantile``, spending ``LATENCY_BOUND_SHARE`` of
+    the guardrail's ``alpha`` in that window. None when stable answered too few requests in it
+    (for the median with the default budget: under 14 at the first step, 19 after a promotion):
+    the guardrail then has nothing to judge on in that window."""
+    return quantile_upper_rank(stable_answers, guard.quantile, alpha * LATENCY_BOUND_SHARE)
+
+
 def _guard_evalue(guard: Guardrail, window: Window) -> float | None:
     """The guardrail's log e-value on one window (None: nothing to judge it on)."""
     c, s = window.candidate, window.stable
@@ -194,6 +220,8 @@ def check_guardrail(
         return CheckResult(name, "guardrail", "INSUFFICIENT", reason, {"count": count}), history
     tests = {}
     for label, window, alpha in (("stage", stage, alphas[0]), ("epoch", evidence.epoch, alphas[1])):
+        if guard.metric == "latency_ratio":
+            alpha *= 1 - LATENCY_BOUND_SHARE
         evalue = _guard_evalue(guard, window)
         if evalue is not None:
             tests[label] = {
@@ -203,7 +231,7 @@ def check_guardrail(
                 "rate": _guard_rate(guard, window.candidate),
             }
     if not tests:
-        reason = "no stable answers in the window to compare with"
+        reason = "too few stable answers in the window to compare with"
         return CheckResult(name, "guardrail", "INSUFFICIENT", reason, {}), history
     rejected = [label for label, t in tests.items() if t["log_e"] >= t["threshold"]]
     history = (*history, bool(rejected))[-guard.of_last :]

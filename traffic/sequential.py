@@ -137,6 +137,31 @@ def _boundary_maximum(k_c: int, n_c: int, k_s: int, n_s: int, margin: float) -> 
     return log_likelihood(k_c, n_c, p + margin) + log_likelihood(k_s, n_s, p)
 
 
+def quantile_upper_rank(draws: int, quantile: float, alpha: float) -> int | None:
+    """The rank k (1-based, smallest first) of an anytime-valid upper confidence bound for a
+    distribution's ``quantile`` from ``draws`` independent draws of it: however many draws are
+    looked at, and however often, the k-th smallest stays at or above the quantile except with
+    probability at most ``alpha``. None while there are too few draws for any bound.
+
+    Why: each draw falls below the true quantile with probability at most ``quantile``, and the
+    k-th smallest lies below it only when k draws do; ``one_arm`` on those events is an e-process,
+    so by Ville's inequality it ever reaches ``1 / alpha`` with probability at most alpha. k is
+    the smallest count at which it would (the construction of Howard and Ramdas, "Sequential
+    estimation of quantiles with applications to A/B-testing and best-arm identification", 2022,
+    with this module's mixture as the boundary)."""
+    bar = threshold(alpha)
+    if one_arm(draws, draws, quantile) < bar:
+        return None
+    low, high = math.ceil(draws * quantile), draws  # one_arm is increasing in events above it
+    while low < high:
+        middle = (low + high) // 2
+        if one_arm(middle, draws, quantile) >= bar:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 def threshold(alpha: float) -> float:
     """The log e-value at which a test of level ``alpha`` rejects."""
     return math.log(1.0 / alpha)

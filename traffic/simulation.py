@@ -24,7 +24,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from traffic.rollout import Decision, RolloutState, act, evaluate, start, windows
-from traffic.rollout_checks import PRIOR_WINDOW_S, ArmCounts, Evidence, Window
+from traffic.rollout_checks import (
+    PRIOR_WINDOW_S,
+    ArmCounts,
+    Evidence,
+    Window,
+    guardrail_alphas,
+    latency_threshold_rank,
+)
 from traffic.rollout_policy import RolloutPolicy
 
 EDGES = np.concatenate([[0.0], np.geomspace(0.01, 1e6, 801)[1:], [np.inf]])
@@ -158,12 +165,10 @@ class _Counts:
             over_limit=slower(limit),
         )
 
-    def quantile_ms(self, q: float) -> float | None:
-        total = self.latency.sum()
-        if not total:
-            return None
-        index = int(np.searchsorted(np.cumsum(self.latency), q * total, side="left"))
-        return float(EDGES[index + 1])  # the bin's upper edge: never below the true quantile
+    def ranked_ms(self, rank: int) -> float:
+        """The ``rank``-th fastest answer's latency (1-based), rounded up to its bin's edge."""
+        index = int(np.searchsorted(np.cumsum(self.latency), rank, side="left"))
+        return float(EDGES[index + 1])
 
 
 @dataclass
@@ -185,11 +190,14 @@ class _Arm:
 
 
 def _window(
-    policy: RolloutPolicy, candidate: _Counts, stable: _Counts, before: ArmCounts
+    policy: RolloutPolicy, candidate: _Counts, stable: _Counts, before: ArmCounts, alpha: float
 ) -> Window:
+    """Both arms' counts in a window, as the service gathers them; ``alpha``: each guardrail's in
+    this window."""
     ratio = next((g for g in policy.guardrails if g.metric == "latency_ratio"), None)
-    quantile = stable.quantile_ms(ratio.quantile) if ratio else None
-    threshold_ms = None if quantile is None else ratio.max * quantile
+    answered = int(stable.latency.sum())
+    rank = None if ratio is None else latency_threshold_rank(ratio, answered, alpha)
+    threshold_ms = None if rank is None else ratio.max * stable.ranked_ms(rank)
     return Window(
         candidate.arm(policy, threshold_ms), stable.arm(policy, None), before, threshold_ms
     )
@@ -299,9 +307,14 @@ def simulate(
                     window.labeled += labeled
                     window.correct += correct
         stable_arm, candidate_arm = arms["stable"], arms["candidate"]
+        stage_alpha, epoch_alpha = guardrail_alphas(policy, judged)
         evidence = Evidence(
-            stage=_window(policy, candidate_arm.stage, stable_arm.stage, stable_arm.stage_before),
-            epoch=_window(policy, candidate_arm.epoch, stable_arm.epoch, stable_arm.epoch_before),
+            stage=_window(
+                policy, candidate_arm.stage, stable_arm.stage, stable_arm.stage_before, stage_alpha
+            ),
+            epoch=_window(
+                policy, candidate_arm.epoch, stable_arm.epoch, stable_arm.epoch_before, epoch_alpha
+            ),
             divergence=(candidate.divergence, 0.1) if n_candidate else None,
             drifted_share=0.0,
             shadow=(shadow_rows, shadow_agree) if shadow_rows else None,

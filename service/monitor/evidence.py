@@ -4,7 +4,9 @@ The controller (traffic/rollout.py) sees plain counts over the windows it names
 (``rollout.windows``): the current stage and the current guardrail epoch. Per window and arm:
 requests, failures, invalid outputs, answers slower than ``slow_ms``, labeled rows and the right
 ones; for the candidate, answers slower than the latency_ratio guardrail's threshold (``max``
-times stable's quantile in the same window, from stable's newest answers in it) and than the
+times an upper confidence bound for stable's quantile in the same window, from stable's first
+answers in it: a window's first answers only grow as it does, which the bound's validity at every
+look needs; traffic/rollout_checks.py ``latency_threshold_rank``) and than the
 p99_latency_ms guardrail's limit; and stable's counts in the ``PRIOR_WINDOW_S`` before the window,
 which inform the prior over its rates. Also the monitor's distance between the candidate's
 predictions and stable's, and in a shadow step the rows the candidate mirrored and agreed on.
@@ -22,12 +24,19 @@ from monitors.shadow import agreeing
 from monitors.store import MonitorStore
 from traffic import rollout
 from traffic.rollout import RolloutState
-from traffic.rollout_checks import PRIOR_WINDOW_S, ArmCounts, Evidence, Window
+from traffic.rollout_checks import (
+    PRIOR_WINDOW_S,
+    ArmCounts,
+    Evidence,
+    Window,
+    guardrail_alphas,
+    latency_threshold_rank,
+)
 from traffic.rollout_policy import RolloutPolicy
 
 Reports = Callable[[], Mapping[tuple[str, str], object]]
 QUANTILE_ROWS = 10_000
-"""Stable's newest answers a window's latency quantile is read from."""
+"""Stable's first answers in a window that its latency threshold is read from."""
 
 
 class EvidenceGatherer:
@@ -55,16 +64,22 @@ class EvidenceGatherer:
         labeled, correct = self.store.labeled_counts(policy.endpoint, variant, since, until, pinned)
         return ArmCounts(requests, errors, slow, invalid, labeled, correct, above, over_limit)
 
-    def window(self, policy: RolloutPolicy, state: RolloutState, since: float) -> Window:
-        """Both arms since ``since``, and stable's counts just before it."""
-        stable = self.store.latencies(
-            policy.endpoint, state.stable, since, policy.count_pinned, QUANTILE_ROWS
+    def window(
+        self, policy: RolloutPolicy, state: RolloutState, since: float, alpha: float
+    ) -> Window:
+        """Both arms since ``since``, and stable's counts just before it; ``alpha``: each
+        guardrail's in this window."""
+        stable = np.asarray(
+            self.store.latencies(
+                policy.endpoint, state.stable, since, policy.count_pinned, QUANTILE_ROWS
+            )
         )
         ratio = next((g for g in policy.guardrails if g.metric == "latency_ratio"), None)
+        rank = None if ratio is None else latency_threshold_rank(ratio, len(stable), alpha)
         threshold_s = None
-        if ratio is not None and stable:
-            threshold_s = ratio.max * float(np.quantile(stable, ratio.quantile))
-        p99_ms = float(np.quantile(stable, 0.99)) * 1000 if stable else None
+        if rank is not None:
+            threshold_s = ratio.max * float(np.partition(stable, rank - 1)[rank - 1])
+        p99_ms = float(np.quantile(stable, 0.99)) * 1000 if len(stable) else None
         return Window(
             candidate=self.arm(policy, state.candidate, since, above_s=threshold_s),
             stable=replace(self.arm(policy, state.stable, since), p99_ms=p99_ms),
@@ -77,6 +92,7 @@ class EvidenceGatherer:
     ) -> Evidence:
         """``regression``: the candidate is a regressor (shadow agreement within 1e-6 relative)."""
         windows = rollout.windows(policy, state, now)
+        stage_alpha, epoch_alpha = guardrail_alphas(policy, windows)
         report = self.latest_reports().get((policy.endpoint, state.candidate))
         divergence = drifted = None
         if report is not None and report.drift.status == "ok":
@@ -84,8 +100,8 @@ class EvidenceGatherer:
         if report is not None and report.vs_stable is not None:
             divergence = (report.vs_stable.score, report.vs_stable.threshold)
         return Evidence(
-            stage=self.window(policy, state, windows.stage_start),
-            epoch=self.window(policy, state, windows.epoch_start),
+            stage=self.window(policy, state, windows.stage_start, stage_alpha),
+            epoch=self.window(policy, state, windows.epoch_start, epoch_alpha),
             divergence=divergence,
             drifted_share=drifted,
             attribution_divergence=None if report is None else report.attribution_vs_stable,
