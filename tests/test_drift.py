@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from monitors import drift
 from monitors.drift import (
     DriftSettings,
     column_drift,
@@ -169,3 +170,24 @@ def test_an_undrifted_column_is_rarely_flagged_and_a_half_sd_shift_always_is(sha
         verdict = column_drift(reference, shifted, False, DriftSettings())
         assert verdict.drifted, (reference_rows, verdict)
     assert flagged / checked <= 0.005, f"{shape}: {flagged} of {checked} undrifted windows flagged"
+
+
+def test_a_wider_spread_around_the_same_median_is_flagged_by_the_shape_test():
+    """Mann-Whitney sees shifts; a column whose spread doubled around the same median is caught
+    by Kolmogorov-Smirnov, which runs when Mann-Whitney alone does not decide."""
+    rng = np.random.default_rng(21)
+    reference = pd.Series(rng.standard_normal(2000), name="x")
+    wider = pd.Series(2 * rng.standard_normal(2000), name="x")
+    assert column_drift(reference, wider, False, DriftSettings()).drifted
+
+
+def test_a_shift_is_decided_without_the_costly_exact_shape_test(monkeypatch):
+    """K-S's exact p-value costs reference x window rows (most of a run's CPU on a 10,000-row
+    window that a benchmark fills with one repeated row); a shift Mann-Whitney shows needs none."""
+    calls = []
+    monkeypatch.setattr(drift, "ks_2samp", lambda *args: calls.append(args))
+    rng = np.random.default_rng(22)
+    reference = pd.Series(rng.standard_normal(455), name="x")
+    one_row = pd.Series(np.full(10_000, 1.5), name="x")
+    assert column_drift(reference, one_row, False, DriftSettings()).drifted
+    assert calls == []
