@@ -28,6 +28,10 @@ from storage.database import Database, Dialect, Session
 from storage.schema import Schema, installed_version, upgrade
 from storage.sqlite import SQLiteDatabase
 
+_decode_stored = msgspec.json.Decoder().decode
+"""Decodes the JSON that ``add_records`` wrote (msgspec's encoding, NaN and infinity as null):
+several times faster than ``json.loads``, which was most of a monitor run's CPU on a full window."""
+
 SCHEMA = Schema(
     "monitor",
     [
@@ -65,11 +69,27 @@ CREATE TABLE IF NOT EXISTS rewards (
     PRIMARY KEY (request_id, metric)
 );
 CREATE INDEX IF NOT EXISTS rewards_pending ON rewards (received_at) WHERE pending = 1
-"""
+""",
+        """
+CREATE INDEX predictions_with_shadows ON predictions (endpoint, variant, at)
+    WHERE shadow != '{{}}';
+CREATE TABLE variant_models (
+    endpoint TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    last_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (endpoint, variant, model)
+);
+INSERT INTO variant_models (endpoint, variant, model, last_at)
+    SELECT endpoint, variant, model, MAX(at) FROM predictions GROUP BY endpoint, variant, model
+""",
     ],
 )
 """Version 1 is the layout from before schemas were versioned (``IF NOT EXISTS``: a file of that
-time is adopted once ``_adopt_unversioned_sqlite`` brought its columns up to it)."""
+time is adopted once ``_adopt_unversioned_sqlite`` brought its columns up to it). Version 2 lets a
+run find what it reads without scanning every record of the last ``window_s``: an index of the
+requests a shadow mirrored, and each variant's models with their newest record (a run took 1 s
+of CPU with 500,000 records stored, most of it in those two scans)."""
 
 RECORD_COLUMNS = (
     "request_id",
@@ -168,6 +188,16 @@ class MonitorStore:
                 f"INSERT INTO predictions ({', '.join(RECORD_COLUMNS)}) "
                 f"VALUES ({', '.join('?' * len(RECORD_COLUMNS))}) ON CONFLICT DO NOTHING",
                 rows,
+            )
+            newest: dict[tuple[str, str, str], float] = {}
+            for row in rows:  # (request_id, at, endpoint, variant, model, ...)
+                at, key = row[1], (row[2], row[3], row[4])
+                newest[key] = max(at, newest.get(key, at))
+            session.run_many(
+                "INSERT INTO variant_models (endpoint, variant, model, last_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (endpoint, variant, model) DO UPDATE "
+                "SET last_at = excluded.last_at WHERE excluded.last_at > variant_models.last_at",
+                [(*key, at) for key, at in newest.items()],
             )
             ids = [row[0] for row in rows]
             for table in ("labels", "rewards"):
@@ -365,7 +395,7 @@ class MonitorStore:
             (endpoint, variant, since),
         ) as rows:
             for request_id, at, predictions, label in rows:
-                predictions = json.loads(predictions)
+                predictions = _decode_stored(predictions)
                 labels = _row_labels(label, len(predictions))
                 if labels is not None:
                     table += reversed([(request_id, at, p, y) for p, y in zip(predictions, labels)])
@@ -408,10 +438,10 @@ class MonitorStore:
             (endpoint, variant, since),
         ) as rows:
             for request_id, predictions, shadows, label in rows:
-                predictions = json.loads(predictions)
+                predictions = _decode_stored(predictions)
                 labels = _row_labels(label, len(predictions)) or [None] * len(predictions)
                 request = []
-                for shadow, theirs in json.loads(shadows).items():
+                for shadow, theirs in _decode_stored(shadows).items():
                     if len(theirs) == len(predictions):
                         request += [
                             (request_id, shadow, p, s, y)
@@ -477,7 +507,7 @@ class MonitorStore:
     def active(self, since: float) -> list[tuple[str, str, str]]:
         """(endpoint, variant, model) that recorded predictions since ``since``."""
         return self.db.query(
-            "SELECT DISTINCT endpoint, variant, model FROM predictions WHERE at >= ? "
+            "SELECT endpoint, variant, model FROM variant_models WHERE last_at >= ? "
             "ORDER BY endpoint, variant, model",
             (since,),
         )
@@ -509,7 +539,7 @@ class MonitorStore:
             (endpoint, variant, since),
         ) as rows:
             for raw_inputs, raw_predictions in rows:
-                inputs, predictions = json.loads(raw_inputs), json.loads(raw_predictions)
+                inputs, predictions = _decode_stored(raw_inputs), _decode_stored(raw_predictions)
                 requests.append((inputs, predictions))
                 count += len(inputs)
                 if count >= max_rows:

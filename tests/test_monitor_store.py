@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from monitors.records import PredictionRecord, RecordBuffer, encode_batch, encoded_size
-from monitors.store import LabelOutcome, MonitorStore, TooManyPending
+from monitors.store import SCHEMA, LabelOutcome, MonitorStore, TooManyPending
 from storage.database import StoreFull
+from storage.schema import Schema, installed_version, upgrade
 
 
 def record(request_id: str, predictions, at: float = 1000.0, variant: str = "stable", inputs=None):
@@ -139,6 +140,33 @@ def test_active_variants_since(open_database):
     store = MonitorStore(open_database())
     store.add_records([record("a", [1], at=10.0), record("b", [1], at=20.0, variant="candidate")])
     assert store.active(since=15.0) == [("churn", "candidate", "churn:v1")]
+    store.add_records([record("late", [1], at=12.0, variant="candidate")])  # older, late
+    store.add_records([record("c", [1], at=30.0), record("d", [1], at=16.0)])
+    assert store.active(since=25.0) == [("churn", "stable", "churn:v1")]
+    assert len(store.active(since=15.0)) == 2
+
+
+def test_a_version_1_store_is_upgraded_with_its_variants_and_shadows_found(open_database):
+    """Version 2 keeps each variant's newest record in a table of its own and indexes the
+    requests a shadow mirrored; a store written before it reads the same afterwards."""
+    database = open_database()
+    upgrade(database, Schema(SCHEMA.component, SCHEMA.migrations[:1]))
+    columns = "request_id, at, endpoint, variant, model, predictions, shadow, latency_s, outcome"
+    with database.transaction() as session:
+        for request_id, at, variant, shadow in (
+            ("a", 10.0, "stable", "{}"),
+            ("b", 20.0, "candidate", '{"next": [1]}'),
+        ):
+            session.run(
+                f"INSERT INTO predictions ({columns}) VALUES (?, ?, 'churn', ?, 'churn:v1', "
+                "'[0]', ?, 0.01, 'ok')",
+                (request_id, at, variant, shadow),
+            )
+    store = MonitorStore(database)
+    assert installed_version(database, SCHEMA.component) == SCHEMA.version == 2
+    assert store.active(since=15.0) == [("churn", "candidate", "churn:v1")]
+    assert store.shadowed("churn", "candidate").shadow_prediction.tolist() == [1]
+    assert store.shadowed("churn", "stable").empty
 
 
 def test_a_store_from_before_records_named_their_model_is_set_aside(tmp_path):

@@ -1,11 +1,18 @@
 """One thread, at a lower CPU priority, for the monitor's periodic analysis.
 
 Drift and quality runs (with their Evidently reports and SHAP attributions) and pruning are
-periodic and can wait; answering predictions and taking in records cannot. A run
-over a full window takes a core for seconds (measured on the demo, 2 cores: about a core for 5 to
-10 s every 30 s, during which the gateway beside it served up to 40% fewer predictions). Run
-``NICENESS`` above the rest of the process, it gets the CPU that serving leaves (Linux schedules
+periodic and can wait; taking in records and ticking rollouts cannot. Run ``NICENESS`` above the
+rest of the process, the analysis thread yields to the monitor's own event loop (Linux schedules
 threads by their own nice value; elsewhere the thread runs at the process's priority).
+
+Against the gateway the niceness does not help where Linux groups CPU time by session
+("autogroups", on by default in most distributions' kernels and on this machine): BentoML starts
+each worker process in a session of its own, so the monitor's worker competes with the gateway's
+as one process, whatever its threads' niceness (measured: the analysis thread, nice 10, took 80-90%
+of a core beside a busy gateway). What keeps a run from starving serving is its cost: about 0.25 s
+of CPU for a full 10,000-row window (monitors/drift.py, monitors/store.py), and the SHAP attribution
+only every ``attribution_interval_s``. Deployments that place both on one machine can also give the
+monitor's unit or container a smaller CPU weight (systemd ``CPUWeight``, Kubernetes requests).
 """
 
 from __future__ import annotations

@@ -1,0 +1,122 @@
+"""Monitor run cost: what one analysis run takes on a full window, and what the monitor takes from
+the machine beside a busy gateway.
+
+Run: ``.venv/bin/python bench/monitor_run.py [--runs 5] [--seconds 30]``. Part 1: a store holding
+10,000 records of one repeated ``cancer`` row (what a benchmark sending one row leaves: every
+feature drifted), ``MonitorRunner.run_once`` timed in CPU seconds, attribution off (it runs every
+``attribution_interval_s``). Part 2: the gateway and its monitor (bench/harness.py) with the
+demo's monitor interval of 5 s, 64 closed-loop callers; after a warm-up that covers the monitor's
+first runs, each process's CPU (cores) and the gateway's goodput over ``--seconds``. Results go to
+bench/results/monitor_run.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psutil  # noqa: E402
+import yaml  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from bench import harness  # noqa: E402
+from bench.load import closed_loop  # noqa: E402
+from bench.serving import oip_body  # noqa: E402
+from monitors.records import PredictionRecord  # noqa: E402
+from monitors.reports import ReportArchive  # noqa: E402
+from monitors.store import MonitorStore  # noqa: E402
+from service.config import MonitorConfig  # noqa: E402
+from service.monitor.metrics import MonitorMetrics  # noqa: E402
+from service.monitor.runs import MonitorRunner  # noqa: E402
+
+WINDOW_ROWS = 10_000
+DEMO_INTERVAL_S = 5
+WARM_UP_S = 25.0
+
+
+def run_cost(row: list[float], runs: int) -> list[float]:
+    """CPU seconds of each of ``runs`` runs over a full window of one repeated row."""
+    directory = Path(tempfile.mkdtemp())
+    store = MonitorStore.open_sqlite(directory / "monitor.sqlite3")
+    store.add_records(
+        PredictionRecord(
+            f"r{i}",
+            1000.0 + i / 1000,
+            "cancer",
+            "stable",
+            "cancer:v1",
+            ["benign"],
+            0.001,
+            inputs=[row],
+        )
+        for i in range(WINDOW_ROWS)
+    )
+    config = MonitorConfig(window_rows=WINDOW_ROWS, window_s=10**9, attribution_rows=0)
+    roles = {("cancer", "stable"): "stable"}
+    runner = MonitorRunner(
+        config, store, MonitorMetrics(CollectorRegistry()), ReportArchive(directory / "r"),
+        lambda: roles,
+    )  # fmt: skip
+    runner.run_once(now=2000.0)  # loads the reference
+    costs = []
+    for _ in range(runs):
+        started = time.process_time()
+        runner.run_once(now=2000.0)
+        costs.append(time.process_time() - started)
+    return costs
+
+
+def _with_demo_interval(directory: Path, **sections) -> Path:
+    path = _harness_config(directory, **sections)
+    config = yaml.safe_load(path.read_text())
+    config["monitor"]["interval_s"] = DEMO_INTERVAL_S
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+_harness_config = harness._gateway_config
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def beside_gateway(body: bytes, seconds: float) -> dict:
+    """Cores each server process took, and the goodput, over ``seconds`` after the warm-up."""
+    harness._gateway_config = _with_demo_interval
+    with harness.gateway() as url:
+        infer = f"{url}/v2/models/cancer/infer"
+        closed_loop(infer, body, 64, WARM_UP_S)
+        workers = {
+            ("monitor" if "monitor" in " ".join(p.cmdline()) else "gateway"): p
+            for p in psutil.process_iter()
+            if "_bentoml_impl" in " ".join(p.cmdline())
+        }
+        before, started = {k: _cpu_s(p) for k, p in workers.items()}, time.monotonic()
+        run = closed_loop(infer, body, 64, seconds)
+        elapsed = time.monotonic() - started
+        cores = {k: round((_cpu_s(p) - before[k]) / elapsed, 3) for k, p in workers.items()}
+    return {"goodput": round(run["goodput"]), "cores": cores}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    rows = harness.register_demo_models()
+    costs = run_cost(rows[0].tolist(), args.runs)
+    print(f"run_once on {WINDOW_ROWS:,} rows: CPU s {[round(c, 3) for c in costs]}")
+    live = beside_gateway(oip_body(rows[:1]), args.seconds)
+    print(f"beside the gateway (64 callers, monitor interval {DEMO_INTERVAL_S} s): {live}")
+    harness.write_results("monitor_run", {"run_cpu_s": costs, "beside_gateway": live})
+
+
+if __name__ == "__main__":
+    main()
