@@ -25,6 +25,7 @@ The false-rollback budget ``alpha`` is spent once per rollout, over every check 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -170,6 +171,17 @@ def latency_threshold_rank(guard: Guardrail, stable_answers: int, alpha: float) 
     (for the median with the default budget: under 14 at the first step, 19 after a promotion):
     the guardrail then has nothing to judge on in that window."""
     return quantile_upper_rank(stable_answers, guard.quantile, alpha * LATENCY_BOUND_SHARE)
+
+
+def latency_threshold(
+    policy: RolloutPolicy, stable_answers: int, kth_fastest: Callable[[int], float], alpha: float
+) -> float | None:
+    """The latency_ratio guardrail's threshold in a window: ``max`` times the latency of stable's
+    answer at ``latency_threshold_rank`` there (``kth_fastest(k)``, 1-based, in the caller's
+    unit). None without that guardrail, or with too few stable answers for the bound."""
+    ratio = next((g for g in policy.guardrails if g.metric == "latency_ratio"), None)
+    rank = None if ratio is None else latency_threshold_rank(ratio, stable_answers, alpha)
+    return None if rank is None else ratio.max * kth_fastest(rank)
 
 
 def _guard_evalue(guard: Guardrail, window: Window) -> float | None:

@@ -30,7 +30,7 @@ from traffic.rollout_checks import (
     Evidence,
     Window,
     guardrail_alphas,
-    latency_threshold_rank,
+    latency_threshold,
 )
 from traffic.rollout_policy import RolloutPolicy
 
@@ -194,10 +194,7 @@ def _window(
 ) -> Window:
     """Both arms' counts in a window, as the service gathers them; ``alpha``: each guardrail's in
     this window."""
-    ratio = next((g for g in policy.guardrails if g.metric == "latency_ratio"), None)
-    answered = int(stable.latency.sum())
-    rank = None if ratio is None else latency_threshold_rank(ratio, answered, alpha)
-    threshold_ms = None if rank is None else ratio.max * stable.ranked_ms(rank)
+    threshold_ms = latency_threshold(policy, int(stable.latency.sum()), stable.ranked_ms, alpha)
     return Window(
         candidate.arm(policy, threshold_ms), stable.arm(policy, None), before, threshold_ms
     )

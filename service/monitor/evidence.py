@@ -30,7 +30,7 @@ from traffic.rollout_checks import (
     Evidence,
     Window,
     guardrail_alphas,
-    latency_threshold_rank,
+    latency_threshold,
 )
 from traffic.rollout_policy import RolloutPolicy
 
@@ -74,11 +74,9 @@ class EvidenceGatherer:
                 policy.endpoint, state.stable, since, policy.count_pinned, QUANTILE_ROWS
             )
         )
-        ratio = next((g for g in policy.guardrails if g.metric == "latency_ratio"), None)
-        rank = None if ratio is None else latency_threshold_rank(ratio, len(stable), alpha)
-        threshold_s = None
-        if rank is not None:
-            threshold_s = ratio.max * float(np.partition(stable, rank - 1)[rank - 1])
+        threshold_s = latency_threshold(
+            policy, len(stable), lambda k: float(np.partition(stable, k - 1)[k - 1]), alpha
+        )
         p99_ms = float(np.quantile(stable, 0.99)) * 1000 if len(stable) else None
         return Window(
             candidate=self.arm(policy, state.candidate, since, above_s=threshold_s),
