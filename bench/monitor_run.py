@@ -1,13 +1,14 @@
 """Monitor run cost: what one analysis run takes on a full window, and what the monitor takes from
 the machine beside a busy gateway.
 
-Run: ``.venv/bin/python bench/monitor_run.py [--runs 5] [--seconds 30]``. Part 1: a store holding
-10,000 records of one repeated ``cancer`` row (what a benchmark sending one row leaves: every
-feature drifted), ``MonitorRunner.run_once`` timed in CPU seconds, attribution off (it runs every
-``attribution_interval_s``). Part 2: the gateway and its monitor (bench/harness.py) with the
-demo's monitor interval of 5 s, 64 closed-loop callers; after a warm-up that covers the monitor's
-first runs, each process's CPU (cores) and the gateway's goodput over ``--seconds``. Results go to
-bench/results/monitor_run.json.
+Run: ``.venv/bin/python bench/monitor_run.py [--runs 5] [--seconds 30] [--stored N]``. Part 1:
+a store holding 10,000 records of one repeated ``cancer`` row (what a benchmark sending one row
+leaves: every feature drifted), ``MonitorRunner.run_once`` timed in CPU seconds, attribution off
+(it runs every ``attribution_interval_s``); with ``--stored``, once more with N such records
+stored (what a run reads grows with the records of the last ``window_s``). Part 2: the gateway and
+its monitor (bench/harness.py) with the demo's monitor interval of 5 s, 64 closed-loop callers;
+after a warm-up that covers the monitor's first runs, each process's CPU (cores) and the
+gateway's goodput over ``--seconds``. Results go to bench/results/monitor_run.json.
 """
 
 from __future__ import annotations
@@ -35,27 +36,30 @@ from service.monitor.metrics import MonitorMetrics  # noqa: E402
 from service.monitor.runs import MonitorRunner  # noqa: E402
 
 WINDOW_ROWS = 10_000
+BATCH = 20_000
 DEMO_INTERVAL_S = 5
 WARM_UP_S = 25.0
 
 
-def run_cost(row: list[float], runs: int) -> list[float]:
-    """CPU seconds of each of ``runs`` runs over a full window of one repeated row."""
+def run_cost(row: list[float], runs: int, stored: int = WINDOW_ROWS) -> list[float]:
+    """CPU seconds of each of ``runs`` runs over a full window of one repeated row, with
+    ``stored`` records of it in the store (all within the window's ``window_s``)."""
     directory = Path(tempfile.mkdtemp())
     store = MonitorStore.open_sqlite(directory / "monitor.sqlite3")
-    store.add_records(
-        PredictionRecord(
-            f"r{i}",
-            1000.0 + i / 1000,
-            "cancer",
-            "stable",
-            "cancer:v1",
-            ["benign"],
-            0.001,
-            inputs=[row],
+    for first in range(0, stored, BATCH):
+        store.add_records(
+            PredictionRecord(
+                f"r{i}",
+                1000.0 + i / 1000,
+                "cancer",
+                "stable",
+                "cancer:v1",
+                ["benign"],
+                0.001,
+                inputs=[row],
+            )
+            for i in range(first, min(stored, first + BATCH))
         )
-        for i in range(WINDOW_ROWS)
-    )
     config = MonitorConfig(window_rows=WINDOW_ROWS, window_s=10**9, attribution_rows=0)
     roles = {("cancer", "stable"): "stable"}
     runner = MonitorRunner(
@@ -109,13 +113,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--stored", type=int, default=0, help="also time a run with this many records stored"
+    )
     args = parser.parse_args()
     rows = harness.register_demo_models()
     costs = run_cost(rows[0].tolist(), args.runs)
     print(f"run_once on {WINDOW_ROWS:,} rows: CPU s {[round(c, 3) for c in costs]}")
+    if args.stored:
+        crowded = run_cost(rows[0].tolist(), 1, args.stored)
+        print(f"run_once with {args.stored:,} records stored: CPU s {round(crowded[0], 3)}")
     live = beside_gateway(oip_body(rows[:1]), args.seconds)
     print(f"beside the gateway (64 callers, monitor interval {DEMO_INTERVAL_S} s): {live}")
-    harness.write_results("monitor_run", {"run_cpu_s": costs, "beside_gateway": live})
+    results = {"run_cpu_s": costs, "beside_gateway": live}
+    if args.stored:
+        results["stored"] = {"records": args.stored, "run_cpu_s": crowded[0]}
+    harness.write_results("monitor_run", results)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def test_db_upgrade_creates_the_schemas_on_either_backend_and_says_what_is_missi
     result = gateway("db", "upgrade", "--config", str(sqlite))
     assert result.returncode == 0, result.stderr
     assert "routing schema at version 2 (sqlite)" in result.stdout
-    assert "monitor schema at version 2 (sqlite)" in result.stdout
+    assert "monitor schema at version 3 (sqlite)" in result.stdout
 
     shared = write_config(tmp_path / "postgres.yaml", state={"backend": "postgres"})
     dsn = postgres.new_database()

@@ -146,9 +146,10 @@ def test_active_variants_since(open_database):
     assert len(store.active(since=15.0)) == 2
 
 
-def test_a_version_1_store_is_upgraded_with_its_variants_and_shadows_found(open_database):
+def test_a_version_1_store_is_upgraded_and_reads_the_same(open_database):
     """Version 2 keeps each variant's newest record in a table of its own and indexes the
-    requests a shadow mirrored; a store written before it reads the same afterwards."""
+    requests a shadow mirrored; version 3 marks the records a label joined. A store written
+    before them finds the same variants, shadows and labeled rows afterwards."""
     database = open_database()
     upgrade(database, Schema(SCHEMA.component, SCHEMA.migrations[:1]))
     columns = "request_id, at, endpoint, variant, model, predictions, shadow, latency_s, outcome"
@@ -162,9 +163,14 @@ def test_a_version_1_store_is_upgraded_with_its_variants_and_shadows_found(open_
                 "'[0]', ?, 0.01, 'ok')",
                 (request_id, at, variant, shadow),
             )
+        session.run(
+            "INSERT INTO labels (request_id, label, received_at, pending) VALUES ('b', '0', 21, 0)"
+        )
     store = MonitorStore(database)
-    assert installed_version(database, SCHEMA.component) == SCHEMA.version == 2
+    assert installed_version(database, SCHEMA.component) == SCHEMA.version == 3
     assert store.active(since=15.0) == [("churn", "candidate", "churn:v1")]
+    assert store.labeled("churn", "candidate").request_id.tolist() == ["b"]
+    assert store.labeled_counts("churn", "candidate", 0) == (1, 1)
     assert store.shadowed("churn", "candidate").shadow_prediction.tolist() == [1]
     assert store.shadowed("churn", "stable").empty
 
