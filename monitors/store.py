@@ -210,13 +210,7 @@ class MonitorStore:
             ids = [row[0] for row in rows]
             for table in ("labels", "rewards"):
                 for chunk in _chunks(ids):
-                    joined = session.query(
-                        f"UPDATE {table} SET pending = 0 WHERE pending = 1 "
-                        f"AND request_id IN ({_marks(chunk)}) RETURNING request_id",
-                        chunk,
-                    )
-                    if table == "labels" and joined:
-                        _mark_labeled(session, [request_id for (request_id,) in joined])
+                    _release(session, table, f"request_id IN ({_marks(chunk)})", chunk)
             return stored
 
     def add_label(self, request_id: str, label: object) -> LabelOutcome:
@@ -569,7 +563,17 @@ class MonitorStore:
         """Delete records older than ``predictions_before``, joined labels and rewards received
         before ``labels_before`` and pending ones received before ``pending_before`` (expired:
         their prediction never came). In chunks, so ingestion does not wait behind it. Returns the
-        number of rows deleted of each kind."""
+        number of rows deleted of each kind.
+
+        First, held labels and rewards whose record is stored stop waiting: a record and its
+        label stored at the same moment by two monitors (PostgreSQL) can each miss the other, and
+        such a label would otherwise expire beside its record."""
+        with self.db.transaction(durable=False) as session:
+            for table in ("labels", "rewards"):
+                stored = (
+                    f"EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = {table}.request_id)"
+                )
+                _release(session, table, stored, ())
         deleted = {}
         for kind, statement, cutoff in (
             (
@@ -692,6 +696,17 @@ def _in_chunks(db: Database | Session, select: str, ids: list[str]) -> list[tupl
     for chunk in _chunks(ids):
         rows += db.query(f"{select}{joiner}request_id IN ({_marks(chunk)})", chunk)
     return rows
+
+
+def _release(session: Session, table: str, condition: str, params: Sequence) -> None:
+    """Held labels or rewards meeting ``condition`` (SQL on ``table``), whose records are stored,
+    stop waiting; the records of the labels among them are marked labeled."""
+    joined = session.query(
+        f"UPDATE {table} SET pending = 0 WHERE pending = 1 AND {condition} RETURNING request_id",
+        params,
+    )
+    if table == "labels" and joined:
+        _mark_labeled(session, [request_id for (request_id,) in joined])
 
 
 def _mark_labeled(session: Session, request_ids: list[str]) -> None:

@@ -97,6 +97,23 @@ def test_labels_wait_for_their_prediction_bounded_in_number_and_expire(open_data
     assert store.add_label("real", 1) == LabelOutcome.DUPLICATE  # a joined label is kept
 
 
+def test_a_label_left_waiting_beside_its_record_is_joined_by_pruning_not_expired(open_database):
+    """Two monitors storing a record and its label at the same moment (PostgreSQL, read
+    committed) can each miss the other: the label is left held although its record is stored.
+    Pruning joins it instead of expiring it."""
+    database = open_database()
+    store = MonitorStore(database)
+    store.add_records([record("raced", ["yes"])])
+    database.run(
+        "INSERT INTO labels (request_id, label, received_at, pending) VALUES ('raced', '\"yes\"', 1, 1)"
+    )
+    store.add_label("ghost", "no")  # its record never comes
+    assert store.labeled("churn", "stable").empty and store.pending_labels() == 2
+    deleted = store.prune(predictions_before=0, labels_before=0, pending_before=10**12)
+    assert deleted["expired_labels"] == 1 and store.pending_labels() == 0
+    assert store.labeled("churn", "stable").label.tolist() == ["yes"]
+
+
 def test_pruning_removes_old_records_and_labels_in_chunks(open_database):
     store = MonitorStore(open_database())
     store.add_records([record(f"r{i}", [i], at=float(i)) for i in range(12_000)])
