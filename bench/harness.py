@@ -157,12 +157,13 @@ def write_results(name: str, results: list[dict] | dict) -> Path:
     return out
 
 
-def _gateway_config(directory: Path, **sections) -> Path:
+def _gateway_config(directory: Path, monitor: dict | None = None, **sections) -> Path:
+    """``monitor``: settings added to the monitor's section (its URL and port are the harness's)."""
     port = free_port()
     config = {
         "model_store": str(HOME / "bentoml"),
         "data_dir": str(directory / "data"),
-        "monitor": {"url": f"http://127.0.0.1:{port}", "port": port},
+        "monitor": {"url": f"http://127.0.0.1:{port}", "port": port, **(monitor or {})},
         "endpoints": {"cancer": {"variants": [{"name": "stable", "model": "cancer:v1"}]}},
         **sections,
     }
@@ -174,8 +175,8 @@ def _gateway_config(directory: Path, **sections) -> Path:
 @contextlib.contextmanager
 def gateway(**sections):
     """A gateway serving cancer:v1 and its monitor, every feature on (routing, validation,
-    metrics, recording every request with its inputs); ``sections`` override the config's.
-    Yields the gateway's URL."""
+    metrics, recording every request with its inputs); ``sections`` override the config's, but
+    ``monitor`` adds to the monitor's section. Yields the gateway's URL."""
     with tempfile.TemporaryDirectory() as directory:
         config = _gateway_config(Path(directory), **sections)
         monitor_port = yaml.safe_load(config.read_text())["monitor"]["port"]

@@ -22,7 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402
-import yaml  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from bench import harness  # noqa: E402
@@ -75,17 +74,6 @@ def run_cost(row: list[float], runs: int, stored: int = WINDOW_ROWS) -> list[flo
     return costs
 
 
-def _with_demo_interval(directory: Path, **sections) -> Path:
-    path = _harness_config(directory, **sections)
-    config = yaml.safe_load(path.read_text())
-    config["monitor"]["interval_s"] = DEMO_INTERVAL_S
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-_harness_config = harness._gateway_config
-
-
 def _cpu_s(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
@@ -93,8 +81,7 @@ def _cpu_s(process: psutil.Process) -> float:
 
 def beside_gateway(body: bytes, seconds: float) -> dict:
     """Cores each server process took, and the goodput, over ``seconds`` after the warm-up."""
-    harness._gateway_config = _with_demo_interval
-    with harness.gateway() as url:
+    with harness.gateway(monitor={"interval_s": DEMO_INTERVAL_S}) as url:
         infer = f"{url}/v2/models/cancer/infer"
         closed_loop(infer, body, 64, WARM_UP_S)
         workers = {

@@ -367,8 +367,7 @@ class MonitorStore:
         rows = self.db.query(
             f"SELECT p.variant, {_unit(by_request)} AS u, {_LABELED_TOTALS} "
             f"{self._labeled_rows} WHERE p.endpoint = ? AND p.at >= ? AND p.at < ? "
-            f"AND p.labeled = 1 AND p.pinned = 0 AND p.variant IN ({marks}) "
-            f"AND {self._label_fits} "
+            f"AND p.pinned = 0 AND p.variant IN ({marks}) AND {self._label_fits} "
             "GROUP BY p.variant, u",
             (endpoint, since, until, *variants),
         )
@@ -395,10 +394,8 @@ class MonitorStore:
         time, prediction, label."""
         table: list[tuple] = []
         with self.db.stream(
-            "SELECT p.request_id, p.at, p.predictions, l.label FROM predictions p "
-            "JOIN labels l ON l.request_id = p.request_id "
-            "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.labeled = 1 "
-            "ORDER BY p.at DESC",
+            f"SELECT p.request_id, p.at, p.predictions, l.label FROM {_LABELED_JOIN} "
+            "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? ORDER BY p.at DESC",
             (endpoint, variant, since),
         ) as rows:
             for request_id, at, predictions, label in rows:
@@ -425,7 +422,7 @@ class MonitorStore:
         (row,) = self.db.query(
             f"SELECT {_LABELED_TOTALS} {self._labeled_rows} "
             "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.at < ? "
-            f"AND p.labeled = 1 AND (p.pinned = 0 OR ?) AND {self._label_fits}",
+            f"AND (p.pinned = 0 OR ?) AND {self._label_fits}",
             (endpoint, variant, since, math.inf if until is None else until, include_pinned),
         )
         return int(row[0]), int(row[1])
@@ -627,14 +624,16 @@ def _sum(expression: str) -> str:
     return f"COALESCE(SUM({expression}), 0)"
 
 
+_LABELED_JOIN = "predictions p JOIN labels l ON l.request_id = p.request_id AND p.labeled = 1"
+"""Records with their labels, read through the index of records a label joined (schema version
+3): without ``p.labeled = 1`` the join reads every record of the window to find the few."""
+
+
 def _labeled_rows(dialect: Dialect) -> str:
     """Labeled prediction rows: each row of a record beside its label's value for that row."""
     predictions = dialect.json_elements.format("p.predictions", "pe")
     labels = dialect.json_elements.format(dialect.json_as_array.format("l.label"), "le")
-    return (
-        "FROM predictions p JOIN labels l ON l.request_id = p.request_id "
-        f"JOIN {predictions} ON 1 = 1 JOIN {labels} ON le.key = pe.key"
-    )
+    return f"FROM {_LABELED_JOIN} JOIN {predictions} ON 1 = 1 JOIN {labels} ON le.key = pe.key"
 
 
 def _label_fits(dialect: Dialect) -> str:
