@@ -7,6 +7,7 @@ import sys
 import threading
 
 import pytest
+import threadpoolctl
 
 from service.monitor.priority import NICENESS, background_executor
 
@@ -24,3 +25,15 @@ def test_the_analysis_thread_is_nicer_than_the_rest_of_the_process() -> None:
         assert executor.submit(threading.get_native_id).result() == thread
     finally:
         executor.shutdown()
+
+
+def test_the_numeric_libraries_compute_on_one_thread_once_the_executor_is_made() -> None:
+    """OpenBLAS's pool threads spin between pieces of work: half of a run's CPU (priority.py)."""
+    import scipy.stats  # noqa: F401  (the monitor's libraries: scipy brings its own OpenBLAS)
+
+    with threadpoolctl.threadpool_limits(limits=2):  # as the test found them, afterwards
+        blas = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+        assert blas and all(pool["num_threads"] == 2 for pool in blas), blas
+        background_executor().shutdown()
+        pools = threadpoolctl.threadpool_info()
+        assert all(pool["num_threads"] == 1 for pool in pools), pools
