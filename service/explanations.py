@@ -27,6 +27,13 @@ REGRESSION_TARGET = "value"
 """The one target a regressor's explanation has: the value it answers."""
 PERMUTATIONS = 10
 """Permutations per row when ``max_evals`` is 0 (each costs 2 x features evaluations)."""
+SESSION_THREADS = 1
+"""onnxruntime threads of an explained model's session. Its runs are many small batches (the
+background rows, masked), which a pool splits and whose threads then spin waiting for the next:
+with onnxruntime's default pool (two threads here) an explanation took twice the CPU of one thread
+(bench/explain.py: the MLP's 29 against 18 ms a row, the logistic regression's 21 against 10.5) for
+about the same time (15-24 against 18-19 ms a row, by run). Both processes that explain (the
+monitor's attribution, ``/explain``'s) share the machine with serving, so CPU is what counts."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ def _model(card: ModelCard, background_rows: int) -> tuple[object, np.ndarray]:
         from service.runtime import ModelSession
 
         path = registry.model_dir(card.tag) / MODEL_FILE
-        session = ModelSession(path, card, ["CPUExecutionProvider"])
+        session = ModelSession(path, card, ["CPUExecutionProvider"], SESSION_THREADS)
         reference = registry.load_reference(card.tag)[list(card.feature_names)]
         sample = reference.sample(min(background_rows, len(reference)), random_state=0)
         _loaded[key] = (session, sample.to_numpy(dtype=np.float64))
