@@ -7,7 +7,10 @@ costs records, never latency. A background task drains it in batches towards the
 
 from __future__ import annotations
 
+import random
+import time
 from collections import deque
+from collections.abc import Callable, Hashable
 
 import msgspec
 import numpy as np
@@ -153,3 +156,55 @@ class RecordBuffer:
         self.dropped += len(batch) - len(kept)
         self._records.extendleft(reversed(kept))
         self._bytes += sum(size for _, size in kept)
+
+
+class _Offered:
+    """One variant's input rows offered since ``since``, and the share of them kept meanwhile."""
+
+    __slots__ = ("since", "rows", "probability")
+
+    def __init__(self, since: float) -> None:
+        self.since, self.rows, self.probability = since, 0, 1.0
+
+
+class InputSampler:
+    """Which answered requests keep their inputs in their record: a random ``share`` of them,
+    thinned further per variant so that each keeps at most about ``rows_per_s`` input rows a
+    second (None: no such cap).
+
+    Inputs are most of a record's weight and of what shipping and storing it costs (a 1-row record
+    of 30 features: 730 bytes, 560 of them the inputs; a 64-row request's record 35 KB), and what
+    reads them are statistics over a window of at most ``window_rows`` rows (drift, attribution,
+    reports), for which a random sample of the traffic is as good as all of it. The thinning for
+    the coming second follows the rows the share kept of the variant's traffic in the last one,
+    drawn request by request: which requests keep their inputs depends neither on what they hold
+    nor on when in the second they came, and a variant with less traffic keeps the whole share.
+    """
+
+    def __init__(
+        self,
+        share: float,
+        rows_per_s: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self._share = share
+        self._rows_per_s = rows_per_s
+        self._clock = clock
+        self._draw = draw
+        self._offered: dict[Hashable, _Offered] = {}
+
+    def keep(self, variant: Hashable, rows: int) -> bool:
+        """Whether a request of ``rows`` rows answered by ``variant`` keeps its inputs."""
+        if self._rows_per_s is None:
+            return self._draw() < self._share
+        now = self._clock()
+        offered = self._offered.get(variant)
+        if offered is None:
+            offered = self._offered[variant] = _Offered(now)
+        elif now - offered.since >= 1.0:
+            shared_per_s = self._share * offered.rows / (now - offered.since)
+            offered.probability = min(1.0, self._rows_per_s / shared_per_s) if shared_per_s else 1.0
+            offered.since, offered.rows = now, 0
+        offered.rows += rows
+        return self._draw() < self._share * offered.probability

@@ -504,6 +504,12 @@ class MonitorConfig(Strict):
     sample_inputs: float = Field(
         1.0, ge=0, le=1, description="share of requests whose inputs are kept"
     )
+    input_rows_per_s: float | None = Field(
+        1000.0,
+        gt=0,
+        description="and per worker and variant at most about this many input rows a second, a "
+        "random share of the requests above it (monitors/records.py InputSampler); null: no cap",
+    )
     buffer_records: int = Field(10_000, ge=1, description="records held while the monitor is away")
     buffer_bytes: int = Field(
         64 * 2**20, ge=2**20, description="and at most this many bytes of them (estimated)"

@@ -76,6 +76,36 @@ async def test_a_prediction_is_routed_run_counted_and_recorded(config, monitor):
     assert record.correlation_id == "caller-1" and len(record.predictions) == 2
 
 
+async def test_past_its_input_rate_a_variant_records_every_answer_but_a_sample_of_inputs(
+    demo_models, tmp_path, monitor
+):
+    """``monitor.input_rows_per_s`` (monitors/records.py ``InputSampler``): the first second keeps
+    every input, then about that many rows a second; every answer is still recorded."""
+    url, records = monitor
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        data_dir=str(tmp_path / "data"),
+        monitor={"url": url, "flush_interval_ms": 20, "input_rows_per_s": 20},
+    )
+    async with in_process_gateway(config) as (_, client):
+        sent, stop = 0, asyncio.get_running_loop().time() + 2.5
+        while asyncio.get_running_loop().time() < stop:
+            answer = await client.post("/predict/diabetes", json={"instances": [[0.5] * 10]})
+            assert answer.status_code == 200, answer.text
+            sent += 1
+        for _ in range(100):
+            if len(records) == sent:
+                break
+            await asyncio.sleep(0.05)
+    assert len(records) == sent > 200
+    first = min(r.at for r in records)
+    later = [r for r in records if r.at >= first + 1.2]  # after the first whole second
+    kept = [r for r in later if r.inputs is not None]
+    seconds = max(r.at for r in later) - first - 1.2
+    assert 0 < len(kept) / seconds < 60 and len(kept) < len(later) / 3
+    assert all(r.inputs == [[0.5] * 10] for r in kept)
+
+
 async def test_oip_and_plain_answer_alike_through_the_one_call(config):
     async with in_process_gateway(config) as (_, client):
         plain = await client.post(

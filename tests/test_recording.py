@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from monitors.records import PredictionRecord, decode_batch, encode_batch
+from monitors.records import InputSampler, PredictionRecord, decode_batch, encode_batch
 from service.config import MonitorConfig
 from service.gateway.recording import Recorder
 from tests.helpers import loopback_receiver
@@ -97,3 +97,56 @@ async def test_a_monitor_refusing_the_token_keeps_the_records_for_later():
     seen, recorder = await shipping([401, 200], records=150)
     assert seen[:3] == [100, 100, 50]  # a misconfigured token is not a reason to drop records
     assert all(call.args == (0,) for call in recorder.metrics.monitor_dropped.inc.call_args_list)
+
+
+class Traffic:
+    """Requests at a steady rate on a clock of their own; what an ``InputSampler`` kept."""
+
+    def __init__(self, sampler_of) -> None:
+        self.now = 0.0
+        self.sampler = sampler_of(lambda: self.now)
+
+    def send(self, seconds: float, per_s: float, rows: int = 1, variant="stable") -> list[float]:
+        """Times (since the start) of the requests whose inputs were kept."""
+        kept, start = [], self.now
+        for i in range(round(seconds * per_s)):
+            self.now = start + i / per_s
+            if self.sampler.keep(("cancer", variant), rows):
+                kept.append(self.now)
+        self.now = start + seconds
+        return kept
+
+
+def test_inputs_below_the_cap_are_all_kept():
+    traffic = Traffic(lambda clock: InputSampler(1.0, 1000, clock))
+    assert len(traffic.send(5, 500)) == 2500
+
+
+def test_above_the_cap_a_random_share_holds_the_rate_whatever_the_rows_per_request():
+    for rows, per_s in ((1, 10_000), (64, 200)):
+        traffic = Traffic(lambda clock: InputSampler(1.0, 1000, clock))
+        kept = np.array(traffic.send(20, per_s, rows))
+        first = kept < 1.0
+        assert first.sum() == per_s  # the first second keeps all: no rate measured yet
+        later = kept[~first]
+        assert len(later) * rows / 19 == pytest.approx(1000, rel=0.1)
+        # drawn request by request, not the first ones of each second
+        assert np.mean(later % 1.0) == pytest.approx(0.5, abs=0.05)
+        assert np.histogram(later % 1.0, bins=4)[0].min() > 0.8 * len(later) / 4
+
+
+def test_each_variant_has_its_own_cap_and_a_quiet_canary_keeps_everything():
+    traffic = Traffic(lambda clock: InputSampler(1.0, 1000, clock))
+    stable, canary = [], []
+    for _ in range(10 * 50):  # 10 s: stable at 5,000 requests a second, the canary at 50
+        stable += traffic.send(0.02, 5000)
+        canary += traffic.send(1e-9, 1e9, variant="canary")  # one request
+    assert len(canary) == 500
+    assert len([t for t in stable if t >= 1.0]) / 9 == pytest.approx(1000, rel=0.1)
+
+
+def test_the_share_applies_first_and_the_cap_to_what_it_keeps():
+    for cap, share, per_s in ((None, 0.5, 5000), (1000, 0.5, 1000), (1000, 0.05, 500)):
+        traffic = Traffic(lambda clock, cap=cap, share=share: InputSampler(share, cap, clock))
+        kept = [t for t in traffic.send(20, 10_000) if t >= 1.0]
+        assert len(kept) / 19 == pytest.approx(per_s, rel=0.06), (cap, share)

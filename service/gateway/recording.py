@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -27,7 +26,7 @@ from typing import Literal
 import aiohttp
 import numpy as np
 
-from monitors.records import PredictionRecord, RecordBuffer, encode_batch
+from monitors.records import InputSampler, PredictionRecord, RecordBuffer, encode_batch
 from service.codecs.plain import row_predictions
 from service.config import MonitorConfig
 from service.errors import BadRequest, Overloaded, Unavailable
@@ -59,6 +58,7 @@ class Recorder:
         self.shedding = shedding
         """True while the gateway refuses predictions: records keep coming, their inputs wait."""
         self.buffer = RecordBuffer(config.buffer_records, config.buffer_bytes)
+        self.inputs = InputSampler(config.sample_inputs, config.input_rows_per_s)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.urls = config.monitor_urls()
         self._current = 0
@@ -138,17 +138,19 @@ class Recorder:
         latency_s: float,
         shadow: dict[str, list] | None = None,
     ) -> None:
-        """Keep one answered request for the monitor (inputs sampled at ``sample_inputs``)."""
+        """Keep one answered request for the monitor, its inputs as ``InputSampler`` draws."""
         if not self.enabled:
             return
         card = route.model.card
-        keep_inputs = random.random() < self.config.sample_inputs and not self.shedding()
+        inputs = tensors[card.feature_input.name]
+        variant = (route.endpoint, route.variant.name)
+        keep_inputs = self.inputs.keep(variant, len(inputs)) and not self.shedding()
         self._keep(
             request_id,
             route,
             latency_s,
             row_predictions(card, outputs),
-            inputs=tensors[card.feature_input.name] if keep_inputs else None,
+            inputs=inputs if keep_inputs else None,
             shadow=shadow or {},
             correlation_id=correlation_id,
         )
