@@ -9,7 +9,7 @@ Against the gateway the niceness does not help where Linux groups CPU time by se
 ("autogroups", on by default in most distributions' kernels and on this machine): BentoML starts
 each worker process in a session of its own, so the monitor's worker competes with the gateway's
 as one process, whatever its threads' niceness (measured: the analysis thread, nice 10, took 80-90%
-of a core beside a busy gateway). What keeps a run from starving serving is its cost: about 0.25 s
+of a core beside a busy gateway). What keeps a run from starving serving is its cost: about 0.1 s
 of CPU for a full 10,000-row window (monitors/drift.py, monitors/store.py), and the SHAP attribution
 only every ``attribution_interval_s``. Deployments that place both on one machine can also give the
 monitor's unit or container a smaller CPU weight (systemd ``CPUWeight``, Kubernetes requests).
