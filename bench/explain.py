@@ -1,6 +1,7 @@
-"""Explanation cost: seconds (and CPU seconds) per row by model width and background size, as ``/explain`` computes
-them (service/gateway/explain.py ``attributions``: SHAP's permutation explainer, independent masker
-over the reference sample, onnxruntime on the CPU), in this process, after one warm-up call.
+"""Explanation cost: seconds (and CPU seconds) per row by model width and background size, as
+``/explain`` computes them (service/gateway/explain.py ``attributions``: SHAP's permutation
+explainer, independent masker over the reference sample, onnxruntime on the CPU), in this process,
+after one warm-up call.
 
 Run: ``.venv/bin/python bench/explain.py``. The demo's cancer:v1 (30 features, logistic
 regression), cancer:v2 (30 features, an MLP) and diabetes:v1 (10 features, ridge), 8 rows per

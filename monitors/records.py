@@ -159,7 +159,7 @@ class RecordBuffer:
 
 
 class _Offered:
-    """One variant's input rows offered since ``since``, and the share of them kept meanwhile."""
+    """One variant's input rows offered since ``since``, and each request's chance meanwhile."""
 
     __slots__ = ("since", "rows", "probability")
 

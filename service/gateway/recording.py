@@ -58,7 +58,7 @@ class Recorder:
         self.shedding = shedding
         """True while the gateway refuses predictions: records keep coming, their inputs wait."""
         self.buffer = RecordBuffer(config.buffer_records, config.buffer_bytes)
-        self.inputs = InputSampler(config.sample_inputs, config.input_rows_per_s)
+        self.input_sampler = InputSampler(config.sample_inputs, config.input_rows_per_s)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.urls = config.monitor_urls()
         self._current = 0
@@ -144,7 +144,7 @@ class Recorder:
         card = route.model.card
         inputs = tensors[card.feature_input.name]
         variant = (route.endpoint, route.variant.name)
-        keep_inputs = self.inputs.keep(variant, len(inputs)) and not self.shedding()
+        keep_inputs = self.input_sampler.keep(variant, len(inputs)) and not self.shedding()
         self._keep(
             request_id,
             route,
