@@ -85,10 +85,10 @@ async def test_past_its_input_rate_a_variant_records_every_answer_but_a_sample_o
     config = write_config(
         tmp_path / "gateway.yaml",
         data_dir=str(tmp_path / "data"),
-        monitor={"url": url, "flush_interval_ms": 20, "input_rows_per_s": 20},
+        monitor={"url": url, "flush_interval_ms": 20, "input_rows_per_s": 5},
     )
     async with in_process_gateway(config) as (_, client):
-        sent, stop = 0, asyncio.get_running_loop().time() + 2.5
+        sent, stop = 0, asyncio.get_running_loop().time() + 3.5
         while asyncio.get_running_loop().time() < stop:
             answer = await client.post("/predict/diabetes", json={"instances": [[0.5] * 10]})
             assert answer.status_code == 200, answer.text
@@ -102,7 +102,8 @@ async def test_past_its_input_rate_a_variant_records_every_answer_but_a_sample_o
     later = [r for r in records if r.at >= first + 1.2]  # after the first whole second
     kept = [r for r in later if r.inputs is not None]
     seconds = max(r.at for r in later) - first - 1.2
-    assert 0 < len(kept) / seconds < 60 and len(kept) < len(later) / 3
+    print(f"{sent} answers, {len(kept)} of {len(later)} after the first second kept inputs")
+    assert 0 < len(kept) / seconds < 20 and len(kept) < len(later) / 3
     assert all(r.inputs == [[0.5] * 10] for r in kept)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from unittest.mock import MagicMock
 
 import numpy as np
@@ -100,11 +101,13 @@ async def test_a_monitor_refusing_the_token_keeps_the_records_for_later():
 
 
 class Traffic:
-    """Requests at a steady rate on a clock of their own; what an ``InputSampler`` kept."""
+    """Requests at a steady rate on a clock of their own; what an ``InputSampler`` kept. Its draws
+    come from a seeded generator, so each run of a test sees the same sample."""
 
     def __init__(self, sampler_of) -> None:
         self.now = 0.0
-        self.sampler = sampler_of(lambda: self.now)
+        self.draws = random.Random(20261128)
+        self.sampler = sampler_of(lambda: self.now, self.draws.random)
 
     def send(self, seconds: float, per_s: float, rows: int = 1, variant="stable") -> list[float]:
         """Times (since the start) of the requests whose inputs were kept."""
@@ -118,25 +121,25 @@ class Traffic:
 
 
 def test_inputs_below_the_cap_are_all_kept():
-    traffic = Traffic(lambda clock: InputSampler(1.0, 1000, clock))
+    traffic = Traffic(lambda clock, draw: InputSampler(1.0, 1000, clock, draw))
     assert len(traffic.send(5, 500)) == 2500
 
 
 def test_above_the_cap_a_random_share_holds_the_rate_whatever_the_rows_per_request():
     for rows, per_s in ((1, 10_000), (64, 200)):
-        traffic = Traffic(lambda clock: InputSampler(1.0, 1000, clock))
-        kept = np.array(traffic.send(20, per_s, rows))
+        traffic = Traffic(lambda clock, draw: InputSampler(1.0, 1000, clock, draw))
+        kept = np.array(traffic.send(60, per_s, rows))
         first = kept < 1.0
         assert first.sum() == per_s  # the first second keeps all: no rate measured yet
-        later = kept[~first]
-        assert len(later) * rows / 19 == pytest.approx(1000, rel=0.1)
+        later = kept[~first]  # 64-row requests: about 920 of them, so 10% is 3 standard deviations
+        assert len(later) * rows / 59 == pytest.approx(1000, rel=0.1)
         # drawn request by request, not the first ones of each second
         assert np.mean(later % 1.0) == pytest.approx(0.5, abs=0.05)
         assert np.histogram(later % 1.0, bins=4)[0].min() > 0.8 * len(later) / 4
 
 
 def test_each_variant_has_its_own_cap_and_a_quiet_canary_keeps_everything():
-    traffic = Traffic(lambda clock: InputSampler(1.0, 1000, clock))
+    traffic = Traffic(lambda clock, draw: InputSampler(1.0, 1000, clock, draw))
     stable, canary = [], []
     for _ in range(10 * 50):  # 10 s: stable at 5,000 requests a second, the canary at 50
         stable += traffic.send(0.02, 5000)
@@ -147,6 +150,8 @@ def test_each_variant_has_its_own_cap_and_a_quiet_canary_keeps_everything():
 
 def test_the_share_applies_first_and_the_cap_to_what_it_keeps():
     for cap, share, per_s in ((None, 0.5, 5000), (1000, 0.5, 1000), (1000, 0.05, 500)):
-        traffic = Traffic(lambda clock, cap=cap, share=share: InputSampler(share, cap, clock))
+        traffic = Traffic(
+            lambda clock, draw, cap=cap, share=share: InputSampler(share, cap, clock, draw)
+        )
         kept = [t for t in traffic.send(20, 10_000) if t >= 1.0]
         assert len(kept) / 19 == pytest.approx(per_s, rel=0.06), (cap, share)
