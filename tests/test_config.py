@@ -93,6 +93,8 @@ def test_several_variants_are_expressible():
         ),
         ({"monitor": {"urls": ["http://127.0.0.1:2/path"]}}, "monitor.urls.0"),
         ({"monitor": {"lease_s": 0.1}}, "monitor.lease_s"),
+        ({"monitor": {"input_rows_per_s": 0}}, "monitor.input_rows_per_s"),
+        ({"monitor": {"input_rows_per_s": "lots"}}, "monitor.input_rows_per_s"),
     ],
 )
 def test_bad_values_name_the_key(change, named):
