@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.gateway.admission import MAX_HOLD_S, WINDOW_S, Admission
+from service.gateway.admission import WINDOW_S, Admission
 
 
 class Clock:
@@ -37,7 +37,7 @@ def window(
 
 def test_it_admits_up_to_the_limit_and_remembers_refusing():
     clock = Clock()
-    admission = Admission(0.03, 4, 100, 200, clock)
+    admission = Admission(0.03, 4, 100, 200, 5.0, clock)
     admitted = sum(admission.admit() for _ in range(80))
     assert admitted == 64 and admission.in_flight == 64 and admission.shedding
     clock.now += 2
@@ -47,7 +47,7 @@ def test_it_admits_up_to_the_limit_and_remembers_refusing():
 def test_slow_windows_shrink_the_limit_and_fast_limited_ones_grow_it():
     clock = Clock()
     limits = []
-    admission = Admission(0.03, 4, 1000, 200, clock, on_limit=limits.append)
+    admission = Admission(0.03, 4, 1000, 200, 5.0, clock, on_limit=limits.append)
     window(admission, clock, latency_s=0.09)  # three times the budget
     assert admission.limit == pytest.approx(32)  # halved at most per window
     window(admission, clock, latency_s=0.04)
@@ -67,7 +67,7 @@ def test_slow_windows_shrink_the_limit_and_fast_limited_ones_grow_it():
 
 def test_a_model_slower_than_the_budget_is_served_at_its_own_pace_not_refused():
     clock = Clock()
-    admission = Admission(0.03, 4, 1000, 200, clock)
+    admission = Admission(0.03, 4, 1000, 200, 5.0, clock)
     for _ in range(20):  # every call takes 50 ms without queueing: the model, not a queue
         window(admission, clock, latency_s=0.05, service_s=0.05)
     assert admission.limit == 64 and admission.service_s == pytest.approx(0.05)
@@ -77,16 +77,24 @@ def test_a_model_slower_than_the_budget_is_served_at_its_own_pace_not_refused():
 
 
 def test_refusals_are_held_longer_the_more_callers_are_refused():
-    admission = Admission(0.03, 4, 100, 200, Clock())
+    admission = Admission(0.03, 4, 100, 200, 5.0, Clock())
     assert admission.hold_s() == pytest.approx(0.01)
     admission.held = 199
     assert admission.hold_s() == pytest.approx(1.0)  # 200 held callers: 200 refusals a second
     admission.held = 10_000
-    assert admission.hold_s() == MAX_HOLD_S
+    assert admission.hold_s() == 5.0  # never longer than max_hold_s: callers time out
+
+
+def test_a_shorter_longest_hold_is_kept_whatever_the_number_of_refused_callers():
+    admission = Admission(0.03, 4, 100, 200, 0.5, Clock())
+    admission.held = 99
+    assert admission.hold_s() == pytest.approx(0.5)
+    admission.held = 49
+    assert admission.hold_s() == pytest.approx(0.25)
 
 
 def test_retry_after_is_the_backlogs_drain_time_in_whole_seconds():
-    admission = Admission(0.03, 4, 100, 200, Clock())
+    admission = Admission(0.03, 4, 100, 200, 5.0, Clock())
     assert admission.retry_after_s() == 1
     admission.throughput, admission.in_flight, admission.held = 1000.0, 100, 2400
     assert admission.retry_after_s() == 3

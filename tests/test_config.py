@@ -95,6 +95,8 @@ def test_several_variants_are_expressible():
         ({"monitor": {"lease_s": 0.1}}, "monitor.lease_s"),
         ({"monitor": {"input_rows_per_s": 0}}, "monitor.input_rows_per_s"),
         ({"monitor": {"input_rows_per_s": "lots"}}, "monitor.input_rows_per_s"),
+        ({"admission": {"max_hold_ms": 0}}, "admission.max_hold_ms"),
+        ({"admission": {"max_hold_ms": 120_000}}, "admission.max_hold_ms"),
     ],
 )
 def test_bad_values_name_the_key(change, named):

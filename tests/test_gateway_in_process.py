@@ -107,6 +107,44 @@ async def test_past_its_input_rate_a_variant_records_every_answer_but_a_sample_o
     assert all(r.inputs == [[0.5] * 10] for r in kept)
 
 
+async def test_refused_callers_are_held_no_longer_than_max_hold_ms(demo_models, tmp_path, monitor):
+    """``admission.max_hold_ms`` bounds how long a refusal is held, however many callers are
+    refused: here one slot, a slow model (1.5 s) and a refusal rate that alone would hold the
+    later callers for 1 to 4 s; each 429 comes back after about the 0.2 s cap."""
+    url, _ = monitor
+    slow = {"delay_ms": 1500}
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        data_dir=str(tmp_path / "data"),
+        monitor={"url": url},
+        admission={
+            "min_concurrency": 1,
+            "max_concurrency": 1,
+            "max_refusals_per_s": 1,
+            "max_hold_ms": 200,
+        },
+        endpoints={
+            "diabetes": {"variants": [{"name": "stable", "model": "diabetes:v1", "faults": slow}]}
+        },
+    )
+    async with in_process_gateway(config) as (gateway, client):
+        gateway.admission.limit = 1.0
+        loop = asyncio.get_running_loop()
+
+        async def call() -> tuple[int, float, str | None]:
+            started = loop.time()
+            answer = await client.post("/predict/diabetes", json={"instances": [[0.5] * 10]})
+            return answer.status_code, loop.time() - started, answer.headers.get("retry-after")
+
+        first = asyncio.create_task(call())
+        await asyncio.sleep(0.05)  # the first caller holds the one slot
+        refused = await asyncio.gather(*(call() for _ in range(4)))
+        assert [status for status, _, _ in refused] == [429] * 4
+        assert all(0.1 < took < 0.6 and retry_after for _, took, retry_after in refused), refused
+        status, took, _ = await first
+        assert status == 200 and took > 1.4
+
+
 async def test_oip_and_plain_answer_alike_through_the_one_call(config):
     async with in_process_gateway(config) as (_, client):
         plain = await client.post(

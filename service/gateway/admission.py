@@ -27,8 +27,6 @@ WINDOW_S = 0.1
 """How often the limit is adjusted (and the window of latencies it looks at)."""
 SHED_MEMORY_S = 1.0
 """After a refusal, shadows and sampled inputs are skipped this long (shed before answers)."""
-MAX_HOLD_S = 5.0
-"""The longest a refusal is held before its 429 is sent."""
 SERVICE_FACTOR = 2.0
 """The budget is never below this many times the time an admitted call takes with no queue."""
 
@@ -42,6 +40,7 @@ class Admission:
         min_limit: int,
         max_limit: int,
         max_refusals_per_s: float,
+        max_hold_s: float,
         clock: Callable[[], float] = time.monotonic,
         on_limit: Callable[[float], None] = lambda limit: None,
     ) -> None:
@@ -49,6 +48,8 @@ class Admission:
         self.min_limit = min_limit
         self.max_limit = max_limit
         self.max_refusals_per_s = max_refusals_per_s
+        self.max_hold_s = max_hold_s
+        """The longest a refusal is held: a caller that times out sooner sees no 429."""
         self.clock = clock
         self.on_limit = on_limit
         """Told the limit after each adjustment (the gateway exports it)."""
@@ -111,8 +112,9 @@ class Admission:
         return self.retry_after_s()
 
     def hold_s(self) -> float:
-        """How long to hold a refusal: enough that refusals cost at most ``max_refusals_per_s``."""
-        return min(MAX_HOLD_S, max(0.01, (self.held + 1) / self.max_refusals_per_s))
+        """How long to hold a refusal: enough that refusals cost at most ``max_refusals_per_s``,
+        but never more than ``max_hold_s``."""
+        return min(self.max_hold_s, max(0.01, (self.held + 1) / self.max_refusals_per_s))
 
     def retry_after_s(self) -> int:
         """Seconds the backlog (admitted and refused callers) takes to drain, at least 1."""

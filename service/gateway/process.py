@@ -149,6 +149,7 @@ class Gateway:
             admission.min_concurrency,
             admission.max_concurrency,
             admission.max_refusals_per_s,
+            admission.max_hold_ms / 1000,
             on_limit=metrics.admission_limit.set,
         )
         """Predictions admitted under overload (service/gateway/admission.py); shadows and sampled
