@@ -99,10 +99,11 @@ class AdmissionConfig(Strict):
         200.0, gt=0, description="refusals are held so they cost at most this many per second"
     )
     max_hold_ms: float = Field(
-        5000.0,
+        4000.0,
         gt=0,
         le=60_000,
-        description="...but none longer than this: a caller waits at most this for its 429",
+        description="...but none longer than this: a caller waits at most this for its 429 (below "
+        "the 5 s many HTTP clients time out at, httpx's default)",
     )
     feedback_concurrency: int = Field(
         32, ge=1, description="/feedback calls in flight per worker; beyond: 429"
