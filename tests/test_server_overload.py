@@ -84,21 +84,25 @@ async def test_a_spike_past_capacity_keeps_answers_within_the_slo_and_labels_flo
 ):
     """512 callers that retry at once on one worker: every answer is a 200 or a 429 with
     Retry-After, the 200s stay within the SLO, and labels, health, metrics and the admin API
-    answer meanwhile."""
+    answer meanwhile. Refusals are held (here up to the default ``admission.max_hold_ms``, at
+    50 a second) yet reach callers whose timeout is 5 s (httpx's default) as 429s, not timeouts."""
     port = free_port()
     config = write_config(
         tmp_path / "gateway.yaml",
         data_dir=str(tmp_path / "data"),
         monitor=local_monitor(port),
         endpoints={"cancer": {"variants": [{"name": "stable", "model": "cancer:v1"}]}},
+        admission={"max_refusals_per_s": 50},
     )
     statuses, retry_after, ok_latencies, errors, side = Counter(), 0, [], 0, []
+    refusal_latencies = []
     with (
         running_server(config, port=port, service=MONITOR_SERVICE),
         running_server(config, env=ADMIN_ENV) as url,
     ):
         connector = aiohttp.TCPConnector(limit=600)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        timeout = aiohttp.ClientTimeout(total=4.9)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             stop = time.monotonic() + 5
 
             async def caller() -> None:
@@ -111,7 +115,7 @@ async def test_a_spike_past_capacity_keeps_answers_within_the_slo_and_labels_flo
                             f"{url}/predict/cancer", json={"instances": [ROW]}
                         ) as answer:
                             body = await answer.json()
-                    except aiohttp.ClientError:
+                    except (aiohttp.ClientError, asyncio.TimeoutError):
                         errors += 1
                         continue
                     statuses[answer.status] += 1
@@ -121,6 +125,7 @@ async def test_a_spike_past_capacity_keeps_answers_within_the_slo_and_labels_flo
                             side.append(await labelled(session, url, body["request_id"]))
                     elif "Retry-After" in answer.headers:
                         retry_after += 1
+                        refusal_latencies.append(time.monotonic() - started)
                     connected = True
 
             async def probes() -> None:
@@ -137,6 +142,7 @@ async def test_a_spike_past_capacity_keeps_answers_within_the_slo_and_labels_flo
             await asyncio.gather(probes(), *(caller() for _ in range(512)))
     assert errors == 0 and set(statuses) <= {200, 429}, (statuses, errors)
     assert statuses[429] > 0 and retry_after == statuses[429], statuses
+    assert max(refusal_latencies) > 3, "no refusal was held near max_hold_ms"
     p50, p99 = (float(np.percentile(ok_latencies, q)) for q in (50, 99))
     slowest = max(seconds for _, _, seconds, _ in side)
     print(
