@@ -110,7 +110,8 @@ async def test_past_its_input_rate_a_variant_records_every_answer_but_a_sample_o
 async def test_refused_callers_are_held_no_longer_than_max_hold_ms(demo_models, tmp_path, monitor):
     """``admission.max_hold_ms`` bounds how long a refusal is held, however many callers are
     refused: here one slot, a slow model (1.5 s) and a refusal rate that alone would hold the
-    later callers for 1 to 4 s; each 429 comes back after about the 0.2 s cap."""
+    later callers for 1 to 4 s; each 429 comes back within the 0.2 s cap (at the cap, holds
+    are drawn between half and all of it)."""
     url, _ = monitor
     slow = {"delay_ms": 1500}
     config = write_config(
@@ -140,7 +141,7 @@ async def test_refused_callers_are_held_no_longer_than_max_hold_ms(demo_models, 
         await asyncio.sleep(0.05)  # the first caller holds the one slot
         refused = await asyncio.gather(*(call() for _ in range(4)))
         assert [status for status, _, _ in refused] == [429] * 4
-        assert all(0.1 < took < 0.6 and retry_after for _, took, retry_after in refused), refused
+        assert all(0.05 < took < 0.6 and retry_after for _, took, retry_after in refused), refused
         status, took, _ = await first
         assert status == 200 and took > 1.4
 
