@@ -80,13 +80,22 @@ class GatewayService:
 
 def _gate(bentoml_app):
     """BentoML's app for this service, behind the prediction gate (service/gateway/http/gate.py)."""
+    started: Gateway | None = None
+
+    def gateway() -> Gateway | None:
+        """This worker's gateway once it has started, looked up in the app's state only until
+        then: Starlette's ``State`` lookup costs half a microsecond, on every request."""
+        nonlocal started
+        if started is None:
+            started = getattr(http_app.state, "gateway", None)
+        return started
 
     def admission():
-        gateway = getattr(http_app.state, "gateway", None)
-        return None if gateway is None else gateway.admission
+        current = gateway()
+        return None if current is None else current.admission
 
     def refused(route: str) -> None:
-        http_app.state.gateway.metrics.shed_series(route, "overload").inc()
+        gateway().metrics.shed_series(route, "overload").inc()
 
     return PredictionGate(bentoml_app, http_app, admission, refused, WORKER)
 
