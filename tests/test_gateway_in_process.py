@@ -128,8 +128,7 @@ async def test_refused_callers_are_held_no_longer_than_max_hold_ms(demo_models, 
             "diabetes": {"variants": [{"name": "stable", "model": "diabetes:v1", "faults": slow}]}
         },
     )
-    async with in_process_gateway(config) as (gateway, client):
-        gateway.admission.limit = 1.0
+    async with in_process_gateway(config) as (_, client):
         loop = asyncio.get_running_loop()
 
         async def call() -> tuple[int, float, str | None]:
