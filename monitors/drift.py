@@ -27,19 +27,25 @@ the metrics. A window smaller than ``min_rows`` gives "insufficient_data", never
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import pandas as pd
+from evidently.legacy.calculations.stattests.jensenshannon import jensenshannon_stat_test
+from evidently.legacy.calculations.stattests.registry import (
+    StatTest,
+    get_stattest,
+    register_stattest,
+)
+from evidently.legacy.calculations.stattests.wasserstein_distance_norm import (
+    wasserstein_stat_test,
+)
+from evidently.legacy.core import ColumnType
 from scipy.stats import chi2_contingency, ks_2samp, mannwhitneyu
 
 from monitors.attribution import attribution_distance
 from monitors.reports import ReportSummary
-
-if TYPE_CHECKING:
-    from evidently.legacy.core import ColumnType
 
 Status = Literal["ok", "insufficient_data"]
 
@@ -50,19 +56,9 @@ rejects "the same distribution" at this level: an undrifted column is flagged in
 1 window in 1,000, whatever its shape."""
 
 
-WASSERSTEIN_BEYOND_NOISE = "wasserstein_beyond_noise"
-"""The numeric columns' test: normed Wasserstein distance, if rank tests say it is not noise."""
-JENSENSHANNON_BEYOND_NOISE = "jensenshannon_beyond_noise"
-"""The categorical columns' test: Jensen-Shannon distance, if chi-square says it is not noise."""
-
-
 def _wasserstein_beyond_noise(
     reference: pd.Series, current: pd.Series, feature_type: ColumnType, threshold: float
 ) -> tuple[float, bool]:
-    from evidently.legacy.calculations.stattests.wasserstein_distance_norm import (
-        wasserstein_stat_test,
-    )
-
     score = wasserstein_stat_test(reference, current, feature_type, threshold).drift_score
     if score < threshold:
         return score, False
@@ -78,8 +74,6 @@ def _wasserstein_beyond_noise(
 def _jensenshannon_beyond_noise(
     reference: pd.Series, current: pd.Series, feature_type: ColumnType, threshold: float
 ) -> tuple[float, bool]:
-    from evidently.legacy.calculations.stattests.jensenshannon import jensenshannon_stat_test
-
     score = jensenshannon_stat_test(reference, current, feature_type, threshold).drift_score
     if score < threshold:
         return score, False
@@ -87,51 +81,28 @@ def _jensenshannon_beyond_noise(
     return score, bool(chi2_contingency(counts.to_numpy().T).pvalue < NOISE_ALPHA)
 
 
-@functools.cache
-def _evidently() -> tuple[Callable, type[ColumnType]]:
-    """Evidently's ``get_stattest`` and ``ColumnType``, with this module's two tests registered.
-
-    Imported at the first drift computation rather than with this module: importing Evidently
-    costs about 5 s of CPU (its package imports its UI, legacy metrics and plotly), which a
-    monitor would otherwise pay at every start before it could take a record or a label."""
-    from evidently.legacy.calculations.stattests.registry import (
-        StatTest,
-        get_stattest,
-        register_stattest,
-    )
-    from evidently.legacy.core import ColumnType
-
-    tests = (
-        (
-            WASSERSTEIN_BEYOND_NOISE,
-            "Wasserstein distance (normed), if rank tests say it is not noise",
-            ColumnType.Numerical,
-            _wasserstein_beyond_noise,
-        ),
-        (
-            JENSENSHANNON_BEYOND_NOISE,
-            "Jensen-Shannon distance, if chi-square says it is not noise",
-            ColumnType.Categorical,
-            _jensenshannon_beyond_noise,
-        ),
-    )
-    for name, description, column_type, test in tests:
-        stat_test = StatTest(
-            name=name,
-            display_name=f"{description} (p < {NOISE_ALPHA})",
-            allowed_feature_types=[column_type],
-            default_threshold=0.1,
-        )
-        register_stattest(stat_test, test)
-    return get_stattest, ColumnType
+WASSERSTEIN_BEYOND_NOISE = StatTest(
+    name="wasserstein_beyond_noise",
+    display_name=f"Wasserstein distance (normed), if rank tests say it is not noise (p < {NOISE_ALPHA})",
+    allowed_feature_types=[ColumnType.Numerical],
+    default_threshold=0.1,
+)
+JENSENSHANNON_BEYOND_NOISE = StatTest(
+    name="jensenshannon_beyond_noise",
+    display_name=f"Jensen-Shannon distance, if chi-square says it is not noise (p < {NOISE_ALPHA})",
+    allowed_feature_types=[ColumnType.Categorical],
+    default_threshold=0.1,
+)
+register_stattest(WASSERSTEIN_BEYOND_NOISE, _wasserstein_beyond_noise)
+register_stattest(JENSENSHANNON_BEYOND_NOISE, _jensenshannon_beyond_noise)
 
 
 @dataclass(frozen=True)
 class DriftSettings:
     """Which tests, what threshold, how many rows make a verdict."""
 
-    numeric_method: str = WASSERSTEIN_BEYOND_NOISE
-    categorical_method: str = JENSENSHANNON_BEYOND_NOISE
+    numeric_method: str = WASSERSTEIN_BEYOND_NOISE.name
+    categorical_method: str = JENSENSHANNON_BEYOND_NOISE.name
     threshold: float = 0.1
     min_rows: int = 200
     drifted_share_alarm: float = 0.5
@@ -171,7 +142,6 @@ def column_drift(
     reference: pd.Series, current: pd.Series, categorical: bool, settings: DriftSettings
 ) -> ColumnDrift:
     """Evidently's drift test for one column."""
-    get_stattest, ColumnType = _evidently()
     column_type = ColumnType.Categorical if categorical else ColumnType.Numerical
     method = settings.categorical_method if categorical else settings.numeric_method
     test = get_stattest(reference, current, column_type, method)
@@ -259,8 +229,6 @@ def drift_report(
     """The Evidently report operators open (``.save_html``/``.save_json`` on the result)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
-
-    _evidently()  # the methods below are this module's tests, registered with Evidently there
 
     numeric = list(features)
     categorical = []

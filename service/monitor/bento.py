@@ -8,9 +8,7 @@ monitor``; the gateway finds it at ``monitor.url`` or ``monitor.urls``. A separa
 gateway serves on while it is stopped, slow or restarting.
 
 BentoML imports this module in its arbiter too (for the service's settings): the monitor's
-process is imported only where it runs, in the worker's ``__init__``, and Evidently (about 5 s of
-CPU to import) only at the first drift computation (monitors/drift.py), so a monitor takes records
-and labels that much sooner after a start.
+process, with Evidently and SHAP, is imported only where it runs, in the worker's ``__init__``.
 """
 
 from __future__ import annotations
