@@ -15,6 +15,7 @@ run by onnxruntime on the CPU in the calling process, in batches.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -67,6 +68,26 @@ def _model(card: ModelCard, background_rows: int) -> tuple[object, np.ndarray]:
     return _loaded[key]
 
 
+def _shap():
+    """The ``shap`` package, imported with numba's compiler off (unless ``NUMBA_DISABLE_JIT`` is
+    set: numba's own switch, left to the operator).
+
+    SHAP compiles its masking loops with numba at their first call: about 7.5 s of CPU in every
+    process that explains, so the first ``/explain`` of each gateway worker waited longer than
+    common client timeouts, and a monitor's first attribution run took a core from a serving
+    gateway for seconds. As plain Python the same loops cost a few milliseconds more a row
+    (bench/explain.py, BENCHMARKS.md): less than the compile until a process has explained about
+    a thousand rows. Operators who explain in bulk can set ``NUMBA_DISABLE_JIT=0``. Set before the
+    import, as numba decides at decoration time; nothing else in these processes uses numba."""
+    import numba
+
+    if "NUMBA_DISABLE_JIT" not in os.environ:
+        numba.config.DISABLE_JIT = True
+    import shap
+
+    return shap
+
+
 def attributions(
     card: ModelCard,
     features: np.ndarray,
@@ -75,8 +96,7 @@ def attributions(
     max_evals: int,
 ) -> list[Explanation]:
     """SHAP values of each row for its target (runs in the explanation process)."""
-    import shap
-
+    shap = _shap()
     session, background = _model(card, background_rows)
     spec = card.feature_input
     dtype = OIP_TO_NUMPY[spec.datatype]

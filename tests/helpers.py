@@ -40,9 +40,6 @@ ADMIN_ENV = {"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
 """The environment that gives a server this admin token (servers have none unless given)."""
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 os.environ.pop("GATEWAY_ADMIN_TOKEN", None)
-os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
-"""SHAP's masking helpers are numba functions: compiling them costs each new process about 6 s,
-more than the tests' few rows take to explain interpreted (servers the tests start inherit it)."""
 
 from service.config import load_config  # noqa: E402  (after BENTOML_HOME)
 from service.gateway.http.app import background_tasks, build_app  # noqa: E402
