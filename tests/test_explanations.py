@@ -3,6 +3,10 @@ the attributions add up to the answers is tests/test_explain.py's, through the g
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 from service import registry
@@ -28,3 +32,16 @@ def test_shap_explains_without_compiling_its_loops(demo_models) -> None:
 
     for loop in (_tabular._delta_masking, _masked_model._build_fixed_single_output):
         assert not hasattr(loop, "py_func"), f"{loop} is a numba dispatcher: compiled at first use"
+
+
+def test_an_operator_who_sets_numba_disable_jit_keeps_the_compiled_loops() -> None:
+    """``NUMBA_DISABLE_JIT=0`` (numba's own switch) is left to the operator: bulk explanations
+    are cheaper per row compiled. In a fresh process, as numba reads it at import."""
+    probe = (
+        "from service.explanations import _shap; _shap(); "
+        "from shap.maskers import _tabular; print(hasattr(_tabular._delta_masking, 'py_func'))"
+    )
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "0"}
+    found = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "True", "the operator's NUMBA_DISABLE_JIT=0 was overridden"
