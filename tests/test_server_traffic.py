@@ -289,6 +289,11 @@ async def test_weight_change_reaches_every_worker_within_a_second(traffic_url, t
         weight = await metric_sum(
             session, traffic_url, 'gateway_variant_weight{endpoint="cancer",variant="candidate"}'
         )
+        _, audit = await admin(session, traffic_url, "GET", "/admin/audit?limit=50")
+    assert any(
+        e["action"] == "set_weights" and e["detail"]["weights"] == {"stable": 50, "candidate": 50}
+        for e in audit["entries"]
+    )
     pairs = await answers_from_both_workers(traffic_url, keys * 2)
     assert len({answer.worker for _, answer in pairs}) == 2, "both workers answered"
     wrong = [(key, answer) for key, answer in pairs if answer[:2] != (200, new[key])]
@@ -321,10 +326,6 @@ async def test_add_and_remove_a_variant_then_audit(traffic_url):
         status, audit = await admin(session, traffic_url, "GET", "/admin/audit?limit=50")
     actions = [(e["action"], e["client"]) for e in audit["entries"]]
     assert ("add_variant", "127.0.0.1") in actions and ("remove_variant", "127.0.0.1") in actions
-    assert any(
-        e["action"] == "set_weights" and e["detail"]["weights"] == {"stable": 50, "candidate": 50}
-        for e in audit["entries"]
-    )
 
 
 async def test_changes_survive_a_restart(traffic_url, traffic_config):
