@@ -50,8 +50,13 @@ chromium:
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
 
+# The tests run on TEST_WORKERS processes (pytest-xdist), each test file on one of them, so the
+# servers a file shares start once. Tests marked `alone` bound a latency or a delay; they run
+# afterwards, one at a time, with the machine to themselves.
+TEST_WORKERS ?= 2
 test: lint promtool chromium postgresql
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not alone"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m alone
 
 # Everything but the tests that start real servers (marked integration): the edit-test loop.
 test-unit: $(STAMP) promtool postgresql

@@ -107,6 +107,7 @@ async def test_past_its_input_rate_a_variant_records_every_answer_but_a_sample_o
     assert all(r.inputs == [[0.5] * 10] for r in kept)
 
 
+@pytest.mark.alone
 async def test_refused_callers_are_held_no_longer_than_max_hold_ms(demo_models, tmp_path, monitor):
     """``admission.max_hold_ms`` bounds how long a refusal is held, however many callers are
     refused: here one slot, a slow model (1.5 s) and a refusal rate that alone would hold the

@@ -29,7 +29,7 @@ from tests.helpers import (
     write_config,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 LEASE_S = 5.0
 """The default ``monitor.lease_s``: what users get."""

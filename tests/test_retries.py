@@ -14,6 +14,7 @@ from service.errors import ConfigError
 from service.retries import with_retries
 
 
+@pytest.mark.alone
 def test_start_up_work_is_retried_until_it_succeeds_or_its_deadline(monkeypatch, caplog):
     monkeypatch.setattr(retries, "MAX_BACKOFF_S", 0.01)
     attempts = []

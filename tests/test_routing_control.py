@@ -11,6 +11,8 @@ import time
 from types import SimpleNamespace
 from unittest.mock import MagicMock
 
+import pytest
+
 from service.gateway import routing
 from service.gateway.routing import RoutingControl
 
@@ -29,6 +31,7 @@ class FailingStore:
         return 1
 
 
+@pytest.mark.alone
 async def test_following_backs_off_while_the_store_fails_and_logs_once(monkeypatch, caplog):
     monkeypatch.setattr(routing, "POLL_S", 0.01)
     monkeypatch.setattr(routing, "MAX_BACKOFF_S", 0.16)

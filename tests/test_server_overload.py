@@ -25,7 +25,7 @@ from tests.helpers import (
     write_config,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 ROWS = [[0.5] * 30] * 100
 
 

@@ -111,6 +111,7 @@ async def test_keys_are_sticky_on_both_workers_and_match_the_table(traffic_url, 
     assert 0.06 < share < 0.14
 
 
+@pytest.mark.alone
 async def test_shadows_never_slow_or_fail_callers(traffic_url):
     async with aiohttp.ClientSession() as session:
         before_errors = await metric_sum(
@@ -268,6 +269,7 @@ async def test_admin_refuses_bad_changes_clearly(traffic_url, method, path, body
         assert status == 200
 
 
+@pytest.mark.alone
 async def test_weight_change_reaches_every_worker_within_a_second(traffic_url, traffic_config):
     keys = [f"user-{i}" for i in range(300)]
     new = expected_variants(traffic_config, keys, {"stable": 50, "candidate": 50})
