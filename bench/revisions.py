@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,7 +30,7 @@ import yaml  # noqa: E402
 from bench.harness import _gateway_config, register_demo_models, write_results  # noqa: E402
 from bench.load import closed_loop  # noqa: E402
 from bench.serving import OIP_PATH, oip_body  # noqa: E402
-from service.launch import free_port, serve_env, stop, wait_ready  # noqa: E402
+from service.launch import METRICS_DIR_ENV, free_port, serve_env, stop, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (8, 64)
@@ -46,7 +47,7 @@ def service_names(tree: Path) -> tuple[str, str]:
 def served(tree: Path, service: str, config: Path, port: int) -> Iterator[str]:
     """``bentoml serve`` of ``service`` run from ``tree`` (its code first on the path)."""
     bentoml_cli = Path(sys.executable).with_name("bentoml")
-    env = {**serve_env(config, port), "PYTHONPATH": str(tree)}
+    env = {**serve_env(config, port, "127.0.0.1"), "PYTHONPATH": str(tree)}
     command = [str(bentoml_cli), "serve", service, "--port", str(port), "--host", "127.0.0.1"]
     process = subprocess.Popen(
         command, cwd=tree, env=env, start_new_session=True, stdout=subprocess.DEVNULL
@@ -57,6 +58,7 @@ def served(tree: Path, service: str, config: Path, port: int) -> Iterator[str]:
         yield url
     finally:
         stop(process)
+        shutil.rmtree(env[METRICS_DIR_ENV], ignore_errors=True)
 
 
 @contextlib.contextmanager

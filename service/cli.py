@@ -88,9 +88,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     config, _ = _checked_config(args.config)
-    port = args.port or config.server.port
-    command = serve_command(port, args.host or config.server.host)
-    os.execve(command[0], command, serve_env(Path(args.config), port))
+    port, host = args.port or config.server.port, args.host or config.server.host
+    command = serve_command(port, host)
+    os.execve(command[0], command, serve_env(Path(args.config), port, host))
     return 0  # not reached
 
 
@@ -104,7 +104,7 @@ def _monitor(args: argparse.Namespace) -> int:
     port, host = args.port or config.monitor.port, args.host or config.monitor.host
     check_exposure(load_secrets(config.secrets), host)
     command = serve_command(port, host, MONITOR_SERVICE)
-    os.execve(command[0], command, serve_env(Path(args.config), port))
+    os.execve(command[0], command, serve_env(Path(args.config), port, host))
     return 0  # not reached
 
 

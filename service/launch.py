@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from service.config import CONFIG_ENV
+from service.errors import ConfigError
 
 METRICS_DIR_ENV = "GATEWAY_METRICS_DIR"
 """Each server's own Prometheus multiprocess directory (service/bentoml_fixes.py switches to it)."""
@@ -37,21 +39,51 @@ def serve_command(port: int, host: str, service: str = GATEWAY_SERVICE) -> list[
     return [str(bentoml_cli), "serve", service, "--port", str(port), "--host", host]
 
 
-def serve_env(config_path: Path, port: int) -> dict[str, str]:
+def serve_env(config_path: Path, port: int, host: str) -> dict[str, str]:
     """The server's environment: its config, and a metrics directory of its own.
 
     BentoML keeps every server's metric files in one directory under its home and empties it when a
     server starts, so a second gateway on the same model store would wipe the first one's metrics.
-    Each gateway therefore gets a fresh directory per port (service/gateway/bento.py switches to it).
+    Each server therefore gets a fresh directory per port (service/bentoml_fixes.py switches to it).
     """
-    metrics_dir = Path(tempfile.gettempdir()) / f"gateway-metrics-{port}"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
     return {
         **os.environ,
         CONFIG_ENV: str(Path(config_path).resolve()),
-        METRICS_DIR_ENV: str(metrics_dir),
+        METRICS_DIR_ENV: str(fresh_metrics_dir(port, host)),
     }
+
+
+def fresh_metrics_dir(port: int, host: str) -> Path:
+    """An empty metrics directory for the server about to listen on ``host:port``:
+    ``gateway-metrics-<uid>/<port>`` in the temporary directory.
+
+    Emptied here, as prometheus_client's multiprocess mode needs between runs, but only once the
+    port is known to be free: a second start on a live server's port would otherwise delete the
+    files its workers count in, and its metrics would vanish until it restarts. The parent is this
+    user's alone (mode 0700, not a link), so other local users can neither read the counters nor
+    take the path first to stop a start.
+    """
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigError(
+                f"port {port} on {host} is taken ({error.strerror}): is a server running there?"
+            ) from None
+    parent = Path(tempfile.gettempdir()) / f"gateway-metrics-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        parent.mkdir(mode=0o700)
+    found = parent.lstat()
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o077:
+        raise ConfigError(
+            f"{parent} must be a directory of this user's alone (mode 0700, not a link); "
+            "remove it and start again"
+        )
+    directory = parent / str(port)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir()
+    return directory
 
 
 def free_port() -> int:
@@ -116,13 +148,13 @@ def running_server(
     log = open(log_path, "wb") if log_path else None  # noqa: SIM115 - closed below
     try:
         command = serve_command(port, "127.0.0.1", service)
-        process = start_ready(
-            base_url, command, {**serve_env(config_path, port), **(env or {})}, log
-        )
+        server_env = {**serve_env(config_path, port, "127.0.0.1"), **(env or {})}
+        process = start_ready(base_url, command, server_env, log)
         try:
             yield base_url
         finally:
             stop(process)
+            shutil.rmtree(server_env[METRICS_DIR_ENV], ignore_errors=True)
     finally:
         if log:
             log.close()

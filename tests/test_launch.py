@@ -1,14 +1,29 @@
 """Starting a server process (service/launch.py): one that exits while starting is started once
-more, one that keeps failing fails with the reason, on real processes."""
+more, one that keeps failing fails with the reason, on real processes; each server's metrics
+directory is private, emptied only when its port is free, and removed after a server we stopped."""
 
 from __future__ import annotations
 
+import os
+import socket
+import stat
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from service.launch import START_ATTEMPTS, ServerExited, free_port, start_ready, stop
+from service import launch
+from service.errors import ConfigError
+from service.launch import (
+    METRICS_DIR_ENV,
+    START_ATTEMPTS,
+    ServerExited,
+    free_port,
+    fresh_metrics_dir,
+    start_ready,
+    stop,
+)
 
 SERVER = """
 import http.server, sys
@@ -53,3 +68,67 @@ def test_a_server_that_keeps_exiting_fails_saying_so_after_the_last_attempt(tmp_
     with pytest.raises(ServerExited, match="exited with code 1"):
         start_ready(url, command, {}, None)
     assert starts.read_text().count("start") == START_ATTEMPTS
+
+
+@pytest.fixture
+def temporary_dir(tmp_path, monkeypatch) -> Path:
+    """The temporary directory the code under test sees (its own, not the machine's /tmp)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def test_a_metrics_directory_is_emptied_under_a_parent_of_this_users_alone(temporary_dir):
+    port = free_port()
+    old = temporary_dir / f"gateway-metrics-{os.getuid()}" / str(port) / "counter_1.db"
+    first = fresh_metrics_dir(port, "127.0.0.1")
+    old.write_bytes(b"a stopped server's counts")
+    again = fresh_metrics_dir(port, "127.0.0.1")
+    assert again == first == old.parent and list(again.iterdir()) == []
+    assert stat.S_IMODE(again.parent.lstat().st_mode) == 0o700
+
+
+def test_a_start_on_a_live_servers_port_is_refused_and_leaves_its_metrics_alone(temporary_dir):
+    with socket.socket() as live:
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        port = live.getsockname()[1]
+        counts = temporary_dir / f"gateway-metrics-{os.getuid()}" / str(port) / "counter_1.db"
+        counts.parent.mkdir(parents=True, mode=0o700)
+        counts.write_bytes(b"the live server's counts")
+        with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is taken"):
+            fresh_metrics_dir(port, "127.0.0.1")
+        assert counts.read_bytes() == b"the live server's counts"
+
+
+@pytest.mark.parametrize("planted", ["a link to another directory", "a directory open to all"])
+def test_a_parent_another_user_could_have_planted_is_refused(temporary_dir, planted):
+    parent = temporary_dir / f"gateway-metrics-{os.getuid()}"
+    elsewhere = temporary_dir / "elsewhere"
+    (elsewhere / "kept").mkdir(parents=True)
+    if planted == "a link to another directory":
+        parent.symlink_to(elsewhere)
+    else:
+        parent.mkdir()
+        parent.chmod(0o777)
+    with pytest.raises(ConfigError, match="must be a directory of this user's alone"):
+        fresh_metrics_dir(free_port(), "127.0.0.1")
+    assert [p.name for p in elsewhere.iterdir()] == ["kept"]
+
+
+def test_a_server_started_here_has_its_metrics_directory_removed_when_stopped(
+    tmp_path, temporary_dir, monkeypatch
+):
+    starts, seen = tmp_path / "starts", {}
+
+    def fake_server(port: int, host: str, service: str) -> list[str]:
+        return [sys.executable, "-c", SERVER, str(starts), str(port), "0"]
+
+    def start(url, command, env, log):
+        seen["dir"] = Path(env[METRICS_DIR_ENV])
+        return start_ready(url, command, env, log)
+
+    monkeypatch.setattr(launch, "serve_command", fake_server)
+    monkeypatch.setattr(launch, "start_ready", start)
+    with launch.running_server(tmp_path / "gateway.yaml"):
+        assert seen["dir"].is_dir()
+    assert not seen["dir"].exists()
