@@ -63,10 +63,14 @@ def fresh_metrics_dir(port: int, host: str) -> Path:
     user's alone (mode 0700, not a link), so other local users can neither read the counters nor
     take the path first to stop a start.
     """
-    with socket.socket() as probe:
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise ConfigError(f"the host {host!r} to serve on is not an address: {error}") from None
+    with socket.socket(family, kind) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except OSError as error:
             raise ConfigError(
                 f"port {port} on {host} is taken ({error.strerror}): is a server running there?"
