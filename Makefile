@@ -54,13 +54,16 @@ postgresql:
 # servers a file shares start once. Tests marked `alone` bound a latency or a delay; they run
 # afterwards, one at a time, with the machine to themselves.
 TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
+PYTEST_SHARED := $(PYTEST) -n $(TEST_WORKERS) --dist loadfile
 test: lint promtool chromium postgresql
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not alone"
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m alone
+	$(PYTEST_SHARED) -m "not alone"
+	$(PYTEST) -m alone
 
 # Everything but the tests that start real servers (marked integration): the edit-test loop.
 test-unit: $(STAMP) promtool postgresql
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration"
+	$(PYTEST_SHARED) -m "not integration and not alone"
+	$(PYTEST) -m "not integration and alone"
 
 # Serving and overload drive load with aiohttp callers (bench/load.py), as the issues measure it;
 # routing and recording use wrk (Debian package), installed here when missing.
