@@ -44,25 +44,21 @@ def serve_env(config_path: Path, port: int, host: str) -> dict[str, str]:
 
     BentoML keeps every server's metric files in one directory under its home and empties it when a
     server starts, so a second gateway on the same model store would wipe the first one's metrics.
-    Each server therefore gets a fresh directory per port (service/bentoml_fixes.py switches to it).
+    Each server therefore gets a fresh directory per port (service/bentoml_fixes.py switches to it),
+    emptied only once the port is known to be free: a second start on a live server's port would
+    otherwise delete the files its workers count in, and its metrics would vanish until it restarts.
     """
+    check_port_free(port, host)
     return {
         **os.environ,
         CONFIG_ENV: str(Path(config_path).resolve()),
-        METRICS_DIR_ENV: str(fresh_metrics_dir(port, host)),
+        METRICS_DIR_ENV: str(fresh_metrics_dir(port)),
     }
 
 
-def fresh_metrics_dir(port: int, host: str) -> Path:
-    """An empty metrics directory for the server about to listen on ``host:port``:
-    ``gateway-metrics-<uid>/<port>`` in the temporary directory.
-
-    Emptied here, as prometheus_client's multiprocess mode needs between runs, but only once the
-    port is known to be free: a second start on a live server's port would otherwise delete the
-    files its workers count in, and its metrics would vanish until it restarts. The parent is this
-    user's alone (mode 0700, not a link), so other local users can neither read the counters nor
-    take the path first to stop a start.
-    """
+def check_port_free(port: int, host: str) -> None:
+    """Raise ``ConfigError`` when ``host:port`` cannot be listened on: a server is there, or the
+    host is no address."""
     try:
         family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as error:
@@ -75,6 +71,14 @@ def fresh_metrics_dir(port: int, host: str) -> Path:
             raise ConfigError(
                 f"port {port} on {host} is taken ({error.strerror}): is a server running there?"
             ) from None
+
+
+def fresh_metrics_dir(port: int) -> Path:
+    """An empty metrics directory for the server about to listen on ``port``:
+    ``gateway-metrics-<uid>/<port>`` in the temporary directory, emptied as prometheus_client's
+    multiprocess mode needs between runs. The parent is this user's alone (mode 0700, not a link),
+    so other local users can neither read the counters nor take the path first to stop a start.
+    """
     parent = Path(tempfile.gettempdir()) / f"gateway-metrics-{os.getuid()}"
     with contextlib.suppress(FileExistsError):
         parent.mkdir(mode=0o700)

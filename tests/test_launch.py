@@ -21,6 +21,7 @@ from service.launch import (
     ServerExited,
     free_port,
     fresh_metrics_dir,
+    serve_env,
     start_ready,
     stop,
 )
@@ -80,14 +81,16 @@ def temporary_dir(tmp_path, monkeypatch) -> Path:
 def test_a_metrics_directory_is_emptied_under_a_parent_of_this_users_alone(temporary_dir):
     port = free_port()
     old = temporary_dir / f"gateway-metrics-{os.getuid()}" / str(port) / "counter_1.db"
-    first = fresh_metrics_dir(port, "127.0.0.1")
+    first = fresh_metrics_dir(port)
     old.write_bytes(b"a stopped server's counts")
-    again = fresh_metrics_dir(port, "127.0.0.1")
+    again = fresh_metrics_dir(port)
     assert again == first == old.parent and list(again.iterdir()) == []
     assert stat.S_IMODE(again.parent.lstat().st_mode) == 0o700
 
 
-def test_a_start_on_a_live_servers_port_is_refused_and_leaves_its_metrics_alone(temporary_dir):
+def test_a_start_on_a_live_servers_port_is_refused_and_leaves_its_metrics_alone(
+    tmp_path, temporary_dir
+):
     with socket.socket() as live:
         live.bind(("127.0.0.1", 0))
         live.listen()
@@ -96,7 +99,7 @@ def test_a_start_on_a_live_servers_port_is_refused_and_leaves_its_metrics_alone(
         counts.parent.mkdir(parents=True, mode=0o700)
         counts.write_bytes(b"the live server's counts")
         with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is taken"):
-            fresh_metrics_dir(port, "127.0.0.1")
+            serve_env(tmp_path / "gateway.yaml", port, "127.0.0.1")
         assert counts.read_bytes() == b"the live server's counts"
 
 
@@ -111,7 +114,7 @@ def test_a_parent_another_user_could_have_planted_is_refused(temporary_dir, plan
         parent.mkdir()
         parent.chmod(0o777)
     with pytest.raises(ConfigError, match="must be a directory of this user's alone"):
-        fresh_metrics_dir(free_port(), "127.0.0.1")
+        fresh_metrics_dir(free_port())
     assert [p.name for p in elsewhere.iterdir()] == ["kept"]
 
 
