@@ -8,13 +8,13 @@ very rows the primary answered, which makes the two directly comparable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from monitors.quality import QualityResult, classification_quality, regression_quality
+from monitors.quality import QualityResult, quality
 
 
 def agreeing(primary: np.ndarray, shadow: np.ndarray, regression: bool) -> np.ndarray:
@@ -34,10 +34,14 @@ class ShadowResult:
 
 
 def compare_shadows(
-    rows: pd.DataFrame, classes: Sequence | None, min_rows: int
+    rows: pd.DataFrame,
+    classes: Sequence | None,
+    min_rows: int,
+    score: Callable[[pd.DataFrame, Sequence | None, int], QualityResult] = quality,
 ) -> list[ShadowResult]:
     """Per shadow in ``rows`` (columns shadow, prediction, shadow_prediction, label): agreement
-    with the primary and quality. ``classes`` is None for a regressor."""
+    with the primary and quality (by ``score``, e.g. a ``QualityMemo``). ``classes`` is None for
+    a regressor."""
     results = []
     regression = classes is None
     for name, group in rows.groupby("shadow", sort=True):
@@ -46,10 +50,6 @@ def compare_shadows(
         )
         labeled = group.loc[group["label"].notna(), ["shadow_prediction", "label"]]
         labeled = labeled.rename(columns={"shadow_prediction": "prediction"})
-        quality = (
-            regression_quality(labeled, min_rows)
-            if regression
-            else classification_quality(labeled, classes, min_rows)
-        )
-        results.append(ShadowResult(str(name), len(group), float(agree.mean()), quality))
+        result = score(labeled, classes, min_rows)
+        results.append(ShadowResult(str(name), len(group), float(agree.mean()), result))
     return results

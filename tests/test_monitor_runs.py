@@ -4,6 +4,7 @@ variant's in the same window."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from prometheus_client import CollectorRegistry
 
 from monitors.records import PredictionRecord
@@ -166,3 +167,26 @@ def test_a_variant_that_became_stable_loses_its_divergence_from_stable(demo_mode
     runner.run_once(now=2001.0)
     assert registry.get_sample_value(name, series) is None
     assert registry.get_sample_value(name, {"endpoint": "cancer", "variant": "stable"}) > 0.2
+
+
+def test_quality_follows_new_labels_and_is_not_computed_again_without_them(
+    demo_models, tmp_path
+):
+    """Runs reuse a variant's quality while its labeled rows are the same (QualityMemo), and a
+    label that arrives in between is in the next run's figures."""
+    runner = runner_with(tmp_path, demo_models, lambda y: "benign")
+    store, ids = runner.store, [f"c{i}" for i in range(200)]  # the candidate's records
+    store.add_labels([(request_id, "benign") for request_id in ids[:150]])
+
+    def quality():
+        return {r.variant: r for r in runner.run_once(now=2000.0)}["candidate"].quality
+
+    first = quality()
+    assert first.status == "ok" and first.rows == 150 and first.metrics["accuracy"] == 1.0
+    assert quality() is first  # nothing new: the same result, not computed again
+    store.add_labels([(request_id, "malignant") for request_id in ids[150:200]])
+    second = quality()
+    assert second.rows == 200 and second.metrics["accuracy"] == pytest.approx(150 / 200)
+    metrics = runner.metrics.registry
+    series = {"endpoint": "cancer", "variant": "candidate", "metric": "accuracy"}
+    assert metrics.get_sample_value("gateway_model_quality", series) == pytest.approx(0.75)

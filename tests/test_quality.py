@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitors.quality import classification_quality, quality_summary, regression_quality
+from monitors import quality as quality_module
+from monitors.quality import (
+    QualityMemo,
+    classification_quality,
+    quality_summary,
+    regression_quality,
+)
 
 
 def labeled_classifier(rows: int, accuracy: float, classes, seed: int = 0) -> pd.DataFrame:
@@ -68,3 +74,53 @@ def test_the_summary_reads_the_variant_beside_the_reference():
     assert first[:3] == ("accuracy", accuracy, reference.metrics["accuracy"])
     assert first[3] == pytest.approx(accuracy - reference.metrics["accuracy"]) and first[3] < 0
     assert [row[0] for row in summary.rows] == ["accuracy", "f1", "precision", "recall"]
+
+
+@pytest.fixture
+def computations(monkeypatch) -> list[int]:
+    """The rows of each quality computed (not found in a memo), in order."""
+    computed: list[int] = []
+    for name in ("classification_quality", "regression_quality"):
+        real = getattr(quality_module, name)
+
+        def counted(labeled, *args, real=real, **kwargs):
+            computed.append(len(labeled))
+            return real(labeled, *args, **kwargs)
+
+        monkeypatch.setattr(quality_module, name, counted)
+    return computed
+
+
+def test_the_memo_computes_again_only_what_changed(computations):
+    classes = ["benign", "malignant"]
+    memo = QualityMemo()
+    frame = labeled_classifier(300, 0.9, classes)
+    first = memo(frame, classes, 50)
+    assert memo(frame.copy(), classes, 50) is first and computations == [300]
+    relabeled = frame.copy()
+    relabeled.loc[0, "label"] = "malignant" if frame.loc[0, "label"] == "benign" else "benign"
+    changed = memo(relabeled, classes, 50)
+    assert computations == [300, 300]
+    assert changed.metrics["accuracy"] == pytest.approx(
+        (relabeled.label == relabeled.prediction).mean()
+    )
+    assert changed.metrics["accuracy"] != first.metrics["accuracy"]
+    memo(frame.iloc[:-1], classes, 50)  # one row fewer (a row aged out of the window)
+    memo(frame, classes, 60)  # another floor
+    assert computations == [300, 300, 299, 300]
+
+
+def test_the_memo_tells_types_apart_and_forgets_what_a_run_did_not_use(computations):
+    memo = QualityMemo()
+    numbers = pd.DataFrame({"prediction": [1.0, 2.0, 3.0] * 20, "label": [1, 2, 4] * 20})
+    as_text = numbers.astype(str)
+    assert memo(numbers, None, 50).metrics["mae"] == pytest.approx(1 / 3)
+    memo(as_text, None, 50)  # the same numbers once parsed, but not the same input
+    assert computations == [60, 60]
+    memo.next_run()  # both were used in the run that ended: kept
+    memo(numbers, None, 50)
+    memo.next_run()  # ``as_text`` was not asked for in that run: forgotten
+    memo(as_text, None, 50)
+    memo(numbers, None, 50)
+    assert computations == [60, 60, 60]
+

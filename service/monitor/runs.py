@@ -29,12 +29,7 @@ from monitors.drift import (
     drift_report,
     drift_summary,
 )
-from monitors.quality import (
-    QualityResult,
-    classification_quality,
-    quality_summary,
-    regression_quality,
-)
+from monitors.quality import QualityMemo, QualityResult, quality, quality_summary
 from monitors.reports import ReportArchive
 from monitors.shadow import ShadowResult, compare_shadows
 from monitors.store import MonitorStore
@@ -62,9 +57,7 @@ class ModelReference:
     def quality(self) -> QualityResult:
         """The model's quality on its own reference sample (what a variant's is read against)."""
         labeled = self.frame.rename(columns={self.card.label_column: "label"})
-        if self.card.task == "classification":
-            return classification_quality(labeled, self.card.class_labels, min_rows=1)
-        return regression_quality(labeled, min_rows=1)
+        return quality(labeled, _classes(self.card), min_rows=1)
 
 
 @dataclass(frozen=True)
@@ -175,6 +168,8 @@ class MonitorRunner:
         """The newest report per (endpoint, variant), for the rollout controller."""
         self.settings = DriftSettings(threshold=config.drift_threshold, min_rows=config.min_rows)
         self._references: dict[str, ModelReference] = {}
+        self._quality = QualityMemo()
+        """Quality is computed again only when a variant's labeled rows changed."""
 
     def _reference(self, tag: str) -> ModelReference:
         if tag not in self._references:
@@ -205,17 +200,13 @@ class MonitorRunner:
             classification,
             self.settings,
         )
-        rows = self.config.window_rows
+        rows, min_rows = self.config.window_rows, self.config.min_rows
         labeled = self.store.labeled(endpoint, variant, since, rows)
-        quality = (
-            classification_quality(labeled, card.class_labels, self.config.min_rows)
-            if classification
-            else regression_quality(labeled, self.config.min_rows)
-        )
         shadows = compare_shadows(
             self.store.shadowed(endpoint, variant, since, rows),
-            card.class_labels if classification else None,
-            self.config.min_rows,
+            _classes(card),
+            min_rows,
+            self._quality,
         )
         previous = self.latest.get((endpoint, variant))
         if attribute or previous is None or previous.model != tag or not previous.attribution:
@@ -227,7 +218,7 @@ class MonitorRunner:
             variant,
             tag,
             drift,
-            quality,
+            self._quality(labeled, _classes(card), min_rows),
             window,
             shadows=tuple(shadows),
             attribution=attribution,
@@ -279,6 +270,7 @@ class MonitorRunner:
                 reports.append(self.analyse(endpoint, variant, tag, since, attribute))
         if attribute:
             self._last_attribution = now
+        self._quality.next_run()
         reports = self._against_stable(reports)
         if self._last_reports is None:  # the first reports one interval after the first run
             self._last_reports = now
@@ -374,13 +366,13 @@ class MonitorRunner:
             )
             self.archive.save(report.endpoint, report.variant, "drift", snapshot, summary)
         baseline = reference.quality
-        for variant, quality in (
+        for variant, result in (
             (report.variant, report.quality),
             *((shadow.shadow, shadow.quality) for shadow in report.shadows),
         ):
-            if quality.report is not None:
-                summary = quality_summary(quality, baseline)
-                self.archive.save(report.endpoint, variant, "quality", quality.report, summary)
+            if result.report is not None:
+                summary = quality_summary(result, baseline)
+                self.archive.save(report.endpoint, variant, "quality", result.report, summary)
 
     def _export(self, report: VariantReport) -> None:
         metrics, key = self.metrics, (report.endpoint, report.variant)
@@ -414,6 +406,11 @@ class MonitorRunner:
         metrics.insufficient.labels(*key, "quality").set(int(quality.status != "ok"))
         for name, value in quality.metrics.items():
             metrics.quality.labels(*key, name).set(value)
+
+
+def _classes(card: ModelCard) -> tuple | None:
+    """A classifier's classes; None for a regressor (what ``quality`` expects)."""
+    return card.class_labels if card.task == "classification" else None
 
 
 def _set_or_drop(gauge: Gauge, key: tuple[str, ...], value: float | None) -> None:
