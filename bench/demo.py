@@ -1,23 +1,29 @@
 """The demo as users start it, against the bare app: what a comparison "against the demo" sees.
 
-Run: ``.venv/bin/python bench/demo.py [--tree DIR] [--warm-up 40] [--seconds 10] [--runs 3]``.
-``gateway demo --serve-only`` in a fresh home (its gateway.yaml: ``cancer`` split 90/10 between
-the logistic regression and the MLP, every request recorded, the monitor's runs every 5 s), 64
-closed-loop callers of 1-row OIP JSON to ``cancer`` for ``--warm-up`` seconds (the monitor's
-windows fill and its first runs pass), then ``--runs`` measured runs; then the demo stops and the
-bare app (bench/peers.py) gets the same runs. ``--tree``: serve another checkout of the project
-(an older commit, with this virtual environment) to compare revisions. Results go to
-bench/results/demo.json.
+Run: ``.venv/bin/python bench/demo.py [--home DIR] [--tree DIR] [--warm-up 40] [--seconds 10]
+[--runs 3]``. ``gateway demo --serve-only`` in a fresh home (its gateway.yaml: ``cancer`` split
+90/10 between the logistic regression and the MLP, every request recorded, the monitor's runs
+every 5 s), 64 closed-loop callers of 1-row OIP JSON to ``cancer`` for ``--warm-up`` seconds (the
+monitor's windows fill and its first runs pass), then ``--runs`` measured runs; then the demo stops
+and the bare app (bench/peers.py) gets the same runs. Each run also reports the CPU each server
+process and the client took per answer (microseconds), a figure this noisy machine moves less than
+the rate. ``--home``: serve a copy of a home that ``make demo`` has run in (``.gateway-home``: its
+labels, rollouts and records, what a user's demo holds) instead of a fresh one. ``--tree``: serve
+another checkout of the project (an older commit, with this virtual environment) to compare
+revisions. Results go to bench/results/demo.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -33,20 +39,56 @@ ROOT = Path(__file__).resolve().parents[1]
 CALLERS = 64
 
 
-def runs(url: str, body: bytes, count: int, seconds: float) -> list[dict]:
+def _cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def _server_processes(parent: psutil.Process) -> dict[str, psutil.Process]:
+    """The busy server processes under ``parent``, by role: the gateway's and the monitor's
+    workers, or the bare app's one process."""
+    found = {}
+    for process in parent.children(recursive=True):
+        command = " ".join(process.cmdline())
+        if "_bentoml_impl.worker" in command:
+            found["monitor" if "MonitorService" in command else "gateway"] = process
+        elif "uvicorn" in command:
+            found["bare app"] = process
+    return found
+
+
+def runs(url: str, parent: psutil.Process, body: bytes, count: int, seconds: float) -> list[dict]:
+    """``count`` closed-loop runs: 200s/s, p99, answers, and the CPU per answer of each server
+    process under ``parent`` and of this one, the client."""
     infer = f"{url}/v2/models/cancer/infer"
-    results = [closed_loop(infer, body, CALLERS, seconds) for _ in range(count)]
-    for result in results:
-        print(f"{url}: {round(result['goodput'])} 200s/s, {result['answers']}", flush=True)
-    return [
-        {"goodput": round(r["goodput"]), "p99_ms": r["ok_p99_ms"], "answers": r["answers"]}
-        for r in results
-    ]
+    processes = {**_server_processes(parent), "client": psutil.Process()}
+    results = []
+    for _ in range(count):
+        before = {role: _cpu_s(process) for role, process in processes.items()}
+        run = closed_loop(infer, body, CALLERS, seconds)
+        answers = sum(run["answers"].values())
+        cpu_us = {
+            role: round((_cpu_s(process) - before[role]) / answers * 1e6)
+            for role, process in processes.items()
+        }
+        print(f"{url}: {round(run['goodput'])} 200s/s, {run['answers']}, CPU us per answer "
+              f"{cpu_us}", flush=True)  # fmt: skip
+        results.append(
+            {
+                "goodput": round(run["goodput"]),
+                "p99_ms": run["ok_p99_ms"],
+                "answers": run["answers"],
+                "cpu_us_per_answer": cpu_us,
+            }
+        )
+    return results
 
 
 def demo_runs(tree: Path, body: bytes, args: argparse.Namespace) -> list[dict]:
     port = free_port()
     with tempfile.TemporaryDirectory() as home:
+        if args.home:
+            shutil.copytree(args.home, home, dirs_exist_ok=True)
         command = [sys.executable, "-m", "service.cli", "demo", "--home", home]
         demo = subprocess.Popen(
             [*command, "--port", str(port), "--serve-only"],
@@ -60,13 +102,14 @@ def demo_runs(tree: Path, body: bytes, args: argparse.Namespace) -> list[dict]:
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, demo)
             closed_loop(f"{url}/v2/models/cancer/infer", body, CALLERS, args.warm_up)
-            return runs(url, body, args.runs, args.seconds)
+            return runs(url, psutil.Process(demo.pid), body, args.runs, args.seconds)
         finally:
             stop(demo)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, help="serve a copy of this demo home")
     parser.add_argument("--tree", type=Path, default=ROOT)
     parser.add_argument("--warm-up", type=float, default=40.0)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -76,8 +119,9 @@ def main() -> None:
     demo = demo_runs(args.tree.resolve(), body, args)
     with bare_app(registry.model_dir("cancer:v1") / MODEL_FILE) as url:
         closed_loop(f"{url}/v2/models/cancer/infer", body, CALLERS, 3.0)
-        bare = runs(url, body, args.runs, args.seconds)
-    write_results("demo", {"tree": str(args.tree), "demo": demo, "bare": bare})
+        bare = runs(url, psutil.Process(), body, args.runs, args.seconds)
+    home = str(args.home) if args.home else None
+    write_results("demo", {"tree": str(args.tree), "home": home, "demo": demo, "bare": bare})
 
 
 if __name__ == "__main__":
