@@ -516,6 +516,28 @@ class MonitorStore:
             (since,),
         )
 
+    def variant_state(self, endpoint: str, variant: str, since: float) -> tuple:
+        """A fingerprint of what an analysis of a variant reads since ``since``: its records
+        (the count, the first and last times and their sum) and the labels joined to them (the
+        count and the sum of their records' times), from two index reads.
+
+        Records and labels never change once stored, and anything that changes what a run reads
+        changes the fingerprint: a record stored, pruned or older than ``since`` changes the
+        count of records; a label joined or pruned, the count of labeled ones; both at once would
+        also have to leave the sums of the times, which the gateways set, exactly as they were.
+        Equal fingerprints, then, mean the same rows to read, and the same analysis."""
+        (records,) = self.db.query(
+            "SELECT COUNT(*), MIN(at), MAX(at), SUM(at) FROM predictions "
+            "WHERE endpoint = ? AND variant = ? AND at >= ?",
+            (endpoint, variant, since),
+        )
+        (labeled,) = self.db.query(
+            f"SELECT COUNT(*), SUM(p.at) FROM {_LABELED_JOIN} "
+            "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ?",
+            (endpoint, variant, since),
+        )
+        return (*records, *labeled)
+
     def newest(self) -> float | None:
         """Time of the newest record, if any."""
         return self.db.query("SELECT MAX(at) FROM predictions")[0][0]

@@ -3,6 +3,8 @@ variant's in the same window."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
@@ -50,6 +52,19 @@ def runner_with(tmp_path, demo_models, candidate_predicts, attribution_rows=0) -
         ReportArchive(tmp_path / "r"),
         lambda: ROLES,
     )
+
+
+def record_one(runner: MonitorRunner, variant: str, request_id: str) -> None:
+    """Store one more record of ``variant``: a copy of a stored one's inputs, answered
+    "benign"."""
+    (inputs,) = runner.store.db.query(
+        "SELECT inputs FROM predictions WHERE variant = ? LIMIT 1", (variant,)
+    )[0]
+    model = {"stable": "cancer:v1", "candidate": "cancer:v2"}[variant]
+    record = PredictionRecord(
+        request_id, 1999.0, "cancer", variant, model, ["benign"], 0.001, inputs=json.loads(inputs)
+    )
+    runner.store.add_records([record])
 
 
 def test_a_candidate_answering_one_class_diverges_from_stable(demo_models, tmp_path):
@@ -111,9 +126,13 @@ def test_attribution_is_computed_every_attribution_interval_or_when_asked(
     first = attribution(now=2000.0)
     assert first is not None and computed  # the first run computes it (and the reference's)
     computed.clear()
+    record_one(runner, "stable", "new-1")
     assert attribution(now=2000.0 + interval / 2) is first and not computed
+    assert attribution(now=2000.0 + interval / 2, fresh=True) is first  # nothing new since
+    record_one(runner, "stable", "new-2")
     assert attribution(now=2000.0 + interval / 2, fresh=True) is not first and computed
     computed.clear()
+    record_one(runner, "stable", "new-3")
     assert attribution(now=2000.0 + interval * 2) is not first and computed
 
 
@@ -169,9 +188,7 @@ def test_a_variant_that_became_stable_loses_its_divergence_from_stable(demo_mode
     assert registry.get_sample_value(name, {"endpoint": "cancer", "variant": "stable"}) > 0.2
 
 
-def test_quality_follows_new_labels_and_is_not_computed_again_without_them(
-    demo_models, tmp_path
-):
+def test_quality_follows_new_labels_and_is_not_computed_again_without_them(demo_models, tmp_path):
     """Runs reuse a variant's quality while its labeled rows are the same (QualityMemo), and a
     label that arrives in between is in the next run's figures."""
     runner = runner_with(tmp_path, demo_models, lambda y: "benign")
@@ -190,3 +207,16 @@ def test_quality_follows_new_labels_and_is_not_computed_again_without_them(
     metrics = runner.metrics.registry
     series = {"endpoint": "cancer", "variant": "candidate", "metric": "accuracy"}
     assert metrics.get_sample_value("gateway_model_quality", series) == pytest.approx(0.75)
+
+
+def test_a_variant_is_analysed_again_only_when_what_it_reads_changed(demo_models, tmp_path):
+    runner = runner_with(tmp_path, demo_models, lambda y: y)
+    first = {r.variant: r for r in runner.run_once(now=2000.0)}
+    again = {r.variant: r for r in runner.run_once(now=2001.0)}
+    assert all(again[v].drift is first[v].drift for v in first)  # kept, not computed again
+    record_one(runner, "candidate", "new")
+    third = {r.variant: r for r in runner.run_once(now=2002.0)}
+    assert third["stable"].drift is first["stable"].drift
+    assert third["candidate"].drift is not first["candidate"].drift
+    assert third["candidate"].drift.rows == first["candidate"].drift.rows + 1
+    assert third["candidate"].vs_stable is not None  # compared with stable every run

@@ -353,3 +353,32 @@ def test_what_rollouts_read_outcomes_latencies_and_labeled_counts(open_database)
     assert store.labeled_counts("churn", "c", 0, 2000, include_pinned=True) == (4, 3)
     assert store.answered(["churn:1", "churn:3", "churn:9"]) == {"churn:1": ("churn:v2", 2)}
     assert store.newest() == 9000.0
+
+
+def test_a_variants_state_changes_with_every_change_to_what_a_run_reads(open_database):
+    """``variant_state`` stays the same while nothing a run reads changed (so the run may keep
+    its last analysis), and changes with a record, a label joining (sent before or after its
+    record), a pruned label, a pruned record and a record leaving the window by age."""
+    store = MonitorStore(open_database())
+    store.add_records([record(f"r{i}", ["no"], at=1000.0 + i) for i in range(5)])
+    seen = [store.variant_state("churn", "stable", 0.0)]
+
+    def changed() -> bool:
+        seen.append(store.variant_state("churn", "stable", 0.0))
+        return seen[-1] != seen[-2]
+
+    assert not changed()
+    assert store.add_label("r0", "yes") == LabelOutcome.STORED and changed()
+    assert store.add_label("r0", "yes") == LabelOutcome.DUPLICATE and not changed()
+    assert store.add_label("early", "no") == LabelOutcome.STORED and not changed()  # waits
+    store.add_records([record("early", ["no"], at=1002.5)])
+    assert changed()
+    store.add_records([record("other", ["no"], at=1003.5, variant="candidate")])
+    assert not changed()  # another variant's
+    store.add_records([record("r1", ["no"], at=1001.0)])
+    assert not changed()  # stored before: ignored
+    assert store.prune(predictions_before=0, labels_before=10**12, pending_before=0)["labels"]
+    assert changed()  # the joined labels pruned
+    assert store.prune(predictions_before=1000.5, labels_before=0, pending_before=0)["predictions"]
+    assert changed()  # r0 pruned
+    assert store.variant_state("churn", "stable", 1001.5) != seen[-1]  # r1 older than the window

@@ -170,6 +170,8 @@ class MonitorRunner:
         self._references: dict[str, ModelReference] = {}
         self._quality = QualityMemo()
         """Quality is computed again only when a variant's labeled rows changed."""
+        self._analysed: dict[tuple[str, str], tuple[tuple, VariantReport]] = {}
+        """Each variant's last analysis, beside the model and ``variant_state`` it was made on."""
 
     def _reference(self, tag: str) -> ModelReference:
         if tag not in self._references:
@@ -259,15 +261,27 @@ class MonitorRunner:
         or takes over does not begin by writing every variant's reports, seconds of CPU beside
         the gateway; its predecessor's reports stay listed meanwhile).
         Attribution (SHAP on window rows: most of a run's CPU, a slow signal) is computed every
-        ``attribution_interval_s``, or when ``fresh`` (an operator asked for a run)."""
+        ``attribution_interval_s``, or when ``fresh`` (an operator asked for a run).
+        A variant none of whose records or labels changed since its last analysis (the same
+        ``MonitorStore.variant_state``) keeps that analysis: what it would compute again is the
+        same, and a run over every variant that served in the last ``window_s`` would otherwise
+        read and analyse idle ones every ``interval_s`` beside a busy gateway."""
         started = time.perf_counter()
         now = now or time.time()
         since = now - self.config.window_s
         attribute = fresh or now - self._last_attribution >= self.config.attribution_interval_s
-        reports = []
+        reports, analysed = [], {}
         for endpoint, variant, tag in self.store.active(since):
             with self._isolated(endpoint, variant, "analysis"):
-                reports.append(self.analyse(endpoint, variant, tag, since, attribute))
+                state = (tag, self.store.variant_state(endpoint, variant, since))
+                last = self._analysed.get((endpoint, variant))
+                if last is not None and last[0] == state:
+                    report = last[1]  # nothing it reads changed: the same analysis
+                else:
+                    report = self.analyse(endpoint, variant, tag, since, attribute)
+                analysed[(endpoint, variant)] = (state, report)
+                reports.append(report)
+        self._analysed = analysed
         if attribute:
             self._last_attribution = now
         self._quality.next_run()
