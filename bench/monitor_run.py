@@ -5,8 +5,9 @@ Run: ``.venv/bin/python bench/monitor_run.py [--runs 5] [--seconds 30] [--stored
 a store holding 10,000 records of one repeated ``cancer`` row (what a benchmark sending one row
 leaves: every feature drifted), ``MonitorRunner.run_once`` timed in CPU seconds on the monitor's
 analysis thread (service/monitor/priority.py), attribution off
-(it runs every ``attribution_interval_s``); with ``--stored``, once more with N such records
-stored (what a run reads grows with the records of the last ``window_s``). Part 2: the gateway and
+(it runs every ``attribution_interval_s``), one more record stored before each run (a run keeps
+the analysis of a variant with nothing new, timed once at the end); with ``--stored``, once more
+with N such records stored (what a run reads grows with the records of the last ``window_s``). Part 2: the gateway and
 its monitor (bench/harness.py) with the demo's monitor interval of 5 s, 64 closed-loop callers;
 after a warm-up that covers the monitor's first runs, each process's CPU (cores) and the
 gateway's goodput over ``--seconds``. Results go to bench/results/monitor_run.json.
@@ -44,10 +45,12 @@ WARM_UP_S = 25.0
 
 def run_cost(row: list[float], runs: int, stored: int = WINDOW_ROWS) -> list[float]:
     """CPU seconds of each of ``runs`` runs over a full window of one repeated row, with
-    ``stored`` records of it in the store (all within the window's ``window_s``)."""
+    ``stored`` records of it in the store (all within the window's ``window_s``), one more
+    stored before each; then of a run with nothing new."""
     directory = Path(tempfile.mkdtemp())
     store = MonitorStore.open_sqlite(directory / "monitor.sqlite3")
-    for first in range(0, stored, BATCH):
+
+    def add(first: int, last: int) -> None:
         store.add_records(
             PredictionRecord(
                 f"r{i}",
@@ -59,8 +62,11 @@ def run_cost(row: list[float], runs: int, stored: int = WINDOW_ROWS) -> list[flo
                 0.001,
                 inputs=[row],
             )
-            for i in range(first, min(stored, first + BATCH))
+            for i in range(first, last)
         )
+
+    for first in range(0, stored, BATCH):
+        add(first, min(stored, first + BATCH))
     config = MonitorConfig(window_rows=WINDOW_ROWS, window_s=10**9, attribution_rows=0)
     roles = {("cancer", "stable"): "stable"}
     runner = MonitorRunner(
@@ -75,7 +81,11 @@ def run_cost(row: list[float], runs: int, stored: int = WINDOW_ROWS) -> list[flo
         return time.process_time() - started
 
     analysis.submit(run).result()  # loads the reference
-    costs = [analysis.submit(run).result() for _ in range(runs)]
+    costs = []
+    for more in range(stored, stored + runs):
+        add(more, more + 1)
+        costs.append(analysis.submit(run).result())
+    costs.append(analysis.submit(run).result())  # nothing new
     analysis.shutdown()
     return costs
 
@@ -112,13 +122,14 @@ def main() -> None:
     args = parser.parse_args()
     rows = harness.register_demo_models()
     costs = run_cost(rows[0].tolist(), args.runs)
-    print(f"run_once on {WINDOW_ROWS:,} rows: CPU s {[round(c, 3) for c in costs]}")
+    print(f"run_once on {WINDOW_ROWS:,} rows: CPU s {[round(c, 3) for c in costs[:-1]]}, "
+          f"with nothing new {costs[-1]:.4f}")  # fmt: skip
     if args.stored:
         crowded = run_cost(rows[0].tolist(), 1, args.stored)
         print(f"run_once with {args.stored:,} records stored: CPU s {round(crowded[0], 3)}")
     live = beside_gateway(oip_body(rows[:1]), args.seconds)
     print(f"beside the gateway (64 callers, monitor interval {DEMO_INTERVAL_S} s): {live}")
-    results = {"run_cpu_s": costs, "beside_gateway": live}
+    results = {"run_cpu_s": costs[:-1], "unchanged_run_cpu_s": costs[-1], "beside_gateway": live}
     if args.stored:
         results["stored"] = {"records": args.stored, "run_cpu_s": crowded[0]}
     harness.write_results("monitor_run", results)

@@ -382,3 +382,26 @@ def test_a_variants_state_changes_with_every_change_to_what_a_run_reads(open_dat
     assert store.prune(predictions_before=1000.5, labels_before=0, pending_before=0)["predictions"]
     assert changed()  # r0 pruned
     assert store.variant_state("churn", "stable", 1001.5) != seen[-1]  # r1 older than the window
+
+
+def test_a_window_of_numbers_or_of_anything_else_reads_back_as_stored(open_database):
+    """Windows of numbers are read as one array; rows of other lengths or values that are not
+    numbers as they were stored; a label JSON has no literal for (NaN) reads back too."""
+    store = MonitorStore(open_database())
+    store.add_records(
+        [
+            record("a", ["yes"], at=1.0, inputs=[[1.5, None]]),  # None: a value not finite
+            record("b", ["no", "no"], at=2.0, inputs=[[2, 3.0], [4, 5]]),
+            record("c", ["no"], at=3.0, variant="odd", inputs=[[1.0, "x"]]),
+            record("d", ["no"], at=4.0, variant="odd", inputs=[[1.0]]),
+        ]
+    )
+    numbers = store.window("churn", "stable", 10)
+    assert numbers.dtypes.tolist() == [np.float64, np.float64, object]
+    assert numbers[0].tolist() == [1.5, 2.0, 4.0] and np.isnan(numbers[1][0])
+    assert numbers.prediction.tolist() == ["yes", "no", "no"]
+    odd = store.window("churn", "odd", 10)
+    assert odd[0].tolist() == [1.0, 1.0] and odd[1].tolist()[0] == "x"
+    assert store.window("churn", "none", 10).empty
+    store.add_label("a", float("nan"))
+    assert np.isnan(store.labeled("churn", "stable").label.tolist()[0])
