@@ -113,7 +113,8 @@ def test_each_variants_reasons_are_measured_against_its_reference_and_stables(
 def test_attribution_is_computed_every_attribution_interval_or_when_asked(
     demo_models, tmp_path, monkeypatch
 ):
-    """SHAP on window rows is most of a run's CPU: runs in between keep the last one."""
+    """SHAP on window rows is most of a run's CPU: runs in between keep the last one, and so
+    does a variant with nothing new since an analysis that computed it."""
     runner = runner_with(tmp_path, demo_models, lambda y: y, attribution_rows=8)
     computed = []
     profile = runner._profile
@@ -128,12 +129,21 @@ def test_attribution_is_computed_every_attribution_interval_or_when_asked(
     computed.clear()
     record_one(runner, "stable", "new-1")
     assert attribution(now=2000.0 + interval / 2) is first and not computed
-    assert attribution(now=2000.0 + interval / 2, fresh=True) is first  # nothing new since
-    record_one(runner, "stable", "new-2")
-    assert attribution(now=2000.0 + interval / 2, fresh=True) is not first and computed
+    asked = attribution(now=2000.0 + interval / 2, fresh=True)
+    assert asked is not first and computed  # the one kept was from an older window
     computed.clear()
-    record_one(runner, "stable", "new-3")
-    assert attribution(now=2000.0 + interval * 2) is not first and computed
+    assert attribution(now=2000.0 + interval / 2, fresh=True) is asked and not computed
+    record_one(runner, "stable", "new-2")
+    third = attribution(now=2000.0 + interval * 2)
+    assert third is not asked and computed
+    computed.clear()
+    record_one(runner, "stable", "new-3")  # analysed again in between, the attribution kept
+    assert attribution(now=2000.0 + interval * 2.5) is third and not computed
+    # nothing new since, but the attribution is from an older window: computed at the interval
+    fourth = attribution(now=2000.0 + interval * 3.5)
+    assert fourth is not third and computed
+    computed.clear()
+    assert attribution(now=2000.0 + interval * 5) is fourth and not computed
 
 
 def test_reports_are_saved_when_asked_or_an_interval_after_the_first_run(

@@ -123,4 +123,3 @@ def test_the_memo_tells_types_apart_and_forgets_what_a_run_did_not_use(computati
     memo(as_text, None, 50)
     memo(numbers, None, 50)
     assert computations == [60, 60, 60]
-

@@ -141,6 +141,17 @@ class VariantReport:
         }
 
 
+@dataclass(frozen=True)
+class Analysed:
+    """A variant's last analysis and what it was made on."""
+
+    state: tuple
+    """The model and ``MonitorStore.variant_state`` it read."""
+    report: VariantReport
+    attributed: bool
+    """Whether its attribution was computed on that state (else kept from an earlier one)."""
+
+
 class MonitorRunner:
     """Runs drift and quality for every active variant and exports the results."""
 
@@ -170,8 +181,8 @@ class MonitorRunner:
         self._references: dict[str, ModelReference] = {}
         self._quality = QualityMemo()
         """Quality is computed again only when a variant's labeled rows changed."""
-        self._analysed: dict[tuple[str, str], tuple[tuple, VariantReport]] = {}
-        """Each variant's last analysis, beside the model and ``variant_state`` it was made on."""
+        self._analysed: dict[tuple[str, str], Analysed] = {}
+        """Each variant's last analysis."""
 
     def _reference(self, tag: str) -> ModelReference:
         if tag not in self._references:
@@ -263,9 +274,10 @@ class MonitorRunner:
         Attribution (SHAP on window rows: most of a run's CPU, a slow signal) is computed every
         ``attribution_interval_s``, or when ``fresh`` (an operator asked for a run).
         A variant none of whose records or labels changed since its last analysis (the same
-        ``MonitorStore.variant_state``) keeps that analysis: what it would compute again is the
-        same, and a run over every variant that served in the last ``window_s`` would otherwise
-        read and analyse idle ones every ``interval_s`` beside a busy gateway."""
+        ``MonitorStore.variant_state``) keeps that analysis, unless this run attributes and that
+        one did not (its attribution may be from an older window): what it would compute again is
+        the same, and a run over every variant that served in the last ``window_s`` would
+        otherwise read and analyse idle ones every ``interval_s`` beside a busy gateway."""
         started = time.perf_counter()
         now = now or time.time()
         since = now - self.config.window_s
@@ -275,11 +287,12 @@ class MonitorRunner:
             with self._isolated(endpoint, variant, "analysis"):
                 state = (tag, self.store.variant_state(endpoint, variant, since))
                 last = self._analysed.get((endpoint, variant))
-                if last is not None and last[0] == state:
-                    report = last[1]  # nothing it reads changed: the same analysis
+                if last is not None and last.state == state and (last.attributed or not attribute):
+                    report = last.report  # nothing it reads changed: the same analysis
                 else:
                     report = self.analyse(endpoint, variant, tag, since, attribute)
-                analysed[(endpoint, variant)] = (state, report)
+                    last = Analysed(state, report, attribute)
+                analysed[(endpoint, variant)] = last
                 reports.append(report)
         self._analysed = analysed
         if attribute:
