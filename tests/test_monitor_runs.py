@@ -149,7 +149,8 @@ def test_attribution_is_computed_every_attribution_interval_or_when_asked(
 def test_reports_are_saved_when_asked_or_an_interval_after_the_first_run(
     demo_models, tmp_path, monkeypatch
 ):
-    """A monitor that starts (or takes over) does not begin with every variant's reports."""
+    """A monitor that starts (or takes over) does not begin with every variant's reports, and
+    does not save again, when they are due, the reports of a variant with nothing new."""
     runner = runner_with(tmp_path, demo_models, lambda y: y)
     saved = []
     monkeypatch.setattr(runner, "_save", lambda report: saved.append(report.variant))
@@ -161,8 +162,13 @@ def test_reports_are_saved_when_asked_or_an_interval_after_the_first_run(
     saved.clear()
     runner.run_once(now=2000.0 + interval)
     assert saved == []  # the save asked for restarted the clock
+    record_one(runner, "candidate", "new")
     runner.run_once(now=2000.0 + interval * 1.5)
-    assert sorted(saved) == ["candidate", "stable"]
+    assert saved == ["candidate"]  # the stable variant's are saved as they are
+    runner.run_once(now=2000.0 + interval * 3)
+    assert saved == ["candidate"]
+    runner.run_once(now=2000.0 + interval * 3, save_reports=True)  # asked for: all of them
+    assert sorted(saved) == ["candidate", "candidate", "stable"]
 
 
 def test_without_recorded_inputs_there_is_no_attribution_and_no_failure(demo_models, tmp_path):

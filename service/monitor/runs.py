@@ -150,6 +150,8 @@ class Analysed:
     report: VariantReport
     attributed: bool
     """Whether its attribution was computed on that state (else kept from an earlier one)."""
+    saved: bool = False
+    """Whether its reports were saved (the ones due later are not saved again)."""
 
 
 class MonitorRunner:
@@ -271,6 +273,9 @@ class MonitorRunner:
         (``report_interval_s`` after the last save or after the first run: a monitor that starts
         or takes over does not begin by writing every variant's reports, seconds of CPU beside
         the gateway; its predecessor's reports stay listed meanwhile).
+        Reports due by the interval are saved only for analyses whose reports were not saved
+        yet (an operator's ``save_reports`` saves them all): saving a variant's is about a second
+        of CPU, the same report again each interval for every idle variant.
         Attribution (SHAP on window rows: most of a run's CPU, a slow signal) is computed every
         ``attribution_interval_s``, or when ``fresh`` (an operator asked for a run).
         A variant none of whose records or labels changed since its last analysis (the same
@@ -281,7 +286,9 @@ class MonitorRunner:
         started = time.perf_counter()
         now = now or time.time()
         since = now - self.config.window_s
-        attribute = fresh or now - self._last_attribution >= self.config.attribution_interval_s
+        attribute = self.config.attribution_rows > 0 and (
+            fresh or now - self._last_attribution >= self.config.attribution_interval_s
+        )
         reports, analysed = [], {}
         for endpoint, variant, tag in self.store.active(since):
             with self._isolated(endpoint, variant, "analysis"):
@@ -301,7 +308,7 @@ class MonitorRunner:
         reports = self._against_stable(reports)
         if self._last_reports is None:  # the first reports one interval after the first run
             self._last_reports = now
-        save_reports = save_reports or now - self._last_reports >= self.config.report_interval_s
+        due = now - self._last_reports >= self.config.report_interval_s
         for report in reports:
             self._export(report)
             self.latest[(report.endpoint, report.variant)] = report
@@ -314,10 +321,12 @@ class MonitorRunner:
                     drift.drifted_features,
                     drift.drifted_share,
                 )
-            if save_reports:
+            key = (report.endpoint, report.variant)
+            if save_reports or (due and not self._analysed[key].saved):
                 with self._isolated(report.endpoint, report.variant, "reports"):
                     self._save(report)
-        if save_reports:
+                    self._analysed[key] = replace(self._analysed[key], saved=True)
+        if save_reports or due:
             self._last_reports = now
         metrics = self.metrics
         metrics.pending.set(self.store.pending_labels())
