@@ -1,16 +1,17 @@
 """The demo as users start it, against the bare app: what a comparison "against the demo" sees.
 
 Run: ``.venv/bin/python bench/demo.py [--home DIR] [--tree DIR] [--warm-up 40] [--seconds 10]
-[--runs 3]``. ``gateway demo --serve-only`` in a fresh home (its gateway.yaml: ``cancer`` split
-90/10 between the logistic regression and the MLP, every request recorded, the monitor's runs
-every 5 s), 64 closed-loop callers of 1-row OIP JSON to ``cancer`` for ``--warm-up`` seconds (the
-monitor's windows fill and its first runs pass), then ``--runs`` measured runs; then the demo stops
-and the bare app (bench/peers.py) gets the same runs. Each run also reports the CPU each server
-process and the client took per answer (microseconds), a figure this noisy machine moves less than
-the rate. ``--home``: serve a copy of a home that ``make demo`` has run in (``.gateway-home``: its
-labels, rollouts and records, what a user's demo holds) instead of a fresh one. ``--tree``: serve
-another checkout of the project (an older commit, with this virtual environment) to compare
-revisions. Results go to bench/results/demo.json.
+[--runs 3] [--callers 64 ...]``. ``gateway demo --serve-only`` in a fresh home (its gateway.yaml:
+``cancer`` split 90/10 between the logistic regression and the MLP, every request recorded, the
+monitor's runs every 5 s), closed-loop callers of 1-row OIP JSON to ``cancer`` (as many as the
+first ``--callers``) for ``--warm-up`` seconds (the monitor's windows fill and its first runs
+pass), then ``--runs`` measured runs at each number of ``--callers`` (64; with 1024 too, the
+overload issue's spike); then the demo stops and the bare app (bench/peers.py) gets the same runs.
+Each run also reports the CPU each server process and the client took per answer (microseconds),
+a figure this noisy machine moves less than the rate. ``--home``: serve a copy of a home that
+``make demo`` has run in (``.gateway-home``: its labels, rollouts and records, what a user's demo
+holds) instead of a fresh one. ``--tree``: serve another checkout of the project (an older commit,
+with this virtual environment) to compare revisions. Results go to bench/results/demo.json.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from service.launch import free_port, stop, wait_ready  # noqa: E402
 from service.model_card import MODEL_FILE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CALLERS = 64
 
 
 def _cpu_s(process: psutil.Process) -> float:
@@ -57,24 +57,26 @@ def _server_processes(parent: psutil.Process) -> dict[str, psutil.Process]:
     return found
 
 
-def runs(url: str, parent: psutil.Process, body: bytes, count: int, seconds: float) -> list[dict]:
-    """``count`` closed-loop runs: 200s/s, p99, answers, and the CPU per answer of each server
-    process under ``parent`` and of this one, the client."""
+def runs(url: str, parent: psutil.Process, body: bytes, args: argparse.Namespace) -> list[dict]:
+    """``--runs`` closed-loop runs at each ``--callers``: 200s/s, p99, answers, and the CPU per
+    answer of each server process under ``parent`` and of this one, the client."""
     infer = f"{url}/v2/models/cancer/infer"
     processes = {**_server_processes(parent), "client": psutil.Process()}
     results = []
-    for _ in range(count):
+    for callers in [c for c in args.callers for _ in range(args.runs)]:
         before = {role: _cpu_s(process) for role, process in processes.items()}
-        run = closed_loop(infer, body, CALLERS, seconds)
+        run = closed_loop(infer, body, callers, args.seconds)
         answers = sum(run["answers"].values())
         cpu_us = {
             role: round((_cpu_s(process) - before[role]) / answers * 1e6)
             for role, process in processes.items()
         }
-        print(f"{url}: {round(run['goodput'])} 200s/s, {run['answers']}, CPU us per answer "
-              f"{cpu_us}", flush=True)  # fmt: skip
+        print(f"{url}, {callers} callers: {round(run['goodput'])} 200s/s, p99 "
+              f"{run['ok_p99_ms']:.0f} ms, {run['answers']}, CPU us per answer {cpu_us}",
+              flush=True)  # fmt: skip
         results.append(
             {
+                "callers": callers,
                 "goodput": round(run["goodput"]),
                 "p99_ms": run["ok_p99_ms"],
                 "answers": run["answers"],
@@ -101,8 +103,8 @@ def demo_runs(tree: Path, body: bytes, args: argparse.Namespace) -> list[dict]:
         try:
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, demo)
-            closed_loop(f"{url}/v2/models/cancer/infer", body, CALLERS, args.warm_up)
-            return runs(url, psutil.Process(demo.pid), body, args.runs, args.seconds)
+            closed_loop(f"{url}/v2/models/cancer/infer", body, args.callers[0], args.warm_up)
+            return runs(url, psutil.Process(demo.pid), body, args)
         finally:
             stop(demo)
 
@@ -113,13 +115,14 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, default=ROOT)
     parser.add_argument("--warm-up", type=float, default=40.0)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="runs at each number of callers")
+    parser.add_argument("--callers", type=int, nargs="+", default=[64])
     args = parser.parse_args()
     body = oip_body(register_demo_models()[:1])
     demo = demo_runs(args.tree.resolve(), body, args)
     with bare_app(registry.model_dir("cancer:v1") / MODEL_FILE) as url:
-        closed_loop(f"{url}/v2/models/cancer/infer", body, CALLERS, 3.0)
-        bare = runs(url, psutil.Process(), body, args.runs, args.seconds)
+        closed_loop(f"{url}/v2/models/cancer/infer", body, args.callers[0], 3.0)
+        bare = runs(url, psutil.Process(), body, args)
     home = str(args.home) if args.home else None
     write_results("demo", {"tree": str(args.tree), "home": home, "demo": demo, "bare": bare})
 
