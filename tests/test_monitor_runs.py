@@ -236,3 +236,21 @@ def test_a_variant_is_analysed_again_only_when_what_it_reads_changed(demo_models
     assert third["candidate"].drift is not first["candidate"].drift
     assert third["candidate"].drift.rows == first["candidate"].drift.rows + 1
     assert third["candidate"].vs_stable is not None  # compared with stable every run
+
+
+def test_a_variant_that_changed_model_keeps_each_models_analysis(demo_models, tmp_path):
+    runner = runner_with(tmp_path, demo_models, lambda y: y)
+    (inputs,) = runner.store.db.query("SELECT inputs FROM predictions LIMIT 1")[0]
+    runner.store.add_records(
+        [PredictionRecord("v2", 1999.0, "cancer", "stable", "cancer:v2", ["benign"], 0.001,
+                          inputs=json.loads(inputs))]
+    )  # fmt: skip
+
+    def stable() -> dict:
+        reports = runner.run_once(now=2000.0)
+        return {r.model: r.drift for r in reports if r.variant == "stable"}
+
+    first = stable()
+    assert set(first) == {"cancer:v1", "cancer:v2"}
+    again = stable()
+    assert all(again[model] is first[model] for model in first)

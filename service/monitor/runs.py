@@ -146,7 +146,7 @@ class Analysed:
     """A variant's last analysis and what it was made on."""
 
     state: tuple
-    """The model and ``MonitorStore.variant_state`` it read."""
+    """The ``MonitorStore.variant_state`` it read."""
     report: VariantReport
     attributed: bool
     """Whether its attribution was computed on that state (else kept from an earlier one)."""
@@ -183,8 +183,8 @@ class MonitorRunner:
         self._references: dict[str, ModelReference] = {}
         self._quality = QualityMemo()
         """Quality is computed again only when a variant's labeled rows changed."""
-        self._analysed: dict[tuple[str, str], Analysed] = {}
-        """Each variant's last analysis."""
+        self._analysed: dict[tuple[str, str, str], Analysed] = {}
+        """Each (endpoint, variant, model)'s last analysis."""
 
     def _reference(self, tag: str) -> ModelReference:
         if tag not in self._references:
@@ -292,14 +292,14 @@ class MonitorRunner:
         reports, analysed = [], {}
         for endpoint, variant, tag in self.store.active(since):
             with self._isolated(endpoint, variant, "analysis"):
-                state = (tag, self.store.variant_state(endpoint, variant, since))
-                last = self._analysed.get((endpoint, variant))
+                state = self.store.variant_state(endpoint, variant, since)
+                last = self._analysed.get((endpoint, variant, tag))
                 if last is not None and last.state == state and (last.attributed or not attribute):
                     report = last.report  # nothing it reads changed: the same analysis
                 else:
                     report = self.analyse(endpoint, variant, tag, since, attribute)
                     last = Analysed(state, report, attribute)
-                analysed[(endpoint, variant)] = last
+                analysed[(endpoint, variant, tag)] = last
                 reports.append(report)
         self._analysed = analysed
         if attribute:
@@ -321,7 +321,7 @@ class MonitorRunner:
                     drift.drifted_features,
                     drift.drifted_share,
                 )
-            key = (report.endpoint, report.variant)
+            key = (report.endpoint, report.variant, report.model)
             if save_reports or (due and not self._analysed[key].saved):
                 with self._isolated(report.endpoint, report.variant, "reports"):
                     self._save(report)
