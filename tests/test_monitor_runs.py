@@ -254,3 +254,25 @@ def test_a_variant_that_changed_model_keeps_each_models_analysis(demo_models, tm
     assert set(first) == {"cancer:v1", "cancer:v2"}
     again = stable()
     assert all(again[model] is first[model] for model in first)
+
+
+def test_an_operators_run_beside_a_periodic_one_breaks_neither(demo_models, tmp_path, monkeypatch):
+    """``POST /runs`` calls ``run_once`` on a thread of its own while the periodic run may be
+    anywhere in its own: here, between saving one variant's due reports and the next's, a run late
+    enough that no variant is active any more."""
+    runner = runner_with(tmp_path, demo_models, lambda y: y)
+    saved = []
+
+    def save(report) -> None:
+        saved.append(report.variant)
+        if len(saved) == 1:
+            assert runner.run_once(now=10.0**10, save_reports=True) == []
+
+    monkeypatch.setattr(runner, "_save", save)
+    runner.run_once(now=2000.0)
+    reports = runner.run_once(now=2000.0 + runner.config.report_interval_s)  # reports due
+    assert sorted(saved) == sorted(r.variant for r in reports) == ["candidate", "stable"]
+    failures = runner.metrics.registry.get_sample_value(
+        "gateway_monitor_analysis_failures_total", {"endpoint": "cancer", "variant": "stable"}
+    )
+    assert not failures

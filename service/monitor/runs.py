@@ -301,7 +301,6 @@ class MonitorRunner:
                     last = Analysed(state, report, attribute)
                 analysed[(endpoint, variant, tag)] = last
                 reports.append(report)
-        self._analysed = analysed
         if attribute:
             self._last_attribution = now
         self._quality.next_run()
@@ -322,10 +321,11 @@ class MonitorRunner:
                     drift.drifted_share,
                 )
             key = (report.endpoint, report.variant, report.model)
-            if save_reports or (due and not self._analysed[key].saved):
+            if save_reports or (due and not analysed[key].saved):
                 with self._isolated(report.endpoint, report.variant, "reports"):
                     self._save(report)
-                    self._analysed[key] = replace(self._analysed[key], saved=True)
+                    analysed[key] = replace(analysed[key], saved=True)
+        self._analysed = analysed  # this run's own, whatever an operator's run beside it did
         if save_reports or due:
             self._last_reports = now
         metrics = self.metrics
