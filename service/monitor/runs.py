@@ -277,34 +277,17 @@ class MonitorRunner:
         yet (an operator's ``save_reports`` saves them all): saving a variant's is about a second
         of CPU, the same report again each interval for every idle variant.
         Attribution (SHAP on window rows: most of a run's CPU, a slow signal) is computed every
-        ``attribution_interval_s``, or when ``fresh`` (an operator asked for a run).
-        A variant none of whose records or labels changed since its last analysis (the same
-        ``MonitorStore.variant_state``) keeps that analysis, unless this run attributes and that
-        one did not (its attribution may be from an older window): what it would compute again is
-        the same, and a run over every variant that served in the last ``window_s`` would
-        otherwise read and analyse idle ones every ``interval_s`` beside a busy gateway."""
+        ``attribution_interval_s``, or when ``fresh`` (an operator asked for a run)."""
         started = time.perf_counter()
         now = now or time.time()
         since = now - self.config.window_s
         attribute = self.config.attribution_rows > 0 and (
             fresh or now - self._last_attribution >= self.config.attribution_interval_s
         )
-        reports, analysed = [], {}
-        for endpoint, variant, tag in self.store.active(since):
-            with self._isolated(endpoint, variant, "analysis"):
-                state = self.store.variant_state(endpoint, variant, since)
-                last = self._analysed.get((endpoint, variant, tag))
-                if last is not None and last.state == state and (last.attributed or not attribute):
-                    report = last.report  # nothing it reads changed: the same analysis
-                else:
-                    report = self.analyse(endpoint, variant, tag, since, attribute)
-                    last = Analysed(state, report, attribute)
-                analysed[(endpoint, variant, tag)] = last
-                reports.append(report)
+        analysed = self._analyse_active(since, attribute)
         if attribute:
             self._last_attribution = now
-        self._quality.next_run()
-        reports = self._against_stable(reports)
+        reports = self._against_stable([a.report for a in analysed.values()])
         if self._last_reports is None:  # the first reports one interval after the first run
             self._last_reports = now
         due = now - self._last_reports >= self.config.report_interval_s
@@ -336,6 +319,27 @@ class MonitorRunner:
         metrics.last_run.set(time.time())
         metrics.run_duration.observe(time.perf_counter() - started)
         return reports
+
+    def _analyse_active(
+        self, since: float, attribute: bool
+    ) -> dict[tuple[str, str, str], Analysed]:
+        """Each (endpoint, variant, model) active since ``since``, analysed (one that fails is
+        left out). A variant none of whose records or labels changed since its last analysis (the
+        same ``MonitorStore.variant_state``) keeps that analysis, unless this run attributes and
+        that one did not (its attribution may be from an older window): what it would compute
+        again is the same, and a run over every variant that served in the last ``window_s`` would
+        otherwise read and analyse idle ones every ``interval_s`` beside a busy gateway."""
+        analysed = {}
+        for endpoint, variant, tag in self.store.active(since):
+            with self._isolated(endpoint, variant, "analysis"):
+                state = self.store.variant_state(endpoint, variant, since)
+                last = self._analysed.get((endpoint, variant, tag))
+                if last is None or last.state != state or (attribute and not last.attributed):
+                    report = self.analyse(endpoint, variant, tag, since, attribute)
+                    last = Analysed(state, report, attribute)
+                analysed[(endpoint, variant, tag)] = last
+        self._quality.next_run()
+        return analysed
 
     @contextmanager
     def _isolated(self, endpoint: str, variant: str, what: str) -> Iterator[None]:
