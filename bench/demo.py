@@ -28,7 +28,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import register_demo_models, write_results  # noqa: E402
+from bench.harness import cpu_seconds, register_demo_models, write_results  # noqa: E402
 from bench.load import closed_loop  # noqa: E402
 from bench.peers import bare_app  # noqa: E402
 from bench.serving import oip_body  # noqa: E402
@@ -37,11 +37,6 @@ from service.launch import free_port, stop, wait_ready  # noqa: E402
 from service.model_card import MODEL_FILE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cpu_s(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
 
 
 def _server_processes(parent: psutil.Process) -> dict[str, psutil.Process]:
@@ -64,11 +59,11 @@ def runs(url: str, parent: psutil.Process, body: bytes, args: argparse.Namespace
     processes = {**_server_processes(parent), "client": psutil.Process()}
     results = []
     for callers in [c for c in args.callers for _ in range(args.runs)]:
-        before = {role: _cpu_s(process) for role, process in processes.items()}
+        before = {role: cpu_seconds([process]) for role, process in processes.items()}
         run = closed_loop(infer, body, callers, args.seconds)
         answers = sum(run["answers"].values())
         cpu_us = {
-            role: round((_cpu_s(process) - before[role]) / answers * 1e6)
+            role: round((cpu_seconds([process]) - before[role]) / answers * 1e6)
             for role, process in processes.items()
         }
         print(f"{url}, {callers} callers: {round(run['goodput'])} 200s/s, p99 "

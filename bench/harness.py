@@ -16,9 +16,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
@@ -93,6 +95,11 @@ def wrk(
         "socket_errors": socket_errors.group(1) if socket_errors else "",
         "client_cpu": cpu / seconds,
     }
+
+
+def cpu_seconds(processes: Iterable[psutil.Process]) -> float:
+    """The CPU time (user and system) the processes have taken so far, together."""
+    return sum(times.user + times.system for times in (p.cpu_times() for p in processes))
 
 
 def in_process(model: Path, rows: np.ndarray, seconds: float) -> dict:

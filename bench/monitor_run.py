@@ -7,10 +7,10 @@ leaves: every feature drifted), ``MonitorRunner.run_once`` timed in CPU seconds 
 analysis thread (service/monitor/priority.py), attribution off
 (it runs every ``attribution_interval_s``), one more record stored before each run (a run keeps
 the analysis of a variant with nothing new, timed once at the end); with ``--stored``, once more
-with N such records stored (what a run reads grows with the records of the last ``window_s``). Part 2: the gateway and
-its monitor (bench/harness.py) with the demo's monitor interval of 5 s, 64 closed-loop callers;
-after a warm-up that covers the monitor's first runs, each process's CPU (cores) and the
-gateway's goodput over ``--seconds``. Results go to bench/results/monitor_run.json.
+with N such records stored (what a run reads grows with the records of the last ``window_s``).
+Part 2: the gateway and its monitor (bench/harness.py) with the demo's monitor interval of 5 s, 64
+closed-loop callers; after a warm-up that covers the monitor's first runs, each process's CPU
+(cores) and the gateway's goodput over ``--seconds``. Results go to bench/results/monitor_run.json.
 """
 
 from __future__ import annotations
@@ -90,11 +90,6 @@ def run_cost(row: list[float], runs: int, stored: int = WINDOW_ROWS) -> list[flo
     return costs
 
 
-def _cpu_s(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
-
-
 def beside_gateway(body: bytes, seconds: float) -> dict:
     """Cores each server process took, and the goodput, over ``seconds`` after the warm-up."""
     with harness.gateway(monitor={"interval_s": DEMO_INTERVAL_S}) as url:
@@ -105,10 +100,16 @@ def beside_gateway(body: bytes, seconds: float) -> dict:
             for p in psutil.process_iter()
             if "_bentoml_impl" in " ".join(p.cmdline())
         }
-        before, started = {k: _cpu_s(p) for k, p in workers.items()}, time.monotonic()
+        before, started = (
+            {k: harness.cpu_seconds([p]) for k, p in workers.items()},
+            time.monotonic(),
+        )
         run = closed_loop(infer, body, 64, seconds)
         elapsed = time.monotonic() - started
-        cores = {k: round((_cpu_s(p) - before[k]) / elapsed, 3) for k, p in workers.items()}
+        cores = {
+            k: round((harness.cpu_seconds([p]) - before[k]) / elapsed, 3)
+            for k, p in workers.items()
+        }
     return {"goodput": round(run["goodput"]), "cores": cores}
 
 

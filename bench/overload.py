@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402
 
-from bench.harness import gateway, register_demo_models, write_results  # noqa: E402
+from bench.harness import cpu_seconds, gateway, register_demo_models, write_results  # noqa: E402
 from bench.load import closed_loop  # noqa: E402
 from bench.peers import bare_app, mlserver  # noqa: E402
 from service import registry  # noqa: E402
@@ -43,10 +43,9 @@ def worker(url: str) -> psutil.Process:
 def cpu_per_answer(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
     """The gateway worker's CPU time per answer over one run, and the run."""
     process = worker(url)
-    before = process.cpu_times()
+    before = cpu_seconds([process])
     run = closed_loop(f"{url}/v2/models/cancer/infer", body, concurrency, seconds)
-    after = process.cpu_times()
-    cpu = (after.user - before.user) + (after.system - before.system)
+    cpu = cpu_seconds([process]) - before
     answers = sum(run["answers"].values())
     return {**run, "cpu_us_per_answer": cpu / max(answers, 1) * 1e6}
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.harness import (  # noqa: E402
     HOME,
     body_for,
+    cpu_seconds,
     gateway_config,
     register_demo_models,
     write_results,
@@ -51,10 +52,6 @@ def server_processes(url: str) -> list[psutil.Process]:
         if "serve" in cmdline and port in cmdline:
             return [process, *process.children(recursive=True)]
     raise LookupError(f"no server process for {url}")
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
 def stored_records(monitor_url: str) -> int:
