@@ -215,13 +215,10 @@ class MonitorRunner:
             classification,
             self.settings,
         )
-        rows, min_rows = self.config.window_rows, self.config.min_rows
+        rows, min_rows, classes = self.config.window_rows, self.config.min_rows, _classes(card)
         labeled = self.store.labeled(endpoint, variant, since, rows)
         shadows = compare_shadows(
-            self.store.shadowed(endpoint, variant, since, rows),
-            _classes(card),
-            min_rows,
-            self._quality,
+            self.store.shadowed(endpoint, variant, since, rows), classes, min_rows, self._quality
         )
         previous = self.latest.get((endpoint, variant))
         if attribute or previous is None or previous.model != tag or not previous.attribution:
@@ -233,7 +230,7 @@ class MonitorRunner:
             variant,
             tag,
             drift,
-            self._quality(labeled, _classes(card), min_rows),
+            self._quality(labeled, classes, min_rows),
             window,
             shadows=tuple(shadows),
             attribution=attribution,
