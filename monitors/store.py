@@ -89,6 +89,9 @@ ALTER TABLE predictions ADD COLUMN labeled INTEGER NOT NULL DEFAULT 0;
 UPDATE predictions SET labeled = 1 WHERE request_id IN (SELECT request_id FROM labels);
 CREATE INDEX predictions_labeled ON predictions (endpoint, variant, at) WHERE labeled = 1
 """,
+        """
+CREATE INDEX predictions_with_inputs ON predictions (endpoint, variant, at) WHERE inputs IS NOT NULL
+""",
     ],
 )
 """Version 1 is the layout from before schemas were versioned (``IF NOT EXISTS``: a file of that
@@ -98,7 +101,10 @@ requests a shadow mirrored, and each variant's models with their newest record (
 of CPU with 500,000 records stored, most of it in those two scans). Version 3 marks the records a
 label joined (``labeled``, set wherever a label meets its record) and indexes them, for the same
 reason: the labeled rows' join read every record of the window (0.73 s of a 1.3 s run with
-1,500,000 records stored)."""
+1,500,000 records stored). Version 4 indexes the records that kept their inputs, for the window:
+under load the gateway keeps the inputs of a sample only (``input_rows_per_s``,
+``sample_inputs``), and the window's read stepped through every record to find them (10,000 rows
+sampled 1 in 50 took 205 ms to read, 84 ms by the index)."""
 
 RECORD_COLUMNS = (
     "request_id",

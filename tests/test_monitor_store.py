@@ -165,8 +165,9 @@ def test_active_variants_since(open_database):
 
 def test_a_version_1_store_is_upgraded_and_reads_the_same(open_database):
     """Version 2 keeps each variant's newest record in a table of its own and indexes the
-    requests a shadow mirrored; version 3 marks the records a label joined. A store written
-    before them finds the same variants, shadows and labeled rows afterwards."""
+    requests a shadow mirrored; version 3 marks the records a label joined; version 4 indexes the
+    records with inputs. A store written before them finds the same variants, shadows, labeled
+    rows and window afterwards."""
     database = open_database()
     upgrade(database, Schema(SCHEMA.component, SCHEMA.migrations[:1]))
     columns = "request_id, at, endpoint, variant, model, predictions, shadow, latency_s, outcome"
@@ -176,16 +177,17 @@ def test_a_version_1_store_is_upgraded_and_reads_the_same(open_database):
             ("b", 20.0, "candidate", '{"next": [1]}'),
         ):
             session.run(
-                f"INSERT INTO predictions ({columns}) VALUES (?, ?, 'churn', ?, 'churn:v1', "
-                "'[0]', ?, 0.01, 'ok')",
+                f"INSERT INTO predictions ({columns}, inputs) VALUES (?, ?, 'churn', ?, "
+                "'churn:v1', '[0]', ?, 0.01, 'ok', '[[0.5]]')",
                 (request_id, at, variant, shadow),
             )
         session.run(
             "INSERT INTO labels (request_id, label, received_at, pending) VALUES ('b', '0', 21, 0)"
         )
     store = MonitorStore(database)
-    assert installed_version(database, SCHEMA.component) == SCHEMA.version == 3
+    assert installed_version(database, SCHEMA.component) == SCHEMA.version == 4
     assert store.active(since=15.0) == [("churn", "candidate", "churn:v1")]
+    assert store.window("churn", "stable", max_rows=10)[0].tolist() == [0.5]
     assert store.labeled("churn", "candidate").request_id.tolist() == ["b"]
     assert store.labeled_counts("churn", "candidate", 0) == (1, 1)
     assert store.shadowed("churn", "candidate").shadow_prediction.tolist() == [1]
