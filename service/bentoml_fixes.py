@@ -17,11 +17,18 @@ after ``timeout`` seconds without a response start) but cancels its timer when t
 
 3. Two writes per answer: the uvicorn server BentoML runs writes an answer's head and body in two
 system calls; service/http/single_write.py makes them one.
+
+4. uvicorn's access log: uvicorn logs an answer when its ``uvicorn.access`` logger has handlers, and
+BentoML's root handler counts (by propagation), so every answer built a log line's arguments (the
+client's address, the path) and called ``Logger.info``, which the WARNING level then dropped: about
+1% of the gateway worker's CPU (py-spy) for nothing. Unless that logger would show INFO (BentoML's
+debug mode), it stops propagating; BentoML's own access log (``logging.access``) is untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any
 
@@ -59,9 +66,12 @@ async def _timeout_call(self: TimeoutMiddleware, scope: Any, receive: Any, send:
 
 def apply() -> None:
     """Use this server's metrics directory; patch the middleware (unless BentoML changed it); one
-    write per answer."""
+    write per answer; no uvicorn access-log calls that log nothing."""
     if os.environ.get(METRICS_DIR_ENV):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_ENV]
     if hasattr(TimeoutMiddleware, "_set_timer_out"):
         TimeoutMiddleware.__call__ = _timeout_call
     single_write.apply()
+    access = logging.getLogger("uvicorn.access")
+    if not access.isEnabledFor(logging.INFO):
+        access.propagate = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
@@ -58,3 +59,24 @@ async def test_a_slow_request_still_gets_504():
     sent = await call(TimeoutMiddleware(slow_app, timeout=0.05))
     assert sent[0]["status"] == 504
     assert "0.05 seconds" in json.loads(sent[1]["body"])["error"]
+
+
+def test_uvicorn_builds_no_access_log_lines_that_would_be_dropped():
+    """uvicorn logs each answer when ``uvicorn.access`` has handlers (``hasHandlers``, asked per
+    connection); at BentoML's WARNING level nothing would show, so it has none. At DEBUG (BentoML's
+    debug mode) the lines show, as before."""
+    access, root = logging.getLogger("uvicorn.access"), logging.getLogger()
+    saved = access.propagate, access.handlers, root.level
+    access.handlers = []  # pytest's own capture handlers, if an earlier test left them
+    handler = logging.NullHandler()
+    root.addHandler(handler)
+    try:
+        for level, logs in ((logging.WARNING, False), (logging.DEBUG, True)):
+            root.setLevel(level)
+            access.propagate = True
+            bentoml_fixes.apply()
+            assert access.hasHandlers() is logs
+    finally:
+        root.removeHandler(handler)
+        access.propagate, access.handlers, _ = saved
+        root.setLevel(saved[2])
