@@ -18,11 +18,12 @@ after ``timeout`` seconds without a response start) but cancels its timer when t
 3. Two writes per answer: the uvicorn server BentoML runs writes an answer's head and body in two
 system calls; service/http/single_write.py makes them one.
 
-4. uvicorn's access log: uvicorn logs an answer when its ``uvicorn.access`` logger has handlers, and
-BentoML's root handler counts (by propagation), so every answer built a log line's arguments (the
-client's address, the path) and called ``Logger.info``, which the WARNING level then dropped: 0.5 us
-a call timed alone, 1.1% of the gateway worker's samples under load (py-spy), for nothing. Unless that logger would show INFO (BentoML's
-debug mode), it stops propagating; BentoML's own access log (``logging.access``) is untouched.
+4. uvicorn's access log: uvicorn logs an answer when its ``uvicorn.access`` logger has handlers,
+and BentoML's root handler counts (by propagation), so every answer built a log line's arguments
+(the client's address, the path) and called ``Logger.info``, which the WARNING level then dropped:
+0.5 us a call timed alone, 1.1% of the gateway worker's samples under load (py-spy), for nothing.
+Unless that logger would show INFO (BentoML's debug mode), it stops propagating; BentoML's own
+access log (``logging.access``) is untouched.
 """
 
 from __future__ import annotations
