@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 
+from monitors.store import SCHEMA as MONITOR_SCHEMA
 from tests.helpers import STORE_ROOT, write_config
+from traffic.store import SCHEMA as ROUTING_SCHEMA
 
 
 def gateway(*args: str, **extra_env: str) -> subprocess.CompletedProcess:
@@ -79,14 +81,16 @@ def test_db_upgrade_creates_the_schemas_on_either_backend_and_says_what_is_missi
     sqlite = write_config(tmp_path / "sqlite.yaml", data_dir=str(tmp_path / "data"))
     result = gateway("db", "upgrade", "--config", str(sqlite))
     assert result.returncode == 0, result.stderr
-    assert "routing schema at version 2 (sqlite)" in result.stdout
-    assert "monitor schema at version 3 (sqlite)" in result.stdout
+    routing, monitor = ROUTING_SCHEMA.version, MONITOR_SCHEMA.version
+    assert f"routing schema at version {routing} (sqlite)" in result.stdout
+    assert f"monitor schema at version {monitor} (sqlite)" in result.stdout
 
     shared = write_config(tmp_path / "postgres.yaml", state={"backend": "postgres"})
     dsn = postgres.new_database()
     result = gateway("db", "upgrade", "--config", str(shared), GATEWAY_DATABASE_URL=dsn)
     assert result.returncode == 0, result.stderr
-    assert "routing schema at version 2 (postgres)" in result.stdout
+    assert f"routing schema at version {routing} (postgres)" in result.stdout
+    assert f"monitor schema at version {monitor} (postgres)" in result.stdout
 
     result = gateway("db", "upgrade", "--config", str(shared), GATEWAY_DATABASE_URL="")
     assert result.returncode == 2
