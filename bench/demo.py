@@ -28,7 +28,12 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import cpu_seconds, register_demo_models, write_results  # noqa: E402
+from bench.harness import (  # noqa: E402
+    cpu_seconds,
+    register_demo_models,
+    worker_roles,
+    write_results,
+)
 from bench.load import closed_loop  # noqa: E402
 from bench.peers import bare_app  # noqa: E402
 from bench.serving import oip_body  # noqa: E402
@@ -42,14 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def _server_processes(parent: psutil.Process) -> dict[str, psutil.Process]:
     """The busy server processes under ``parent``, by role: the gateway's and the monitor's
     workers, or the bare app's one process."""
-    found = {}
-    for process in parent.children(recursive=True):
-        command = " ".join(process.cmdline())
-        if "_bentoml_impl.worker" in command:
-            found["monitor" if "MonitorService" in command else "gateway"] = process
-        elif "uvicorn" in command:
-            found["bare app"] = process
-    return found
+    children = parent.children(recursive=True)
+    bare = [p for p in children if "uvicorn" in " ".join(p.cmdline())]
+    return {**worker_roles(children), **({"bare app": bare[0]} if bare else {})}
 
 
 def runs(url: str, parent: psutil.Process, body: bytes, args: argparse.Namespace) -> list[dict]:

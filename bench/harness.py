@@ -102,6 +102,16 @@ def cpu_seconds(processes: Iterable[psutil.Process]) -> float:
     return sum(times.user + times.system for times in (p.cpu_times() for p in processes))
 
 
+def worker_roles(processes: Iterable[psutil.Process]) -> dict[str, psutil.Process]:
+    """The BentoML worker processes among ``processes`` by role: "gateway" and "monitor"."""
+    found = {}
+    for process in processes:
+        command = " ".join(process.cmdline())
+        if "_bentoml_impl.worker" in command:
+            found["monitor" if "MonitorService" in command else "gateway"] = process
+    return found
+
+
 def in_process(model: Path, rows: np.ndarray, seconds: float) -> dict:
     """onnxruntime called in a loop in this process: the floor under any server."""
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])

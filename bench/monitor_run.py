@@ -99,11 +99,7 @@ def beside_gateway(body: bytes, seconds: float) -> dict:
     with harness.gateway(monitor={"interval_s": DEMO_INTERVAL_S}) as url:
         infer = f"{url}/v2/models/cancer/infer"
         closed_loop(infer, body, 64, WARM_UP_S)
-        workers = {
-            ("monitor" if "monitor" in " ".join(p.cmdline()) else "gateway"): p
-            for p in psutil.process_iter()
-            if "_bentoml_impl" in " ".join(p.cmdline())
-        }
+        workers = harness.worker_roles(psutil.process_iter())
         before, started = (
             {k: harness.cpu_seconds([p]) for k, p in workers.items()},
             time.monotonic(),
