@@ -529,6 +529,14 @@ class MonitorConfig(Strict):
         description="records per batch shipped stop at this many bytes (one record always goes)",
     )
     flush_interval_ms: float = Field(200.0, ge=10, le=60_000)
+    niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="the monitor process's session yields the CPU to the gateway by this much while "
+        "nobody waits for it, and takes its full share while records arrive late or labels or "
+        "rewards come (service/monitor/priority.py); 0: never yields",
+    )
     timeout_s: float = Field(2.0, gt=0, le=60)
     label_retention_s: float = Field(
         86_400.0, gt=0, description="a label waiting for its prediction is held this long"

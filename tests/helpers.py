@@ -48,7 +48,11 @@ from service.gateway.process import WORKER, Gateway  # noqa: E402
 from service.launch import free_port  # noqa: E402
 from service.metric_values import FLUSH_S  # noqa: E402
 from service.model_card import ModelCard  # noqa: E402
+from service.monitor.priority import AUTOGROUPS_ENABLED  # noqa: E402
 from service.tensors import TensorSpec  # noqa: E402
+
+AUTOGROUPS_ON = AUTOGROUPS_ENABLED.is_file() and AUTOGROUPS_ENABLED.read_text().strip() == "1"
+"""Whether Linux shares the CPU between sessions here (service/monitor/priority.py)."""
 
 TWO_FEATURE_CARD = ModelCard(
     name="m",

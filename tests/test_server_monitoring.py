@@ -7,19 +7,27 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
 
+from monitors.records import PredictionRecord, encode_batch
 from monitors.store import MonitorStore
 from service.config import load_config
 from service.launch import MONITOR_SERVICE, free_port, running_server
+from service.monitor.priority import CAUGHT_UP_S
+from service.names import new_request_id
 from tests.helpers import (
     ADMIN_AUTH,
     ADMIN_ENV,
+    AUTOGROUPS_ON,
     METRICS_AUTH,
     MONITOR_AUTH,
     local_monitor,
+    metric_total,
+    scrape,
+    server_processes,
     write_config,
 )
 
@@ -426,3 +434,58 @@ async def test_shadow_predictions_are_recorded_and_judged_beside_the_primary(dem
         and float(line.split()[-1]) == pytest.approx(agreement)
         for line in metrics.splitlines()
     )
+
+
+def session_niceness(pid: int) -> int:
+    """The niceness of the session (autogroup) a process belongs to."""
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+
+
+async def post_record(session, monitor_url, at: float) -> None:
+    record = PredictionRecord(
+        request_id=new_request_id("cancer"),
+        at=at,
+        endpoint="cancer",
+        variant="stable",
+        model="cancer:v1",
+        predictions=[1],
+        latency_s=0.001,
+    )
+    async with session.post(
+        f"{monitor_url}/records", data=encode_batch([record]), headers=MONITOR_AUTH
+    ) as answer:
+        assert answer.status == 200, await answer.text()
+
+
+async def test_the_monitor_yields_the_cpu_while_records_come_on_time_and_not_while_they_wait(
+    demo_models, tmp_path
+):
+    """service/monitor/priority.py: at ``monitor.niceness`` while it keeps up, 0 while records
+    wait, back once they have come on time for ``CAUGHT_UP_S``; the gauge says which. Where
+    sessions do not share the CPU (no autogroups), the monitor leaves its priority alone."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "gateway.yaml", data_dir=str(tmp_path / "data"), monitor=local_monitor(port)
+    )
+    niceness = load_config(config).monitor.niceness
+    with monitor(config, port) as monitor_url:
+        (worker,) = server_processes(port)[1]
+        async with aiohttp.ClientSession() as session:
+
+            async def exported() -> float:
+                return metric_total(await scrape(session, monitor_url), "gateway_monitor_niceness ")
+
+            if not AUTOGROUPS_ON:  # nothing is changed, and the gauge says so
+                assert await exported() == 0
+                return
+            assert session_niceness(worker.pid) == niceness > 0
+            assert await exported() == niceness
+            await post_record(session, monitor_url, at=time.time() - 5)  # a gateway's backlog
+            assert session_niceness(worker.pid) == 0
+            assert await exported() == 0
+            caught_up = time.monotonic() + CAUGHT_UP_S + 0.5
+            while time.monotonic() < caught_up:
+                await post_record(session, monitor_url, at=time.time())
+                await asyncio.sleep(0.25)
+            assert session_niceness(worker.pid) == niceness
+            assert await exported() == niceness

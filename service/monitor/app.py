@@ -65,6 +65,9 @@ async def add_records(request: Request) -> Response:
     except ValueError as error:
         raise BadRequest(str(error)) from None
 
+    if records:
+        monitor.share.records_arrived(min(r.at for r in records), time.time())
+
     def store() -> tuple[int, int]:
         kept = [r for r in records if monitor.accepts(r)]
         return monitor.store.add_records(kept), len(records) - len(kept)
@@ -99,6 +102,7 @@ async def add_labels(request: Request) -> Response:
     """Check every label against the model that answered (when its record is here), then store
     them all durably in one transaction, or none; the answer gives each one's outcome."""
     monitor = monitor_of(request)
+    monitor.share.hurry()  # a caller waits for this answer
     body = decode_json(await read_body(request, MAX_RECORD_BATCH_BYTES))
     items = _feedback_items(body, "labels", ("label",))
     store = monitor.store
@@ -140,6 +144,7 @@ async def add_rewards(request: Request) -> Response:
     """Check every reward against its endpoint's experiment (and the rows its request had, when
     its record is here), then store them all durably in one transaction, or none."""
     monitor = monitor_of(request)
+    monitor.share.hurry()
     body = decode_json(await read_body(request, MAX_RECORD_BATCH_BYTES))
     items = _feedback_items(body, "rewards", ("metric", "value"))
     store, endpoints = monitor.store, monitor.config.endpoints
@@ -375,6 +380,7 @@ async def background(app: Starlette) -> AsyncIterator[None]:
             tick = functools.partial(rollouts.tick, name)
             jobs[f"rollout {name}"] = led(policy.interval_s, tick, f"rollout {name}")
         await anyio.to_thread.run_sync(leadership.renew)
+        monitor.share.start()
         tasks = [supervise.start(name, job, restarted) for name, job in jobs.items()]
     try:
         yield

@@ -164,6 +164,12 @@ class MonitorMetrics:
             "Labels dropped after label_retention_s because their prediction never arrived.",
             **into,
         )
+        self.niceness = Gauge(
+            "gateway_monitor_niceness",
+            "The monitor process's CPU niceness beside the gateway: monitor.niceness while records "
+            "arrive on time, 0 while they wait (it takes its full share of the CPU).",
+            **mode,
+        )
         self.records_refused = Counter(
             "gateway_monitor_refused_records_total",
             "Posted records refused: names the routing state does not know, or malformed ones.",

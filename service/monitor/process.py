@@ -30,6 +30,7 @@ from service.monitor.experiments import ExperimentReadouts
 from service.monitor.leadership import Leadership
 from service.monitor.metrics import MonitorMetrics
 from service.monitor.notifier import DriftAlarm, Notifier
+from service.monitor.priority import SessionShare, session_niceness_setter
 from service.monitor.rollouts import RolloutService
 from service.monitor.runs import MonitorRunner
 from service.names import endpoint_of, is_name, is_tag, is_unit
@@ -111,6 +112,12 @@ class Monitor:
             config, self.store, self.state_store, self.metrics, self.archive
         )
         self.known = KnownVariants(self.tables)
+        self.share = SessionShare(
+            config.monitor.niceness,
+            config.monitor.flush_interval_ms / 1000,
+            session_niceness_setter() if config.monitor.niceness else None,
+            self.metrics.niceness.set,
+        )
         self._cards: dict[str, ModelCard | None] = {}
 
     def _led(self, leading: bool) -> None:
