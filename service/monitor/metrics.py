@@ -166,8 +166,8 @@ class MonitorMetrics:
         )
         self.niceness = Gauge(
             "gateway_monitor_niceness",
-            "The monitor process's CPU niceness beside the gateway: monitor.niceness while records "
-            "arrive on time, 0 while they wait (it takes its full share of the CPU).",
+            "The monitor process's CPU niceness beside the gateway: monitor.niceness while nobody "
+            "waits for it, 0 (its full share) while records arrive late or labels or rewards come.",
             **mode,
         )
         self.records_refused = Counter(
