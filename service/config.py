@@ -114,6 +114,11 @@ class RuntimeConfig(Strict):
     """How onnxruntime runs each model version."""
 
     intra_op_threads: int = Field(0, ge=0, le=256, description="0 = onnxruntime's default")
+    intra_op_spinning: bool = Field(
+        False,
+        description="onnxruntime's pool threads spin between runs (each burns a core while the "
+        "model is idle; service/runtime.py)",
+    )
     warmup_rows: int = Field(8, ge=1, le=4096)
 
 

@@ -70,7 +70,11 @@ class ModelLoader:
         runtime, batching = self.config.runtime, self.config.batching
         try:
             session = ModelSession(
-                directory / MODEL_FILE, card, self.providers, runtime.intra_op_threads
+                directory / MODEL_FILE,
+                card,
+                self.providers,
+                runtime.intra_op_threads,
+                runtime.intra_op_spinning,
             )
             session.warm_up(runtime.warmup_rows)
             cost = RunCost.measure(session.run, session.zeros, batching.max_batch_size)
