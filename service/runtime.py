@@ -85,7 +85,7 @@ class ModelSession:
         for the next piece of work, rather than sleep. Spinning saves a thread wake-up (a few
         microseconds) per parallel section, and burns a core per pool thread whenever the model
         is not running: beside a busy event loop and its callers, the demo's MLP served 3,600-4,100
-        answers a second with it and 9,100-9,500 without (BENCHMARKS.md)."""
+        answers a second with it and 9,100-9,400 without (BENCHMARKS.md)."""
         options = ort.SessionOptions()
         options.log_severity_level = WARNING_SEVERITY
         if intra_op_threads:
