@@ -48,11 +48,22 @@ from service.gateway.process import WORKER, Gateway  # noqa: E402
 from service.launch import free_port  # noqa: E402
 from service.metric_values import FLUSH_S  # noqa: E402
 from service.model_card import ModelCard  # noqa: E402
-from service.monitor.priority import AUTOGROUPS_ENABLED  # noqa: E402
+from service.monitor.priority import autogroups_on  # noqa: E402
 from service.tensors import TensorSpec  # noqa: E402
 
-AUTOGROUPS_ON = AUTOGROUPS_ENABLED.is_file() and AUTOGROUPS_ENABLED.read_text().strip() == "1"
+AUTOGROUPS_ON = autogroups_on()
 """Whether Linux shares the CPU between sessions here (service/monitor/priority.py)."""
+
+
+class Clock:
+    """A fake clock for the pure parts that take one: ``now`` moves only when a test moves it."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
 
 TWO_FEATURE_CARD = ModelCard(
     name="m",

@@ -7,15 +7,7 @@ from __future__ import annotations
 import pytest
 
 from service.gateway.admission import WINDOW_S, Admission
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.helpers import Clock
 
 SERVICE_S = 0.002
 """What the model itself takes: the one call of each window that did not queue."""

@@ -8,15 +8,8 @@ import time
 
 from service.monitor.leadership import LEASE, SAFETY, Leadership
 from storage.database import StoreUnavailable
+from tests.helpers import Clock
 from traffic.store import SQLStateStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_one_leader_and_a_standby_takes_over_when_it_stops_renewing(open_database):
@@ -57,7 +50,7 @@ class Unreachable:
 
 
 def test_a_leader_that_cannot_renew_stops_acting_before_its_lease_can_lapse(open_database):
-    clock = Clock()
+    clock = Clock(100.0)
     leader = Leadership(SQLStateStore(open_database()), lease_s=5, holder="a", clock=clock)
     assert leader.renew()
     leader.store = Unreachable()

@@ -19,7 +19,7 @@ from service.monitor.priority import (
     SessionShare,
     background_executor,
 )
-from tests.helpers import AUTOGROUPS_ON
+from tests.helpers import AUTOGROUPS_ON, Clock
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="threads have their own nice value on Linux")
@@ -49,16 +49,8 @@ def test_the_numeric_libraries_compute_on_one_thread_once_the_executor_is_made()
         assert all(pool["num_threads"] == 1 for pool in pools), pools
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def share_with(set_niceness) -> tuple[SessionShare, FakeClock, list[int]]:
-    clock, exported = FakeClock(), []
+def share_with(set_niceness) -> tuple[SessionShare, Clock, list[int]]:
+    clock, exported = Clock(), []
     share = SessionShare(10, 0.2, set_niceness, exported.append, clock)
     return share, clock, exported
 

@@ -89,16 +89,23 @@ CAUGHT_UP_S = 5.0
 """...until records have come on time for this long."""
 
 
+def autogroups_on() -> bool:
+    """Whether Linux shares the CPU between sessions here (and so a session's niceness counts)."""
+    try:
+        return AUTOGROUPS_ENABLED.read_text().strip() == "1" and AUTOGROUP.is_file()
+    except OSError:  # not Linux
+        return False
+
+
 def session_niceness_setter() -> Callable[[int], None] | None:
     """A function that sets this process's session's niceness (0 to 19, both ways: an unprivileged
     process may raise it and lower it back to 0), or None where that is not this process's to do:
     not Linux, autogroups off, or another process leads the session."""
     try:
         leads = os.getsid(0) == os.getpid()
-        enabled = AUTOGROUPS_ENABLED.read_text().strip() == "1" and AUTOGROUP.is_file()
-    except (AttributeError, OSError):  # not Linux
+    except AttributeError:  # not Unix
         return None
-    if not (leads and enabled):
+    if not (leads and autogroups_on()):
         return None
 
     def set_niceness(niceness: int) -> None:
