@@ -1,12 +1,19 @@
 """The admission controller (pure, a fake clock): it shrinks when admitted predictions take longer
-than the budget, grows while it holds traffic back and they are fast, holds refusals longer the
-more callers it refuses, and says how long the backlog takes to drain."""
+than the budget, grows while it holds traffic back and they are fast (past its start, only while
+they barely queue), holds refusals longer the more callers it refuses, and says how long the
+backlog takes to drain."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.gateway.admission import WINDOW_S, Admission
+from service.gateway.admission import (
+    GROW_BELOW,
+    GROW_BELOW_PAST_START,
+    START_LIMIT,
+    WINDOW_S,
+    Admission,
+)
 from tests.helpers import Clock
 
 SERVICE_S = 0.002
@@ -55,6 +62,33 @@ def test_slow_windows_shrink_the_limit_and_fast_limited_ones_grow_it():
     for _ in range(50):
         window(admission, clock, latency_s=1.0, calls=4)
     assert admission.limit == 4  # never below the floor
+
+
+def refused_window(admission: Admission, clock: Clock, latency_s: float) -> None:
+    """A window in which every slot is taken and one more caller is refused."""
+    while admission.admit():
+        pass
+    admission.in_flight = 0
+    window(admission, clock, latency_s)
+
+
+def test_past_its_start_the_limit_grows_only_while_admitted_calls_barely_queue():
+    budget_s = 0.03
+    between = (GROW_BELOW_PAST_START + GROW_BELOW) / 2 * budget_s  # well within, but queueing
+    clock = Clock()
+    admission = Admission(budget_s, 4, 1000, 200, 5.0, clock)
+    assert admission.limit == admission.start == START_LIMIT
+    for _ in range(10):
+        refused_window(admission, clock, latency_s=between)
+    assert admission.limit == START_LIMIT  # callers refused, yet more in flight would only wait
+    refused_window(admission, clock, latency_s=0.9 * GROW_BELOW_PAST_START * budget_s)
+    assert admission.limit > START_LIMIT  # barely queueing: room for more
+
+    window(admission, clock, latency_s=2 * budget_s)  # a slow moment shrinks it below its start
+    shrunk = admission.limit
+    assert shrunk < START_LIMIT
+    refused_window(admission, clock, latency_s=between)
+    assert admission.limit > shrunk  # below its start the same calls let it grow back
 
 
 def test_a_model_slower_than_the_budget_is_served_at_its_own_pace_not_refused():

@@ -3,7 +3,8 @@
 ``Admission`` is an adaptive concurrency limit in the manner of Netflix's concurrency-limits, run on
 time: every ``WINDOW_S`` it compares the 90th percentile of the latency of the predictions it
 admitted with the budget and shrinks the limit in proportion when they took too long, or grows it
-while it is what holds traffic back and they are well within. The budget is a sixth of
+while it is what holds traffic back and they are well within (past where it started, only while they
+barely queue: there more calls in flight add waiting, not answers). The budget is a sixth of
 ``server.latency_slo_ms`` unless ``admission.queue_budget_ms`` says otherwise: what the gate
 measures starts once a request reaches it, and under a spike the time before (the socket, the
 HTTP parser, an event loop busy with refusals) is several times what it measures (at 1,024
@@ -30,6 +31,19 @@ SHED_MEMORY_S = 1.0
 """After a refusal, shadows and sampled inputs are skipped this long (shed before answers)."""
 SERVICE_FACTOR = 2.0
 """The budget is never below this many times the time an admitted call takes with no queue."""
+START_LIMIT = 64
+"""Where the limit starts (within its bounds): enough calls in flight to keep a worker busy (64
+callers here run a worker at capacity)."""
+GROW_BELOW = 0.7
+"""Below its start, the limit grows back while admitted calls' p90 is under this share of the
+budget: a slow moment that shrank it should not leave callers refused once calls are fast again."""
+GROW_BELOW_PAST_START = 0.35
+"""Past its start, it grows only while their p90 is under this share. Calls that take longer are
+queueing in a busy worker: more in flight adds waiting, not answers (at 1,024 callers goodput was
+the same with at most 32 in flight as with 1,024), and every call in flight is one more answer late
+when the worker or its client stalls (at 1,024 callers a Python client's collector, pausing it
+for 130-175 ms a few times a run, put 0.5-1.1% of the answers past 100 ms with this share at 0.7,
+0.2-0.5% with it at 0.35; BENCHMARKS.md)."""
 
 
 class Admission:
@@ -57,7 +71,8 @@ class Admission:
         """Uniform in [0, 1): where in its range a hold at the cap falls."""
         self.on_limit = on_limit
         """Told the limit after each adjustment (the gateway exports it)."""
-        self.limit = float(min(max_limit, max(min_limit, 64)))
+        self.start = float(min(max_limit, max(min_limit, START_LIMIT)))
+        self.limit = self.start
         self.in_flight = 0
         self.held = 0
         self.throughput = 0.0
@@ -100,10 +115,14 @@ class Admission:
         budget = max(self.budget_s, SERVICE_FACTOR * self.service_s)
         if slow > budget:
             self.limit = max(self.min_limit, self.limit * max(0.5, budget / slow))
-        elif self._limited and slow < 0.7 * budget:
+        elif self._limited and slow < self._grows_below() * budget:
             self.limit = min(self.max_limit, self.limit + max(1.0, math.sqrt(self.limit)))
         self._latencies, self._window_start, self._limited = [], now, False
         self.on_limit(self.limit)
+
+    def _grows_below(self) -> float:
+        """The share of the budget under which admitted calls' p90 lets the limit grow."""
+        return GROW_BELOW if self.limit < self.start else GROW_BELOW_PAST_START
 
     async def hold_refused(self) -> int:
         """Hold a refused caller for ``hold_s`` (so callers that retry at once cannot make
