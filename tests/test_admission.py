@@ -34,6 +34,14 @@ def window(
     admission.done(latency_s)  # closes the window
 
 
+def refused_window(admission: Admission, clock: Clock, latency_s: float) -> None:
+    """A window in which every slot is taken and one more caller is refused."""
+    while admission.admit():
+        pass
+    admission.in_flight = 0
+    window(admission, clock, latency_s)
+
+
 def test_it_admits_up_to_the_limit_and_remembers_refusing():
     clock = Clock()
     admission = Admission(0.03, 4, 100, 200, 5.0, clock)
@@ -54,22 +62,11 @@ def test_slow_windows_shrink_the_limit_and_fast_limited_ones_grow_it():
     before = admission.limit
     window(admission, clock, latency_s=0.005)  # fast, but nobody was refused: no reason to grow
     assert admission.limit == before
-    for _ in range(int(before) + 1):
-        admission.admit()  # the last one is refused
-    admission.in_flight = 0
-    window(admission, clock, latency_s=0.005)  # fast and refusing: grow
+    refused_window(admission, clock, latency_s=0.005)  # fast and refusing: grow
     assert admission.limit > before and limits[-1] == admission.limit
     for _ in range(50):
         window(admission, clock, latency_s=1.0, calls=4)
     assert admission.limit == 4  # never below the floor
-
-
-def refused_window(admission: Admission, clock: Clock, latency_s: float) -> None:
-    """A window in which every slot is taken and one more caller is refused."""
-    while admission.admit():
-        pass
-    admission.in_flight = 0
-    window(admission, clock, latency_s)
 
 
 def test_past_its_start_the_limit_grows_only_while_admitted_calls_barely_queue():
