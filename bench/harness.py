@@ -45,11 +45,18 @@ UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
 def wrk(
-    url: str, body: bytes, connections: int, seconds: float, key_header: str | None = None
+    url: str,
+    body: bytes,
+    connections: int,
+    seconds: float,
+    key_header: str | None = None,
+    timeout_s: int = 2,
 ) -> dict:
     """One wrk run posting ``body``; requests/s, p50/p99 (s), non-2xx count and wrk's CPU share.
 
-    With ``key_header``, every request carries a random routing key in that header.
+    With ``key_header``, every request carries a random routing key in that header. An answer
+    slower than ``timeout_s`` (wrk's default, 2 s) counts as a timeout among ``socket_errors``: a
+    run past the gateway's admission needs more, since it holds refusals up to 4 s.
     """
     script = HOME / "post.lua"
     body_file = HOME / "body.json"
@@ -72,6 +79,7 @@ def wrk(
         "-t1",
         f"-c{connections}",
         f"-d{int(seconds)}s",
+        f"--timeout={timeout_s}s",
         "--latency",
         "-s",
         str(script),
