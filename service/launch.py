@@ -3,7 +3,8 @@
 until it is ready.
 
 Used by the CLI, the demo, the integration tests and the benchmarks, so all of them start the real
-server the same way: ``bentoml serve`` in its own process group, torn down as a whole.
+server the same way: ``bentoml serve`` in its own process group, torn down as a whole, and ended
+when the process that started it dies.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ METRICS_DIR_ENV = "GATEWAY_METRICS_DIR"
 """Each server's own Prometheus multiprocess directory (service/bentoml_fixes.py switches to it)."""
 GATEWAY_SERVICE = "service.gateway.bento:GatewayService"
 MONITOR_SERVICE = "service.monitor.bento:MonitorService"
+DIE_WITH_PARENT = Path(__file__).with_name("die_with_parent.py")
 
 
 def serve_command(port: int, host: str, service: str = GATEWAY_SERVICE) -> list[str]:
@@ -168,15 +170,24 @@ def running_server(
             log.close()
 
 
+def _dying_with_this_process(command: list[str]) -> list[str]:
+    """``command`` run so that it ends (SIGTERM) when this process dies, even by SIGKILL
+    (service/die_with_parent.py; Linux only, elsewhere as it is)."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, str(DIE_WITH_PARENT), str(os.getpid()), *command]
+
+
 def start_ready(
     base_url: str, command: list[str], env: dict[str, str], log: IO[bytes] | None
 ) -> subprocess.Popen:
     """The server's process once it is ready at ``base_url``; one that exits while starting is
-    started again (``START_ATTEMPTS``), one that fails otherwise is stopped."""
+    started again (``START_ATTEMPTS``), one that fails otherwise is stopped. It ends when this
+    process does, however this one ends."""
     attempt = 1
     while True:
         process = subprocess.Popen(
-            command,
+            _dying_with_this_process(command),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT if log else None,

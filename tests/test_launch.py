@@ -1,16 +1,22 @@
 """Starting a server process (service/launch.py): one that exits while starting is started once
-more, one that keeps failing fails with the reason, on real processes; each server's metrics
-directory is private, emptied only when its port is free, and removed after a server we stopped."""
+more, one that keeps failing fails with the reason, and one whose starter is killed ends too, on
+real processes; each server's metrics directory is private, emptied only when its port is free, and
+removed after a server we stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from service import launch
@@ -26,6 +32,7 @@ from service.launch import (
     stop,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 SERVER = """
 import http.server, sys
 from pathlib import Path
@@ -69,6 +76,53 @@ def test_a_server_that_keeps_exiting_fails_saying_so_after_the_last_attempt(tmp_
     with pytest.raises(ServerExited, match="exited with code 1"):
         start_ready(url, command, {}, None)
     assert starts.read_text().count("start") == START_ATTEMPTS
+
+
+PARENT = """
+import sys, time
+from service.launch import start_ready
+url, pid_file, command = sys.argv[1], sys.argv[2], sys.argv[3:]
+process = start_ready(url, command, {}, None)
+open(pid_file, "w").write(str(process.pid))
+time.sleep(600)
+"""
+
+
+def ended(process: psutil.Process) -> bool:
+    """Gone, or a zombie nobody has reaped yet (as init may leave it in a container)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_server_ends_when_the_process_that_started_it_is_killed(tmp_path):
+    url, command, _ = server(tmp_path, failing_starts=0)
+    pid_file = tmp_path / "server.pid"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, url, str(pid_file), *command], cwd=ROOT
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.05)
+        server_process = psutil.Process(int(pid_file.read_text()))
+        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as answer:
+            assert answer.status == 200
+        parent.kill()  # SIGKILL: no cleanup of its own runs
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while not ended(server_process) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ended(server_process), "the server outlived the process that started it"
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"{url}/readyz", timeout=2)
+    finally:
+        parent.kill()
+        if pid_file.exists():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(int(pid_file.read_text())).kill()
 
 
 @pytest.fixture
