@@ -1,7 +1,8 @@
 """Run a command that ends when the process that started it dies, however it dies.
 
-``python -m service.die_with_parent PARENT_PID COMMAND...`` asks Linux to send it SIGTERM when its
-parent dies (``PR_SET_PDEATHSIG``, which ``exec`` keeps), then becomes COMMAND. service/launch.py
+``python service/die_with_parent.py PARENT_PID COMMAND...`` asks Linux to send it SIGTERM when its
+parent dies (``PR_SET_PDEATHSIG``, which ``exec`` keeps), then becomes COMMAND. It is run by its
+path and needs only the standard library, so it starts from any directory. service/launch.py
 starts every server this way: ``bentoml serve`` runs in a session of its own, so that ``stop`` can
 end its arbiter and workers together, and without this a server outlived a demo or a test run killed
 by SIGKILL or a closed terminal, holding its ports until someone found and killed it.
@@ -22,6 +23,7 @@ PR_SET_PDEATHSIG = 1
 
 
 def main(argv: list[str]) -> None:
+    """Tie this process to ``PARENT_PID`` (``argv[0]``), then become the command after it."""
     parent, command = int(argv[0]), argv[1:]
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
