@@ -64,8 +64,8 @@ WRK_TIMEOUT_S = 10
 def one_run(client: str, url: str, body: bytes, callers: int, seconds: float) -> dict:
     """One closed-loop run of ``client``: 200s/s, answers by status, a p99 (ms) and the client's
     CPU seconds. aiohttp (bench/load.py) is the overload issue's client, and its p99 is the 200s'.
-    wrk, in C, costs about the same per answer at 1,024 connections as at 64, where the aiohttp
-    client takes twice as long (BENCHMARKS.md); it does not tell a 200's latency from a 429's, so
+    wrk, in C, takes 22-34 us per answer at 64 and 1,024 connections alike, where the aiohttp
+    client's cost doubles (BENCHMARKS.md); it does not tell a 200's latency from a 429's, so
     its p99 is of every answer, held refusals included."""
     if client == "aiohttp":
         me = psutil.Process()

@@ -79,13 +79,25 @@ def test_a_server_that_keeps_exiting_fails_saying_so_after_the_last_attempt(tmp_
 
 
 PARENT = """
-import sys, time
+import os, sys, time
 from service.launch import start_ready
 url, pid_file, command = sys.argv[1], sys.argv[2], sys.argv[3:]
 process = start_ready(url, command, {}, None)
-open(pid_file, "w").write(str(process.pid))
+with open(pid_file + ".part", "w") as part:
+    part.write(str(process.pid))
+os.rename(pid_file + ".part", pid_file)  # whole or absent: never read half written
 time.sleep(600)
 """
+
+
+def until(condition, timeout_s: float) -> bool:
+    """Whether ``condition()`` came true within ``timeout_s`` (asked every 50 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def ended(process: psutil.Process) -> bool:
@@ -104,18 +116,15 @@ def test_a_server_ends_when_the_process_that_started_it_is_killed(tmp_path):
         [sys.executable, "-c", PARENT, url, str(pid_file), *command], cwd=ROOT
     )
     try:
-        deadline = time.monotonic() + 30
-        while not pid_file.exists() and time.monotonic() < deadline and parent.poll() is None:
-            time.sleep(0.05)
+        until(lambda: pid_file.exists() or parent.poll() is not None, timeout_s=30)
         server_process = psutil.Process(int(pid_file.read_text()))
         with urllib.request.urlopen(f"{url}/readyz", timeout=5) as answer:
             assert answer.status == 200
         parent.kill()  # SIGKILL: no cleanup of its own runs
         parent.wait()
-        deadline = time.monotonic() + 10
-        while not ended(server_process) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ended(server_process), "the server outlived the process that started it"
+        assert until(lambda: ended(server_process), timeout_s=10), (
+            "the server outlived the process that started it"
+        )
         with pytest.raises(OSError):
             urllib.request.urlopen(f"{url}/readyz", timeout=2)
     finally:
