@@ -98,9 +98,8 @@ def test_labels_wait_for_their_prediction_bounded_in_number_and_expire(open_data
 
 
 def test_a_label_left_waiting_beside_its_record_is_joined_by_pruning_not_expired(open_database):
-    """Two monitors storing a record and its label at the same moment (PostgreSQL, read
-    committed) can each miss the other: the label is left held although its record is stored.
-    Pruning joins it instead of expiring it."""
+    """A monitor that crashed between storing a record and releasing its held label leaves the
+    label held although its record is stored. Pruning joins it instead of expiring it."""
     database = open_database()
     store = MonitorStore(database)
     store.add_records([record("raced", ["yes"])])

@@ -1,12 +1,16 @@
 """The storage layer under the stores: engine errors become the interface's, PostgreSQL's
-placeholders and locks, and two monitors writing the same labels at once on one database."""
+placeholders and locks, two monitors writing the same labels at once on one database, and a
+record and its label stored at once by two monitors (each interleaving forced with a lock)."""
 
 from __future__ import annotations
 
 import threading
+import time
 
+import psycopg
 import pytest
 
+from monitors.records import PredictionRecord
 from monitors.store import LabelOutcome, MonitorStore
 from storage import postgres as engine
 from storage.database import StoreUnavailable
@@ -77,3 +81,72 @@ def test_processes_starting_together_on_a_fresh_database_migrate_once(postgres):
         assert database.query("SELECT component, version FROM schema_versions") == [("routing", 2)]
     finally:
         database.close()
+
+
+def _record(request_id: str) -> PredictionRecord:
+    return PredictionRecord(request_id, 1000.0, "churn", "stable", "churn:v1", ["yes"], 0.002)
+
+
+def _in_background(call) -> threading.Thread:
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread
+
+
+def _wait_until_blocked(database: PostgresDatabase, timeout_s: float = 10.0) -> None:
+    """Until some session waits for a lock another holds (the interleaving a test forces)."""
+    deadline = time.monotonic() + timeout_s
+    while database.query("SELECT COUNT(*) FROM pg_locks WHERE NOT granted") == [(0,)]:
+        assert time.monotonic() < deadline, "no session came to wait for the blocker's lock"
+        time.sleep(0.01)
+
+
+def test_a_label_stored_while_another_monitor_stores_its_record_is_joined(postgres):
+    """One monitor decides a label must wait (its record is not there), another then stores the
+    record and looks for waiting labels before the first has written its label: each misses
+    the other. The label is joined all the same, without waiting for pruning.
+
+    Forced here: an uncommitted label with the same id makes the label's insert wait after the
+    decision; the record is stored meanwhile; then the blocker gives way."""
+    dsn = postgres.new_database()
+    store = MonitorStore(PostgresDatabase(dsn))
+    blocker = psycopg.connect(dsn)
+    try:
+        blocker.execute(
+            "INSERT INTO labels (request_id, label, received_at) VALUES ('raced', '0', 0)"
+        )
+        labeling = _in_background(lambda: store.add_label("raced", "yes"))
+        _wait_until_blocked(store.db)
+        store.add_records([_record("raced")])
+        blocker.rollback()
+        labeling.join()
+        assert store.pending_labels() == 0
+        assert store.labeled("churn", "stable").label.tolist() == ["yes"]
+    finally:
+        blocker.close()
+        store.db.close()
+
+
+def test_a_record_stored_while_another_monitor_stores_its_label_is_joined(postgres):
+    """The other side of the same race: a monitor storing a record looks for waiting labels
+    before its record is committed, and a label stored in between decides it must wait. The
+    label is joined all the same.
+
+    Forced here: a reward waiting for the same record, locked by another session, stops the
+    record's monitor while it releases what waits for the record."""
+    dsn = postgres.new_database()
+    store = MonitorStore(PostgresDatabase(dsn))
+    store.add_rewards([("raced", "revenue", 1.0, 3600.0)])
+    blocker = psycopg.connect(dsn)
+    try:
+        blocker.execute("SELECT * FROM rewards WHERE request_id = 'raced' FOR UPDATE")
+        recording = _in_background(lambda: store.add_records([_record("raced")]))
+        _wait_until_blocked(store.db)
+        store.add_label("raced", "yes")
+        blocker.rollback()
+        recording.join()
+        assert store.pending_labels() == 0 and store.pending_rewards() == 0
+        assert store.labeled("churn", "stable").label.tolist() == ["yes"]
+    finally:
+        blocker.close()
+        store.db.close()
