@@ -93,6 +93,8 @@ def decode_batch(body: bytes) -> list[PredictionRecord]:
         raise ValueError(f"bad record batch: {error}") from None
     except msgspec.DecodeError as error:
         raise ValueError(f"malformed JSON: {error}") from None
+    except RecursionError:  # thousands of nested objects, even in a field it skips
+        raise ValueError("malformed JSON: nested too deeply") from None
 
 
 class RecordBuffer:

@@ -55,6 +55,8 @@ def test_a_batch_survives_encoding_and_bad_batches_say_where():
         decode_batch(b'{"records": [{"request_id": "r", "at": "noon"}]}')
     with pytest.raises(ValueError, match="malformed JSON"):
         decode_batch(b"{")
+    with pytest.raises(ValueError, match="nested too deeply"):  # in a field it would skip
+        decode_batch(b'{"a":' * 3000 + b"1" + b"}" * 3000)
 
 
 async def shipping(answers: list[int], records: int) -> tuple[list[int], Recorder]:

@@ -362,6 +362,7 @@ async def test_the_monitor_refuses_bad_bodies_clearly(monitored):
         ("/labels", b"[]", '"labels"'),
         ("/labels", b'{"labels": [{"request_id": "x", "label": 1}]}', "not a request id"),
         ("/labels", b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+        ("/records", b'{"a":' * 3000 + b"1" + b"}" * 3000, "nested too deeply"),
     ]
     with monitor(config, port) as monitor_url:
         async with aiohttp.ClientSession() as session:
