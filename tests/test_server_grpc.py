@@ -260,6 +260,13 @@ def test_bad_input_is_invalid_argument_or_not_found_never_internal(servers):
                 stub.ModelInfer(request)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
             assert words in refused.value.details(), (what, refused.value.details())
+        for method in ("ModelInfer", "ModelMetadata"):  # bytes that are no message at all
+            call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+            for garbage in (b"\xff" * 100, b"\x0a\xff\xff\xff\xff\x0f"):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(garbage)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, garbage)
+                assert "malformed request" in refused.value.details()
     assert client.infer("cancer", [infer_input(ROWS)]).as_numpy("label").shape == (3,)
 
 

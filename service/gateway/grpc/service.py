@@ -9,7 +9,8 @@ recording and metrics (``protocol="grpc"``) are the same as for HTTP. Prediction
 worker's admission first (RESOURCE_EXHAUSTED with ``retry-after`` when refused). The answer's ids
 come back in trailing metadata (``x-gateway-request-id`` and the others every answer carries). A
 ``GatewayError`` becomes the status code its HTTP status maps to (``STATUS``); anything else is
-INTERNAL, logged with its traceback: nothing a caller sends becomes INTERNAL.
+INTERNAL, logged with its traceback: nothing a caller sends becomes INTERNAL (nor UNKNOWN: bytes
+that are not the method's message are INVALID_ARGUMENT, ``MalformedMessages``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from service.errors import GatewayError, Overloaded
 from service.gateway import repository
@@ -169,6 +171,45 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):
         await context.abort(STATUS[error.status], error.message, trailing_metadata=trailing)
 
 
+class MalformedMessages(grpc.aio.ServerInterceptor):
+    """A request whose bytes are not its method's message is INVALID_ARGUMENT saying so. grpc
+    parses before the servicer runs and fails a message protobuf cannot parse as UNKNOWN
+    ("Unexpected DecodeError"), the code of a server fault; this parses in the handler instead.
+    The wrapped handler is made once per method."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if method not in self._handlers:
+            self._handlers[method] = _parsing_in_handler(
+                method, await continuation(handler_call_details)
+            )
+        return self._handlers[method]
+
+
+def _parsing_in_handler(method: str, handler: grpc.RpcMethodHandler | None):
+    """``handler`` (unary-unary) taking the request's bytes and parsing them itself."""
+    if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+        return handler
+    parse, behavior = handler.request_deserializer, handler.unary_unary
+
+    async def parsed(data: bytes, context: grpc.aio.ServicerContext):
+        try:
+            request = parse(data)
+        except DecodeError as error:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"malformed request: not the message {method} takes ({error})",
+            )
+        return await behavior(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        parsed, response_serializer=handler.response_serializer
+    )
+
+
 def _options(gateway: Gateway) -> list[tuple[str, int]]:
     limit = gateway.config.limits.max_body_bytes
     return [
@@ -181,7 +222,7 @@ def _options(gateway: Gateway) -> list[tuple[str, int]]:
 @contextlib.asynccontextmanager
 async def grpc_server(gateway: Gateway, host: str, port: int) -> AsyncIterator[grpc.aio.Server]:
     """The worker's gRPC server on ``host:port`` while the context lasts."""
-    server = grpc.aio.server(options=_options(gateway))
+    server = grpc.aio.server(options=_options(gateway), interceptors=[MalformedMessages()])
     rpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(gateway), server)
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
