@@ -68,6 +68,13 @@ class ServerConfig(Strict):
     workers: int = Field(1, ge=1, le=64)
     access_log: bool = False
     latency_slo_ms: float = Field(100.0, gt=0, description="gets its own histogram bucket")
+    request_read_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="a connection whose client has not sent a whole request this long after "
+        "opening it or starting the request is closed with a 408 (slow clients); 0: no limit. "
+        "The monitor's port too",
+    )
 
 
 class BatchingConfig(Strict):

@@ -29,6 +29,8 @@ from tests.helpers import ADMIN_AUTH, ADMIN_ENV, METRICS_AUTH, MONITOR_AUTH, STO
 pytestmark = pytest.mark.integration
 ROW = [14.0, 20.0, 90.0, 600.0, 0.1, 0.1, 0.08, 0.05, 0.18, 0.06] * 3
 DEEP = b"[" * 5000 + b"]" * 5000
+SLOW_CLIENT_LIMIT_S = 2.0
+"""``server.request_read_timeout_s`` here (30 s by default), so slow clients are closed quickly."""
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,7 @@ def demo(demo_models, tmp_path_factory):
     config.pop("access")  # the product's defaults, not the demo's anonymous metrics
     config.pop("secrets")  # tokens from the environment
     config["server"]["grpc_port"] = free_port()
+    config["server"]["request_read_timeout_s"] = SLOW_CLIENT_LIMIT_S
     config.update(model_store=str(STORE_ROOT / "bentoml"), data_dir=str(directory / "data"))
     v1 = demo_models["cancer:v1"]
     registry.add_model(v1.onnx_path, "cancer", v1.reference_path, version="v3-shadow")
@@ -256,6 +259,37 @@ def test_a_client_that_hangs_up_mid_body_is_not_a_server_error(demo):
     time.sleep(0.5)
     assert error_count(gateway) == before
     assert predict(gateway)["predictions"]
+
+
+def test_slow_clients_are_closed_with_a_408_and_others_still_served(demo):
+    """A client that connects and sends nothing, half a request's head or half its body (a
+    slowloris) is closed once ``request_read_timeout_s`` has passed, by both servers; a client
+    that takes its time between requests is not (that is uvicorn's keep-alive, 5 s)."""
+    gateway, monitor, _ = demo
+    servers = ((gateway, b"/predict/cancer", METRICS_AUTH), (monitor, b"/labels", MONITOR_AUTH))
+    for address, path, auth in servers:
+        token = auth["Authorization"].encode()
+        head = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: " + token + b"\r\n"
+        starts = [b"", head, head + b"Content-Length: 100\r\n\r\n" + b'{"labels": [']
+        host, port = address.split(":")
+        began = time.monotonic()
+        clients = [socket.create_connection((host, int(port)), timeout=15) for _ in starts]
+        for client, start in zip(clients, starts):
+            client.sendall(start)
+        patient = http.client.HTTPConnection(address, timeout=15)
+        patient.request("GET", "/metrics", headers=auth)
+        assert patient.getresponse().read()
+        time.sleep(SLOW_CLIENT_LIMIT_S + 1)
+        for client, start in zip(clients, starts):
+            with client:
+                assert client.recv(1000).startswith(b"HTTP/1.1 408"), (address, start)
+                assert client.recv(1000) == b"", (address, start)  # and closed
+        assert time.monotonic() - began >= SLOW_CLIENT_LIMIT_S
+        patient.request("GET", "/metrics", headers=auth)
+        assert patient.getresponse().status == 200  # on the same connection, still open
+        patient.close()
+    assert predict(gateway)["predictions"]
+    assert error_count(gateway) == 0
 
 
 def test_labels_must_fit_the_model_and_name_a_real_answer(demo):
