@@ -287,7 +287,8 @@ async def in_process_gateway(config_path: Path) -> AsyncIterator[tuple[Gateway, 
         gateway.metrics.shed.labels(route, "overload").inc()
 
     # BentoML mounts the app at /: every route that is not a prediction goes straight to it
-    gate = PredictionGate(app, app, lambda: gateway.admission, refused, WORKER)
+    limit = gateway.config.limits.max_body_bytes
+    gate = PredictionGate(app, app, lambda: gateway.admission, refused, WORKER, lambda: limit)
     transport = httpx.ASGITransport(app=gate)
     try:
         async with background_tasks(app):

@@ -51,6 +51,17 @@ def test_it_admits_up_to_the_limit_and_remembers_refusing():
     assert not admission.shedding  # optional work comes back a second after the last refusal
 
 
+def test_a_released_slot_is_free_again_and_teaches_nothing():
+    clock = Clock()
+    admission = Admission(0.03, 4, 100, 200, 5.0, clock)
+    while admission.admit():
+        pass
+    limit = admission.limit
+    admission.release()
+    assert admission.in_flight == 63 and admission.admit() and not admission.admit()
+    assert admission.limit == limit and admission._latencies == []
+
+
 def test_slow_windows_shrink_the_limit_and_fast_limited_ones_grow_it():
     clock = Clock()
     limits = []

@@ -1,5 +1,6 @@
 """The prediction gate's own pieces (service/gateway/http/gate.py): which calls are predictions,
-request headers and bodies read as Starlette reads them."""
+request headers and bodies read as Starlette reads them, a body still arriving read whole (and no
+further than just past the limit)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from starlette.requests import ClientDisconnect
 
 from service.gateway.http import gate
-from service.gateway.http.gate import PredictionRequest, prediction
+from service.gateway.http.gate import PredictionRequest, _whole_body, prediction
 
 
 def scope(path: str, method: str = "POST", headers=()) -> dict:
@@ -44,7 +45,7 @@ def test_headers_are_read_without_case_and_the_first_of_repeated_ones_wins() -> 
         (b"content-type", b"application/json"),
         (b"x-request-id", b"second"),
     ]
-    headers = PredictionRequest(scope("/predict/cancer", headers=raw)).headers
+    headers = PredictionRequest(scope("/predict/cancer", headers=raw), receiving(), ARRIVED).headers
     assert headers["X-Request-Id"] == headers.get("x-request-id") == "first"
     assert "Content-Type" in headers and "x-user-id" not in headers
     assert headers.get("Inference-Header-Content-Length") is None
@@ -61,26 +62,35 @@ def receiving(*messages: dict):
     return receive
 
 
-async def test_the_body_is_read_whole_however_it_comes_and_once() -> None:
-    one = PredictionRequest(scope("/predict/x"), receiving({"type": "http.request", "body": b"ab"}))
-    assert await one.body() == b"ab" and await one.body() == b"ab"
-    chunked = PredictionRequest(
-        scope("/predict/x"),
-        receiving(
-            {"type": "http.request", "body": b"a", "more_body": True},
-            {"type": "http.request", "more_body": True},
-            {"type": "http.request", "body": b"bc", "more_body": False},
-        ),
+ARRIVED = {"type": "http.request", "body": b"ab", "more_body": False}
+
+
+async def test_a_body_still_arriving_is_read_whole_however_it_comes() -> None:
+    first = {"type": "http.request", "body": b"a", "more_body": True}
+    rest = receiving(
+        {"type": "http.request", "more_body": True},
+        {"type": "http.request", "body": b"bc", "more_body": False},
     )
-    assert await chunked.body() == b"abc"
+    whole = await _whole_body(first, rest, limit=100)
+    assert whole == {"type": "http.request", "body": b"abc", "more_body": False}
+    request = PredictionRequest(scope("/predict/x"), receiving(), whole)
+    assert await request.body() == b"abc" and await request.body() == b"abc"
+    assert [chunk async for chunk in PredictionRequest(scope("/x"), receiving(), whole).stream()]
+
+
+async def test_a_body_still_arriving_is_read_no_further_than_past_the_limit() -> None:
+    chunk = {"type": "http.request", "body": b"xyz", "more_body": True}
+    unread = {"type": "http.request", "body": b"never", "more_body": False}
+    rest = receiving(dict(chunk), unread)
+    whole = await _whole_body(dict(chunk), rest, limit=4)
+    assert whole["body"] == b"xyzxyz"  # past the limit: the handler refuses it (413)
 
 
 async def test_a_client_gone_before_its_body_ends_is_a_disconnect() -> None:
-    request = PredictionRequest(
-        scope("/predict/x"),
-        receiving(
-            {"type": "http.request", "body": b"a", "more_body": True}, {"type": "http.disconnect"}
-        ),
-    )
+    first = {"type": "http.request", "body": b"a", "more_body": True}
+    gone = await _whole_body(first, receiving({"type": "http.disconnect"}), limit=100)
+    assert gone == {"type": "http.disconnect"}
     with pytest.raises(ClientDisconnect):
-        await request.body()
+        await PredictionRequest(scope("/predict/x"), receiving(), gone).body()
+    with pytest.raises(ClientDisconnect):
+        [_ async for _ in PredictionRequest(scope("/predict/x"), receiving(), gone).stream()]

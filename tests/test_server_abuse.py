@@ -292,6 +292,26 @@ def test_slow_clients_are_closed_with_a_408_and_others_still_served(demo):
     assert error_count(gateway) == 0
 
 
+def test_clients_slow_to_send_their_bodies_do_not_lock_others_out(demo):
+    """More clients than the worker admits at once (its admission limit starts at 64) each send
+    half a prediction's body and stop: the others are still answered, not refused, because a call
+    holds no slot while its body is still arriving."""
+    gateway, _, _ = demo
+    host, port = gateway.split(":")
+    head = b"POST /v2/models/cancer/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+    slow = [socket.create_connection((host, int(port)), timeout=15) for _ in range(80)]
+    for client in slow:
+        client.sendall(head + b"\r\nContent-Length: 2000\r\n\r\n" + b'{"inputs": [')
+    time.sleep(0.5)
+    try:
+        for _ in range(5):
+            assert predict(gateway)["predictions"]
+    finally:
+        for client in slow:
+            client.close()
+    assert error_count(gateway) == 0
+
+
 def test_labels_must_fit_the_model_and_name_a_real_answer(demo):
     gateway, monitor, data_dir = demo
     answer = predict(gateway, headers={"x-request-id": "my-correlation-id"})

@@ -99,6 +99,11 @@ class Admission:
         self._last_refusal = self.clock()
         return False
 
+    def release(self) -> None:
+        """Give back a slot taken for a call that will ask again later (its body is still
+        arriving): nothing is learnt from it."""
+        self.in_flight -= 1
+
     def done(self, latency_s: float) -> None:
         """An admitted prediction finished after ``latency_s``: free its slot, learn from it."""
         self.in_flight -= 1

@@ -99,7 +99,10 @@ def _gate(bentoml_app):
     def refused(route: str) -> None:
         gateway().metrics.shed_series(route, "overload").inc()
 
-    return PredictionGate(bentoml_app, http_app, admission, refused, WORKER)
+    def max_body_bytes() -> int:
+        return gateway().config.limits.max_body_bytes
+
+    return PredictionGate(bentoml_app, http_app, admission, refused, WORKER, max_body_bytes)
 
 
 def _install_gate(service) -> None:
