@@ -293,19 +293,25 @@ def test_slow_clients_are_closed_with_a_408_and_others_still_served(demo):
 
 
 def test_clients_slow_to_send_their_bodies_do_not_lock_others_out(demo):
-    """More clients than the worker admits at once (its admission limit starts at 64) each send
-    half a prediction's body and stop: the others are still answered, not refused, because a call
-    holds no slot while its body is still arriving."""
+    """More clients than the worker takes at once (predictions: its admission limit starts at
+    64; labels: 32 in flight) each send half a body and stop: the others are still answered, not
+    refused, because a call holds no slot while its body is still arriving."""
     gateway, _, _ = demo
     host, port = gateway.split(":")
-    head = b"POST /v2/models/cancer/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-    slow = [socket.create_connection((host, int(port)), timeout=15) for _ in range(80)]
-    for client in slow:
-        client.sendall(head + b"\r\nContent-Length: 2000\r\n\r\n" + b'{"inputs": [')
+    slow = [socket.create_connection((host, int(port)), timeout=15) for _ in range(120)]
+    for i, client in enumerate(slow):
+        path = b"/v2/models/cancer/infer" if i % 3 else b"/feedback"
+        client.sendall(
+            b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 2000\r\n\r\n{"inputs": ['
+        )
     time.sleep(0.5)
     try:
         for _ in range(5):
-            assert predict(gateway)["predictions"]
+            answer = predict(gateway)
+            label = json.dumps({"labels": [{"request_id": answer["request_id"], "label": 1}]})
+            status, _, reply = send(gateway, "POST", "/feedback", label.encode())
+            assert status == 400 and b"not a class" in reply  # judged, not refused for load
     finally:
         for client in slow:
             client.close()

@@ -94,24 +94,26 @@ def _items(data: object) -> dict[str, list]:
 
 async def feedback(request: Request) -> Response:
     """Labels have a budget of their own (``admission.feedback_concurrency`` calls in flight per
-    worker), so a flood of them cannot crowd out predictions, nor predictions them."""
+    worker), so a flood of them cannot crowd out predictions, nor predictions them. A call counts
+    once its body is here: clients sending theirs a few bytes at a time would otherwise use up
+    the budget."""
     gateway = gateway_of(request)
     if not gateway.recorder.enabled:
         raise NotFound(
             "feedback needs a monitor: set monitor.url (or monitor.urls) in gateway.yaml"
         )
+    body = await read_body(request, gateway.config.limits.max_body_bytes)
     if gateway.feedback_in_flight >= gateway.config.admission.feedback_concurrency:
         gateway.metrics.shed_series("feedback", "in_flight").inc()
         raise Overloaded("too many /feedback calls in flight: retry shortly (nothing was stored)")
     gateway.feedback_in_flight += 1
     try:
-        return await _store_feedback(request, gateway)
+        return await _store_feedback(body, gateway)
     finally:
         gateway.feedback_in_flight -= 1
 
 
-async def _store_feedback(request: Request, gateway: Gateway) -> Response:
-    body = await read_body(request, gateway.config.limits.max_body_bytes)
+async def _store_feedback(body: bytes, gateway: Gateway) -> Response:
     items = _items(decode_json(body))
     labels = [_checked_label(gateway, item, i) for i, item in enumerate(items["labels"])]
     rewards = [_checked_reward(gateway, item, i) for i, item in enumerate(items["rewards"])]
