@@ -318,6 +318,17 @@ def test_clients_slow_to_send_their_bodies_do_not_lock_others_out(demo):
     assert error_count(gateway) == 0
 
 
+def test_a_body_declared_over_the_limit_is_refused_before_it_arrives(demo):
+    gateway, _, _ = demo
+    host, port = gateway.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as client:
+        client.sendall(
+            b"POST /predict/cancer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100000000\r\n\r\n{"instances": ['
+        )
+        assert client.recv(1000).startswith(b"HTTP/1.1 413")
+
+
 def test_labels_must_fit_the_model_and_name_a_real_answer(demo):
     gateway, monitor, data_dir = demo
     answer = predict(gateway, headers={"x-request-id": "my-correlation-id"})

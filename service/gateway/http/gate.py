@@ -98,6 +98,15 @@ class HeaderMap(dict):
         return isinstance(key, str) and super().__contains__(key.lower())
 
 
+def _declared_over(scope: Scope, limit: int) -> bool:
+    """Whether the request says its body is over ``limit``: its handler refuses it (413) at once,
+    without waiting for it."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return not value.isdigit() or int(value) > limit
+    return False
+
+
 async def _whole_body(first: Message, receive: Callable, limit: int) -> Message:
     """The body as one message, read until it ends, or passes ``limit`` bytes (the handler then
     refuses it as too large), or the client goes (that message instead)."""
@@ -117,7 +126,8 @@ async def _disconnected() -> Message:
 
 class PredictionRequest(Request):
     """A Starlette request whose ``headers`` are a ``HeaderMap`` and whose body is the message
-    the gate ``received`` (all of it, or the client's going away)."""
+    the gate ``received``: all of it, or the client's going away, or (a body declared over the
+    limit) what came first, which its handler refuses unread."""
 
     def __init__(self, scope: Scope, receive: Callable, received: Message) -> None:
         super().__init__(scope, receive if received["type"] == "http.request" else _disconnected)
@@ -176,7 +186,7 @@ class PredictionGate:
             await self._refuse(admission, name, send)
             return
         received = await receive()
-        if received.get("more_body"):
+        if received.get("more_body") and not _declared_over(scope, self.max_body_bytes()):
             admission.release()
             received = await _whole_body(received, receive, self.max_body_bytes())
             if not admission.admit():
