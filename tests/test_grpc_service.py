@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.gateway.grpc import inference_pb2 as pb
-from service.gateway.grpc.service import InferenceService
+from service.gateway.grpc.service import InferenceService, MalformedMessages
 from tests.helpers import ROW, in_process_gateway, write_config
 
 
@@ -84,3 +84,20 @@ async def test_a_gateway_error_is_its_status_and_carries_the_ids(service):
     with pytest.raises(Aborted) as missing:
         await servicer.ModelMetadata(pb.ModelMetadataRequest(name="nobody"), Context())
     assert missing.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_methods_the_service_has_not_are_not_remembered():
+    """Any caller may name any method: the interceptor keeps wrapped handlers only for the
+    service's own, so endless made-up names cannot grow it."""
+    interceptor = MalformedMessages()
+
+    class Details:
+        def __init__(self, method: str) -> None:
+            self.method = method
+
+    async def unknown(details):
+        return None
+
+    for i in range(100):
+        assert await interceptor.intercept_service(unknown, Details(f"/x/Nope{i}")) is None
+    assert interceptor._handlers == {}

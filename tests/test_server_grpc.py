@@ -267,6 +267,10 @@ def test_bad_input_is_invalid_argument_or_not_found_never_internal(servers):
                     call(garbage)
                 assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, garbage)
                 assert "malformed request" in refused.value.details()
+        for name in range(3):  # a method the service has not
+            with pytest.raises(grpc.RpcError) as refused:
+                channel.unary_unary(f"/inference.GRPCInferenceService/Nope{name}")(b"")
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert client.infer("cancer", [infer_input(ROWS)]).as_numpy("label").shape == (3,)
 
 

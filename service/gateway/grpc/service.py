@@ -175,23 +175,25 @@ class MalformedMessages(grpc.aio.ServerInterceptor):
     """A request whose bytes are not its method's message is INVALID_ARGUMENT saying so. grpc
     parses before the servicer runs and fails a message protobuf cannot parse as UNKNOWN
     ("Unexpected DecodeError"), the code of a server fault; this parses in the handler instead.
-    The wrapped handler is made once per method."""
+    The wrapped handler is made once per method the service has (a name it has not, which any
+    caller may send, is not remembered)."""
 
     def __init__(self) -> None:
-        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
         if method not in self._handlers:
-            self._handlers[method] = _parsing_in_handler(
-                method, await continuation(handler_call_details)
-            )
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
+            self._handlers[method] = _parsing_in_handler(method, handler)
         return self._handlers[method]
 
 
-def _parsing_in_handler(method: str, handler: grpc.RpcMethodHandler | None):
+def _parsing_in_handler(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """``handler`` (unary-unary) taking the request's bytes and parsing them itself."""
-    if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+    if handler.unary_unary is None or handler.request_deserializer is None:
         return handler
     parse, behavior = handler.request_deserializer, handler.unary_unary
 
