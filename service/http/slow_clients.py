@@ -61,11 +61,15 @@ async def _sweep(connections: set) -> None:
     """Forever: close the connections that have waited on their client longer than the limit."""
     while True:
         await asyncio.sleep(SWEEP_EVERY_S)
-        too_old = time.monotonic() - _limit_s
-        for connection in list(connections):
-            since = getattr(connection, _SINCE, None)
-            if since is not None and since < too_old:
-                close_slow(connection)
+        close_slow_ones(connections, _limit_s, time.monotonic())
+
+
+def close_slow_ones(connections: set, limit_s: float, now: float) -> None:
+    """Close the ``connections`` that have waited on their client more than ``limit_s``."""
+    for connection in list(connections):
+        since = getattr(connection, _SINCE, None)
+        if since is not None and since < now - limit_s:
+            close_slow(connection)
 
 
 def close_slow(connection: HttpToolsProtocol) -> None:
