@@ -23,6 +23,10 @@ import httpx
 import psutil
 import yaml
 from prometheus_client import CollectorRegistry
+from uvicorn.config import Config
+from uvicorn.lifespan.off import LifespanOff
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 STORE_ROOT = Path(tempfile.mkdtemp(prefix="gateway-tests-"))
 os.environ["BENTOML_HOME"] = str(STORE_ROOT / "bentoml")
@@ -296,3 +300,47 @@ async def in_process_gateway(config_path: Path) -> AsyncIterator[tuple[Gateway, 
                 yield gateway, client
     finally:
         await gateway.close()
+
+
+class RecordingTransport:
+    """The parts of an asyncio transport uvicorn uses, keeping each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"sockname": ("127.0.0.1", 3000), "peername": ("127.0.0.1", 5000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def connect(app) -> tuple[HttpToolsProtocol, RecordingTransport]:
+    """A uvicorn HTTP protocol serving ``app`` on a new connection, and its transport."""
+    config = Config(app=app, log_config=None, proxy_headers=False, date_header=False)
+    protocol = HttpToolsProtocol(config, ServerState(), LifespanOff(config).state)
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def answered(protocol: HttpToolsProtocol, request: bytes) -> None:
+    """Feed ``request`` to the connection and let the event loop run until it is answered."""
+    protocol.data_received(request)
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if protocol.cycle is not None and protocol.cycle.response_complete:
+            return

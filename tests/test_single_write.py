@@ -3,15 +3,10 @@ request bytes in, the transport's writes out."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from uvicorn.config import Config
-from uvicorn.lifespan.off import LifespanOff
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.server import ServerState
 
 from service.http import single_write
+from tests.helpers import RecordingTransport, answered, connect
 
 single_write.apply()
 
@@ -20,56 +15,12 @@ HEAD = b"HEAD / HTTP/1.1\r\nHost: example\r\n\r\n"
 CLOSE = b"GET / HTTP/1.1\r\nHost: example\r\nConnection: close\r\n\r\n"
 
 
-class RecordingTransport:
-    """The parts of an asyncio transport uvicorn uses, keeping each write."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return {"sockname": ("127.0.0.1", 3000), "peername": ("127.0.0.1", 5000)}.get(name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 def plain_app(body: bytes = b"hello", headers: list | None = None, status: int = 200):
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": status, "headers": headers or []})
         await send({"type": "http.response.body", "body": body})
 
     return app
-
-
-def connect(app) -> tuple[HttpToolsProtocol, RecordingTransport]:
-    """A uvicorn HTTP protocol serving ``app`` on a new connection, and its transport."""
-    config = Config(app=app, log_config=None, proxy_headers=False, date_header=False)
-    protocol = HttpToolsProtocol(config, ServerState(), LifespanOff(config).state)
-    transport = RecordingTransport()
-    protocol.connection_made(transport)
-    return protocol, transport
-
-
-async def answered(protocol: HttpToolsProtocol, request: bytes) -> None:
-    """Feed ``request`` to the connection and let the event loop run until it is answered."""
-    protocol.data_received(request)
-    for _ in range(100):
-        await asyncio.sleep(0)
-        if protocol.cycle is not None and protocol.cycle.response_complete:
-            return
 
 
 async def serve(app, request: bytes) -> RecordingTransport:

@@ -10,7 +10,7 @@ import pytest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.http import slow_clients
-from tests.test_single_write import answered, connect
+from tests.helpers import answered, connect
 
 HEAD = b"POST / HTTP/1.1\r\nHost: example\r\nContent-Length: 10\r\n"
 LIMIT_S = 30.0
