@@ -66,9 +66,10 @@ async def _sweep(connections: set) -> None:
 
 def close_slow_ones(connections: set, limit_s: float, now: float) -> None:
     """Close the ``connections`` that have waited on their client more than ``limit_s``."""
+    too_old = now - limit_s
     for connection in list(connections):
         since = getattr(connection, _SINCE, None)
-        if since is not None and since < now - limit_s:
+        if since is not None and since < too_old:
             close_slow(connection)
 
 

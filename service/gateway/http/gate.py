@@ -186,9 +186,9 @@ class PredictionGate:
             await self._refuse(admission, name, send)
             return
         received = await receive()
-        if received.get("more_body") and not _declared_over(scope, self.max_body_bytes()):
+        if received.get("more_body") and not _declared_over(scope, limit := self.max_body_bytes()):
             admission.release()
-            received = await _whole_body(received, receive, self.max_body_bytes())
+            received = await _whole_body(received, receive, limit)
             if not admission.admit():
                 await self._refuse(admission, name, send)
                 return
