@@ -44,6 +44,7 @@ def test_several_variants_are_expressible():
         ({"sever": {}}, "sever: unknown key"),
         ({"server": {"port": 70000}}, "server.port"),
         ({"server": {"workers": 0}}, "server.workers"),
+        ({"server": {"request_read_timeout_s": -1}}, "server.request_read_timeout_s"),
         ({"device": "tpu"}, "device"),
         ({"batching": {"max_batch_size": 0}}, "batching.max_batch_size"),
         ({"batching": {"max_wait": 1}}, "batching.max_wait: unknown key"),
