@@ -73,7 +73,9 @@ class ServerConfig(Strict):
         ge=0,
         description="a connection whose client has not sent a whole request this long after "
         "opening it or starting the request is closed with a 408 (slow clients); 0: no limit. "
-        "The monitor's port too",
+        "The monitor's port too. On the gRPC port: the HTTP/2 handshake's limit, and connections "
+        "are renewed this often (clients reconnect on their own), so a call whose message never "
+        "ends is closed within twice it",
     )
 
 

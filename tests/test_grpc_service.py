@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from service.gateway.grpc import inference_pb2 as pb
-from service.gateway.grpc.service import InferenceService, MalformedMessages
+from service.gateway.grpc.service import (
+    InferenceService,
+    MalformedMessages,
+    _slow_client_options,
+)
 from tests.helpers import ROW, in_process_gateway, write_config
 
 
@@ -101,3 +105,15 @@ async def test_methods_the_service_has_not_are_not_remembered():
     for i in range(100):
         assert await interceptor.intercept_service(unknown, Details(f"/x/Nope{i}")) is None
     assert interceptor._handlers == {}
+
+
+def test_slow_client_limits_follow_the_read_timeout_and_none_when_it_is_off():
+    """The handshake's limit and the connections' age are ``server.request_read_timeout_s``; 0
+    turns it off, so grpc keeps its defaults rather than getting limits of 0 ms."""
+    options = dict(_slow_client_options(2.5))
+    assert options == {
+        "grpc.server_handshake_timeout_ms": 2500,
+        "grpc.max_connection_age_ms": 2500,
+        "grpc.max_connection_age_grace_ms": 2500,
+    }
+    assert _slow_client_options(0) == []

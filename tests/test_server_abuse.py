@@ -9,6 +9,7 @@ normalises ``..`` or decodes ``%2e``), as ``curl --path-as-is`` would send them.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import http.client
 import json
@@ -16,8 +17,10 @@ import socket
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from monitors.store import MonitorStore
 from service import registry
@@ -327,6 +330,57 @@ def test_a_body_declared_over_the_limit_is_refused_before_it_arrives(demo):
             b'Content-Length: 100000000\r\n\r\n{"instances": ['
         )
         assert client.recv(1000).startswith(b"HTTP/1.1 413")
+
+
+async def test_slow_grpc_clients_are_closed_and_others_still_served(demo):
+    """On the gRPC port a connection that never finishes its handshake and a call whose message
+    never comes are closed within twice ``request_read_timeout_s`` (grpc's own limits: 120 s for
+    the first, none for the second); a client calling all the while, across the renewals that
+    closing rests on, has every call answered."""
+    gateway, _, data_dir = demo
+    address = f"127.0.0.1:{load_config(data_dir.parent / 'gateway.yaml').server.grpc_port}"
+    closed_within_s = 2 * SLOW_CLIENT_LIMIT_S + 2  # the renewal's age, its grace, a margin
+
+    async def silent() -> float:
+        began = time.monotonic()
+        reader, writer = await asyncio.open_connection(*address.split(":"))
+        await asyncio.wait_for(reader.read(), timeout=15)  # until the server closes
+        writer.close()
+        return time.monotonic() - began
+
+    async def never_sent(channel: grpc.aio.Channel) -> tuple[grpc.StatusCode, float]:
+        infer = channel.stream_unary(  # a unary method, its request messages left to the caller
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+
+        async def nothing():
+            await asyncio.sleep(60)
+            yield service_pb2.ModelInferRequest()
+
+        began = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as closed:
+            await infer(nothing(), timeout=15)
+        return closed.value.code(), time.monotonic() - began
+
+    async def honest(channel: grpc.aio.Channel) -> int:
+        live = service_pb2_grpc.GRPCInferenceServiceStub(channel).ServerLive
+        calls, began = 0, time.monotonic()
+        while time.monotonic() - began < 2.5 * SLOW_CLIENT_LIMIT_S:
+            assert (await live(service_pb2.ServerLiveRequest(), timeout=5)).live
+            calls += 1
+            await asyncio.sleep(0.05)
+        return calls
+
+    async with grpc.aio.insecure_channel(address) as one, grpc.aio.insecure_channel(address) as two:
+        silent_s, (code, never_s), calls = await asyncio.gather(
+            silent(), never_sent(one), honest(two)
+        )
+    assert silent_s < closed_within_s
+    assert code == grpc.StatusCode.UNAVAILABLE and never_s < closed_within_s
+    assert calls > 20
+    assert predict(gateway)["predictions"]
 
 
 def test_labels_must_fit_the_model_and_name_a_real_answer(demo):

@@ -218,6 +218,26 @@ def _options(gateway: Gateway) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", max(limit, SEND_LIMIT_BYTES)),
         ("grpc.so_reuseport", 1),  # every worker binds the port; the kernel spreads connections
+        *_slow_client_options(gateway.config.server.request_read_timeout_s),
+    ]
+
+
+def _slow_client_options(timeout_s: float) -> list[tuple[str, int]]:
+    """``server.request_read_timeout_s`` on the gRPC port, as grpc's core can apply it: a request
+    never reaches Python before its message is whole, so no per-call read timeout is to be had.
+    A connection must finish its HTTP/2 handshake within it (grpc's default: 120 s), and is
+    renewed once it is that old: grpc asks the client to reconnect (GOAWAY), gives the calls in
+    flight as long again, then closes it. A connection that sends nothing, or a call whose message
+    never ends, is closed within twice the limit, where it would otherwise be kept for ever.
+    gRPC clients reconnect on their own: honest calls do not fail for it (tests/test_server_abuse.py).
+    0 (no limit) leaves grpc's defaults."""
+    if timeout_s <= 0:
+        return []
+    timeout_ms = max(1, round(timeout_s * 1000))
+    return [
+        ("grpc.server_handshake_timeout_ms", timeout_ms),
+        ("grpc.max_connection_age_ms", timeout_ms),
+        ("grpc.max_connection_age_grace_ms", timeout_ms),
     ]
 
 
