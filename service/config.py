@@ -133,10 +133,23 @@ class RuntimeConfig(Strict):
 
 class LimitsConfig(Strict):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_arriving_body_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="bodies still arriving (those that do not come whole with their request's "
+        "head) hold at most this many bytes together per worker; past it a request gets 429 "
+        "(service/gateway/http/arriving.py). At least max_body_bytes",
+    )
     max_rows: int = Field(4096, ge=1)
     allow_non_finite: bool = Field(
         False, description="accept NaN/Inf in float inputs (only for models built to take them)"
     )
+
+    @model_validator(mode="after")
+    def _one_body_fits(self) -> LimitsConfig:
+        if self.max_arriving_body_bytes < self.max_body_bytes:
+            raise ValueError("max_arriving_body_bytes must be at least max_body_bytes")
+        return self
 
 
 class ExplainConfig(Strict):

@@ -287,12 +287,12 @@ async def in_process_gateway(config_path: Path) -> AsyncIterator[tuple[Gateway, 
     app = build_app()
     app.state.gateway = gateway
 
-    def refused(route: str) -> None:
-        gateway.metrics.shed.labels(route, "overload").inc()
+    def refused(route: str, reason: str) -> None:
+        gateway.metrics.shed.labels(route, reason).inc()
 
     # BentoML mounts the app at /: every route that is not a prediction goes straight to it
-    limit = gateway.config.limits.max_body_bytes
-    gate = PredictionGate(app, app, lambda: gateway.admission, refused, WORKER, lambda: limit)
+    limits = gateway.config.limits
+    gate = PredictionGate(app, app, lambda: gateway.admission, refused, WORKER, lambda: limits)
     transport = httpx.ASGITransport(app=gate)
     try:
         async with background_tasks(app):
@@ -300,6 +300,16 @@ async def in_process_gateway(config_path: Path) -> AsyncIterator[tuple[Gateway, 
                 yield gateway, client
     finally:
         await gateway.close()
+
+
+def receiving(*messages: dict):
+    """An ASGI ``receive`` handing out ``messages`` in turn."""
+    queue = list(messages)
+
+    async def receive() -> dict:
+        return queue.pop(0)
+
+    return receive
 
 
 class RecordingTransport:

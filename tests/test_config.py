@@ -49,6 +49,10 @@ def test_several_variants_are_expressible():
         ({"batching": {"max_batch_size": 0}}, "batching.max_batch_size"),
         ({"batching": {"max_wait": 1}}, "batching.max_wait: unknown key"),
         ({"limits": {"max_rows": -1}}, "limits.max_rows"),
+        (
+            {"limits": {"max_body_bytes": 2**20, "max_arriving_body_bytes": 2**19}},
+            "max_arriving_body_bytes must be at least max_body_bytes",
+        ),
         ({"endpoints": {}}, "endpoints"),
         ({"endpoints": {"bad name!": MINIMAL["endpoints"]["iris"]}}, "endpoints"),
         ({"endpoints": {"e": {"variants": [{"name": "a", "model": "no-version"}]}}}, "model"),

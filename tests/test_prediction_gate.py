@@ -1,14 +1,17 @@
 """The prediction gate's own pieces (service/gateway/http/gate.py): which calls are predictions,
 request headers and bodies read as Starlette reads them, a body still arriving read whole (and no
-further than just past the limit)."""
+further than just past the limit), counted among the bodies arriving while it does."""
 
 from __future__ import annotations
 
 import pytest
 from starlette.requests import ClientDisconnect
 
+from service.errors import Overloaded
 from service.gateway.http import gate
+from service.gateway.http.arriving import ArrivingBodies
 from service.gateway.http.gate import PredictionRequest, _whole_body, prediction
+from tests.helpers import receiving
 
 
 def scope(path: str, method: str = "POST", headers=()) -> dict:
@@ -52,16 +55,6 @@ def test_headers_are_read_without_case_and_the_first_of_repeated_ones_wins() -> 
     assert headers.get("x-user-id", "none") == "none"
 
 
-def receiving(*messages: dict):
-    """An ASGI ``receive`` handing out ``messages`` in turn."""
-    queue = list(messages)
-
-    async def receive() -> dict:
-        return queue.pop(0)
-
-    return receive
-
-
 ARRIVED = {"type": "http.request", "body": b"ab", "more_body": False}
 
 
@@ -71,8 +64,10 @@ async def test_a_body_still_arriving_is_read_whole_however_it_comes() -> None:
         {"type": "http.request", "more_body": True},
         {"type": "http.request", "body": b"bc", "more_body": False},
     )
-    whole = await _whole_body(first, rest, limit=100)
+    bodies = ArrivingBodies()
+    whole = await _whole_body(first, bodies.counted(rest, 100), limit=100)
     assert whole == {"type": "http.request", "body": b"abc", "more_body": False}
+    assert bodies.held == 0  # arrived: no longer counted
     request = PredictionRequest(scope("/predict/x"), receiving(), whole)
     assert await request.body() == b"abc" and await request.body() == b"abc"
     assert [chunk async for chunk in PredictionRequest(scope("/x"), receiving(), whole).stream()]
@@ -82,15 +77,31 @@ async def test_a_body_still_arriving_is_read_no_further_than_past_the_limit() ->
     chunk = {"type": "http.request", "body": b"xyz", "more_body": True}
     unread = {"type": "http.request", "body": b"never", "more_body": False}
     rest = receiving(dict(chunk), unread)
-    whole = await _whole_body(dict(chunk), rest, limit=4)
+    bodies = ArrivingBodies()
+    whole = await _whole_body(dict(chunk), bodies.counted(rest, 100), limit=4)
     assert whole["body"] == b"xyzxyz"  # past the limit: the handler refuses it (413)
+    assert bodies.held == 0
 
 
 async def test_a_client_gone_before_its_body_ends_is_a_disconnect() -> None:
     first = {"type": "http.request", "body": b"a", "more_body": True}
-    gone = await _whole_body(first, receiving({"type": "http.disconnect"}), limit=100)
-    assert gone == {"type": "http.disconnect"}
+    bodies = ArrivingBodies()
+    gone = await _whole_body(
+        first, bodies.counted(receiving({"type": "http.disconnect"}), 100), 100
+    )
+    assert gone == {"type": "http.disconnect"} and bodies.held == 0
     with pytest.raises(ClientDisconnect):
         await PredictionRequest(scope("/predict/x"), receiving(), gone).body()
     with pytest.raises(ClientDisconnect):
         [_ async for _ in PredictionRequest(scope("/predict/x"), receiving(), gone).stream()]
+
+
+async def test_a_body_past_the_bytes_arriving_in_the_worker_is_refused_and_let_go() -> None:
+    bodies = ArrivingBodies()
+    waiting = bodies.counted(receiving(), 10)
+    waiting.take(6)  # another body, still arriving
+    first = {"type": "http.request", "body": b"abc", "more_body": True}
+    more = receiving({"type": "http.request", "body": b"defg", "more_body": True})
+    with pytest.raises(Overloaded):
+        await _whole_body(first, bodies.counted(more, 10), limit=100)
+    assert bodies.held == 6  # its 3 bytes let go, the other body's kept

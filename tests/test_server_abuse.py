@@ -34,6 +34,9 @@ ROW = [14.0, 20.0, 90.0, 600.0, 0.1, 0.1, 0.08, 0.05, 0.18, 0.06] * 3
 DEEP = b"[" * 5000 + b"]" * 5000
 SLOW_CLIENT_LIMIT_S = 2.0
 """``server.request_read_timeout_s`` here (30 s by default), so slow clients are closed quickly."""
+SHED = "gateway_shed_requests_total"
+ARRIVING_LIMIT = 8 * 2**20
+"""``limits.max_arriving_body_bytes`` here (256 MiB by default): twice the body limit."""
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +50,7 @@ def demo(demo_models, tmp_path_factory):
     config.pop("secrets")  # tokens from the environment
     config["server"]["grpc_port"] = free_port()
     config["server"]["request_read_timeout_s"] = SLOW_CLIENT_LIMIT_S
+    config["limits"] = {"max_arriving_body_bytes": ARRIVING_LIMIT}
     config.update(model_store=str(STORE_ROOT / "bentoml"), data_dir=str(directory / "data"))
     v1 = demo_models["cancer:v1"]
     registry.add_model(v1.onnx_path, "cancer", v1.reference_path, version="v3-shadow")
@@ -94,13 +98,18 @@ def config_endpoints(data_dir: Path) -> set[str]:
     return set(load_config(data_dir.parent / "gateway.yaml").endpoints)
 
 
-def error_count(address: str) -> float:
+def counted(address: str, counter: str, label: str) -> float:
+    """The total of the gateway's ``counter`` over its series that carry ``label``."""
     _, _, text = send(address, "GET", "/metrics", headers=METRICS_AUTH)
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.decode().splitlines()
-        if line.startswith("gateway_requests_total") and 'outcome="error"' in line
+        if line.startswith(counter + "{") and label in line
     )
+
+
+def error_count(address: str) -> float:
+    return counted(address, "gateway_requests_total", 'outcome="error"')
 
 
 def test_every_monitor_route_needs_the_monitor_token(demo):
@@ -330,6 +339,43 @@ def test_a_body_declared_over_the_limit_is_refused_before_it_arrives(demo):
             b'Content-Length: 100000000\r\n\r\n{"instances": ['
         )
         assert client.recv(1000).startswith(b"HTTP/1.1 413")
+
+
+def test_bodies_still_arriving_hold_a_bounded_share_of_memory(demo):
+    """Clients that send most of a large body and stop are gathered only up to
+    ``limits.max_arriving_body_bytes`` for the whole worker: past it a prediction or a label
+    gets a 429 with Retry-After, its bytes let go, while bodies that come whole are served as
+    ever; once the slow clients have gone, large bodies are taken again."""
+    gateway, _, _ = demo
+    host, port = gateway.split(":")
+    declared = 4_000_000  # under the body limit, 4 MiB
+
+    def sending(path: bytes, size: int) -> socket.socket:
+        client = socket.create_connection((host, int(port)), timeout=10)
+        client.sendall(
+            b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % declared + b" " * size
+        )
+        time.sleep(0.5)  # read by the server
+        return client
+
+    shed_before = counted(gateway, SHED, 'reason="arriving_bodies"')
+    holding = [sending(b"/v2/models/cancer/infer", 3_500_000) for _ in range(2)]  # 7 MB held
+    try:
+        for path in (b"/v2/models/cancer/infer", b"/feedback"):
+            with sending(path, 2_000_000) as late:  # would take the worker past 8 MiB
+                answer = late.recv(4096)
+                assert answer.startswith(b"HTTP/1.1 429") and b"retry-after" in answer.lower()
+                assert b"too many request bodies are arriving" in answer
+        assert predict(gateway)["predictions"]
+    finally:
+        for client in holding:
+            client.close()
+    time.sleep(0.5)  # the server sees them go
+    with sending(b"/v2/models/cancer/infer", declared) as whole:
+        assert whole.recv(4096).startswith(b"HTTP/1.1 400")  # taken and judged: not JSON
+    assert counted(gateway, SHED, 'reason="arriving_bodies"') - shed_before == 2
+    assert error_count(gateway) == 0
 
 
 async def test_slow_grpc_clients_are_closed_and_others_still_served(demo):

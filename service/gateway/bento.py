@@ -20,7 +20,7 @@ from pathlib import Path
 import bentoml
 
 from service import bentoml_fixes, metric_values
-from service.config import CONFIG_ENV, GatewayConfig, load_config
+from service.config import CONFIG_ENV, GatewayConfig, LimitsConfig, load_config
 from service.gateway.http.app import build_app
 from service.gateway.http.gate import PredictionGate
 from service.gateway.process import WORKER, Gateway
@@ -96,13 +96,13 @@ def _gate(bentoml_app):
         current = gateway()
         return None if current is None else current.admission
 
-    def refused(route: str) -> None:
-        gateway().metrics.shed_series(route, "overload").inc()
+    def refused(route: str, reason: str) -> None:
+        gateway().metrics.shed_series(route, reason).inc()
 
-    def max_body_bytes() -> int:
-        return gateway().config.limits.max_body_bytes
+    def limits() -> LimitsConfig:
+        return gateway().config.limits
 
-    return PredictionGate(bentoml_app, http_app, admission, refused, WORKER, max_body_bytes)
+    return PredictionGate(bentoml_app, http_app, admission, refused, WORKER, limits)
 
 
 def _install_gate(service) -> None:

@@ -23,6 +23,9 @@ SHED_SERIES = (
     ("grpc_infer", "overload"),
     ("feedback", "in_flight"),
     ("shadow", "overload"),
+    ("predict", "arriving_bodies"),
+    ("infer", "arriving_bodies"),
+    ("other", "arriving_bodies"),
 )
 
 
@@ -148,8 +151,8 @@ class GatewayMetrics:
         self.shed = Counter(
             "gateway_shed_requests_total",
             "Work refused or skipped under overload, by route (predict, infer, grpc_infer, feedback, "
-            "shadow) "
-            "and reason (overload: the admission limit; in_flight: the route's own budget).",
+            "shadow, other) and reason (overload: the admission limit; in_flight: the route's own "
+            "budget; arriving_bodies: the bytes of bodies still arriving in the worker).",
             ["route", "reason"],
             registry=registry,
         )

@@ -10,7 +10,9 @@ everywhere, service/http/responses.py); refused, they get a 429 without their bo
 An admitted call whose body is still arriving (nearly every body comes whole, in the request's
 first packets) gives its slot back while it waits for the rest and asks again once it has it: a
 client sending its body a few bytes at a time would otherwise hold a slot, and 80 such clients
-had every other caller refused.
+had every other caller refused. Bodies still arriving, a prediction's or any other call's, count
+against the worker's ``ArrivingBodies`` (service/gateway/http/arriving.py), which bounds the memory
+they hold.
 Everything else goes to BentoML's app as before, so ``bentoml serve`` and its routes (``/livez``,
 ``/readyz``, the gateway's own app mounted at ``/``) work unchanged.
 """
@@ -26,7 +28,10 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from service.config import LimitsConfig
+from service.errors import Overloaded
 from service.gateway.admission import Admission
+from service.gateway.http.arriving import ArrivingBodies, CountedReceive
 from service.gateway.http.oip import infer
 from service.gateway.http.predict import predict
 from service.http.responses import error_response
@@ -37,6 +42,10 @@ ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+OVERLOAD = "overload"
+"""A refusal's reason: admission had no room for the prediction."""
+ARRIVING_BODIES = "arriving_bodies"
+"""A refusal's reason: too many bytes of bodies were arriving in the worker (arriving.py)."""
 ROUTES: tuple[tuple[str, re.Pattern, Handler], ...] = (
     ("predict", re.compile(r"/predict/(?P<endpoint>[^/]+)"), predict),
     (
@@ -107,16 +116,21 @@ def _declared_over(scope: Scope, limit: int) -> bool:
     return False
 
 
-async def _whole_body(first: Message, receive: Callable, limit: int) -> Message:
+async def _whole_body(first: Message, receive: CountedReceive, limit: int) -> Message:
     """The body as one message, read until it ends, or passes ``limit`` bytes (the handler then
-    refuses it as too large), or the client goes (that message instead)."""
+    refuses it as too large), or the client goes (that message instead); counted meanwhile among
+    the bodies arriving, ``Overloaded`` when too many bytes of them are."""
     chunks, size, message = [first.get("body", b"")], len(first.get("body", b"")), first
-    while message.get("more_body") and size <= limit:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return message
-        chunks.append(message.get("body", b""))
-        size += len(chunks[-1])
+    try:
+        receive.take(size)
+        while message.get("more_body") and size <= limit:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return message
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+    finally:
+        receive.release()
     return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
 
@@ -161,34 +175,44 @@ class PredictionGate:
         bentoml_app: ASGIApp,
         gateway_app: ASGIApp,
         admission: Callable[[], Admission | None],
-        refused: Callable[[str], None],
+        refused: Callable[[str, str], None],
         worker: str,
-        max_body_bytes: Callable[[], int],
+        limits: Callable[[], LimitsConfig],
     ) -> None:
         self.bentoml_app = bentoml_app
         self.gateway_app = gateway_app
         self.admission = admission
         """This worker's admission, once its gateway has started (None before)."""
         self.refused = refused
-        """Counts a refusal by route (``predict`` or ``infer``)."""
+        """Counts a refusal by route (``predict``, ``infer``, ``other``) and reason (``SHED_SERIES``)."""
         self.worker = worker
-        self.max_body_bytes = max_body_bytes
-        """The body limit (``limits.max_body_bytes``): a body still arriving is read this far."""
+        self.limits = limits
+        """The gateway's ``limits``: a body still arriving is read as far as ``max_body_bytes``,
+        and all of them hold at most ``max_arriving_body_bytes``."""
+        self.arriving_bodies = ArrivingBodies()
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         call = prediction(scope)
         admission = self.admission() if call is not None else None
         if admission is None:
-            await self.bentoml_app(scope, receive, send)
+            await self._pass_on(scope, receive, send)
             return
         name, params, handler = call
         if not admission.admit():
             await self._refuse(admission, name, send)
             return
         received = await receive()
-        if received.get("more_body") and not _declared_over(scope, limit := self.max_body_bytes()):
+        if received.get("more_body") and not _declared_over(
+            scope, (limits := self.limits()).max_body_bytes
+        ):
             admission.release()
-            received = await _whole_body(received, receive, limit)
+            counted = self.arriving_bodies.counted(receive, limits.max_arriving_body_bytes)
+            try:
+                received = await _whole_body(received, counted, limits.max_body_bytes)
+            except Overloaded as error:
+                self.refused(name, ARRIVING_BODIES)
+                await (await error_response(Request(scope), error))(scope, receive, send)
+                return
             if not admission.admit():
                 await self._refuse(admission, name, send)
                 return
@@ -204,8 +228,22 @@ class PredictionGate:
         finally:
             admission.done(time.monotonic() - started)
 
+    async def _pass_on(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        """To BentoML's app, with the body counted while it arrives once the gateway has started
+        (before, no route reads one)."""
+        if scope["type"] != "http" or self.admission() is None:
+            await self.bentoml_app(scope, receive, send)
+            return
+        counted = self.arriving_bodies.counted(receive, self.limits().max_arriving_body_bytes)
+        try:
+            await self.bentoml_app(scope, counted, send)
+        finally:
+            counted.release()
+            if counted.refused:
+                self.refused("other", ARRIVING_BODIES)
+
     async def _refuse(self, admission: Admission, route: str, send: Callable) -> None:
-        self.refused(route)
+        self.refused(route, OVERLOAD)
         headers, body = _refusal(await admission.hold_refused(), self.worker)
         await send({"type": "http.response.start", "status": 429, "headers": headers})
         await send({"type": "http.response.body", "body": body})
