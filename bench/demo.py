@@ -7,7 +7,8 @@ request recorded, the monitor's runs every 5 s), closed-loop callers of 1-row OI
 (as many as the first ``--callers``) for ``--warm-up`` seconds (the monitor's windows fill and its
 first runs pass), then ``--runs`` measured runs at each number of ``--callers`` (64; with 1024 too,
 the overload issue's spike); then the demo stops and the bare app (bench/peers.py) gets the same
-runs. Each run also reports the CPU each server process and the client took per answer
+runs, and then the no-op server (bench/peers.py), which answers without doing anything: what the
+client reaches against it is the client's own ceiling at each number of callers, on this machine. Each run also reports the CPU each server process and the client took per answer
 (microseconds), a figure this noisy machine moves less than the rate. ``--client wrk`` drives the
 same runs with wrk instead of the aiohttp callers (the issues' client), to tell what the server
 loses at 1,024 callers from what a Python client on the same two cores does. ``--home``: serve a
@@ -39,7 +40,7 @@ from bench.harness import (  # noqa: E402
     wrk,
 )
 from bench.load import closed_loop  # noqa: E402
-from bench.peers import bare_app  # noqa: E402
+from bench.peers import bare_app, null_server  # noqa: E402
 from bench.serving import oip_body  # noqa: E402
 from service import registry  # noqa: E402
 from service.launch import free_port, stop, wait_ready  # noqa: E402
@@ -147,8 +148,11 @@ def main() -> None:
     with bare_app(registry.model_dir("cancer:v1") / MODEL_FILE) as url:
         closed_loop(f"{url}/v2/models/cancer/infer", body, args.callers[0], 3.0)
         bare = runs(url, psutil.Process(), body, args)
+    with null_server() as url:
+        ceiling = runs(url, psutil.Process(), body, args)
     home = str(args.home) if args.home else None
-    write_results("demo", {"tree": str(args.tree), "home": home, "demo": demo, "bare": bare})
+    results = {"demo": demo, "bare": bare, "client_ceiling": ceiling}
+    write_results("demo", {"tree": str(args.tree), "home": home, **results})
 
 
 if __name__ == "__main__":

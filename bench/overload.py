@@ -4,7 +4,8 @@ for the gateway and its peers, and what a refusal costs the gateway against a se
 Run: ``.venv/bin/python bench/overload.py [--seconds 8] [--rounds 3]``. Each system serves the demo's
 ``cancer:v1`` with one server process: the gateway with its features on (routing, validation,
 metrics, recording to a monitor), the bare Starlette + uvicorn + onnxruntime app and MLServer 1.7.1
-(bench/peers.py). For concurrency 64, 256, 1024 and 2048, closed-loop callers (bench/load.py, an
+(bench/peers.py), and a no-op server that answers every request at once without doing anything:
+what the client reaches against it is its own ceiling, which no server can pass on this machine. For concurrency 64, 256, 1024 and 2048, closed-loop callers (bench/load.py, an
 aiohttp client on the same machine) POST a 1-row OIP JSON body for ``--seconds`` after a 1 s
 warm-up; systems alternate within each round and the table shows the median of the rounds. Results
 go to bench/results/overload.json.
@@ -24,7 +25,7 @@ import psutil  # noqa: E402
 
 from bench.harness import cpu_seconds, gateway, register_demo_models, write_results  # noqa: E402
 from bench.load import closed_loop  # noqa: E402
-from bench.peers import bare_app, mlserver  # noqa: E402
+from bench.peers import bare_app, mlserver, null_server  # noqa: E402
 from service import registry  # noqa: E402
 from service.model_card import MODEL_FILE  # noqa: E402
 
@@ -63,6 +64,7 @@ def main() -> None:
         "gateway": gateway,
         "bare app": lambda: bare_app(model),
         "MLServer": lambda: mlserver(model),
+        "no-op server": null_server,
     }
     runs: dict[tuple[str, int], list[dict]] = {}
     for round_ in range(args.rounds):

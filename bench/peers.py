@@ -7,7 +7,10 @@
   benchmark creates on first use (``bench/.mlserver-venv``), so the project's dependencies stay
   clean;
 - a plain BentoML ``@bentoml.api`` service on the same ONNX file (bench/plain_bentoml.py): JSON rows
-  in, outputs out, what a hand-rolled BentoML service does.
+  in, outputs out, what a hand-rolled BentoML service does;
+- a no-op server: a bare uvloop protocol that answers every request with the same bytes (an OIP
+  answer with the gateway's headers) and does nothing else, so what a run reaches against it is
+  the client's own ceiling on this machine.
 
 Each is a context manager that yields the base URL of a server ready on a free loopback port.
 """
@@ -56,6 +59,42 @@ async def ready(request):
 
 app = Starlette(routes=[HttpRoute("/v2/models/{model}/infer", infer, methods=["POST"]),
                         HttpRoute("/v2/health/ready", ready)])
+"""
+
+NULL_SERVER = """
+import asyncio, os, uvloop
+
+BODY = (b'{"model_name":"cancer","model_version":"v1","parameters":{"request_id":"cancer:0123456789'
+        b'abcdef0123456789abcdef"},"outputs":[{"name":"label","datatype":"BYTES","shape":[1],"data":'
+        b'["benign"]},{"name":"probabilities","datatype":"FP32","shape":[1,2],"data":[1.0,0.0]}]}')
+ID = b"cancer:0123456789abcdef0123456789abcdef"
+HEADS = [b"HTTP/1.1 200 OK", b"date: Mon, 07 Dec 2026 00:00:00 GMT", b"x-gateway-request-id: " + ID,
+         b"x-request-id: " + ID, b"x-gateway-variant: stable", b"x-gateway-model-version: v1",
+         b"x-gateway-worker: 1", b"content-length: %d" % len(BODY), b"content-type: application/json"]
+ANSWER = b"\\r\\n".join(HEADS) + b"\\r\\n\\r\\n" + BODY
+
+class Answering(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.unread = transport, b""
+
+    def data_received(self, data):
+        self.unread += data
+        while (end := self.unread.find(b"\\r\\n\\r\\n")) >= 0:
+            length = 0
+            for line in self.unread[:end].split(b"\\r\\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            if len(self.unread) < end + 4 + length:
+                return
+            self.unread = self.unread[end + 4 + length:]
+            self.transport.write(ANSWER)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Answering, "127.0.0.1", int(os.environ["PORT"]), backlog=4096)
+    await server.serve_forever()
+
+uvloop.run(main())
 """
 
 MLSERVER_RUNTIME = """
@@ -132,6 +171,17 @@ def bare_app(model: Path, workers: int = 1) -> Iterator[str]:
             "--workers", str(workers),
         ]  # fmt: skip
         with _serving(command, {"BARE_MODEL": str(model)}, cwd=Path(directory)) as url:
+            yield url
+
+
+@contextlib.contextmanager
+def null_server() -> Iterator[str]:
+    """The no-op server: every request answered at once with the same bytes."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as directory:
+        (Path(directory) / "null.py").write_text(NULL_SERVER)
+        command = [sys.executable, "null.py"]
+        with _serving(command, {"PORT": str(port)}, cwd=Path(directory), port=port) as url:
             yield url
 
 
