@@ -16,12 +16,9 @@ message is not counted: it was never waited for.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from starlette.types import Message, Receive
 
 from service.errors import Overloaded
-
-Message = MutableMapping
-Receive = Callable[[], Awaitable[Message]]
 
 
 class ArrivingBodies:

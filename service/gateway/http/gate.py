@@ -22,11 +22,12 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Scope
 
 from service.config import LimitsConfig
 from service.errors import Overloaded
@@ -35,11 +36,6 @@ from service.gateway.http.arriving import ArrivingBodies, CountedReceive
 from service.gateway.http.oip import infer
 from service.gateway.http.predict import predict
 from service.http.responses import error_response
-
-Scope = MutableMapping
-Message = MutableMapping
-ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
-
 
 Handler = Callable[[Request], Awaitable[Response]]
 OVERLOAD = "overload"
