@@ -371,7 +371,7 @@ def test_bodies_still_arriving_hold_a_bounded_share_of_memory(demo):
     finally:
         for client in holding:
             client.close()
-    time.sleep(0.5)  # the server sees them go
+    time.sleep(1.0)  # the server sees them go
     with sending(b"/v2/models/cancer/infer", declared) as whole:
         assert whole.recv(4096).startswith(b"HTTP/1.1 400")  # taken and judged: not JSON
     assert counted(gateway, SHED, 'reason="arriving_bodies"') - shed_before == 2
