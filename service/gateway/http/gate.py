@@ -207,7 +207,8 @@ class PredictionGate:
                 received = await _whole_body(received, counted, limits.max_body_bytes)
             except Overloaded as error:
                 self.refused(name, ARRIVING_BODIES)
-                await (await error_response(Request(scope), error))(scope, receive, send)
+                refusal = await error_response(Request(scope), error)
+                await refusal(scope, receive, send)
                 return
             if not admission.admit():
                 await self._refuse(admission, name, send)
