@@ -8,8 +8,9 @@ request recorded, the monitor's runs every 5 s), closed-loop callers of 1-row OI
 first runs pass), then ``--runs`` measured runs at each number of ``--callers`` (64; with 1024 too,
 the overload issue's spike); then the demo stops and the bare app (bench/peers.py) gets the same
 runs, and then the no-op server (bench/peers.py), which answers without doing anything: what the
-client reaches against it is the client's own ceiling at each number of callers, on this machine. Each run also reports the CPU each server process and the client took per answer
-(microseconds), a figure this noisy machine moves less than the rate. ``--client wrk`` drives the
+client reaches against it is the client's own ceiling at each number of callers, on this machine.
+Each run also reports the CPU each server process and the client took per answer (microseconds),
+a figure this noisy machine moves less than the rate. ``--client wrk`` drives the
 same runs with wrk instead of the aiohttp callers (the issues' client), to tell what the server
 loses at 1,024 callers from what a Python client on the same two cores does. ``--home``: serve a
 copy of a home that ``make demo`` has run in (``.gateway-home``: its labels, rollouts and records,
@@ -151,8 +152,16 @@ def main() -> None:
     with null_server() as url:
         ceiling = runs(url, psutil.Process(), body, args)
     home = str(args.home) if args.home else None
-    results = {"demo": demo, "bare": bare, "client_ceiling": ceiling}
-    write_results("demo", {"tree": str(args.tree), "home": home, **results})
+    write_results(
+        "demo",
+        {
+            "tree": str(args.tree),
+            "home": home,
+            "demo": demo,
+            "bare": bare,
+            "client_ceiling": ceiling,
+        },
+    )
 
 
 if __name__ == "__main__":

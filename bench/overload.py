@@ -5,8 +5,10 @@ Run: ``.venv/bin/python bench/overload.py [--seconds 8] [--rounds 3]``. Each sys
 ``cancer:v1`` with one server process: the gateway with its features on (routing, validation,
 metrics, recording to a monitor), the bare Starlette + uvicorn + onnxruntime app and MLServer 1.7.1
 (bench/peers.py), and a no-op server that answers every request at once without doing anything:
-what the client reaches against it is its own ceiling, which no server can pass on this machine. For concurrency 64, 256, 1024 and 2048, closed-loop callers (bench/load.py, an
-aiohttp client on the same machine) POST a 1-row OIP JSON body for ``--seconds`` after a 1 s
+what the client reaches against it is its own ceiling when every call is answered at once (a
+server that holds refused callers can pass it: the client then has fewer calls in motion). For
+concurrency 64, 256, 1024 and 2048, closed-loop callers (bench/load.py, an aiohttp client on the
+same machine) POST a 1-row OIP JSON body for ``--seconds`` after a 1 s
 warm-up; systems alternate within each round and the table shows the median of the rounds. Results
 go to bench/results/overload.json.
 """

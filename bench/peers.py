@@ -64,13 +64,14 @@ app = Starlette(routes=[HttpRoute("/v2/models/{model}/infer", infer, methods=["P
 NULL_SERVER = """
 import asyncio, os, uvloop
 
-BODY = (b'{"model_name":"cancer","model_version":"v1","parameters":{"request_id":"cancer:0123456789'
-        b'abcdef0123456789abcdef"},"outputs":[{"name":"label","datatype":"BYTES","shape":[1],"data":'
-        b'["benign"]},{"name":"probabilities","datatype":"FP32","shape":[1,2],"data":[1.0,0.0]}]}')
 ID = b"cancer:0123456789abcdef0123456789abcdef"
-HEADS = [b"HTTP/1.1 200 OK", b"date: Mon, 07 Dec 2026 00:00:00 GMT", b"x-gateway-request-id: " + ID,
-         b"x-request-id: " + ID, b"x-gateway-variant: stable", b"x-gateway-model-version: v1",
-         b"x-gateway-worker: 1", b"content-length: %d" % len(BODY), b"content-type: application/json"]
+BODY = (b'{"model_name":"cancer","model_version":"v1","parameters":{"request_id":"' + ID + b'"},'
+        b'"outputs":[{"name":"label","datatype":"BYTES","shape":[1],"data":["benign"]},'
+        b'{"name":"probabilities","datatype":"FP32","shape":[1,2],"data":[1.0,0.0]}]}')
+HEADS = [b"HTTP/1.1 200 OK", b"date: Mon, 07 Dec 2026 00:00:00 GMT",
+         b"x-gateway-request-id: " + ID, b"x-request-id: " + ID, b"x-gateway-variant: stable",
+         b"x-gateway-model-version: v1", b"x-gateway-worker: 1",
+         b"content-length: %d" % len(BODY), b"content-type: application/json"]
 ANSWER = b"\\r\\n".join(HEADS) + b"\\r\\n\\r\\n" + BODY
 
 class Answering(asyncio.Protocol):

@@ -229,8 +229,8 @@ def _slow_client_options(timeout_s: float) -> list[tuple[str, int]]:
     renewed once it is that old: grpc asks the client to reconnect (GOAWAY), gives the calls in
     flight as long again, then closes it. A connection that sends nothing, or a call whose message
     never ends, is closed within twice the limit, where it would otherwise be kept for ever.
-    gRPC clients reconnect on their own: honest calls do not fail for it (tests/test_server_abuse.py).
-    0 (no limit) leaves grpc's defaults."""
+    gRPC clients reconnect on their own: honest calls do not fail for it
+    (tests/test_server_abuse.py). 0 (no limit) leaves grpc's defaults."""
     if timeout_s <= 0:
         return []
     timeout_ms = max(1, round(timeout_s * 1000))

@@ -2,11 +2,12 @@
 
 Most bodies come whole with their request's head. The rest are gathered message by message until
 they end (at most ``limits.max_body_bytes`` each), and nothing else bounds how many are gathered at
-once: a prediction gives its admission slot back while its body arrives (service/gateway/http/gate.py),
-and ``/feedback`` counts a call against its budget once its body is here, so that clients slow to
-send cannot lock others out. Unbounded, N clients each sending nearly ``max_body_bytes`` and then
-stopping held N times that of the worker's memory until their connections timed out
-(``server.request_read_timeout_s``): 200 of them took the demo's worker from 233 to 967 MB in 1.6 s.
+once: a prediction gives its admission slot back while its body arrives
+(service/gateway/http/gate.py), and ``/feedback`` counts a call against its budget once its body
+is here, so that clients slow to send cannot lock others out. Unbounded, N clients each sending
+nearly ``max_body_bytes`` and then stopping held N times that of the worker's memory until their
+connections timed out (``server.request_read_timeout_s``): 200 of them took the demo's worker from
+233 to 967 MB in 1.6 s.
 
 ``ArrivingBodies`` counts the bytes of every body that has begun and not finished arriving in the
 worker. A message that would take the count past ``limits.max_arriving_body_bytes`` ends its

@@ -180,7 +180,8 @@ class PredictionGate:
         self.admission = admission
         """This worker's admission, once its gateway has started (None before)."""
         self.refused = refused
-        """Counts a refusal by route (``predict``, ``infer``, ``other``) and reason (``SHED_SERIES``)."""
+        """Counts a refusal by route (``predict``, ``infer``, ``other``) and reason
+        (``SHED_SERIES``)."""
         self.worker = worker
         self.limits = limits
         """The gateway's ``limits``: a body still arriving is read as far as ``max_body_bytes``,
