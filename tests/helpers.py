@@ -186,10 +186,13 @@ async def scrape(session, url: str) -> str:
         return await answer.text()
 
 
-def metric_total(text: str, prefix: str) -> float:
-    """The sum of the samples in an exposition whose line starts with ``prefix``."""
+def metric_total(text: str, prefix: str, containing: str = "") -> float:
+    """The sum of the samples in an exposition whose line starts with ``prefix`` (and holds
+    ``containing``, a label anywhere in the series)."""
     return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix) and containing in line
     )
 
 

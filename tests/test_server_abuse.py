@@ -27,7 +27,14 @@ from service import registry
 from service.config import load_config
 from service.demo.run import demo_config
 from service.launch import MONITOR_SERVICE, free_port, running_server
-from tests.helpers import ADMIN_AUTH, ADMIN_ENV, METRICS_AUTH, MONITOR_AUTH, STORE_ROOT
+from tests.helpers import (
+    ADMIN_AUTH,
+    ADMIN_ENV,
+    METRICS_AUTH,
+    MONITOR_AUTH,
+    STORE_ROOT,
+    metric_total,
+)
 
 pytestmark = pytest.mark.integration
 ROW = [14.0, 20.0, 90.0, 600.0, 0.1, 0.1, 0.08, 0.05, 0.18, 0.06] * 3
@@ -101,11 +108,7 @@ def config_endpoints(data_dir: Path) -> set[str]:
 def counted(address: str, counter: str, label: str) -> float:
     """The total of the gateway's ``counter`` over its series that carry ``label``."""
     _, _, text = send(address, "GET", "/metrics", headers=METRICS_AUTH)
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.decode().splitlines()
-        if line.startswith(counter + "{") and label in line
-    )
+    return metric_total(text.decode(), counter + "{", label)
 
 
 def error_count(address: str) -> float:
