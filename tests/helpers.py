@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -303,6 +303,16 @@ async def in_process_gateway(config_path: Path) -> AsyncIterator[tuple[Gateway, 
                 yield gateway, client
     finally:
         await gateway.close()
+
+
+def until(condition: Callable[[], bool], timeout_s: float, every_s: float = 0.05) -> bool:
+    """Whether ``condition()`` came true within ``timeout_s`` (asked every ``every_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every_s)
+    return True
 
 
 def receiving(*messages: dict):

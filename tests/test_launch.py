@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from service.launch import (
     start_ready,
     stop,
 )
+from tests.helpers import until
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = """
@@ -88,16 +88,6 @@ with open(pid_file + ".part", "w") as part:
 os.rename(pid_file + ".part", pid_file)  # whole or absent: never read half written
 time.sleep(600)
 """
-
-
-def until(condition, timeout_s: float) -> bool:
-    """Whether ``condition()`` came true within ``timeout_s`` (asked every 50 ms)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def ended(process: psutil.Process) -> bool:

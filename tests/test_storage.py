@@ -5,7 +5,6 @@ record and its label stored at once by two monitors (each interleaving forced wi
 from __future__ import annotations
 
 import threading
-import time
 
 import psycopg
 import pytest
@@ -15,6 +14,7 @@ from monitors.store import LabelOutcome, MonitorStore
 from storage import postgres as engine
 from storage.database import StoreUnavailable
 from storage.postgres import PostgresDatabase
+from tests.helpers import until
 
 
 def test_an_unreachable_postgres_is_unavailable_not_an_engine_error(monkeypatch):
@@ -95,10 +95,11 @@ def _in_background(call) -> threading.Thread:
 
 def _wait_until_blocked(database: PostgresDatabase, timeout_s: float = 10.0) -> None:
     """Until some session waits for a lock another holds (the interleaving a test forces)."""
-    deadline = time.monotonic() + timeout_s
-    while database.query("SELECT COUNT(*) FROM pg_locks WHERE NOT granted") == [(0,)]:
-        assert time.monotonic() < deadline, "no session came to wait for the blocker's lock"
-        time.sleep(0.01)
+
+    def blocked() -> bool:
+        return database.query("SELECT COUNT(*) FROM pg_locks WHERE NOT granted") != [(0,)]
+
+    assert until(blocked, timeout_s, every_s=0.01), "no session came to wait for the blocker's lock"
 
 
 def test_a_label_stored_while_another_monitor_stores_its_record_is_joined(postgres):
