@@ -19,7 +19,7 @@ from pathlib import Path
 
 import bentoml
 
-from service import bentoml_fixes, metric_values
+from service import bentoml_fixes, metric_values, open_files
 from service.config import CONFIG_ENV, GatewayConfig, LimitsConfig, load_config
 from service.gateway.http.app import build_app
 from service.gateway.http.gate import PredictionGate
@@ -28,6 +28,7 @@ from service.http import slow_clients
 
 bentoml_fixes.apply()
 metric_values.install()
+open_files.raise_limit()
 log = logging.getLogger("gateway")
 http_app = build_app()
 

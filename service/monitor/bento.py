@@ -20,13 +20,14 @@ from pathlib import Path
 
 import bentoml
 
-from service import bentoml_fixes, metric_values
+from service import bentoml_fixes, metric_values, open_files
 from service.config import CONFIG_ENV, load_config
 from service.http import slow_clients
 from service.monitor.app import build_monitor_app
 
 bentoml_fixes.apply()
 metric_values.install()
+open_files.raise_limit()
 monitor_app = build_monitor_app()
 _CONFIG_PATH = Path(os.environ.get(CONFIG_ENV, "gateway.yaml")).resolve()
 _CONFIG = load_config(_CONFIG_PATH) if _CONFIG_PATH.is_file() else None

@@ -1,0 +1,82 @@
+"""The limit on open files (service/open_files.py): a process raises its soft limit to its hard
+one, and a gateway started under a low soft limit, as most systems give (1,024; 128 here, so that
+the test needs few connections), still holds more callers than that at once."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from service.launch import free_port, serve_command, serve_env, start_ready, stop
+from tests.helpers import write_config
+
+LOW = 128
+"""The soft limit the processes here start with."""
+CALLERS = 3 * LOW
+HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+"""This machine's hard limit: what the processes here may raise theirs to."""
+
+
+def limited(command: list[str], soft: int, hard: int | None = None) -> list[str]:
+    """``command`` run with a soft limit of ``soft`` open files (and a hard one of ``hard``)."""
+    limits = f"ulimit -Sn {soft}" + ("" if hard is None else f" && ulimit -Hn {hard}")
+    return ["sh", "-c", f'{limits} && exec "$@"', "sh", *command]
+
+
+def raised(soft: int, hard: int | None = None) -> subprocess.CompletedProcess:
+    """A Python process started with those limits calls ``raise_limit``: its answer and its log."""
+    code = "from service import open_files; print(open_files.raise_limit())"
+    return subprocess.run(
+        limited([sys.executable, "-c", code], soft, hard),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+def test_the_soft_limit_is_raised_to_the_hard_one() -> None:
+    assert HARD > LOW, f"this machine's hard limit on open files is {HARD}: the test needs more"
+    run = raised(LOW)
+    assert int(run.stdout) == HARD
+    assert "may open" not in run.stderr
+
+
+def test_a_hard_limit_too_low_to_hold_many_callers_is_warned_about() -> None:
+    run = raised(LOW, LOW)
+    assert int(run.stdout) == LOW
+    assert f"this process may open {LOW} files" in run.stderr
+
+
+@pytest.mark.integration
+async def test_a_gateway_started_under_a_low_limit_holds_more_callers_than_it(
+    demo_models, tmp_path
+) -> None:
+    """``CALLERS`` connections open at once, each then asking ``/livez``: every one is answered.
+    Without the raise, the worker could hold no connection past its limit: the others were closed
+    unanswered (290 of 384)."""
+    assert HARD > 2 * CALLERS, f"this machine's hard limit on open files is {HARD}: too few here"
+    port = free_port()
+    config = write_config(tmp_path / "gateway.yaml")
+    command = limited(serve_command(port, "127.0.0.1"), LOW)
+    with open(tmp_path / "server.log", "wb") as log:
+        process = start_ready(
+            f"http://127.0.0.1:{port}", command, serve_env(config, port, "127.0.0.1"), log
+        )
+        try:
+            connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(CALLERS)]
+            for _, writer in connections:
+                writer.write(b"GET /livez HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(reader.readline() for reader, _ in connections)), timeout=15
+            )
+            for _, writer in connections:
+                writer.close()
+        finally:
+            stop(process)
+    assert Counter(answers) == {b"HTTP/1.1 200 OK\r\n": CALLERS}
+    assert b"Too many open files" not in (tmp_path / "server.log").read_bytes()
