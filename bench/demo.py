@@ -43,7 +43,7 @@ from bench.harness import (  # noqa: E402
 from bench.load import closed_loop  # noqa: E402
 from bench.peers import bare_app, null_server  # noqa: E402
 from bench.serving import oip_body  # noqa: E402
-from service import registry  # noqa: E402
+from service import open_files, registry  # noqa: E402
 from service.launch import free_port, stop, wait_ready  # noqa: E402
 from service.model_card import MODEL_FILE  # noqa: E402
 
@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--callers", type=int, nargs="+", default=[64])
     parser.add_argument("--client", choices=("aiohttp", "wrk"), default="aiohttp")
     args = parser.parse_args()
+    open_files.raise_limit()  # the client's connections, and the servers' it starts
     body = oip_body(register_demo_models()[:1])
     demo = demo_runs(args.tree.resolve(), body, args)
     with bare_app(registry.model_dir("cancer:v1") / MODEL_FILE) as url:

@@ -28,7 +28,7 @@ import psutil  # noqa: E402
 from bench.harness import cpu_seconds, gateway, register_demo_models, write_results  # noqa: E402
 from bench.load import closed_loop  # noqa: E402
 from bench.peers import bare_app, mlserver, null_server  # noqa: E402
-from service import registry  # noqa: E402
+from service import open_files, registry  # noqa: E402
 from service.model_card import MODEL_FILE  # noqa: E402
 
 CONCURRENCY = (64, 256, 1024, 2048)
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    open_files.raise_limit()  # the client's connections, and the servers' it starts
     rows = register_demo_models()
     model = registry.model_dir("cancer:v1") / MODEL_FILE
     tensor = {"name": "X", "datatype": "FP32", "shape": [1, 30], "data": rows[0].tolist()}
