@@ -2,9 +2,9 @@
 
 Every connection a server holds is an open file, and Linux gives a process 1,024 by default
 (systemd's ``DefaultLimitNOFILE=1024:524288``, a login shell's ``ulimit -n``). A gateway worker
-at that limit can accept no caller and open no socket: on the demo, at 1,024 callers, 6,493
-calls in 8 s failed to connect and the worker could not reach its monitor with its records; at
-2,048 callers goodput fell to a tenth. The hard limit is the ceiling the system set for this
+at that limit can hold no more callers and open no socket: on the demo at 1,024 callers, it
+closed 5,897-6,493 calls unanswered in 8 s and could not reach its monitor with its records; at
+2,048 callers its goodput fell to a tenth (BENCHMARKS.md). The hard limit is the ceiling the system set for this
 process, and raising the soft limit up to it needs no privilege (Go's runtime has done this
 since 1.19). The risk Go names, ``select()`` failing past descriptor 1,023, does not apply: the
 event loops here wait with epoll, psycopg with poll.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import resource
 
-log = logging.getLogger("gateway")
+log = logging.getLogger("gateway.open_files")
 
 ENOUGH = 4096
 """Below this many open files a server is warned about: it can hold fewer callers at once than
@@ -40,7 +40,7 @@ def raise_limit() -> int:
     if soft != resource.RLIM_INFINITY and soft < ENOUGH:
         log.warning(
             "this process may open %d files: it cannot hold more callers than that at once "
-            "(raise the hard limit: ulimit -Hn, systemd's LimitNOFILE, docs/operations.md)",
+            "(raise its hard limit: docs/operations.md, 'Open files')",
             soft,
         )
     return soft
