@@ -124,10 +124,13 @@ async def wait_for_records(session, monitor_url, endpoint, count, timeout_s=15.0
     while time.monotonic() < deadline:
         async with session.get(f"{monitor_url}/summary", headers=MONITOR_AUTH) as answer:
             variants = (await answer.json())["variants"]
-        if sum(v["records"] for v in variants if v["endpoint"] == endpoint) >= count:
+        got = sum(v["records"] for v in variants if v["endpoint"] == endpoint)
+        if got >= count:
             return
         await asyncio.sleep(0.2)
-    raise AssertionError(f"the monitor did not get {count} records of {endpoint}")
+    raise AssertionError(
+        f"the monitor had {got} of {count} records of {endpoint} after {timeout_s} s"
+    )
 
 
 async def test_a_reward_that_favours_one_arm_is_read_out_exactly_and_ships(servers):
