@@ -4,10 +4,10 @@ Every connection a server holds is an open file, and Linux gives a process 1,024
 (systemd's ``DefaultLimitNOFILE=1024:524288``, a login shell's ``ulimit -n``). A gateway worker
 at that limit can hold no more callers and open no socket: on the demo at 1,024 callers, it
 closed 5,897-6,493 calls unanswered in 8 s and could not reach its monitor with its records; at
-2,048 callers its goodput fell to a tenth (BENCHMARKS.md). The hard limit is the ceiling the system set for this
-process, and raising the soft limit up to it needs no privilege (Go's runtime has done this
-since 1.19). The risk Go names, ``select()`` failing past descriptor 1,023, does not apply: the
-event loops here wait with epoll, psycopg with poll.
+2,048 callers its goodput fell to a tenth (BENCHMARKS.md). The hard limit is the ceiling the
+system set for this process, and raising the soft limit up to it needs no privilege (Go's
+runtime has done this since 1.19). The risk Go names, ``select()`` failing past descriptor
+1,023, does not apply: the event loops here wait with epoll, psycopg with poll.
 
 Both servers call ``raise_limit`` when BentoML imports them, in its arbiter and in every worker;
 the benches call it too, so their clients and the peers they start have the same room.

@@ -119,18 +119,26 @@ def local_monitor(port: int, **settings) -> dict:
     }
 
 
-async def loopback_receiver(path: str, handle):
-    """A small real HTTP server on 127.0.0.1 answering POST ``path`` with ``handle`` (an aiohttp
-    handler): stands in for a monitor or a webhook in tests. Returns (URL, cleanup coroutine)."""
+async def loopback_server(routes: dict[str, Callable]):
+    """A small real HTTP server on 127.0.0.1 answering POST to each path of ``routes`` with its
+    handler (aiohttp's): stands in for a monitor, a webhook or a gateway in tests. Returns (base
+    URL, cleanup coroutine)."""
     from aiohttp import web
 
     app = web.Application()
-    app.router.add_post(path, handle)
+    for path, handle in routes.items():
+        app.router.add_post(path, handle)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    return f"http://127.0.0.1:{port}{path}", runner.cleanup
+    return f"http://127.0.0.1:{port}", runner.cleanup
+
+
+async def loopback_receiver(path: str, handle):
+    """``loopback_server`` answering POST ``path`` alone. Returns (its URL, cleanup coroutine)."""
+    base_url, cleanup = await loopback_server({path: handle})
+    return f"{base_url}{path}", cleanup
 
 
 ROW = [14.0, 20.0, 90.0, 600.0, 0.1, 0.1, 0.08, 0.05, 0.18, 0.06] * 3

@@ -8,6 +8,7 @@ import asyncio
 import random
 import uuid
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from service.demo.experiment import (
     plan,
 )
 from service.demo.models import LABEL
+from tests.helpers import loopback_server
 from traffic.buckets import allocate, bucket_of, owner
 
 RANGES = allocate([(arm, weight, arm == "candidate") for arm, weight in WEIGHTS.items()])
@@ -42,9 +44,10 @@ def _arm(user: str) -> str:
     return owner(RANGES, bucket_of(ENDPOINT, user))
 
 
-async def _stand_in_gateway(answer_order: random.Random) -> tuple[web.AppRunner, str, dict]:
+async def _stand_in_gateway(answer_order: random.Random) -> tuple[str, Callable, dict]:
     """A loopback server in the gateway's place: each answer's arm by its user, after a random
-    delay, so answers come back in a different order on every run."""
+    delay, so answers come back in a different order on every run. (base URL, cleanup, the arm
+    of each request id it answered)."""
     arms: dict[str, str] = {}
 
     async def predict(request: web.Request) -> web.Response:
@@ -56,23 +59,17 @@ async def _stand_in_gateway(answer_order: random.Random) -> tuple[web.AppRunner,
     async def feedback(request: web.Request) -> web.Response:
         return web.json_response({"accepted": len((await request.json())["rewards"])})
 
-    app = web.Application()
-    app.router.add_post(f"/predict/{ENDPOINT}", predict)
-    app.router.add_post("/feedback", feedback)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    return runner, f"http://127.0.0.1:{port}", arms
+    routes = {f"/predict/{ENDPOINT}": predict, "/feedback": feedback}
+    base_url, cleanup = await loopback_server(routes)
+    return base_url, cleanup, arms
 
 
 async def _conversions_by_arm(answer_order: random.Random) -> Counter:
-    runner, base_url, arms = await _stand_in_gateway(answer_order)
+    base_url, cleanup, arms = await _stand_in_gateway(answer_order)
     try:
         rewards = await _traffic(base_url, _rows(), seed=3)
     finally:
-        await runner.cleanup()
+        await cleanup()
     converted: Counter = Counter()
     for reward in rewards:
         converted[arms[reward["request_id"]], reward["value"]] += 1
