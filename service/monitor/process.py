@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from monitors.records import PredictionRecord
@@ -45,6 +44,9 @@ OUTCOMES = ("ok", "error", "rejected")
 KNOWN_GRACE_S = 3600.0
 """How long a variant that left the routing state may still send records (the last batches)."""
 REFRESH_S = 1.0
+"""The routing state is read again at most this often, when a record names a variant not seen in
+it within this time: one it never had (a caller's junk costs one read a second at most), or one
+it had (to learn whether it is still there)."""
 
 
 def listening_host() -> str | None:
@@ -56,25 +58,40 @@ def listening_host() -> str | None:
         return bound.getsockname()[0]
 
 
-@dataclass
 class KnownVariants:
     """Endpoint and variant names the routing state has, or had within ``KNOWN_GRACE_S``: the
-    only ones records may carry (a name nobody configured never reaches a table or a path)."""
+    only ones records may carry (a name nobody configured never reaches a table or a path).
+    Asked by the threads that store records, several at once."""
 
-    tables: Callable[[], Mapping[str, EndpointTable]]
-    seen: dict[tuple[str, str], float] = field(default_factory=dict)
-    loaded: float = float("-inf")
+    def __init__(
+        self,
+        tables: Callable[[], Mapping[str, EndpointTable]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tables = tables
+        self.clock = clock
+        self._seen: dict[tuple[str, str], float] = {}
+        """When each name was last in the routing state."""
+        self._read_at = -math.inf
+        self._reading = threading.Lock()
 
     def knows(self, endpoint: str, variant: str) -> bool:
-        now = time.monotonic()
-        if (endpoint, variant) not in self.seen and now - self.loaded >= REFRESH_S:
-            self.loaded = now
-            tables: Mapping[str, EndpointTable] = self.tables()
-            for name, table in tables.items():
+        now = self.clock()
+        if now - self._seen.get((endpoint, variant), -math.inf) >= REFRESH_S:
+            self._read_again(now)
+        return now - self._seen.get((endpoint, variant), -math.inf) < KNOWN_GRACE_S
+
+    def _read_again(self, now: float) -> None:
+        """Note every name in the routing state as seen ``now``, unless it was read within
+        ``REFRESH_S``. A caller arriving while another reads waits for that read: answering from
+        before it refused a whole batch of records for names the read was about to note."""
+        with self._reading:
+            if now - self._read_at < REFRESH_S:
+                return
+            for name, table in self.tables().items():
                 for v in table.variants:
-                    self.seen[(name, v.name)] = now
-        seen = self.seen.get((endpoint, variant))
-        return seen is not None and now - seen < KNOWN_GRACE_S
+                    self._seen[(name, v.name)] = now
+            self._read_at = now
 
 
 class Monitor:

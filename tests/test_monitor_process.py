@@ -1,0 +1,89 @@
+"""Which endpoint and variant names a monitor stores records for (service/monitor/process.py
+``KnownVariants``): those of the routing state, for as long as the monitor runs; those that left
+it, for ``KNOWN_GRACE_S``; none other, however many records name them."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+from service.monitor.process import KNOWN_GRACE_S, REFRESH_S, KnownVariants
+from tests.helpers import Clock
+
+
+class RoutingState:
+    """The routing tables a monitor reads: variants by endpoint, and how often they were read."""
+
+    def __init__(self, **variants: list[str]) -> None:
+        self.variants = variants
+        self.reads = 0
+
+    def __call__(self) -> dict:
+        self.reads += 1
+        return {
+            endpoint: SimpleNamespace(variants=[SimpleNamespace(name=n) for n in names])
+            for endpoint, names in self.variants.items()
+        }
+
+
+def test_a_variant_of_the_routing_state_is_known_for_as_long_as_the_monitor_runs() -> None:
+    clock = Clock(1000.0)
+    known = KnownVariants(RoutingState(cancer=["stable", "candidate"]), clock)
+    assert known.knows("cancer", "stable")
+    for _ in range(3 * 24):  # three days, a record an hour
+        clock.now += 3600.0
+        assert known.knows("cancer", "stable") and known.knows("cancer", "candidate")
+
+
+def test_a_variant_that_left_is_known_for_the_grace_period_then_not() -> None:
+    clock = Clock(1000.0)
+    state = RoutingState(cancer=["stable", "candidate"])
+    known = KnownVariants(state, clock)
+    assert known.knows("cancer", "candidate")
+    state.variants["cancer"] = ["stable"]  # the candidate was removed
+    clock.now += KNOWN_GRACE_S - 10.0
+    assert known.knows("cancer", "candidate")  # its last batches
+    clock.now += 20.0
+    assert not known.knows("cancer", "candidate")
+    assert known.knows("cancer", "stable")
+
+
+def test_a_name_never_in_the_routing_state_is_refused_and_read_for_at_most_once_a_second() -> None:
+    clock = Clock(1000.0)
+    state = RoutingState(cancer=["stable"])
+    known = KnownVariants(state, clock)
+    for _ in range(10_000):
+        assert not known.knows("cancer", "made-up")
+        assert not known.knows("nobody", "stable")
+    assert state.reads == 1
+    clock.now += REFRESH_S
+    state.variants["new"] = ["stable"]  # an endpoint added meanwhile is known at the next read
+    assert known.knows("new", "stable")
+    assert state.reads == 2
+
+
+def test_callers_arriving_while_the_routing_state_is_read_wait_for_it() -> None:
+    """Batches from two gateway workers stored at once by two threads, the routing state not read
+    yet: both are known. (The second was refused whole while the first thread read it, and its
+    records lost: the gateway had its 200.)"""
+    reading, release = threading.Event(), threading.Event()
+    state = RoutingState(cancer=["stable"])
+
+    def slow_read() -> dict:
+        reading.set()
+        release.wait(timeout=10)
+        return state()
+
+    known = KnownVariants(slow_read, Clock(1000.0))
+    answers: dict[str, bool] = {}
+    first = threading.Thread(target=lambda: answers.update(first=known.knows("cancer", "stable")))
+    first.start()
+    assert reading.wait(timeout=10)
+    second = threading.Thread(target=lambda: answers.update(second=known.knows("cancer", "stable")))
+    second.start()
+    second.join(timeout=0.2)
+    release.set()
+    first.join(timeout=10)
+    second.join(timeout=10)
+    assert answers == {"first": True, "second": True}
+    assert state.reads == 1
