@@ -301,11 +301,15 @@ ROWS = [
                 "timeseries",
             ),
             (
-                "Records: shipped, dropped, buffered",
+                "Records: shipped, dropped, refused, buffered",
                 "short",
                 [
                     (f"sum(rate(gateway_monitor_shipped_records_total{RATE}))", "shipped/s"),
                     (f"sum(rate(gateway_monitor_dropped_records_total{RATE}))", "dropped/s"),
+                    (
+                        f"sum(rate(gateway_monitor_refused_records_total{RATE}))",
+                        "refused by the monitor/s",
+                    ),
                     ("sum(gateway_monitor_buffered_records)", "buffered"),
                 ],
                 "timeseries",
