@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from service.launch import free_port, serve_command, serve_env, start_ready, stop
+from service import launch
 from tests.helpers import write_config
 
 LOW = 128
@@ -54,29 +54,24 @@ def test_a_hard_limit_too_low_to_hold_many_callers_is_warned_about() -> None:
 
 @pytest.mark.integration
 async def test_a_gateway_started_under_a_low_limit_holds_more_callers_than_it(
-    demo_models, tmp_path
+    demo_models, tmp_path, monkeypatch
 ) -> None:
     """``CALLERS`` connections open at once, each then asking ``/livez``: every one is answered.
     Without the raise, the worker could hold no connection past its limit: the others were closed
     unanswered (290 of 384)."""
     assert HARD > 2 * CALLERS, f"this machine's hard limit on open files is {HARD}: too few here"
-    port = free_port()
+    serve_command = launch.serve_command
+    monkeypatch.setattr(launch, "serve_command", lambda *args: limited(serve_command(*args), LOW))
     config = write_config(tmp_path / "gateway.yaml")
-    command = limited(serve_command(port, "127.0.0.1"), LOW)
-    with open(tmp_path / "server.log", "wb") as log:
-        process = start_ready(
-            f"http://127.0.0.1:{port}", command, serve_env(config, port, "127.0.0.1"), log
+    with launch.running_server(config, log_path=tmp_path / "server.log") as url:
+        port = int(url.rsplit(":", 1)[1])
+        connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(CALLERS)]
+        for _, writer in connections:
+            writer.write(b"GET /livez HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(reader.readline() for reader, _ in connections)), timeout=15
         )
-        try:
-            connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(CALLERS)]
-            for _, writer in connections:
-                writer.write(b"GET /livez HTTP/1.1\r\nHost: gateway\r\n\r\n")
-            answers = await asyncio.wait_for(
-                asyncio.gather(*(reader.readline() for reader, _ in connections)), timeout=15
-            )
-            for _, writer in connections:
-                writer.close()
-        finally:
-            stop(process)
+        for _, writer in connections:
+            writer.close()
     assert Counter(answers) == {b"HTTP/1.1 200 OK\r\n": CALLERS}
     assert b"Too many open files" not in (tmp_path / "server.log").read_bytes()
