@@ -104,8 +104,9 @@ def test_the_readout_finds_the_candidates_lift_whatever_the_seed() -> None:
         totals: dict[str, dict[str, list[int]]] = {arm: {} for arm in WEIGHTS}
         for user, _, draw in plan(40, seed):
             arm = _arm(user)
-            converted, requests = totals[arm].setdefault(user, [0, 0])
-            totals[arm][user] = [converted + (draw < CONVERSION[arm]), requests + 1]
+            unit = totals[arm].setdefault(user, [0, 0])  # conversions, requests
+            unit[0] += draw < CONVERSION[arm]
+            unit[1] += 1
         data = {
             arm: UnitTotals.of(*zip(*users.values(), strict=True)) for arm, users in totals.items()
         }
