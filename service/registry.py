@@ -115,6 +115,20 @@ def run_on_rows(model_path: Path, card: ModelCard, rows: pd.DataFrame) -> dict[s
         raise ConfigError(f"the model fails on its reference data: {error}") from None
 
 
+def _check_predicted_labels(predicted: np.ndarray, class_labels: tuple) -> None:
+    """Refuse a model whose label output names classes other than its card's: its answers, its
+    probability columns and the monitor's accuracy would each speak of different classes. (A
+    graph that does not store its classes, such as skl2onnx's for double inputs, takes them from
+    the reference's labels, which must then be the ones the model predicts.)"""
+    strange = set(np.unique(predicted).tolist()) - set(class_labels)
+    if strange:
+        raise ConfigError(
+            f"the model predicts labels {sorted(strange, key=str)[:8]} on its reference data, "
+            f"which are not among its classes {list(class_labels)[:8]}: the reference's label "
+            f"column must hold the labels the model predicts"
+        )
+
+
 def _reference_with_predictions(
     model_path: Path, card: ModelCard, reference: pd.DataFrame
 ) -> pd.DataFrame:
@@ -123,7 +137,9 @@ def _reference_with_predictions(
     table = reference[[*card.feature_names, card.label_column]].copy()
     if card.task == "classification":
         if card.label_output:
-            table[PREDICTION_COLUMN] = np.asarray(outputs[card.label_output]).reshape(-1)
+            predicted = np.asarray(outputs[card.label_output]).reshape(-1)
+            _check_predicted_labels(predicted, card.class_labels)
+            table[PREDICTION_COLUMN] = predicted
         if card.probability_output:
             probabilities = np.asarray(outputs[card.probability_output])
             if card.class_labels and probabilities.shape[1] != len(card.class_labels):

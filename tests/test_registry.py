@@ -121,3 +121,40 @@ def test_graph_onnxruntime_cannot_load_is_refused(demo_models, tmp_path):
     reference = demo_models["cancer:v1"].reference_path
     with pytest.raises(ConfigError, match="(cannot load the model|not a valid ONNX model)"):
         registry.add_model(path, "mixed", reference)
+
+
+def _argmax_classifier(path) -> None:
+    """A two-feature classifier whose graph stores no class labels (as skl2onnx writes one for
+    double inputs): its label output is the index of the larger feature."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ArgMax", ["X"], ["label"], axis=1, keepdims=0),
+            helper.make_node("Softmax", ["X"], ["probabilities"], axis=1),
+        ],
+        "argmax",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 2])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+
+
+def test_labels_the_model_does_not_predict_are_refused(demo_models, tmp_path):
+    model = tmp_path / "argmax.onnx"
+    _argmax_classifier(model)
+    rows = pd.DataFrame({"a": [0.1, 0.9, 0.3, 0.8], "b": [0.7, 0.2, 0.6, 0.1]})
+    rows.assign(label=["low", "high", "low", "high"]).to_csv(tmp_path / "named.csv", index=False)
+    with pytest.raises(ConfigError, match=r"predicts labels \[0, 1\].*not among its classes"):
+        registry.add_model(model, "argmax", tmp_path / "named.csv", version="named")
+    assert "argmax" not in {card.name for card in registry.list_cards()}
+
+    rows.assign(label=[1, 0, 1, 0]).to_csv(tmp_path / "indexes.csv", index=False)
+    card = registry.add_model(model, "argmax", tmp_path / "indexes.csv", version="indexes")
+    assert card.class_labels == (0, 1)
+    assert registry.load_reference(card.tag)["prediction"].tolist() == [1, 0, 1, 0]
