@@ -52,6 +52,32 @@ class ModelCard:
         """The single [rows, features] input that plain JSON rows are packed into."""
         return self.inputs[0]
 
+    def difference_for_callers(self, other: ModelCard) -> str | None:
+        """What a caller of this model would find different in ``other``: its task, its input
+        tensors (names, datatypes, row shapes) or its features' names and order. None when every
+        request this model takes, ``other`` takes too, and both answer the same kind of thing."""
+        if other.task != self.task:
+            return f"is a {other.task} model, not a {self.task} one"
+        ours, theirs = (
+            [(s.name, s.datatype, list(s.shape[1:])) for s in c.inputs] for c in (self, other)
+        )
+        if theirs != ours:
+            return f"takes inputs {theirs}, not {ours} (name, datatype, row shape)"
+        if other.feature_names != self.feature_names:
+            where = next(
+                (
+                    i
+                    for i, (a, b) in enumerate(zip(self.feature_names, other.feature_names))
+                    if a != b
+                ),
+                min(len(self.feature_names), len(other.feature_names)),
+            )
+            return (
+                f"takes features {list(other.feature_names[where : where + 3])} from position "
+                f"{where}, not {list(self.feature_names[where : where + 3])}"
+            )
+        return None
+
     def to_json(self) -> str:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
         data["inputs"] = [t.to_dict() for t in self.inputs]

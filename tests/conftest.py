@@ -34,6 +34,16 @@ def demo_models() -> dict[str, DemoModel]:
 
 
 @pytest.fixture(scope="session")
+def regressor_v9(demo_models) -> str:
+    """The demo regressor again as ``diabetes:v9``, a version no cancer model has: a variant a
+    cancer endpoint must refuse for its inputs and task, not for its version."""
+    diabetes = demo_models["diabetes:v1"]
+    return registry.add_model(
+        diabetes.onnx_path, "diabetes", diabetes.reference_path, version="v9"
+    ).tag
+
+
+@pytest.fixture(scope="session")
 def gateway_url(demo_models, tmp_path_factory) -> str:
     """A real gateway (``bentoml serve``) on a free loopback port, shared by the session."""
     directory = tmp_path_factory.mktemp("gateway")

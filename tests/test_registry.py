@@ -158,3 +158,14 @@ def test_labels_the_model_does_not_predict_are_refused(demo_models, tmp_path):
     card = registry.add_model(model, "argmax", tmp_path / "indexes.csv", version="indexes")
     assert card.class_labels == (0, 1)
     assert registry.load_reference(card.tag)["prediction"].tolist() == [1, 0, 1, 0]
+
+
+def test_an_endpoint_whose_variants_take_other_inputs_fails_planning(regressor_v9):
+    def endpoint(*models: str) -> dict:
+        variants = [{"name": f"v{i}", "model": m, "weight": 1} for i, m in enumerate(models)]
+        return {"endpoints": {"e": {"variants": variants}}}
+
+    check_models(parse_config(endpoint("cancer:v1", "cancer:v2")), ["cancer:v1", "cancer:v2"])
+    mixed = parse_config(endpoint("cancer:v1", regressor_v9))
+    with pytest.raises(ConfigError, match="'v1' .diabetes:v9. cannot serve beside .* regression"):
+        check_models(mixed, ["cancer:v1", regressor_v9])

@@ -269,6 +269,26 @@ async def test_admin_refuses_bad_changes_clearly(traffic_url, method, path, body
         assert status == 200
 
 
+async def test_a_variant_whose_model_takes_other_inputs_is_refused(traffic_url, regressor_v9):
+    """The regressor takes ten features where the cancer models take thirty: as a candidate its
+    share of callers would get 400s they cannot fix, as a shadow every copy would fail."""
+    async with aiohttp.ClientSession() as session:
+        _, before = await admin(session, traffic_url, "GET", "/admin/routing")
+        for role in ({"weight": 10}, {"role": "shadow", "mirror": 1}):
+            body = {"name": "regressor", "model": regressor_v9, **role}
+            status, answer = await admin(
+                session, traffic_url, "POST", "/admin/endpoints/cancer/variants", body
+            )
+            assert status == 400, answer
+            assert "cannot serve beside variant 'stable' (cancer:v1)" in answer["error"]
+            assert "it is a regression model" in answer["error"]
+        _, after = await admin(session, traffic_url, "GET", "/admin/routing")
+        _, audit = await admin(session, traffic_url, "GET", "/admin/audit?limit=50")
+        assert (await predict(session, traffic_url, "after-refused-variant")).status == 200
+    assert after == before
+    assert not any(e["detail"].get("model") == regressor_v9 for e in audit["entries"])
+
+
 @pytest.mark.alone
 async def test_weight_change_reaches_every_worker_within_a_second(traffic_url, traffic_config):
     keys = [f"user-{i}" for i in range(300)]

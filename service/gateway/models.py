@@ -17,6 +17,7 @@ from service.gateway.metrics import GatewayMetrics
 from service.model_card import MODEL_FILE, ModelCard
 from service.runtime import ModelSession, resolve_providers
 from service.tensors import Tensors
+from traffic.table import EndpointTable
 
 log = logging.getLogger("gateway.models")
 
@@ -45,12 +46,32 @@ def _can_stack(card: ModelCard) -> bool:
 
 
 def check_models(config: GatewayConfig, tags: list[str]) -> list[str]:
-    """Check every tag is in the store and resolve the device; returns the providers to use."""
+    """Check every tag is in the store and the config's endpoints can serve their models, and
+    resolve the device; returns the providers to use."""
     if not tags:
         raise ConfigError("no model versions to serve")
     for tag in tags:
         registry.load_card(tag)
+    for table in config.tables().values():
+        check_variants_agree(table)
     return resolve_providers(config.device, registry.model_dir(tags[0]) / MODEL_FILE)
+
+
+def check_variants_agree(table: EndpointTable) -> None:
+    """``ConfigError`` unless every variant's model takes the requests the first one takes and
+    serves the same task. A caller does not choose its variant: a well-formed request would be a
+    400 for the share routed to a variant that takes other inputs (a 400 it cannot fix), and every
+    copy sent to such a shadow would fail."""
+    first, *others = table.variants
+    expected = registry.load_card(first.model)
+    for variant in others:
+        difference = expected.difference_for_callers(registry.load_card(variant.model))
+        if difference is not None:
+            raise ConfigError(
+                f"endpoint {table.endpoint!r}: variant {variant.name!r} ({variant.model}) cannot "
+                f"serve beside variant {first.name!r} ({first.model}): it {difference}, and the "
+                f"endpoint's callers would be refused by it"
+            )
 
 
 class ModelLoader:

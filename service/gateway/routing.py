@@ -23,7 +23,7 @@ import anyio
 from service.errors import ConfigError, Conflict, GatewayError, Unavailable
 from service.gateway.dataplane import DataPlane, Snapshot
 from service.gateway.metrics import GatewayMetrics
-from service.gateway.models import LoadedModel, ModelLoader
+from service.gateway.models import LoadedModel, ModelLoader, check_variants_agree
 from service.logs import Throttled
 from service.state import model_tags
 from storage.database import StoreUnavailable
@@ -165,6 +165,9 @@ class RoutingControl:
             """Runs off the event loop: the new tables, with every model they use loaded."""
             assert state is not None, "a worker initialises the routing state before serving"
             tables = mutate(state.tables)
+            for name, table in tables.items():
+                if endpoint in ("*", name):
+                    check_variants_agree(table)
             models.update(self._load_missing(tables))
             return RoutingState(0, source or state.source, tables)
 
