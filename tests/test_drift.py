@@ -12,6 +12,7 @@ import pytest
 
 from monitors import drift
 from monitors.drift import (
+    MIN_REFERENCE_ROWS,
     DriftSettings,
     column_drift,
     compute_drift,
@@ -59,6 +60,19 @@ def test_small_windows_are_insufficient_not_a_verdict(reference):
     assert result.status == "insufficient_data" and result.features == () and result.rows == 50
     strict = DriftSettings(min_rows=10)
     assert compute_drift(window(50, seed=4), reference, FEATURES, settings=strict).status == "ok"
+
+
+def test_a_small_reference_gives_verdicts_down_to_its_own_floor(reference):
+    """A model registered with a small labeled sample (iris: 150 rows) is still watched: the
+    window needs ``min_rows``, the reference ``MIN_REFERENCE_ROWS`` (or ``min_rows``, if lower)."""
+    current = window(250, seed=11, shifted=(2,))
+    small = reference.sample(150, random_state=0)
+    assert compute_drift(current, small, FEATURES, "prediction").drifted_features == ["f2"]
+    too_small = reference.sample(MIN_REFERENCE_ROWS - 1, random_state=0)
+    result = compute_drift(current, too_small, FEATURES, "prediction")
+    assert result.status == "insufficient_data" and result.reference_rows == MIN_REFERENCE_ROWS - 1
+    few = DriftSettings(min_rows=50)
+    assert compute_drift(current, reference.sample(60), FEATURES, settings=few).status == "ok"
 
 
 def test_prediction_drift_when_the_predicted_classes_shift(reference):
@@ -153,20 +167,22 @@ SHAPES = {
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_an_undrifted_column_is_rarely_flagged_and_a_half_sd_shift_always_is(shape):
-    """Windows drawn from the reference's own distribution (reference and window of 200 to
-    5,000 rows): at most 0.5% flagged, whatever the shape, where a fixed threshold flags heavy
-    tails often. A shift by half the reference's standard deviation at 2,000 rows is flagged."""
+    """Windows drawn from the reference's own distribution (a reference of 100 to 5,000 rows, a
+    window of 200 to 5,000): at most 0.5% flagged, whatever the shape, where a fixed threshold
+    flags heavy tails often. A shift by half the reference's standard deviation at 2,000 rows is
+    flagged (by three quarters against the smallest reference, MIN_REFERENCE_ROWS)."""
     draw = SHAPES[shape]
     rng = np.random.default_rng(zlib.crc32(shape.encode()))
     flagged = checked = 0
-    for reference_rows in (200, 1000, 5000):
+    for reference_rows in (200, 1000, 5000, MIN_REFERENCE_ROWS):
         reference = pd.Series(draw(rng, reference_rows), name="x")
         for window_rows in (200, 1000, 5000):
             for _ in range(25):
                 window = pd.Series(draw(rng, window_rows), name="x")
                 flagged += column_drift(reference, window, False, DriftSettings()).drifted
                 checked += 1
-        shifted = pd.Series(draw(rng, 2000) + 0.5 * reference.std(ddof=0), name="x")
+        shift = 0.75 if reference_rows == MIN_REFERENCE_ROWS else 0.5
+        shifted = pd.Series(draw(rng, 2000) + shift * reference.std(ddof=0), name="x")
         verdict = column_drift(reference, shifted, False, DriftSettings())
         assert verdict.drifted, (reference_rows, verdict)
     assert flagged / checked <= 0.005, f"{shape}: {flagged} of {checked} undrifted windows flagged"

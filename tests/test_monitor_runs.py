@@ -4,6 +4,7 @@ variant's in the same window."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pandas as pd
 import pytest
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from monitors.records import PredictionRecord
 from monitors.reports import ReportArchive
 from monitors.store import MonitorStore
+from service import registry
 from service.config import MonitorConfig
 from service.monitor.metrics import MonitorMetrics
 from service.monitor.runs import MonitorRunner
@@ -276,3 +278,23 @@ def test_an_operators_run_beside_a_periodic_one_breaks_neither(demo_models, tmp_
         "gateway_monitor_analysis_failures_total", {"endpoint": "cancer", "variant": "stable"}
     )
     assert not failures
+
+
+def test_a_reference_too_small_for_drift_is_logged_once(demo_models, tmp_path, monkeypatch, caplog):
+    registered = registry.load_reference
+    small = registered("cancer:v1").head(40)
+    monkeypatch.setattr(
+        registry, "load_reference", lambda tag: small if tag == "cancer:v1" else registered(tag)
+    )
+    runner = runner_with(tmp_path, demo_models, lambda y: y)
+    with caplog.at_level(logging.WARNING, logger="gateway.monitor"):
+        first = {r.variant: r for r in runner.run_once(now=2000.0)}
+        record_one(runner, "stable", "one-more")
+        runner.run_once(now=2001.0)
+    assert first["stable"].drift.status == "insufficient_data"
+    assert first["candidate"].drift.status == "ok"
+    said = [r.getMessage() for r in caplog.records if "reference rows" in r.getMessage()]
+    assert said == [
+        "cancer:v1 has 40 reference rows, fewer than the 100 drift needs: its drift is never "
+        "computed (register it with more)"
+    ]

@@ -188,9 +188,17 @@ class MonitorRunner:
 
     def _reference(self, tag: str) -> ModelReference:
         if tag not in self._references:
-            self._references[tag] = ModelReference(
-                registry.load_card(tag), registry.load_reference(tag)
-            )
+            reference = ModelReference(registry.load_card(tag), registry.load_reference(tag))
+            needed = self.settings.min_reference_rows
+            if len(reference.frame) < needed:
+                log.warning(
+                    "%s has %d reference rows, fewer than the %d drift needs: its drift is never "
+                    "computed (register it with more)",
+                    tag,
+                    len(reference.frame),
+                    needed,
+                )
+            self._references[tag] = reference
         return self._references[tag]
 
     def _window(self, endpoint: str, variant: str, card: ModelCard, since: float) -> pd.DataFrame:
