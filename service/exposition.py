@@ -8,9 +8,17 @@ and these functions read them all, so series are summed over workers.
 
 from __future__ import annotations
 
+import math
 import os
+from contextlib import suppress
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Gauge,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from service import metric_values
@@ -42,3 +50,15 @@ def sample_totals(registry: CollectorRegistry, name: str, **labels: str) -> floa
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def drop_series(gauge: Gauge, key: tuple[str, ...]) -> None:
+    """Take a series off the exposition. Under BentoML the gateway's and the monitor's metrics
+    are in prometheus_client's multiprocess mode, where a series' value lives in a shared file
+    that ``remove`` leaves behind (it only warns): there the series is set to NaN instead, which
+    Prometheus stores as "no value" and Grafana draws as a gap."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        gauge.labels(*key).set(math.nan)
+        return
+    with suppress(KeyError):
+        gauge.remove(*key)

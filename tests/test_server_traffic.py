@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import shutil
 import statistics
 import time
@@ -341,10 +342,23 @@ async def test_add_and_remove_a_variant_then_audit(traffic_url):
         assert refused.status == 403  # at weight 0 it is dark: callers cannot pin it
         pinned = await predict(session, traffic_url, "u", headers={**pin, **ADMIN})
         assert pinned[:2] == (200, "extra")
+        weights = {"weights": {"extra": 10}}
+        status, _ = await admin(
+            session, traffic_url, "PUT", "/admin/endpoints/cancer/weights", weights
+        )
+        assert status == 200
+        weight = 'gateway_variant_weight{endpoint="cancer",variant="extra"}'
+        assert await metric_sum(session, traffic_url, weight) == 10
         status, routing = await admin(
             session, traffic_url, "DELETE", "/admin/endpoints/cancer/variants/extra"
         )
         assert status == 200
+        # every worker follows within a second; the removed variant's weight leaves /metrics
+        # (NaN under the multiprocess exposition: Prometheus stores no value)
+        deadline = time.monotonic() + 3
+        while (left := await metric_sum(session, traffic_url, weight)) == 10:
+            assert time.monotonic() < deadline, "the removed variant's weight stayed on /metrics"
+        assert math.isnan(left) or left == 0, left
         status, audit = await admin(session, traffic_url, "GET", "/admin/audit?limit=50")
     actions = [(e["action"], e["client"]) for e in audit["entries"]]
     assert ("add_variant", "127.0.0.1") in actions and ("remove_variant", "127.0.0.1") in actions

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 import anyio
 
 from service.errors import ConfigError, Conflict, GatewayError, Unavailable
+from service.exposition import drop_series
 from service.gateway.dataplane import DataPlane, Snapshot
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.models import LoadedModel, ModelLoader, check_variants_agree
@@ -88,15 +89,28 @@ class RoutingControl:
         previous = self.dataplane.snapshot
         self.dataplane.install(snapshot)
         self.export(snapshot)
+        self._drop_removed_variants(previous, snapshot)
         retired = [m for t, m in previous.models.items() if t not in snapshot.models]
         if retired:
             asyncio.get_running_loop().call_later(GRACE_S, self._retire, retired)
+
+    def _drop_removed_variants(self, previous: Snapshot, snapshot: Snapshot) -> None:
+        """Take the weight of each variant no table has any more off /metrics: a removed
+        canary's last weight would otherwise stay on the dashboard for as long as the worker
+        runs."""
+        kept = {(name, v.name) for name, table in snapshot.tables.items() for v in table.variants}
+        for name, table in previous.tables.items():
+            for variant in table.variants:
+                if (name, variant.name) not in kept:
+                    drop_series(self.metrics.variant_weight, (name, variant.name))
 
     def _retire(self, models: list[LoadedModel]) -> None:
         in_use = self.dataplane.snapshot.models.values()
         for model in models:
             if all(model is not m for m in in_use):
                 asyncio.ensure_future(model.batcher.close())
+                key = (model.card.name, model.card.version, model.provider)
+                drop_series(self.metrics.model_loaded, key)
 
     def _load_missing(self, tables: Tables) -> dict[str, LoadedModel]:
         """The installed models plus any the tables need that are not loaded yet (blocking: call

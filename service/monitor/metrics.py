@@ -8,10 +8,6 @@ and its scores left as they were, with ``gateway_monitor_insufficient_data`` at 
 
 from __future__ import annotations
 
-import math
-import os
-from contextlib import suppress
-
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -250,15 +246,3 @@ class MonitorMetrics:
     def task_restarted(self, task: str) -> None:
         """Count a supervised background task started again (service/supervise.py)."""
         self.background_restarts.labels(task).inc()
-
-
-def drop_series(gauge: Gauge, key: tuple[str, ...]) -> None:
-    """Take a series off the exposition. Under BentoML the monitor's metrics are in
-    prometheus_client's multiprocess mode, where a series' value lives in a shared file that
-    ``remove`` leaves behind (it only warns): there the series is set to NaN instead, which
-    Prometheus stores as "no value" and Grafana draws as a gap."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        gauge.labels(*key).set(math.nan)
-        return
-    with suppress(KeyError):
-        gauge.remove(*key)

@@ -37,8 +37,9 @@ from service import registry
 from service.config import MonitorConfig
 from service.errors import ConfigError
 from service.explanations import REGRESSION_TARGET, mean_attributions
+from service.exposition import drop_series
 from service.model_card import ModelCard
-from service.monitor.metrics import MonitorMetrics, drop_series
+from service.monitor.metrics import MonitorMetrics
 
 log = logging.getLogger("gateway.monitor")
 
