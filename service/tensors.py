@@ -33,6 +33,19 @@ Tensors = dict[str, np.ndarray]
 """Named tensors: a model's inputs or outputs by name, as every layer passes them."""
 
 
+def integer_problem(array: np.ndarray, datatype: str) -> str | None:
+    """Why ``array``'s numbers would not stay themselves as ``datatype``'s integers (numpy's cast
+    would truncate 1.5 to 1 and wrap 300 to 44 in a UINT8), or None when they would."""
+    if not array.size:
+        return None
+    if array.dtype.kind == "f" and not np.array_equal(array, np.trunc(array)):
+        return "are not all whole numbers"
+    info = np.iinfo(OIP_TO_NUMPY[datatype])
+    if array.min() < info.min or array.max() > info.max:
+        return f"are out of range for {datatype} ({info.min} to {info.max})"
+    return None
+
+
 def oip_datatype_of(array: np.ndarray) -> str:
     """The OIP datatype of a numpy array (strings and objects are BYTES)."""
     if array.dtype.kind in "OUS":

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp.web
+import numpy as np
+import pandas as pd
 import pytest
 
 from monitors.records import decode_batch
+from service import registry
 from tests.helpers import ADMIN_AUTH, ROW, in_process_gateway, loopback_receiver, write_config
 
 KEYS = [f"user-{i}" for i in range(200)]
@@ -239,3 +242,55 @@ async def test_a_change_made_by_another_worker_is_followed(config):
     assert second.dataplane.snapshot.version == version, "the second worker followed"
     assert table.variant("candidate").weight == 50
     assert first.dataplane.table("cancer") == table
+
+
+def register_count_model(tmp_path) -> str:
+    """A regressor on two INT64 features (its output: 2 a + 3 b), registered once a session."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    tag = "counts:v1"
+    if tag in {card.tag for card in registry.list_cards()}:
+        return tag
+    weights = numpy_helper.from_array(np.array([[2.0], [3.0]], np.float32), "W")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["X"], ["Xf"], to=TensorProto.FLOAT),
+            helper.make_node("MatMul", ["Xf", "W"], ["Y"]),
+        ],
+        "counts",
+        [helper.make_tensor_value_info("X", TensorProto.INT64, [None, 2])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    (tmp_path / "counts.onnx").write_bytes(model.SerializeToString())
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame(rng.integers(0, 50, (200, 2)), columns=["a", "b"])
+    rows.assign(label=2 * rows.a + 3 * rows.b).to_csv(tmp_path / "counts.csv", index=False)
+    return registry.add_model(
+        tmp_path / "counts.onnx", "counts", tmp_path / "counts.csv", version="v1"
+    ).tag
+
+
+async def test_a_model_taking_integers_answers_on_the_numbers_sent_or_refuses_them(
+    demo_models, tmp_path
+):
+    tag = register_count_model(tmp_path)
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        data_dir=str(tmp_path / "data"),
+        endpoints={"counts": {"variants": [{"name": "stable", "model": tag}]}},
+    )
+    async with in_process_gateway(config) as (_, client):
+        for row, words in (([1.5, 2], "not all whole numbers"), ([300.0, 2**70], "out of range")):
+            answer = await client.post("/predict/counts", json={"instances": [row]})
+            assert answer.status_code == 400 and words in answer.json()["error"], answer.text
+        oip = {"inputs": [{"name": "X", "shape": [1, 2], "datatype": "INT64", "data": [7, 2**63]}]}
+        answer = await client.post("/v2/models/counts/infer", json=oip)
+        assert answer.status_code == 400 and "does not fit" in answer.json()["error"], answer.text
+        answer = await client.post(
+            "/predict/counts", json={"instances": [[4, 5.0], {"a": 1, "b": 0}]}
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"] == [{"value": 23.0}, {"value": 2.0}]

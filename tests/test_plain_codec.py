@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from service.codecs.plain import PredictionEncoder, decode_instances, instances_to_tensors
 from service.errors import BadRequest
 from service.model_card import ModelCard
+from service.tensors import TensorSpec
 from tests.helpers import TWO_FEATURE_CARD
 
 CARD = TWO_FEATURE_CARD
@@ -81,3 +83,25 @@ def test_bad_bodies(body, reason):
 def test_rows_that_do_not_fit_the_model(instances, reason):
     with pytest.raises(BadRequest, match=reason):
         instances_to_tensors(instances, CARD)
+
+
+def test_a_model_taking_integers_gets_the_numbers_sent_or_a_400():
+    """numpy's cast alone would answer on other numbers than the caller's: 1.5 as 1, 300 as 44
+    in a UINT8, 1e30 as the smallest INT64."""
+    int64 = replace(CARD, inputs=(TensorSpec("X", "INT64", (-1, 2)),))
+    uint8 = replace(CARD, inputs=(TensorSpec("X", "UINT8", (-1, 2)),))
+    tensors = instances_to_tensors([[1.0, 2], {"a": -3, "b": 4}], int64)
+    np.testing.assert_array_equal(tensors["X"], np.array([[1, 2], [-3, 4]], np.int64))
+    assert instances_to_tensors([[255, 0]], uint8)["X"].tolist() == [[255, 0]]
+    assert instances_to_tensors([[1, 2**70]], CARD)["X"][0, 1] == np.float32(2**70)  # no limit
+    refused = [
+        (int64, [[1.5, 2]], "not all whole numbers"),
+        (int64, [[float("nan"), 2]], "not all whole numbers"),
+        (int64, [[1e30, 2]], r"out of range for INT64"),
+        (int64, [[2**70, 2]], r"out of range for INT64"),
+        (uint8, [[300, 1]], r"out of range for UINT8 \(0 to 255\)"),
+        (uint8, [[-1, 1]], r"out of range for UINT8"),
+    ]
+    for card, instances, reason in refused:
+        with pytest.raises(BadRequest, match=f"takes {card.feature_input.datatype}.*{reason}"):
+            instances_to_tensors(instances, card)

@@ -17,7 +17,7 @@ import numpy as np
 from service.codecs import decode_json
 from service.errors import BadRequest
 from service.model_card import ModelCard
-from service.tensors import OIP_TO_NUMPY, Tensors, oip_datatype_of
+from service.tensors import OIP_TO_NUMPY, Tensors, integer_problem, oip_datatype_of
 
 HEADER_LENGTH = "inference-header-content-length"
 MAX_RANK = 32
@@ -85,9 +85,9 @@ def _from_json_data(data: object, datatype: str, shape: tuple[int, ...], name: s
     if raw.size and kind not in FITTING_KINDS[target.kind]:
         raise BadRequest(f"input {name!r}: data does not fit datatype {datatype}")
     if target.kind in "iu" and kind in "iu":
-        info = np.iinfo(target)
-        if raw.size and (raw.min() < info.min or raw.max() > info.max):
-            raise BadRequest(f"input {name!r}: values out of range for {datatype}")
+        problem = integer_problem(raw, datatype)
+        if problem is not None:
+            raise BadRequest(f"input {name!r}: values {problem}")
     return raw.astype(target).reshape(shape)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from service.codecs import decode_json
 from service.errors import BadRequest
 from service.model_card import ModelCard
-from service.tensors import OIP_TO_NUMPY, Tensors
+from service.tensors import OIP_TO_NUMPY, Tensors, integer_problem
 
 
 class PlainRequest(msgspec.Struct, frozen=True):
@@ -78,9 +78,17 @@ def instances_to_tensors(instances: list, card: ModelCard) -> Tensors:
         array = np.asarray(rows)
     except ValueError:
         raise BadRequest("instances must hold only numbers") from None
+    if array.dtype.kind == "O" and all(type(v) in (int, float) for v in array.flat):
+        array = array.astype(np.float64)  # an integer past 64 bits: JSON has no limit
     if array.dtype.kind not in "biuf":
         raise BadRequest("instances must hold only numbers")
     spec = card.feature_input
+    if spec.datatype.startswith(("INT", "UINT")):
+        problem = integer_problem(array, spec.datatype)
+        if problem is not None:
+            raise BadRequest(
+                f"model {card.tag} takes {spec.datatype} features; these instances {problem}"
+            )
     return {spec.name: array.astype(OIP_TO_NUMPY[spec.datatype])}
 
 

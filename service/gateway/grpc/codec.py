@@ -16,7 +16,7 @@ import numpy as np
 from service.codecs.oip import InferRequest, checked_shape, from_raw, to_raw
 from service.errors import BadRequest
 from service.gateway.grpc import inference_pb2 as pb
-from service.tensors import OIP_TO_NUMPY, Tensors, oip_datatype_of
+from service.tensors import OIP_TO_NUMPY, Tensors, integer_problem, oip_datatype_of
 
 CONTENTS = {
     "BOOL": "bool_contents",
@@ -58,10 +58,10 @@ def _typed(tensor, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarr
             raise BadRequest(f"input {name!r}: BYTES element is not UTF-8") from None
     target = OIP_TO_NUMPY[datatype]
     array = np.asarray(values, dtype=np.float64 if target.kind == "f" else None)
-    if target.kind in "iu" and array.size:
-        info = np.iinfo(target)
-        if array.min() < info.min or array.max() > info.max:
-            raise BadRequest(f"input {name!r}: values out of range for {datatype}")
+    if target.kind in "iu":
+        problem = integer_problem(array, datatype)
+        if problem is not None:
+            raise BadRequest(f"input {name!r}: values {problem}")
     return array.astype(target).reshape(shape)
 
 
