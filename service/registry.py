@@ -69,6 +69,12 @@ def _check_reference(card_inputs, reference: pd.DataFrame, label_column: str) ->
             f"inputs {shapes}"
         )
     feature_input = card_inputs[0]
+    if not feature_input.batched:
+        raise ConfigError(
+            f"input {feature_input.name!r} has the fixed shape {list(feature_input.shape)}; the "
+            f"gateway serves models that take any number of rows: export the graph with a "
+            f"variable first dimension (torch.onnx.export: dynamic_axes={{name: {{0: 'rows'}}}})"
+        )
     if label_column not in reference.columns:
         raise ConfigError(
             f"reference data has no label column {label_column!r} (columns: "
@@ -129,11 +135,30 @@ def _check_predicted_labels(predicted: np.ndarray, class_labels: tuple) -> None:
         )
 
 
+def _check_one_answer_per_row(card: ModelCard, outputs: dict[str, np.ndarray], rows: int) -> None:
+    """Refuse a model that does not answer one label or value (and one row of probabilities) per
+    row it is given, such as a regressor of several targets: its answers could not be told
+    apart by row, and each caller would get other rows' predictions."""
+    for name in (card.label_output, card.value_output):
+        if name is not None and np.asarray(outputs[name]).size != rows:
+            raise ConfigError(
+                f"output {name!r} gives {np.asarray(outputs[name]).size} values for {rows} "
+                f"reference rows; the gateway serves models that answer one per row"
+            )
+    probabilities = card.probability_output
+    if probabilities is not None and len(outputs[probabilities]) != rows:
+        raise ConfigError(
+            f"output {probabilities!r} gives {len(outputs[probabilities])} rows for {rows} "
+            f"reference rows; the gateway serves models that answer one per row"
+        )
+
+
 def _reference_with_predictions(
     model_path: Path, card: ModelCard, reference: pd.DataFrame
 ) -> pd.DataFrame:
     """The reference rows plus the model's own predictions on them."""
     outputs = run_on_rows(model_path, card, reference)
+    _check_one_answer_per_row(card, outputs, len(reference))
     table = reference[[*card.feature_names, card.label_column]].copy()
     if card.task == "classification":
         if card.label_output:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from service import registry
 from service.config import parse_config
@@ -104,45 +105,43 @@ def test_device_resolution_on_this_machine(demo_models):
 
 
 def test_graph_onnxruntime_cannot_load_is_refused(demo_models, tmp_path):
-    from onnx import TensorProto, helper, numpy_helper
-
     weight = numpy_helper.from_array(np.ones((30, 1), np.float64), "W")
-    graph = helper.make_graph(
+    path = _write_graph(
+        tmp_path / "mixed.onnx",
         [helper.make_node("MatMul", ["X", "W"], ["Y"])],
-        "mixed",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 30])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])],
         [weight],
+        features=30,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path = tmp_path / "mixed.onnx"
-    path.write_bytes(model.SerializeToString())
     reference = demo_models["cancer:v1"].reference_path
     with pytest.raises(ConfigError, match="(cannot load the model|not a valid ONNX model)"):
         registry.add_model(path, "mixed", reference)
 
 
+def _write_graph(path, nodes, outputs, initializers=(), features=2, rows=None):
+    """A hand-made graph on one FP32 input ``X`` of ``[rows, features]`` (rows: any number)."""
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [rows, features])]
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def _argmax_classifier(path) -> None:
     """A two-feature classifier whose graph stores no class labels (as skl2onnx writes one for
     double inputs): its label output is the index of the larger feature."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
+    _write_graph(
+        path,
         [
             helper.make_node("ArgMax", ["X"], ["label"], axis=1, keepdims=0),
             helper.make_node("Softmax", ["X"], ["probabilities"], axis=1),
         ],
-        "argmax",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 2])],
         [
             helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
             helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2]),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path.write_bytes(model.SerializeToString())
 
 
 def test_labels_the_model_does_not_predict_are_refused(demo_models, tmp_path):
@@ -169,3 +168,27 @@ def test_an_endpoint_whose_variants_take_other_inputs_fails_planning(regressor_v
     mixed = parse_config(endpoint("cancer:v1", regressor_v9))
     with pytest.raises(ConfigError, match="'v1' .diabetes:v9. cannot serve beside .* regression"):
         check_models(mixed, ["cancer:v1", regressor_v9])
+
+
+def test_a_model_must_answer_one_prediction_per_row_for_any_number_of_rows(demo_models, tmp_path):
+    rows = pd.DataFrame({"a": [0.1, 0.9, 0.3, 0.8], "b": [0.7, 0.2, 0.6, 0.1]})
+    rows.assign(label=rows.a + rows.b).to_csv(tmp_path / "sums.csv", index=False)
+    two_targets = _write_graph(
+        tmp_path / "two-targets.onnx",
+        [helper.make_node("Identity", ["X"], ["value"])],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, [None, 2])],
+    )
+    with pytest.raises(ConfigError, match="'value' gives 8 values for 4 reference rows"):
+        registry.add_model(two_targets, "two-targets", tmp_path / "sums.csv")
+    axis = numpy_helper.from_array(np.array([1], np.int64), "axis")
+    one_row = _write_graph(
+        tmp_path / "one-row.onnx",
+        [helper.make_node("ReduceSum", ["X", "axis"], ["value"])],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, [1, 1])],
+        [axis],
+        rows=1,
+    )
+    with pytest.raises(ConfigError, match=r"fixed shape \[1, 2\].*variable first dimension"):
+        registry.add_model(one_row, "one-row", tmp_path / "sums.csv")
+    refused = {"two-targets", "one-row"}
+    assert not refused & {card.name for card in registry.list_cards()}
