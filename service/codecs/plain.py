@@ -74,15 +74,21 @@ def instances_to_tensors(instances: list, card: ModelCard) -> Tensors:
                 f"instances[{position}] has {len(row)} values; model {card.tag} takes {width} "
                 f"features {list(card.feature_names)[:10]}"
             )
+    spec = card.feature_input
     try:
         array = np.asarray(rows)
     except ValueError:
         raise BadRequest("instances must hold only numbers") from None
     if array.dtype.kind == "O" and all(type(v) in (int, float) for v in array.flat):
-        array = array.astype(np.float64)  # an integer past 64 bits: JSON has no limit
+        try:  # an integer past 64 bits: JSON has no limit
+            array = array.astype(np.float64)
+        except OverflowError:
+            raise BadRequest(
+                f"model {card.tag} takes {spec.datatype} features; these instances hold a number "
+                f"too large for them"
+            ) from None
     if array.dtype.kind not in "biuf":
         raise BadRequest("instances must hold only numbers")
-    spec = card.feature_input
     if spec.datatype.startswith(("INT", "UINT")):
         problem = integer_problem(array, spec.datatype)
         if problem is not None:
