@@ -80,6 +80,11 @@ def _check_reference(card_inputs, reference: pd.DataFrame, label_column: str) ->
             f"reference data has no label column {label_column!r} (columns: "
             f"{list(reference.columns)[:12]}...); name it with --label-column"
         )
+    unlabeled = int(reference[label_column].isna().sum())
+    if unlabeled:
+        raise ConfigError(
+            f"reference data has {unlabeled} rows without a label in {label_column!r}"
+        )
     ignored = {label_column, PREDICTION_COLUMN}
     features = [
         c for c in reference.columns if c not in ignored and not c.startswith(PROBABILITY_PREFIX)
@@ -119,6 +124,19 @@ def run_on_rows(model_path: Path, card: ModelCard, rows: pd.DataFrame) -> dict[s
         return session.run({card.feature_input.name: features})
     except Exception as error:  # onnxruntime raises its own exception types
         raise ConfigError(f"the model fails on its reference data: {error}") from None
+
+
+def _check_numeric_labels(labels: pd.Series) -> None:
+    """A regressor's reference labels are finite numbers: its offline gate measures a
+    candidate's error against them (a text label failed every rollout's gate later, with a
+    message about floats)."""
+    values = pd.to_numeric(labels, errors="coerce")
+    bad = labels[values.isna() | ~np.isfinite(values.fillna(0))]
+    if len(bad):
+        raise ConfigError(
+            f"a regressor's reference labels are finite numbers; {len(bad)} of {labels.name!r} "
+            f"are not, such as {str(bad.iloc[0])!r}"
+        )
 
 
 def _check_predicted_labels(predicted: np.ndarray, class_labels: tuple) -> None:
@@ -178,6 +196,7 @@ def _reference_with_predictions(
                 labels = np.asarray(card.class_labels, dtype=object)
                 table[PREDICTION_COLUMN] = labels[probabilities.argmax(axis=1)]
     else:
+        _check_numeric_labels(table[card.label_column])
         table[PREDICTION_COLUMN] = np.asarray(outputs[card.value_output]).reshape(-1)
     return table
 

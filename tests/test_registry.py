@@ -192,3 +192,23 @@ def test_a_model_must_answer_one_prediction_per_row_for_any_number_of_rows(demo_
         registry.add_model(one_row, "one-row", tmp_path / "sums.csv")
     refused = {"two-targets", "one-row"}
     assert not refused & {card.name for card in registry.list_cards()}
+
+
+def test_reference_labels_must_be_there_and_a_regressors_must_be_numbers(demo_models, tmp_path):
+    cancer, diabetes = demo_models["cancer:v1"], demo_models["diabetes:v1"]
+    unlabeled = pd.read_csv(cancer.reference_path)
+    unlabeled.loc[[3, 7], "label"] = None
+    unlabeled.to_csv(tmp_path / "unlabeled.csv", index=False)
+    with pytest.raises(ConfigError, match="2 rows without a label in 'label'"):
+        registry.add_model(cancer.onnx_path, "unlabeled", tmp_path / "unlabeled.csv")
+    regression = pd.read_csv(diabetes.reference_path)
+    cases = {
+        "text": regression.assign(label=np.where(regression.index % 2, "high", "low")),
+        "infinite": regression.assign(label=regression.label.where(regression.index != 5, np.inf)),
+    }
+    for name, table in cases.items():
+        table.to_csv(tmp_path / f"{name}.csv", index=False)
+        with pytest.raises(ConfigError, match="regressor's reference labels are finite numbers"):
+            registry.add_model(diabetes.onnx_path, name, tmp_path / f"{name}.csv")
+    refused = {"unlabeled", *cases}
+    assert not refused & {card.name for card in registry.list_cards()}
