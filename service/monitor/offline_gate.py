@@ -4,10 +4,14 @@ with no invalid outputs.
 
 Classifiers: accuracy may be at most ``margin`` below stable's; an answer outside the candidate's
 own class labels is invalid. Regressors: MAE may be at most ``margin`` (relative) above stable's; a
-NaN or infinite value is invalid. The result is a ``CheckResult`` that goes into the audit log.
+NaN or infinite value is invalid. A comparison that gives no number (a reference label that is
+not one, in a model registered before labels were checked) fails rather than passes. The result is
+a ``CheckResult`` that goes into the audit log.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -64,6 +68,8 @@ def offline_gate(stable_tag: str, candidate_tag: str, margin: float) -> CheckRes
         "invalid": invalid,
     }
     summary = f"{metric} {theirs:.4f} vs stable {ours:.4f} on {len(rows)} labeled rows"
+    if not (math.isfinite(ours) and math.isfinite(theirs)):  # a label that is not a number
+        return CheckResult("offline_gate", "comparison", "FAIL", f"cannot compare: {summary}")
     if invalid:
         return CheckResult(
             "offline_gate", "comparison", "FAIL", f"{invalid} invalid outputs; {summary}", statistic
