@@ -23,11 +23,10 @@ from service.model_card import MODEL_FILE, ModelCard
 from traffic.rollout_checks import CheckResult
 
 
-def predict(tag: str, rows: pd.DataFrame) -> tuple[ModelCard, np.ndarray]:
-    """Model ``tag``'s prediction for every row (CPU; offline work, not serving)."""
-    card = registry.load_card(tag)
-    outputs = registry.run_on_rows(registry.model_dir(tag) / MODEL_FILE, card, rows)
-    return card, row_predictions(card, outputs)
+def predict(card: ModelCard, rows: pd.DataFrame) -> np.ndarray:
+    """The model's prediction for every row (CPU; offline work, not serving)."""
+    outputs = registry.run_on_rows(registry.model_dir(card.tag) / MODEL_FILE, card, rows)
+    return row_predictions(card, outputs)
 
 
 def _invalid(card: ModelCard, predictions: np.ndarray) -> int:
@@ -40,16 +39,21 @@ def _invalid(card: ModelCard, predictions: np.ndarray) -> int:
 def offline_gate(stable_tag: str, candidate_tag: str, margin: float) -> CheckResult:
     """Run both models on both labeled reference samples and compare them."""
     try:
-        frames = [registry.load_reference(stable_tag), registry.load_reference(candidate_tag)]
         stable_card = registry.load_card(stable_tag)
+        candidate_card = registry.load_card(candidate_tag)
+        theirs_named_ours = {candidate_card.label_column: stable_card.label_column}
+        frames = [
+            registry.load_reference(stable_tag),
+            registry.load_reference(candidate_tag).rename(columns=theirs_named_ours),
+        ]
         rows = pd.concat(frames, ignore_index=True)
         label = rows[stable_card.label_column]
-        _, stable = predict(stable_tag, rows)
-        card, candidate = predict(candidate_tag, rows)
+        stable = predict(stable_card, rows)
+        candidate = predict(candidate_card, rows)
     except (ConfigError, KeyError, ValueError) as error:
         return CheckResult("offline_gate", "comparison", "FAIL", f"cannot run: {error}")
-    invalid = _invalid(card, candidate)
-    if card.task == "regression":
+    invalid = _invalid(candidate_card, candidate)
+    if candidate_card.task == "regression":
         truth = label.to_numpy(dtype=float)
         ours, theirs = (float(np.abs(p.astype(float) - truth).mean()) for p in (stable, candidate))
         worse = theirs > ours * (1 + margin)
