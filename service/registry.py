@@ -126,6 +126,19 @@ def run_on_rows(model_path: Path, card: ModelCard, rows: pd.DataFrame) -> dict[s
         raise ConfigError(f"the model fails on its reference data: {error}") from None
 
 
+def _as_classes(labels: pd.Series, classes: tuple) -> pd.Series:
+    """The reference's labels in the type of the model's classes: a CSV reads the classes "0",
+    "1", "2" of a model trained on text labels as the numbers 0, 1, 2 (and a Parquet file may hold
+    the numbers of a model's integer classes as text)."""
+    if all(isinstance(c, str) for c in classes) and labels.dtype != object:
+        return labels.astype(str)
+    if all(isinstance(c, int) for c in classes) and labels.dtype == object:
+        numbers = pd.to_numeric(labels, errors="coerce")
+        if numbers.notna().all() and (numbers == numbers.round()).all():
+            return numbers.astype("int64")
+    return labels
+
+
 def _check_numeric_labels(labels: pd.Series) -> None:
     """A regressor's reference labels are finite numbers: its offline gate measures a
     candidate's error against them (a text label failed every rollout's gate later, with a
@@ -228,6 +241,7 @@ def add_model(
         labels = tuple(class_labels or signature.graph_class_labels) or tuple(
             sorted(reference[label_column].unique().tolist())
         )
+        reference = reference.assign(**{label_column: _as_classes(reference[label_column], labels)})
         unknown = set(reference[label_column].unique().tolist()) - set(labels)
         if unknown:
             raise ConfigError(

@@ -212,3 +212,37 @@ def test_reference_labels_must_be_there_and_a_regressors_must_be_numbers(demo_mo
             registry.add_model(diabetes.onnx_path, name, tmp_path / f"{name}.csv")
     refused = {"unlabeled", *cases}
     assert not refused & {card.name for card in registry.list_cards()}
+
+
+def test_a_csv_reads_text_classes_that_look_like_numbers_as_the_models_classes(
+    demo_models, tmp_path
+):
+    """A classifier trained on the text labels "0" and "1" stores them in its graph; pandas reads
+    a CSV reference's 0 and 1 as numbers, which are not those classes."""
+    classifier = helper.make_node(
+        "LinearClassifier",
+        ["X"],
+        ["label", "probabilities"],
+        domain="ai.onnx.ml",
+        coefficients=[-1.0, 1.0, 1.0, -1.0],
+        intercepts=[0.0, 0.0],
+        classlabels_strings=["0", "1"],
+        post_transform="SOFTMAX",
+    )
+    path = tmp_path / "text-classes.onnx"
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 2])]
+    outputs = [
+        helper.make_tensor_value_info("label", TensorProto.STRING, [None]),
+        helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2]),
+    ]
+    graph = helper.make_graph([classifier], "text-classes", inputs, outputs)
+    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    rows = pd.DataFrame({"a": [0.1, 0.9, 0.3, 0.8], "b": [0.7, 0.2, 0.6, 0.1]})
+    rows.assign(label=[0, 1, 0, 1]).to_csv(tmp_path / "numbers.csv", index=False)
+    card = registry.add_model(path, "text-classes", tmp_path / "numbers.csv")
+    assert card.class_labels == ("0", "1")
+    reference = registry.load_reference(card.tag)
+    assert reference["label"].tolist() == reference["prediction"].tolist() == ["0", "1", "0", "1"]
