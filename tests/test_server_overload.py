@@ -11,6 +11,7 @@ from collections import Counter
 
 import aiohttp
 import numpy as np
+import pandas as pd
 import pytest
 
 from service import registry
@@ -33,7 +34,10 @@ ROWS = [[0.5] * 30] * 100
 def overload_url(demo_models, tmp_path_factory):
     directory = tmp_path_factory.mktemp("overload")
     model = build_wide_model(directory / "slow.onnx")
-    reference = demo_models["cancer:v1"].reference_path
+    reference = directory / "reference.csv"  # the cancer rows, labeled for a regressor
+    pd.read_csv(demo_models["cancer:v1"].reference_path).assign(label=0.0).to_csv(
+        reference, index=False
+    )
     registry.add_model(model, "slow", reference, version="v1")
     config = write_config(
         directory / "gateway.yaml",
