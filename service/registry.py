@@ -32,7 +32,7 @@ from service.model_card import (
     pick_task_outputs,
 )
 from service.runtime import ModelSession
-from service.tensors import FLOAT_TYPES, OIP_TO_NUMPY
+from service.tensors import FLOAT_TYPES, INTEGER_TYPES, OIP_TO_NUMPY
 
 MAX_REFERENCE_ROWS = 50_000
 PREDICTION_COLUMN = "prediction"
@@ -99,7 +99,7 @@ def _check_reference(card_inputs, reference: pd.DataFrame, label_column: str) ->
         raise ConfigError("reference data has no feature columns")
     if len(reference) == 0:
         raise ConfigError("reference data has no rows")
-    if feature_input.datatype in FLOAT_TYPES or feature_input.datatype.startswith(("INT", "UINT")):
+    if feature_input.datatype in FLOAT_TYPES | INTEGER_TYPES:
         non_numeric = [c for c in features if not pd.api.types.is_numeric_dtype(reference[c])]
         if non_numeric:
             raise ConfigError(

@@ -28,6 +28,7 @@ OIP_TO_NUMPY: dict[str, np.dtype] = {
 _NUMPY_TO_OIP: dict[np.dtype, str] = {dtype: name for name, dtype in OIP_TO_NUMPY.items()}
 
 FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
+INTEGER_TYPES = frozenset(name for name in OIP_TO_NUMPY if name.startswith(("INT", "UINT")))
 
 Tensors = dict[str, np.ndarray]
 """Named tensors: a model's inputs or outputs by name, as every layer passes them."""

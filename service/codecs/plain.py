@@ -13,7 +13,7 @@ import numpy as np
 from service.codecs import decode_json
 from service.errors import BadRequest
 from service.model_card import ModelCard
-from service.tensors import OIP_TO_NUMPY, Tensors, integer_problem
+from service.tensors import INTEGER_TYPES, OIP_TO_NUMPY, Tensors, integer_problem
 
 
 class PlainRequest(msgspec.Struct, frozen=True):
@@ -89,7 +89,7 @@ def instances_to_tensors(instances: list, card: ModelCard) -> Tensors:
             ) from None
     if array.dtype.kind not in "biuf":
         raise BadRequest("instances must hold only numbers")
-    if spec.datatype.startswith(("INT", "UINT")):
+    if spec.datatype in INTEGER_TYPES:
         problem = integer_problem(array, spec.datatype)
         if problem is not None:
             raise BadRequest(
