@@ -22,6 +22,7 @@ from typing import NamedTuple
 import httpx
 import psutil
 import yaml
+from onnx import TensorProto, helper
 from prometheus_client import CollectorRegistry
 from uvicorn.config import Config
 from uvicorn.lifespan.off import LifespanOff
@@ -83,6 +84,27 @@ TWO_FEATURE_CARD = ModelCard(
     probability_output="probabilities",
 )
 """A two-feature classifier's card, for tests of what is checked against a card."""
+
+
+def write_graph(
+    path: Path,
+    nodes: list,
+    outputs: list,
+    initializers=(),
+    *,
+    features: int = 2,
+    rows: int | None = None,
+    input_type: int = TensorProto.FLOAT,
+) -> Path:
+    """A hand-made ONNX graph on one input ``X`` of ``[rows, features]`` (rows None: any number),
+    for shapes a converter does not write; it may use the ``ai.onnx.ml`` operators."""
+    inputs = [helper.make_tensor_value_info("X", input_type, [rows, features])]
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, list(initializers))
+    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
 
 
 def write_config(path: Path, **overrides) -> Path:

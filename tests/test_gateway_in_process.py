@@ -13,10 +13,18 @@ import aiohttp.web
 import numpy as np
 import pandas as pd
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from monitors.records import decode_batch
 from service import registry
-from tests.helpers import ADMIN_AUTH, ROW, in_process_gateway, loopback_receiver, write_config
+from tests.helpers import (
+    ADMIN_AUTH,
+    ROW,
+    in_process_gateway,
+    loopback_receiver,
+    write_config,
+    write_graph,
+)
 
 KEYS = [f"user-{i}" for i in range(200)]
 
@@ -246,31 +254,24 @@ async def test_a_change_made_by_another_worker_is_followed(config):
 
 def register_count_model(tmp_path) -> str:
     """A regressor on two INT64 features (its output: 2 a + 3 b), registered once a session."""
-    from onnx import TensorProto, helper, numpy_helper
-
     tag = "counts:v1"
     if tag in {card.tag for card in registry.list_cards()}:
         return tag
     weights = numpy_helper.from_array(np.array([[2.0], [3.0]], np.float32), "W")
-    graph = helper.make_graph(
+    model = write_graph(
+        tmp_path / "counts.onnx",
         [
             helper.make_node("Cast", ["X"], ["Xf"], to=TensorProto.FLOAT),
             helper.make_node("MatMul", ["Xf", "W"], ["Y"]),
         ],
-        "counts",
-        [helper.make_tensor_value_info("X", TensorProto.INT64, [None, 2])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])],
         [weights],
+        input_type=TensorProto.INT64,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    (tmp_path / "counts.onnx").write_bytes(model.SerializeToString())
     rng = np.random.default_rng(0)
     rows = pd.DataFrame(rng.integers(0, 50, (200, 2)), columns=["a", "b"])
     rows.assign(label=2 * rows.a + 3 * rows.b).to_csv(tmp_path / "counts.csv", index=False)
-    return registry.add_model(
-        tmp_path / "counts.onnx", "counts", tmp_path / "counts.csv", version="v1"
-    ).tag
+    return registry.add_model(model, "counts", tmp_path / "counts.csv", version="v1").tag
 
 
 async def test_a_model_taking_integers_answers_on_the_numbers_sent_or_refuses_them(

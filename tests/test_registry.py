@@ -12,6 +12,7 @@ from service.config import parse_config
 from service.errors import ConfigError
 from service.gateway.models import check_models
 from service.runtime import resolve_providers
+from tests.helpers import write_graph
 
 
 def test_demo_classifier_card(demo_models):
@@ -106,7 +107,7 @@ def test_device_resolution_on_this_machine(demo_models):
 
 def test_graph_onnxruntime_cannot_load_is_refused(demo_models, tmp_path):
     weight = numpy_helper.from_array(np.ones((30, 1), np.float64), "W")
-    path = _write_graph(
+    path = write_graph(
         tmp_path / "mixed.onnx",
         [helper.make_node("MatMul", ["X", "W"], ["Y"])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])],
@@ -118,20 +119,10 @@ def test_graph_onnxruntime_cannot_load_is_refused(demo_models, tmp_path):
         registry.add_model(path, "mixed", reference)
 
 
-def _write_graph(path, nodes, outputs, initializers=(), features=2, rows=None):
-    """A hand-made graph on one FP32 input ``X`` of ``[rows, features]`` (rows: any number)."""
-    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [rows, features])]
-    graph = helper.make_graph(nodes, path.stem, inputs, outputs, list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path.write_bytes(model.SerializeToString())
-    return path
-
-
 def _argmax_classifier(path) -> None:
     """A two-feature classifier whose graph stores no class labels (as skl2onnx writes one for
     double inputs): its label output is the index of the larger feature."""
-    _write_graph(
+    write_graph(
         path,
         [
             helper.make_node("ArgMax", ["X"], ["label"], axis=1, keepdims=0),
@@ -173,7 +164,7 @@ def test_an_endpoint_whose_variants_take_other_inputs_fails_planning(regressor_v
 def test_a_model_must_answer_one_prediction_per_row_for_any_number_of_rows(demo_models, tmp_path):
     rows = pd.DataFrame({"a": [0.1, 0.9, 0.3, 0.8], "b": [0.7, 0.2, 0.6, 0.1]})
     rows.assign(label=rows.a + rows.b).to_csv(tmp_path / "sums.csv", index=False)
-    two_targets = _write_graph(
+    two_targets = write_graph(
         tmp_path / "two-targets.onnx",
         [helper.make_node("Identity", ["X"], ["value"])],
         [helper.make_tensor_value_info("value", TensorProto.FLOAT, [None, 2])],
@@ -181,7 +172,7 @@ def test_a_model_must_answer_one_prediction_per_row_for_any_number_of_rows(demo_
     with pytest.raises(ConfigError, match="'value' gives 8 values for 4 reference rows"):
         registry.add_model(two_targets, "two-targets", tmp_path / "sums.csv")
     axis = numpy_helper.from_array(np.array([1], np.int64), "axis")
-    one_row = _write_graph(
+    one_row = write_graph(
         tmp_path / "one-row.onnx",
         [helper.make_node("ReduceSum", ["X", "axis"], ["value"])],
         [helper.make_tensor_value_info("value", TensorProto.FLOAT, [1, 1])],
@@ -229,17 +220,11 @@ def test_a_csv_reads_text_classes_that_look_like_numbers_as_the_models_classes(
         classlabels_strings=["0", "1"],
         post_transform="SOFTMAX",
     )
-    path = tmp_path / "text-classes.onnx"
-    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 2])]
     outputs = [
         helper.make_tensor_value_info("label", TensorProto.STRING, [None]),
         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2]),
     ]
-    graph = helper.make_graph([classifier], "text-classes", inputs, outputs)
-    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)]
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 8
-    path.write_bytes(model.SerializeToString())
+    path = write_graph(tmp_path / "text-classes.onnx", [classifier], outputs)
     rows = pd.DataFrame({"a": [0.1, 0.9, 0.3, 0.8], "b": [0.7, 0.2, 0.6, 0.1]})
     rows.assign(label=[0, 1, 0, 1]).to_csv(tmp_path / "numbers.csv", index=False)
     card = registry.add_model(path, "text-classes", tmp_path / "numbers.csv")
