@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -96,11 +97,32 @@ def fresh_metrics_dir(port: int) -> Path:
     return directory
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+"""Where Linux says which ports it hands out by itself (to outgoing connections and ``bind`` to
+port 0)."""
+PORTS_BELOW_EPHEMERAL = 10_000
+"""How many ports below that range ``free_port`` draws from."""
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing uses right now, drawn below the range the kernel
+    hands out by itself: a port from that range can be taken by any process's next outgoing
+    connection before the server binds it, and a gRPC port is bound only once a worker has loaded
+    its models, seconds later (a CI run lost a server that way: every worker failed to bind its
+    gRPC port for 180 s)."""
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768  # Linux's default; the range is the same on most systems
+    for _ in range(100):
+        port = random.randrange(max(1_024, low - PORTS_BELOW_EPHEMERAL), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port below {low} on 127.0.0.1 after 100 draws")
 
 
 START_ATTEMPTS = 2

@@ -188,3 +188,22 @@ def test_a_server_started_here_has_its_metrics_directory_removed_when_stopped(
     with launch.running_server(tmp_path / "gateway.yaml"):
         assert seen["dir"].is_dir()
     assert not seen["dir"].exists()
+
+
+def test_a_free_port_is_drawn_below_the_ports_the_kernel_hands_out_and_skips_taken_ones(
+    monkeypatch,
+):
+    """Ports the kernel hands out by itself (outgoing connections, bind to port 0) can be taken
+    by any process between the draw and the server's bind; ports below that range cannot."""
+    low = int(launch.EPHEMERAL_RANGE.read_text().split()[0])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", low - 1))
+        draws = iter([low - 1, low - 2])  # the first is in use: the next draw is returned
+        monkeypatch.setattr(launch.random, "randrange", lambda a, b: next(draws))
+        assert free_port() == low - 2
+    monkeypatch.undo()
+    ports = [free_port() for _ in range(50)]
+    assert all(low - launch.PORTS_BELOW_EPHEMERAL <= p < low for p in ports), ports
+    for port in ports[:5]:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", port))
