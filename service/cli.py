@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from service.errors import ConfigError
-from service.launch import MONITOR_SERVICE, serve_command, serve_env
+from service.launch import MONITOR_SERVICE, check_port_free, serve_command, serve_env
 
 MODEL_STORE_ENV = "BENTOML_HOME"
 
@@ -89,6 +89,8 @@ def _check(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     config, _ = _checked_config(args.config)
     port, host = args.port or config.server.port, args.host or config.server.host
+    if config.server.grpc_port is not None:  # bound by each worker once its models are loaded
+        check_port_free(config.server.grpc_port, config.server.host)
     command = serve_command(port, host)
     os.execve(command[0], command, serve_env(Path(args.config), port, host))
     return 0  # not reached

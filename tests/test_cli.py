@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
 from monitors.store import SCHEMA as MONITOR_SCHEMA
+from service.launch import free_port
 from tests.helpers import STORE_ROOT, write_config
 from traffic.store import SCHEMA as ROUTING_SCHEMA
 
@@ -73,6 +75,19 @@ def test_serve_with_an_unregistered_model_fails_before_starting(demo_models, tmp
     result = gateway("serve", "--config", str(config))
     assert result.returncode == 2
     assert "model ghost:v3 is not in the model store" in result.stderr
+
+
+def test_serve_on_a_taken_grpc_port_fails_before_starting(demo_models, tmp_path):
+    """Each worker binds the gRPC port once its models are loaded; on a taken port BentoML
+    started the workers again and again, and the server never became ready."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        grpc_port = taken.getsockname()[1]
+        config = write_config(tmp_path / "gateway.yaml", server={"grpc_port": grpc_port})
+        result = gateway("serve", "--config", str(config), "--port", str(free_port()))
+    assert result.returncode == 2
+    assert f"port {grpc_port} on 127.0.0.1 is taken" in result.stderr
 
 
 def test_db_upgrade_creates_the_schemas_on_either_backend_and_says_what_is_missing(
