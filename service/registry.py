@@ -69,6 +69,12 @@ def _check_reference(card_inputs, reference: pd.DataFrame, label_column: str) ->
             f"inputs {shapes}"
         )
     feature_input = card_inputs[0]
+    if feature_input.datatype == "BYTES":
+        raise ConfigError(
+            f"input {feature_input.name!r} takes text (BYTES); the gateway serves models whose "
+            f"features are numbers (plain JSON rows, drift and explanations take numbers): "
+            f"encode text features before the model, or give the graph a numeric input"
+        )
     if not feature_input.batched:
         raise ConfigError(
             f"input {feature_input.name!r} has the fixed shape {list(feature_input.shape)}; the "

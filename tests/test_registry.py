@@ -231,3 +231,22 @@ def test_a_csv_reads_text_classes_that_look_like_numbers_as_the_models_classes(
     assert card.class_labels == ("0", "1")
     reference = registry.load_reference(card.tag)
     assert reference["label"].tolist() == reference["prediction"].tolist() == ["0", "1", "0", "1"]
+
+
+def test_a_model_whose_features_are_text_is_refused(demo_models, tmp_path):
+    """It served over OIP, but plain JSON refused its rows and every drift run failed on them."""
+    encode = helper.make_node(
+        "LabelEncoder", ["X"], ["codes"], domain="ai.onnx.ml", classes_strings=["a", "b"]
+    )
+    path = write_graph(
+        tmp_path / "text-features.onnx",
+        [encode, helper.make_node("Cast", ["codes"], ["value"], to=TensorProto.FLOAT)],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, [None, 1])],
+        features=1,
+        input_type=TensorProto.STRING,
+    )
+    rows = pd.DataFrame({"c": ["a", "b"] * 60, "label": [0.0, 1.0] * 60})
+    rows.to_csv(tmp_path / "text.csv", index=False)
+    with pytest.raises(ConfigError, match=r"input 'X' takes text \(BYTES\)"):
+        registry.add_model(path, "text-features", tmp_path / "text.csv")
+    assert "text-features" not in {card.name for card in registry.list_cards()}
