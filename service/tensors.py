@@ -42,7 +42,10 @@ def integer_problem(array: np.ndarray, datatype: str) -> str | None:
     if array.dtype.kind == "f" and not np.array_equal(array, np.trunc(array)):
         return "are not all whole numbers"
     info = np.iinfo(OIP_TO_NUMPY[datatype])
-    if array.min() < info.min or array.max() > info.max:
+    # as a float, the largest integer of the type rounds up to the first one past it (2**63 for
+    # INT64), so floats are held to that one, exclusive
+    too_large = array.max() >= info.max + 1 if array.dtype.kind == "f" else array.max() > info.max
+    if array.min() < info.min or too_large:
         return f"are out of range for {datatype} ({info.min} to {info.max})"
     return None
 

@@ -99,6 +99,7 @@ def test_a_model_taking_integers_gets_the_numbers_sent_or_a_400():
         (int64, [[float("nan"), 2]], "not all whole numbers"),
         (int64, [[1e30, 2]], r"out of range for INT64"),
         (int64, [[2**70, 2]], r"out of range for INT64"),
+        (int64, [[2.0**63, 2]], r"out of range for INT64"),  # INT64's max, as a float
         (CARD, [[10**400, 2]], "too large"),
         (uint8, [[300, 1]], r"out of range for UINT8 \(0 to 255\)"),
         (uint8, [[-1, 1]], r"out of range for UINT8"),
