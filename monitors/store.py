@@ -397,15 +397,18 @@ class MonitorStore:
         since: float,
         until: float,
         by_request: bool = False,
+        within: float | None = None,
     ) -> pd.DataFrame:
-        """Per variant and unit, as ``unit_totals``: labeled rows, and rows predicted right."""
+        """Per variant and unit, as ``unit_totals``: labeled rows, and rows predicted right
+        (``within`` as in ``labeled_counts``)."""
         marks = _marks(variants)
+        totals, right = _labeled_totals(within)
         rows = self.db.query(
-            f"SELECT p.variant, {_unit(by_request)} AS u, {_LABELED_TOTALS} "
+            f"SELECT p.variant, {_unit(by_request)} AS u, {totals} "
             f"{self._labeled_rows} WHERE p.endpoint = ? AND p.at >= ? AND p.at < ? "
             f"AND p.pinned = 0 AND p.variant IN ({marks}) AND {self._label_fits} "
             "GROUP BY p.variant, u",
-            (endpoint, since, until, *variants),
+            (*right, endpoint, since, until, *variants),
         )
         return pd.DataFrame(rows, columns=["variant", "unit", "labeled", "correct"])
 
@@ -451,15 +454,25 @@ class MonitorStore:
         since: float,
         until: float | None = None,
         include_pinned: bool = False,
+        within: float | None = None,
     ) -> tuple[int, int]:
-        """(labeled rows, rows whose prediction equals the label) of records in [since,
-        until), counted in the database (no row is loaded); a label that does not fit its
-        request's rows is left out as it is in ``labeled``."""
+        """(labeled rows, rows predicted right) of records in [since, until), counted in the
+        database (no row is loaded); right is equal to the label, or with ``within`` (a
+        regressor's values) at most that far from it. A label that does not fit its request's
+        rows is left out as it is in ``labeled``."""
+        totals, right = _labeled_totals(within)
         (row,) = self.db.query(
-            f"SELECT {_LABELED_TOTALS} {self._labeled_rows} "
+            f"SELECT {totals} {self._labeled_rows} "
             "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.at < ? "
             f"AND (p.pinned = 0 OR ?) AND {self._label_fits}",
-            (endpoint, variant, since, math.inf if until is None else until, include_pinned),
+            (
+                *right,
+                endpoint,
+                variant,
+                since,
+                math.inf if until is None else until,
+                include_pinned,
+            ),
         )
         return int(row[0]), int(row[1])
 
@@ -700,8 +713,15 @@ def _label_fits(dialect: Dialect) -> str:
     return f"{length.format('p.predictions')} = {length.format(dialect.json_as_array.format('l.label'))}"
 
 
-_LABELED_TOTALS = f"COUNT(*), {_count('CAST(pe.value AS TEXT) = CAST(le.value AS TEXT)')}"
-"""(labeled rows, rows predicted right) over the labeled rows."""
+def _labeled_totals(within: float | None = None) -> tuple[str, tuple[float, ...]]:
+    """SQL for (labeled rows, rows predicted right) over the labeled rows, and its parameters:
+    a right prediction equals its label, or with ``within`` is at most that far from it."""
+    if within is None:
+        return f"COUNT(*), {_count('CAST(pe.value AS TEXT) = CAST(le.value AS TEXT)')}", ()
+    distance = "ABS(CAST(pe.value AS DOUBLE PRECISION) - CAST(le.value AS DOUBLE PRECISION))"
+    return f"COUNT(*), {_count(f'{distance} <= ?')}", (within,)
+
+
 FEEDBACK_LOCK = "monitor:feedback"
 """Label and reward writes take turns (on every machine): each decides from what is stored."""
 

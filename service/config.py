@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -29,6 +29,7 @@ from traffic.rollout_policy import (
     Guardrail,
     RolloutPolicy,
     Step,
+    default_comparisons,
 )
 from traffic.table import (
     EndpointTable,
@@ -282,9 +283,9 @@ class RolloutConfig(Strict):
     interval_s: float = Field(10.0, ge=0.2, le=3600)
     guard_window_s: float = Field(60.0, gt=0)
     guardrails: list[GuardrailConfig] = [GuardrailConfig(**asdict(g)) for g in DEFAULT_GUARDRAILS]
-    comparisons: list[ComparisonConfig] = [
-        ComparisonConfig(**asdict(c)) for c in DEFAULT_COMPARISONS
-    ]
+    comparisons: list[ComparisonConfig] | None = Field(
+        None, description="default: traffic/rollout_policy.py default_comparisons, by task"
+    )
     alpha: float = Field(0.05, gt=0, lt=0.5, description="false-rollback budget of the rollout")
     guardrail_alpha: float = Field(
         0.01, gt=0, description="the guardrails' share of alpha (the comparisons get the rest)"
@@ -312,21 +313,30 @@ class RolloutConfig(Strict):
         metrics = [g.metric for g in self.guardrails]
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"each guardrail metric at most once, got {metrics}")
-        names = {g.metric for g in self.guardrails} | {c.metric for c in self.comparisons}
+        compared = DEFAULT_COMPARISONS if self.comparisons is None else self.comparisons
+        names = {g.metric for g in self.guardrails} | {c.metric for c in compared}
         unknown = sorted(set(self.dry_run_checks) - names)
         if unknown:
             raise ValueError(f"dry_run_checks names no check of this policy: {unknown}")
         return self
 
-    def policy(self, endpoint: str, stable: str, slo_ms: float) -> RolloutPolicy:
-        """The controller's view of this section."""
+    def policy(
+        self, endpoint: str, stable: str, slo_ms: float, regression: bool = False
+    ) -> RolloutPolicy:
+        """The controller's view of this section; ``regression``: the endpoint's models are
+        regressors (the comparisons it gets when it names none)."""
+        comparisons = (
+            default_comparisons(regression)
+            if self.comparisons is None
+            else tuple(Comparison(**c.model_dump()) for c in self.comparisons)
+        )
         return RolloutPolicy(
             endpoint=endpoint,
             candidate=self.candidate,
             stable=stable,
             steps=tuple(Step(**s.model_dump()) for s in self.steps),
             guardrails=tuple(Guardrail(**g.model_dump()) for g in self.guardrails),
-            comparisons=tuple(Comparison(**c.model_dump()) for c in self.comparisons),
+            comparisons=comparisons,
             interval_s=self.interval_s,
             guard_window_s=self.guard_window_s,
             alpha=self.alpha,
@@ -725,11 +735,12 @@ class GatewayConfig(Strict):
                 raise ValueError(f"endpoint name {name!r} must match {NAME_PATTERN}")
         return value
 
-    def rollout_policies(self) -> dict[str, RolloutPolicy]:
-        """Each endpoint's rollout policy, for the endpoints that have one."""
+    def rollout_policies(self, regressors: Collection[str] = ()) -> dict[str, RolloutPolicy]:
+        """Each endpoint's rollout policy, for the endpoints that have one; ``regressors``: the
+        endpoints whose models are regressors (the config cannot tell)."""
         return {
             name: endpoint.rollout.policy(
-                name, endpoint.stable_variant(), self.server.latency_slo_ms
+                name, endpoint.stable_variant(), self.server.latency_slo_ms, name in regressors
             )
             for name, endpoint in self.endpoints.items()
             if endpoint.rollout is not None

@@ -6,13 +6,20 @@ a slower candidate judged against them is not rolled back on their say."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from monitors.records import PredictionRecord
 from monitors.store import MonitorStore
 from service.config import RolloutConfig
 from service.monitor.evidence import EvidenceGatherer
 from traffic.rollout import start, windows
-from traffic.rollout_checks import check_guardrail, guardrail_alphas, latency_threshold_rank
+from traffic.rollout_checks import (
+    check_comparison,
+    check_guardrail,
+    comparison_alpha,
+    guardrail_alphas,
+    latency_threshold_rank,
+)
 
 POLICY = RolloutConfig(candidate="next", steps=[{"weight": 50}]).policy("churn", "stable", 100.0)
 LATENCY = next(g for g in POLICY.guardrails if g.metric == "latency_ratio")
@@ -36,7 +43,7 @@ def answers(variant: str, latencies_s, first_at: float) -> list[PredictionRecord
 
 def judged(store: MonitorStore, now: float):
     state = start(POLICY, "churn:v2", STARTED).state
-    evidence = EvidenceGatherer(store, dict).gather(POLICY, state, now, regression=False)
+    evidence = EvidenceGatherer(store, dict).gather(POLICY, state, now)
     alphas = guardrail_alphas(POLICY, windows(POLICY, state, now))
     result, _ = check_guardrail(LATENCY, evidence, alphas, ())
     return evidence.stage, result, alphas
@@ -63,3 +70,48 @@ def test_the_threshold_is_a_bound_above_stable_median_and_judges_the_candidate(o
     assert stage.threshold_ms == np.sort(stable)[rank - 1] * 1.5 * 1000
     assert stage.threshold_ms > np.median(stable) * 1.5 * 1000
     assert result.outcome == "FAIL"  # 3x slower is still caught at once
+
+
+def regressor_answers(variant: str, errors, first_at: float) -> list[PredictionRecord]:
+    """Labeled answers of a regressor whose label is always 100 and whose error is ``errors``."""
+    return [
+        PredictionRecord(
+            f"{variant}:{first_at}:{i}",
+            first_at + i * 0.01,
+            "diab",
+            variant,
+            "m",
+            [100 + float(e)],
+            0.01,
+        )
+        for i, e in enumerate(errors)
+    ]
+
+
+@pytest.mark.parametrize(("scale", "outcome"), [(1.0, "PASS"), (2.0, "FAIL")])
+def test_a_regressor_is_judged_on_its_answers_within_stables_usual_error(
+    open_database, scale, outcome
+):
+    """A regressor's accuracy is its share of answers within stable's 95th percentile absolute
+    error on its reference (``within``): the same errors pass, errors twice as large fail, with
+    the default margin. Before, a regressor's accuracy was left out and its labels judged
+    nothing."""
+    rng = np.random.default_rng(5)
+    policy = RolloutConfig(candidate="next", steps=[{"weight": 50}]).policy(
+        "diab", "stable", 100.0, regression=True
+    )
+    within = float(np.quantile(np.abs(rng.normal(0, 40, 1000)), 0.95))  # on the reference
+    store = MonitorStore(open_database())
+    for variant, sd in (("stable", 40), ("next", 40 * scale)):
+        records = regressor_answers(variant, rng.normal(0, sd, 4000), STARTED + 1)
+        store.add_records(records)
+        store.add_labels([(r.request_id, 100.0) for r in records])
+    state = start(policy, "diab:v2", STARTED).state
+    now = STARTED + 60
+    evidence = EvidenceGatherer(store, dict).gather(policy, state, now, within)
+    for arm in (evidence.stage.stable, evidence.stage.candidate):
+        assert arm.labeled == 4000
+    assert abs(evidence.stage.stable.correct / 4000 - 0.95) < 0.02
+    accuracy = next(c for c in policy.comparisons if c.metric == "accuracy")
+    alpha = comparison_alpha(policy, windows(policy, state, now))
+    assert check_comparison(accuracy, evidence, alpha).outcome == outcome

@@ -356,6 +356,34 @@ def test_what_rollouts_read_outcomes_latencies_and_labeled_counts(open_database)
     assert store.newest() == 9000.0
 
 
+def test_a_regressors_right_answers_are_those_within_a_distance_of_their_label(open_database):
+    """Rollouts and experiments count a regressor's answers within ``within`` of the label as
+    right: a value equal to its label is rare (before, none of 4 counted), a NaN never is."""
+    store = MonitorStore(open_database())
+    store.add_records(
+        [
+            PredictionRecord("diab:1", 1000.0, "diab", "c", "diab:v2", [150.0, 90.5], 0.01),
+            PredictionRecord("diab:2", 1001.0, "diab", "c", "diab:v2", [None], 0.01),  # NaN
+            PredictionRecord("diab:3", 1002.0, "diab", "c", "diab:v2", [200.25], 0.01),
+            PredictionRecord("diab:4", 1003.0, "diab", "c", "diab:v2", [-3.0], 0.01),
+        ]
+    )
+    store.add_labels([("diab:1", [160.0, 90.0]), ("diab:2", 10.0), ("diab:3", 180.0)])
+    store.add_labels([("diab:4", -13.0)])
+    # errors 10, 0.5, none (NaN), 20.25, 10
+    assert store.labeled_counts("diab", "c", 0, 2000) == (5, 0)
+    assert store.labeled_counts("diab", "c", 0, 2000, within=10.0) == (5, 3)
+    assert store.labeled_counts("diab", "c", 0, 2000, within=0.5) == (5, 1)
+    assert store.labeled_counts("diab", "c", 0, 2000, within=100.0) == (5, 4)
+    by_unit = store.unit_accuracy("diab", ["c"], 0, 2000, by_request=True, within=10.0)
+    assert sorted(by_unit.itertuples(index=False, name=None)) == [
+        ("c", "diab:1", 2, 2),
+        ("c", "diab:2", 1, 0),
+        ("c", "diab:3", 1, 0),
+        ("c", "diab:4", 1, 1),
+    ]
+
+
 def test_a_variants_state_changes_with_every_change_to_what_a_run_reads(open_database):
     """``variant_state`` stays the same while nothing a run reads changed (so the run may keep
     its last analysis), and changes with a record, a label joining (sent before or after its

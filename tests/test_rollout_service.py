@@ -5,6 +5,9 @@ a dry run decides and logs but moves no traffic."""
 
 from __future__ import annotations
 
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -27,13 +30,15 @@ class HandedEvidence:
 
     def __init__(self) -> None:
         self.evidence = Evidence()
+        self.within: float | None = None
 
-    def gather(self, policy, state, now, regression) -> Evidence:
+    def gather(self, policy, state, now, within) -> Evidence:
+        self.within = within
         return self.evidence
 
 
 def service(
-    tmp_path, open_database, webhooks=(), **rollout
+    tmp_path, open_database, webhooks=(), models=("churn:v1", "churn:v2"), **rollout
 ) -> tuple[RolloutService, HandedEvidence]:
     config = parse_config(
         {
@@ -42,8 +47,8 @@ def service(
             "endpoints": {
                 "churn": {
                     "variants": [
-                        {"name": "stable", "model": "churn:v1"},
-                        {"name": "next", "model": "churn:v2", "role": "candidate", "weight": 0},
+                        {"name": "stable", "model": models[0]},
+                        {"name": "next", "model": models[1], "role": "candidate", "weight": 0},
                     ],
                     "rollout": {
                         "candidate": "next",
@@ -177,3 +182,37 @@ def test_an_operator_action_racing_another_monitor_is_a_conflict_and_changes_not
     described = leader.describe("churn")
     assert described["state"]["phase"] == "paused"
     assert [e["action"] for e in described["history"]] == ["start", "pause"]
+
+
+def test_a_regressor_is_judged_on_labels_within_its_stable_models_usual_error(
+    tmp_path, open_database, demo_models, regressor_v9
+):
+    """A regressor's rollout compares accurate shares (answers within the 95th percentile of
+    the stable model's absolute errors on its reference) and, unless the policy names it, not
+    the distance of its values from stable's, which retraining moves by itself."""
+    rollouts, evidence = service(tmp_path, open_database, models=("diabetes:v1", regressor_v9))
+    compared = [c.metric for c in rollouts.policies["churn"].comparisons]
+    assert compared == ["error_rate", "slow_rate", "accuracy"]
+    rollouts.tick("churn", now=1.0)
+    rollouts.tick("churn", now=2.0)
+    reference = pd.read_csv(demo_models["diabetes:v1"].reference_path)
+    features = reference.drop(columns=["label"]).to_numpy(np.float32)
+    session = ort.InferenceSession(str(demo_models["diabetes:v1"].onnx_path))
+    (values,) = session.run(None, {session.get_inputs()[0].name: features})
+    errors = np.abs(values.ravel() - reference["label"].to_numpy())
+    assert evidence.within == pytest.approx(np.quantile(errors, 0.95), rel=1e-4)
+
+    named = [{"metric": "prediction_divergence", "margin": 0.5}]
+    kept, _ = service(
+        tmp_path, open_database, models=("diabetes:v1", regressor_v9), comparisons=named
+    )
+    assert [c.metric for c in kept.policies["churn"].comparisons] == ["prediction_divergence"]
+
+
+def test_a_classifiers_rollout_gets_every_default_comparison(tmp_path, open_database, demo_models):
+    rollouts, evidence = service(tmp_path, open_database, models=("cancer:v1", "cancer:v2"))
+    compared = [c.metric for c in rollouts.policies["churn"].comparisons]
+    assert compared == ["error_rate", "slow_rate", "accuracy", "prediction_divergence"]
+    rollouts.tick("churn", now=1.0)
+    rollouts.tick("churn", now=2.0)
+    assert evidence.within is None

@@ -3,7 +3,7 @@
 The controller (traffic/rollout.py) sees plain counts over the windows it names
 (``rollout.windows``): the current stage and the current guardrail epoch. Per window and arm:
 requests, failures, invalid outputs, answers slower than ``slow_ms``, labeled rows and the right
-ones; for the candidate, answers slower than the latency_ratio guardrail's threshold (``max``
+ones (a regressor's: within ``within`` of the label); for the candidate, answers slower than the latency_ratio guardrail's threshold (``max``
 times an upper confidence bound for stable's quantile in the same window, from stable's first
 answers in it: a window's first answers only grow as it does, which the bound's validity at every
 look needs; traffic/rollout_checks.py ``latency_threshold_rank``) and than the
@@ -52,23 +52,32 @@ class EvidenceGatherer:
         since: float,
         until: float | None = None,
         above_s: float | None = None,
+        within: float | None = None,
     ) -> ArmCounts:
         """One variant's counts in [since, until); ``above_s``: the latency threshold its
-        ``above`` counts (seconds)."""
+        ``above`` counts (seconds); ``within``: a regressor's answer this close to its label is
+        right (None: a class, right when it is the label)."""
         limit = next((g.max for g in policy.guardrails if g.metric == "p99_latency_ms"), None)
         thresholds = (policy.slow_ms / 1000, above_s, None if limit is None else limit / 1000)
         pinned = policy.count_pinned
         requests, errors, invalid, slow, above, over_limit = self.store.outcomes(
             policy.endpoint, variant, since, until, thresholds, pinned
         )
-        labeled, correct = self.store.labeled_counts(policy.endpoint, variant, since, until, pinned)
+        labeled, correct = self.store.labeled_counts(
+            policy.endpoint, variant, since, until, pinned, within
+        )
         return ArmCounts(requests, errors, slow, invalid, labeled, correct, above, over_limit)
 
     def window(
-        self, policy: RolloutPolicy, state: RolloutState, since: float, alpha: float
+        self,
+        policy: RolloutPolicy,
+        state: RolloutState,
+        since: float,
+        alpha: float,
+        within: float | None = None,
     ) -> Window:
         """Both arms since ``since``, and stable's counts just before it; ``alpha``: each
-        guardrail's in this window."""
+        guardrail's in this window; ``within`` as in ``arm``."""
         stable = np.asarray(
             self.store.latencies(
                 policy.endpoint, state.stable, since, policy.count_pinned, QUANTILE_ROWS
@@ -79,16 +88,19 @@ class EvidenceGatherer:
         )
         p99_ms = float(np.quantile(stable, 0.99)) * 1000 if len(stable) else None
         return Window(
-            candidate=self.arm(policy, state.candidate, since, above_s=threshold_s),
-            stable=replace(self.arm(policy, state.stable, since), p99_ms=p99_ms),
-            stable_before=self.arm(policy, state.stable, since - PRIOR_WINDOW_S, since),
+            candidate=self.arm(policy, state.candidate, since, above_s=threshold_s, within=within),
+            stable=replace(self.arm(policy, state.stable, since, within=within), p99_ms=p99_ms),
+            stable_before=self.arm(
+                policy, state.stable, since - PRIOR_WINDOW_S, since, within=within
+            ),
             threshold_ms=None if threshold_s is None else threshold_s * 1000,
         )
 
     def gather(
-        self, policy: RolloutPolicy, state: RolloutState, now: float, regression: bool
+        self, policy: RolloutPolicy, state: RolloutState, now: float, within: float | None = None
     ) -> Evidence:
-        """``regression``: the candidate is a regressor (shadow agreement within 1e-6 relative)."""
+        """``within``: the endpoint's models are regressors, and an answer this close to its label
+        is right (shadow agreement: within 1e-6 relative); None for classifiers."""
         windows = rollout.windows(policy, state, now)
         stage_alpha, epoch_alpha = guardrail_alphas(policy, windows)
         report = self.latest_reports().get((policy.endpoint, state.candidate))
@@ -98,12 +110,12 @@ class EvidenceGatherer:
         if report is not None and report.vs_stable is not None:
             divergence = (report.vs_stable.score, report.vs_stable.threshold)
         return Evidence(
-            stage=self.window(policy, state, windows.stage_start, stage_alpha),
-            epoch=self.window(policy, state, windows.epoch_start, epoch_alpha),
+            stage=self.window(policy, state, windows.stage_start, stage_alpha, within),
+            epoch=self.window(policy, state, windows.epoch_start, epoch_alpha, within),
             divergence=divergence,
             drifted_share=drifted,
             attribution_divergence=None if report is None else report.attribution_vs_stable,
-            shadow=self._shadow(policy, state, windows.stage_start, regression),
+            shadow=self._shadow(policy, state, windows.stage_start, within is not None),
         )
 
     def _shadow(

@@ -18,6 +18,7 @@ import pandas as pd
 from monitors.experiments import Readout, UnitTotals, finite, readout
 from monitors.reports import ReportArchive, ReportSummary
 from monitors.store import MonitorStore
+from service import registry
 from service.config import ExperimentConfig, GatewayConfig
 from service.errors import NotFound
 from service.experiment_state import RUNNING, ExperimentState, load_state
@@ -43,6 +44,13 @@ class ExperimentReadouts:
             for name, endpoint in config.endpoints.items()
             if endpoint.experiment is not None
         }
+        self.control_models = {
+            name: next(v.model for v in endpoint.variants if v.name == endpoint.experiment.arms[0])
+            for name, endpoint in config.endpoints.items()
+            if endpoint.experiment is not None
+        }
+        """Endpoint -> the model of its control arm, as gateway.yaml declares it."""
+        self._within: dict[str, float | None] = {}
         self.store = store
         self.state_store = state_store
         self.metrics = metrics
@@ -80,7 +88,8 @@ class ExperimentReadouts:
         by_request = experiment.unit == "request"
         missing = {name: reward.missing for name, reward in experiment.rewards.items()}
         totals = self.store.unit_totals(endpoint, arms, since, until, missing, by_request)
-        accuracy = self.store.unit_accuracy(endpoint, arms, since, until, by_request)
+        within = self._accuracy_tolerance(endpoint)
+        accuracy = self.store.unit_accuracy(endpoint, arms, since, until, by_request, within)
         per_arm = _by_arm(totals, arms)
         units = {arm: len(frame) for arm, frame in per_arm.items()}
         data = {
@@ -103,6 +112,14 @@ class ExperimentReadouts:
                 for arm, frame in _by_arm(accuracy, arms).items()
             }
         return units, data
+
+    def _accuracy_tolerance(self, endpoint: str) -> float | None:
+        """For an endpoint of regressors, how close to its label an answer is accurate: the
+        control model's (registry.accuracy_tolerance), the same for every arm; None for
+        classifiers, whose answers are accurate when they are the label."""
+        if endpoint not in self._within:
+            self._within[endpoint] = registry.accuracy_tolerance(self.control_models[endpoint])
+        return self._within[endpoint]
 
     def list(self) -> list[dict]:
         """Every declared experiment: its status and, once started, its verdict."""

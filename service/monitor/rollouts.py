@@ -29,7 +29,7 @@ from dataclasses import asdict, replace
 
 from monitors.store import MonitorStore
 from service import registry
-from service.config import GatewayConfig, OfflineGateConfig
+from service.config import EndpointConfig, GatewayConfig, OfflineGateConfig
 from service.crash_points import crash_point
 from service.errors import ConfigError, Conflict, NotFound
 from service.monitor.evidence import EvidenceGatherer
@@ -77,7 +77,10 @@ class RolloutService:
         """``actor``: who the audit log names for each traffic move (the leader monitor)."""
         self.actor = actor
         self.config = config
-        self.policies = config.rollout_policies()
+        self.regressors = {n for n, e in config.endpoints.items() if e.rollout and _regresses(e)}
+        """The endpoints whose models are regressors."""
+        self._within: dict[str, float | None] = {}
+        self.policies = config.rollout_policies(self.regressors)
         self.gates: dict[str, OfflineGateConfig] = {
             name: e.rollout.offline_gate for name, e in config.endpoints.items() if e.rollout
         }
@@ -87,7 +90,6 @@ class RolloutService:
         self.metrics = metrics
         self.notifier = notifier
         self._locks = {name: threading.Lock() for name in self.policies}
-        self._regressors: dict[str, bool] = {}
         for policy in self.policies.values():
             self._prepare_series(policy)
 
@@ -143,11 +145,12 @@ class RolloutService:
             elif state.phase in TERMINAL:
                 return None
             else:
-                regression = self._regression(candidate_model)
-                if regression:  # regressors have no accuracy: that comparison is left out
-                    kept = tuple(c for c in policy.comparisons if c.metric != "accuracy")
-                    policy = replace(policy, comparisons=kept)
-                evidence = self.evidence.gather(policy, state, now, regression)
+                within = (
+                    self._accuracy_tolerance(models[policy.stable])
+                    if endpoint in self.regressors
+                    else None
+                )
+                evidence = self.evidence.gather(policy, state, now, within)
                 decision = rollout.evaluate(policy, state, evidence, now)
             self._commit(policy, revision, decision, evidence, now)
             return decision
@@ -207,14 +210,11 @@ class RolloutService:
         table = self._routing_state().tables.get(policy.endpoint)
         return {v.name: v.model for v in table.variants} if table else {}
 
-    def _regression(self, model: str) -> bool:
-        """Whether ``model`` is a regressor; a tag's card never changes, so it is read once."""
-        if model not in self._regressors:
-            try:
-                self._regressors[model] = registry.load_card(model).task == "regression"
-            except ConfigError:
-                return False
-        return self._regressors[model]
+    def _accuracy_tolerance(self, model: str) -> float | None:
+        """A regressor's registry.accuracy_tolerance, read once: its reference never changes."""
+        if model not in self._within:
+            self._within[model] = registry.accuracy_tolerance(model)
+        return self._within[model]
 
     def _start(self, policy: RolloutPolicy, models: dict[str, str], now: float) -> Decision:
         candidate_model = models[policy.candidate]
@@ -377,3 +377,12 @@ def _retarget(table: EndpointTable, targets: dict[str, Target | None]) -> Endpoi
                 replace(variant, role=target.role, weight=target.weight, mirror=target.mirror)
             )
     return replace(table, variants=tuple(variants))
+
+
+def _regresses(endpoint: EndpointConfig) -> bool:
+    """Whether an endpoint's models are regressors (its variants all do one task); False for
+    a model not in the store, which the monitor judges nothing of."""
+    try:
+        return registry.load_card(endpoint.variants[0].model).task == "regression"
+    except ConfigError:
+        return False

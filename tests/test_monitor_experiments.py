@@ -1,0 +1,87 @@
+"""The monitor's A/B readouts read from a real store: a regressor's accuracy counts its answers
+within the control model's usual error of the label (registry.accuracy_tolerance), as rollouts
+do; before, a value had to equal its label, and every arm of a regressor read 0."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from monitors.records import PredictionRecord
+from monitors.reports import ReportArchive
+from monitors.store import MonitorStore
+from service import registry
+from service.config import parse_config
+from service.experiment_state import ExperimentState
+from service.monitor.experiments import ExperimentReadouts
+from service.monitor.metrics import MonitorMetrics
+from traffic.store import SQLStateStore
+
+
+def readouts(tmp_path, open_database, models: tuple[str, str]) -> ExperimentReadouts:
+    config = parse_config(
+        {
+            "data_dir": str(tmp_path),
+            "endpoints": {
+                "e": {
+                    "routing": {"key": {"header": "x-user-id"}},
+                    "variants": [
+                        {"name": "a", "model": models[0], "weight": 50},
+                        {"name": "b", "model": models[1], "weight": 50, "role": "candidate"},
+                    ],
+                    "experiment": {
+                        "arms": ["a", "b"],
+                        "rewards": {"converted": {"kind": "binary"}},
+                        "primary": "converted",
+                    },
+                }
+            },
+        }
+    )
+    state_store = SQLStateStore(open_database())
+    state = ExperimentState("running", 1000.0, {"a": 50, "b": 50}, "test")
+    state_store.save_experiment("e", state.to_dict(), 0)
+    metrics = MonitorMetrics(CollectorRegistry())
+    archive = ReportArchive(tmp_path / "reports")
+    return ExperimentReadouts(config, MonitorStore(open_database()), state_store, metrics, archive)
+
+
+def test_a_regressors_accuracy_is_its_share_within_the_control_models_usual_error(
+    tmp_path, open_database, demo_models, regressor_v9
+):
+    experiments = readouts(tmp_path, open_database, ("diabetes:v1", regressor_v9))
+    within = registry.accuracy_tolerance("diabetes:v1")
+    assert within is not None and within > 0
+    rng = np.random.default_rng(2)
+    records, labels = [], []
+    for arm, spread in (("a", 0.5), ("b", 2.0)):  # errors as a share of the tolerance
+        for i, error in enumerate(rng.uniform(-spread, spread, 400) * within):
+            request_id = f"e:{arm}{i}"
+            records.append(
+                PredictionRecord(request_id, 1001.0 + i, "e", arm, "m", [100 + float(error)], 0.01)
+            )
+            labels.append((request_id, 100.0))
+    experiments.store.add_records(records)
+    experiments.store.add_labels(labels)
+    accuracy = experiments.describe("e", now=2000.0)["metrics"]["accuracy"]
+    assert accuracy["a"]["mean"] == 1.0  # every error within the tolerance
+    assert accuracy["b"]["mean"] == pytest.approx(0.5, abs=0.06)  # half of them
+
+
+def test_a_classifiers_accuracy_is_its_share_of_answers_equal_to_the_label(
+    tmp_path, open_database, demo_models
+):
+    experiments = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"))
+    assert registry.accuracy_tolerance("cancer:v1") is None
+    records = [
+        PredictionRecord(f"e:{arm}{i}", 1001.0 + i, "e", arm, "m", ["benign"], 0.01)
+        for arm in "ab"
+        for i in range(10)
+    ]
+    experiments.store.add_records(records)
+    experiments.store.add_labels(
+        [(r.request_id, "benign" if r.variant == "a" else "malignant") for r in records]
+    )
+    accuracy = experiments.describe("e", now=2000.0)["metrics"]["accuracy"]
+    assert (accuracy["a"]["mean"], accuracy["b"]["mean"]) == (1.0, 0.0)
