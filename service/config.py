@@ -750,6 +750,23 @@ class GatewayConfig(Strict):
         """Every endpoint's routing table as the config describes it."""
         return {name: endpoint.table(name) for name, endpoint in self.endpoints.items()}
 
+    def not_reloadable(self, read: GatewayConfig) -> list[str]:
+        """The parts of ``read`` (the file as it is now) that differ from this running config
+        and that a reload does not apply: every section but the endpoints' routing and
+        variants, which a reload makes the routing state. A rollout or an experiment is read by
+        the monitor, and the gateway's feedback and admin API, when they start."""
+        differ = [
+            name
+            for name in type(self).model_fields
+            if name != "endpoints" and getattr(read, name) != getattr(self, name)
+        ]
+        for endpoint in sorted(set(self.endpoints) | set(read.endpoints)):
+            running, edited = self.endpoints.get(endpoint), read.endpoints.get(endpoint)
+            for part in ("rollout", "experiment"):
+                if getattr(running, part, None) != getattr(edited, part, None):
+                    differ.append(f"endpoints.{endpoint}.{part}")
+        return differ
+
     def routing_hash(self) -> str:
         """A hash of the endpoints section: tells whether the config changed since state was saved."""
         document = json.dumps(

@@ -417,13 +417,18 @@ async def test_reload_applies_the_edited_config_and_refuses_a_broken_one(
     edited["endpoints"]["cancer"]["variants"][1]["weight"] = 40
     edited["endpoints"]["cancer"]["variants"][0]["weight"] = 60
     edited["limits"] = {"max_rows": 7}
+    edited["access"] = {"metrics": "anonymous"}  # a security setting: it must not look applied
+    edited["endpoints"]["cancer"]["rollout"] = {"candidate": "candidate", "steps": [{"weight": 50}]}
     try:
         traffic_config.write_text(yaml.safe_dump(edited))
         async with aiohttp.ClientSession() as session:
             status, answer = await admin(session, traffic_url, "POST", "/admin/reload")
             assert status == 200, answer
             weights = {v["name"]: v["weight"] for v in answer["endpoints"]["cancer"]["variants"]}
-            assert weights["candidate"] == 40 and answer["restart_required"] == ["limits"]
+            assert weights["candidate"] == 40
+            assert answer["restart_required"] == ["limits", "access", "endpoints.cancer.rollout"]
+            async with session.get(f"{traffic_url}/metrics") as response:
+                assert response.status == 401  # as the running config says, until a restart
             traffic_config.write_text("endpoints: {cancer: {variants: []}}")
             status, answer = await admin(session, traffic_url, "POST", "/admin/reload")
             assert status == 400 and "variants" in answer["error"]

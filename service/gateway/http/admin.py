@@ -148,19 +148,15 @@ async def remove_variant(request: Request) -> Response:
 
 
 async def reload_config(request: Request) -> Response:
-    """Re-read gateway.yaml and make its endpoints the routing state (other sections need a
-    restart, and the answer says which differ)."""
+    """Re-read gateway.yaml and make its endpoints the routing state (everything else needs a
+    restart, and the answer says which parts differ)."""
     gateway = authorized(request)
     path = gateway.config_path
     try:
         config = load_config(path)
     except ConfigError as error:
         raise BadRequest(str(error)) from None
-    changed = [
-        key
-        for key in ("server", "device", "model_store", "batching", "runtime", "limits", "data_dir")
-        if getattr(config, key) != getattr(gateway.config, key)
-    ]
+    changed = gateway.config.not_reloadable(config)
     client = client_of(request)
     await gateway.routing.change(
         client,
