@@ -232,6 +232,17 @@ ROWS = [
                 "timeseries",
             ),
             (
+                "Regressors' error on labels: MAE and RMSE",
+                "short",
+                [
+                    (
+                        f'gateway_model_quality{{{EV}, metric=~"mae|rmse"}}',
+                        "{{metric}} {{endpoint}} {{variant}}",
+                    )
+                ],
+                "timeseries",
+            ),
+            (
                 "Shadow agreement",
                 "percentunit",
                 [

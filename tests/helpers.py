@@ -258,8 +258,11 @@ def server_processes(port: int) -> tuple[psutil.Process, list[psutil.Process]]:
     raise AssertionError(f"no server on port {port}")
 
 
-async def drive(session, url, seconds, users=400, concurrency=8, endpoint="cancer") -> list[tuple]:
-    """Keyed requests for ``seconds``: (time, user, status, variant, request id) for each."""
+async def drive(
+    session, url, seconds, users=400, concurrency=8, endpoint="cancer", row=ROW
+) -> list[tuple]:
+    """Keyed requests of ``row`` for ``seconds``: (time, user, status, variant, request id) for
+    each."""
     answers, stop = [], time.monotonic() + seconds
 
     async def user_loop(first: int) -> None:
@@ -267,7 +270,7 @@ async def drive(session, url, seconds, users=400, concurrency=8, endpoint="cance
         while time.monotonic() < stop:
             headers = {"x-user-id": f"user-{user % users}"}
             async with session.post(
-                f"{url}/predict/{endpoint}", json={"instances": [ROW]}, headers=headers
+                f"{url}/predict/{endpoint}", json={"instances": [row]}, headers=headers
             ) as answer:
                 variant = answer.headers.get("x-gateway-variant")
                 request_id = answer.headers.get("x-gateway-request-id")

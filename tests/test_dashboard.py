@@ -1,6 +1,7 @@
 """The dashboard is true: every panel's query (and annotation) returns data from a real Prometheus,
 started here on loopback with the repository's scrape config, scraping a real gateway and monitor
-that serve traffic, labels, a shadow, and two rollouts (one promoted, one rolled back)."""
+that serve traffic, labels (of a classifier and of a regressor), a shadow, and two rollouts (one
+promoted, one rolled back)."""
 
 from __future__ import annotations
 
@@ -156,6 +157,8 @@ async def _traffic(url: str, monitor_url: str) -> None:
                 answers += await drive(session, url, 1.0, endpoint=endpoint, concurrency=4)
             tested = await drive(session, url, 1.0, endpoint="cancer-ab", concurrency=4)
             labels = [{"request_id": a[4], "label": "benign"} for a in answers if a[2] == 200]
+            valued = await drive(session, url, 0.5, endpoint="diabetes", row=[0.01] * 10)
+            labels += [{"request_id": a[4], "label": 150.0} for a in valued if a[2] == 200]
             rewards = [
                 {"request_id": a[4], "metric": "converted", "value": int(a[1] % 3 == 0)}
                 for a in tested
@@ -190,6 +193,7 @@ async def test_every_panel_query_returns_data_from_a_real_prometheus(demo_models
                 ],
                 "rollout": FAST_ROLLOUT,
             },
+            "diabetes": {"variants": [{"name": "stable", "model": "diabetes:v1"}]},
             "cancer-shadow": {
                 "variants": [
                     {"name": "stable", "model": "cancer:v2"},
