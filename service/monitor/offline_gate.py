@@ -1,6 +1,6 @@
 """The offline gate: before a candidate gets a single request, it is run on the labeled reference
-data of the stable model and its own, next to the stable model, and must be non-inferior there
-with no invalid outputs.
+data of the stable model and its own (a row both hold counted once: they are often one file),
+next to the stable model, and must be non-inferior there with no invalid outputs.
 
 Classifiers: accuracy may be at most ``margin`` below stable's; an answer outside the candidate's
 own class labels is invalid. Regressors: MAE may be at most ``margin`` (relative) above stable's; a
@@ -46,7 +46,8 @@ def offline_gate(stable_tag: str, candidate_tag: str, margin: float) -> CheckRes
             registry.load_reference(stable_tag),
             registry.load_reference(candidate_tag).rename(columns=theirs_named_ours),
         ]
-        rows = pd.concat(frames, ignore_index=True)
+        columns = [*stable_card.feature_names, stable_card.label_column]
+        rows = pd.concat(frames)[columns].drop_duplicates(ignore_index=True)  # often one file
         label = rows[stable_card.label_column]
         stable = predict(stable_card, rows)
         candidate = predict(candidate_card, rows)
