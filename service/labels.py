@@ -17,6 +17,17 @@ from service.model_card import ModelCard
 SCALARS = (str, int, float, bool)
 
 
+def is_finite_number(value: object) -> bool:
+    """Whether a decoded JSON value is a finite number (a bool is not). JSON integers have no
+    bound, and one too large for a float is not finite: ``math.isfinite`` raises on it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def values_of(label: object) -> list | None:
     """The label as one value per row, or None when it is not a value or a list of values."""
     values = label if isinstance(label, list) else [label]
@@ -28,12 +39,9 @@ def values_of(label: object) -> list | None:
 def value_problem(card: ModelCard, value: object) -> str | None:
     """Why ``value`` cannot be a label of ``card``'s model, or None when it can."""
     if card.task == "regression":
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            return f"model {card.tag} is a regressor: a label is a finite number, not {value!r}"
+        if not is_finite_number(value):
+            shown = repr(value) if len(repr(value)) < 40 else f"{repr(value)[:30]}..."
+            return f"model {card.tag} is a regressor: a label is a finite number, not {shown}"
         return None
     if str(value) not in {str(c) for c in card.class_labels}:
         return f"{value!r} is not a class of model {card.tag} ({list(card.class_labels)})"

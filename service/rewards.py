@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from service.config import ExperimentConfig
+from service.labels import is_finite_number
 
 
 def reward_problem(
@@ -23,9 +24,7 @@ def reward_problem(
     if not isinstance(metric, str) or metric not in experiment.rewards:
         return f"metric {metric!r} is not a reward of the experiment ({sorted(experiment.rewards)})"
     values = value if isinstance(value, list) else [value]
-    if not values or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
-    ):
+    if not values or not all(is_finite_number(v) for v in values):
         return "a reward is a finite number, or a non-empty list of them (one per row)"
     if experiment.rewards[metric].kind == "binary" and any(v not in (0, 1) for v in values):
         return f"{metric} is binary: its values are 0 or 1"

@@ -39,6 +39,9 @@ def test_good_rewards_fit(metric, value, rows):
         ("converted", True, None, "finite number"),
         ("revenue", math.nan, None, "finite number"),
         ("revenue", math.inf, None, "finite number"),
+        # a JSON integer past any float: it was a 500
+        pytest.param("revenue", 10**400, None, "finite number", id="huge-integer"),
+        pytest.param("revenue", [1, -(10**400)], 2, "finite number", id="huge-integer-row"),
         ("revenue", "3", None, "finite number"),
         ("revenue", [], None, "finite number"),
         ("revenue", [1, [2]], None, "finite number"),

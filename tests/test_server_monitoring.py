@@ -157,6 +157,10 @@ BAD_FEEDBACK = [
         b'{"labels": [{"request_id": "diabetes:%s", "label": "high"}]}' % (b"0" * 32),
         "regressor",
     ),
+    (  # an integer past any float (JSON has no bound): it was a 500
+        b'{"labels": [{"request_id": "diabetes:%s", "label": 1%s}]}' % (b"0" * 32, b"0" * 400),
+        "regressor",
+    ),
     (
         b'{"labels": [{"request_id": "missing:%s", "label": 1}]}' % (b"0" * 32),
         "no endpoint 'missing'",
