@@ -9,23 +9,12 @@ nothing stored can break the analysis later.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
+from service.codecs import is_finite_number
 from service.model_card import ModelCard
 
 SCALARS = (str, int, float, bool)
-
-
-def is_finite_number(value: object) -> bool:
-    """Whether a decoded JSON value is a finite number (a bool is not). JSON integers have no
-    bound, and one too large for a float is not finite: ``math.isfinite`` raises on it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def values_of(label: object) -> list | None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 
+from service.codecs import is_finite_number
 from service.config import ExperimentConfig
-from service.labels import is_finite_number
 
 
 def reward_problem(

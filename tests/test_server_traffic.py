@@ -215,6 +215,14 @@ async def test_admin_needs_the_token(traffic_url, gateway_url):
             "between 0 and 100",
         ),
         ("PUT", "/admin/endpoints/cancer/weights", {"weights": {"stable": "x"}}, 400, "weights"),
+        pytest.param(  # a JSON integer past any float: it was a 500
+            "PUT",
+            "/admin/endpoints/cancer/weights",
+            {"weights": {"stable": 10**400}},
+            400,
+            "weights",
+            id="huge-weight",
+        ),
         (
             "PUT",
             "/admin/endpoints/cancer/weights",

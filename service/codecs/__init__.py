@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 from service.errors import BadRequest
@@ -19,3 +21,14 @@ def decode_json(body: bytes) -> object:
         raise BadRequest(f"malformed JSON: {error}") from None
     except RecursionError:
         raise BadRequest("malformed JSON: nested too deeply") from None
+
+
+def is_finite_number(value: object) -> bool:
+    """Whether a decoded JSON value is a finite number (a bool is not). JSON integers have no
+    bound, and one too large for a float is not finite: ``math.isfinite`` raises on it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

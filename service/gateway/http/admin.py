@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
-from service.codecs import decode_json
+from service.codecs import decode_json, is_finite_number
 from service.config import VariantConfig, describe, load_config
 from service.errors import BadRequest, ConfigError, NotFound
 from service.gateway import experiments
@@ -97,9 +97,7 @@ async def set_weights(request: Request) -> Response:
     if (
         not isinstance(weights, dict)
         or not weights
-        or not all(
-            isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights.values()
-        )
+        or not all(is_finite_number(w) for w in weights.values())
     ):
         raise BadRequest('the body must be {"weights": {"variant": number, ...}}')
     for name in weights:
