@@ -455,16 +455,24 @@ class MonitorStore:
         until: float | None = None,
         include_pinned: bool = False,
         within: float | None = None,
+        by_request: bool = False,
     ) -> tuple[int, int]:
-        """(labeled rows, rows predicted right) of records in [since, until), counted in the
-        database (no row is loaded); right is equal to the label, or with ``within`` (a
-        regressor's values) at most that far from it. A label that does not fit its request's
-        rows is left out as it is in ``labeled``."""
-        totals, right = _labeled_totals(within)
-        (row,) = self.db.query(
-            f"SELECT {totals} {self._labeled_rows} "
-            "WHERE p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.at < ? "
+        """(labeled units, units predicted right) of records in [since, until), each unit's
+        first labeled row (``_first_of_each_unit``, as ``outcomes``), counted in the database (no row is
+        loaded); right is equal to the label, or with ``within`` (a regressor's values) at most
+        that far from it. A label that does not fit its request's rows is left out as it is in
+        ``labeled``."""
+        totals, right = _labeled_totals(within, "predicted", "actual")
+        firsts = _first_of_each_unit(
+            "pe.value AS predicted, le.value AS actual",
+            self._labeled_rows.removeprefix("FROM "),
+            "p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.at < ? "
             f"AND (p.pinned = 0 OR ?) AND {self._label_fits}",
+            by_request,
+            then="pe.key",
+        )
+        (row,) = self.db.query(
+            f"SELECT {totals} FROM {firsts}",
             (
                 *right,
                 endpoint,
@@ -515,20 +523,26 @@ class MonitorStore:
         until: float | None = None,
         slower_than: tuple[float | None, ...] = (),
         include_pinned: bool = False,
+        by_request: bool = False,
     ) -> tuple[int, ...]:
-        """(requests, failed, invalid, then one count per ``slower_than`` threshold) a variant
-        recorded in [since, until): failed means not answered (an error or a rejection),
-        invalid means answered with a NaN or infinite prediction (recorded as null); each
-        threshold (seconds; None counts 0) counts answers slower than it. Pinned requests are
-        left out unless ``include_pinned``."""
+        """(units, failed, invalid, then one count per ``slower_than`` threshold) of the first
+        request of each unit a variant recorded in [since, until) (``_first_of_each_unit``;
+        ``by_request``: every request is a unit):
+        failed means not answered (an error or a rejection), invalid means answered with a NaN
+        or infinite prediction (recorded as null); each threshold (seconds; None counts 0)
+        counts answers slower than it. Pinned requests are left out unless ``include_pinned``."""
         slow = _count("outcome = 'ok' AND latency_s > ?")
         slower = "".join(f", {slow}" for _ in slower_than)
         failed = _count("outcome != 'ok'")
         invalid = _count("outcome = 'ok' AND predictions LIKE '%null%'")
+        firsts = _first_of_each_unit(
+            "p.outcome, p.latency_s, p.predictions",
+            "predictions p",
+            "p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.at < ? AND (p.pinned = 0 OR ?)",
+            by_request,
+        )
         (row,) = self.db.query(
-            f"SELECT COUNT(*), {failed}, {invalid}{slower} "
-            "FROM predictions WHERE endpoint = ? AND variant = ? AND at >= ? AND at < ? "
-            "AND (pinned = 0 OR ?)",
+            f"SELECT COUNT(*), {failed}, {invalid}{slower} FROM {firsts}",
             (
                 *(math.inf if t is None else t for t in slower_than),
                 endpoint,
@@ -547,12 +561,19 @@ class MonitorStore:
         since: float,
         include_pinned: bool = False,
         max_rows: int = 100_000,
+        by_request: bool = False,
     ) -> list[float]:
-        """Latencies (seconds) of the first requests (at most ``max_rows``) a variant answered
-        since ``since``: a set that only grows as time passes, until it is full."""
+        """Latencies (seconds) of the first units (at most ``max_rows``) whose first request
+        since ``since`` a variant answered, as ``outcomes`` counts them: a set that only grows
+        as time passes, until it is full."""
+        firsts = _first_of_each_unit(
+            "p.at, p.outcome, p.latency_s",
+            "predictions p",
+            "p.endpoint = ? AND p.variant = ? AND p.at >= ? AND (p.pinned = 0 OR ?)",
+            by_request,
+        )
         rows = self.db.query(
-            "SELECT latency_s FROM predictions WHERE endpoint = ? AND variant = ? AND at >= ? "
-            "AND outcome = 'ok' AND (pinned = 0 OR ?) ORDER BY at LIMIT ?",
+            f"SELECT latency_s FROM {firsts} AND outcome = 'ok' ORDER BY at LIMIT ?",
             (endpoint, variant, since, include_pinned, max_rows),
         )
         return [latency for (latency,) in rows]
@@ -713,13 +734,35 @@ def _label_fits(dialect: Dialect) -> str:
     return f"{length.format('p.predictions')} = {length.format(dialect.json_as_array.format('l.label'))}"
 
 
-def _labeled_totals(within: float | None = None) -> tuple[str, tuple[float, ...]]:
+def _labeled_totals(
+    within: float | None = None, predicted: str = "pe.value", actual: str = "le.value"
+) -> tuple[str, tuple[float, ...]]:
     """SQL for (labeled rows, rows predicted right) over the labeled rows, and its parameters:
     a right prediction equals its label, or with ``within`` is at most that far from it."""
     if within is None:
-        return f"COUNT(*), {_count('CAST(pe.value AS TEXT) = CAST(le.value AS TEXT)')}", ()
-    distance = "ABS(CAST(pe.value AS DOUBLE PRECISION) - CAST(le.value AS DOUBLE PRECISION))"
+        return f"COUNT(*), {_count(f'CAST({predicted} AS TEXT) = CAST({actual} AS TEXT)')}", ()
+    distance = f"ABS(CAST({predicted} AS DOUBLE PRECISION) - CAST({actual} AS DOUBLE PRECISION))"
     return f"COUNT(*), {_count(f'{distance} <= ?')}", (within,)
+
+
+def _first_of_each_unit(
+    columns: str, source: str, where: str, by_request: bool = False, then: str = ""
+) -> str:
+    """SQL (after FROM): ``columns`` of each unit's first record in ``source`` (aliased ``p``)
+    that meets ``where``; a request without a routing key is its own unit, and with
+    ``by_request`` every request is.
+
+    Rollouts judge units, not requests. Routing is sticky by key, so a unit's requests all land
+    in one arm, and users differ: one whose requests are slow (large batches) or hard to
+    predict, or who sends a tenth of the traffic, moves its arm's request counts by itself,
+    and tests that take requests as independent then reject a healthy candidate far beyond
+    their budget. Units are independent, so counting each one once keeps the tests exact;
+    ``then`` orders a record's rows (one labeled row per unit)."""
+    order = f"p.at, p.request_id{f', {then}' if then else ''}"
+    return (
+        f"(SELECT {columns}, ROW_NUMBER() OVER (PARTITION BY {_unit(by_request)} "
+        f"ORDER BY {order}) AS nth FROM {source} WHERE {where}) firsts WHERE firsts.nth = 1"
+    )
 
 
 FEEDBACK_LOCK = "monitor:feedback"

@@ -302,6 +302,11 @@ class RolloutConfig(Strict):
     count_pinned: bool = Field(
         False, description="judge pinned requests too (by default they are not evidence)"
     )
+    unit: Literal["key", "request"] = Field(
+        "key",
+        description="what the checks count: each routing key's first request in a window "
+        "(key) or every request (request: only when users' requests are alike)",
+    )
 
     @model_validator(mode="after")
     def _steps_ramp_up(self) -> RolloutConfig:
@@ -350,6 +355,7 @@ class RolloutConfig(Strict):
             dry_run=self.dry_run,
             dry_run_checks=tuple(self.dry_run_checks),
             count_pinned=self.count_pinned,
+            unit=self.unit,
         )
 
 

@@ -154,7 +154,9 @@ async def _traffic(url: str, monitor_url: str) -> None:
                 break
             answers = []
             for endpoint in ("cancer", "cancer-bad", "cancer-shadow"):
-                answers += await drive(session, url, 1.0, endpoint=endpoint, concurrency=4)
+                answers += await drive(
+                    session, url, 1.0, users=1_000_000, endpoint=endpoint, concurrency=4
+                )  # a rollout counts each user once per step: new users let it pass
             tested = await drive(session, url, 1.0, endpoint="cancer-ab", concurrency=4)
             labels = [{"request_id": a[4], "label": "benign"} for a in answers if a[2] == 200]
             valued = await drive(session, url, 0.5, endpoint="diabetes", row=[0.01] * 10)

@@ -5,6 +5,8 @@ a slower candidate judged against them is not rolled back on their say."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -26,7 +28,9 @@ LATENCY = next(g for g in POLICY.guardrails if g.metric == "latency_ratio")
 STARTED = 1000.0
 
 
-def answers(variant: str, latencies_s, first_at: float) -> list[PredictionRecord]:
+def answers(variant: str, latencies_s, first_at: float, unit=None) -> list[PredictionRecord]:
+    """One answer per latency; ``unit``: the routing key's digest they share (default: none,
+    each request its own unit)."""
     return [
         PredictionRecord(
             f"{variant}:{first_at}:{i}",
@@ -36,15 +40,16 @@ def answers(variant: str, latencies_s, first_at: float) -> list[PredictionRecord
             f"churn:{variant}",
             ["yes"],
             float(latency),
+            unit=unit,
         )
         for i, latency in enumerate(latencies_s)
     ]
 
 
-def judged(store: MonitorStore, now: float):
-    state = start(POLICY, "churn:v2", STARTED).state
-    evidence = EvidenceGatherer(store, dict).gather(POLICY, state, now)
-    alphas = guardrail_alphas(POLICY, windows(POLICY, state, now))
+def judged(store: MonitorStore, now: float, policy=POLICY):
+    state = start(policy, "churn:v2", STARTED).state
+    evidence = EvidenceGatherer(store, dict).gather(policy, state, now)
+    alphas = guardrail_alphas(policy, windows(policy, state, now))
     result, _ = check_guardrail(LATENCY, evidence, alphas, ())
     return evidence.stage, result, alphas
 
@@ -70,6 +75,29 @@ def test_the_threshold_is_a_bound_above_stable_median_and_judges_the_candidate(o
     assert stage.threshold_ms == np.sort(stable)[rank - 1] * 1.5 * 1000
     assert stage.threshold_ms > np.median(stable) * 1.5 * 1000
     assert result.outcome == "FAIL"  # 3x slower is still caught at once
+
+
+def test_a_heavy_user_with_slow_requests_counts_once_and_rolls_back_no_healthy_candidate(
+    open_database,
+):
+    """Routing is sticky, so one user's requests all land in one arm. A heavy user whose calls
+    are slow (large batches) made three quarters of a healthy candidate's requests: counted per
+    request, the latency guardrail rolled it back; counted once per unit, that user is one of
+    the arm's 401 and the arm is as fast as stable."""
+    rng = np.random.default_rng(4)
+    store = MonitorStore(open_database())
+    store.add_records(answers("stable", rng.lognormal(np.log(0.010), 0.3, 2000), STARTED + 1))
+    users = rng.lognormal(np.log(0.010), 0.3, 400)
+    for i, latency in enumerate(users):  # 400 users, one request each
+        store.add_records(answers("next", [latency], STARTED + 1 + i * 0.01, unit=f"{i:032x}"))
+    heavy = answers("next", rng.lognormal(np.log(0.050), 0.3, 1200), STARTED + 2.005, "f" * 32)
+    store.add_records(heavy)
+    stage, result, _ = judged(store, STARTED + 30)
+    assert result.outcome == "PASS", result.reason
+    assert stage.candidate.requests == 401  # units, each counted once
+    by_request = replace(POLICY, unit="request")  # what the policy's unit: request means
+    stage, result, _ = judged(store, STARTED + 30, by_request)
+    assert stage.candidate.requests == 1600 and result.outcome == "FAIL"
 
 
 def regressor_answers(variant: str, errors, first_at: float) -> list[PredictionRecord]:

@@ -18,6 +18,9 @@ from tests.helpers import drive, loopback_receiver, rollout_config
 
 pytestmark = pytest.mark.integration
 TOKEN = "rollout-test-token"
+NEW_USERS = 1_000_000
+"""Users to draw from where a rollout must pass its comparisons: each user counts once per step,
+so the few hundred of ``drive``'s default are too few to show a candidate no worse."""
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -84,7 +87,7 @@ async def test_a_healthy_canary_walks_the_steps_and_is_promoted(demo_models, tmp
         async with aiohttp.ClientSession() as session:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                await drive(session, url, seconds=2)
+                await drive(session, url, seconds=2, users=NEW_USERS)
                 described = await rollout_state(session, url)
                 if described["state"]["phase"] in ("succeeded", "rolled_back"):
                     break

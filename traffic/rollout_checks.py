@@ -50,7 +50,8 @@ spends; the test of the candidate's share slower than the threshold spends the r
 
 @dataclass(frozen=True)
 class ArmCounts:
-    """One variant's requests in a window: how many, how many failed (5xx or refused), were
+    """One variant's requests in a window, one per unit (a user, by its routing key: users are
+    independent, their requests are not): how many, how many failed (5xx or refused), were
     slower than ``slow_ms``, gave an invalid output (NaN, infinity), were labeled and were right;
     how many were slower than the latency_ratio guardrail's threshold (``above``) and than the
     p99_latency_ms guardrail's limit (``over_limit``); its p99 latency, for the audit only."""

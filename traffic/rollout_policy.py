@@ -148,6 +148,12 @@ class RolloutPolicy:
     count_pinned: bool = False
     """Judge pinned requests too; by default they are not evidence (a caller chose the variant,
     so they are not a random share of the traffic, and a caller could steer the verdict)."""
+    unit: Literal["key", "request"] = "key"
+    """What the checks count: each routing key's first request in a window (key; a request
+    without a key is its own unit), or every request. Routing is sticky, so one user's requests
+    share an arm and, when users differ, move it together: counted as independent, they rolled
+    back healthy candidates far beyond ``alpha``. ``request`` suits only requests that are alike
+    whoever sends them; it decides on less traffic."""
 
     def to_dict(self) -> dict:
         return asdict(self)

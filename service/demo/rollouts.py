@@ -5,9 +5,11 @@ through the gateway's admin API."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +32,16 @@ ROLLOUTS = {
     "cancer-canary": "a good candidate (cancer:v2, the MLP)",
     "cancer-slow": "a candidate that turns slow (cancer:v2 behind a 40 ms delay)",
 }
+
+
+ROUND_REQUESTS = 300
+"""Requests per round of traffic, each round from users not seen before: a rollout counts a
+user once per step (its checks judge users, not requests), as a real endpoint sees new ones."""
+
+
+def _new_users() -> Iterator[range]:
+    for first in itertools.count(0, ROUND_REQUESTS * 100):
+        yield range(first, first + ROUND_REQUESTS * 100)
 
 
 def rollout_endpoints() -> dict:
@@ -63,10 +75,10 @@ def watch_rollouts(
     rows = pd.read_csv(models_dir / "cancer-reference.csv")
     for endpoint, what in ROLLOUTS.items():
         print(f"rollout on {endpoint}: {what}")
-        shown, started, ended = 0, time.monotonic(), False
+        shown, started, ended, users = 0, time.monotonic(), False, _new_users()
         while time.monotonic() - started < max_s:
             if not ended:
-                asyncio.run(drive(base_url, rows, 300, endpoint))
+                asyncio.run(drive(base_url, rows, ROUND_REQUESTS, endpoint, next(users)))
             described = _history(base_url, endpoint, admin_token)
             for entry in described["history"][shown:]:
                 if entry["action"] != "hold":

@@ -51,8 +51,15 @@ async def _oip(session: aiohttp.ClientSession, url: str, row: dict, user: str) -
         return headers["x-gateway-variant"], body["outputs"][0]["data"][0], request_id
 
 
-async def drive(base_url: str, rows: pd.DataFrame, requests: int, endpoint: str = "cancer") -> dict:
-    """Send ``requests`` keyed requests (one in five over OIP) to ``endpoint``, then their labels."""
+async def drive(
+    base_url: str,
+    rows: pd.DataFrame,
+    requests: int,
+    endpoint: str = "cancer",
+    users: range = range(500),
+) -> dict:
+    """Send ``requests`` keyed requests (one in five over OIP) to ``endpoint``, from ``users``
+    (user ids drawn at random), then their labels."""
     stats: dict = defaultdict(lambda: {"n": 0, "correct": 0, "latency": []})
     seen_by_user: dict[str, set] = defaultdict(set)
     truth: list[dict] = []
@@ -67,7 +74,7 @@ async def drive(base_url: str, rows: pd.DataFrame, requests: int, endpoint: str 
         while not queue.empty():
             i, row = queue.get_nowait()
             features = row.drop(LABEL).astype(float).to_dict()
-            user = f"user-{rng.randrange(500)}"
+            user = f"user-{rng.choice(users)}"
             started = time.perf_counter()
             try:
                 if i % 5 == 4:

@@ -1,12 +1,16 @@
 """Gathers a rollout's evidence from the monitor's store and its latest analysis run.
 
 The controller (traffic/rollout.py) sees plain counts over the windows it names
-(``rollout.windows``): the current stage and the current guardrail epoch. Per window and arm:
-requests, failures, invalid outputs, answers slower than ``slow_ms``, labeled rows and the right
-ones (a regressor's: within ``within`` of the label); for the candidate, answers slower than the latency_ratio guardrail's threshold (``max``
-times an upper confidence bound for stable's quantile in the same window, from stable's first
-answers in it: a window's first answers only grow as it does, which the bound's validity at every
-look needs; traffic/rollout_checks.py ``latency_threshold_rank``) and than the
+(``rollout.windows``): the current stage and the current guardrail epoch. Each unit (a routing
+key, or a request without one) counts once, by its first request in the window
+(monitors/store.py ``_first_of_each_unit``): routing is sticky, so a user's requests are not
+independent draws, and one heavy or unusual user would otherwise weigh as much as thousands.
+Per window and arm: units, failures, invalid outputs, answers slower than ``slow_ms``, labeled
+units and the right ones (a regressor's: within ``within`` of the label); for the candidate,
+answers slower than the latency_ratio guardrail's threshold (``max`` times an upper confidence
+bound for stable's quantile in the same window, from stable's first answers in it: a window's
+first answers only grow as it does, which the bound's validity at every look needs;
+traffic/rollout_checks.py ``latency_threshold_rank``) and than the
 p99_latency_ms guardrail's limit; and stable's counts in the ``PRIOR_WINDOW_S`` before the window,
 which inform the prior over its rates. Also the monitor's distance between the candidate's
 predictions and stable's, and in a shadow step the rows the candidate mirrored and agreed on.
@@ -59,12 +63,12 @@ class EvidenceGatherer:
         right (None: a class, right when it is the label)."""
         limit = next((g.max for g in policy.guardrails if g.metric == "p99_latency_ms"), None)
         thresholds = (policy.slow_ms / 1000, above_s, None if limit is None else limit / 1000)
-        pinned = policy.count_pinned
+        pinned, by_request = policy.count_pinned, policy.unit == "request"
         requests, errors, invalid, slow, above, over_limit = self.store.outcomes(
-            policy.endpoint, variant, since, until, thresholds, pinned
+            policy.endpoint, variant, since, until, thresholds, pinned, by_request
         )
         labeled, correct = self.store.labeled_counts(
-            policy.endpoint, variant, since, until, pinned, within
+            policy.endpoint, variant, since, until, pinned, within, by_request
         )
         return ArmCounts(requests, errors, slow, invalid, labeled, correct, above, over_limit)
 
@@ -80,7 +84,12 @@ class EvidenceGatherer:
         guardrail's in this window; ``within`` as in ``arm``."""
         stable = np.asarray(
             self.store.latencies(
-                policy.endpoint, state.stable, since, policy.count_pinned, QUANTILE_ROWS
+                policy.endpoint,
+                state.stable,
+                since,
+                policy.count_pinned,
+                QUANTILE_ROWS,
+                policy.unit == "request",
             )
         )
         threshold_s = latency_threshold(
