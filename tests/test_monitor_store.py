@@ -357,6 +357,35 @@ def test_what_rollouts_read_outcomes_latencies_and_labeled_counts(open_database)
     assert store.newest() == 9000.0
 
 
+def test_what_rollouts_read_counts_each_unit_once_by_its_first_request(open_database):
+    """A routing key's requests count once, by the first in the window; a request without a key
+    is its own unit; ``by_request`` counts every request (and every labeled row)."""
+    store = MonitorStore(open_database())
+    heavy, light = "a" * 32, "b" * 32
+    store.add_records(
+        [
+            PredictionRecord("churn:1", 1000.0, "churn", "c", "m", ["yes"], 0.01, unit=heavy),
+            PredictionRecord(
+                "churn:2", 1001.0, "churn", "c", "m", [], 0.5, outcome="error", unit=heavy
+            ),
+            PredictionRecord("churn:3", 1002.0, "churn", "c", "m", ["no"], 0.9, unit=heavy),
+            PredictionRecord("churn:4", 1003.0, "churn", "c", "m", ["no", "no"], 0.2, unit=light),
+            PredictionRecord("churn:5", 1004.0, "churn", "c", "m", ["yes"], 0.3),
+        ]
+    )
+    store.add_labels([("churn:3", "yes"), ("churn:4", ["no", "yes"]), ("churn:5", "yes")])
+    # units: heavy (first: churn:1, ok and fast), light (churn:4), churn:5; slower than 0.1 s
+    assert store.outcomes("churn", "c", 0, 2000, (0.1,)) == (3, 0, 0, 2)
+    assert store.outcomes("churn", "c", 1000.5, 2000, (0.1,)) == (3, 1, 0, 2)  # heavy: churn:2
+    assert store.outcomes("churn", "c", 0, 2000, (0.1,), by_request=True) == (5, 1, 0, 3)
+    assert store.latencies("churn", "c", 0) == pytest.approx([0.01, 0.2, 0.3])
+    assert store.latencies("churn", "c", 0, max_rows=2) == pytest.approx([0.01, 0.2])
+    assert store.latencies("churn", "c", 0, by_request=True) == pytest.approx([0.01, 0.9, 0.2, 0.3])
+    # labeled: heavy's first labeled row (churn:3, wrong), light's first row (right), churn:5
+    assert store.labeled_counts("churn", "c", 0, 2000) == (3, 2)
+    assert store.labeled_counts("churn", "c", 0, 2000, by_request=True) == (4, 2)
+
+
 def test_a_regressors_right_answers_are_those_within_a_distance_of_their_label(open_database):
     """Rollouts and experiments count a regressor's answers within ``within`` of the label as
     right: a value equal to its label is rare (before, none of 4 counted), a NaN never is."""

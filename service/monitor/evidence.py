@@ -57,13 +57,15 @@ class EvidenceGatherer:
         until: float | None = None,
         above_s: float | None = None,
         within: float | None = None,
+        prior: bool = False,
     ) -> ArmCounts:
         """One variant's counts in [since, until); ``above_s``: the latency threshold its
         ``above`` counts (seconds); ``within``: a regressor's answer this close to its label is
-        right (None: a class, right when it is the label)."""
+        right (None: a class, right when it is the label); ``prior``: counts that only inform a
+        prior, every request counted (cheaper; no test's validity rests on them)."""
         limit = next((g.max for g in policy.guardrails if g.metric == "p99_latency_ms"), None)
         thresholds = (policy.slow_ms / 1000, above_s, None if limit is None else limit / 1000)
-        pinned, by_request = policy.count_pinned, policy.unit == "request"
+        pinned, by_request = policy.count_pinned, prior or policy.unit == "request"
         requests, errors, invalid, slow, above, over_limit = self.store.outcomes(
             policy.endpoint, variant, since, until, thresholds, pinned, by_request
         )
@@ -100,7 +102,7 @@ class EvidenceGatherer:
             candidate=self.arm(policy, state.candidate, since, above_s=threshold_s, within=within),
             stable=replace(self.arm(policy, state.stable, since, within=within), p99_ms=p99_ms),
             stable_before=self.arm(
-                policy, state.stable, since - PRIOR_WINDOW_S, since, within=within
+                policy, state.stable, since - PRIOR_WINDOW_S, since, within=within, prior=True
             ),
             threshold_ms=None if threshold_s is None else threshold_s * 1000,
         )
