@@ -150,7 +150,8 @@ async def test_two_replicas_share_routing_and_a_standby_monitor_takes_over_a_rol
                 url = replicas[index % 2]
                 user = index
                 while not stop.is_set():
-                    answer = await predict(session, url, f"user-{user % 300}")
+                    # new users: a rollout counts each once per step
+                    answer = await predict(session, url, f"user-{user}")
                     status, request_id = answer.status, answer.request_id
                     answers.append((status, url, request_id))
                     if status == 200 and user % 3 == 0:

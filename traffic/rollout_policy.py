@@ -69,9 +69,10 @@ class Guardrail:
 @dataclass(frozen=True)
 class Comparison:
     """Candidate against stable in the same window. Rates (error_rate, slow_rate, 1 - accuracy;
-    a regressor's answer is accurate within its stable model's median absolute error on its
-    reference) use an always-valid interval on the difference: FAIL when it lies wholly above ``margin``
-    (worse by more than allowed), PASS when wholly below it, else INSUFFICIENT. Distances
+    a regressor's answer is accurate within the 95th percentile of its stable model's absolute
+    errors on its reference) use an always-valid interval on the difference: FAIL when it lies
+    wholly above ``margin`` (worse by more than allowed), PASS when wholly below it, else
+    INSUFFICIENT. Distances
     (prediction_divergence, input_drift, attribution_divergence: how far the candidate's reasons,
     its features' shares of mean |SHAP|, are from stable's in the same window, 0 to 1) PASS under
     ``margin`` and FAIL over it once the monitor has a verdict; shadow_agreement must stay above
