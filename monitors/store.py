@@ -471,17 +471,8 @@ class MonitorStore:
             by_request,
             then="pe.key",
         )
-        (row,) = self.db.query(
-            f"SELECT {totals} FROM {firsts}",
-            (
-                *right,
-                endpoint,
-                variant,
-                since,
-                math.inf if until is None else until,
-                include_pinned,
-            ),
-        )
+        window = _window(endpoint, variant, since, until, include_pinned)
+        (row,) = self.db.query(f"SELECT {totals} FROM {firsts}", (*right, *window))
         return int(row[0]), int(row[1])
 
     def shadowed(
@@ -541,16 +532,10 @@ class MonitorStore:
             "p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.at < ? AND (p.pinned = 0 OR ?)",
             by_request,
         )
+        thresholds = (math.inf if t is None else t for t in slower_than)
+        window = _window(endpoint, variant, since, until, include_pinned)
         (row,) = self.db.query(
-            f"SELECT COUNT(*), {failed}, {invalid}{slower} FROM {firsts}",
-            (
-                *(math.inf if t is None else t for t in slower_than),
-                endpoint,
-                variant,
-                since,
-                math.inf if until is None else until,
-                include_pinned,
-            ),
+            f"SELECT COUNT(*), {failed}, {invalid}{slower} FROM {firsts}", (*thresholds, *window)
         )
         return tuple(int(v) for v in row)
 
@@ -749,6 +734,13 @@ def _labeled_totals(
         return f"COUNT(*), {_count(f'CAST({predicted} AS TEXT) = CAST({actual} AS TEXT)')}", ()
     distance = f"ABS(CAST({predicted} AS DOUBLE PRECISION) - CAST({actual} AS DOUBLE PRECISION))"
     return f"COUNT(*), {_count(f'{distance} <= ?')}", (within,)
+
+
+def _window(
+    endpoint: str, variant: str, since: float, until: float | None, include_pinned: bool
+) -> tuple:
+    """The parameters of a rollout query's window: a variant's records in [since, until)."""
+    return (endpoint, variant, since, math.inf if until is None else until, include_pinned)
 
 
 def _first_of_each_unit(
