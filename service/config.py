@@ -247,7 +247,7 @@ class GuardrailConfig(Strict):
 
     metric: GuardMetric
     max: float = Field(gt=0)
-    min_count: int = Field(1, ge=1, description="candidate requests needed for a verdict")
+    min_count: int = Field(1, ge=1, description="candidate samples (see unit) needed for a verdict")
     breaches: int = Field(1, ge=1, description="rejections among the last of_last evaluations")
     of_last: int = Field(1, ge=1)
     quantile: float = Field(0.5, gt=0, lt=1, description="latency_ratio: which quantile")

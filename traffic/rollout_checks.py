@@ -229,7 +229,7 @@ def check_guardrail(
     name, stage = guard.metric, evidence.stage
     if stage.candidate.requests < guard.min_count:
         count = stage.candidate.requests
-        reason = f"{count} candidate requests in this stage, {guard.min_count} needed"
+        reason = f"{count} candidate samples in this stage, {guard.min_count} needed"
         return CheckResult(name, "guardrail", "INSUFFICIENT", reason, {"count": count}), history
     tests = {}
     for label, window, alpha in (("stage", stage, alphas[0]), ("epoch", evidence.epoch, alphas[1])):

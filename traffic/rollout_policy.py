@@ -55,8 +55,9 @@ class Guardrail:
       which needs no sample p99 and holds for any tail shape;
     - ``p99_latency_ms``: its p99 is above ``max`` ms (more than 1% of its requests slower).
 
-    ``min_count`` candidate requests are needed for a verdict; ``breaches`` of the last
-    ``of_last`` evaluations must reject (only ever more conservative)."""
+    ``min_count`` candidate samples (users, or requests: ``RolloutPolicy.unit``) are needed for
+    a verdict; ``breaches`` of the last ``of_last`` evaluations must reject (only ever more
+    conservative)."""
 
     metric: GuardMetric
     max: float
