@@ -469,13 +469,16 @@ def _verdict(
         )
     short = [a for a in (design.control, arm) if units.get(a, 0) < design.min_units]
     if short:
-        return INCONCLUSIVE, f"fewer than {design.min_units} units in {short} so far"
+        return INCONCLUSIVE, f"fewer than {design.min_units} units in {', '.join(short)} so far"
     primary = next(r for r in results if r.role == "primary")
     inferior = [r.metric for r in results if r.outcome == "inferior"]
     if primary.outcome == "worse":
         return NO_SHIP, f"the primary metric {primary.metric} got significantly worse"
     if inferior:
-        return NO_SHIP, f"guardrail(s) {inferior} are significantly worse than their margin"
+        return (
+            NO_SHIP,
+            f"guardrail(s) {', '.join(inferior)} are significantly worse than their margin",
+        )
     unproven = [r.metric for r in results if r.role == "guardrail" and r.outcome != "non_inferior"]
     if primary.outcome != "better":
         return (
@@ -484,7 +487,7 @@ def _verdict(
         )
     if unproven:
         return INCONCLUSIVE, (
-            f"{primary.metric} improved, but guardrail(s) {unproven} are not yet shown to be "
+            f"{primary.metric} improved, but guardrail(s) {', '.join(unproven)} are not yet shown to be "
             "within their margins"
         )
     return SHIP, (
