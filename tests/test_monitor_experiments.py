@@ -85,3 +85,14 @@ def test_a_classifiers_accuracy_is_its_share_of_answers_equal_to_the_label(
     )
     accuracy = experiments.describe("e", now=2000.0)["metrics"]["accuracy"]
     assert (accuracy["a"]["mean"], accuracy["b"]["mean"]) == (1.0, 0.0)
+
+
+def test_a_readout_whose_control_model_left_the_store_is_still_given(tmp_path, open_database):
+    experiments = readouts(tmp_path, open_database, ("ghost:v1", "ghost:v2"))
+    records = [
+        PredictionRecord(f"e:a{i}", 1001.0 + i, "e", "a", "m", ["x"], 0.01) for i in range(3)
+    ]
+    experiments.store.add_records(records)
+    experiments.store.add_labels([(r.request_id, "x") for r in records])
+    described = experiments.describe("e", now=2000.0)
+    assert described["metrics"]["accuracy"]["a"]["mean"] == 1.0  # read as a classifier's

@@ -20,7 +20,7 @@ from monitors.reports import ReportArchive, ReportSummary
 from monitors.store import MonitorStore
 from service import registry
 from service.config import ExperimentConfig, GatewayConfig
-from service.errors import NotFound
+from service.errors import ConfigError, NotFound
 from service.experiment_state import RUNNING, ExperimentState, load_state
 from service.monitor.metrics import MonitorMetrics
 from traffic.store import StateStore
@@ -118,7 +118,10 @@ class ExperimentReadouts:
         control model's (registry.accuracy_tolerance), the same for every arm; None for
         classifiers, whose answers are accurate when they are the label."""
         if endpoint not in self._within:
-            self._within[endpoint] = registry.accuracy_tolerance(self.control_models[endpoint])
+            try:
+                self._within[endpoint] = registry.accuracy_tolerance(self.control_models[endpoint])
+            except ConfigError:  # the model left the store: read as a classifier's, not a 500
+                return None
         return self._within[endpoint]
 
     def list(self) -> list[dict]:
