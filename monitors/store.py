@@ -458,10 +458,10 @@ class MonitorStore:
         by_request: bool = False,
     ) -> tuple[int, int]:
         """(labeled units, units predicted right) of records in [since, until), each unit's
-        first labeled row (``_first_of_each_unit``, as ``outcomes``), counted in the database (no row is
-        loaded); right is equal to the label, or with ``within`` (a regressor's values) at most
-        that far from it. A label that does not fit its request's rows is left out as it is in
-        ``labeled``."""
+        first labeled row (``_first_of_each_unit``, as ``outcomes``; ``by_request``: every
+        labeled row), counted in the database (no row is loaded); right is equal to the label,
+        or with ``within`` (a regressor's values) at most that far from it. A label that does
+        not fit its request's rows is left out as it is in ``labeled``."""
         totals, right = _labeled_totals(within, "predicted", "actual")
         firsts = _first_of_each_unit(
             "pe.value AS predicted, le.value AS actual",
