@@ -40,7 +40,7 @@ from traffic.rollout_policy import RolloutPolicy
 
 Reports = Callable[[], Mapping[tuple[str, str], object]]
 QUANTILE_ROWS = 10_000
-"""Stable's first answers in a window that its latency threshold is read from."""
+"""Stable's first answers in a window (one per unit) that its latency threshold is read from."""
 
 
 class EvidenceGatherer:
