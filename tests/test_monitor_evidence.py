@@ -142,4 +142,6 @@ def test_a_regressor_is_judged_on_its_answers_within_stables_usual_error(
     assert abs(evidence.stage.stable.correct / 4000 - 0.95) < 0.02
     accuracy = next(c for c in policy.comparisons if c.metric == "accuracy")
     alpha = comparison_alpha(policy, windows(policy, state, now))
-    assert check_comparison(accuracy, evidence, alpha).outcome == outcome
+    result = check_comparison(accuracy, evidence, alpha)
+    assert result.outcome == outcome
+    assert result.statistic["accurate_within"] == within  # the audit says what right meant

@@ -99,6 +99,8 @@ class Evidence:
     """How far the candidate's reasons (shares of mean |SHAP| per feature) are from stable's."""
     shadow: tuple[int, int] | None = None
     """In a shadow step: (mirrored rows, rows where the candidate agreed with stable)."""
+    accurate_within: float | None = None
+    """For regressors: how close to its label an answer counted as right (None: classifiers)."""
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,8 @@ def check_comparison(comparison: Comparison, evidence: Evidence, alpha: float) -
             "candidate": n_c,
             "stable": n_s,
         }
+        if name == "accuracy" and evidence.accurate_within is not None:
+            statistic["accurate_within"] = evidence.accurate_within  # a regressor's, in label units
         what = "worse" if name != "accuracy" else "less accurate"
         if worse >= limit:
             reason = f"candidate {what} by more than {margin} ({difference:+.4f}), with confidence"

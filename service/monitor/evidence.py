@@ -127,6 +127,7 @@ class EvidenceGatherer:
             drifted_share=drifted,
             attribution_divergence=None if report is None else report.attribution_vs_stable,
             shadow=self._shadow(policy, state, windows.stage_start, within is not None),
+            accurate_within=within,
         )
 
     def _shadow(
