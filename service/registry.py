@@ -12,6 +12,7 @@ environment variable before importing this module (``service.cli`` does).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 from datetime import datetime, timezone
@@ -311,12 +312,14 @@ def load_reference(tag: str) -> pd.DataFrame:
     return pd.read_parquet(model_dir(tag) / REFERENCE_FILE)
 
 
+@functools.cache
 def accuracy_tolerance(tag: str) -> float | None:
     """How close to its label a regressor's answer must be to count as accurate (rollouts and
     experiments count accurate answers, as for classifiers): the ``ACCURATE_SHARE`` quantile of
     the model's absolute errors on its own reference. It is fixed before any traffic, so
     comparing two arms' accurate shares stays an exact test of two rates. None for a
-    classifier, whose answer is accurate when it is the label."""
+    classifier, whose answer is accurate when it is the label. Read once per tag: a version's
+    card and reference never change (a tag not in the store raises ``ConfigError``, not kept)."""
     card = load_card(tag)
     if card.task != "regression":
         return None

@@ -50,7 +50,6 @@ class ExperimentReadouts:
             if endpoint.experiment is not None
         }
         """Endpoint -> the model of its control arm, as gateway.yaml declares it."""
-        self._within: dict[str, float | None] = {}
         self.store = store
         self.state_store = state_store
         self.metrics = metrics
@@ -117,12 +116,10 @@ class ExperimentReadouts:
         """For an endpoint of regressors, how close to its label an answer is accurate: the
         control model's (registry.accuracy_tolerance), the same for every arm; None for
         classifiers, whose answers are accurate when they are the label."""
-        if endpoint not in self._within:
-            try:
-                self._within[endpoint] = registry.accuracy_tolerance(self.control_models[endpoint])
-            except ConfigError:  # the model left the store: read as a classifier's, not a 500
-                return None
-        return self._within[endpoint]
+        try:
+            return registry.accuracy_tolerance(self.control_models[endpoint])
+        except ConfigError:  # the model left the store: read as a classifier's, not a 500
+            return None
 
     def list(self) -> list[dict]:
         """Every declared experiment: its status and, once started, its verdict."""

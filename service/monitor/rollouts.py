@@ -79,7 +79,6 @@ class RolloutService:
         self.config = config
         self.regressors = {n for n, e in config.endpoints.items() if e.rollout and _regresses(e)}
         """The endpoints whose models are regressors."""
-        self._within: dict[str, float | None] = {}
         self.policies = config.rollout_policies(self.regressors)
         self.gates: dict[str, OfflineGateConfig] = {
             name: e.rollout.offline_gate for name, e in config.endpoints.items() if e.rollout
@@ -146,7 +145,7 @@ class RolloutService:
                 return None
             else:
                 within = (
-                    self._accuracy_tolerance(models[policy.stable])
+                    registry.accuracy_tolerance(models[policy.stable])
                     if endpoint in self.regressors
                     else None
                 )
@@ -209,12 +208,6 @@ class RolloutService:
         """Variant name -> model tag, as the endpoint's routing table has them now."""
         table = self._routing_state().tables.get(policy.endpoint)
         return {v.name: v.model for v in table.variants} if table else {}
-
-    def _accuracy_tolerance(self, model: str) -> float | None:
-        """A regressor's registry.accuracy_tolerance, read once: its reference never changes."""
-        if model not in self._within:
-            self._within[model] = registry.accuracy_tolerance(model)
-        return self._within[model]
 
     def _start(self, policy: RolloutPolicy, models: dict[str, str], now: float) -> Decision:
         candidate_model = models[policy.candidate]
