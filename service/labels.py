@@ -29,7 +29,8 @@ def value_problem(card: ModelCard, value: object) -> str | None:
     """Why ``value`` cannot be a label of ``card``'s model, or None when it can."""
     if card.task == "regression":
         if not is_finite_number(value):
-            shown = repr(value) if len(repr(value)) < 40 else f"{repr(value)[:30]}..."
+            shown = repr(value)
+            shown = shown if len(shown) < 40 else f"{shown[:30]}..."
             return f"model {card.tag} is a regressor: a label is a finite number, not {shown}"
         return None
     if str(value) not in {str(c) for c in card.class_labels}:

@@ -155,7 +155,7 @@ class RolloutPolicy:
     without a key is its own unit), or every request. Routing is sticky, so one user's requests
     share an arm and, when users differ, move it together: counted as independent, they rolled
     back healthy candidates far beyond ``alpha``. ``request`` suits only requests that are alike
-    whoever sends them; it decides on less traffic."""
+    whoever sends them; it reaches a verdict on less traffic."""
 
     def to_dict(self) -> dict:
         return asdict(self)
