@@ -217,6 +217,7 @@ def test_a_rollout_policy_becomes_the_controllers_policy_with_defaults():
             "at most once",
         ),
         ({"surprise": 1}, "surprise"),
+        ({"unit": "users"}, "rollout.unit"),
     ],
 )
 def test_bad_rollout_policies_name_the_problem(rollout, named):
