@@ -138,8 +138,9 @@ class LimitsConfig(Strict):
         256 * 1024 * 1024,
         ge=1024,
         description="bodies still arriving (those that do not come whole with their request's "
-        "head) hold at most this many bytes together per worker; past it a request gets 429 "
-        "(service/gateway/http/arriving.py). At least max_body_bytes",
+        "head; a gRPC message not whole counts as max_body_bytes) hold at most this many bytes "
+        "together per worker; past it a request gets 429, a gRPC call RESOURCE_EXHAUSTED "
+        "(service/gateway/arriving.py). At least max_body_bytes",
     )
     max_rows: int = Field(4096, ge=1)
     allow_non_finite: bool = Field(

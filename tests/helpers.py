@@ -328,7 +328,15 @@ async def in_process_gateway(config_path: Path) -> AsyncIterator[tuple[Gateway, 
 
     # BentoML mounts the app at /: every route that is not a prediction goes straight to it
     limits = gateway.config.limits
-    gate = PredictionGate(app, app, lambda: gateway.admission, refused, WORKER, lambda: limits)
+    gate = PredictionGate(
+        app,
+        app,
+        lambda: gateway.admission,
+        refused,
+        WORKER,
+        lambda: limits,
+        lambda: gateway.arriving_bodies,
+    )
     transport = httpx.ASGITransport(app=gate)
     try:
         async with background_tasks(app):

@@ -1,4 +1,4 @@
-"""The worker's budget for bodies still arriving (service/gateway/http/arriving.py): what is
+"""The worker's budget for bodies still arriving (service/gateway/arriving.py): what is
 counted, when it is let go, and the refusal past the limit."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from service.errors import Overloaded
-from service.gateway.http.arriving import ArrivingBodies
+from service.gateway.arriving import ArrivingBodies
 from tests.helpers import receiving
 
 

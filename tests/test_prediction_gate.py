@@ -8,8 +8,8 @@ import pytest
 from starlette.requests import ClientDisconnect
 
 from service.errors import Overloaded
+from service.gateway.arriving import ArrivingBodies
 from service.gateway.http import gate
-from service.gateway.http.arriving import ArrivingBodies
 from service.gateway.http.gate import PredictionRequest, _whole_body, prediction
 from tests.helpers import receiving
 

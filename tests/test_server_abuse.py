@@ -44,6 +44,8 @@ SLOW_CLIENT_LIMIT_S = 2.0
 SHED = "gateway_shed_requests_total"
 ARRIVING_LIMIT = 8 * 2**20
 """``limits.max_arriving_body_bytes`` here (256 MiB by default): twice the body limit."""
+DECLARED_BODY = 4_000_000
+"""A body under the body limit (4 MiB)."""
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,19 @@ def counted(address: str, counter: str, label: str) -> float:
 
 def error_count(address: str) -> float:
     return counted(address, "gateway_requests_total", 'outcome="error"')
+
+
+def sending(address: str, path: bytes, size: int) -> socket.socket:
+    """A connection that has sent ``size`` bytes of a ``DECLARED_BODY``-byte body to ``path``
+    and stops there, once the server has read them."""
+    host, port = address.split(":")
+    client = socket.create_connection((host, int(port)), timeout=10)
+    client.sendall(
+        b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % DECLARED_BODY + b" " * size
+    )
+    time.sleep(0.5)  # read by the server
+    return client
 
 
 def test_every_monitor_route_needs_the_monitor_token(demo):
@@ -350,23 +365,12 @@ def test_bodies_still_arriving_hold_a_bounded_share_of_memory(demo):
     gets a 429 with Retry-After, its bytes let go, while bodies that come whole are served as
     ever; once the slow clients have gone, large bodies are taken again."""
     gateway, _, _ = demo
-    host, port = gateway.split(":")
-    declared = 4_000_000  # under the body limit, 4 MiB
-
-    def sending(path: bytes, size: int) -> socket.socket:
-        client = socket.create_connection((host, int(port)), timeout=10)
-        client.sendall(
-            b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n" % declared + b" " * size
-        )
-        time.sleep(0.5)  # read by the server
-        return client
-
     shed_before = counted(gateway, SHED, 'reason="arriving_bodies"')
-    holding = [sending(b"/v2/models/cancer/infer", 3_500_000) for _ in range(2)]  # 7 MB held
+    infer = b"/v2/models/cancer/infer"
+    holding = [sending(gateway, infer, 3_500_000) for _ in range(2)]  # 7 MB held
     try:
-        for path in (b"/v2/models/cancer/infer", b"/feedback"):
-            with sending(path, 2_000_000) as late:  # would take the worker past 8 MiB
+        for path in (infer, b"/feedback"):
+            with sending(gateway, path, 2_000_000) as late:  # would take the worker past 8 MiB
                 answer = late.recv(4096)
                 assert answer.startswith(b"HTTP/1.1 429") and b"retry-after" in answer.lower()
                 assert b"too many request bodies are arriving" in answer
@@ -375,9 +379,53 @@ def test_bodies_still_arriving_hold_a_bounded_share_of_memory(demo):
         for client in holding:
             client.close()
     time.sleep(1.0)  # the server sees them go
-    with sending(b"/v2/models/cancer/infer", declared) as whole:
+    with sending(gateway, infer, DECLARED_BODY) as whole:
         assert whole.recv(4096).startswith(b"HTTP/1.1 400")  # taken and judged: not JSON
     assert counted(gateway, SHED, 'reason="arriving_bodies"') - shed_before == 2
+    assert error_count(gateway) == 0
+
+
+async def test_grpc_messages_still_arriving_hold_a_bounded_share_of_memory(demo):
+    """A gRPC call whose message is not whole counts among the worker's bodies still arriving as
+    the body limit (grpc does not say how much of it has come): two fill this server's 8 MiB, a
+    third is refused at once, RESOURCE_EXHAUSTED with retry-after, and so is an HTTP body still
+    arriving (one budget for both), while calls whose messages come whole are served as ever
+    and the two are answered once their messages end."""
+    gateway, _, data_dir = demo
+    address = f"127.0.0.1:{load_config(data_dir.parent / 'gateway.yaml').server.grpc_port}"
+    request = service_pb2.ModelInferRequest(model_name="cancer")
+    request.inputs.add(name="X", datatype="FP32", shape=[1, 30]).contents.fp32_contents[:] = ROW
+    shed_before = counted(gateway, SHED, 'reason="arriving_bodies",route="grpc_infer"')
+    ends = asyncio.Event()
+
+    async def arriving():
+        await ends.wait()
+        yield request
+
+    async with grpc.aio.insecure_channel(address) as channel:  # renewed after 2 s: be quick
+        infer = channel.stream_unary(  # a unary method, its message sent when the caller says
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        holding = [asyncio.ensure_future(infer(arriving(), timeout=10)) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        began = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await infer(arriving(), timeout=10)
+        assert time.monotonic() - began < 1.0  # at once, not when its connection is renewed
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "too many request bodies are arriving" in refused.value.details()
+        assert int(dict(refused.value.trailing_metadata())["retry-after"]) >= 1
+        whole = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        assert (await whole(request, timeout=5)).outputs
+        with sending(gateway, b"/feedback", 1_000) as late:
+            assert late.recv(4096).startswith(b"HTTP/1.1 429")
+        ends.set()
+        answers = await asyncio.gather(*holding)
+    assert all(answer.outputs for answer in answers)
+    shed = counted(gateway, SHED, 'reason="arriving_bodies",route="grpc_infer"') - shed_before
+    assert shed == 1
     assert error_count(gateway) == 0
 
 

@@ -21,6 +21,7 @@ import bentoml
 
 from service import bentoml_fixes, metric_values, open_files
 from service.config import CONFIG_ENV, GatewayConfig, LimitsConfig, load_config
+from service.gateway.arriving import ArrivingBodies
 from service.gateway.http.app import build_app
 from service.gateway.http.gate import PredictionGate
 from service.gateway.process import WORKER, Gateway
@@ -103,7 +104,12 @@ def _gate(bentoml_app):
     def limits() -> LimitsConfig:
         return gateway().config.limits
 
-    return PredictionGate(bentoml_app, http_app, admission, refused, WORKER, limits)
+    def arriving_bodies() -> ArrivingBodies:
+        return gateway().arriving_bodies
+
+    return PredictionGate(
+        bentoml_app, http_app, admission, refused, WORKER, limits, arriving_bodies
+    )
 
 
 def _install_gate(service) -> None:

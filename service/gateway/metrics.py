@@ -26,6 +26,8 @@ SHED_SERIES = (
     ("predict", "arriving_bodies"),
     ("infer", "arriving_bodies"),
     ("other", "arriving_bodies"),
+    ("grpc_infer", "arriving_bodies"),
+    ("grpc_other", "arriving_bodies"),
 )
 
 
@@ -150,9 +152,10 @@ class GatewayMetrics:
         )
         self.shed = Counter(
             "gateway_shed_requests_total",
-            "Work refused or skipped under overload, by route (predict, infer, grpc_infer, feedback, "
-            "shadow, other) and reason (overload: the admission limit; in_flight: the route's own "
-            "budget; arriving_bodies: the bytes of bodies still arriving in the worker).",
+            "Work refused or skipped under overload, by route (predict, infer, grpc_infer, "
+            "grpc_other, feedback, shadow, other) and reason (overload: the admission limit; "
+            "in_flight: the route's own budget; arriving_bodies: the bytes of bodies and gRPC "
+            "messages still arriving in the worker).",
             ["route", "reason"],
             registry=registry,
         )

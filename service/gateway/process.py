@@ -25,6 +25,7 @@ from service.config import GatewayConfig
 from service.errors import BadRequest, GatewayError, Overloaded
 from service.explanations import Explanation
 from service.gateway.admission import Admission
+from service.gateway.arriving import ArrivingBodies
 from service.gateway.dataplane import DataPlane, Route
 from service.gateway.explain import Explainer, targets_for
 from service.gateway.metrics import GatewayMetrics
@@ -154,6 +155,9 @@ class Gateway:
         )
         """Predictions admitted under overload (service/gateway/admission.py); shadows and sampled
         inputs wait while it refuses (optional work is shed before answers)."""
+        self.arriving_bodies = ArrivingBodies()
+        """Request bodies and gRPC messages still arriving, over both transports
+        (service/gateway/arriving.py)."""
         self.feedback_in_flight = 0
         shedding = lambda: self.admission.shedding  # noqa: E731 - read at call time
         self.shadows = ShadowRunner(dataplane.run, metrics, shedding)

@@ -11,7 +11,7 @@ An admitted call whose body is still arriving (nearly every body comes whole, in
 first packets) gives its slot back while it waits for the rest and asks again once it has it: a
 client sending its body a few bytes at a time would otherwise hold a slot, and 80 such clients
 had every other caller refused. Bodies still arriving, a prediction's or any other call's, count
-against the worker's ``ArrivingBodies`` (service/gateway/http/arriving.py), which bounds the memory
+against the worker's ``ArrivingBodies`` (service/gateway/arriving.py), which bounds the memory
 they hold.
 Everything else goes to BentoML's app as before, so ``bentoml serve`` and its routes (``/livez``,
 ``/readyz``, the gateway's own app mounted at ``/``) work unchanged.
@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Scope
 from service.config import LimitsConfig
 from service.errors import Overloaded
 from service.gateway.admission import Admission
-from service.gateway.http.arriving import ArrivingBodies, CountedReceive
+from service.gateway.arriving import ArrivingBodies, CountedReceive
 from service.gateway.http.oip import infer
 from service.gateway.http.predict import predict
 from service.http.responses import error_response
@@ -174,6 +174,7 @@ class PredictionGate:
         refused: Callable[[str, str], None],
         worker: str,
         limits: Callable[[], LimitsConfig],
+        arriving_bodies: Callable[[], ArrivingBodies],
     ) -> None:
         self.bentoml_app = bentoml_app
         self.gateway_app = gateway_app
@@ -186,7 +187,8 @@ class PredictionGate:
         self.limits = limits
         """The gateway's ``limits``: a body still arriving is read as far as ``max_body_bytes``,
         and all of them hold at most ``max_arriving_body_bytes``."""
-        self.arriving_bodies = ArrivingBodies()
+        self.arriving_bodies = arriving_bodies
+        """The worker's bodies still arriving, once its gateway has started."""
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         call = prediction(scope)
@@ -203,7 +205,7 @@ class PredictionGate:
             scope, (limits := self.limits()).max_body_bytes
         ):
             admission.release()
-            counted = self.arriving_bodies.counted(receive, limits.max_arriving_body_bytes)
+            counted = self.arriving_bodies().counted(receive, limits.max_arriving_body_bytes)
             try:
                 received = await _whole_body(received, counted, limits.max_body_bytes)
             except Overloaded as error:
@@ -232,7 +234,7 @@ class PredictionGate:
         if scope["type"] != "http" or self.admission() is None:
             await self.bentoml_app(scope, receive, send)
             return
-        counted = self.arriving_bodies.counted(receive, self.limits().max_arriving_body_bytes)
+        counted = self.arriving_bodies().counted(receive, self.limits().max_arriving_body_bytes)
         try:
             await self.bentoml_app(scope, counted, send)
         finally:
