@@ -1,12 +1,14 @@
 """gRPC against REST on the same gateway: requests/s and latency of the Open Inference Protocol's
 infer over gRPC (raw tensors, one channel: from a prebuilt message on the generated stub, and
 through tritonclient.grpc.aio's ``infer``) and over HTTP (OIP JSON, aiohttp, as bench/serving.py
-sends it), 1 and 64 rows per request, 64 callers in a closed loop on the same machine.
+sends it), 1 and 64 rows per request, 64 callers (``--callers``) in a closed loop on the same
+machine.
 
-Run: ``.venv/bin/python bench/grpc_vs_rest.py [--seconds 6] [--rounds 3]``. One gateway (one worker,
-every feature on: routing, validation, metrics, recording to a running monitor) serves both; the
-protocols alternate within each round; the table shows the median of the rounds. Results go to
-bench/results/grpc_vs_rest.json.
+Run: ``.venv/bin/python bench/grpc_vs_rest.py [--seconds 6] [--rounds 3] [--callers 64]``. One
+gateway (one worker, every feature on: routing, validation, metrics, recording to a running
+monitor) serves both; the protocols alternate within each round; the table shows the median of the
+rounds and every call not answered (``failures``: for REST, 429s included). Results go to
+bench/results/grpc_vs_rest.json (grpc_vs_rest_N.json for N callers other than 64).
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ from bench.load import closed_loop  # noqa: E402
 from bench.serving import OIP_PATH, oip_body  # noqa: E402
 from service.launch import free_port  # noqa: E402
 
-CONCURRENCY = 64
+CALLERS = 64
 ROWS = (1, 64)
 PROTOCOLS = ("grpc stub", "grpc tritonclient", "rest")
 """gRPC from a prebuilt message on the generated stub, gRPC through tritonclient's infer, REST."""
 
 
-async def _grpc_closed_loop(address: str, rows: np.ndarray, seconds: float, lean: bool) -> dict:
-    """64 callers on one channel. ``lean``: the stub with one prebuilt request message (what the
+async def _grpc_closed_loop(
+    address: str, rows: np.ndarray, seconds: float, lean: bool, callers: int
+) -> dict:
+    """``callers`` on one channel. ``lean``: the stub with one prebuilt request message (what the
     server can take); else tritonclient.grpc.aio's ``infer`` (what a Python client pays too)."""
     import grpc
     import tritonclient.grpc.aio as triton_grpc
@@ -71,7 +75,7 @@ async def _grpc_closed_loop(address: str, rows: np.ndarray, seconds: float, lean
             if now >= warm_until:
                 latencies.append(time.monotonic() - now)
 
-    await asyncio.gather(*(caller() for _ in range(CONCURRENCY)))
+    await asyncio.gather(*(caller() for _ in range(callers)))
     await client.close()
     await channel.close()
     return {
@@ -82,8 +86,8 @@ async def _grpc_closed_loop(address: str, rows: np.ndarray, seconds: float, lean
     }
 
 
-def _rest(url: str, rows: np.ndarray, seconds: float) -> dict:
-    run = closed_loop(url + OIP_PATH.format(model="cancer"), oip_body(rows), CONCURRENCY, seconds)
+def _rest(url: str, rows: np.ndarray, seconds: float, callers: int) -> dict:
+    run = closed_loop(url + OIP_PATH.format(model="cancer"), oip_body(rows), callers, seconds)
     return {
         "rps": run["goodput"],
         "p50_ms": run["ok_p50_ms"],
@@ -97,6 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--callers", type=int, default=CALLERS)
     args = parser.parse_args()
     features = register_demo_models()
     grpc_port = free_port()
@@ -109,9 +114,11 @@ def main() -> None:
                 for protocol in PROTOCOLS:
                     if protocol != "rest":
                         lean = protocol == "grpc stub"
-                        run = asyncio.run(_grpc_closed_loop(address, batch, args.seconds, lean))
+                        run = asyncio.run(
+                            _grpc_closed_loop(address, batch, args.seconds, lean, args.callers)
+                        )
                     else:
-                        run = _rest(url, batch, args.seconds)
+                        run = _rest(url, batch, args.seconds, args.callers)
                     runs.setdefault((protocol, rows), []).append(run)
                     print(protocol, rows, {k: round(v, 1) for k, v in run.items()})
     results = []
@@ -120,14 +127,18 @@ def main() -> None:
             key: statistics.median(r[key] for r in measured) for key in ("rps", "p50_ms", "p99_ms")
         }
         failures = sum(r["failures"] for r in measured)
-        results.append({"protocol": protocol, "rows": rows, **median, "failures": failures})
-    print(f"\n| rows | protocol | req/s | p50 ms | p99 ms | failures | (c={CONCURRENCY})")
+        results.append(
+            {"protocol": protocol, "rows": rows, "callers": args.callers, **median}
+            | {"failures": failures}
+        )
+    print(f"\n| rows | protocol | req/s | p50 ms | p99 ms | failures | (c={args.callers})")
     for row in sorted(results, key=lambda r: (r["rows"], r["protocol"])):
         print(
             f"| {row['rows']} | {row['protocol']} | {row['rps']:.0f} | {row['p50_ms']:.1f} | "
             f"{row['p99_ms']:.1f} | {row['failures']} |"
         )
-    write_results("grpc_vs_rest", results)
+    name = "grpc_vs_rest" if args.callers == CALLERS else f"grpc_vs_rest_{args.callers}"
+    write_results(name, results)
 
 
 if __name__ == "__main__":

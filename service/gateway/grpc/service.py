@@ -56,6 +56,8 @@ WHOLE_WITHIN_S = 0.05
 """A call whose message is not whole this long after its handler began waits for one still
 arriving (most come whole with the call's headers: a 1-row ``ModelInfer`` in well under a
 millisecond, even at 1,024 callers)."""
+MAX_PENDING_CALLS = 4096
+"""Calls grpc's core may hold before the worker's server loop takes them; more are cancelled."""
 ARRIVING_BODIES = "arriving_bodies"
 """A refusal's reason: too many bodies and messages were arriving in the worker (as over HTTP)."""
 
@@ -275,6 +277,11 @@ def _options(gateway: Gateway) -> list[tuple[str, int]]:
         # A call's flow-control window then grows only for a message its handler asks for
         # (MessageIntake); with the probe, grpc took ~7 MB of each call nothing had asked for yet.
         ("grpc.http2.bdp_probe", 0),
+        # Calls grpc holds before the worker asks for them: past 1,000 it cancelled them at
+        # random (all past 3,000) as CANCELLED, which callers read as their own cancellation.
+        # 4,096 of them hold at most 256 MiB (64 KiB of flow-control window each).
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
         *_slow_client_options(gateway.config.server.request_read_timeout_s),
     ]
 
