@@ -88,6 +88,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     config, _ = _checked_config(args.config)
+    from service.secrets import load_secrets
+
+    load_secrets(config.secrets)  # each worker reads them again; a bad one would stop every start
     port, host = args.port or config.server.port, args.host or config.server.host
     if config.server.grpc_port is not None:  # bound by each worker once its models are loaded
         check_port_free(config.server.grpc_port, config.server.host)
