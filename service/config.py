@@ -187,9 +187,11 @@ class VariantConfig(Strict):
     @field_validator("model")
     @classmethod
     def _tag_has_version(cls, value: str) -> str:
+        """The tag as the model store has it: BentoML lowercases names and versions (a variant
+        of ``CancerNet:V1`` answered version ``v1`` and refused a pin of ``v1``)."""
         if not is_tag(value):
             raise ValueError(f"must be a model tag 'name:version', got {value!r}")
-        return value
+        return value.lower()
 
     def spec(self) -> VariantSpec:
         default_weight = 0.0 if self.role == "shadow" else 100.0

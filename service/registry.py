@@ -282,8 +282,10 @@ def add_model(
         with bentoml.models.create(
             tag, labels={"task": task_name}, metadata={"sha256": card.sha256, "gateway": "onnx"}
         ) as entry:
-            stored = Path(entry.path)
-            card = ModelCard(**{**card.__dict__, "version": entry.tag.version})
+            stored = Path(entry.path)  # its tag as stored: BentoML lowercases name and version
+            card = ModelCard(
+                **{**card.__dict__, "name": entry.tag.name, "version": entry.tag.version}
+            )
             shutil.copyfile(model_file, stored / MODEL_FILE)
             table.to_parquet(stored / REFERENCE_FILE, index=False)
             (stored / CARD_FILE).write_text(card.to_json())

@@ -20,6 +20,15 @@ def test_minimal_config_gets_defaults():
     assert table.policy.salt == "iris" and table.policy.allow_pinning
 
 
+def test_a_variants_model_is_the_tag_the_store_has():
+    """BentoML lowercases tags: a variant of ``Iris:V1`` serves, answers and is pinned as
+    ``iris:v1``."""
+    config = parse_config(
+        {"endpoints": {"iris": {"variants": [{"name": "a", "model": "Iris:V1"}]}}}
+    )
+    assert [v.model for v in config.tables()["iris"].variants] == ["iris:v1"]
+
+
 def test_several_variants_are_expressible():
     config = parse_config(
         {

@@ -89,6 +89,15 @@ def test_generated_version_and_parquet_reference(demo_models, tmp_path):
     assert card.version and registry.load_card(card.tag) == card
 
 
+def test_a_model_is_named_as_the_store_names_it(demo_models):
+    """BentoML lowercases a tag's name and version: the card says the same, so what a variant
+    answers (its model and version) is what the store, the config and a pin call it."""
+    cancer = demo_models["cancer:v1"]
+    card = registry.add_model(cancer.onnx_path, "CancerNet", cancer.reference_path, version="V7")
+    assert card.tag == "cancernet:v7"
+    assert registry.load_card("CancerNet:V7") == card
+
+
 def test_unknown_model_in_config_fails_planning(demo_models):
     config = parse_config({"endpoints": {"e": {"variants": [{"name": "a", "model": "ghost:v1"}]}}})
     with pytest.raises(ConfigError, match="ghost:v1 is not in the model store"):

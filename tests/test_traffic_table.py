@@ -85,6 +85,7 @@ def test_pinning_by_name_or_version_and_switching_it_off():
     table = canary(10)
     assert table.route("user-1", pin_variant="candidate").variant.name == "candidate"
     assert table.route(pin_version="v2").reason == "pinned"
+    assert table.route(pin_version="V2").variant.name == "candidate"  # as it was registered
     with pytest.raises(UnknownVariant):
         table.route(pin_variant="nope")
     with pytest.raises(RoutingError, match="does not allow pinning"):

@@ -160,8 +160,10 @@ class EndpointTable:
         )
 
     def by_version(self, model_version: str) -> VariantSpec:
+        """The variant serving ``model_version``, in any case: model stores (BentoML's) lowercase
+        versions, and a caller may pin one as it was registered."""
         for v in self.variants:
-            if v.model_version == model_version:
+            if v.model_version.lower() == model_version.lower():
                 return v
         raise UnknownVariant(
             f"endpoint {self.endpoint!r} has no model version {model_version!r}; "
