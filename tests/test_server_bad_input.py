@@ -151,6 +151,15 @@ CORPUS = [
         400,
         "must be FP32",
     ),
+    (
+        "oip datatype not a string",  # a list or an object was looked up as a key: a 500
+        "POST",
+        INFER,
+        oip([x_tensor(datatype=[None]), x_tensor(name="Y", datatype={"a": 1})]),
+        {},
+        400,
+        "unknown datatype [None]",
+    ),
     ("oip wrong shape", "POST", INFER, oip([x_tensor(shape=(1, 29))]), {}, 400, "expects [-1, 30]"),
     ("oip unknown input", "POST", INFER, oip([x_tensor(name="Y")]), {}, 400, "missing input"),
     (

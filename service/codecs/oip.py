@@ -166,7 +166,7 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
         if name in inputs:
             raise BadRequest(f"input {name!r} is given twice")
         datatype = tensor.get("datatype")
-        if datatype not in OIP_TO_NUMPY:
+        if not isinstance(datatype, str) or datatype not in OIP_TO_NUMPY:
             raise BadRequest(
                 f"input {name!r}: unknown datatype {datatype!r}; one of {sorted(OIP_TO_NUMPY)}"
             )
