@@ -64,14 +64,17 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 def _checked_config(path: str):
-    """Load the config, point BentoML at its model store, and check models and device."""
+    """Load the config, point BentoML at its model store, and check models, device and the
+    secrets it names (each worker reads them as it starts: a bad one stopped every start)."""
     from service.config import load_config
 
     config = load_config(path)
     _use_model_store(config.model_store)
     from service.gateway.models import check_models
+    from service.secrets import load_secrets
     from service.state import model_tags
 
+    load_secrets(config.secrets)
     return config, check_models(config, model_tags(config.tables()))
 
 
@@ -88,9 +91,6 @@ def _check(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     config, _ = _checked_config(args.config)
-    from service.secrets import load_secrets
-
-    load_secrets(config.secrets)  # each worker reads them again; a bad one would stop every start
     port, host = args.port or config.server.port, args.host or config.server.host
     if config.server.grpc_port is not None:  # bound by each worker once its models are loaded
         check_port_free(config.server.grpc_port, config.server.host)

@@ -90,16 +90,16 @@ def test_serve_on_a_taken_grpc_port_fails_before_starting(demo_models, tmp_path)
     assert f"port {grpc_port} on 127.0.0.1 is taken" in result.stderr
 
 
-def test_serve_with_an_unreadable_secret_file_fails_before_starting(demo_models, tmp_path):
+def test_an_unreadable_secret_file_fails_check_and_serve_before_starting(demo_models, tmp_path):
     """A secret file that cannot be read stopped every worker as it started; BentoML started
     them again and again, and the server never became ready."""
     missing = tmp_path / "secrets" / "admin.token"
     config = write_config(tmp_path / "gateway.yaml", secrets={"admin_token_file": str(missing)})
-    result = gateway(
-        "serve", "--config", str(config), "--port", str(free_port()), GATEWAY_ADMIN_TOKEN=""
-    )
-    assert result.returncode == 2
-    assert f"cannot read the secret file {missing}: No such file or directory" in result.stderr
+    port = str(free_port())
+    for command in (["check"], ["serve", "--port", port]):
+        result = gateway(*command, "--config", str(config), GATEWAY_ADMIN_TOKEN="")
+        assert result.returncode == 2
+        assert f"cannot read the secret file {missing}: No such file or directory" in result.stderr
 
 
 def test_db_upgrade_creates_the_schemas_on_either_backend_and_says_what_is_missing(
