@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_models_list)
 
-    check = commands.add_parser("check", help="validate a config, its models, the device and the secrets")
+    check = commands.add_parser(
+        "check", help="validate a config, its models, the device and the secrets"
+    )
     check.add_argument("--config", required=True)
     check.set_defaults(handler=_check)
 

@@ -62,6 +62,29 @@ def test_a_name_never_in_the_routing_state_is_refused_and_read_for_at_most_once_
     assert state.reads == 2
 
 
+def test_a_variant_added_just_after_a_read_is_known_for_its_first_records() -> None:
+    """A variant added to the routing state just after the monitor read it, answering at once:
+    its first records are stored (they were refused until the next read, up to a second later,
+    and lost: the gateway had its 200). Records answered before the last read, or stamped ahead
+    of the monitor's clock, still cost no read."""
+    clock, wall = Clock(1000.0), Clock(1_700_000_000.0)
+    state = RoutingState(cancer=["stable"])
+    known = KnownVariants(state, clock, wall)
+    assert known.knows("cancer", "stable", wall.now)
+    for moving in (clock, wall):
+        moving.now += 0.2
+    state.variants["cancer"] = ["stable", "candidate"]  # added by an admin
+    answered = wall.now + 0.05  # by a gateway that follows the routing state
+    for moving in (clock, wall):
+        moving.now += 0.3
+    assert known.knows("cancer", "candidate", answered)
+    assert state.reads == 2
+    for _ in range(1000):
+        assert not known.knows("cancer", "made-up", answered)
+        assert not known.knows("cancer", "made-up", wall.now + 3600.0)
+    assert state.reads == 2
+
+
 def test_callers_arriving_while_the_routing_state_is_read_wait_for_it() -> None:
     """Batches from two gateway workers stored at once by two threads, the routing state not read
     yet: both are known. (The second was refused whole while the first thread read it, and its

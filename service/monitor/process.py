@@ -46,7 +46,8 @@ KNOWN_GRACE_S = 3600.0
 REFRESH_S = 1.0
 """The routing state is read again at most this often, when a record names a variant not seen in
 it within this time: one it never had (a caller's junk costs one read a second at most), or one
-it had (to learn whether it is still there)."""
+it had (to learn whether it is still there). Sooner for a record answered after the last read
+began: its variant may have been added since (``KnownVariants.knows``)."""
 
 
 def listening_host() -> str | None:
@@ -67,27 +68,41 @@ class KnownVariants:
         self,
         tables: Callable[[], Mapping[str, EndpointTable]],
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.tables = tables
         self.clock = clock
+        self.wall = wall
+        """The clock records' ``at`` is on (the gateways')."""
         self._seen: dict[tuple[str, str], float] = {}
         """When each name was last in the routing state."""
         self._read_at = -math.inf
+        self._read_began = -math.inf
+        """When the last read began, on ``wall``: what it saw was committed by then."""
         self._reading = threading.Lock()
 
-    def knows(self, endpoint: str, variant: str) -> bool:
+    def knows(self, endpoint: str, variant: str, answered_at: float = -math.inf) -> bool:
+        """Whether a record of ``endpoint``'s ``variant`` answered at ``answered_at`` (wall
+        clock) may be stored. A variant the last read did not see is read for again within
+        ``REFRESH_S`` only if its record was answered after that read began: a gateway serves
+        a variant once it is in the routing state, so one added since may answer before the
+        monitor next reads (its first batches were refused, and lost: the gateway had its 200)."""
         now = self.clock()
         if now - self._seen.get((endpoint, variant), -math.inf) >= REFRESH_S:
-            self._read_again(now)
+            self._read_again(now, answered_at)
         return now - self._seen.get((endpoint, variant), -math.inf) < KNOWN_GRACE_S
 
-    def _read_again(self, now: float) -> None:
+    def _read_again(self, now: float, answered_at: float) -> None:
         """Note every name in the routing state as seen ``now``, unless it was read within
-        ``REFRESH_S``. A caller arriving while another reads waits for that read: answering from
-        before it refused a whole batch of records for names the read was about to note."""
+        ``REFRESH_S`` and that read began after ``answered_at`` (or ``answered_at`` is ahead of
+        this clock: a caller's timestamps cannot make every record a read). A caller arriving
+        while another reads waits for that read: answering from before it refused a whole
+        batch of records for names the read was about to note."""
         with self._reading:
-            if now - self._read_at < REFRESH_S:
+            newer = self._read_began < answered_at <= self.wall()
+            if now - self._read_at < REFRESH_S and not newer:
                 return
+            self._read_began = self.wall()
             for name, table in self.tables().items():
                 for v in table.variants:
                     self._seen[(name, v.name)] = now
@@ -189,7 +204,7 @@ class Monitor:
             and record.latency_s >= 0
             and all(is_name(name) for name in record.shadow)
             and (record.unit is None or is_unit(record.unit))
-            and self.known.knows(record.endpoint, record.variant)
+            and self.known.knows(record.endpoint, record.variant, record.at)
         )
 
     def prune(self, now: float | None = None) -> dict:
