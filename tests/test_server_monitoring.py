@@ -14,6 +14,7 @@ import pytest
 
 from monitors.records import PredictionRecord, encode_batch
 from monitors.store import MonitorStore
+from service import registry
 from service.config import load_config
 from service.launch import MONITOR_SERVICE, free_port, running_server
 from service.monitor.priority import CAUGHT_UP_S
@@ -167,6 +168,41 @@ BAD_FEEDBACK = [
     ),
     (b'{"labels": [{"request_id": "r1", "label": 1, "extra": 2}]}', "must be"),
 ]
+
+
+async def test_a_variant_added_just_after_the_monitor_read_the_routing_state_keeps_its_records(
+    monitored, demo_models
+):
+    """The monitor had just read the routing state (for a record of a variant it had not seen
+    for a second) when an admin added a variant that answered at once: its first batch was
+    refused as unknown, and lost, though every caller had its 200."""
+    url, port, config = monitored
+    v1 = demo_models["cancer:v1"]
+    tag = registry.add_model(v1.onnx_path, "cancer", v1.reference_path, version="v4-fresh").tag
+    with monitor(config, port) as monitor_url:
+        async with aiohttp.ClientSession() as session:
+            before = await stored_records(session, monitor_url)
+            await asyncio.sleep(1.1)  # stable not seen for a second: its record makes a read
+            assert (await predict(session, url))[0] == 200
+            await wait_for_records(session, monitor_url, before + 1)
+            variant = {"name": "fresh", "model": tag, "role": "candidate", "weight": 0}
+            async with session.post(
+                f"{url}/admin/endpoints/cancer/variants", json=variant, headers=ADMIN_AUTH
+            ) as added:
+                assert added.status == 201, await added.text()
+            pinned = {**ADMIN_AUTH, "x-gateway-variant": "fresh"}
+            for _ in range(5):
+                async with session.post(
+                    f"{url}/predict/cancer", json={"instances": [ROW]}, headers=pinned
+                ) as answer:
+                    assert answer.status == 200 and (await answer.json())["variant"] == "fresh"
+            stats = await wait_for_records(session, monitor_url, before + 6)
+            fresh = [v for v in stats["variants"] if v["variant"] == "fresh"]
+            assert fresh and fresh[0]["records"] == 5
+            async with session.delete(
+                f"{url}/admin/endpoints/cancer/variants/fresh", headers=ADMIN_AUTH
+            ) as removed:
+                assert removed.status == 200
 
 
 async def test_bad_feedback_is_refused_clearly_and_nothing_is_stored(monitored):
