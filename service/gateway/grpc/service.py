@@ -54,8 +54,8 @@ SEND_LIMIT_BYTES = 256 * 2**20
 """Answers may be bigger than requests (many outputs per row); bounded all the same."""
 WHOLE_WITHIN_S = 0.05
 """A call whose message is not whole this long after its handler began waits for one still
-arriving (most come whole with the call's headers: a 1-row ``ModelInfer`` in well under a
-millisecond, even at 1,024 callers)."""
+arriving (most come whole with the call's headers: at 1,024 and 2,048 callers of 1-row
+``ModelInfer`` none was refused for it, BENCHMARKS.md "gRPC past a thousand callers")."""
 MAX_PENDING_CALLS = 4096
 """Calls grpc's core may hold before the worker's server loop takes them; more are cancelled."""
 ARRIVING_BODIES = "arriving_bodies"
