@@ -176,3 +176,20 @@ async def test_predict_is_not_slowed_while_explanations_run(served):
     await busy
     print(f"/predict median: {quiet:.2f} ms quiet, {loaded:.2f} ms while explaining")
     assert loaded < quiet + 2.0
+
+
+async def test_an_explanation_process_that_died_is_a_503_and_the_next_call_starts_another(served):
+    """The explanation process killed (the kernel's OOM killer, an operator): the call it was
+    running gets a 503 with Retry-After, not a 500, and the next call starts a new process (a
+    broken pool answered 500 to every call until the gateway restarted)."""
+    gateway, client = served
+    assert (await client.post("/explain/cancer", json={"instances": [ROW]})).status_code == 200
+    process = next(iter(gateway.explainer._pool._processes.values()))
+    killing = asyncio.get_running_loop().call_later(0.05, process.kill)
+    stopped = await client.post("/explain/cancer", json={"instances": [ROW] * 8})
+    killing.cancel()
+    assert stopped.status_code == 503, stopped.text
+    assert "explanation process stopped" in stopped.json()["error"]
+    assert int(stopped.headers["retry-after"]) >= 1
+    again = await client.post("/explain/cancer", json={"instances": [ROW]})
+    assert again.status_code == 200, again.text

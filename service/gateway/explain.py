@@ -3,8 +3,9 @@ serving path.
 
 ``Explainer.explain`` hands the rows to a process of its own (spawned on first use, one per gateway
 worker), so SHAP's Python loops never hold the worker's GIL while ``/predict`` runs; calls queued or
-running are bounded (``explain.max_waiting``), beyond which the answer is 429 with Retry-After. What
-is computed, and how, is service/explanations.py.
+running are bounded (``explain.max_waiting``), beyond which the answer is 429 with Retry-After. A
+process that stops (killed, out of memory) is replaced on the next call. What is computed, and
+how, is service/explanations.py.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import asyncio
 import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
 from service.config import ExplainConfig
-from service.errors import BadRequest, Overloaded
+from service.errors import BadRequest, Overloaded, Unavailable
 from service.explanations import REGRESSION_TARGET, Explanation, attributions
 from service.model_card import ModelCard
 from service.tensors import Tensors
@@ -63,15 +65,18 @@ class Explainer:
     async def explain(
         self, card: ModelCard, inputs: Tensors, targets: Sequence[str]
     ) -> list[Explanation]:
-        """One explanation per row of ``inputs`` (validated against ``card`` and ``check``ed)."""
+        """One explanation per row of ``inputs`` (validated against ``card`` and ``check``ed).
+        A 503 when the explanation process stopped while it worked (killed, out of memory): the
+        next call starts another, where a broken pool refused every call until a restart."""
         features = inputs[card.feature_input.name]
         if self.waiting >= self.config.max_waiting:
             raise Overloaded("explanations are busy: retry after 1 s (nothing was done)")
         self.waiting += 1
+        pool = self._process()
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                self._process(),
+                pool,
                 attributions,
                 card,
                 np.ascontiguousarray(features),
@@ -79,6 +84,14 @@ class Explainer:
                 self.config.background_rows,
                 self.config.max_evals,
             )
+        except BrokenProcessPool:
+            if self._pool is pool:  # not yet replaced by a call that came after
+                self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise Unavailable(
+                "the explanation process stopped (killed, or out of memory): retry; nothing "
+                "was done"
+            ) from None
         finally:
             self.waiting -= 1
 
