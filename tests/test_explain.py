@@ -5,12 +5,14 @@ same key, and bad requests are 4xx."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import pytest_asyncio
 
+from service import registry
 from tests.helpers import ROW, in_process_gateway, write_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -193,3 +195,24 @@ async def test_an_explanation_process_that_died_is_a_503_and_the_next_call_start
     assert int(stopped.headers["retry-after"]) >= 1
     again = await client.post("/explain/cancer", json={"instances": [ROW]})
     assert again.status_code == 200, again.text
+
+
+async def test_a_model_whose_files_left_the_store_is_a_503_and_predictions_go_on(
+    demo_models, tmp_path
+):
+    """The explanation process loads a model from the model store; one removed from it while
+    served (the worker answers from memory) was a 500."""
+    v1 = demo_models["cancer:v1"]
+    tag = registry.add_model(v1.onnx_path, "cancer", v1.reference_path, version="v6-gone").tag
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        data_dir=str(tmp_path / "data"),
+        endpoints={"gone": {"variants": [{"name": "stable", "model": tag}]}},
+    )
+    async with in_process_gateway(config) as (_, client):
+        shutil.rmtree(registry.model_dir(tag))
+        explained = await client.post("/explain/gone", json={"instances": [ROW]})
+        assert explained.status_code == 503, explained.text
+        assert f"model {tag} is not in the model store" in explained.json()["error"]
+        predicted = await client.post("/predict/gone", json={"instances": [ROW]})
+        assert predicted.status_code == 200

@@ -19,7 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from service.config import ExplainConfig
-from service.errors import BadRequest, Overloaded, Unavailable
+from service.errors import BadRequest, ConfigError, Overloaded, Unavailable
 from service.explanations import REGRESSION_TARGET, Explanation, attributions
 from service.model_card import ModelCard
 from service.tensors import Tensors
@@ -67,7 +67,9 @@ class Explainer:
     ) -> list[Explanation]:
         """One explanation per row of ``inputs`` (validated against ``card`` and ``check``ed).
         A 503 when the explanation process stopped while it worked (killed, out of memory): the
-        next call starts another, where a broken pool refused every call until a restart."""
+        next call starts another, where a broken pool refused every call until a restart. A 503
+        too when the model's files are no longer in the model store (the process loads them
+        from there; the worker serves from memory)."""
         features = inputs[card.feature_input.name]
         if self.waiting >= self.config.max_waiting:
             raise Overloaded("explanations are busy: retry after 1 s (nothing was done)")
@@ -92,6 +94,8 @@ class Explainer:
                 "the explanation process stopped (killed, or out of memory): retry; nothing "
                 "was done"
             ) from None
+        except ConfigError as error:  # its files left the model store while it was served
+            raise Unavailable(f"cannot explain {card.tag}: {error}") from None
         finally:
             self.waiting -= 1
 
