@@ -25,6 +25,9 @@ import random
 import time
 from collections.abc import Callable
 
+OVERLOAD = "overload"
+"""The reason a prediction is refused, or optional work shed, while admission has no room
+(``gateway_shed_requests_total{reason}``)."""
 WINDOW_S = 0.1
 """How often the limit is adjusted (and the window of latencies it looks at)."""
 SHED_MEMORY_S = 1.0

@@ -25,6 +25,9 @@ from starlette.types import Message, Receive
 from service.errors import Overloaded
 
 TOO_MANY = "too many request bodies are arriving at once: retry shortly (nothing was done)"
+ARRIVING_BODIES = "arriving_bodies"
+"""The reason a call is refused for the bodies and messages arriving
+(``gateway_shed_requests_total{reason}``)."""
 
 
 class ArrivingBodies:

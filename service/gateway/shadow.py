@@ -17,6 +17,7 @@ import numpy as np
 from monitors.shadow import agreeing
 from service.codecs.plain import row_predictions
 from service.errors import GatewayError, Overloaded
+from service.gateway.admission import OVERLOAD
 from service.gateway.dataplane import Route
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.models import LoadedModel
@@ -44,7 +45,7 @@ class ShadowRunner:
         """Run the route's shadows in the background; ``done`` gets their predictions by name
         (at once with none, when shadows are shed under overload)."""
         if self._shedding():
-            self._metrics.shed_series("shadow", "overload").inc(len(route.shadows))
+            self._metrics.shed_series("shadow", OVERLOAD).inc(len(route.shadows))
             done({})
             return
         task = asyncio.create_task(self._mirror(route, tensors, primary, done))

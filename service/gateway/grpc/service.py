@@ -28,7 +28,8 @@ from google.protobuf.message import DecodeError
 from service.config import LimitsConfig
 from service.errors import BadRequest, GatewayError, Overloaded
 from service.gateway import repository
-from service.gateway.arriving import ArrivingBodies
+from service.gateway.admission import OVERLOAD
+from service.gateway.arriving import ARRIVING_BODIES, ArrivingBodies
 from service.gateway.grpc import inference_pb2 as pb
 from service.gateway.grpc import inference_pb2_grpc as rpc
 from service.gateway.grpc.codec import decode_infer_request, encode_infer_response
@@ -58,8 +59,9 @@ arriving (most come whole with the call's headers: at 1,024 and 2,048 callers of
 ``ModelInfer`` none was refused for it, BENCHMARKS.md "gRPC past a thousand callers")."""
 MAX_PENDING_CALLS = 4096
 """Calls grpc's core may hold before the worker's server loop takes them; more are cancelled."""
-ARRIVING_BODIES = "arriving_bodies"
-"""A refusal's reason: too many bodies and messages were arriving in the worker (as over HTTP)."""
+GRPC_INFER = "grpc_infer"
+"""The route ``ModelInfer`` is counted under in ``gateway_shed_requests_total``; every other
+method is ``grpc_other``."""
 
 
 def metadata_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -176,7 +178,7 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):
 
     async def _refuse(self, context) -> None:
         """As the HTTP gate refuses: held a moment, then RESOURCE_EXHAUSTED with Retry-After."""
-        self.gateway.metrics.shed_series("grpc_infer", "overload").inc()
+        self.gateway.metrics.shed_series(GRPC_INFER, OVERLOAD).inc()
         retry = await self.gateway.admission.hold_refused()
         error = Overloaded(f"the gateway is overloaded: retry after {retry} s (nothing was done)")
         trailing = (("retry-after", str(retry)), ("x-gateway-worker", WORKER))
@@ -222,7 +224,7 @@ class MessageIntake(grpc.aio.ServerInterceptor):
         if handler.unary_unary is None or handler.request_deserializer is None:
             return handler
         parse, behavior = handler.request_deserializer, handler.unary_unary
-        route = "grpc_infer" if method.endswith("/ModelInfer") else "grpc_other"
+        route = GRPC_INFER if method.endswith("/ModelInfer") else "grpc_other"
         gateway = self._gateway
 
         async def received(messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext):

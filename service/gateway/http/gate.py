@@ -31,17 +31,13 @@ from starlette.types import ASGIApp, Message, Scope
 
 from service.config import LimitsConfig
 from service.errors import Overloaded
-from service.gateway.admission import Admission
-from service.gateway.arriving import ArrivingBodies, CountedReceive
+from service.gateway.admission import OVERLOAD, Admission
+from service.gateway.arriving import ARRIVING_BODIES, ArrivingBodies, CountedReceive
 from service.gateway.http.oip import infer
 from service.gateway.http.predict import predict
 from service.http.responses import error_response
 
 Handler = Callable[[Request], Awaitable[Response]]
-OVERLOAD = "overload"
-"""A refusal's reason: admission had no room for the prediction."""
-ARRIVING_BODIES = "arriving_bodies"
-"""A refusal's reason: too many bytes of bodies were arriving in the worker (arriving.py)."""
 ROUTES: tuple[tuple[str, re.Pattern, Handler], ...] = (
     ("predict", re.compile(r"/predict/(?P<endpoint>[^/]+)"), predict),
     (
