@@ -1,14 +1,21 @@
-"""Which endpoint and variant names a monitor stores records for (service/monitor/process.py
-``KnownVariants``): those of the routing state, for as long as the monitor runs; those that left
-it, for ``KNOWN_GRACE_S``; none other, however many records name them."""
+"""Which records a monitor stores (service/monitor/process.py): those of endpoint and variant
+names of the routing state, for as long as the monitor runs; those that left it, for
+``KNOWN_GRACE_S``; none other, however many records name them (``KnownVariants``); and only those
+with the shape of an answer of their model (``fits_its_model``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from types import SimpleNamespace
 
-from service.monitor.process import KNOWN_GRACE_S, REFRESH_S, KnownVariants
-from tests.helpers import Clock
+import pytest
+
+from monitors.records import PredictionRecord
+from service.monitor.process import KNOWN_GRACE_S, REFRESH_S, KnownVariants, fits_its_model
+from tests.helpers import TWO_FEATURE_CARD, Clock
+
+REGRESSOR_CARD = dataclasses.replace(TWO_FEATURE_CARD, task="regression", class_labels=())
 
 
 class RoutingState:
@@ -110,3 +117,60 @@ def test_callers_arriving_while_the_routing_state_is_read_wait_for_it() -> None:
     second.join(timeout=10)
     assert answers == {"first": True, "second": True}
     assert state.reads == 1
+
+
+def answer(**fields) -> PredictionRecord:
+    """A record of two rows answered by the two-feature classifier, with ``fields`` changed."""
+    answered = dict(
+        request_id="e:" + "0" * 32,
+        at=1000.0,
+        endpoint="e",
+        variant="stable",
+        model="m:v1",
+        predictions=["yes", "no"],
+        latency_s=0.001,
+        inputs=[[1.0, 2.0], [3.0, None]],
+        shadow={"next": ["no", "no"]},
+    )
+    return PredictionRecord(**{**answered, **fields})
+
+
+def test_a_record_with_the_shape_of_its_models_answer_fits() -> None:
+    assert fits_its_model(answer(), TWO_FEATURE_CARD)
+    assert fits_its_model(answer(inputs=None, shadow={}), TWO_FEATURE_CARD)  # inputs sampled out
+    assert fits_its_model(answer(predictions=[0.5, None]), REGRESSOR_CARD)  # null: not finite
+    failed = answer(predictions=[], inputs=None, shadow={}, outcome="error")
+    assert fits_its_model(failed, TWO_FEATURE_CARD)
+    assert fits_its_model(answer(predictions=[1, 2]), None)  # its model left the store
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"predictions": []},
+        {"predictions": ["yes"]},  # two input rows
+        {"predictions": ["yes", "maybe"]},  # not one of its classes
+        {"predictions": ["yes", {"no": 1}]},
+        {"inputs": [[1.0, 2.0], [3.0]]},
+        {"inputs": [[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]]},
+        {"inputs": []},
+        {"shadow": {"next": ["no"]}},
+        {"shadow": {"next": ["no", ["no"]]}},
+        {"outcome": "error"},  # a failed answer carries no prediction
+        {"outcome": "error", "predictions": [], "shadow": {}},  # nor inputs
+    ],
+)
+def test_a_record_that_does_not_fit_its_model_is_refused(fields: dict) -> None:
+    assert not fits_its_model(answer(**fields), TWO_FEATURE_CARD)
+
+
+@pytest.mark.parametrize(
+    "predictions", [["1.5", 2.0], [True, 2.0], [float("inf"), 2.0], [10**400, 2.0]]
+)
+def test_a_regressors_record_predicts_numbers(predictions: list) -> None:
+    assert not fits_its_model(answer(predictions=predictions, shadow={}), REGRESSOR_CARD)
+
+
+def test_rows_of_a_model_that_left_the_store_are_as_wide_as_each_other() -> None:
+    assert not fits_its_model(answer(inputs=[[1.0, 2.0], [3.0]]), None)
+    assert not fits_its_model(answer(predictions=[[1], 2]), None)

@@ -220,6 +220,36 @@ def test_names_from_posted_records_never_become_paths_or_series(demo):
     assert good["request_id"].startswith("cancer:")
 
 
+def test_records_that_do_not_fit_their_model_are_refused_and_its_analysis_goes_on(demo):
+    """A record whose shapes are not an answer of its model would fail every analysis of its
+    variant for as long as it is kept."""
+    gateway, monitor, _ = demo
+    predict(gateway, endpoint="diabetes", rows=50)
+    row = ROW[:10]  # diabetes, a regressor, takes ten features
+    answered = {"at": time.time(), "model": "diabetes:v1", "latency_s": 0.001}
+    misfits = [
+        {"inputs": [row, row], "predictions": [151.0]},
+        {"inputs": [row[:9]], "predictions": [151.0]},
+        {"inputs": [row], "predictions": ["high"]},
+        {"inputs": [row], "predictions": [151.0], "shadow": {"stable": [1.0, 2.0]}},
+        {"inputs": [row], "predictions": [], "outcome": "error"},
+    ]
+    fits = {"inputs": [row], "predictions": [151.0]}
+    records = [
+        {"request_id": f"diabetes:{i:032x}", "endpoint": "diabetes", "variant": "stable"}
+        | answered
+        | fields
+        for i, fields in enumerate([*misfits, fits])
+    ]
+    body = json.dumps({"records": records}).encode()
+    status, _, answer = send(monitor, "POST", "/records", body, MONITOR_AUTH)
+    assert status == 200 and json.loads(answer) == {"stored": 1, "refused": len(misfits)}
+    status, _, answer = send(monitor, "POST", "/runs", b"", MONITOR_AUTH)
+    assert status == 200, answer
+    failures = 'endpoint="diabetes"'
+    assert counted(monitor, "gateway_monitor_analysis_failures_total", failures) == 0
+
+
 def test_malformed_input_is_4xx_on_every_route(demo):
     gateway, monitor, _ = demo
     before = error_count(gateway)

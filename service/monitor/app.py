@@ -4,8 +4,9 @@ rewards in, a summary, analysis runs, reports, rollouts and experiment readouts 
 
 Every route needs ``Authorization: Bearer <monitor token>`` (``/metrics``: the metrics or monitor
 token, unless ``access.metrics`` is ``anonymous``). Records with names the routing state does not
-know, or malformed ones, are refused one by one and counted; labels are checked against the model
-that answered before anything is stored.
+know, or malformed ones (names, numbers, or shapes that are not an answer of their model), are
+refused one by one and counted; labels are checked against the model that answered before
+anything is stored.
 """
 
 from __future__ import annotations

@@ -21,8 +21,10 @@ from pathlib import Path
 from monitors.records import PredictionRecord
 from monitors.reports import ReportArchive
 from service import registry
+from service.codecs import is_finite_number
 from service.config import GatewayConfig
 from service.errors import ConfigError
+from service.labels import SCALARS
 from service.model_card import ModelCard
 from service.monitor.evidence import EvidenceGatherer
 from service.monitor.experiments import ExperimentReadouts
@@ -57,6 +59,47 @@ def listening_host() -> str | None:
     descriptor = int(sys.argv[sys.argv.index("--fd") + 1])
     with socket.socket(fileno=os.dup(descriptor)) as bound:
         return bound.getsockname()[0]
+
+
+def fits_its_model(record: PredictionRecord, card: ModelCard | None) -> bool:
+    """Whether a record has the shape of an answer of its model (``card``; None once the model
+    left the store): one prediction per row, each a value the model gives (one of its classes,
+    or a number, null where it was not finite), input rows as wide as its features, one
+    prediction per row from each shadow; a record its variant did not answer carries none.
+
+    The analysis lays a variant's records side by side, so one that did not fit would fail
+    every run of that variant for as long as it is kept (days)."""
+    predictions, inputs = record.predictions, record.inputs
+    if record.outcome != "ok":
+        return not predictions and inputs is None and not record.shadow
+    if card is None:
+        width = len(inputs[0]) if inputs else None
+        gives = _is_value
+    elif card.task == "regression":
+        width, gives = len(card.feature_names), _is_number_or_null
+    else:
+        classes = {str(c) for c in card.class_labels}
+        width, gives = len(card.feature_names), lambda value: str(value) in classes
+    return (
+        bool(predictions)
+        and all(map(gives, predictions))
+        and (
+            inputs is None
+            or (len(inputs) == len(predictions) and all(len(row) == width for row in inputs))
+        )
+        and all(
+            len(shadow) == len(predictions) and all(map(_is_value, shadow))
+            for shadow in record.shadow.values()
+        )
+    )
+
+
+def _is_value(value: object) -> bool:
+    return value is None or isinstance(value, SCALARS)
+
+
+def _is_number_or_null(value: object) -> bool:
+    return value is None or is_finite_number(value)
 
 
 class KnownVariants:
@@ -192,7 +235,8 @@ class Monitor:
 
     def accepts(self, record: PredictionRecord) -> bool:
         """Whether a posted record may be stored: well-formed names and values, an endpoint and
-        variant the routing state knows, an id of the gateway's form."""
+        variant the routing state knows, an id of the gateway's form, the shape of an answer of
+        its model."""
         return (
             is_name(record.endpoint)
             and is_name(record.variant)
@@ -205,6 +249,7 @@ class Monitor:
             and all(is_name(name) for name in record.shadow)
             and (record.unit is None or is_unit(record.unit))
             and self.known.knows(record.endpoint, record.variant, record.at)
+            and fits_its_model(record, self.card(record.model))
         )
 
     def prune(self, now: float | None = None) -> dict:
