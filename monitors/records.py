@@ -97,6 +97,17 @@ def decode_batch(body: bytes) -> list[PredictionRecord]:
         raise ValueError("malformed JSON: nested too deeply") from None
 
 
+def not_after(records: list[PredictionRecord], arrived_at: float) -> list[PredictionRecord]:
+    """The records, each stamped no later than ``arrived_at`` (when its batch arrived, on the
+    receiver's clock): none was answered after it arrived. A record stamped ahead, by a sender
+    whose clock runs fast, would wait outside the windows that are read until that time came,
+    in every window after, and past every pruning until its retention ran out from that time."""
+    return [
+        record if record.at <= arrived_at else msgspec.structs.replace(record, at=arrived_at)
+        for record in records
+    ]
+
+
 class RecordBuffer:
     """A FIFO of records bounded in number and in (estimated) bytes: ``append`` never waits,
     ``drain`` takes a batch no heavier than asked, so one request of thousands of rows cannot

@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from monitors.records import InputSampler, PredictionRecord, decode_batch, encode_batch
+from monitors.records import (
+    InputSampler,
+    PredictionRecord,
+    decode_batch,
+    encode_batch,
+    not_after,
+)
 from service.config import MonitorConfig
 from service.gateway.recording import Recorder
 from tests.helpers import loopback_receiver
@@ -120,6 +126,15 @@ class Traffic:
                 kept.append(self.now)
         self.now = start + seconds
         return kept
+
+
+def test_no_record_is_stamped_after_its_batch_arrived():
+    def answered(at: float) -> PredictionRecord:
+        return PredictionRecord("e:1", at, "e", "stable", "m:v1", [1], 0.001)
+
+    records = not_after([answered(90.0), answered(100.0), answered(1e12)], arrived_at=100.0)
+    assert [r.at for r in records] == [90.0, 100.0, 100.0]
+    assert records[2] == answered(100.0)
 
 
 def test_inputs_below_the_cap_are_all_kept():

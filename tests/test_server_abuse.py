@@ -10,10 +10,12 @@ normalises ``..`` or decodes ``%2e``), as ``curl --path-as-is`` would send them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import http.client
 import json
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -248,6 +250,30 @@ def test_records_that_do_not_fit_their_model_are_refused_and_its_analysis_goes_o
     assert status == 200, answer
     failures = 'endpoint="diabetes"'
     assert counted(monitor, "gateway_monitor_analysis_failures_total", failures) == 0
+
+
+def test_a_record_stamped_ahead_of_the_monitors_clock_is_stored_as_it_arrived(demo):
+    """Stamped a year ahead (a gateway whose clock runs fast), it would stay out of the windows
+    read now and in every later one, past its pruning, for a year."""
+    _, monitor, data_dir = demo
+    ahead = {
+        "request_id": "diabetes:" + "a" * 32,
+        "at": time.time() + 365 * 86400,
+        "endpoint": "diabetes",
+        "variant": "stable",
+        "model": "diabetes:v1",
+        "predictions": [151.0],
+        "latency_s": 0.001,
+    }
+    sent = time.time()
+    body = json.dumps({"records": [ahead]}).encode()
+    status, _, answer = send(monitor, "POST", "/records", body, MONITOR_AUTH)
+    assert status == 200 and json.loads(answer) == {"stored": 1, "refused": 0}
+    with contextlib.closing(sqlite3.connect(data_dir / "monitor.sqlite3")) as store:
+        (at,) = store.execute(
+            "SELECT at FROM predictions WHERE request_id = ?", (ahead["request_id"],)
+        ).fetchone()
+    assert sent <= at <= time.time()
 
 
 def test_malformed_input_is_4xx_on_every_route(demo):

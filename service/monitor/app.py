@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route as HttpRoute
 
-from monitors.records import decode_batch
+from monitors.records import decode_batch, not_after
 from monitors.store import TooManyPending
 from service import supervise
 from service.codecs import decode_json
@@ -62,7 +62,8 @@ def monitor_of(request: Request) -> Monitor:
 async def add_records(request: Request) -> Response:
     monitor = monitor_of(request)
     try:
-        records = decode_batch(await read_body(request, MAX_RECORD_BATCH_BYTES))
+        body = await read_body(request, MAX_RECORD_BATCH_BYTES)
+        records = not_after(decode_batch(body), time.time())
     except ValueError as error:
         raise BadRequest(str(error)) from None
 
