@@ -618,7 +618,9 @@ class MonitorStore:
         self, endpoint: str, variant: str, max_rows: int, since: float = 0.0
     ) -> pd.DataFrame:
         """The newest recorded input rows (at most ``max_rows``, with their predictions) of a
-        variant, oldest first."""
+        variant, oldest first. A record with fewer or more predictions than rows is left out:
+        monitors refuse them, but a store written by an earlier version (or by one still running
+        beside a newer one in a rolling upgrade) may hold some, and one would fail the window."""
         requests, count = [], 0
         with self.db.stream(
             "SELECT inputs, predictions FROM predictions WHERE endpoint = ? AND variant = ? "
@@ -627,6 +629,8 @@ class MonitorStore:
         ) as rows:
             for raw_inputs, raw_predictions in rows:
                 inputs, predictions = _decode_stored(raw_inputs), _decode_stored(raw_predictions)
+                if len(inputs) != len(predictions):
+                    continue
                 requests.append((inputs, predictions))
                 count += len(inputs)
                 if count >= max_rows:
@@ -634,7 +638,7 @@ class MonitorStore:
         inputs, predictions = [], []
         for request_inputs, request_predictions in reversed(requests):
             inputs += request_inputs
-            predictions += request_predictions[: len(request_inputs)]
+            predictions += request_predictions
         try:  # numbers, null where one was not finite: one array, twice as fast as the lists
             frame = pd.DataFrame(np.array(inputs, dtype=float)) if inputs else pd.DataFrame()
         except (TypeError, ValueError):  # rows of other lengths, or values that are not numbers

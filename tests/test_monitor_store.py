@@ -152,6 +152,21 @@ def test_window_returns_the_newest_input_rows_with_predictions(open_database):
     assert store.add_records([record("r0", [0])]) == 0  # a record seen before is ignored
 
 
+def test_a_window_leaves_out_records_with_other_numbers_of_rows_and_predictions(open_database):
+    """Monitors refuse them now; a store an earlier version wrote may hold some."""
+    store = MonitorStore(open_database())
+    store.add_records(
+        [
+            record("fits", [1], at=1.0, inputs=[[1.0, 1.0]]),
+            record("fewer", [2], at=2.0, inputs=[[2.0, 2.0], [2.5, 2.5]]),
+            record("more", [3, 3], at=3.0, inputs=[[3.0, 3.0]]),
+            record("also", [4], at=4.0, inputs=[[4.0, 4.0]]),
+        ]
+    )
+    window = store.window("churn", "stable", max_rows=10)
+    assert window[0].tolist() == [1.0, 4.0] and window.prediction.tolist() == [1, 4]
+
+
 def test_active_variants_since(open_database):
     store = MonitorStore(open_database())
     store.add_records([record("a", [1], at=10.0), record("b", [1], at=20.0, variant="candidate")])
