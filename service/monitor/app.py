@@ -77,7 +77,9 @@ async def add_records(request: Request) -> Response:
     stored, refused = await anyio.to_thread.run_sync(store)
     if refused:
         monitor.metrics.records_refused.inc(refused)
-        _refused_records.warning("refused %d records with unknown or malformed names", refused)
+        _refused_records.warning(
+            "refused %d records: unknown names, or not an answer of their model", refused
+        )
     return json_response({"stored": stored, "refused": refused})
 
 
