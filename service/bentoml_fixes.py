@@ -24,16 +24,28 @@ and BentoML's root handler counts (by propagation), so every answer built a log 
 0.5 us a call timed alone, 1.1% of the gateway worker's samples under load (py-spy), for nothing.
 Unless that logger would show INFO (BentoML's debug mode), it stops propagating; BentoML's own
 access log (``logging.access``) is untouched.
+
+5. The arbiter's control socket: BentoML's arbiter (circus, the process that starts and watches
+the workers) takes commands on a TCP port of 127.0.0.1 with no authentication, and one of its
+commands starts any program: every local user and every process of the host (another user's, a
+container sharing the network namespace) could run commands as the server's user, with its
+tokens, its database and its models, or stop it. Its control and event sockets are now Unix
+sockets in a directory of the server's own, which no other user may open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
+from bentoml._internal.utils.circus import Arbiter
 from starlette.responses import JSONResponse
 
 from service.http import single_write
@@ -65,9 +77,26 @@ async def _timeout_call(self: TimeoutMiddleware, scope: Any, receive: Any, send:
         timer.cancel()
 
 
+def _on_private_sockets(init: Callable[..., None]) -> Callable[..., None]:
+    """``Arbiter.__init__`` with its control and event endpoints on Unix sockets in a new
+    directory only this user may enter (``mkdtemp`` makes it 0700), removed when it stops."""
+
+    @functools.wraps(init)
+    def __init__(self: Arbiter, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+        directory = tempfile.mkdtemp(prefix="gateway-arbiter-")
+        kwargs["endpoint"] = f"ipc://{directory}/control"
+        kwargs["pubsub_endpoint"] = f"ipc://{directory}/events"
+        init(self, *args, **kwargs)
+        self.exit_stack.callback(shutil.rmtree, directory, ignore_errors=True)
+
+    __init__.private_sockets = True
+    return __init__
+
+
 def apply() -> None:
     """Use this server's metrics directory; patch the middleware (unless BentoML changed it); one
-    write per answer; no uvicorn access-log calls that log nothing."""
+    write per answer; no uvicorn access-log calls that log nothing; the arbiter's sockets private
+    to this user."""
     if os.environ.get(METRICS_DIR_ENV):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_ENV]
     if hasattr(TimeoutMiddleware, "_set_timer_out"):
@@ -76,3 +105,5 @@ def apply() -> None:
     access = logging.getLogger("uvicorn.access")
     if not access.isEnabledFor(logging.INFO):
         access.propagate = False
+    if not getattr(Arbiter.__init__, "private_sockets", False):
+        Arbiter.__init__ = _on_private_sockets(Arbiter.__init__)

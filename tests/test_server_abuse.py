@@ -14,12 +14,14 @@ import contextlib
 import gzip
 import http.client
 import json
+import os
 import socket
 import sqlite3
 import time
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 import yaml
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -36,6 +38,7 @@ from tests.helpers import (
     MONITOR_AUTH,
     STORE_ROOT,
     metric_total,
+    server_processes,
 )
 
 pytestmark = pytest.mark.integration
@@ -130,6 +133,32 @@ def sending(address: str, path: bytes, size: int) -> socket.socket:
     )
     time.sleep(0.5)  # read by the server
     return client
+
+
+def test_the_servers_listen_on_their_own_ports_alone_and_their_control_sockets_are_private(demo):
+    """BentoML's arbiter took commands, one of which starts any program, on a TCP port of
+    127.0.0.1 with no authentication: any local user could run commands as the server's."""
+    gateway, monitor, data_dir = demo
+    grpc_port = load_config(data_dir.parent / "gateway.yaml").server.grpc_port
+    for address, ports in ((gateway, {grpc_port}), (monitor, set())):
+        port = int(address.split(":")[1])
+        arbiter, workers = server_processes(port)
+        listening = {
+            (process.pid, connection.laddr)
+            for process in (arbiter, *workers)
+            for connection in process.net_connections(kind="inet")
+            if connection.status == psutil.CONN_LISTEN
+        }
+        assert {laddr.port for _, laddr in listening} == {port, *ports}, listening
+        control = [
+            connection.laddr
+            for connection in arbiter.net_connections(kind="unix")
+            if connection.laddr.endswith("/control")
+        ]
+        assert len(control) == 1, arbiter.net_connections(kind="unix")
+        directory = Path(control[0]).parent
+        assert directory.stat().st_uid == os.geteuid()
+        assert directory.stat().st_mode & 0o077 == 0, oct(directory.stat().st_mode)
 
 
 def test_every_monitor_route_needs_the_monitor_token(demo):
