@@ -6,11 +6,16 @@ event loop's worker threads, so each thread gets its own connection, opened once
 share the file), and a busy timeout (a statement waits that long for another process's lock).
 Every write transaction is ``BEGIN IMMEDIATE``: one writer at a time, which is what the ``lock``
 of ``Database.transaction`` asks for.
+
+The files hold every recorded input, label and audit entry, so a new database's directory and file
+are its user's alone (0700, 0600; SQLite gives its WAL and shared-memory files the file's mode),
+whatever the umask: other users of the host cannot read them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -66,7 +71,9 @@ class SQLiteDatabase:
 
     def __init__(self, path: Path, busy_timeout_s: float, pragmas: Sequence[str] = ()) -> None:
         """``pragmas``: extra settings each connection starts with, e.g. ``max_page_count=N``."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # empty: SQLite makes it a new database
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.path = path
         self._busy_timeout_s = busy_timeout_s
         self._pragmas = ("journal_mode=WAL", *pragmas)

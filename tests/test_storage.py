@@ -1,9 +1,12 @@
 """The storage layer under the stores: engine errors become the interface's, PostgreSQL's
-placeholders and locks, two monitors writing the same labels at once on one database, and a
-record and its label stored at once by two monitors (each interleaving forced with a lock)."""
+placeholders and locks, two monitors writing the same labels at once on one database, a record
+and its label stored at once by two monitors (each interleaving forced with a lock), and SQLite
+files no other user can read."""
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 
 import psycopg
@@ -14,6 +17,7 @@ from monitors.store import LabelOutcome, MonitorStore
 from storage import postgres as engine
 from storage.database import StoreUnavailable
 from storage.postgres import PostgresDatabase
+from storage.sqlite import SQLiteDatabase
 from tests.helpers import until
 
 
@@ -151,3 +155,21 @@ def test_a_record_stored_while_another_monitor_stores_its_label_is_joined(postgr
     finally:
         blocker.close()
         store.db.close()
+
+
+def test_a_new_sqlite_database_and_its_directory_are_its_users_alone(tmp_path):
+    """They hold every recorded input and label; the usual umask (022) left them readable by all."""
+    usual = os.umask(0o022)
+    try:
+        database = SQLiteDatabase(tmp_path / "data" / "monitor.sqlite3", busy_timeout_s=1)
+        database.run("CREATE TABLE t (x)")
+        database.run("INSERT INTO t VALUES (1)")
+    finally:
+        os.umask(usual)
+    directory = tmp_path / "data"
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    files = {path.name: stat.S_IMODE(path.stat().st_mode) for path in directory.iterdir()}
+    assert files == dict.fromkeys(
+        ["monitor.sqlite3", "monitor.sqlite3-wal", "monitor.sqlite3-shm"], 0o600
+    )
+    assert database.query("SELECT x FROM t") == [(1,)]
