@@ -444,6 +444,45 @@ def test_a_body_declared_over_the_limit_is_refused_before_it_arrives(demo):
         assert client.recv(1000).startswith(b"HTTP/1.1 413")
 
 
+def answer_to(address: str, data: bytes, then: bytes = b"", times: int = 0) -> bytes:
+    """The head of what the server answers to ``data`` followed by ``then`` sent ``times`` times
+    (as long as it reads them)."""
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(data)
+        with contextlib.suppress(OSError):  # the server may close before it is all sent
+            for _ in range(times):
+                client.sendall(then)
+        return client.recv(1000)
+
+
+def test_a_request_head_past_its_bound_is_431_at_once_and_others_are_served(demo):
+    """Heads had no bound: a header of 160 MB held the demo's worker's core for 30 s (until the
+    slow-client limit) and took it 250 MB; each read copied all that had come."""
+    gateway, monitor, _ = demo
+    growing = [
+        b"GET /livez?q=",  # a URL
+        b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: ",  # a header
+        b"POST /predict/cancer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\nX-Trailer: ",  # a chunked body's trailer
+    ]
+    for address in (gateway, monitor):
+        for start in growing:
+            started = time.monotonic()
+            answer = answer_to(address, start, b"a" * 65536, times=64)
+            assert answer.startswith(b"HTTP/1.1 431"), (address, start, answer)
+            assert b"over 65536 bytes" in answer
+            assert time.monotonic() - started < SLOW_CLIENT_LIMIT_S  # not the slow-client 408
+    big_header = b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Token: " + b"t" * 60_000 + b"\r\n\r\n"
+    assert answer_to(gateway, big_header).startswith(b"HTTP/1.1 200")
+    body = json.dumps({"instances": [ROW] * 400}).encode()  # 71,000 chunks of one byte
+    chunked = b"".join(b"1\r\n%c\r\n" % byte for byte in body) + b"0\r\n\r\n"
+    head = b"POST /predict/cancer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert len(chunked) - len(body) > 5 * 65536  # framing alone
+    assert answer_to(gateway, head + chunked).startswith(b"HTTP/1.1 200")
+    predict(gateway)
+
+
 def test_bodies_still_arriving_hold_a_bounded_share_of_memory(demo):
     """Clients that send most of a large body and stop are gathered only up to
     ``limits.max_arriving_body_bytes`` for the whole worker: past it a prediction or a label
