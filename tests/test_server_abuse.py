@@ -460,13 +460,16 @@ def test_a_request_head_past_its_bound_is_431_at_once_and_others_are_served(demo
     """Heads had no bound: a header of 160 MB held the demo's worker's core for 30 s (until the
     slow-client limit) and took it 250 MB; each read copied all that had come."""
     gateway, monitor, _ = demo
-    growing = [
-        b"GET /livez?q=",  # a URL
-        b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: ",  # a header
-        b"POST /predict/cancer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"0\r\nX-Trailer: ",  # a chunked body's trailer
-    ]
-    for address in (gateway, monitor):
+    monitor_token = MONITOR_AUTH["Authorization"].encode()
+    for address, reading_a_body in (
+        (gateway, b"POST /predict/cancer HTTP/1.1\r\n"),
+        (monitor, b"POST /labels HTTP/1.1\r\nAuthorization: " + monitor_token + b"\r\n"),
+    ):
+        growing = [
+            b"GET /livez?q=",  # a URL
+            b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: ",  # a header
+            reading_a_body + b"Host: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Trailer: ",
+        ]
         for start in growing:
             started = time.monotonic()
             answer = answer_to(address, start, b"a" * 65536, times=64)

@@ -52,10 +52,18 @@ def _data_received(self: HttpToolsProtocol, data: bytes) -> None:
     counted = 0 if getattr(self, _MOVED_ON) else getattr(self, _COUNTED, 0) + len(data)
     setattr(self, _COUNTED, counted)
     if counted > MAX_HEAD_BYTES and not self.transport.is_closing():
-        cycle = self.cycle  # the last request's, unless its trailers are what grew
-        if cycle is None or cycle.response_complete or not cycle.response_started:
+        if _may_answer(self):
             self.transport.write(TOO_LARGE)
         self.transport.close()
+
+
+def _may_answer(connection: HttpToolsProtocol) -> bool:
+    """Whether the 431 may be written: no other answer is on its way or already given to the
+    request whose head grew (a new request's, or the trailers of the one being answered)."""
+    cycle = connection.cycle
+    if cycle is None or not cycle.more_body:  # the last request has fully arrived: a new head
+        return cycle is None or cycle.response_complete
+    return not cycle.response_started
 
 
 def _on_body(self: HttpToolsProtocol, body: bytes) -> None:
