@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -483,6 +484,46 @@ def test_a_request_head_past_its_bound_is_431_at_once_and_others_are_served(demo
     head = b"POST /predict/cancer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     assert len(chunked) - len(body) > 5 * 65536  # framing alone
     assert answer_to(gateway, head + chunked).startswith(b"HTTP/1.1 200")
+    predict(gateway)
+
+
+def worker_memory(address: str) -> int:
+    """The resident bytes of the server's worker processes."""
+    _, workers = server_processes(int(address.split(":")[1]))
+    return sum(worker.memory_info().rss for worker in workers)
+
+
+def drain(client: socket.socket, closed: threading.Event) -> None:
+    """Read and drop what the server sends until it closes the connection, then set ``closed``."""
+    with contextlib.suppress(OSError):
+        while client.recv(1 << 20):
+            pass
+    closed.set()
+
+
+def test_a_connection_pipelining_too_far_ahead_is_closed_and_its_worker_keeps_its_memory(demo):
+    """uvicorn queued pipelined requests with no bound, and read on after every answer: one
+    connection sending them as fast as it could (reading its answers) took the demo's worker
+    from 227 MB to 1.3 GB in 7 s."""
+    gateway, monitor, _ = demo
+    request = b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n"
+    for address in (gateway, monitor):
+        host, port = address.split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            client.sendall(request * 10)  # a client that pipelines a few is answered
+            answered = b""
+            while answered.count(b"HTTP/1.1 200") < 10:
+                answered += client.recv(65536)
+        before = worker_memory(address)
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            closed = threading.Event()
+            threading.Thread(target=drain, args=(client, closed), daemon=True).start()
+            deadline = time.monotonic() + 5
+            with contextlib.suppress(OSError):  # the server closes the connection
+                while not closed.is_set() and time.monotonic() < deadline:
+                    client.sendall(request * 10_000)
+            assert closed.wait(5), "the connection is still open"
+        assert worker_memory(address) - before < 100 * 2**20
     predict(gateway)
 
 

@@ -25,7 +25,7 @@ from service.gateway.arriving import ArrivingBodies
 from service.gateway.http.app import build_app
 from service.gateway.http.gate import PredictionGate
 from service.gateway.process import WORKER, Gateway
-from service.http import large_heads, slow_clients
+from service.http import large_heads, pipelining, slow_clients
 
 bentoml_fixes.apply()
 metric_values.install()
@@ -38,6 +38,7 @@ _CONFIG_PATH = Path(os.environ.get(CONFIG_ENV, "gateway.yaml")).resolve()
 _CONFIG = load_config(_CONFIG_PATH) if _CONFIG_PATH.is_file() else None
 slow_clients.apply(_CONFIG.server.request_read_timeout_s if _CONFIG else 0)
 large_heads.apply()
+pipelining.apply()
 
 
 def _check_model_store(config: GatewayConfig) -> None:

@@ -22,7 +22,7 @@ import bentoml
 
 from service import bentoml_fixes, metric_values, open_files
 from service.config import CONFIG_ENV, load_config
-from service.http import large_heads, slow_clients
+from service.http import large_heads, pipelining, slow_clients
 from service.monitor.app import build_monitor_app
 
 bentoml_fixes.apply()
@@ -33,6 +33,7 @@ _CONFIG_PATH = Path(os.environ.get(CONFIG_ENV, "gateway.yaml")).resolve()
 _CONFIG = load_config(_CONFIG_PATH) if _CONFIG_PATH.is_file() else None
 slow_clients.apply(_CONFIG.server.request_read_timeout_s if _CONFIG else 0)
 large_heads.apply()
+pipelining.apply()
 
 
 @bentoml.service(
