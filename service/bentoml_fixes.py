@@ -36,12 +36,10 @@ sockets in a directory of the server's own, which no other user may open.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from typing import Any
 
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
@@ -77,20 +75,17 @@ async def _timeout_call(self: TimeoutMiddleware, scope: Any, receive: Any, send:
         timer.cancel()
 
 
-def _on_private_sockets(init: Callable[..., None]) -> Callable[..., None]:
+_arbiter_init = Arbiter.__init__
+
+
+def _arbiter_on_private_sockets(self: Arbiter, *args: Any, **kwargs: Any) -> None:
     """``Arbiter.__init__`` with its control and event endpoints on Unix sockets in a new
     directory only this user may enter (``mkdtemp`` makes it 0700), removed when it stops."""
-
-    @functools.wraps(init)
-    def __init__(self: Arbiter, *args: Any, **kwargs: Any) -> None:  # noqa: N807
-        directory = tempfile.mkdtemp(prefix="gateway-arbiter-")
-        kwargs["endpoint"] = f"ipc://{directory}/control"
-        kwargs["pubsub_endpoint"] = f"ipc://{directory}/events"
-        init(self, *args, **kwargs)
-        self.exit_stack.callback(shutil.rmtree, directory, ignore_errors=True)
-
-    __init__.private_sockets = True
-    return __init__
+    directory = tempfile.mkdtemp(prefix="gateway-arbiter-")
+    kwargs["endpoint"] = f"ipc://{directory}/control"
+    kwargs["pubsub_endpoint"] = f"ipc://{directory}/events"
+    _arbiter_init(self, *args, **kwargs)
+    self.exit_stack.callback(shutil.rmtree, directory, ignore_errors=True)
 
 
 def apply() -> None:
@@ -105,5 +100,4 @@ def apply() -> None:
     access = logging.getLogger("uvicorn.access")
     if not access.isEnabledFor(logging.INFO):
         access.propagate = False
-    if not getattr(Arbiter.__init__, "private_sockets", False):
-        Arbiter.__init__ = _on_private_sockets(Arbiter.__init__)
+    Arbiter.__init__ = _arbiter_on_private_sockets
