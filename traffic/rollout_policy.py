@@ -161,6 +161,11 @@ class RolloutPolicy:
         return asdict(self)
 
     @property
+    def counts_requests(self) -> bool:
+        """Whether every request is a sample (``unit: request``), not each key's first."""
+        return self.unit == "request"
+
+    @property
     def policy_hash(self) -> str:
         text = json.dumps(self.to_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

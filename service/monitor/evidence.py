@@ -65,7 +65,7 @@ class EvidenceGatherer:
         prior, every request counted (cheaper; no test's validity rests on them)."""
         limit = next((g.max for g in policy.guardrails if g.metric == "p99_latency_ms"), None)
         thresholds = (policy.slow_ms / 1000, above_s, None if limit is None else limit / 1000)
-        pinned, by_request = policy.count_pinned, prior or policy.unit == "request"
+        pinned, by_request = policy.count_pinned, prior or policy.counts_requests
         requests, errors, invalid, slow, above, over_limit = self.store.outcomes(
             policy.endpoint, variant, since, until, thresholds, pinned, by_request
         )
@@ -91,7 +91,7 @@ class EvidenceGatherer:
                 since,
                 policy.count_pinned,
                 QUANTILE_ROWS,
-                policy.unit == "request",
+                policy.counts_requests,
             )
         )
         threshold_s = latency_threshold(
