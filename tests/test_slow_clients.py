@@ -81,3 +81,12 @@ async def test_a_connection_whose_answer_has_begun_is_closed_without_a_408():
     protocol.cycle = type("Cycle", (), {"response_started": True})()
     slow_clients.close_slow_ones({protocol}, LIMIT_S, time.monotonic() + LIMIT_S + 1)
     assert transport.closed and transport.writes == []
+
+
+def test_past_half_the_open_file_limit_a_connection_may_wait_on_its_client_a_second(monkeypatch):
+    monkeypatch.setattr(slow_clients, "_limit_s", LIMIT_S)
+    monkeypatch.setattr(slow_clients, "_pressure_at", 512)
+    assert slow_clients.limit_for(512) == LIMIT_S
+    assert slow_clients.limit_for(513) == slow_clients.UNDER_PRESSURE_S == 1.0
+    monkeypatch.setattr(slow_clients, "_limit_s", 0.5)  # a limit already below stays
+    assert slow_clients.limit_for(513) == 0.5

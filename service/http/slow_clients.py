@@ -12,11 +12,19 @@ sweep closes every connection that has waited longer than the limit, with a 408 
 has started. What the server makes a caller wait for (a queue, a held refusal, the model) is not
 counted: the request has arrived by then. The cost on the hot path is two attribute writes and a
 clock read per request.
+
+The limit alone does not keep the worker's descriptors for callers: connections that send
+nothing, opened faster than the limit closes them, fill the worker's open-file limit, and every
+caller after them waits in the kernel's backlog until a sweep frees one (on a gateway with 256
+files, a caller waited the whole 30 s behind 300 silent connections). So while the worker holds
+connections past half its open-file limit, the limit is ``UNDER_PRESSURE_S``: what a caller
+that is really sending its request needs, and not what a silent connection may keep.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from typing import Any
 
@@ -25,6 +33,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 SWEEP_EVERY_S = 1.0
 """How often connections are checked: a slow client is closed between limit and limit + this."""
 TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+UNDER_PRESSURE_S = 1.0
+"""The limit while the worker's connections hold over half its open-file limit."""
 
 _SINCE = "_waiting_on_client_since"
 """The attribute on a connection: when it started waiting on its client, or None while it does
@@ -35,6 +45,8 @@ _uvicorn = {
     for name in ("connection_made", "on_message_begin", "on_message_complete")
 }
 _limit_s = 0.0
+_pressure_at = float("inf")
+"""Connections past which the limit is ``UNDER_PRESSURE_S``: half the open-file limit."""
 _sweeper: asyncio.Task | None = None
 
 
@@ -61,7 +73,12 @@ async def _sweep(connections: set) -> None:
     """Forever: close the connections that have waited on their client longer than the limit."""
     while True:
         await asyncio.sleep(SWEEP_EVERY_S)
-        close_slow_ones(connections, _limit_s, time.monotonic())
+        close_slow_ones(connections, limit_for(len(connections)), time.monotonic())
+
+
+def limit_for(connections: int) -> float:
+    """How long a connection may wait on its client while the worker holds ``connections``."""
+    return min(_limit_s, UNDER_PRESSURE_S) if connections > _pressure_at else _limit_s
 
 
 def close_slow_ones(connections: set, limit_s: float, now: float) -> None:
@@ -86,12 +103,15 @@ def close_slow(connection: HttpToolsProtocol) -> None:
 
 def apply(limit_s: float) -> None:
     """Close, in this process's uvicorn servers, connections whose client has not sent a whole
-    request within ``limit_s`` of opening it or of starting the request; 0 leaves uvicorn as
+    request within ``limit_s`` of opening it or of starting the request (``UNDER_PRESSURE_S``
+    past half the open-file limit as it is now: call it after raising that); 0 leaves uvicorn as
     it is."""
-    global _limit_s
+    global _limit_s, _pressure_at
     if limit_s <= 0:
         return
     _limit_s = limit_s
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    _pressure_at = float("inf") if files == resource.RLIM_INFINITY else files / 2
     HttpToolsProtocol.connection_made = _connection_made
     HttpToolsProtocol.on_message_begin = _on_message_begin
     HttpToolsProtocol.on_message_complete = _on_message_complete
