@@ -14,11 +14,12 @@ counted: the request has arrived by then. The cost on the hot path is two attrib
 clock read per request.
 
 The limit alone does not keep the worker's descriptors for callers: connections that send
-nothing, opened faster than the limit closes them, fill the worker's open-file limit, and every
-caller after them waits in the kernel's backlog until a sweep frees one (on a gateway with 256
-files, a caller waited the whole 30 s behind 300 silent connections). So while the worker holds
-connections past half its open-file limit, the limit is ``UNDER_PRESSURE_S``: what a caller
-that is really sending its request needs, and not what a silent connection may keep.
+nothing, opened faster than the limit closes them, fill the worker's open-file limit, and a
+worker out of files closes every new connection at once (libuv accepts and closes it), so every
+caller is kept out until a sweep frees some (a gateway with 256 files behind 306 silent
+connections answered no caller for the whole 30 s). So while the worker holds connections past
+half its open-file limit, the limit is ``UNDER_PRESSURE_S``: what a caller that is really
+sending its request needs, and not what a silent connection may keep.
 """
 
 from __future__ import annotations
