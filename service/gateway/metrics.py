@@ -13,21 +13,24 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from service.gateway.admission import OVERLOAD
+from service.gateway.arriving import ARRIVING_BODIES
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PROTOCOLS = ("plain", "oip")
 OUTCOMES = ("ok", "client_error", "rejected", "error")
 BATCH_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 SHED_SERIES = (
-    ("predict", "overload"),
-    ("infer", "overload"),
-    ("grpc_infer", "overload"),
+    ("predict", OVERLOAD),
+    ("infer", OVERLOAD),
+    ("grpc_infer", OVERLOAD),
     ("feedback", "in_flight"),
-    ("shadow", "overload"),
-    ("predict", "arriving_bodies"),
-    ("infer", "arriving_bodies"),
-    ("other", "arriving_bodies"),
-    ("grpc_infer", "arriving_bodies"),
-    ("grpc_other", "arriving_bodies"),
+    ("shadow", OVERLOAD),
+    ("predict", ARRIVING_BODIES),
+    ("infer", ARRIVING_BODIES),
+    ("other", ARRIVING_BODIES),
+    ("grpc_infer", ARRIVING_BODIES),
+    ("grpc_other", ARRIVING_BODIES),
 )
 
 
