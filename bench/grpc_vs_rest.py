@@ -128,8 +128,13 @@ def main() -> None:
         }
         failures = sum(r["failures"] for r in measured)
         results.append(
-            {"protocol": protocol, "rows": rows, "callers": args.callers, **median}
-            | {"failures": failures}
+            {
+                "protocol": protocol,
+                "rows": rows,
+                "callers": args.callers,
+                **median,
+                "failures": failures,
+            }
         )
     print(f"\n| rows | protocol | req/s | p50 ms | p99 ms | failures | (c={args.callers})")
     for row in sorted(results, key=lambda r: (r["rows"], r["protocol"])):
