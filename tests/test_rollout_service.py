@@ -168,6 +168,39 @@ def test_starting_again_after_the_old_stable_left_is_a_conflict_not_a_crash(
         rollouts.act("churn", "start", now=4.0)
 
 
+@pytest.mark.parametrize("other_weight", [0, 10])
+def test_a_rollback_to_a_stable_variant_an_operator_removed_is_a_conflict_and_changes_nothing(
+    tmp_path, open_database, other_weight
+):
+    """Promoted, the old stable waits at weight 0 for the revert window, and an operator may
+    remove it. A rollback then has nowhere to send traffic: saved as done, it either could not be
+    applied (a 500, retried on every tick) or left a third variant serving everything."""
+    from dataclasses import replace
+
+    from traffic.store import RoutingState
+    from traffic.table import VariantSpec
+
+    rollouts, _ = service(tmp_path, open_database, webhooks=["http://127.0.0.1:9/hook"])
+    rollouts.tick("churn", now=1.0)
+    rollouts.act("churn", "promote", now=2.0)
+    current = rollouts.state_store.load()
+    table = current.tables["churn"]
+    other = VariantSpec("other", "churn:v3", "candidate", float(other_weight))
+    edited = replace(table, variants=(table.variant("next"), other))
+    rollouts.state_store.save(
+        RoutingState(current.version, current.source, {"churn": edited}), current.version
+    )
+    before = weights(rollouts)
+    with pytest.raises(Conflict, match=r"\['stable'\] no longer a variant"):
+        rollouts.act("churn", "rollback", now=3.0)
+    described = rollouts.describe("churn")
+    assert described["state"]["phase"] == "promoted" and described["applied"]
+    assert weights(rollouts) == before
+    assert [e["action"] for e in described["history"]] == ["start", "promote"]
+    assert events(rollouts) == [("rollout_start", 1), ("rollout_promote", 1)]
+    assert rollouts.tick("churn", now=4.0) is None  # the tick leaves it alone too
+
+
 def test_an_operator_action_racing_another_monitor_is_a_conflict_and_changes_nothing(
     tmp_path, open_database, monkeypatch
 ):

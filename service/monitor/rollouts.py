@@ -258,6 +258,8 @@ class RolloutService:
     ) -> None:
         endpoint, state = policy.endpoint, decision.state
         moves = decision.targets is not None and not policy.dry_run
+        if moves:  # refused before it is saved, where it could not be applied
+            _retarget(self._routing_state().tables[endpoint], decision.targets)
         events = self._events(policy, decision)
         revision = self._save(endpoint, revision, state, not moves, events)  # persisted first
         if moves:
@@ -360,6 +362,16 @@ class RolloutService:
 
 
 def _retarget(table: EndpointTable, targets: dict[str, Target | None]) -> EndpointTable:
+    """The table with the targets written into its variants. ``Conflict`` where a variant they
+    move has left the endpoint (an operator removed it): a rollback would otherwise be saved as
+    done while traffic stayed where it was, or could not be applied at all."""
+    names = {variant.name for variant in table.variants}
+    missing = sorted(n for n, target in targets.items() if target is not None and n not in names)
+    if missing:
+        raise Conflict(
+            f"{missing} no longer a variant of {table.endpoint!r} (removed from its routing): "
+            "the rollout cannot move traffic to it; add it again, or set the weights by hand"
+        )
     variants = []
     for variant in table.variants:
         if variant.name not in targets:
