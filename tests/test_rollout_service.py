@@ -201,6 +201,29 @@ def test_a_rollback_to_a_stable_variant_an_operator_removed_is_a_conflict_and_ch
     assert rollouts.tick("churn", now=4.0) is None  # the tick leaves it alone too
 
 
+@pytest.mark.parametrize("action", ["rollback", "promote", "resume"])
+def test_moving_the_traffic_of_an_endpoint_a_reload_removed_is_a_conflict_and_changes_nothing(
+    tmp_path, open_database, action
+):
+    """A reload applies the file's endpoints at once; a rollout policy changes only when the
+    monitor restarts. Meanwhile the endpoint's rollout has no traffic to move (it was a 500)."""
+    from traffic.store import RoutingState
+
+    rollouts, _ = service(tmp_path, open_database)
+    rollouts.tick("churn", now=1.0)
+    if action == "resume":
+        rollouts.act("churn", "pause", now=2.0)
+    current = rollouts.state_store.load()
+    rollouts.state_store.save(RoutingState(current.version, "reloaded", {}), current.version)
+    before = rollouts.describe("churn")
+    with pytest.raises(Conflict, match="'churn' is no longer in the routing"):
+        rollouts.act("churn", action, now=3.0)
+    after = rollouts.describe("churn")
+    assert after["state"] == before["state"] and after["applied"]
+    assert after["history"] == before["history"]
+    assert rollouts.state_store.load().tables == {}
+
+
 def test_an_operator_action_racing_another_monitor_is_a_conflict_and_changes_nothing(
     tmp_path, open_database, monkeypatch
 ):

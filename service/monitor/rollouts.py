@@ -259,7 +259,7 @@ class RolloutService:
         endpoint, state = policy.endpoint, decision.state
         moves = decision.targets is not None and not policy.dry_run
         if moves:  # refused before it is saved, where it could not be applied
-            _retarget(self._routing_state().tables[endpoint], decision.targets)
+            _retarget(self._routing_state(), endpoint, decision.targets)
         events = self._events(policy, decision)
         revision = self._save(endpoint, revision, state, not moves, events)  # persisted first
         if moves:
@@ -281,9 +281,8 @@ class RolloutService:
 
         def retarget(current: RoutingState | None) -> RoutingState | None:
             assert current is not None, "initialised just above; never deleted"
-            table = current.tables[endpoint]
-            moved = _retarget(table, targets)
-            if moved == table:
+            moved = _retarget(current, endpoint, targets)
+            if moved == current.tables[endpoint]:
                 return None
             return RoutingState(0, current.source, {**current.tables, endpoint: moved})
 
@@ -361,15 +360,24 @@ class RolloutService:
             metrics.rollout_checks.labels(endpoint, check.name, check.outcome).inc()
 
 
-def _retarget(table: EndpointTable, targets: dict[str, Target | None]) -> EndpointTable:
-    """The table with the targets written into its variants. ``Conflict`` where a variant they
-    move has left the endpoint (an operator removed it): a rollback would otherwise be saved as
-    done while traffic stayed where it was, or could not be applied at all."""
+def _retarget(
+    routing: RoutingState, endpoint: str, targets: dict[str, Target | None]
+) -> EndpointTable:
+    """The endpoint's table with the targets written into its variants. ``Conflict`` where the
+    endpoint, or a variant the targets move, has left the routing (an operator removed it, or a
+    reload did): a rollback would otherwise be saved as done while traffic stayed where it was,
+    or could not be applied at all."""
+    table = routing.tables.get(endpoint)
+    if table is None:
+        raise Conflict(
+            f"{endpoint!r} is no longer in the routing (a reload removed it): its rollout cannot "
+            "move traffic; the monitor drops the rollout when it restarts with that config"
+        )
     names = {variant.name for variant in table.variants}
     missing = sorted(n for n, target in targets.items() if target is not None and n not in names)
     if missing:
         raise Conflict(
-            f"{missing} no longer a variant of {table.endpoint!r} (removed from its routing): "
+            f"{missing} no longer a variant of {endpoint!r} (removed from its routing): "
             "the rollout cannot move traffic to it; add it again, or set the weights by hand"
         )
     variants = []
