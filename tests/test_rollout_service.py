@@ -224,6 +224,47 @@ def test_moving_the_traffic_of_an_endpoint_a_reload_removed_is_a_conflict_and_ch
     assert rollouts.state_store.load().tables == {}
 
 
+def test_a_policy_changed_mid_rollout_starts_it_again_at_step_one(tmp_path, open_database):
+    """gateway.yaml edited (here: one step where there were two) and the monitor restarted, as a
+    reload's ``restart_required`` asks. At the second step, every tick failed on a step the new
+    policy does not have, and an operator's action with it."""
+    from dataclasses import replace
+
+    two_steps = [{"weight": 10}, {"weight": 50}]
+    rollouts, _ = service(tmp_path, open_database, steps=two_steps)
+    rollouts.tick("churn", now=1.0)
+    revision, state, _ = rollouts._load("churn")
+    at_step_two = replace(state, step=1)
+    rollouts._save("churn", revision, at_step_two, applied=False)
+    rollouts._reapply(rollouts.policies["churn"], revision + 1, at_step_two, 2.0)
+    assert weights(rollouts) == {"stable": 50, "next": 50}
+    restarted, _ = service(tmp_path, open_database, steps=[{"weight": 20}])
+    with pytest.raises(Conflict, match="changed since its rollout began"):
+        restarted.act("churn", "pause", now=3.0)
+    decision = restarted.tick("churn", now=4.0)
+    assert decision.action == "start" and decision.state.step == 0
+    assert decision.state.policy_hash == restarted.policies["churn"].policy_hash
+    assert weights(restarted) == {"stable": 80, "next": 20}
+    assert restarted.tick("churn", now=5.0).action == "hold"  # judged under the new policy
+    restarted.act("churn", "pause", now=6.0)
+
+
+def test_a_policy_changed_after_the_promotion_leaves_the_rollout_where_it_is(
+    tmp_path, open_database
+):
+    """Promoted (and paused there), the candidate serves everything: starting again would send
+    most traffic back to the old stable."""
+    rollouts, _ = service(tmp_path, open_database)
+    rollouts.tick("churn", now=1.0)
+    rollouts.act("churn", "promote", now=2.0)
+    rollouts.act("churn", "pause", now=3.0)
+    promoted = weights(rollouts)
+    restarted, _ = service(tmp_path, open_database, revert_window_s=7200)
+    assert restarted.tick("churn", now=4.0).action == "hold"
+    assert weights(restarted) == promoted == {"stable": 0, "next": 100}
+    assert restarted.act("churn", "resume", now=5.0).state.phase == "promoted"
+
+
 def test_an_operator_action_racing_another_monitor_is_a_conflict_and_changes_nothing(
     tmp_path, open_database, monkeypatch
 ):

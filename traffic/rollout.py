@@ -72,6 +72,19 @@ class RolloutState:
     """Guardrail epochs the analysis went through before the current stage began."""
 
     @property
+    def at_a_step(self) -> bool:
+        """Whether the rollout is at one of its policy's steps (paused at one too): not yet
+        promoted, nor ended."""
+        phase = self.resumes_as if self.phase == "paused" else self.phase
+        return phase in ("progressing", "awaiting_approval")
+
+    @property
+    def resumes_as(self) -> Phase:
+        """The phase a paused rollout resumes in (a pause the rollout applied itself, on a
+        timeout or on insufficient data, came from progressing)."""
+        return self.resume_phase or "progressing"
+
+    @property
     def stage_started(self) -> float:
         """When the current stage began: the step's start, or the promotion."""
         return self.promoted_at if self.phase == "promoted" else self.step_started
@@ -255,7 +268,7 @@ def act(policy: RolloutPolicy, state: RolloutState, action: ManualAction, now: f
             raise RolloutError(f"only a paused rollout resumes (it is {state.phase})")
         resumed = replace(
             state,
-            phase=state.resume_phase or "progressing",
+            phase=state.resumes_as,
             resume_phase=None,
             started=now,  # resuming restarts the clock the timeout counts on
             passing_since=None,

@@ -136,9 +136,7 @@ class RolloutService:
             candidate_model = models.get(policy.candidate)
             if candidate_model is None or policy.stable not in models:
                 return None  # a variant of the policy left the endpoint: nothing to roll out
-            if state is None or (
-                state.candidate_model != candidate_model and state.phase != "succeeded"
-            ):
+            if state is None or _begins_again(policy, state, candidate_model):
                 decision = self._start(policy, models, now)
                 evidence = Evidence()
             elif state.phase in TERMINAL:
@@ -190,6 +188,11 @@ class RolloutService:
                 decision = self._start(policy, models, now)
             elif state is None:
                 raise Conflict(f"{endpoint!r} has no rollout yet")
+            elif _policy_changed(policy, state):
+                raise Conflict(
+                    f"the rollout policy of {endpoint!r} changed since its rollout began: it "
+                    f"starts again at step 1 within {policy.interval_s:g} s; act on it then"
+                )
             else:
                 try:
                     decision = rollout.act(policy, state, action, now)
@@ -358,6 +361,21 @@ class RolloutService:
             ).inc()
         for check in decision.checks:
             metrics.rollout_checks.labels(endpoint, check.name, check.outcome).inc()
+
+
+def _begins_again(policy: RolloutPolicy, state: RolloutState, candidate_model: str) -> bool:
+    """Whether the rollout starts again at step 1: its candidate variant serves a new model, or,
+    while the rollout is at one of its steps (paused there too), its policy changed (gateway.yaml
+    edited and the monitor restarted). Evidence judged under other steps, checks or windows says
+    nothing under these, and the old step may not exist in the new steps."""
+    if state.candidate_model != candidate_model:
+        return state.phase != "succeeded"
+    return _policy_changed(policy, state)
+
+
+def _policy_changed(policy: RolloutPolicy, state: RolloutState) -> bool:
+    """Whether the policy changed while the rollout is at one of its steps."""
+    return state.policy_hash != policy.policy_hash and state.at_a_step
 
 
 def _retarget(
