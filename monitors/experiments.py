@@ -238,10 +238,15 @@ def sample_ratio(
     units: Mapping[str, int], weights: Mapping[str, float], alpha: float
 ) -> SampleRatio:
     """The units each arm got against its share of the weights: flagged on the always-valid
-    p-value, with Pearson's chi-square beside it."""
-    arms = list(weights)
+    p-value, with Pearson's chi-square beside it. An arm of weight 0 (one the experiment did
+    not start with) that got units is a mismatch outright."""
     total_weight = sum(weights.values())
-    shares = {arm: weights[arm] / total_weight for arm in arms}
+    shares = {
+        arm: weight / total_weight if total_weight else 0.0 for arm, weight in weights.items()
+    }
+    if any(units.get(arm, 0) for arm, share in shares.items() if share == 0):
+        return SampleRatio(dict(units), shares, 0.0, 0.0, True)
+    arms = [arm for arm, share in shares.items() if share > 0]
     counts = [units.get(arm, 0) for arm in arms]
     total = sum(counts)
     if total == 0 or len(arms) < 2:

@@ -128,6 +128,17 @@ def test_a_three_percent_exposure_loss_fires_srm_and_balanced_traffic_does_not()
 WEIGHTS = {"a": 50.0, "b": 50.0}
 
 
+def test_units_in_an_arm_the_experiment_did_not_start_with_are_a_sample_ratio_mismatch():
+    """An arm added to gateway.yaml mid-experiment joined the window late (weight 0 here): its
+    units, compared with the control's from the start, would mix in whatever changed over time."""
+    added = sample_ratio({"a": 500, "b": 480, "c": 7}, {"a": 50, "b": 50, "c": 0}, 0.001)
+    assert added.flagged and added.p_value == 0 and added.expected_shares["c"] == 0
+    quiet = sample_ratio({"a": 500, "b": 480}, {"a": 50, "b": 50, "c": 0}, 0.001)
+    assert not quiet.flagged and quiet.p_value > 0.001
+    renamed = sample_ratio({"a": 500, "b": 480}, {"a": 0, "b": 0}, 0.001)
+    assert renamed.flagged
+
+
 def test_the_sample_ratio_flag_keeps_its_level_however_often_it_is_looked_at():
     """1,000 balanced experiments looked at every 100 units for 300 looks: the always-valid flag
     fires in at most 0.1% of them, where Pearson's chi-square at p < 0.001 fires in several

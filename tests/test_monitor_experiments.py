@@ -96,3 +96,29 @@ def test_a_readout_whose_control_model_left_the_store_is_still_given(tmp_path, o
     experiments.store.add_labels([(r.request_id, "x") for r in records])
     described = experiments.describe("e", now=2000.0)
     assert described["metrics"]["accuracy"]["a"]["mean"] == 1.0  # read as a classifier's
+
+
+def test_an_experiment_whose_arms_gateway_yaml_renamed_since_it_started_gives_no_ship(
+    tmp_path, open_database, demo_models
+):
+    """Started with arms c and d (an earlier gateway.yaml), read with a and b: the sample-ratio
+    test counted units of c and d, found none, and never flagged, so a clear win of b shipped
+    on an assignment nothing had checked."""
+    experiments = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"))
+    started = ExperimentState("running", 1000.0, {"c": 50, "d": 50}, "test")
+    experiments.state_store.save_experiment("e", started.to_dict(), 1)
+    records = [
+        PredictionRecord(f"e:{arm}{i}", 1001.0 + i, "e", arm, "m", ["benign"], 0.01)
+        for arm in "ab"
+        for i in range(400)
+    ]
+    experiments.store.add_records(records)
+    experiments.store.add_rewards(
+        [
+            (r.request_id, "converted", float(r.variant == "b" or i % 10 == 0), 86400.0)
+            for i, r in enumerate(records)
+        ]
+    )
+    described = experiments.describe("e", now=2000.0)
+    assert described["sample_ratio"]["flagged"]
+    assert described["verdict"] == "no_ship" and "sample ratio mismatch" in described["reason"]

@@ -75,7 +75,8 @@ class ExperimentReadouts:
         self, endpoint: str, experiment: ExperimentConfig, state: ExperimentState, now: float
     ) -> Readout:
         until = state.stopped_at if state.stopped_at is not None else now
-        design = experiment.design(state.weights)
+        started = {arm: state.weights.get(arm, 0.0) for arm in experiment.arms}
+        design = experiment.design(started)  # an arm gateway.yaml added since: weight 0
         units, data = self._unit_data(endpoint, experiment, state.started_at, until)
         return readout(design, units, data, max(0.0, until - state.started_at))
 
