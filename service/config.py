@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.errors import ConfigError
-from service.names import NAME_PATTERN, is_name, is_tag
+from service.names import LATEST, NAME_PATTERN, is_name, is_tag
 from traffic.rollout_policy import (
     DEFAULT_COMPARISONS,
     DEFAULT_GUARDRAILS,
@@ -191,6 +191,11 @@ class VariantConfig(Strict):
         of ``CancerNet:V1`` answered version ``v1`` and refused a pin of ``v1``)."""
         if not is_tag(value):
             raise ValueError(f"must be a model tag 'name:version', got {value!r}")
+        if value.lower().endswith(f":{LATEST}"):
+            raise ValueError(
+                f"names no version ({LATEST!r} is an alias for the newest), got {value!r}: name "
+                "the version itself (`gateway models list` shows them)"
+            )
         return value.lower()
 
     def spec(self) -> VariantSpec:

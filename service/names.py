@@ -17,10 +17,15 @@ import time
 from service.errors import BadRequest
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+NAME_RULE = "1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit"
+"""``_NAME`` in words, for refusals."""
 NAME_PATTERN = f"^{_NAME}$"
 """Endpoint and variant names (and each half of a model tag), for pydantic fields."""
 TAG_PATTERN = f"^{_NAME}:{_NAME}$"
 """A model version in the registry: ``name:version``."""
+LATEST = "latest"
+"""BentoML's alias for a model's newest version, never a version here: what a variant serves (and
+a rollout's candidate, a pin, a record's model) must not change when a version is added."""
 _NAME_RE = re.compile(_NAME)
 _TAG_RE = re.compile(f"{_NAME}:{_NAME}")
 _UNIT_RE = re.compile("[0-9a-f]{16}")
@@ -89,7 +94,5 @@ def is_tag(value: object) -> bool:
 def checked_name(what: str, value: object) -> str:
     """``value`` if it is a valid name, else a 400 naming ``what``."""
     if not is_name(value):
-        raise BadRequest(
-            f"{what} must be 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit"
-        )
+        raise BadRequest(f"{what} must be {NAME_RULE}")
     return value

@@ -32,6 +32,7 @@ from service.model_card import (
     inspect_onnx,
     pick_task_outputs,
 )
+from service.names import LATEST, NAME_RULE, is_name
 from service.runtime import ModelSession
 from service.tensors import FLOAT_TYPES, INTEGER_TYPES, OIP_TO_NUMPY
 
@@ -237,6 +238,12 @@ def add_model(
     class_labels: list | None = None,
 ) -> ModelCard:
     """Validate an ONNX file against its reference data and store both as ``name:version``."""
+    given = {"name": name, "version": version} if version else {"name": name}  # else generated
+    for what, value in given.items():
+        if not is_name(value):
+            raise ConfigError(f"a model's {what} must be {NAME_RULE}, got {value!r}")
+    if version and version.lower() == LATEST:
+        raise ConfigError(f"{LATEST!r} is BentoML's alias for a model's newest version: name one")
     model_file, reference_file = Path(model_file), Path(reference_file)
     if not model_file.is_file():
         raise ConfigError(f"model file {model_file} does not exist")

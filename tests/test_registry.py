@@ -81,6 +81,29 @@ def test_refusals_say_what_is_wrong(demo_models, tmp_path):
     assert "refused" not in {card.name for card in registry.list_cards()}
 
 
+def test_a_name_or_version_the_store_cannot_keep_is_refused_and_breaks_nothing(demo_models):
+    """``latest`` as a version made a directory where BentoML keeps its pointer to the newest
+    version: that add failed with a traceback, and every later version of the name too. A
+    name that is not one (``../x``) was a traceback as well."""
+    cancer = demo_models["cancer:v1"]
+    for name, version, reason in [
+        ("pointer", "latest", "alias for a model's newest version"),
+        ("pointer", "LATEST", "alias for a model's newest version"),
+        ("../x", None, "model's name must be 1-64 characters"),
+        ("x", "a/b", "model's version must be 1-64 characters"),
+    ]:
+        with pytest.raises(ConfigError, match=reason):
+            registry.add_model(cancer.onnx_path, name, cancer.reference_path, version=version)
+    card = registry.add_model(cancer.onnx_path, "pointer", cancer.reference_path, version="v1")
+    assert registry.load_card("pointer:latest") == card  # BentoML's alias, still its own
+
+
+def test_a_variant_must_name_a_version_not_the_latest_alias(demo_models):
+    variant = {"name": "stable", "model": "cancer:Latest"}
+    with pytest.raises(ConfigError, match="names no version"):
+        parse_config({"endpoints": {"e": {"variants": [variant]}}})
+
+
 def test_generated_version_and_parquet_reference(demo_models, tmp_path):
     cancer = demo_models["cancer:v1"]
     parquet = tmp_path / "reference.parquet"
