@@ -253,13 +253,18 @@ def test_a_policy_changed_after_the_promotion_leaves_the_rollout_where_it_is(
     tmp_path, open_database
 ):
     """Promoted (and paused there), the candidate serves everything: starting again would send
-    most traffic back to the old stable."""
-    rollouts, _ = service(tmp_path, open_database)
+    most traffic back to the old stable. A paused promotion was still judged as at its last step,
+    one the new policy does not have (every tick failed); it is judged as the promotion it is."""
+    from dataclasses import replace
+
+    rollouts, _ = service(tmp_path, open_database, steps=[{"weight": 10}, {"weight": 50}])
     rollouts.tick("churn", now=1.0)
+    revision, state, _ = rollouts._load("churn")
+    rollouts._save("churn", revision, replace(state, step=1), applied=True)  # at step 2 of 2
     rollouts.act("churn", "promote", now=2.0)
     rollouts.act("churn", "pause", now=3.0)
     promoted = weights(rollouts)
-    restarted, _ = service(tmp_path, open_database, revert_window_s=7200)
+    restarted, _ = service(tmp_path, open_database, steps=[{"weight": 20}])
     assert restarted.tick("churn", now=4.0).action == "hold"
     assert weights(restarted) == promoted == {"stable": 0, "next": 100}
     assert restarted.act("churn", "resume", now=5.0).state.phase == "promoted"

@@ -87,7 +87,7 @@ class RolloutState:
     @property
     def stage_started(self) -> float:
         """When the current stage began: the step's start, or the promotion."""
-        return self.promoted_at if self.phase == "promoted" else self.step_started
+        return self.step_started if self.at_a_step else self.promoted_at
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -127,7 +127,7 @@ def windows(policy: RolloutPolicy, state: RolloutState, now: float) -> Windows:
     epoch (``guard_window_s`` long, counted from the stage's start)."""
     start = state.stage_started
     into = max(0, int((now - start) // policy.guard_window_s))
-    stage = len(policy.steps) + 1 if state.phase == "promoted" else state.step + 1
+    stage = state.step + 1 if state.at_a_step else len(policy.steps) + 1
     epoch = state.epochs_before_stage + into + 1
     return Windows(start, start + into * policy.guard_window_s, stage, epoch)
 
@@ -187,7 +187,7 @@ def evaluate(
     """One tick: every check PASS, FAIL or INSUFFICIENT, and what follows from them."""
     if state.phase in TERMINAL:
         return Decision("none", state, f"rollout {state.phase}")
-    shadow_step = state.phase != "promoted" and policy.steps[state.step].shadow
+    shadow_step = state.at_a_step and policy.steps[state.step].shadow
     checks, history = [], dict(state.guard_history)
     judged = windows(policy, state, now)
     guard_alphas = guardrail_alphas(policy, judged)

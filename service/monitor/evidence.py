@@ -133,7 +133,7 @@ class EvidenceGatherer:
     def _shadow(
         self, policy: RolloutPolicy, state: RolloutState, since: float, regression: bool
     ) -> tuple[int, int] | None:
-        if state.phase == "promoted" or not policy.steps[state.step].shadow:
+        if not state.at_a_step or not policy.steps[state.step].shadow:
             return None
         rows = self.store.shadowed(policy.endpoint, state.stable, since)
         rows = rows[rows["shadow"] == state.candidate]
