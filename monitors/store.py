@@ -646,11 +646,20 @@ class MonitorStore:
         frame["prediction"] = predictions[: len(frame)]
         return frame.tail(max_rows).reset_index(drop=True)
 
-    def prune(self, predictions_before: float, labels_before: float, pending_before: float) -> dict:
+    def prune(
+        self,
+        predictions_before: float,
+        labels_before: float,
+        pending_before: float,
+        kept: Mapping[str, float] | None = None,
+    ) -> dict:
         """Delete records older than ``predictions_before``, joined labels and rewards received
         before ``labels_before`` and pending ones received before ``pending_before`` (expired:
         their prediction never came). In chunks, so ingestion does not wait behind it. Returns the
         number of rows deleted of each kind.
+
+        ``kept``: endpoint -> a time from which its records, and the labels and rewards received
+        for them, stay whatever their age (an experiment's window: its readout needs every unit).
 
         First, held labels and rewards whose record is stored stop waiting: a monitor that
         crashed between storing one of a pair and releasing the other (``_release_waiting``)
@@ -658,47 +667,70 @@ class MonitorStore:
         with self.db.transaction(durable=False) as session:
             for table in ("labels", "rewards"):
                 _release(session, table, _record_stored(table), ())
+        spared_records, records_spared = _spared(kept or {}, joined=False)
+        spared_joined, joined_spared = _spared(kept or {}, joined=True)
         deleted = {}
-        for kind, statement, cutoff in (
+        for kind, statement, cutoff, spared in (
             (
                 "predictions",
                 "DELETE FROM predictions WHERE request_id IN "
-                "(SELECT request_id FROM predictions WHERE at < ? LIMIT ?)",
+                f"(SELECT request_id FROM predictions WHERE at < ?{spared_records} LIMIT ?)",
                 predictions_before,
+                records_spared,
             ),
             (
                 "labels",
                 "DELETE FROM labels WHERE request_id IN (SELECT request_id FROM labels "
-                "WHERE pending = 0 AND received_at < ? LIMIT ?)",
+                f"WHERE pending = 0 AND received_at < ?{spared_joined} LIMIT ?)",
                 labels_before,
+                joined_spared,
             ),
             (
                 "expired_labels",
                 "DELETE FROM labels WHERE request_id IN (SELECT request_id FROM labels "
                 "WHERE pending = 1 AND received_at < ? LIMIT ?)",
                 pending_before,
+                (),
             ),
             (
                 "rewards",
                 "DELETE FROM rewards WHERE (request_id, metric) IN (SELECT request_id, metric "
-                "FROM rewards WHERE pending = 0 AND received_at < ? LIMIT ?)",
+                f"FROM rewards WHERE pending = 0 AND received_at < ?{spared_joined} LIMIT ?)",
                 labels_before,
+                joined_spared,
             ),
             (
                 "expired_rewards",
                 "DELETE FROM rewards WHERE (request_id, metric) IN (SELECT request_id, metric "
                 "FROM rewards WHERE pending = 1 AND received_at < ? LIMIT ?)",
                 pending_before,
+                (),
             ),
         ):
             deleted[kind] = 0
             while True:
                 with self.db.transaction(durable=False) as session:
-                    removed = session.run(statement, (cutoff, PRUNE_CHUNK))
+                    removed = session.run(statement, (cutoff, *spared, PRUNE_CHUNK))
                 deleted[kind] += removed
                 if removed < PRUNE_CHUNK:
                     break
         return deleted
+
+
+def _spared(kept: Mapping[str, float], joined: bool) -> tuple[str, tuple]:
+    """SQL conditions (and their parameters) that leave out of a prune the records of each kept
+    endpoint from its time on, or (``joined``) the labels or rewards received for it since. Those
+    name their endpoint only as their request id's prefix (``<endpoint>:``, service/names.py),
+    compared whole: LIKE would read a ``_`` in a name as any character."""
+    condition, parameters = "", ()
+    for endpoint, since in kept.items():
+        if joined:
+            condition += " AND NOT (substr(request_id, 1, ?) = ? AND received_at >= ?)"
+            parameters += (len(endpoint) + 1, f"{endpoint}:", since)
+        else:
+            condition += " AND NOT (endpoint = ? AND at >= ?)"
+            parameters += (endpoint, since)
+    return condition, parameters
 
 
 def _count(condition: str) -> str:

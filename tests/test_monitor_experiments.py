@@ -122,3 +122,66 @@ def test_an_experiment_whose_arms_gateway_yaml_renamed_since_it_started_gives_no
     described = experiments.describe("e", now=2000.0)
     assert described["sample_ratio"]["flagged"]
     assert described["verdict"] == "no_ship" and "sample ratio mismatch" in described["reason"]
+
+
+def test_pruning_spares_an_experiments_window_while_it_runs_and_a_while_after(
+    tmp_path, open_database, demo_models
+):
+    """Records are kept 7 days by default and experiments often run longer: pruning took the
+    window's first units, and a 14-day readout counted only its last 7 days."""
+    experiments = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"))
+    day = 86_400.0
+    records = [
+        PredictionRecord(f"e:{arm}{i}", 1000.0 + i * day / 10, "e", arm, "m", ["benign"], 0.01)
+        for arm in "ab"
+        for i in range(140)  # 14 days, ten a day
+    ]
+    experiments.store.add_records(records)
+    now = 1000.0 + 14 * day
+    before = experiments.describe("e", now=now)["sample_ratio"]["units"]
+    assert before == {"a": 140, "b": 140}
+    week = 7 * day
+    kept = experiments.windows_kept(now, week)
+    assert kept == {"e": 1000.0}
+    experiments.store.prune(now - week, now - week, now, kept)
+    assert experiments.describe("e", now=now)["sample_ratio"]["units"] == before
+    stopped = ExperimentState("stopped", 1000.0, {"a": 50, "b": 50}, "test", stopped_at=now)
+    experiments.state_store.save_experiment("e", stopped.to_dict(), 1)
+    assert experiments.windows_kept(now + week - 1, week) == {"e": 1000.0}
+    assert experiments.windows_kept(now + week, week) == {}  # then pruned as any record
+
+
+def test_the_monitors_pruning_spares_a_running_experiments_window(
+    tmp_path, demo_models, monkeypatch
+):
+    from service.monitor import process
+    from service.secrets import Secrets
+
+    monkeypatch.setattr(process, "MonitorMetrics", lambda: MonitorMetrics(CollectorRegistry()))
+    config = parse_config(
+        {
+            "data_dir": str(tmp_path),
+            "endpoints": {
+                "e": {
+                    "variants": [
+                        {"name": "a", "model": "cancer:v1", "weight": 50},
+                        {"name": "b", "model": "cancer:v2", "weight": 50, "role": "candidate"},
+                    ],
+                    "experiment": {"arms": ["a", "b"], "primary": "accuracy"},
+                }
+            },
+        }
+    )
+    monitor = process.Monitor(config, Secrets())
+    now, day = 10**9, 86_400.0
+    started = ExperimentState("running", now - 14 * day, {"a": 50, "b": 50}, "test")
+    monitor.state_store.save_experiment("e", started.to_dict(), 0)
+    old = now - 10 * day  # past the 7 days records are kept, inside the experiment
+    monitor.store.add_records(
+        [PredictionRecord(f"e:{i}", old, "e", "a", "cancer:v1", ["benign"], 0.01) for i in range(3)]
+    )
+    assert monitor.prune(now=now)["predictions"] == 0
+    monitor.state_store.save_experiment(
+        "e", {**started.to_dict(), "status": "stopped", "stopped_at": now - 8 * day}, 1
+    )
+    assert monitor.prune(now=now)["predictions"] == 3  # stopped more than 7 days ago

@@ -128,6 +128,31 @@ def test_pruning_removes_old_records_and_labels_in_chunks(open_database):
     assert sum(c["records"] for c in store.counts()) == 1000
 
 
+def test_pruning_spares_a_kept_endpoints_records_and_their_labels_and_rewards(open_database):
+    """An experiment's window outlives the records' retention; its endpoint's records from the
+    window's start stay, with the labels and rewards received since. Another endpoint whose
+    name matches it as a LIKE pattern would (``a_b`` and ``axb``) is pruned as usual."""
+    store = MonitorStore(open_database())
+    records = [
+        PredictionRecord(f"{e}:{i}", 1000.0 + i, e, "stable", "m:v1", [1], 0.002)
+        for e in ("a_b", "axb")
+        for i in range(10)
+    ]
+    store.add_records(records)
+    store.add_labels([(r.request_id, 1) for r in records])
+    store.add_rewards([(r.request_id, "converted", 1.0, 10**12) for r in records])
+    everything = 10**12
+    deleted = store.prune(everything, everything, 0, kept={"a_b": 1005.0})
+    assert deleted == {
+        "predictions": 15,
+        "labels": 10,
+        "expired_labels": 0,
+        "rewards": 10,
+        "expired_rewards": 0,
+    }
+    assert store.counts() == [{"endpoint": "a_b", "variant": "stable", "records": 5, "labeled": 5}]
+
+
 def test_a_full_database_refuses_the_write_and_keeps_what_it_had(tmp_path):
     store = MonitorStore.open_sqlite(tmp_path / "monitor.sqlite3", max_bytes=256 * 1024)
     store.add_label("kept", 1)

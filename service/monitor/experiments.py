@@ -60,6 +60,20 @@ class ExperimentReadouts:
     def state(self, endpoint: str) -> ExperimentState | None:
         return load_state(self.state_store, endpoint)[1]
 
+    def windows_kept(self, now: float, after_stop_s: float) -> dict[str, float]:
+        """Endpoint -> the start of its experiment's window, for the windows whose records
+        pruning must spare: every running one (a readout counts every unit since the start, and
+        experiments often outlast the records' retention), and a stopped one for
+        ``after_stop_s`` after it stopped, so that its readout stays whole as long."""
+        kept = {}
+        for endpoint in self.experiments:
+            state = self.state(endpoint)
+            if state is None:
+                continue
+            if state.status == RUNNING or now - state.stopped_at < after_stop_s:
+                kept[endpoint] = state.started_at
+        return kept
+
     def describe(self, endpoint: str, now: float | None = None) -> dict:
         """The experiment's state and, once started, its whole readout (JSON-ready)."""
         experiment = self.experiments.get(endpoint)

@@ -254,14 +254,15 @@ class Monitor:
 
     def prune(self, now: float | None = None) -> dict:
         """Everything older than its retention goes (records, labels and rewards, audit,
-        evaluations, webhook events, reports); labels and rewards held longer than
-        ``label_retention_s`` for their prediction expire."""
+        evaluations, webhook events, reports) but an experiment's window; labels and rewards
+        held longer than ``label_retention_s`` for their prediction expire."""
         now = now or time.time()
         retention = self.config.retention
         deleted = self.store.prune(
             now - retention.predictions_s,
             now - retention.labels_s,
             now - self.config.monitor.label_retention_s,
+            self.experiments.windows_kept(now, retention.predictions_s),
         )
         deleted |= self.state_store.prune(
             now - retention.audit_s, now - retention.evaluations_s, now - retention.webhooks_s
