@@ -5,6 +5,7 @@ the shared routing-state store; the monitor reads it to know which window to rea
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -29,6 +30,20 @@ class ExperimentState:
     weight_changes: list[dict] = field(default_factory=list)
     """Weights set while it ran (each breaks the sample ratio it expects, so the readout says)."""
 
+    def reassignment(self) -> str | None:
+        """Why units may have moved between arms during the window, or None: the first weight
+        change that moved the arms' shares. A user keeps the bucket his key hashes to, not his
+        arm, when shares move, so he is then counted in both arms, and each arm's units come
+        from different stretches of time."""
+        started = _shares(self.weights)
+        for change in self.weight_changes:
+            if _shares(change["weights"]) != started:
+                return (
+                    f"the weights were set to {change['weights']} by {change['by']} at "
+                    f"{when(change['at'])} while it ran (it started with {dict(self.weights)})"
+                )
+        return None
+
     def to_dict(self) -> dict:
         return {**asdict(self), "weights": dict(self.weights)}
 
@@ -41,3 +56,14 @@ def load_state(store: StateStore, endpoint: str) -> tuple[int, ExperimentState |
     """(revision, state) of the endpoint's experiment; (0, None) before it was first started."""
     found = store.load_experiment(endpoint)
     return (found[0], ExperimentState.from_dict(found[1])) if found else (0, None)
+
+
+def when(at: float) -> str:
+    """A time for people: ``2026-12-07 12:00:00 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+
+
+def _shares(weights: Mapping[str, float]) -> dict[str, float]:
+    """Each arm's share of the weights, to nine places (50/50 and 1/1 split alike)."""
+    total = sum(weights.values())
+    return {arm: round(weight / total, 9) if total else 0.0 for arm, weight in weights.items()}

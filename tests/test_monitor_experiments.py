@@ -115,7 +115,7 @@ def test_an_experiment_whose_arms_gateway_yaml_renamed_since_it_started_gives_no
     experiments.store.add_records(records)
     experiments.store.add_rewards(
         [
-            (r.request_id, "converted", float(r.variant == "b" or i % 10 == 0), 86400.0)
+            (r.request_id, "converted", float(r.variant == "b" or i % 10 == 0), 1e12)
             for i, r in enumerate(records)
         ]
     )
@@ -185,3 +185,36 @@ def test_the_monitors_pruning_spares_a_running_experiments_window(
         "e", {**started.to_dict(), "status": "stopped", "stopped_at": now - 8 * day}, 1
     )
     assert monitor.prune(now=now)["predictions"] == 3  # stopped more than 7 days ago
+
+
+@pytest.mark.parametrize(
+    "changed, verdict",
+    [(None, "ship"), ({"a": 100, "b": 100}, "ship"), ({"a": 45, "b": 55}, "no_ship")],
+)
+def test_weights_that_moved_while_the_experiment_ran_break_its_assignment(
+    tmp_path, open_database, demo_models, changed, verdict
+):
+    """A change of shares moves users between arms (they keep their bucket, not their arm). A
+    small one kept the counts within what the sample-ratio test accepts, and a win shipped
+    though the gateway had warned it would not; the same shares in other numbers move no one."""
+    experiments = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"))
+    changes = [] if changed is None else [{"at": 1500.0, "weights": changed, "by": "ops"}]
+    state = ExperimentState("running", 1000.0, {"a": 50, "b": 50}, "test", weight_changes=changes)
+    experiments.state_store.save_experiment("e", state.to_dict(), 1)
+    records = [
+        PredictionRecord(f"e:{arm}{i}", 1001.0 + i, "e", arm, "m", ["benign"], 0.01)
+        for arm in "ab"
+        for i in range(400)
+    ]
+    experiments.store.add_records(records)
+    experiments.store.add_rewards(
+        [
+            (r.request_id, "converted", float(r.variant == "b" or i % 10 == 0), 1e12)
+            for i, r in enumerate(records)
+        ]
+    )
+    described = experiments.describe("e", now=2000.0)
+    assert not described["sample_ratio"]["flagged"]
+    assert described["verdict"] == verdict, described["reason"]
+    if verdict == "no_ship":
+        assert "set to {'a': 45, 'b': 55} by ops" in described["reason"]

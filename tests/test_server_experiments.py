@@ -255,7 +255,7 @@ async def test_moved_weights_are_recorded_warned_about_and_flag_the_sample_ratio
             assert answer.status == 200
             changed = await answer.json()
         (warning,) = changed["warnings"]
-        assert "sample-ratio test will flag" in warning
+        assert "readout is no_ship from now on" in warning
         # the other worker follows within routing's POLL_S; traffic before that would be split
         # by the old weights there
         await every_worker_on(session, url, changed["version"])
@@ -266,7 +266,7 @@ async def test_moved_weights_are_recorded_warned_about_and_flag_the_sample_ratio
             {"stable": 90.0, "candidate": 10.0}
         ]
         assert result["sample_ratio"]["flagged"], result["sample_ratio"]
-        assert result["verdict"] == "no_ship" and "sample ratio mismatch" in result["reason"]
+        assert result["verdict"] == "no_ship" and "moved between arms" in result["reason"]
         status, stopped = await act(session, url, "quick", "stop")
         assert status == 200 and stopped["status"] == "stopped"
         status, body = await act(session, url, "quick", "stop")

@@ -4,8 +4,8 @@ An experiment's state (service/experiment_state.py) lives in the shared routing-
 the routing it depends on, saved with compare-and-swap so two workers starting it at once cannot
 both win. Starting needs every arm to take traffic; the arms' weights at that moment are what the
 sample-ratio test expects. Weights may still be changed while it runs (switching a harmful arm off
-must never wait), but each change is recorded in the experiment and the caller is warned: the
-sample-ratio test will flag the assignment, and no "ship" verdict follows.
+must never wait), but each change is recorded in the experiment and the caller is warned: a change
+that moves the arms' shares breaks the assignment, and its readout is "no_ship" from then on.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import anyio
 
 from service.config import ExperimentConfig
 from service.errors import Conflict, NotFound
-from service.experiment_state import RUNNING, STOPPED, ExperimentState, load_state
+from service.experiment_state import RUNNING, STOPPED, ExperimentState, load_state, when
 from service.gateway.process import Gateway
 from traffic.store import VersionConflict, audit_entry
 
@@ -62,7 +62,7 @@ async def start(gateway: Gateway, endpoint: str, client: str) -> ExperimentState
     revision, state = await _load(gateway, endpoint)
     if state is not None and state.status == RUNNING:
         raise Conflict(
-            f"the experiment of {endpoint} has been running since {_when(state.started_at)}; "
+            f"the experiment of {endpoint} has been running since {when(state.started_at)}; "
             "stop it first"
         )
     weights = arm_weights(gateway, endpoint, experiment)
@@ -110,10 +110,6 @@ async def note_weight_changes(gateway: Gateway, client: str) -> list[str]:
 def _warning(endpoint: str, started: Mapping[str, float], now: Mapping[str, float]) -> str:
     return (
         f"the experiment of {endpoint} is running with the weights {dict(started)}; its arms now "
-        f"have {dict(now)}: the sample-ratio test will flag the assignment and block shipping "
+        f"have {dict(now)}: users may move between arms, so its readout is no_ship from now on "
         "(stop the experiment and start it again for a clean window)"
     )
-
-
-def _when(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))

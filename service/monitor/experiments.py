@@ -92,7 +92,8 @@ class ExperimentReadouts:
         started = {arm: state.weights.get(arm, 0.0) for arm in experiment.arms}
         design = experiment.design(started)  # an arm gateway.yaml added since: weight 0
         units, data = self._unit_data(endpoint, experiment, state.started_at, until)
-        return readout(design, units, data, max(0.0, until - state.started_at))
+        elapsed_s = max(0.0, until - state.started_at)
+        return readout(design, units, data, elapsed_s, state.reassignment())
 
     def _unit_data(
         self, endpoint: str, experiment: ExperimentConfig, since: float, until: float
