@@ -63,6 +63,7 @@ def servers(demo_models, tmp_path_factory):
                 "variants": VARIANTS,
                 "experiment": {**EXPERIMENT, "join_window_s": 1},
             },
+            "fresh": {"routing": key, "variants": VARIANTS, "experiment": EXPERIMENT},
             "diabetes": {"variants": [{"name": "stable", "model": "diabetes:v1"}]},
         },
     )
@@ -310,4 +311,25 @@ async def test_experiment_admin_needs_the_token_and_names_what_it_knows(servers)
         assert status == 404 and "start" in body["error"]
         async with session.get(f"{url}/admin/experiments", headers=ADMIN_AUTH) as answer:
             listed = {e["endpoint"]: e for e in (await answer.json())["experiments"]}
-        assert set(listed) == {"cancer", "quick"}
+        assert set(listed) == {"cancer", "quick", "fresh"}  # declared, diabetes has none
+
+
+async def test_an_experiment_starts_with_the_weights_just_set_through_either_worker(servers):
+    """Each call on a connection of its own, so each reaches either worker. A worker that had
+    not yet installed the weights the other had just set started the experiment expecting the
+    old ones, and its sample-ratio test then flagged a sound assignment."""
+    url, _ = servers
+    halves = ({"stable": 70.0, "candidate": 30.0}, {"stable": 30.0, "candidate": 70.0})
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for weights in halves * 6:
+            async with session.put(
+                f"{url}/admin/endpoints/fresh/weights",
+                json={"weights": weights},
+                headers=ADMIN_AUTH,
+            ) as answer:
+                assert answer.status == 200, await answer.text()
+            status, started = await act(session, url, "fresh", "start")
+            assert status == 200 and started["weights"] == weights, started
+            status, _ = await act(session, url, "fresh", "stop")
+            assert status == 200

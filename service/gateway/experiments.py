@@ -65,6 +65,7 @@ async def start(gateway: Gateway, endpoint: str, client: str) -> ExperimentState
             f"the experiment of {endpoint} has been running since {when(state.started_at)}; "
             "stop it first"
         )
+    await gateway.routing.refresh()  # weights another worker set a moment ago count
     weights = arm_weights(gateway, endpoint, experiment)
     dark = [arm for arm, weight in weights.items() if weight <= 0]
     if dark:
