@@ -252,6 +252,41 @@ async def test_a_change_made_by_another_worker_is_followed(config):
     assert first.dataplane.table("cancer") == table
 
 
+async def test_the_routing_read_is_the_stored_one_or_while_the_store_is_down_the_served_one(
+    config, monkeypatch
+):
+    """A change through one worker is read through the other at once (the other had not yet
+    polled it); while the store cannot be read, the other answers with what it serves."""
+    from storage.database import StoreUnavailable
+
+    async with (
+        in_process_gateway(config) as (first, first_client),
+        in_process_gateway(config) as (second, second_client),
+    ):
+        served = second.dataplane.snapshot.version
+        # its follower sees no new version (as until its next poll), so only the read catches up
+        monkeypatch.setattr(second.routing.store, "current_version", lambda: served)
+        changed = await first_client.put(
+            "/admin/endpoints/cancer/weights",
+            json={"weights": {"stable": 50, "candidate": 50}},
+            headers=ADMIN_AUTH,
+        )
+        read = await second_client.get("/admin/routing", headers=ADMIN_AUTH)
+        assert read.json()["version"] == changed.json()["version"] != served
+
+        def down():
+            raise StoreUnavailable("the database is restarting")
+
+        monkeypatch.setattr(second.routing.store, "load", down)
+        await first_client.put(
+            "/admin/endpoints/cancer/weights",
+            json={"weights": {"stable": 60, "candidate": 40}},
+            headers=ADMIN_AUTH,
+        )
+        read = await second_client.get("/admin/routing", headers=ADMIN_AUTH)
+    assert read.status_code == 200 and read.json()["version"] == changed.json()["version"]
+
+
 def register_count_model(tmp_path) -> str:
     """A regressor on two INT64 features (its output: 2 a + 3 b), registered once a session."""
     tag = "counts:v1"

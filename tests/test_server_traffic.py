@@ -446,3 +446,17 @@ async def test_reload_applies_the_edited_config_and_refuses_a_broken_one(
             } == weights
     finally:
         traffic_config.write_text(original)
+
+
+async def test_the_routing_read_through_either_worker_is_the_one_just_set(traffic_url):
+    """Each call on a connection of its own, so each reaches either worker: one that had not
+    yet polled the store answered the routing as it was before the change just made."""
+    async with fresh_connections() as session:
+        for weight in (60, 40) * 25:
+            body = {"weights": {"stable": weight}}
+            status, changed = await admin(
+                session, traffic_url, "PUT", "/admin/endpoints/baseline/weights", body
+            )
+            assert status == 200, changed
+            status, read = await admin(session, traffic_url, "GET", "/admin/routing")
+            assert status == 200 and read["version"] == changed["version"]

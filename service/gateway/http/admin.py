@@ -10,6 +10,7 @@ saved with compare-and-swap, audited, installed here at once and on the other wo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 
@@ -31,6 +32,7 @@ from service.http.body import read_body
 from service.http.query import int_param
 from service.http.responses import json_response
 from service.names import checked_name
+from storage.database import StoreUnavailable
 from traffic.rollout import ACTIONS
 from traffic.table import EndpointTable
 
@@ -87,7 +89,12 @@ async def _changed(gateway: Gateway, client: str, status: int = 200, **extra) ->
 
 
 async def read_routing(request: Request) -> Response:
-    return json_response(_routing_view(authorized(request)))
+    """The routing as stored, a change made through another worker a moment ago included; while
+    the store cannot be read, as this worker serves it."""
+    gateway = authorized(request)
+    with contextlib.suppress(StoreUnavailable):
+        await gateway.routing.refresh()
+    return json_response(_routing_view(gateway))
 
 
 async def set_weights(request: Request) -> Response:
