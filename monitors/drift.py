@@ -155,18 +155,36 @@ class DriftResult:
 def column_drift(
     reference: pd.Series, current: pd.Series, categorical: bool, settings: DriftSettings
 ) -> ColumnDrift:
-    """Evidently's drift test for one column."""
+    """Evidently's drift test for one column's values, and the change in its share of missing
+    values (NaN: a model that takes them, ``limits.allow_non_finite``). The score is the larger
+    of the two, and either one drifting drifts the column: one missing value made the test's
+    score NaN, never flagged, and a feature that went missing was never seen to."""
     column_type = ColumnType.Categorical if categorical else ColumnType.Numerical
     method = settings.categorical_method if categorical else settings.numeric_method
-    test = get_stattest(reference, current, column_type, method)
-    result = test(reference, current, column_type, settings.threshold)
-    return ColumnDrift(
-        str(current.name),
-        method,
-        float(result.drift_score),
-        result.actual_threshold,
-        bool(result.drifted),
-    )
+    missing_score, missing_drifted = _missing_values_drift(reference, current, settings.threshold)
+    reference, current = reference.dropna(), current.dropna()  # as Evidently's report does
+    score, threshold, drifted = missing_score, settings.threshold, missing_drifted
+    if len(reference) and len(current):
+        test = get_stattest(reference, current, column_type, method)
+        result = test(reference, current, column_type, settings.threshold)
+        score, threshold = max(score, float(result.drift_score)), result.actual_threshold
+        drifted = drifted or bool(result.drifted)
+    return ColumnDrift(str(current.name), method, score, threshold, drifted)
+
+
+def _missing_values_drift(
+    reference: pd.Series, current: pd.Series, threshold: float
+) -> tuple[float, bool]:
+    """How far the share of missing values moved (0-1), and whether that is past ``threshold``
+    and not noise (chi-square homogeneity at ``NOISE_ALPHA``, as for categories)."""
+    missing = [int(column.isna().sum()) for column in (reference, current)]
+    if not any(missing):
+        return 0.0, False
+    moved = abs(missing[1] / len(current) - missing[0] / len(reference))
+    if moved < threshold:
+        return moved, False
+    counts = [[missing[0], len(reference) - missing[0]], [missing[1], len(current) - missing[1]]]
+    return moved, bool(chi2_contingency(counts).pvalue < NOISE_ALPHA)
 
 
 def drift_summary(
@@ -240,7 +258,9 @@ def drift_report(
     categorical_prediction: bool = True,
     settings: DriftSettings = DriftSettings(),
 ):
-    """The Evidently report operators open (``.save_html``/``.save_json`` on the result)."""
+    """The Evidently report operators open (``.save_html``/``.save_json`` on the result). A
+    column with no values in either frame (every one missing) is left out: Evidently cannot
+    judge it and failed the whole report; the summary opening it (``drift_summary``) has it."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
 
@@ -249,12 +269,17 @@ def drift_report(
     if prediction_column is not None:
         (categorical if categorical_prediction else numeric).append(prediction_column)
 
+    def valued(column: str) -> bool:
+        return bool(current[column].notna().any() and reference[column].notna().any())
+
+    numeric, categorical = [c for c in numeric if valued(c)], [c for c in categorical if valued(c)]
+
     def value_drift(column: str) -> ValueDrift:
         """The same method and threshold as ``compute_drift`` uses."""
         method = settings.categorical_method if column in categorical else settings.numeric_method
         return ValueDrift(column=column, method=method, threshold=settings.threshold)
 
-    columns = [*features, *([prediction_column] if prediction_column is not None else [])]
+    columns = [*numeric, *categorical]
     metrics = [value_drift(column) for column in columns]
 
     def dataset(frame: pd.DataFrame):
