@@ -47,6 +47,29 @@ def readouts(tmp_path, open_database, models: tuple[str, str]) -> ExperimentRead
     return ExperimentReadouts(config, MonitorStore(open_database()), state_store, metrics, archive)
 
 
+def answered(experiments: ExperimentReadouts, per_arm: int) -> list[PredictionRecord]:
+    """``per_arm`` answers ("benign") in each of arms a and b from t = 1001, stored."""
+    records = [
+        PredictionRecord(f"e:{arm}{i}", 1001.0 + i, "e", arm, "m", ["benign"], 0.01)
+        for arm in "ab"
+        for i in range(per_arm)
+    ]
+    experiments.store.add_records(records)
+    return records
+
+
+def b_converts_more(experiments: ExperimentReadouts) -> None:
+    """400 units in each of arms a and b, each converting: every one of b's, one in ten of
+    a's (a win for b by far, with the units split evenly)."""
+    records = answered(experiments, 400)
+    experiments.store.add_rewards(
+        [
+            (r.request_id, "converted", float(r.variant == "b" or i % 10 == 0), 1e12)
+            for i, r in enumerate(records)
+        ]
+    )
+
+
 def test_a_regressors_accuracy_is_its_share_within_the_control_models_usual_error(
     tmp_path, open_database, demo_models, regressor_v9
 ):
@@ -74,12 +97,7 @@ def test_a_classifiers_accuracy_is_its_share_of_answers_equal_to_the_label(
 ):
     experiments = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"))
     assert registry.accuracy_tolerance("cancer:v1") is None
-    records = [
-        PredictionRecord(f"e:{arm}{i}", 1001.0 + i, "e", arm, "m", ["benign"], 0.01)
-        for arm in "ab"
-        for i in range(10)
-    ]
-    experiments.store.add_records(records)
+    records = answered(experiments, 10)
     experiments.store.add_labels(
         [(r.request_id, "benign" if r.variant == "a" else "malignant") for r in records]
     )
@@ -107,18 +125,7 @@ def test_an_experiment_whose_arms_gateway_yaml_renamed_since_it_started_gives_no
     experiments = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"))
     started = ExperimentState("running", 1000.0, {"c": 50, "d": 50}, "test")
     experiments.state_store.save_experiment("e", started.to_dict(), 1)
-    records = [
-        PredictionRecord(f"e:{arm}{i}", 1001.0 + i, "e", arm, "m", ["benign"], 0.01)
-        for arm in "ab"
-        for i in range(400)
-    ]
-    experiments.store.add_records(records)
-    experiments.store.add_rewards(
-        [
-            (r.request_id, "converted", float(r.variant == "b" or i % 10 == 0), 1e12)
-            for i, r in enumerate(records)
-        ]
-    )
+    b_converts_more(experiments)
     described = experiments.describe("e", now=2000.0)
     assert described["sample_ratio"]["flagged"]
     assert described["verdict"] == "no_ship" and "sample ratio mismatch" in described["reason"]
@@ -201,18 +208,7 @@ def test_weights_that_moved_while_the_experiment_ran_break_its_assignment(
     changes = [] if changed is None else [{"at": 1500.0, "weights": changed, "by": "ops"}]
     state = ExperimentState("running", 1000.0, {"a": 50, "b": 50}, "test", weight_changes=changes)
     experiments.state_store.save_experiment("e", state.to_dict(), 1)
-    records = [
-        PredictionRecord(f"e:{arm}{i}", 1001.0 + i, "e", arm, "m", ["benign"], 0.01)
-        for arm in "ab"
-        for i in range(400)
-    ]
-    experiments.store.add_records(records)
-    experiments.store.add_rewards(
-        [
-            (r.request_id, "converted", float(r.variant == "b" or i % 10 == 0), 1e12)
-            for i, r in enumerate(records)
-        ]
-    )
+    b_converts_more(experiments)
     described = experiments.describe("e", now=2000.0)
     assert not described["sample_ratio"]["flagged"]
     assert described["verdict"] == verdict, described["reason"]
