@@ -30,7 +30,8 @@ the workers) takes commands on a TCP port of 127.0.0.1 with no authentication, a
 commands starts any program: every local user and every process of the host (another user's, a
 container sharing the network namespace) could run commands as the server's user, with its
 tokens, its database and its models, or stop it. Its control and event sockets are now Unix
-sockets in a directory of the server's own, which no other user may open.
+sockets in a directory of the server's own, which no other user may open. An arbiter killed with
+SIGKILL cannot remove its directory; the next one to start removes those nothing listens in.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ import asyncio
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
@@ -76,16 +80,36 @@ async def _timeout_call(self: TimeoutMiddleware, scope: Any, receive: Any, send:
 
 
 _arbiter_init = Arbiter.__init__
+ARBITER_DIR_PREFIX = "gateway-arbiter-"
+STALE_AFTER_S = 60.0
+"""A directory younger than this may belong to an arbiter that has not yet bound its socket."""
 
 
 def _arbiter_on_private_sockets(self: Arbiter, *args: Any, **kwargs: Any) -> None:
     """``Arbiter.__init__`` with its control and event endpoints on Unix sockets in a new
     directory only this user may enter (``mkdtemp`` makes it 0700), removed when it stops."""
-    directory = tempfile.mkdtemp(prefix="gateway-arbiter-")
+    remove_dead_arbiters_directories()
+    directory = tempfile.mkdtemp(prefix=ARBITER_DIR_PREFIX)
     kwargs["endpoint"] = f"ipc://{directory}/control"
     kwargs["pubsub_endpoint"] = f"ipc://{directory}/events"
     _arbiter_init(self, *args, **kwargs)
     self.exit_stack.callback(shutil.rmtree, directory, ignore_errors=True)
+
+
+def remove_dead_arbiters_directories() -> None:
+    """Remove this user's arbiter directories that nothing listens in any more (their arbiter
+    was killed with SIGKILL): the control socket refuses a connection, or is not there."""
+    for directory in Path(tempfile.gettempdir()).glob(f"{ARBITER_DIR_PREFIX}*"):
+        try:
+            made = directory.stat()
+            if made.st_uid != os.getuid() or time.time() - made.st_mtime < STALE_AFTER_S:
+                continue
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(str(directory / "control"))
+        except (ConnectionRefusedError, FileNotFoundError):
+            shutil.rmtree(directory, ignore_errors=True)
+        except OSError:  # gone meanwhile, or not ours to judge
+            continue
 
 
 def apply() -> None:

@@ -80,3 +80,38 @@ def test_uvicorn_builds_no_access_log_lines_that_would_be_dropped():
         root.removeHandler(handler)
         access.propagate, access.handlers, _ = saved
         root.setLevel(saved[2])
+
+
+def test_arbiter_directories_nothing_listens_in_are_removed_and_no_others(tmp_path, monkeypatch):
+    """An arbiter killed with SIGKILL leaves its directory; the next one removes it, but never
+    a live arbiter's, nor one so young its arbiter may not have bound its socket yet."""
+    import os
+    import socket
+    import tempfile
+    import time
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    sockets = []
+
+    def directory(name: str, listening: bool | None, age_s: float = 3600.0) -> None:
+        path = tmp_path / f"{bentoml_fixes.ARBITER_DIR_PREFIX}{name}"
+        path.mkdir(mode=0o700)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sockets.append(server)
+        if listening is not None:
+            server.bind(str(path / "control"))
+            server.listen()
+            if not listening:
+                server.close()  # its file stays, as a killed process leaves it
+        made = time.time() - age_s
+        os.utime(path, (made, made))
+
+    directory("live", listening=True)
+    directory("dead", listening=False)
+    directory("empty", listening=None)
+    directory("young", listening=False, age_s=1.0)
+    bentoml_fixes.remove_dead_arbiters_directories()
+    left = sorted(p.name.removeprefix(bentoml_fixes.ARBITER_DIR_PREFIX) for p in tmp_path.iterdir())
+    for server in sockets:
+        server.close()
+    assert left == ["live", "young"]
