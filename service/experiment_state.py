@@ -28,19 +28,22 @@ class ExperimentState:
     stopped_at: float | None = None
     stopped_by: str | None = None
     weight_changes: list[dict] = field(default_factory=list)
-    """Weights set while it ran (each breaks the sample ratio it expects, so the readout says)."""
+    """Routing changes while it ran that moved its arms' weights or users between its arms:
+    ``{"at", "weights", "by", "moved_users"}`` each (``reassignment`` says what they break)."""
 
     def reassignment(self) -> str | None:
-        """Why units may have moved between arms during the window, or None: the first weight
-        change that moved the arms' shares. A user keeps the bucket his key hashes to, not his
-        arm, when shares move, so he is then counted in both arms, and each arm's units come
-        from different stretches of time."""
+        """Why units may have moved between arms during the window, or None: the first routing
+        change that moved the arms' shares, or moved users between arms with the shares kept (a
+        variant added or removed beside them, a new key or salt). A user keeps the bucket his
+        key hashes to, not his arm, so he is then counted in both arms, and each arm's units
+        come from different stretches of time."""
         started = _shares(self.weights)
         for change in self.weight_changes:
-            if _shares(change["weights"]) != started:
+            if change.get("moved_users") or _shares(change["weights"]) != started:
                 return (
-                    f"the weights were set to {change['weights']} by {change['by']} at "
-                    f"{when(change['at'])} while it ran (it started with {dict(self.weights)})"
+                    f"a routing change by {change['by']} at {when(change['at'])} moved users "
+                    f"between arms while it ran (their weights {change['weights']}, at the "
+                    f"start {dict(self.weights)})"
                 )
         return None
 

@@ -195,17 +195,25 @@ def test_the_monitors_pruning_spares_a_running_experiments_window(
 
 
 @pytest.mark.parametrize(
-    "changed, verdict",
-    [(None, "ship"), ({"a": 100, "b": 100}, "ship"), ({"a": 45, "b": 55}, "no_ship")],
+    "changed, moved_users, verdict",
+    [
+        (None, False, "ship"),
+        ({"a": 100, "b": 100}, False, "ship"),
+        ({"a": 45, "b": 55}, False, "no_ship"),
+        ({"a": 50, "b": 50}, True, "no_ship"),
+    ],
 )
-def test_weights_that_moved_while_the_experiment_ran_break_its_assignment(
-    tmp_path, open_database, demo_models, changed, verdict
+def test_routing_that_moved_while_the_experiment_ran_breaks_its_assignment(
+    tmp_path, open_database, demo_models, changed, moved_users, verdict
 ):
     """A change of shares moves users between arms (they keep their bucket, not their arm). A
     small one kept the counts within what the sample-ratio test accepts, and a win shipped
-    though the gateway had warned it would not; the same shares in other numbers move no one."""
+    though the gateway had warned it would not; the same shares in other numbers move no one.
+    A change beside the arms may move users between them with their shares kept (a stable
+    variant added after them): the gateway records that it did."""
     experiments = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"))
-    changes = [] if changed is None else [{"at": 1500.0, "weights": changed, "by": "ops"}]
+    change = {"at": 1500.0, "weights": changed, "by": "ops", "moved_users": moved_users}
+    changes = [] if changed is None else [change]
     state = ExperimentState("running", 1000.0, {"a": 50, "b": 50}, "test", weight_changes=changes)
     experiments.state_store.save_experiment("e", state.to_dict(), 1)
     b_converts_more(experiments)
@@ -213,4 +221,5 @@ def test_weights_that_moved_while_the_experiment_ran_break_its_assignment(
     assert not described["sample_ratio"]["flagged"]
     assert described["verdict"] == verdict, described["reason"]
     if verdict == "no_ship":
-        assert "set to {'a': 45, 'b': 55} by ops" in described["reason"]
+        assert "change by ops at 1970-01-01 00:25:00 UTC moved users" in described["reason"]
+        assert f"their weights {changed}" in described["reason"]

@@ -14,6 +14,7 @@ from collections import defaultdict
 import aiohttp
 import pytest
 
+from service import registry
 from service.launch import MONITOR_SERVICE, free_port, running_server
 from tests.helpers import (
     ADMIN_AUTH,
@@ -50,6 +51,8 @@ EXPERIMENT = {
 def servers(demo_models, tmp_path_factory):
     """(gateway URL, monitor URL): two gateway workers, one monitor, analysis every second."""
     directory = tmp_path_factory.mktemp("experiments")
+    v1 = demo_models["cancer:v1"]
+    registry.add_model(v1.onnx_path, "cancer", v1.reference_path, version="v8")  # a third variant
     port = free_port()
     key = {"key": {"header": "x-user-id"}}
     config = write_config(
@@ -334,3 +337,31 @@ async def test_an_experiment_starts_with_the_weights_just_set_through_either_wor
             assert status == 200 and started["weights"] == weights, started
             status, _ = await act(session, url, "fresh", "stop")
             assert status == 200
+
+
+async def test_a_variant_added_beside_the_arms_that_moves_users_between_them_ends_in_no_ship(
+    servers,
+):
+    """A stable variant added after the arms takes buckets from both ends of the allocation:
+    some of the candidate's users go to the stable arm, though neither arm's weight changed and
+    no warning was given before."""
+    url, _ = servers
+    async with aiohttp.ClientSession() as session:
+        status, started = await act(session, url, "fresh", "start")
+        assert status == 200, started
+        extra = {"name": "extra", "model": "cancer:v8", "role": "stable", "weight": 20}
+        async with session.post(
+            f"{url}/admin/endpoints/fresh/variants", json=extra, headers=ADMIN_AUTH
+        ) as answer:
+            assert answer.status == 201, await answer.text()
+            (warning,) = (await answer.json())["warnings"]
+        assert "this change moved users between its arms" in warning
+        result = await readout(session, url, "fresh")
+        assert result["weight_changes"][-1]["weights"] == started["weights"]
+        assert result["verdict"] == "no_ship" and "moved users between arms" in result["reason"]
+        async with session.delete(
+            f"{url}/admin/endpoints/fresh/variants/extra", headers=ADMIN_AUTH
+        ) as answer:
+            assert answer.status == 200
+        status, _ = await act(session, url, "fresh", "stop")
+        assert status == 200

@@ -141,3 +141,48 @@ def test_changes_build_new_validated_tables():
         table.with_variant(VariantSpec("other", "churn:v2", "candidate", 0))
     assert [v.name for v in added.without_variant("candidate").variants] == ["stable", "shadow"]
     assert EndpointTable.from_dict("churn", added.to_dict()) == added
+
+
+def test_whether_a_change_moves_keys_between_named_variants_is_what_routing_does():
+    """Checked against routing itself, key by key. The arms' weights unchanged, a stable variant
+    added after them, or a candidate removed before them, still moves keys between them."""
+    policy = RoutingPolicy(key_header="x-user-id", salt="churn")
+    arms = ("a", "b")
+
+    def table(*variants: tuple[str, str, float], **changed) -> EndpointTable:
+        specs = tuple(VariantSpec(n, f"churn:{n}", role, w) for n, role, w in variants)
+        return EndpointTable("churn", specs, RoutingPolicy(**{**policy.__dict__, **changed}))
+
+    start = table(("a", "stable", 50), ("b", "candidate", 50))
+    with_old = table(("a", "stable", 40), ("old", "candidate", 20), ("b", "candidate", 40))
+    cases = {
+        "a stable variant added after them": (
+            start,
+            start.with_variant(VariantSpec("s", "churn:s", "stable", 20)),
+        ),
+        "a candidate added after them": (
+            start,
+            start.with_variant(VariantSpec("c", "churn:c", "candidate", 20)),
+        ),
+        "a candidate before them removed": (with_old, with_old.without_variant("old")),
+        "the same shares in other numbers": (start, start.with_weights({"a": 1, "b": 1})),
+        "their shares moved": (start, start.with_weights({"a": 45, "b": 55})),
+    }
+    keys = KEYS[:20_000]
+    found = {}
+    for name, (before, after) in cases.items():
+        routed = [(before.route(k).variant.name, after.route(k).variant.name) for k in keys]
+        found[name] = any(old != new and {old, new} <= set(arms) for old, new in routed)
+        assert before.moves_users_between(after, arms) == found[name], name
+    assert found == {
+        "a stable variant added after them": True,
+        "a candidate added after them": False,
+        "a candidate before them removed": True,
+        "the same shares in other numbers": False,
+        "their shares moved": True,
+    }
+    assert start.moves_users_between(
+        table(("a", "stable", 50), ("b", "candidate", 50), salt="x"), arms
+    )
+    keyless = table(("a", "stable", 50), ("b", "candidate", 50), key_header=None)
+    assert not keyless.moves_users_between(keyless.with_weights({"a": 10}), arms)

@@ -9,7 +9,7 @@ key's bucket, else a weighted random draw; plus the shadows that get a copy.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -227,6 +227,25 @@ class EndpointTable:
     def without_variant(self, name: str) -> EndpointTable:
         self.variant(name)
         return replace(self, variants=tuple(v for v in self.variants if v.name != name))
+
+    def moves_users_between(self, later: EndpointTable, variants: Collection[str]) -> bool:
+        """Whether some routing key that goes to one of ``variants`` here goes to another of
+        them in ``later``: where the key comes from or the salt changed (every key hashes anew),
+        or a bucket changed owner among them. Adding or removing any variant can do that, the
+        named ones' weights unchanged (a stable variant added after them takes buckets from both
+        ends). Without a key no caller keeps a variant, so none moves."""
+        keyed = (self.policy.key_header, self.policy.key_field, self.policy.salt)
+        if keyed != (later.policy.key_header, later.policy.key_field, later.policy.salt):
+            return True
+        if self.policy.key_header is None and self.policy.key_field is None:
+            return False
+        return any(
+            old.variant != new.variant and max(old.start, new.start) < min(old.stop, new.stop)
+            for old in self.ranges
+            if old.variant in variants
+            for new in later.ranges
+            if new.variant in variants
+        )
 
     def to_dict(self) -> dict:
         return {"policy": self.policy.to_dict(), "variants": [v.to_dict() for v in self.variants]}

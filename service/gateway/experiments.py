@@ -20,7 +20,7 @@ from service.config import ExperimentConfig
 from service.errors import Conflict, NotFound
 from service.experiment_state import RUNNING, STOPPED, ExperimentState, load_state, when
 from service.gateway.process import Gateway
-from traffic.store import VersionConflict, audit_entry
+from traffic.store import RoutingState, VersionConflict, audit_entry
 
 
 def configured(gateway: Gateway, endpoint: str) -> ExperimentConfig:
@@ -86,9 +86,12 @@ async def stop(gateway: Gateway, endpoint: str, client: str) -> ExperimentState:
     return stopped
 
 
-async def note_weight_changes(gateway: Gateway, client: str) -> list[str]:
-    """After a routing change: record, in each running experiment whose arms' weights it moved,
-    the new weights; one warning per such experiment."""
+async def note_routing_changes(
+    gateway: Gateway, client: str, before: RoutingState | None
+) -> list[str]:
+    """After a routing change (``before``: the state it changed): record, in each running
+    experiment whose arms' weights it moved or whose users it moved between arms, the arms'
+    weights now, and whether users moved; one warning per such experiment."""
     warnings = []
     for endpoint, endpoint_config in gateway.config.endpoints.items():
         experiment = endpoint_config.experiment
@@ -99,18 +102,24 @@ async def note_weight_changes(gateway: Gateway, client: str) -> list[str]:
             continue
         weights = arm_weights(gateway, endpoint, experiment)
         last = state.weight_changes[-1]["weights"] if state.weight_changes else state.weights
-        if weights == dict(last):
+        earlier = before.tables.get(endpoint) if before is not None else None
+        table = gateway.dataplane.table(endpoint)
+        moved = earlier is not None and earlier.moves_users_between(table, experiment.arms)
+        if weights == dict(last) and not moved:
             continue
-        change = {"at": time.time(), "weights": weights, "by": client}
+        change = {"at": time.time(), "weights": weights, "by": client, "moved_users": moved}
         noted = dataclasses.replace(state, weight_changes=[*state.weight_changes, change])
         await _save(gateway, endpoint, noted, revision, client, "experiment_weights_changed")
-        warnings.append(_warning(endpoint, state.weights, weights))
+        warnings.append(_warning(endpoint, state.weights, weights, moved))
     return warnings
 
 
-def _warning(endpoint: str, started: Mapping[str, float], now: Mapping[str, float]) -> str:
+def _warning(
+    endpoint: str, started: Mapping[str, float], now: Mapping[str, float], moved: bool
+) -> str:
+    what = "this change moved users between its arms" if moved else "users may move between arms"
     return (
         f"the experiment of {endpoint} is running with the weights {dict(started)}; its arms now "
-        f"have {dict(now)}: users may move between arms, so its readout is no_ship from now on "
+        f"have {dict(now)}: {what}, so its readout is no_ship from now on "
         "(stop the experiment and start it again for a clean window)"
     )

@@ -33,6 +33,7 @@ from traffic.store import (
     ROUTING_CHANNEL,
     RoutingState,
     StateStore,
+    Swap,
     VersionConflict,
     audit_entry,
     compare_and_swap,
@@ -169,10 +170,11 @@ class RoutingControl:
         detail: Mapping,
         mutate: Callable[[Tables], Tables],
         source: str | None = None,
-    ) -> RoutingState:
-        """Apply ``mutate`` to the current tables: validate, load, save (CAS), audit, install.
-        400 for a change the tables or models refuse, 409 when the state kept moving underneath,
-        503 when the store is locked by another process for too long (nothing changed then)."""
+    ) -> Swap:
+        """Apply ``mutate`` to the current tables: validate, load, save (CAS), audit, install;
+        the state it read and the state it saved. 400 for a change the tables or models refuse,
+        409 when the state kept moving underneath, 503 when the store is locked by another
+        process for too long (nothing changed then)."""
         models: dict[str, LoadedModel] = {}
 
         def changed(state: RoutingState | None) -> RoutingState:
@@ -205,4 +207,4 @@ class RoutingControl:
             log.info(
                 "%s on %s by %s: routing state version %d", action, endpoint, client, saved.version
             )
-            return saved
+            return swap

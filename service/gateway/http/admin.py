@@ -34,6 +34,7 @@ from service.http.responses import json_response
 from service.names import checked_name
 from storage.database import StoreUnavailable
 from traffic.rollout import ACTIONS
+from traffic.store import Swap
 from traffic.table import EndpointTable
 
 log = logging.getLogger("gateway.admin")
@@ -76,11 +77,13 @@ def _routing_view(gateway: Gateway) -> dict:
     }
 
 
-async def _changed(gateway: Gateway, client: str, status: int = 200, **extra) -> Response:
+async def _changed(
+    gateway: Gateway, client: str, swap: Swap, status: int = 200, **extra
+) -> Response:
     """The routing as it is after a change, with a warning for each running experiment whose
-    arms' weights it moved (service/gateway/experiments.py)."""
+    arms it moved (service/gateway/experiments.py)."""
     view = {**_routing_view(gateway), **extra}
-    warnings = await experiments.note_weight_changes(gateway, client)
+    warnings = await experiments.note_routing_changes(gateway, client, swap.before)
     if warnings:
         view["warnings"] = warnings
         for warning in warnings:
@@ -114,8 +117,10 @@ async def set_weights(request: Request) -> Response:
         return {**tables, endpoint: _table(tables, endpoint).with_weights(weights)}
 
     client = client_of(request)
-    await gateway.routing.change(client, "set_weights", endpoint, {"weights": weights}, mutate)
-    return await _changed(gateway, client)
+    swap = await gateway.routing.change(
+        client, "set_weights", endpoint, {"weights": weights}, mutate
+    )
+    return await _changed(gateway, client, swap)
 
 
 async def add_variant(request: Request) -> Response:
@@ -135,8 +140,8 @@ async def add_variant(request: Request) -> Response:
         return {**tables, endpoint: _table(tables, endpoint).with_variant(spec)}
 
     client = client_of(request)
-    await gateway.routing.change(client, "add_variant", endpoint, spec.to_dict(), mutate)
-    return await _changed(gateway, client, status=201)
+    swap = await gateway.routing.change(client, "add_variant", endpoint, spec.to_dict(), mutate)
+    return await _changed(gateway, client, swap, status=201)
 
 
 async def remove_variant(request: Request) -> Response:
@@ -148,8 +153,10 @@ async def remove_variant(request: Request) -> Response:
         return {**tables, endpoint: _table(tables, endpoint).without_variant(name)}
 
     client = client_of(request)
-    await gateway.routing.change(client, "remove_variant", endpoint, {"variant": name}, mutate)
-    return await _changed(gateway, client)
+    swap = await gateway.routing.change(
+        client, "remove_variant", endpoint, {"variant": name}, mutate
+    )
+    return await _changed(gateway, client, swap)
 
 
 async def reload_config(request: Request) -> Response:
@@ -163,7 +170,7 @@ async def reload_config(request: Request) -> Response:
         raise BadRequest(str(error)) from None
     changed = gateway.config.not_reloadable(config)
     client = client_of(request)
-    await gateway.routing.change(
+    swap = await gateway.routing.change(
         client,
         "reload",
         "*",
@@ -171,7 +178,7 @@ async def reload_config(request: Request) -> Response:
         lambda tables: config.tables(),
         source=config.routing_hash(),
     )
-    return await _changed(gateway, client, restart_required=changed)
+    return await _changed(gateway, client, swap, restart_required=changed)
 
 
 async def read_audit(request: Request) -> Response:
