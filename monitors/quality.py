@@ -2,7 +2,7 @@
 
 Classification: accuracy, F1, precision and recall (of the positive class, the model's second
 class, for binary models; macro averages otherwise) and F1/precision/recall per class. Regression:
-MAE and RMSE. Fewer labeled rows than ``min_rows`` give "insufficient_data", never a figure.
+MAE and RMSE, and the share of answers that were not numbers. Fewer labeled rows than ``min_rows`` give "insufficient_data", never a figure.
 
 ``QualityMemo`` gives the last result again while the labeled rows are the same: a monitor analyses
 every few seconds, labels come far less often, and Evidently's computation on a full window is
@@ -88,13 +88,22 @@ def classification_quality(
 
 
 def regression_quality(labeled: pd.DataFrame, min_rows: int = 50) -> QualityResult:
-    """MAE and RMSE of ``labeled`` (numeric ``prediction`` and ``label``) for a regressor."""
+    """MAE and RMSE of ``labeled`` (numeric ``prediction`` and ``label``) for a regressor, over
+    the answers that were numbers, and ``null_answers``: the share that were not (the gateway
+    answers null where the model's output was not finite). No error figure can take those in,
+    and leaving them out silently made a model that fails on a fifth of its inputs look as
+    good as one that does not."""
     from evidently import DataDefinition, Dataset, Regression, Report
     from evidently.metrics import MAE, RMSE
 
-    frame = labeled[["prediction", "label"]].apply(pd.to_numeric, errors="coerce").dropna()
-    if len(frame) < min_rows:  # a label that is not a number cannot be scored: left out
-        return QualityResult("insufficient_data", len(frame))
+    numbers = labeled[["prediction", "label"]].apply(pd.to_numeric, errors="coerce")
+    scored = numbers[numbers["label"].notna()]  # a label that is not a number: left out
+    if len(scored) < min_rows:
+        return QualityResult("insufficient_data", len(scored))
+    frame = scored.dropna()
+    null_answers = 1 - len(frame) / len(scored)
+    if frame.empty:
+        return QualityResult("ok", len(scored), {"null_answers": null_answers})
     definition = DataDefinition(
         numerical_columns=["label", "prediction"],
         regression=[Regression(target="label", prediction="prediction")],
@@ -106,7 +115,8 @@ def regression_quality(labeled: pd.DataFrame, min_rows: int = 50) -> QualityResu
         )
     mae, rmse = (m["value"] for m in report.dict()["metrics"])
     mae = mae["mean"] if isinstance(mae, dict) else mae
-    return QualityResult("ok", len(frame), {"mae": float(mae), "rmse": float(rmse)}, {}, report)
+    figures = {"mae": float(mae), "rmse": float(rmse), "null_answers": null_answers}
+    return QualityResult("ok", len(scored), figures, {}, report)
 
 
 def quality(labeled: pd.DataFrame, classes: Sequence | None, min_rows: int) -> QualityResult:

@@ -60,6 +60,24 @@ def test_regression_mae_and_rmse():
     assert result.metrics["rmse"] == pytest.approx(np.sqrt((errors**2).mean()))
 
 
+def test_a_regressors_answers_that_were_not_numbers_are_a_share_not_left_out_unseen():
+    """The gateway answers null where a regressor's output was not finite. Left out of MAE and
+    RMSE without a word, a model failing on a fifth of its inputs read as good as a sound one."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"label": rng.random(200), "prediction": rng.random(200)})
+    failing = frame.assign(prediction=frame.prediction.where(np.arange(200) % 5 != 0, None))
+    result = regression_quality(failing)
+    answered = failing.dropna()
+    assert result.rows == 200 and result.metrics["null_answers"] == pytest.approx(0.2)
+    assert result.metrics["mae"] == pytest.approx(
+        (answered.label - answered.prediction).abs().mean()
+    )
+    assert regression_quality(frame).metrics["null_answers"] == 0
+    silent = regression_quality(frame.assign(prediction=None))
+    assert silent.status == "ok" and silent.metrics == {"null_answers": 1.0}
+    assert silent.report is None
+
+
 def test_the_summary_reads_the_variant_beside_the_reference():
     classes = ["benign", "malignant"]
     current = classification_quality(labeled_classifier(400, 0.8, classes, seed=1), classes)

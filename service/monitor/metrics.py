@@ -81,7 +81,8 @@ class MonitorMetrics:
         )
         self.quality = Gauge(
             "gateway_model_quality",
-            "Quality on labeled rows: accuracy, f1, precision, recall (ratios) or mae, rmse.",
+            "Quality on labeled rows: accuracy, f1, precision, recall (ratios) or mae, rmse "
+            "and null_answers (the share of a regressor's answers that were not numbers).",
             ["endpoint", "variant", "metric"],
             **mode,
         )
