@@ -643,7 +643,7 @@ class MonitorStore:
             frame = pd.DataFrame(np.array(inputs, dtype=float)) if inputs else pd.DataFrame()
         except (TypeError, ValueError):  # rows of other lengths, or values that are not numbers
             frame = pd.DataFrame(inputs)
-        frame["prediction"] = predictions[: len(frame)]
+        frame["prediction"] = predictions
         return frame.tail(max_rows).reset_index(drop=True)
 
     def prune(
