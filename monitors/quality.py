@@ -2,7 +2,8 @@
 
 Classification: accuracy, F1, precision and recall (of the positive class, the model's second
 class, for binary models; macro averages otherwise) and F1/precision/recall per class. Regression:
-MAE and RMSE, and the share of answers that were not numbers. Fewer labeled rows than ``min_rows`` give "insufficient_data", never a figure.
+MAE and RMSE, and the share of answers that were not numbers. Fewer labeled rows than
+``min_rows`` give "insufficient_data", never a figure.
 
 ``QualityMemo`` gives the last result again while the labeled rows are the same: a monitor analyses
 every few seconds, labels come far less often, and Evidently's computation on a full window is
