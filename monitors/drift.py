@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 from evidently.legacy.calculations.stattests.jensenshannon import jensenshannon_stat_test
 from evidently.legacy.calculations.stattests.registry import (
@@ -156,11 +157,16 @@ def column_drift(
     reference: pd.Series, current: pd.Series, categorical: bool, settings: DriftSettings
 ) -> ColumnDrift:
     """Evidently's drift test for one column's values, and the change in its share of missing
-    values (NaN: a model that takes them, ``limits.allow_non_finite``). The score is the larger
-    of the two, and either one drifting drifts the column: one missing value made the test's
-    score NaN, never flagged, and a feature that went missing was never seen to."""
+    values (NaN or infinity: a model that takes them, ``limits.allow_non_finite``). The score is
+    the larger of the two, and either one drifting drifts the column: one missing value made the
+    test's score NaN, never flagged, and a feature that went missing was never seen to. An
+    infinity counts as missing, as in Evidently's report: it has no distance to anything."""
     column_type = ColumnType.Categorical if categorical else ColumnType.Numerical
     method = settings.categorical_method if categorical else settings.numeric_method
+    if not categorical:
+        reference, current = (
+            column.replace([np.inf, -np.inf], np.nan) for column in (reference, current)
+        )
     missing_score, missing_drifted = _missing_values_drift(reference, current, settings.threshold)
     reference, current = reference.dropna(), current.dropna()  # as Evidently's report does
     score, threshold, drifted = missing_score, settings.threshold, missing_drifted
@@ -259,10 +265,15 @@ def drift_report(
     settings: DriftSettings = DriftSettings(),
 ):
     """The Evidently report operators open (``.save_html``/``.save_json`` on the result). A
-    column with no values in either frame (every one missing) is left out: Evidently cannot
-    judge it and failed the whole report; the summary opening it (``drift_summary``) has it."""
+    column with no values in either frame (every one missing or infinite) is left out: Evidently
+    cannot judge it and failed the whole report; the summary opening it (``drift_summary``) has
+    it."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
+
+    current, reference = (
+        frame.replace([np.inf, -np.inf], np.nan) for frame in (current, reference)
+    )
 
     numeric = list(features)
     categorical = []

@@ -232,6 +232,21 @@ def test_a_column_with_missing_values_is_still_judged_and_going_missing_is_drift
     assert verdict.drifted and verdict.score == pytest.approx(0.95, abs=0.02)
 
 
+def test_infinities_are_missing_values_not_a_blind_spot():
+    """A model that allows non-finite inputs gets infinities too: one made the column's distance
+    NaN, reported as 0 and never flagged, whatever happened to the column."""
+    rng = np.random.default_rng(33)
+    reference = with_missing(rng.standard_normal(2000), 0.05, rng).fillna(np.inf)
+    same = with_missing(rng.standard_normal(2000), 0.05, rng).fillna(-np.inf)
+    assert not column_drift(reference, same, False, DriftSettings()).drifted
+    shifted = with_missing(rng.standard_normal(2000) + 0.5, 0.05, rng).fillna(np.inf)
+    verdict = column_drift(reference, shifted, False, DriftSettings())
+    assert verdict.drifted and verdict.score > 0.3
+    more_infinite = with_missing(rng.standard_normal(2000), 0.35, rng).fillna(np.inf)
+    verdict = column_drift(reference, more_infinite, False, DriftSettings())
+    assert verdict.drifted and verdict.score == pytest.approx(0.3, abs=0.04)
+
+
 @pytest.mark.parametrize("share", [0.02, 0.3, 0.9])
 def test_an_undrifted_column_with_missing_values_is_rarely_flagged(share):
     """The same share missing and the same distribution: flagged no more often than a column
@@ -248,11 +263,13 @@ def test_an_undrifted_column_with_missing_values_is_rarely_flagged(share):
     assert flagged / checked <= 0.005, f"{flagged} of {checked} undrifted windows flagged"
 
 
-def test_a_report_renders_when_a_column_has_no_values_in_the_window(reference, tmp_path):
-    """Evidently cannot judge a column with no values and failed the whole report; the report
-    leaves it out, and its summary still names it drifted."""
+@pytest.mark.parametrize("nothing", [np.nan, np.inf])
+def test_a_report_renders_when_a_column_has_no_values_in_the_window(reference, tmp_path, nothing):
+    """Evidently cannot judge a column with no values (all missing, or all infinite, which it
+    reads as missing) and failed the whole report; the report leaves it out, and its summary
+    still names it drifted."""
     current = window(1000, seed=32)
-    current["f3"] = np.nan
+    current["f3"] = nothing
     result = compute_drift(current, reference, FEATURES, "prediction")
     assert result.drifted_features == ["f3"]
     snapshot = drift_report(current, reference, FEATURES, "prediction")
