@@ -59,12 +59,23 @@ def read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
+            _check_unique_header(path)
             return pd.read_csv(path)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
     except (OSError, ValueError) as error:
         raise ConfigError(f"cannot read reference data {path}: {error}") from None
     raise ConfigError(f"reference data must be .csv or .parquet, got {path.name}")
+
+
+def _check_unique_header(path: Path) -> None:
+    """Refuse a CSV whose header names a column twice: pandas renames the second one
+    (``mean_radius.1``), which would then be the feature's name in requests, drift and
+    explanations, without a word."""
+    header = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist()
+    repeated = sorted({str(name) for name in header if header.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"reference data {path.name} names columns more than once: {repeated}")
 
 
 def _check_reference(card_inputs, reference: pd.DataFrame, label_column: str) -> list[str]:
@@ -119,9 +130,26 @@ def _check_reference(card_inputs, reference: pd.DataFrame, label_column: str) ->
                 f"schema mismatch: input {feature_input.name!r} is {feature_input.datatype} but "
                 f"reference columns {non_numeric[:8]} are not numeric"
             )
-        if reference[features].isna().to_numpy().any():
-            raise ConfigError("reference data has missing values in feature columns")
+        _check_finite(reference[features], feature_input.datatype)
     return features
+
+
+def _check_finite(features: pd.DataFrame, datatype: str) -> None:
+    """Refuse reference features that are not finite numbers in the model's input type (NaN,
+    infinity, or beyond its range: 1e39 is infinity in FP32). Requests with them are refused
+    unless a variant allows them, and the reference is what drift and the offline gate compare
+    against: an infinity there made its column's drift score NaN, never flagged."""
+    values = features.to_numpy(dtype=np.float64)
+    if datatype in FLOAT_TYPES:
+        with np.errstate(over="ignore"):
+            values = values.astype(OIP_TO_NUMPY[datatype])
+    finite = np.isfinite(values).all(axis=0)
+    bad = [column for column, ok in zip(features.columns, finite) if not ok]
+    if bad:
+        raise ConfigError(
+            f"reference data has values that are not finite numbers in {datatype} (missing, "
+            f"infinite or out of range) in feature columns {bad[:8]}"
+        )
 
 
 def run_on_rows(model_path: Path, card: ModelCard, rows: pd.DataFrame) -> dict[str, np.ndarray]:

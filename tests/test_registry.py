@@ -237,6 +237,29 @@ def test_reference_labels_must_be_there_and_a_regressors_must_be_numbers(demo_mo
     assert not refused & {card.name for card in registry.list_cards()}
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 1e39])
+def test_reference_features_must_be_finite_in_the_models_input_type(demo_models, tmp_path, value):
+    """The reference is what drift compares against: an infinity there made its column's drift
+    score NaN for good (1e39 is an infinity in the model's FP32)."""
+    cancer = demo_models["cancer:v1"]
+    table = pd.read_csv(cancer.reference_path)
+    table.loc[4, "mean_area"] = value
+    table.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ConfigError, match=r"not finite numbers in FP32 .* \['mean_area'\]"):
+        registry.add_model(cancer.onnx_path, "nonfinite", tmp_path / "bad.csv")
+    assert "nonfinite" not in {card.name for card in registry.list_cards()}
+
+
+def test_a_csv_that_names_a_column_twice_is_refused(demo_models, tmp_path):
+    """pandas renames the second one (``mean_area.1``), which would have been the feature's name
+    in requests, drift and explanations."""
+    cancer = demo_models["cancer:v1"]
+    text = cancer.reference_path.read_text().replace("worst_area", "mean_area", 1)
+    (tmp_path / "twice.csv").write_text(text)
+    with pytest.raises(ConfigError, match=r"names columns more than once: \['mean_area'\]"):
+        registry.add_model(cancer.onnx_path, "twice", tmp_path / "twice.csv")
+
+
 def test_a_csv_reads_text_classes_that_look_like_numbers_as_the_models_classes(
     demo_models, tmp_path
 ):
