@@ -93,7 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
     config, _ = _checked_config(args.config)
     port, host = args.port or config.server.port, args.host or config.server.host
     if config.server.grpc_port is not None:  # bound by each worker once its models are loaded
-        check_port_free(config.server.grpc_port, config.server.host)
+        check_port_free(config.server.grpc_port, host)
     command = serve_command(port, host)
     os.execve(command[0], command, serve_env(Path(args.config), port, host))
     return 0  # not reached

@@ -63,7 +63,8 @@ class ServerConfig(Strict):
         None,
         ge=1,
         le=65535,
-        description="the Open Inference Protocol over gRPC on this port (same host); "
+        description="the Open Inference Protocol over gRPC on this port, on the address HTTP "
+        "listens on (`gateway serve --host`, else host; a plain `bentoml serve` uses host); "
         "none: gRPC off. Triton's default is 8001",
     )
     workers: int = Field(1, ge=1, le=64)

@@ -31,6 +31,9 @@ from service.errors import ConfigError
 
 METRICS_DIR_ENV = "GATEWAY_METRICS_DIR"
 """Each server's own Prometheus multiprocess directory (service/bentoml_fixes.py switches to it)."""
+HOST_ENV = "GATEWAY_HOST"
+"""The address the server's HTTP listens on (``--host``), which its gRPC listens on too: BentoML
+does not tell its workers, and the config's ``server.host`` may say another."""
 GATEWAY_SERVICE = "service.gateway.bento:GatewayService"
 MONITOR_SERVICE = "service.monitor.bento:MonitorService"
 DIE_WITH_PARENT = Path(__file__).with_name("die_with_parent.py")
@@ -43,7 +46,8 @@ def serve_command(port: int, host: str, service: str = GATEWAY_SERVICE) -> list[
 
 
 def serve_env(config_path: Path, port: int, host: str) -> dict[str, str]:
-    """The server's environment: its config, and a metrics directory of its own.
+    """The server's environment: its config, the address it listens on, and a metrics directory
+    of its own.
 
     BentoML keeps every server's metric files in one directory under its home and empties it when a
     server starts, so a second gateway on the same model store would wipe the first one's metrics.
@@ -55,6 +59,7 @@ def serve_env(config_path: Path, port: int, host: str) -> dict[str, str]:
     return {
         **os.environ,
         CONFIG_ENV: str(Path(config_path).resolve()),
+        HOST_ENV: host,
         METRICS_DIR_ENV: str(fresh_metrics_dir(port)),
     }
 

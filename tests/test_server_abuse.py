@@ -64,6 +64,7 @@ def demo(demo_models, tmp_path_factory):
     config.pop("access")  # the product's defaults, not the demo's anonymous metrics
     config.pop("secrets")  # tokens from the environment
     config["server"]["grpc_port"] = free_port()
+    config["server"]["host"] = "127.0.0.2"  # served on 127.0.0.1 (--host): gRPC must be too
     config["server"]["request_read_timeout_s"] = SLOW_CLIENT_LIMIT_S
     config["limits"] = {"max_arriving_body_bytes": ARRIVING_LIMIT}
     config.update(model_store=str(STORE_ROOT / "bentoml"), data_dir=str(directory / "data"))
@@ -138,7 +139,9 @@ def sending(address: str, path: bytes, size: int) -> socket.socket:
 
 def test_the_servers_listen_on_their_own_ports_alone_and_their_control_sockets_are_private(demo):
     """BentoML's arbiter took commands, one of which starts any program, on a TCP port of
-    127.0.0.1 with no authentication: any local user could run commands as the server's."""
+    127.0.0.1 with no authentication: any local user could run commands as the server's. And
+    gRPC listened where the file's ``server.host`` said, not where the server was told to
+    (``--host``): on every interface for an operator who served on loopback."""
     gateway, monitor, data_dir = demo
     grpc_port = load_config(data_dir.parent / "gateway.yaml").server.grpc_port
     for address, ports in ((gateway, {grpc_port}), (monitor, set())):
@@ -151,6 +154,8 @@ def test_the_servers_listen_on_their_own_ports_alone_and_their_control_sockets_a
             if connection.status == psutil.CONN_LISTEN
         }
         assert {laddr.port for _, laddr in listening} == {port, *ports}, listening
+        addresses = {laddr.ip.removeprefix("::ffff:") for _, laddr in listening}  # gRPC's: IPv6
+        assert addresses == {"127.0.0.1"}, listening
         control = [
             connection.laddr
             for connection in arbiter.net_connections(kind="unix")

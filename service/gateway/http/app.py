@@ -7,6 +7,7 @@ attached to ``app.state.gateway`` when the BentoML service starts in that worker
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 import anyio
@@ -24,6 +25,7 @@ from service.gateway.http.feedback import feedback
 from service.gateway.http.predict import explain, list_endpoints, predict
 from service.http.auth import require_token
 from service.http.responses import EXCEPTION_HANDLERS
+from service.launch import HOST_ENV
 
 
 async def metrics(request: Request) -> Response:
@@ -90,7 +92,8 @@ async def background_tasks(app: Starlette) -> AsyncIterator[None]:
             if server.grpc_port is not None:
                 from service.gateway.grpc.service import grpc_server  # grpcio: only when asked
 
-                await stack.enter_async_context(grpc_server(gateway, server.host, server.grpc_port))
+                host = os.environ.get(HOST_ENV, server.host)  # where HTTP listens (--host)
+                await stack.enter_async_context(grpc_server(gateway, host, server.grpc_port))
         try:
             yield
         finally:
