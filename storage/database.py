@@ -22,9 +22,16 @@ class StoreUnavailable(RuntimeError):
     """The database cannot be read or written now (unreachable, locked by another process for
     too long, restarting): nothing was changed; try again later."""
 
+    summary = "the database is unavailable"
+    """What a caller is told. The message adds the driver's words, for the log alone: they name
+    the database's host, port and user, which a caller of ``/feedback`` has no business knowing."""
+
 
 class StoreFull(RuntimeError):
     """The write did not fit (the disk or the configured cap is full); nothing was written."""
+
+    summary = "the database is full"
+    """What a caller is told (the message adds the driver's words, for the log)."""
 
 
 @dataclass(frozen=True)

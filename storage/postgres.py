@@ -68,9 +68,9 @@ def _translated() -> Iterator[None]:
     try:
         yield
     except psycopg.errors.DiskFull as error:
-        raise StoreFull(f"the database is full: {error}") from None
+        raise StoreFull(f"{StoreFull.summary}: {error}") from None
     except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as error:
-        raise StoreUnavailable(f"the database is unavailable: {error}") from None
+        raise StoreUnavailable(f"{StoreUnavailable.summary}: {error}") from None
 
 
 class _Session:

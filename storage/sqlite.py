@@ -41,8 +41,8 @@ def _translated() -> Iterator[None]:
         yield
     except sqlite3.OperationalError as error:
         if "full" in str(error):
-            raise StoreFull(f"the database is full: {error}") from None
-        raise StoreUnavailable(f"the database is unavailable: {error}") from None
+            raise StoreFull(f"{StoreFull.summary}: {error}") from None
+        raise StoreUnavailable(f"{StoreUnavailable.summary}: {error}") from None
 
 
 class _Session:

@@ -287,6 +287,28 @@ async def test_the_routing_read_is_the_stored_one_or_while_the_store_is_down_the
     assert read.status_code == 200 and read.json()["version"] == changed.json()["version"]
 
 
+async def test_an_admin_change_the_store_cannot_take_is_a_503_without_the_drivers_words(
+    config, monkeypatch
+):
+    """The database's address and user, in psycopg's words, go to the log, not to the caller."""
+    from storage.database import StoreUnavailable
+
+    words = 'connection to server at "10.0.4.7", port 5432 failed: FATAL: role "gateway"'
+
+    def down():
+        raise StoreUnavailable(f"{StoreUnavailable.summary}: {words}")
+
+    async with in_process_gateway(config) as (gateway, client):
+        monkeypatch.setattr(gateway.routing.store, "load", down)
+        answer = await client.put(
+            "/admin/endpoints/cancer/weights",
+            json={"weights": {"stable": 50, "candidate": 50}},
+            headers=ADMIN_AUTH,
+        )
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert answer.json() == {"error": "the database is unavailable; nothing was changed"}
+
+
 def register_count_model(tmp_path) -> str:
     """A regressor on two INT64 features (its output: 2 a + 3 b), registered once a session."""
     tag = "counts:v1"

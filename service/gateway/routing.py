@@ -201,7 +201,9 @@ class RoutingControl:
                 raise Conflict("the routing state kept changing underneath; try again") from None
             except StoreUnavailable as error:
                 self.metrics.admin_changes.labels(action, "refused").inc()
-                raise Unavailable(f"{error}; nothing was changed", retry_after_s=1) from None
+                log.warning("%s on %s refused: %s", action, endpoint, error)
+                message = f"{error.summary}; nothing was changed"
+                raise Unavailable(message, retry_after_s=1) from None
             self.metrics.admin_changes.labels(action, "applied").inc()
             self.publish(self.snapshot(saved, models))
             log.info(

@@ -54,16 +54,26 @@ _server_errors: dict[str, Throttled] = {}
 async def gateway_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, GatewayError)
     if error.status >= 500:
-        kind = type(error).__name__
-        throttled = _server_errors.setdefault(kind, Throttled(log, every_s=10.0))
-        throttled.warning("%s %s: %s", request.method, request.url.path, error.message)
-    headers = _with_request_id(request, error.headers)
-    return json_response({"error": error.message}, error.status, headers)
+        _log_server_error(request, error, error.message)
+    return _error_answer(request, error)
 
 
 async def storage_error(request: Request, error: Exception) -> Response:
-    """A store that cannot take the request now (locked, full): 503, nothing was changed."""
-    return await gateway_error(request, Unavailable(f"{error}; nothing was changed"))
+    """A store that cannot take the request now (unreachable, locked, full): 503, nothing was
+    changed. The caller is told which; the driver's words go to the log (``StoreUnavailable``)."""
+    assert isinstance(error, StoreUnavailable | StoreFull)
+    _log_server_error(request, error, str(error))
+    return _error_answer(request, Unavailable(f"{error.summary}; nothing was changed"))
+
+
+def _log_server_error(request: Request, error: Exception, message: str) -> None:
+    throttled = _server_errors.setdefault(type(error).__name__, Throttled(log, every_s=10.0))
+    throttled.warning("%s %s: %s", request.method, request.url.path, message)
+
+
+def _error_answer(request: Request, error: GatewayError) -> Response:
+    headers = _with_request_id(request, error.headers)
+    return json_response({"error": error.message}, error.status, headers)
 
 
 async def http_error(request: Request, error: Exception) -> Response:
