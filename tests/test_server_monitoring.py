@@ -241,6 +241,7 @@ async def test_gateway_serves_with_the_monitor_down_and_labels_survive_a_restart
             session, url, [{"request_id": results[0][3], "label": "benign"}]
         )
         assert status == 503 and retry_after == "5" and "unreachable" in body["error"]
+        assert str(port) not in body["error"]  # where the monitor is: for the log alone
     with monitor(config, port) as monitor_url:
         async with aiohttp.ClientSession() as session:
             await wait_for_records(session, monitor_url, before + 51)  # buffered ones delivered

@@ -64,6 +64,7 @@ class Recorder:
         self._current = 0
         """Index in ``urls`` of the monitor calls go to first (the last one that answered)."""
         self._failures = Throttled(log)
+        self._unreachable = Throttled(log, every_s=10.0)
 
     @property
     def enabled(self) -> bool:
@@ -116,7 +117,11 @@ class Recorder:
                     status = answer.status
                     content_type = answer.headers.get("Content-Type", "application/octet-stream")
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-                problem = f"the monitor is unreachable ({error})"
+                # where it was and why: for the log; a caller of /feedback is told only this
+                self._unreachable.warning(
+                    "the monitor at %s is unreachable: %r", self.urls[index], error
+                )
+                problem = "the monitor is unreachable"
             else:
                 if status in (401, 403):
                     log.error("the monitor refused this gateway's token: check its secret")
