@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
@@ -110,6 +111,22 @@ def test_each_variants_reasons_are_measured_against_its_reference_and_stables(
         {"endpoint": "cancer", "variant": "candidate"},
     )
     assert divergence == candidate.attribution_vs_stable
+
+
+def test_rows_with_values_that_are_not_finite_are_left_out_of_the_reasons(demo_models, tmp_path):
+    """A model that takes non-finite inputs answers NaN for some (here +inf and -inf together):
+    one such row in the sample made every feature's mean |SHAP| NaN, the shift never seen."""
+    runner = runner_with(tmp_path, demo_models, lambda y: y, attribution_rows=32)
+    reference = runner._reference("cancer:v1")
+    frame = reference.frame
+    infinite = frame.index % 4 == 0
+    window = frame.assign(
+        mean_radius=frame.mean_radius.where(~infinite, np.inf),
+        mean_texture=frame.mean_texture.where(~infinite, -np.inf),
+    )
+    attribution = runner._attribution(reference, window)
+    assert attribution.rows == 32 and np.isfinite(list(attribution.window.values())).all()
+    assert 0 <= attribution.shift < 0.2  # a number: other rows of the reference, noise alone
 
 
 def test_attribution_is_computed_every_attribution_interval_or_when_asked(

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import pandas as pd
 from prometheus_client import Gauge
 
@@ -247,12 +248,15 @@ class MonitorRunner:
 
     def _attribution(self, reference: ModelReference, window: pd.DataFrame) -> Attribution | None:
         """Mean |SHAP| per feature on a seeded sample of the window's recorded inputs, against
-        the same on the model's reference (computed once per model); None when off or short."""
+        the same on the model's reference (computed once per model); None when off or short.
+        Rows with a value that is not finite (``limits.allow_non_finite``) are left out, as
+        drift counts them missing: a row the model answers NaN for has NaN attributions, and
+        one in the sample made every feature's mean NaN, the shift never seen."""
         card = reference.card
         rows, features = self.config.attribution_rows, list(card.feature_names)
         if rows == 0 or not set(features) <= set(window.columns):
             return None  # off, or no inputs were recorded (monitor.sample_inputs)
-        inputs = window.dropna(subset=features)
+        inputs = window[np.isfinite(window[features].to_numpy(dtype=float)).all(axis=1)]
         if len(inputs) < min(rows, self.config.min_rows):
             return None
         sample = inputs.sample(min(rows, len(inputs)), random_state=0)
