@@ -309,6 +309,34 @@ async def test_an_admin_change_the_store_cannot_take_is_a_503_without_the_driver
     assert answer.json() == {"error": "the database is unavailable; nothing was changed"}
 
 
+async def test_oip_statistics_are_current_and_a_flood_of_them_reads_the_metrics_rarely(
+    config, monkeypatch
+):
+    """Anyone may ask for ``/stats``, and each answer read every worker's metric files twelve
+    times (50 ms of the worker): eight callers asking without pause cut predictions 27-fold.
+    It now reads them once, afresh up to ten times a second, and the last read beyond that."""
+    from service import exposition
+
+    reads = []
+    read = exposition.samples
+    monkeypatch.setattr(exposition, "samples", lambda registry: reads.append(1) or read(registry))
+
+    async def served() -> int:
+        answer = await client.get("/v2/models/cancer/versions/v1/stats")
+        assert answer.status_code == 200, answer.text
+        return answer.json()["model_stats"][0]["inference_stats"]["success"]["count"]
+
+    async with in_process_gateway(config) as (_, client):
+        before = await served()
+        body = {"inputs": [{"name": "X", "shape": [1, 30], "datatype": "FP32", "data": ROW}]}
+        for _ in range(3):
+            answer = await client.post("/v2/models/cancer/versions/v1/infer", json=body)
+            assert answer.status_code == 200
+        assert await served() == before + 3 and len(reads) == 2  # read afresh, once each
+        flood = await asyncio.gather(*(served() for _ in range(100)))
+    assert set(flood) == {before + 3} and len(reads) <= 2 + 10 + 1
+
+
 def register_count_model(tmp_path) -> str:
     """A regressor on two INT64 features (its output: 2 a + 3 b), registered once a session."""
     tag = "counts:v1"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from service.exposition import RecentSamples
 from service.gateway.admission import OVERLOAD
 from service.gateway.arriving import ARRIVING_BODIES
 
@@ -46,6 +47,8 @@ class GatewayMetrics:
         """``registry``: where the series live (the process's default; a fresh one lets several
         gateways be built in one process, as the in-process tests do)."""
         self.registry = registry
+        self.recent_samples = RecentSamples(registry)
+        """Every worker's series for anonymous readers (the OIP ``/stats``)."""
         self.requests = Counter(
             "gateway_requests_total",
             "Prediction requests answered, by endpoint, variant, model version and outcome.",

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 
-import anyio
-from prometheus_client import CollectorRegistry
+from prometheus_client.samples import Sample
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
@@ -21,7 +20,7 @@ from service.codecs.oip import (
     encode_infer_response,
 )
 from service.errors import BadRequest
-from service.exposition import sample_totals
+from service.exposition import sample_total
 from service.gateway import repository
 from service.gateway.http.common import gateway_of
 from service.gateway.process import Answer, Call, Gateway
@@ -76,18 +75,18 @@ async def model_config(request: Request) -> Response:
 
 
 def _variant_stats(
-    registry: CollectorRegistry, endpoint: str, variant: VariantSpec, card: ModelCard
+    collected: list[Sample], endpoint: str, variant: VariantSpec, card: ModelCard
 ) -> dict:
-    """Triton-style statistics for one variant, summed over every worker from the metrics files."""
+    """Triton-style statistics for one variant, summed over every worker's samples."""
     requests = {"endpoint": endpoint, "model_version": variant.model_version}
     run = {"model": card.name, "model_version": card.version}
-    succeeded = sample_totals(registry, "gateway_requests_total", outcome="ok", **requests)
-    answered = sample_totals(registry, "gateway_requests_total", **requests)
-    latency = sample_totals(
-        registry, "gateway_request_duration_seconds_sum", endpoint=endpoint, variant=variant.name
+    succeeded = sample_total(collected, "gateway_requests_total", outcome="ok", **requests)
+    answered = sample_total(collected, "gateway_requests_total", **requests)
+    latency = sample_total(
+        collected, "gateway_request_duration_seconds_sum", endpoint=endpoint, variant=variant.name
     )
-    runs = sample_totals(registry, "gateway_inference_batch_rows_count", **run)
-    compute = sample_totals(registry, "gateway_inference_duration_seconds_sum", **run)
+    runs = sample_total(collected, "gateway_inference_batch_rows_count", **run)
+    compute = sample_total(collected, "gateway_inference_duration_seconds_sum", **run)
 
     def stat(count: float, seconds: float = 0.0) -> dict:
         return {"count": int(count), "ns": int(seconds * 1e9)}
@@ -95,7 +94,7 @@ def _variant_stats(
     return {
         "name": endpoint,
         "version": variant.model_version,
-        "inference_count": int(sample_totals(registry, "gateway_inference_batch_rows_sum", **run)),
+        "inference_count": int(sample_total(collected, "gateway_inference_batch_rows_sum", **run)),
         "execution_count": int(runs),
         "inference_stats": {
             "success": stat(succeeded, latency),
@@ -110,10 +109,8 @@ async def model_stats(request: Request) -> Response:
     table, variants = _described(request)
     gateway = gateway_of(request)
     cards = [gateway.dataplane.model(v).card for v in variants]
-    registry = gateway.metrics.registry
-    stats = await anyio.to_thread.run_sync(
-        lambda: [_variant_stats(registry, table.endpoint, v, c) for v, c in zip(variants, cards)]
-    )
+    collected = await gateway.metrics.recent_samples.read()
+    stats = [_variant_stats(collected, table.endpoint, v, c) for v, c in zip(variants, cards)]
     return json_response({"model_stats": stats})
 
 
