@@ -12,7 +12,9 @@ import asyncio
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import suppress
+from typing import Generic, TypeVar
 
 import anyio
 from prometheus_client import (
@@ -28,6 +30,7 @@ from prometheus_client.samples import Sample
 from service import metric_values
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+T = TypeVar("T")
 
 
 def _all_workers(registry: CollectorRegistry) -> CollectorRegistry:
@@ -51,29 +54,41 @@ def samples(registry: CollectorRegistry) -> list[Sample]:
     return [sample for family in _all_workers(registry).collect() for sample in family.samples]
 
 
-class RecentSamples:
-    """Every worker's samples for routes anyone may call (``/v2/models/{model}/stats``), read
-    afresh at most ``reads_per_s`` times a second (in bursts of as many); calls beyond that get
-    the last read. A read opens every worker's metric files, milliseconds of the worker: callers
-    asking without pause took nearly all of its time from predictions."""
+class RecentRead(Generic[T]):
+    """What ``read`` returns, read (in a thread) at most ``reads_per_s`` times a second, in
+    bursts of as many, and never older than the call: a call gets the first read that begins
+    after it arrived, shared with every call that arrived before it began. Reading every
+    worker's metric files costs milliseconds of the process, and callers asking without pause
+    (anyone may call ``/v2/models/{model}/stats``, and ``/metrics`` where ``access.metrics`` is
+    ``anonymous``) took nearly all of its time from predictions (BENCHMARKS.md)."""
 
-    def __init__(self, registry: CollectorRegistry, reads_per_s: float = 10.0) -> None:
-        self.registry = registry
+    def __init__(self, read: Callable[[], T], reads_per_s: float = 10.0) -> None:
+        self.read = read
         self.reads_per_s = reads_per_s
         self._tokens = reads_per_s
         self._refilled_at = time.monotonic()
-        self._samples: list[Sample] = []
-        self._lock = asyncio.Lock()
+        self._began_at = float("-inf")
+        self._last: T | None = None
+        self._lock = asyncio.Lock()  # one read at a time; callers wait in turn
 
-    async def read(self) -> list[Sample]:
-        async with self._lock:  # one read at a time: callers meanwhile wait for it
-            now = time.monotonic()
-            earned = (now - self._refilled_at) * self.reads_per_s
-            self._tokens, self._refilled_at = min(self.reads_per_s, self._tokens + earned), now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                self._samples = await anyio.to_thread.run_sync(samples, self.registry)
-            return self._samples
+    async def __call__(self) -> T:
+        arrived = time.monotonic()
+        async with self._lock:
+            if self._began_at >= arrived:  # read while this call waited: current for it
+                return self._last
+            self._refill()
+            if self._tokens < 1:
+                await asyncio.sleep((1 - self._tokens) / self.reads_per_s)
+                self._refill()
+            self._tokens -= 1
+            self._began_at = time.monotonic()
+            self._last = await anyio.to_thread.run_sync(self.read)
+            return self._last
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        earned = (now - self._refilled_at) * self.reads_per_s
+        self._tokens, self._refilled_at = min(self.reads_per_s, self._tokens + earned), now
 
 
 def sample_total(collected: list[Sample], name: str, **labels: str) -> float:

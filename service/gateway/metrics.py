@@ -11,9 +11,11 @@ with the raw request path, so every mistyped or probing URL would add series for
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from service.exposition import RecentSamples
+from service.exposition import RecentRead, exposition, samples
 from service.gateway.admission import OVERLOAD
 from service.gateway.arriving import ARRIVING_BODIES
 
@@ -47,8 +49,10 @@ class GatewayMetrics:
         """``registry``: where the series live (the process's default; a fresh one lets several
         gateways be built in one process, as the in-process tests do)."""
         self.registry = registry
-        self.recent_samples = RecentSamples(registry)
-        """Every worker's series for anonymous readers (the OIP ``/stats``)."""
+        self.recent_samples = RecentRead(functools.partial(samples, registry))
+        """Every worker's samples, for the OIP ``/stats``."""
+        self.recent_exposition = RecentRead(functools.partial(exposition, registry))
+        """Every worker's series in Prometheus's text format, for ``/metrics``."""
         self.requests = Counter(
             "gateway_requests_total",
             "Prediction requests answered, by endpoint, variant, model version and outcome.",

@@ -32,7 +32,7 @@ from service import supervise
 from service.codecs import decode_json
 from service.config import MAX_RECORD_BATCH_BYTES
 from service.errors import BadRequest, NotFound, Overloaded
-from service.exposition import CONTENT_TYPE, exposition
+from service.exposition import CONTENT_TYPE
 from service.http.auth import CLIENT_HEADER, require_token
 from service.http.body import read_body
 from service.http.query import bool_param, int_param, wants_html
@@ -255,8 +255,7 @@ async def metrics(request: Request) -> Response:
             secrets.monitor_token,
             off="/metrics needs GATEWAY_METRICS_TOKEN (or access.metrics: anonymous)",
         )
-    content = await anyio.to_thread.run_sync(exposition)
-    return Response(content, media_type=CONTENT_TYPE)
+    return Response(await monitor.metrics.recent_exposition(), media_type=CONTENT_TYPE)
 
 
 def _rollouts(request: Request):

@@ -8,7 +8,11 @@ and its scores left as they were, with ``gateway_monitor_insufficient_data`` at 
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from service.exposition import RecentRead, exposition
 
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -17,6 +21,8 @@ class MonitorMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         """``registry``: the default one in the monitor; a private one in tests."""
         self.registry = registry
+        self.recent_exposition = RecentRead(functools.partial(exposition, registry))
+        """Every worker's series in Prometheus's text format, for ``/metrics``."""
         into = {"registry": registry}
         mode = {"multiprocess_mode": "mostrecent", **into}
         self.feature_drift = Gauge(

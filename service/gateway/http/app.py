@@ -10,7 +10,6 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 
-import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,7 +17,7 @@ from starlette.routing import Route as HttpRoute
 
 from service import supervise
 from service.errors import NotFound
-from service.exposition import CONTENT_TYPE, exposition
+from service.exposition import CONTENT_TYPE
 from service.gateway.http import admin, experiments, oip, reports
 from service.gateway.http.common import gateway_of
 from service.gateway.http.feedback import feedback
@@ -40,8 +39,7 @@ async def metrics(request: Request) -> Response:
             secrets.admin_token,
             off="/metrics needs GATEWAY_METRICS_TOKEN (or access.metrics: anonymous)",
         )
-    content = await anyio.to_thread.run_sync(exposition, gateway.metrics.registry)
-    return Response(content, media_type=CONTENT_TYPE)
+    return Response(await gateway.metrics.recent_exposition(), media_type=CONTENT_TYPE)
 
 
 async def no_such_route(request: Request) -> None:

@@ -109,7 +109,7 @@ async def model_stats(request: Request) -> Response:
     table, variants = _described(request)
     gateway = gateway_of(request)
     cards = [gateway.dataplane.model(v).card for v in variants]
-    collected = await gateway.metrics.recent_samples.read()
+    collected = await gateway.metrics.recent_samples()
     stats = [_variant_stats(collected, table.endpoint, v, c) for v, c in zip(variants, cards)]
     return json_response({"model_stats": stats})
 
