@@ -377,7 +377,8 @@ class RewardConfig(Strict):
     """A business outcome callers post to ``/feedback`` per request (see service/rewards.py)."""
 
     kind: Literal["binary", "continuous"] = Field(
-        "binary", description="binary: 0 or 1 (a conversion); continuous: any finite number"
+        "binary",
+        description="binary: 0 or 1 (a conversion); continuous: a number of at most 1e15 either way",
     )
     higher_is_better: bool = True
     missing: float | None = Field(

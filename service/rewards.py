@@ -1,5 +1,6 @@
 """Whether a business reward fits an endpoint's experiment: a metric it declares, and a finite
-number (0 or 1 for a binary metric), either one for the request or one per row.
+number of at most ``MAX_MAGNITUDE`` (0 or 1 for a binary metric), either one for the request or
+one per row.
 
 The gateway checks every reward before the monitor stores any; the monitor checks again, and
 against the rows the request really had once its record is there. A request's value is its rows'
@@ -12,6 +13,12 @@ import math
 
 from service.codecs import is_finite_number
 from service.config import ExperimentConfig
+
+MAX_MAGNITUDE = 1e15
+"""The largest reward of either sign. Far past any business outcome (a billion in micro-units),
+and small enough that sums and squares over billions of units stay finite: one reward of 1e160,
+a finite number anyone may post for an answer of their own, overflowed the readout's arithmetic
+and failed it on every run while the reward was kept."""
 
 
 def reward_problem(
@@ -26,6 +33,8 @@ def reward_problem(
     values = value if isinstance(value, list) else [value]
     if not values or not all(is_finite_number(v) for v in values):
         return "a reward is a finite number, or a non-empty list of them (one per row)"
+    if any(abs(v) > MAX_MAGNITUDE for v in values):
+        return f"a reward is at most {MAX_MAGNITUDE:g} either way"
     if experiment.rewards[metric].kind == "binary" and any(v not in (0, 1) for v in values):
         return f"{metric} is binary: its values are 0 or 1"
     if rows is not None and isinstance(value, list) and len(values) != rows:

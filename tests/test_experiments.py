@@ -37,6 +37,22 @@ def plain(values) -> UnitTotals:
     return UnitTotals.of(values, np.ones(len(values)))
 
 
+def test_rewards_as_large_as_the_gateway_takes_keep_the_arithmetic_finite():
+    """One reward of 1e160 (a finite number; anyone may post rewards for their own answers)
+    overflowed the comparison's squares and failed the readout on every run."""
+    from service.rewards import MAX_MAGNITUDE
+
+    rng = np.random.default_rng(3)
+    control, treatment = rng.lognormal(3, 1, 5000), rng.lognormal(3, 1, 5000)
+    treatment[:3], control[:2] = MAX_MAGNITUDE, -MAX_MAGNITUDE
+    lift = compare(summarize(plain(control)), summarize(plain(treatment)), ALPHA, PLANNED)
+    bounds = [*lift.always_valid_relative.to_list(), *lift.always_valid.to_list()]
+    assert (
+        all(math.isfinite(b) for b in bounds)
+        and lift.always_valid.lower < 0 < lift.always_valid.upper
+    )
+
+
 def test_fixed_horizon_numbers_are_welchs():
     rng = np.random.default_rng(1)
     control, treatment = rng.lognormal(0, 1, 400), rng.lognormal(0.1, 1.2, 650)

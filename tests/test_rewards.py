@@ -24,6 +24,7 @@ EXPERIMENT = ExperimentConfig(
         ("converted", 0.0, 3),
         ("revenue", -2.5, None),
         ("revenue", [1, 2], 2),
+        ("revenue", -1e15, None),
     ],
 )
 def test_good_rewards_fit(metric, value, rows):
@@ -43,6 +44,8 @@ def test_good_rewards_fit(metric, value, rows):
         pytest.param("revenue", 10**400, None, "finite number", id="huge-integer"),
         pytest.param("revenue", [1, -(10**400)], 2, "finite number", id="huge-integer-row"),
         ("revenue", "3", None, "finite number"),
+        pytest.param("revenue", 1e160, None, "at most 1e+15", id="huge"),
+        pytest.param("revenue", [1, -2e15], 2, "at most 1e+15", id="huge-row"),
         ("revenue", [], None, "finite number"),
         ("revenue", [1, [2]], None, "finite number"),
         ("revenue", [1, 2], 3, "3 row(s)"),

@@ -201,6 +201,7 @@ async def test_bad_rewards_are_refused_whole_and_the_gateway_serves_on(servers):
             ({"request_id": good, "metric": "converted", "value": "1"}, "finite number"),
             ({"request_id": good, "metric": "revenue", "value": [1.0, 2.0]}, "row"),
             ({"request_id": good, "metric": "revenue", "value": []}, "finite number"),
+            ({"request_id": good, "metric": "revenue", "value": 1e160}, "at most 1e+15"),
             ({"request_id": no_experiment, "metric": "converted", "value": 1}, "no experiment"),
             ({"request_id": "not-an-id", "metric": "converted", "value": 1}, "request_id"),
             ({"request_id": good, "metric": "converted"}, "must be"),
