@@ -1,5 +1,5 @@
 """Whether a ground-truth label fits a model: a class it predicts, or a finite number for a
-regressor, one per row of the request it labels.
+regressor (at most ``MAX_MAGNITUDE`` either way), one per row of the request it labels.
 
 The gateway checks a label against the models of the endpoint its request id names before the
 monitor stores it; the monitor checks it again against the exact model that answered when that
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from service.codecs import is_finite_number
+from service.codecs import MAX_MAGNITUDE, is_bounded_number
 from service.model_card import ModelCard
 
 SCALARS = (str, int, float, bool)
@@ -28,10 +28,13 @@ def values_of(label: object) -> list | None:
 def value_problem(card: ModelCard, value: object) -> str | None:
     """Why ``value`` cannot be a label of ``card``'s model, or None when it can."""
     if card.task == "regression":
-        if not is_finite_number(value):
+        if not is_bounded_number(value):
             shown = repr(value)
             shown = shown if len(shown) < 40 else f"{shown[:30]}..."
-            return f"model {card.tag} is a regressor: a label is a finite number, not {shown}"
+            return (
+                f"model {card.tag} is a regressor: a label is a finite number of at most "
+                f"{MAX_MAGNITUDE:g} either way, not {shown}"
+            )
         return None
     if str(value) not in {str(c) for c in card.class_labels}:
         return f"{value!r} is not a class of model {card.tag} ({list(card.class_labels)})"

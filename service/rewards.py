@@ -11,14 +11,8 @@ from __future__ import annotations
 
 import math
 
-from service.codecs import is_finite_number
+from service.codecs import MAX_MAGNITUDE, is_bounded_number, is_finite_number
 from service.config import ExperimentConfig
-
-MAX_MAGNITUDE = 1e15
-"""The largest reward of either sign. Far past any business outcome (a billion in micro-units),
-and small enough that sums and squares over billions of units stay finite: one reward of 1e160,
-a finite number anyone may post for an answer of their own, overflowed the readout's arithmetic
-and failed it on every run while the reward was kept."""
 
 
 def reward_problem(
@@ -33,7 +27,7 @@ def reward_problem(
     values = value if isinstance(value, list) else [value]
     if not values or not all(is_finite_number(v) for v in values):
         return "a reward is a finite number, or a non-empty list of them (one per row)"
-    if any(abs(v) > MAX_MAGNITUDE for v in values):
+    if not all(is_bounded_number(v) for v in values):
         return f"a reward is at most {MAX_MAGNITUDE:g} either way"
     if experiment.rewards[metric].kind == "binary" and any(v not in (0, 1) for v in values):
         return f"{metric} is binary: its values are 0 or 1"

@@ -40,7 +40,7 @@ def plain(values) -> UnitTotals:
 def test_rewards_as_large_as_the_gateway_takes_keep_the_arithmetic_finite():
     """One reward of 1e160 (a finite number; anyone may post rewards for their own answers)
     overflowed the comparison's squares and failed the readout on every run."""
-    from service.rewards import MAX_MAGNITUDE
+    from service.codecs import MAX_MAGNITUDE
 
     rng = np.random.default_rng(3)
     control, treatment = rng.lognormal(3, 1, 5000), rng.lognormal(3, 1, 5000)

@@ -60,6 +60,22 @@ def test_regression_mae_and_rmse():
     assert result.metrics["rmse"] == pytest.approx(np.sqrt((errors**2).mean()))
 
 
+def test_labels_as_large_as_the_gateway_takes_keep_a_regressors_figures_finite():
+    """Labels of -1e308 and 1e308 (finite; anyone may label an answer of their own) made the
+    labels' range overflow and failed the variant's quality on every run."""
+    from service.codecs import MAX_MAGNITUDE
+
+    rng = np.random.default_rng(4)
+    labeled = pd.DataFrame(
+        {"prediction": rng.normal(100, 10, 300), "label": rng.normal(100, 10, 300)}
+    )
+    labeled.loc[:1, "label"] = [MAX_MAGNITUDE, -MAX_MAGNITUDE]
+    result = regression_quality(labeled)
+    assert (
+        result.status == "ok" and np.isfinite([result.metrics["mae"], result.metrics["rmse"]]).all()
+    )
+
+
 def test_a_regressors_answers_that_were_not_numbers_are_a_share_not_left_out_unseen():
     """The gateway answers null where a regressor's output was not finite. Left out of MAE and
     RMSE without a word, a model failing on a fifth of its inputs read as good as a sound one."""

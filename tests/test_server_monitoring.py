@@ -162,6 +162,10 @@ BAD_FEEDBACK = [
         b'{"labels": [{"request_id": "diabetes:%s", "label": 1%s}]}' % (b"0" * 32, b"0" * 400),
         "regressor",
     ),
+    (  # finite, and its square or range over the window overflowed the analysis
+        b'{"labels": [{"request_id": "diabetes:%s", "label": -1e308}]}' % (b"0" * 32),
+        "at most 1e+15",
+    ),
     (
         b'{"labels": [{"request_id": "missing:%s", "label": 1}]}' % (b"0" * 32),
         "no endpoint 'missing'",
