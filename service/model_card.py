@@ -98,7 +98,15 @@ class ModelCard:
 
     @classmethod
     def read(cls, directory: Path) -> ModelCard:
-        return cls.from_json((directory / CARD_FILE).read_text())
+        """The card in a model's directory; ``ConfigError`` when it cannot be read (edited by
+        hand, cut short): callers refuse or skip that model, as one not in the store, where the
+        JSON's own error failed whatever touched it (the monitor's records of the model, the
+        listing of every model)."""
+        path = directory / CARD_FILE
+        try:
+            return cls.from_json(path.read_text())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ConfigError(f"the model card {path} cannot be read: {error!r}") from None
 
 
 @dataclass(frozen=True)

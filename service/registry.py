@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +37,7 @@ from service.names import LATEST, NAME_RULE, is_name
 from service.runtime import ModelSession
 from service.tensors import FLOAT_TYPES, INTEGER_TYPES, OIP_TO_NUMPY
 
+log = logging.getLogger("gateway.registry")
 MAX_REFERENCE_ROWS = 50_000
 PREDICTION_COLUMN = "prediction"
 ACCURATE_SHARE = 0.95
@@ -366,10 +368,14 @@ def accuracy_tolerance(tag: str) -> float | None:
 
 
 def list_cards() -> list[ModelCard]:
-    """Every gateway model in the store, newest first."""
+    """Every gateway model in the store, newest first; one whose card cannot be read is left
+    out with a warning naming it."""
     cards = []
     for entry in bentoml.models.list():
         card_path = Path(entry.path) / CARD_FILE
         if card_path.is_file():
-            cards.append(ModelCard.read(Path(entry.path)))
+            try:
+                cards.append(ModelCard.read(Path(entry.path)))
+            except ConfigError as error:
+                log.warning("%s left out: %s", entry.tag, error)
     return sorted(cards, key=lambda card: card.created_at, reverse=True)

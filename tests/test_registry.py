@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bentoml
 import numpy as np
 import pandas as pd
 import pytest
@@ -248,6 +249,29 @@ def test_reference_features_must_be_finite_in_the_models_input_type(demo_models,
     with pytest.raises(ConfigError, match=r"not finite numbers in FP32 .* \['mean_area'\]"):
         registry.add_model(cancer.onnx_path, "nonfinite", tmp_path / "bad.csv")
     assert "nonfinite" not in {card.name for card in registry.list_cards()}
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"name": "cut"}', "[]"])
+def test_a_card_that_cannot_be_read_refuses_its_model_and_spares_the_others(demo_models, text):
+    """A card edited by hand or cut short failed, with JSON's own error, everything that
+    touched its model: the monitor's records of it, and the listing of every model."""
+    cancer = demo_models["cancer:v1"]
+    card = registry.add_model(cancer.onnx_path, "unreadable", cancer.reference_path)
+    try:
+        (registry.model_dir(card.tag) / "gateway.json").write_text(text)
+        with pytest.raises(ConfigError, match="gateway.json cannot be read"):
+            registry.load_card(card.tag)
+        with pytest.raises(ConfigError, match="cannot be read"):
+            check_models(
+                parse_config(
+                    {"endpoints": {"e": {"variants": [{"name": "a", "model": card.tag}]}}}
+                ),
+                [card.tag],
+            )
+        listed = {c.tag for c in registry.list_cards()}
+        assert card.tag not in listed and "cancer:v1" in listed
+    finally:
+        bentoml.models.delete(card.tag)
 
 
 def test_a_csv_that_names_a_column_twice_is_refused(demo_models, tmp_path):
