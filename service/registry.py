@@ -348,7 +348,12 @@ def load_card(tag: str) -> ModelCard:
 
 
 def load_reference(tag: str) -> pd.DataFrame:
-    return pd.read_parquet(model_dir(tag) / REFERENCE_FILE)
+    """A model version's reference rows; ``ConfigError`` when they cannot be read (as its card)."""
+    path = model_dir(tag) / REFERENCE_FILE
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as error:  # pyarrow's errors are both kinds
+        raise ConfigError(f"the reference data {path} cannot be read: {error!r}") from None
 
 
 @functools.cache

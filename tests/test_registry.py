@@ -270,6 +270,9 @@ def test_a_card_that_cannot_be_read_refuses_its_model_and_spares_the_others(demo
             )
         listed = {c.tag for c in registry.list_cards()}
         assert card.tag not in listed and "cancer:v1" in listed
+        (registry.model_dir(card.tag) / "reference.parquet").write_text(text)
+        with pytest.raises(ConfigError, match="reference.parquet cannot be read"):
+            registry.load_reference(card.tag)
     finally:
         bentoml.models.delete(card.tag)
 
