@@ -220,7 +220,8 @@ class MonitorStore:
         return stored
 
     def add_label(self, request_id: str, label: object) -> LabelOutcome:
-        """Store a label durably; the same label again is a duplicate, another one a conflict."""
+        """Store a label durably; the same label again is a duplicate, another one a conflict,
+        unless the stored one does not fit its request's rows and this one does (``_replaces``)."""
         return self.add_labels([(request_id, label)])[0]
 
     def add_labels(
@@ -235,22 +236,28 @@ class MonitorStore:
         labels = [(request_id, json.dumps(label, sort_keys=True)) for request_id, label in labels]
         ids = [request_id for request_id, _ in labels]
         outcomes, now = [], time.time()
+        rows_of = self.db.dialect.json_length.format("predictions")
         with self.db.transaction(durable=True, lock=FEEDBACK_LOCK) as session:
             stored = dict(_in_chunks(session, "SELECT request_id, label FROM labels", ids))
-            answered = {
-                i for (i,) in _in_chunks(session, "SELECT request_id FROM predictions", ids)
-            }
+            answered = dict(
+                _in_chunks(session, f"SELECT request_id, {rows_of} FROM predictions", ids)
+            )
             new: dict[str, tuple] = {}
+            replacing: dict[str, str] = {}
             for request_id, text in labels:
-                earlier = stored.get(request_id) or (
-                    new[request_id][1] if request_id in new else None
-                )
-                if earlier is not None:
-                    same = earlier == text
-                    outcomes.append(LabelOutcome.DUPLICATE if same else LabelOutcome.CONFLICT)
-                    continue
-                new[request_id] = (request_id, text, now, request_id not in answered)
-                outcomes.append(LabelOutcome.STORED)
+                earlier = replacing.get(request_id) or stored.get(request_id)
+                if earlier is None and request_id in new:
+                    earlier = new[request_id][1]
+                if earlier is None:
+                    new[request_id] = (request_id, text, now, request_id not in answered)
+                    outcomes.append(LabelOutcome.STORED)
+                elif earlier == text:
+                    outcomes.append(LabelOutcome.DUPLICATE)
+                elif _replaces(earlier, text, answered.get(request_id)):
+                    replacing[request_id] = text
+                    outcomes.append(LabelOutcome.STORED)
+                else:
+                    outcomes.append(LabelOutcome.CONFLICT)
             if max_pending is not None:
                 waiting = sum(row[3] for row in new.values())
                 if waiting and _pending(session, "labels") + waiting > max_pending:
@@ -259,7 +266,12 @@ class MonitorStore:
                 "INSERT INTO labels (request_id, label, received_at, pending) VALUES (?,?,?,?)",
                 [(i, label, at, int(pending)) for i, label, at, pending in new.values()],
             )
-            _mark_labeled(session, [i for i, _, _, pending in new.values() if not pending])
+            session.run_many(
+                "UPDATE labels SET label = ?, received_at = ? WHERE request_id = ?",
+                [(text, now, request_id) for request_id, text in replacing.items()],
+            )
+            joined = [i for i, _, _, pending in new.values() if not pending]
+            _mark_labeled(session, [*joined, *replacing])
         self._release_waiting([i for i, _, _, pending in new.values() if pending], ("labels",))
         return outcomes
 
@@ -879,6 +891,19 @@ def _mark_labeled(session: Session, request_ids: list[str]) -> None:
         session.run(
             f"UPDATE predictions SET labeled = 1 WHERE request_id IN ({_marks(chunk)})", chunk
         )
+
+
+def _replaces(earlier: str, label: str, rows: int | None) -> bool:
+    """Whether ``label`` takes the place of a different one stored for its request: only when
+    the request's record is here (``rows``) and the stored one does not fit its rows while this
+    one does. Labels may come before their record, where their rows cannot be checked; one that
+    then did not fit was never joined, and every later label, the right one too, was refused
+    as a conflict with it."""
+    return (
+        rows is not None
+        and _row_labels(earlier, rows) is None
+        and _row_labels(label, rows) is not None
+    )
 
 
 def _row_labels(label: str | None, rows: int) -> list | None:

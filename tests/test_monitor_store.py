@@ -81,6 +81,30 @@ def test_duplicates_are_idempotent_conflicts_refused_and_labels_durable(open_dat
     assert reopened.labeled("churn", "stable").label.tolist() == [1]
 
 
+def test_a_label_that_came_early_and_does_not_fit_its_rows_gives_way_to_one_that_does(
+    open_database,
+):
+    """Its rows could not be checked before its record came, and it was never joined; the
+    right label after it was refused as a conflict, for good."""
+    store = MonitorStore(open_database())
+    assert store.add_label("two", "yes") == LabelOutcome.STORED  # one value, before the record
+    assert store.add_label("one", "yes") == LabelOutcome.STORED
+    store.add_records([record("two", ["no", "yes"]), record("one", ["yes"])])
+    assert store.labeled("churn", "stable").request_id.tolist() == ["one"]
+    assert store.add_label("one", "no") == LabelOutcome.CONFLICT  # it fits: kept as it was
+    assert store.add_label("two", ["no"]) == LabelOutcome.CONFLICT  # no better
+    outcomes = store.add_labels([("two", ["no", "no"]), ("two", ["no", "yes"])])
+    assert outcomes == [LabelOutcome.STORED, LabelOutcome.CONFLICT]
+    assert store.add_label("two", ["no", "no"]) == LabelOutcome.DUPLICATE
+    joined = store.labeled("churn", "stable")
+    assert list(zip(joined.request_id, joined.label)) == [
+        ("two", "no"),
+        ("two", "no"),
+        ("one", "yes"),
+    ]
+    assert store.labeled_counts("churn", "stable", 0.0, None) == (2, 2)  # first rows, both right
+
+
 def test_labels_wait_for_their_prediction_bounded_in_number_and_expire(open_database):
     store = MonitorStore(open_database())
     store.add_label("ghost", 1)
