@@ -12,11 +12,12 @@ from collections import Counter
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from service.config import RolloutConfig
 from traffic.rollout import RolloutError, RolloutState, act, evaluate, start
-from traffic.rollout_checks import ArmCounts, Evidence, Window, check_comparison
+from traffic.rollout_checks import ArmCounts, Divergence, Evidence, Window, check_comparison
 from traffic.rollout_policy import Comparison, Step
 from traffic.simulation import ArmModel, Bursts, simulate
 
@@ -221,6 +222,32 @@ def test_state_round_trips_through_its_dict():
     state = evaluate(DEFAULT, _state(), healthy, 1.0).state
     assert RolloutState.from_dict(state.to_dict()) == state
     assert state.guard_history["error_rate"] == (False,)
+
+
+def test_prediction_divergence_fails_only_beyond_sampling_noise():
+    """Two samples of one model's answers over 50 classes, 200 rows each (the monitor's default
+    window for a verdict): their distance passed the default margin (0.2) in 3 of 8 windows, and
+    each such window rolled a healthy candidate back. It fails now only where the monitor's
+    distribution-free test also says the two differ by more than noise."""
+    from monitors.drift import DriftSettings, column_drift
+
+    rng = np.random.default_rng(5)
+    shares = rng.dirichlet(np.full(50, 0.5))
+    comparison = Comparison("prediction_divergence", 0.2)  # as in the default comparisons
+
+    def judged(candidate_shares: np.ndarray) -> tuple[str, float]:
+        stable, candidate = (
+            pd.Series(rng.choice(50, 200, p=p).astype(str)) for p in (shares, candidate_shares)
+        )
+        found = column_drift(stable, candidate, True, DriftSettings())
+        evidence = Evidence(divergence=Divergence(found.score, found.threshold, found.drifted))
+        return check_comparison(comparison, evidence, 0.05).outcome, found.score
+
+    healthy = [judged(shares) for _ in range(200)]
+    assert sum(score > 0.2 for _, score in healthy) > 20  # what the distance alone failed
+    assert "FAIL" not in {outcome for outcome, _ in healthy}
+    moved = np.roll(shares, 1)  # each class's share given to another
+    assert {judged(moved)[0] for _ in range(20)} == {"FAIL"}
 
 
 def test_a_candidate_whose_reasons_differ_from_stables_beyond_the_margin_fails():

@@ -27,6 +27,7 @@ from traffic.rollout import Decision, RolloutState, act, evaluate, start, window
 from traffic.rollout_checks import (
     PRIOR_WINDOW_S,
     ArmCounts,
+    Divergence,
     Evidence,
     Window,
     guardrail_alphas,
@@ -312,7 +313,7 @@ def simulate(
             epoch=_window(
                 policy, candidate_arm.epoch, stable_arm.epoch, stable_arm.epoch_before, epoch_alpha
             ),
-            divergence=(candidate.divergence, 0.1) if n_candidate else None,
+            divergence=Divergence(candidate.divergence, 0.1, True) if n_candidate else None,
             drifted_share=0.0,
             shadow=(shadow_rows, shadow_agree) if shadow_rows else None,
         )

@@ -31,6 +31,7 @@ from traffic.rollout import RolloutState
 from traffic.rollout_checks import (
     PRIOR_WINDOW_S,
     ArmCounts,
+    Divergence,
     Evidence,
     Window,
     guardrail_alphas,
@@ -119,7 +120,8 @@ class EvidenceGatherer:
         if report is not None and report.drift.status == "ok":
             drifted = report.drift.drifted_share
         if report is not None and report.vs_stable is not None:
-            divergence = (report.vs_stable.score, report.vs_stable.threshold)
+            found = report.vs_stable
+            divergence = Divergence(found.score, found.threshold, found.drifted)
         return Evidence(
             stage=self.window(policy, state, windows.stage_start, stage_alpha, within),
             epoch=self.window(policy, state, windows.epoch_start, epoch_alpha, within),
