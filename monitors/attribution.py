@@ -10,6 +10,12 @@ proportions) to 1 (no feature in common).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+PERMUTATIONS = 1999
+"""Splits of the pooled rows a noise test draws: enough for p-values down to 1 in 2,000."""
 
 
 def shares(profile: Mapping[str, float]) -> dict[str, float]:
@@ -25,3 +31,41 @@ def attribution_distance(a: Mapping[str, float], b: Mapping[str, float]) -> floa
     first, second = shares(a), shares(b)
     names = set(first) | set(second)
     return 0.5 * sum(abs(first.get(n, 0.0) - second.get(n, 0.0)) for n in names)
+
+
+@dataclass(frozen=True)
+class ProfileDistance:
+    """How far two samples' profiles are apart, and whether that is more than sampling noise."""
+
+    distance: float
+    beyond_noise: bool
+
+
+def profile_distance(first: np.ndarray, second: np.ndarray, alpha: float) -> ProfileDistance:
+    """The distance between the profiles of two samples (rows of absolute attributions, a column
+    per feature), and whether a permutation test (seeded) rejects at ``alpha`` that both come
+    from one population: how far noise alone takes it depends on the rows, the model and the
+    features (0.04-0.11 between two 32-row samples of one model's rows on the demo's data)."""
+    pooled = np.vstack([first, second])
+    observed = _distances(first.mean(axis=0)[None], second.mean(axis=0)[None])[0]
+    rng = np.random.default_rng(0)
+    as_far = 0
+    for start in range(0, PERMUTATIONS, 250):  # in chunks: a split matrix is permutations x rows
+        count = min(250, PERMUTATIONS - start)
+        in_first = np.argsort(rng.random((count, len(pooled))), axis=1) < len(first)
+        sums = in_first @ pooled
+        firsts = sums / len(first)
+        seconds = (pooled.sum(axis=0) - sums) / len(second)
+        as_far += int(np.sum(_distances(firsts, seconds) >= observed * (1 - 1e-9)))
+    return ProfileDistance(float(observed), (as_far + 1) / (PERMUTATIONS + 1) < alpha)
+
+
+def _distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """``attribution_distance`` of each row pair of two (profiles x features) arrays."""
+    return 0.5 * np.abs(_shares(first) - _shares(second)).sum(axis=1)
+
+
+def _shares(profiles: np.ndarray) -> np.ndarray:
+    totals = profiles.sum(axis=1, keepdims=True)
+    equal = np.full_like(profiles, 1 / profiles.shape[1])
+    return np.where(totals > 0, profiles / np.where(totals > 0, totals, 1), equal)

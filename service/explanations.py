@@ -1,7 +1,7 @@
 """SHAP attributions of a registered model's answers: what both processes explain with.
 
 The gateway's ``/explain`` runs ``attributions`` in a process of its own (service/gateway/explain.py);
-the monitor runs ``mean_attributions`` on a sample of each variant's window and of the model's
+the monitor runs ``absolute_attributions`` on a sample of each variant's window and of the model's
 reference, to watch whether the reasons a model gives drift (service/monitor/runs.py).
 
 The method is SHAP's permutation explainer (the ``shap`` package) with an independent masker over
@@ -124,16 +124,15 @@ def attributions(
     return found
 
 
-def mean_attributions(
+def absolute_attributions(
     card: ModelCard,
     features: np.ndarray,
     targets: Sequence[str],
     background_rows: int,
     max_evals: int = 0,
-) -> dict[str, float]:
-    """Each feature's mean absolute attribution over ``features``' rows: how much the model leans
-    on it, whatever the direction."""
+) -> np.ndarray:
+    """Each row's absolute attribution per feature (rows x features, in the card's order): how
+    much the model leans on each, whatever the direction. A sample's profile is their mean per
+    feature; the rows themselves say how far noise takes it (monitors/attribution.py)."""
     found = attributions(card, features, list(targets), background_rows, max_evals)
-    return {
-        name: float(np.mean([abs(e.values[name]) for e in found])) for name in card.feature_names
-    }
+    return np.array([[abs(e.values[name]) for name in card.feature_names] for e in found])

@@ -254,12 +254,17 @@ def test_a_candidate_whose_reasons_differ_from_stables_beyond_the_margin_fails()
     """attribution_divergence: the monitor's distance between the candidate's and stable's
     attribution shares in the same window, against the policy's margin."""
     comparison = Comparison("attribution_divergence", 0.2)
+
+    def judged(distance: float, beyond_noise: bool = True):
+        reasons = Divergence(distance, 0.0, beyond_noise)
+        return check_comparison(comparison, Evidence(attribution_divergence=reasons), 0.05)
+
     waiting = check_comparison(comparison, Evidence(), 0.05)
-    close = check_comparison(comparison, Evidence(attribution_divergence=0.05), 0.05)
-    apart = check_comparison(comparison, Evidence(attribution_divergence=0.35), 0.05)
+    close, apart, noisy = judged(0.05), judged(0.35), judged(0.35, beyond_noise=False)
     assert waiting.outcome == "INSUFFICIENT" and "no verdict" in waiting.reason
     assert close.outcome == "PASS" and apart.outcome == "FAIL"
     assert "attribution_divergence 0.3500 over 0.2000" in apart.reason
+    assert noisy.outcome == "INSUFFICIENT" and "sampling noise" in noisy.reason
     config = RolloutConfig(
         candidate="candidate",
         steps=[{"weight": 10, "min_duration_s": 60}],

@@ -87,11 +87,12 @@ class Window:
 
 @dataclass(frozen=True)
 class Divergence:
-    """How far the candidate's predicted classes' shares are from stable's in the same window."""
+    """How far something of the candidate's is from stable's in the same window: its predicted
+    classes' shares, or its reasons (its features' shares of mean |SHAP|)."""
 
     distance: float
     threshold: float
-    """The monitor's drift threshold: no margin below it is held."""
+    """The monitor's drift threshold for predictions, no margin below it held (0 for reasons)."""
     beyond_noise: bool
     """The monitor's distribution-free test says the two differ by more than sampling noise.
     A distance alone is not evidence: between two samples of one model's answers over 50
@@ -108,7 +109,7 @@ class Evidence:
     """The candidate's predictions against stable's, as the monitor judged them."""
     drifted_share: float | None = None
     """Share of the candidate's input features that drifted from its reference."""
-    attribution_divergence: float | None = None
+    attribution_divergence: Divergence | None = None
     """How far the candidate's reasons (shares of mean |SHAP| per feature) are from stable's."""
     shadow: tuple[int, int] | None = None
     """In a shadow step: (mirrored rows, rows where the candidate agreed with stable)."""
@@ -374,15 +375,15 @@ def check_comparison(comparison: Comparison, evidence: Evidence, alpha: float) -
 def _distance(name: CompareMetric, evidence: Evidence) -> tuple[float | None, float, bool]:
     """A distance comparison's (value, floor under its margin, whether the value is more than
     sampling noise); value None before the monitor's verdict. Input drift's share counts only
-    features flagged beyond noise; attribution profiles have no such test (yet)."""
-    if name == "prediction_divergence":
-        found = evidence.divergence
-        if found is None:
-            return None, 0.0, True
-        return found.distance, found.threshold, found.beyond_noise
-    if name == "attribution_divergence":
-        return evidence.attribution_divergence, 0.0, True
-    return evidence.drifted_share, 0.0, True
+    the features flagged beyond noise."""
+    if name == "input_drift":
+        return evidence.drifted_share, 0.0, True
+    found = (
+        evidence.divergence if name == "prediction_divergence" else evidence.attribution_divergence
+    )
+    if found is None:
+        return None, 0.0, True
+    return found.distance, found.threshold, found.beyond_noise
 
 
 def _with(

@@ -77,8 +77,7 @@ class Comparison:
     (prediction_divergence, input_drift, attribution_divergence: how far the candidate's reasons,
     its features' shares of mean |SHAP|, are from stable's in the same window, 0 to 1) PASS under
     ``margin`` and FAIL over it once the monitor has a verdict, if the monitor says it is more
-    than sampling noise (else INSUFFICIENT; attribution profiles have no noise test, so their
-    margin must stand above it); shadow_agreement must stay above 1 - ``margin``."""
+    than sampling noise (else INSUFFICIENT); shadow_agreement must stay above 1 - ``margin``."""
 
     metric: CompareMetric
     margin: float

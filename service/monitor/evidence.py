@@ -116,18 +116,21 @@ class EvidenceGatherer:
         windows = rollout.windows(policy, state, now)
         stage_alpha, epoch_alpha = guardrail_alphas(policy, windows)
         report = self.latest_reports().get((policy.endpoint, state.candidate))
-        divergence = drifted = None
+        divergence = drifted = reasons = None
         if report is not None and report.drift.status == "ok":
             drifted = report.drift.drifted_share
         if report is not None and report.vs_stable is not None:
             found = report.vs_stable
             divergence = Divergence(found.score, found.threshold, found.drifted)
+        if report is not None and report.attribution_vs_stable is not None:
+            apart = report.attribution_vs_stable
+            reasons = Divergence(apart.distance, 0.0, apart.beyond_noise)
         return Evidence(
             stage=self.window(policy, state, windows.stage_start, stage_alpha, within),
             epoch=self.window(policy, state, windows.epoch_start, epoch_alpha, within),
             divergence=divergence,
             drifted_share=drifted,
-            attribution_divergence=None if report is None else report.attribution_vs_stable,
+            attribution_divergence=reasons,
             shadow=self._shadow(policy, state, windows.stage_start, within is not None),
             accurate_within=within,
         )

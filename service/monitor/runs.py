@@ -15,14 +15,15 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 from prometheus_client import Gauge
 
-from monitors.attribution import attribution_distance
+from monitors.attribution import ProfileDistance, attribution_distance, profile_distance
 from monitors.drift import (
+    NOISE_ALPHA,
     ColumnDrift,
     DriftResult,
     DriftSettings,
@@ -37,7 +38,7 @@ from monitors.store import MonitorStore
 from service import registry
 from service.config import MonitorConfig
 from service.errors import ConfigError
-from service.explanations import REGRESSION_TARGET, mean_attributions
+from service.explanations import REGRESSION_TARGET, absolute_attributions
 from service.exposition import drop_series
 from service.model_card import ModelCard
 from service.monitor.metrics import MonitorMetrics
@@ -70,6 +71,8 @@ class Attribution:
     rows: int
     window: dict[str, float]
     reference: dict[str, float]
+    window_rows: np.ndarray = field(repr=False, compare=False)
+    """The sample's absolute attributions, a row per row (what ``window`` averages)."""
 
     @property
     def shift(self) -> float:
@@ -91,7 +94,7 @@ class VariantReport:
     """The shadows that mirrored this variant's requests: agreement with it and their quality."""
     attribution: Attribution | None = None
     """Why the variant answered what it did in this window, against its reference."""
-    attribution_vs_stable: float | None = None
+    attribution_vs_stable: ProfileDistance | None = None
     """How far its reasons are from the stable variant's in the same window (0 to 1)."""
 
     def to_dict(self) -> dict:
@@ -125,7 +128,9 @@ class VariantReport:
             else {
                 "rows": self.attribution.rows,
                 "shift": self.attribution.shift,
-                "vs_stable": self.attribution_vs_stable,
+                "vs_stable": None
+                if self.attribution_vs_stable is None
+                else asdict(self.attribution_vs_stable),
                 "features": self.attribution.window,
             },
             "shadows": {
@@ -262,19 +267,20 @@ class MonitorRunner:
         sample = inputs.sample(min(rows, len(inputs)), random_state=0)
         if reference.attribution is None:
             frame = reference.frame
-            reference.attribution = self._profile(
-                card, frame.sample(min(rows, len(frame)), random_state=0)
-            )
-        return Attribution(len(sample), self._profile(card, sample), reference.attribution)
+            sampled = frame.sample(min(rows, len(frame)), random_state=0)
+            reference.attribution = _profile(card, self._explained(card, sampled))
+        explained = self._explained(card, sample)
+        return Attribution(len(sample), _profile(card, explained), reference.attribution, explained)
 
-    def _profile(self, card: ModelCard, rows: pd.DataFrame) -> dict[str, float]:
+    def _explained(self, card: ModelCard, rows: pd.DataFrame) -> np.ndarray:
+        """The rows' absolute attributions (rows x features)."""
         classification = card.task == "classification"
         targets = (
             rows["prediction"].astype(str) if classification else [REGRESSION_TARGET] * len(rows)
         )
         features = rows[list(card.feature_names)].to_numpy(dtype=float)
         background = self.config.attribution_background_rows
-        return mean_attributions(card, features, list(targets), background)
+        return absolute_attributions(card, features, list(targets), background)
 
     def run_once(
         self, now: float | None = None, save_reports: bool = False, fresh: bool = False
@@ -384,7 +390,9 @@ class MonitorRunner:
                     self.settings,
                 )
                 attribution_vs_stable = (
-                    attribution_distance(report.attribution.window, base.attribution.window)
+                    profile_distance(
+                        report.attribution.window_rows, base.attribution.window_rows, NOISE_ALPHA
+                    )
                     if report.attribution is not None and base.attribution is not None
                     else None
                 )
@@ -439,7 +447,10 @@ class MonitorRunner:
         self._export_quality(key, quality)
         vs_stable = None if report.vs_stable is None else report.vs_stable.score
         _set_or_drop(metrics.vs_stable, key, vs_stable)
-        _set_or_drop(metrics.attribution_vs_stable, key, report.attribution_vs_stable)
+        divergence = report.attribution_vs_stable
+        _set_or_drop(
+            metrics.attribution_vs_stable, key, None if divergence is None else divergence.distance
+        )
         if report.attribution is not None:
             metrics.attribution_shift.labels(*key).set(report.attribution.shift)
             ranked = sorted(report.attribution.window.items(), key=lambda i: i[1], reverse=True)
@@ -461,6 +472,11 @@ class MonitorRunner:
 def _classes(card: ModelCard) -> tuple | None:
     """A classifier's classes; None for a regressor (what ``quality`` expects)."""
     return card.class_labels if card.task == "classification" else None
+
+
+def _profile(card: ModelCard, explained: np.ndarray) -> dict[str, float]:
+    """Each feature's mean absolute attribution over the explained rows."""
+    return dict(zip(card.feature_names, map(float, explained.mean(axis=0))))
 
 
 def _set_or_drop(gauge: Gauge, key: tuple[str, ...], value: float | None) -> None:
