@@ -5,6 +5,7 @@ same key, and bad requests are 4xx."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 
 import numpy as np
@@ -146,14 +147,35 @@ async def test_bad_explain_requests_are_clear_4xx_and_the_gateway_serves_on(
     assert counted == (1 if status == 400 else 0)  # an unknown endpoint has no series
 
 
-async def test_too_many_waiting_explanations_are_refused_with_retry_after(served):
+async def test_too_many_waiting_explanations_are_refused_with_retry_after(served, monkeypatch):
+    """Refused before the body is read and the model runs for it: a refusal cost what an
+    answer does, and sixteen callers asking without pause took most of the worker."""
     gateway, client = served
+    inferred = []
+    infer = gateway.dataplane.infer
+    monkeypatch.setattr(gateway.dataplane, "infer", lambda *a: inferred.append(1) or infer(*a))
     gateway.explainer.waiting = gateway.config.explain.max_waiting  # as if that many were busy
     refused = await client.post("/explain/cancer", json={"instances": [ROW]})
+    malformed = await client.post("/explain/cancer", content=b"{not json")
     gateway.explainer.waiting = 0
     served = await client.post("/predict/cancer", json={"instances": [ROW]})
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
-    assert served.status_code == 200
+    assert malformed.status_code == 429, "refused before its body is read"
+    assert served.status_code == 200 and len(inferred) == 1  # the prediction's alone
+
+
+async def test_the_explanation_process_yields_to_its_worker():
+    """It runs at ten nice levels more than its worker: at the same priority, a flood of
+    explanations took a core from the predictions."""
+    from service.gateway import explain
+
+    pool = explain.Explainer(explain.ExplainConfig())._process()
+    try:
+        child = await asyncio.get_running_loop().run_in_executor(pool, os.getpid)
+        expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + explain.NICENESS)
+        assert os.getpriority(os.PRIO_PROCESS, child) == expected
+    finally:
+        pool.shutdown()
 
 
 async def test_predict_is_not_slowed_while_explanations_run(served):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -43,6 +44,19 @@ def targets_for(card: ModelCard, outputs: Tensors, asked: str | None) -> list[st
     return [str(label) for label in np.asarray(outputs[card.label_output]).reshape(-1)]
 
 
+NICENESS = 10
+"""How much nicer than its worker the explanation process is. It is spawned in the worker's
+session, so Linux weighs the two against each other by their nice values: at 10 the process gets
+about a tenth of a core's share against a busy worker, and the whole of a core nobody else wants.
+At the worker's own priority, sixteen anonymous callers of ``/explain`` took a core from the
+predictions (BENCHMARKS.md)."""
+
+
+def _lower_priority() -> None:
+    """The explanation process's first act (``ProcessPoolExecutor``'s initializer)."""
+    os.nice(NICENESS)
+
+
 class Explainer:
     """One gateway worker's explanations: a process of their own, a bounded number waiting."""
 
@@ -50,6 +64,13 @@ class Explainer:
         self.config = config
         self.waiting = 0
         self._pool: ProcessPoolExecutor | None = None
+
+    def admit(self) -> None:
+        """429 for a call that would wait beyond ``explain.max_waiting``: asked first, before
+        its body is read or its model runs (a refusal after those cost what an answer does),
+        and again when its explanation is handed over."""
+        if self.waiting >= self.config.max_waiting:
+            raise Overloaded("explanations are busy: retry after 1 s (nothing was done)")
 
     def check(self, card: ModelCard, inputs: Tensors) -> None:
         """400 for what cannot be explained, before the model runs for it: a model of several
@@ -71,8 +92,7 @@ class Explainer:
         too when the model's files are no longer in the model store (the process loads them
         from there; the worker serves from memory)."""
         features = inputs[card.feature_input.name]
-        if self.waiting >= self.config.max_waiting:
-            raise Overloaded("explanations are busy: retry after 1 s (nothing was done)")
+        self.admit()
         self.waiting += 1
         pool = self._process()
         try:
@@ -103,7 +123,9 @@ class Explainer:
         if self._pool is None:
             # spawned, not forked: the worker has threads (onnxruntime's, the event loop's)
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=context, initializer=_lower_priority
+            )
         return self._pool
 
     def close(self) -> None:

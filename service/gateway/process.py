@@ -226,6 +226,7 @@ class Gateway:
         correlation_id = correlation_id_from(call.headers.get(CORRELATION_HEADER))
         outcome = "error"
         try:
+            self.explainer.admit()
             decoded = await call.read(table)
             route = self._route(call, table, decoded)
             card = route.model.card
