@@ -4,7 +4,9 @@ A profile is each feature's mean absolute attribution (SHAP) over a sample of ro
 model leans on each feature. Two profiles are compared by their shares (each feature's part of the
 total), so a model whose answers simply grew larger does not count as reasoning differently: the
 distance is the total variation between the shares, from 0 (the same reasons in the same
-proportions) to 1 (no feature in common).
+proportions) to 1 (no feature in common). Two samples of one model's rows are never at distance
+0, and how far apart noise puts them depends on the rows and the model, so ``profile_distance``
+also says whether a distance is more than noise (a permutation test of the samples' rows).
 """
 
 from __future__ import annotations

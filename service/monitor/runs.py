@@ -95,7 +95,8 @@ class VariantReport:
     attribution: Attribution | None = None
     """Why the variant answered what it did in this window, against its reference."""
     attribution_vs_stable: ProfileDistance | None = None
-    """How far its reasons are from the stable variant's in the same window (0 to 1)."""
+    """How far its reasons are from the stable variant's in the same window (0 to 1), and
+    whether that is more than sampling noise."""
 
     def to_dict(self) -> dict:
         drift = self.drift
