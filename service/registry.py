@@ -209,6 +209,27 @@ def _check_predicted_labels(predicted: np.ndarray, class_labels: tuple) -> None:
         )
 
 
+def _check_probability_order(
+    card: ModelCard, predicted: pd.Series, probabilities: np.ndarray
+) -> None:
+    """Refuse probability columns named in another order than the model's own: where the label
+    output names a class, the column ranked first must mostly be that class's. Named the wrong
+    way round (``--class-labels malignant,benign`` for a model whose first column is benign),
+    every answer said "benign" with 99% on "malignant", and explanations explained the other
+    class. Mostly, not always: a graph may decide with a threshold of its own."""
+    classes = np.asarray([str(c) for c in card.class_labels], dtype=object)
+    ranked = classes[probabilities.argmax(axis=1)]
+    named = predicted.astype(str).to_numpy()
+    for label in np.unique(named):
+        if (ranked[named == label] == label).mean() < 0.5:
+            raise ConfigError(
+                f"output {card.probability_output!r} ranks another class first in most rows "
+                f"where output {card.label_output!r} names {label!r}: its columns are not in "
+                f"the order of the class labels {list(classes)[:8]} (--class-labels names the "
+                f"classes in the order of the probability columns)"
+            )
+
+
 def _check_one_answer_per_row(card: ModelCard, outputs: dict[str, np.ndarray], rows: int) -> None:
     """Refuse a model that does not answer one label or value (and one row of probabilities) per
     row it is given, such as a regressor of several targets: its answers could not be told
@@ -246,6 +267,8 @@ def _reference_with_predictions(
                     f"output {card.probability_output!r} has {probabilities.shape[1]} columns but "
                     f"there are {len(card.class_labels)} class labels {list(card.class_labels)}"
                 )
+            if card.label_output:
+                _check_probability_order(card, table[PREDICTION_COLUMN], probabilities)
             for index, label in enumerate(card.class_labels):
                 table[f"{PROBABILITY_PREFIX}{label}"] = probabilities[:, index]
             if not card.label_output:

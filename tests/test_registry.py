@@ -277,6 +277,21 @@ def test_a_card_that_cannot_be_read_refuses_its_model_and_spares_the_others(demo
         bentoml.models.delete(card.tag)
 
 
+def test_class_labels_in_another_order_than_the_probability_columns_are_refused(demo_models):
+    """Every answer said "benign" with 99% on "malignant", and explanations explained the
+    other class."""
+    cancer = demo_models["cancer:v1"]
+    with pytest.raises(ConfigError, match="not in the order of the class labels"):
+        registry.add_model(
+            cancer.onnx_path, "swapped", cancer.reference_path, class_labels=["malignant", "benign"]
+        )
+    card = registry.add_model(
+        cancer.onnx_path, "ordered", cancer.reference_path, class_labels=["benign", "malignant"]
+    )
+    assert card.class_labels == ("benign", "malignant")
+    assert "swapped" not in {c.name for c in registry.list_cards()}
+
+
 def test_a_csv_that_names_a_column_twice_is_refused(demo_models, tmp_path):
     """pandas renames the second one (``mean_area.1``), which would have been the feature's name
     in requests, drift and explanations."""
