@@ -164,9 +164,7 @@ def column_drift(
     column_type = ColumnType.Categorical if categorical else ColumnType.Numerical
     method = settings.categorical_method if categorical else settings.numeric_method
     if not categorical:
-        reference, current = (
-            column.replace([np.inf, -np.inf], np.nan) for column in (reference, current)
-        )
+        reference, current = _infinite_as_missing(reference), _infinite_as_missing(current)
     missing_score, missing_drifted = _missing_values_drift(reference, current, settings.threshold)
     reference, current = reference.dropna(), current.dropna()  # as Evidently's report does
     score, threshold, drifted = missing_score, settings.threshold, missing_drifted
@@ -176,6 +174,11 @@ def column_drift(
         score, threshold = max(score, float(result.drift_score)), result.actual_threshold
         drifted = drifted or bool(result.drifted)
     return ColumnDrift(str(current.name), method, score, threshold, drifted)
+
+
+def _infinite_as_missing(values: pd.Series | pd.DataFrame) -> pd.Series | pd.DataFrame:
+    """The values with every infinity made missing (NaN), as Evidently's report reads them."""
+    return values.replace([np.inf, -np.inf], np.nan)
 
 
 def _missing_values_drift(
@@ -271,9 +274,7 @@ def drift_report(
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
 
-    current, reference = (
-        frame.replace([np.inf, -np.inf], np.nan) for frame in (current, reference)
-    )
+    current, reference = _infinite_as_missing(current), _infinite_as_missing(reference)
 
     numeric = list(features)
     categorical = []
