@@ -318,3 +318,47 @@ def test_a_classifiers_rollout_gets_every_default_comparison(tmp_path, open_data
     rollouts.tick("churn", now=1.0)
     rollouts.tick("churn", now=2.0)
     assert evidence.within is None
+
+
+def test_the_monitors_pruning_spares_the_records_a_rollout_judges_until_it_ends(
+    tmp_path, demo_models, monkeypatch
+):
+    """Records are kept 7 days by default, and a rollout may hold a stage longer (paused over a
+    holiday, or at its approval gate): pruning took the stage's first records, and each look
+    judged a window sliding behind the retention instead of the stage since it began."""
+    from monitors.records import PredictionRecord
+    from service.monitor import process
+    from service.secrets import Secrets
+
+    monkeypatch.setattr(process, "MonitorMetrics", lambda: MonitorMetrics(CollectorRegistry()))
+    config = parse_config(
+        {
+            "data_dir": str(tmp_path),
+            "endpoints": {
+                "e": {
+                    "variants": [
+                        {"name": "a", "model": "cancer:v1"},
+                        {"name": "b", "model": "cancer:v2", "role": "candidate", "weight": 0},
+                    ],
+                    "rollout": {
+                        "candidate": "b",
+                        "steps": [{"weight": 10}],
+                        "offline_gate": {"enabled": False},
+                    },
+                }
+            },
+        }
+    )
+    monitor = process.Monitor(config, Secrets())
+    now, day = 10**9, 86_400.0
+    monitor.rollouts.tick("e", now=now - 10 * day)
+    monitor.rollouts.act("e", "pause", now=now - 10 * day + 60)
+    old = now - 9 * day  # past the 7 days records are kept, inside the rollout's first step
+    before = now - 10 * day - 3600  # before the step and the stretch that informs stable's prior
+    monitor.store.add_records(
+        [PredictionRecord(f"e:{i}", old, "e", "b", "cancer:v2", ["benign"], 0.01) for i in range(3)]
+        + [PredictionRecord("e:x", before, "e", "a", "cancer:v1", ["benign"], 0.01)]
+    )
+    assert monitor.prune(now=now)["predictions"] == 1
+    monitor.rollouts.act("e", "rollback", now=now - 60)
+    assert monitor.prune(now=now)["predictions"] == 3  # ended: pruned as any record

@@ -254,15 +254,19 @@ class Monitor:
 
     def prune(self, now: float | None = None) -> dict:
         """Everything older than its retention goes (records, labels and rewards, audit,
-        evaluations, webhook events, reports) but an experiment's window; labels and rewards
-        held longer than ``label_retention_s`` for their prediction expire."""
+        evaluations, webhook events, reports) but an experiment's window and the records a
+        rollout that has not ended judges; labels and rewards held longer than
+        ``label_retention_s`` for their prediction expire."""
         now = now or time.time()
         retention = self.config.retention
+        kept = self.experiments.windows_kept(now, retention.predictions_s)
+        for endpoint, since in self.rollouts.windows_kept().items():
+            kept[endpoint] = min(since, kept.get(endpoint, since))
         deleted = self.store.prune(
             now - retention.predictions_s,
             now - retention.labels_s,
             now - self.config.monitor.label_retention_s,
-            self.experiments.windows_kept(now, retention.predictions_s),
+            kept,
         )
         deleted |= self.state_store.prune(
             now - retention.audit_s, now - retention.evaluations_s, now - retention.webhooks_s

@@ -47,7 +47,7 @@ from traffic.rollout import (
     RolloutState,
     Target,
 )
-from traffic.rollout_checks import Evidence
+from traffic.rollout_checks import PRIOR_WINDOW_S, Evidence
 from traffic.rollout_policy import RolloutPolicy
 from traffic.store import (
     OutboxEvent,
@@ -121,6 +121,19 @@ class RolloutService:
             "policy_hash": policy.policy_hash,
             "history": self.state_store.evaluations(endpoint, history),
         }
+
+    def windows_kept(self) -> dict[str, float]:
+        """Endpoint -> the start of the records its rollout's evidence reads (its stage's, and
+        stable's just before them), for pruning to spare while the rollout has not ended. A
+        rollout may hold a stage past the records' retention (paused, or at a gate, for days), and
+        each look judges everything since the stage began: records pruned from under it turn
+        that into a window sliding behind the retention, which no false-rollback bound covers."""
+        kept = {}
+        for endpoint in self.policies:
+            _, state, _ = self._load(endpoint)
+            if state is not None and state.phase not in TERMINAL:
+                kept[endpoint] = state.stage_started - PRIOR_WINDOW_S
+        return kept
 
     # -- deciding --------------------------------------------------------------------------
 
