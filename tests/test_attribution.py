@@ -43,18 +43,19 @@ def test_two_samples_of_one_models_reasons_are_rarely_beyond_noise(rows):
     rng = np.random.default_rng(rows)
     leanings = rng.lognormal(0, 1, 30)
     judged = [
-        profile_distance(sample(rng, leanings, rows), sample(rng, leanings, rows), 0.001)
+        profile_distance(sample(rng, leanings, rows), sample(rng, leanings, rows))
         for _ in range(300)
     ]
     assert max(j.distance for j in judged) > 0.05
-    assert sum(j.beyond_noise for j in judged) <= 2  # 0.3 expected at 0.001
+    assert sum(j.p_value <= 0.001 for j in judged) <= 2  # 0.3 expected at 0.001
+    assert sum(j.p_value <= 0.1 for j in judged) <= 45  # 30 expected: p-values are uniform
 
 
 def test_reasons_that_moved_are_beyond_noise():
     rng = np.random.default_rng(9)
     leanings = rng.lognormal(0, 1, 30)
     first, moved = sample(rng, leanings), sample(rng, np.roll(leanings, 3))  # strengths moved
-    judged = profile_distance(first, moved, 0.001)
-    assert judged.beyond_noise and judged.distance > 0.2
+    judged = profile_distance(first, moved)
+    assert judged.p_value == pytest.approx(1e-5) and judged.distance > 0.2  # all 99,999 splits
     means = [dict(enumerate(rows.mean(axis=0))) for rows in (first, moved)]
     assert judged.distance == pytest.approx(attribution_distance(*means))

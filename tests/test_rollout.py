@@ -16,8 +16,15 @@ import pandas as pd
 import pytest
 
 from service.config import RolloutConfig
-from traffic.rollout import RolloutError, RolloutState, act, evaluate, start
-from traffic.rollout_checks import ArmCounts, Divergence, Evidence, Window, check_comparison
+from traffic.rollout import RolloutError, RolloutState, act, evaluate, start, windows
+from traffic.rollout_checks import (
+    ArmCounts,
+    Divergence,
+    Evidence,
+    Window,
+    check_comparison,
+    comparison_alpha,
+)
 from traffic.rollout_policy import Comparison, Step
 from traffic.simulation import ArmModel, Bursts, simulate
 
@@ -70,11 +77,11 @@ def test_healthy_candidates_get_through_where_traffic_allows():
 
 
 def test_budget_spending_adds_up_to_alpha():
-    from traffic.rollout_checks import epoch_share, stage_share
+    from traffic.rollout_checks import kth_share, stage_share
 
     for stages in (1, 2, 3, 6):
         assert sum(stage_share(k, stages) for k in range(1, stages + 1)) == pytest.approx(1.0)
-    assert sum(epoch_share(k) for k in range(1, 100_000)) < 1.0
+    assert sum(kth_share(k) for k in range(1, 100_000)) < 1.0
 
 
 def evaluations_to_rollback(candidate: ArmModel, requests_per_s: float, seeds: int = 30) -> list:
@@ -228,26 +235,76 @@ def test_prediction_divergence_fails_only_beyond_sampling_noise():
     """Two samples of one model's answers over 50 classes, 200 rows each (the monitor's default
     window for a verdict): their distance passed the default margin (0.2) in 3 of 8 windows, and
     each such window rolled a healthy candidate back. It fails now only where the monitor's
-    distribution-free test also says the two differ by more than noise."""
-    from monitors.drift import DriftSettings, column_drift
+    distribution-free test also says the two differ by more than noise, at the level of the
+    verdict's place in the step (200 verdicts read in turn at the first step's alpha)."""
+    from monitors.drift import DriftSettings, column_drift, noise_p_value
 
     rng = np.random.default_rng(5)
     shares = rng.dirichlet(np.full(50, 0.5))
     comparison = Comparison("prediction_divergence", 0.2)  # as in the default comparisons
+    alpha = comparison_alpha(DEFAULT, windows(DEFAULT, _state(), 0.0))
 
-    def judged(candidate_shares: np.ndarray) -> tuple[str, float]:
+    def judged(candidate_shares: np.ndarray, verdict: int) -> tuple[str, float]:
         stable, candidate = (
             pd.Series(rng.choice(50, 200, p=p).astype(str)) for p in (shares, candidate_shares)
         )
         found = column_drift(stable, candidate, True, DriftSettings())
-        evidence = Evidence(divergence=Divergence(found.score, found.threshold, found.drifted))
-        return check_comparison(comparison, evidence, 0.05).outcome, found.score
+        p_value = noise_p_value(stable, candidate, categorical=True)
+        evidence = Evidence(divergence=Divergence(found.score, found.threshold, p_value))
+        return check_comparison(comparison, evidence, alpha, verdict).outcome, found.score
 
-    healthy = [judged(shares) for _ in range(200)]
+    healthy = [judged(shares, verdict) for verdict in range(1, 201)]
     assert sum(score > 0.2 for _, score in healthy) > 20  # what the distance alone failed
     assert "FAIL" not in {outcome for outcome, _ in healthy}
     moved = np.roll(shares, 1)  # each class's share given to another
-    assert {judged(moved)[0] for _ in range(20)} == {"FAIL"}
+    assert {judged(moved, verdict)[0] for verdict in range(1, 21)} == {"FAIL"}
+
+
+def test_a_distance_comparison_read_at_every_verdict_keeps_its_share_of_alpha():
+    """The monitor decides a distance anew every run (30 s) on a window of its own, and the
+    rollout read each verdict with the monitor's fixed noise test (p < 0.001): a step that read
+    60 verdicts gave a healthy candidate 60 chances, and 6% of such steps failed, where the
+    comparison's share of the budget is 0.67%. Each verdict read in a step is now held to a
+    smaller level than the last. Here every verdict is over the margin, its p-value uniform as
+    it is where the two do not differ: the worst the monitor can hand a healthy candidate."""
+    rng = np.random.default_rng(11)
+    policy = DEFAULT
+    share = comparison_alpha(policy, windows(policy, _state(), 0.0))
+    failed = 0
+    for _ in range(500):
+        state = _state()
+        for p_value in rng.random(60):
+            evidence = Evidence(divergence=Divergence(0.3, 0.1, float(p_value)))
+            decision = evaluate(policy, state, evidence, 1.0)
+            state = decision.state
+            if decision.action == "rollback":
+                failed += 1
+                break
+    assert share == pytest.approx(0.04 / 4 * 2 / 3)  # four comparisons, the first of 3 steps
+    assert failed <= 500 * share * 2  # 3.3 expected at most; 33 with a fixed level per verdict
+
+
+def test_a_verdict_read_again_is_not_a_new_look_and_a_new_step_counts_afresh():
+    policy = DEFAULT
+    within = Evidence(divergence=Divergence(0.05, 0.1, 1.0))
+    state = _state()
+    for _ in range(3):  # the rollout looks every 10 s, the monitor decides every 30 s
+        state = evaluate(policy, state, within, 1.0).state
+    assert state.verdicts_read == {"prediction_divergence": (1, 0.05, 1.0)}
+    paused = act(policy, state, "pause", 2.0).state
+    moved = Evidence(divergence=Divergence(0.06, 0.1, 1.0))
+    assert evaluate(policy, paused, moved, 3.0).state.verdicts_read == state.verdicts_read
+    state = evaluate(policy, state, moved, 3.0).state
+    assert state.verdicts_read == {"prediction_divergence": (2, 0.06, 1.0)}
+    assert RolloutState.from_dict(state.to_dict()) == state
+    level = evaluate(policy, state, moved, 4.0).checks[-1].statistic["level"]
+    assert level == pytest.approx(comparison_alpha(policy, windows(policy, state, 4.0)) / 6)
+    advanced = act(policy, act(policy, state, "pause", 5.0).state, "promote", 6.0).state
+    assert advanced.verdicts_read == state.verdicts_read  # not at a step: nothing acts on them
+    next_step = replace(state, step=1, step_started=7.0, verdicts_read={})
+    assert evaluate(policy, next_step, moved, 8.0).state.verdicts_read == {
+        "prediction_divergence": (1, 0.06, 1.0)
+    }
 
 
 def test_a_candidate_whose_reasons_differ_from_stables_beyond_the_margin_fails():
@@ -255,12 +312,12 @@ def test_a_candidate_whose_reasons_differ_from_stables_beyond_the_margin_fails()
     attribution shares in the same window, against the policy's margin."""
     comparison = Comparison("attribution_divergence", 0.2)
 
-    def judged(distance: float, beyond_noise: bool = True):
-        reasons = Divergence(distance, 0.0, beyond_noise)
+    def judged(distance: float, p_value: float = 0.0):
+        reasons = Divergence(distance, 0.0, p_value)
         return check_comparison(comparison, Evidence(attribution_divergence=reasons), 0.05)
 
     waiting = check_comparison(comparison, Evidence(), 0.05)
-    close, apart, noisy = judged(0.05), judged(0.35), judged(0.35, beyond_noise=False)
+    close, apart, noisy = judged(0.05), judged(0.35), judged(0.35, p_value=0.03)
     assert waiting.outcome == "INSUFFICIENT" and "no verdict" in waiting.reason
     assert close.outcome == "PASS" and apart.outcome == "FAIL"
     assert "attribution_divergence 0.3500 over 0.2000" in apart.reason

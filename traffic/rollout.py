@@ -13,7 +13,7 @@ step's minimum duration: advance. Any INSUFFICIENT: hold; after ``max_insufficie
 ``on_insufficient``. Abort beats promote: a FAIL is acted on before anything else. Every check is
 an always-valid test spending its share of the rollout's ``alpha`` (traffic/rollout_checks.py), so
 however often it looks and however long it waits, a healthy candidate is rolled back with
-probability at most ``alpha``. The service layer gathers the evidence of ``windows(...)``,
+probability at most ``alpha`` (input drift, a check on the traffic, is the one exception there). The service layer gathers the evidence of ``windows(...)``,
 persists each new state before it applies the decision's traffic targets, and appends every
 decision to the audit.
 """
@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, get_args
 
 from traffic.rollout_checks import (
+    DISTANCE_METRICS,
     CheckResult,
     Evidence,
     Windows,
@@ -32,6 +33,7 @@ from traffic.rollout_checks import (
     check_comparison,
     check_guardrail,
     comparison_alpha,
+    divergence,
     guardrail_alphas,
 )
 from traffic.rollout_policy import RolloutPolicy
@@ -70,6 +72,9 @@ class RolloutState:
     reason: str = ""
     epochs_before_stage: int = 0
     """Guardrail epochs the analysis went through before the current stage began."""
+    verdicts_read: Mapping[str, tuple[int, float, float]] = field(default_factory=dict)
+    """Each distance comparison's verdicts from the monitor read at the current step while they
+    could act: (how many, the last one's distance and p-value)."""
 
     @property
     def at_a_step(self) -> bool:
@@ -92,12 +97,14 @@ class RolloutState:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["guard_history"] = {k: list(v) for k, v in self.guard_history.items()}
+        data["verdicts_read"] = {k: list(v) for k, v in self.verdicts_read.items()}
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping) -> RolloutState:
         history = {k: tuple(v) for k, v in data.get("guard_history", {}).items()}
-        return cls(**{**data, "guard_history": history})
+        verdicts = {k: tuple(v) for k, v in data.get("verdicts_read", {}).items()}
+        return cls(**{**data, "guard_history": history, "verdicts_read": verdicts})
 
 
 @dataclass(frozen=True)
@@ -197,10 +204,13 @@ def evaluate(
         )
         checks.append(_acting(result, policy))
     alpha = comparison_alpha(policy, judged)
+    verdicts = _verdicts_read(state, evidence)
     for comparison in policy.comparisons:
         if applies(comparison, shadow_step):
-            checks.append(_acting(check_comparison(comparison, evidence, alpha), policy))
-    state = replace(state, guard_history=history)
+            verdict = verdicts.get(comparison.metric, (1,))[0]
+            result = check_comparison(comparison, evidence, alpha, verdict)
+            checks.append(_acting(result, policy))
+    state = replace(state, guard_history=history, verdicts_read=verdicts)
     checks = tuple(checks)
 
     broken = [c for c in checks if c.lane == "guardrail" and c.acting and c.outcome == "FAIL"]
@@ -243,6 +253,24 @@ def evaluate(
             checks,
         )
     return _advance(policy, state, now, checks)
+
+
+def _verdicts_read(
+    state: RolloutState, evidence: Evidence
+) -> Mapping[str, tuple[int, float, float]]:
+    """``verdicts_read`` with this evaluation's. A verdict counts while the comparisons act (the
+    rollout progressing); one the same as the last read is the same test of the same window,
+    which cannot fail where it did not before, and is not counted again: the monitor decides
+    every 30 s (attributions every 300 s), the rollout looks every 10 s."""
+    if state.phase != "progressing":
+        return state.verdicts_read
+    read = dict(state.verdicts_read)
+    for metric in DISTANCE_METRICS:
+        found = divergence(metric, evidence)
+        count, *last = read.get(metric, (0, None, None))
+        if found is not None and last != [found.distance, found.p_value]:
+            read[metric] = (count + 1, found.distance, found.p_value)
+    return read
 
 
 def act(policy: RolloutPolicy, state: RolloutState, action: ManualAction, now: float) -> Decision:
@@ -317,6 +345,7 @@ def _next_step(
         step=state.step + 1,
         step_started=now,
         epochs_before_stage=_new_stage(policy, state, now),
+        verdicts_read={},
         passing_since=None,
         insufficient_since=None,
         reason=f"{why}; step {state.step + 2} at {policy.steps[state.step + 1].weight:g}%",

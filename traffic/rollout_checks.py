@@ -18,9 +18,15 @@ The false-rollback budget ``alpha`` is spent once per rollout, over every check 
   guardrail's alpha in that window (the test on the candidate spends the rest): a point estimate
   is whatever stable's few answers in a window happened to take (requests still in flight when a
   candidate is promoted), and a healthy candidate judged against it was rolled back;
-- rate comparisons (error_rate, slow_rate, accuracy, shadow_agreement) share the rest equally,
-  each spending it over the steps as above, on the data of the current step: the traffic split is
-  constant within a step, so a load spike or an outage that hits both arms hits them alike.
+- comparisons share the rest equally, each spending it over the steps as above: rate comparisons
+  (error_rate, slow_rate, accuracy, shadow_agreement) on the data of the current step (the traffic
+  split is constant within a step, so a load spike or an outage that hits both arms hits them
+  alike); distance comparisons (prediction_divergence, attribution_divergence) on the monitor's
+  verdicts, each a test of its own window with a p-value, the k-th verdict read in a step held
+  to ``kth_share(k)`` of the step's alpha, so that however many it reads they spend no more.
+  input_drift is the exception: the share of the candidate's features the monitor flagged against
+  its reference (each at ``NOISE_ALPHA`` per run), a check on the traffic more than on the
+  candidate, it spends nothing and is not in the defaults.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from traffic.sequential import (
 
 Outcome = Literal["PASS", "FAIL", "INSUFFICIENT"]
 RATE_METRICS = ("error_rate", "slow_rate", "accuracy", "shadow_agreement")
+DISTANCE_METRICS = ("prediction_divergence", "attribution_divergence")
+"""Comparisons of a distance whose noise test the rollout holds to its own budget."""
 PRIOR_WINDOW_S = 600.0
 """How much of stable's data from just before a window informs the prior over its rates."""
 LATENCY_BOUND_SHARE = 0.5
@@ -93,10 +101,10 @@ class Divergence:
     distance: float
     threshold: float
     """The monitor's drift threshold for predictions, no margin below it held (0 for reasons)."""
-    beyond_noise: bool
-    """The monitor's distribution-free test says the two differ by more than sampling noise.
-    A distance alone is not evidence: between two samples of one model's answers over 50
-    classes, 200 rows each, it passed 0.2 in 3 of 8 windows."""
+    p_value: float
+    """Of the monitor's distribution-free test that the two come from one distribution. A
+    distance alone is not evidence: between two samples of one model's answers over 50 classes,
+    200 rows each, it passed 0.2 in 3 of 8 windows."""
 
 
 @dataclass(frozen=True)
@@ -158,10 +166,11 @@ def stage_share(k: int, stages: int) -> float:
     return 3.0 ** -(k - 1) if k >= stages else 2.0 * 3.0**-k
 
 
-def epoch_share(k: int) -> float:
-    """Share of a budget epoch ``k`` may spend: 1/(k(k+1)), adding up to 1 over unboundedly many
-    epochs, so a rollout may wait as long as it likes; late epochs need only a little more
-    evidence (log(k^2) more, in e-value terms)."""
+def kth_share(k: int) -> float:
+    """Share of a budget the ``k``-th of a series (a guardrail's epochs, a distance comparison's
+    verdicts) may spend: 1/(k(k+1)), adding up to 1 over unboundedly many, so a rollout may wait
+    as long as it likes; late ones need only a little more evidence (log(k^2) more, in e-value
+    terms)."""
     return 1.0 / (k * (k + 1))
 
 
@@ -169,12 +178,12 @@ def guardrail_alphas(policy: RolloutPolicy, windows: Windows) -> tuple[float, fl
     """(alpha for the stage's data, alpha for the epoch's data) of each guardrail."""
     share = policy.guardrail_alpha / max(len(policy.guardrails), 1) / 2
     stages = len(policy.steps) + 1
-    return share * stage_share(windows.stage, stages), share * epoch_share(windows.epoch)
+    return share * stage_share(windows.stage, stages), share * kth_share(windows.epoch)
 
 
 def comparison_alpha(policy: RolloutPolicy, windows: Windows) -> float:
-    """Alpha of each rate comparison at this step."""
-    rated = [c for c in policy.comparisons if c.metric in RATE_METRICS]
+    """Alpha of each comparison at this step (a distance comparison's, over all its verdicts)."""
+    rated = [c for c in policy.comparisons if c.metric in (*RATE_METRICS, *DISTANCE_METRICS)]
     share = (policy.alpha - policy.guardrail_alpha) / max(len(rated), 1)
     steps = len(policy.steps)
     return share * stage_share(min(windows.stage, steps), steps)
@@ -301,8 +310,12 @@ def _rate_counts(metric: str, window: Window) -> tuple[tuple, tuple, tuple] | No
     return None
 
 
-def check_comparison(comparison: Comparison, evidence: Evidence, alpha: float) -> CheckResult:
-    """One comparison of the candidate with stable in the current step (``alpha``: its share)."""
+def check_comparison(
+    comparison: Comparison, evidence: Evidence, alpha: float, verdict: int = 1
+) -> CheckResult:
+    """One comparison of the candidate with stable in the current step (``alpha``: its share;
+    ``verdict``: for a distance comparison, which of the monitor's verdicts in this step this is,
+    from 1)."""
     name, margin = comparison.metric, comparison.margin
     insufficient = CheckResult(name, "comparison", "INSUFFICIENT", "", required=comparison.required)
     counts = _rate_counts(name, evidence.stage)
@@ -359,11 +372,20 @@ def check_comparison(comparison: Comparison, evidence: Evidence, alpha: float) -
             reason = f"disagrees on less than {margin} of rows ({disagree / rows:.4f})"
             return _with(insufficient, reason, statistic, "PASS")
         return _with(insufficient, f"undecided: disagreement {disagree / rows:.4f}", statistic)
-    value, floor, beyond_noise = _distance(name, evidence)
+    if name == "input_drift":
+        value, limit_value, beyond_noise = evidence.drifted_share, margin, True
+        statistic = {"value": value, "limit": limit_value}
+    else:
+        found = divergence(name, evidence)
+        value = None if found is None else found.distance
+        limit_value = margin if found is None else max(margin, found.threshold)
+        level = alpha * kth_share(verdict)
+        beyond_noise = found is not None and found.p_value <= level
+        statistic = {"value": value, "limit": limit_value, "verdict": verdict, "level": level}
+        if found is not None:
+            statistic["p_value"] = found.p_value
     if value is None:
         return _with(insufficient, "no verdict from the monitor yet")
-    limit_value = max(margin, floor)
-    statistic = {"value": value, "limit": limit_value}
     if value > limit_value and not beyond_noise:
         reason = f"{name} {value:.4f} over {limit_value:.4f}, but no more than sampling noise"
         return _with(insufficient, reason, statistic)
@@ -372,18 +394,11 @@ def check_comparison(comparison: Comparison, evidence: Evidence, alpha: float) -
     return _with(insufficient, f"{name} {value:.4f} within {limit_value:.4f}", statistic, "PASS")
 
 
-def _distance(name: CompareMetric, evidence: Evidence) -> tuple[float | None, float, bool]:
-    """A distance comparison's (value, floor under its margin, whether the value is more than
-    sampling noise); value None before the monitor's verdict. Input drift's share counts only
-    the features flagged beyond noise."""
-    if name == "input_drift":
-        return evidence.drifted_share, 0.0, True
-    found = (
-        evidence.divergence if name == "prediction_divergence" else evidence.attribution_divergence
-    )
-    if found is None:
-        return None, 0.0, True
-    return found.distance, found.threshold, found.beyond_noise
+def divergence(name: CompareMetric, evidence: Evidence) -> Divergence | None:
+    """The monitor's latest verdict for a distance comparison (None before its first)."""
+    if name == "prediction_divergence":
+        return evidence.divergence
+    return evidence.attribution_divergence
 
 
 def _with(

@@ -76,8 +76,9 @@ class Comparison:
     INSUFFICIENT. Distances
     (prediction_divergence, input_drift, attribution_divergence: how far the candidate's reasons,
     its features' shares of mean |SHAP|, are from stable's in the same window, 0 to 1) PASS under
-    ``margin`` and FAIL over it once the monitor has a verdict, if the monitor says it is more
-    than sampling noise (else INSUFFICIENT); shadow_agreement must stay above 1 - ``margin``."""
+    ``margin`` and FAIL over it once the monitor has a verdict, if the monitor's noise test
+    rejects at the verdict's share of the comparison's budget (else INSUFFICIENT);
+    shadow_agreement must stay above 1 - ``margin``."""
 
     metric: CompareMetric
     margin: float

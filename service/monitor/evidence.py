@@ -121,10 +121,10 @@ class EvidenceGatherer:
             drifted = report.drift.drifted_share
         if report is not None and report.vs_stable is not None:
             found = report.vs_stable
-            divergence = Divergence(found.score, found.threshold, found.drifted)
+            divergence = Divergence(found.score, found.threshold, report.vs_stable_p_value)
         if report is not None and report.attribution_vs_stable is not None:
             apart = report.attribution_vs_stable
-            reasons = Divergence(apart.distance, 0.0, apart.beyond_noise)
+            reasons = Divergence(apart.distance, 0.0, apart.p_value)
         return Evidence(
             stage=self.window(policy, state, windows.stage_start, stage_alpha, within),
             epoch=self.window(policy, state, windows.epoch_start, epoch_alpha, within),

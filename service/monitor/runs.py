@@ -23,13 +23,13 @@ from prometheus_client import Gauge
 
 from monitors.attribution import ProfileDistance, attribution_distance, profile_distance
 from monitors.drift import (
-    NOISE_ALPHA,
     ColumnDrift,
     DriftResult,
     DriftSettings,
     compute_drift,
     drift_report,
     drift_summary,
+    noise_p_value,
 )
 from monitors.quality import QualityMemo, QualityResult, quality, quality_summary
 from monitors.reports import ReportArchive
@@ -90,13 +90,16 @@ class VariantReport:
     """The recorded inputs and predictions the run looked at (named feature columns)."""
     vs_stable: ColumnDrift | None = None
     """This variant's predictions against the endpoint's stable variant's, in the same window."""
+    vs_stable_p_value: float | None = None
+    """The p-value of the test that those predictions and stable's come from one distribution
+    (1 where their distance is under the drift threshold, and no test is needed)."""
     shadows: tuple[ShadowResult, ...] = ()
     """The shadows that mirrored this variant's requests: agreement with it and their quality."""
     attribution: Attribution | None = None
     """Why the variant answered what it did in this window, against its reference."""
     attribution_vs_stable: ProfileDistance | None = None
-    """How far its reasons are from the stable variant's in the same window (0 to 1), and
-    whether that is more than sampling noise."""
+    """How far its reasons are from the stable variant's in the same window (0 to 1), and the
+    p-value of the test that this is sampling noise."""
 
     def to_dict(self) -> dict:
         drift = self.drift
@@ -123,6 +126,7 @@ class VariantReport:
                 "score": self.vs_stable.score,
                 "method": self.vs_stable.method,
                 "drifted": self.vs_stable.drifted,
+                "p_value": self.vs_stable_p_value,
             },
             "attribution": None
             if self.attribution is None
@@ -381,25 +385,25 @@ class MonitorRunner:
                 continue
             compared.append(report)
             with self._isolated(report.endpoint, report.variant, "comparison with stable"):
-                card = self._reference(report.model).card
-                result = compute_drift(
-                    report.window[["prediction"]],
-                    base.window[["prediction"]],
-                    [],
-                    "prediction",
-                    card.task == "classification",
-                    self.settings,
-                )
+                categorical = self._reference(report.model).card.task == "classification"
+                windows = report.window[["prediction"]], base.window[["prediction"]]
+                vs_stable = compute_drift(*windows, [], "prediction", categorical, self.settings)
+                found = vs_stable.prediction
+                p_value = None
+                if found is not None:
+                    p_value = 1.0
+                    if found.score >= found.threshold:
+                        predictions = base.window["prediction"], report.window["prediction"]
+                        p_value = noise_p_value(*predictions, categorical)
                 attribution_vs_stable = (
-                    profile_distance(
-                        report.attribution.window_rows, base.attribution.window_rows, NOISE_ALPHA
-                    )
+                    profile_distance(report.attribution.window_rows, base.attribution.window_rows)
                     if report.attribution is not None and base.attribution is not None
                     else None
                 )
                 compared[-1] = replace(
                     report,
-                    vs_stable=result.prediction,
+                    vs_stable=found,
+                    vs_stable_p_value=p_value,
                     attribution_vs_stable=attribution_vs_stable,
                 )
         return compared
