@@ -518,6 +518,40 @@ class MonitorStore:
         columns = ["request_id", "shadow", "prediction", "shadow_prediction", "label"]
         return pd.DataFrame(table, columns=columns)
 
+    def mirrored(
+        self,
+        endpoint: str,
+        variant: str,
+        shadow: str,
+        since: float,
+        include_pinned: bool = False,
+        by_request: bool = False,
+    ) -> tuple[list, list]:
+        """What ``shadow`` answered beside this variant since ``since``, for a rollout's shadow
+        step: (the variant's predictions, the shadow's), one row per unit, its first mirrored
+        request's first row (``_first_of_each_unit``; ``by_request``: every row of every
+        request). Requests the shadow did not answer (its call failed) are not counted."""
+        key = '%"' + shadow.replace("_", "!_") + '":%'  # names have no % nor !, only _
+        firsts = _first_of_each_unit(
+            "p.predictions, p.shadow",
+            "predictions p",
+            "p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.at < ? AND (p.pinned = 0 OR ?) "
+            "AND p.shadow LIKE ? ESCAPE '!'",
+            by_request,
+        )
+        ours: list = []
+        theirs: list = []
+        window = _window(endpoint, variant, since, None, include_pinned)
+        with self.db.stream(f"SELECT predictions, shadow FROM {firsts}", (*window, key)) as rows:
+            for predictions, shadows in rows:
+                predictions, answered = _decode_stored(predictions), _decode_stored(shadows)
+                answered = answered.get(shadow, [])
+                if len(answered) == len(predictions):
+                    taken = len(predictions) if by_request else 1
+                    ours += predictions[:taken]
+                    theirs += answered[:taken]
+        return ours, theirs
+
     def outcomes(
         self,
         endpoint: str,

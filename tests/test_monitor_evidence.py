@@ -145,3 +145,55 @@ def test_a_regressor_is_judged_on_its_answers_within_stables_usual_error(
     result = check_comparison(accuracy, evidence, alpha)
     assert result.outcome == outcome
     assert result.statistic["accurate_within"] == within  # the audit says what right meant
+
+
+def mirrored(
+    first_at: float, rows: int, disagreeing: int, unit=None, shadow="next"
+) -> PredictionRecord:
+    """A request stable answered with ``rows`` rows, mirrored to ``shadow``, which answered
+    otherwise on the first ``disagreeing`` of them."""
+    ours = ["yes"] * rows
+    theirs = ["no"] * disagreeing + ["yes"] * (rows - disagreeing)
+    return PredictionRecord(
+        f"churn:{first_at:.3f}",
+        first_at,
+        "churn",
+        "stable",
+        "churn:stable",
+        ours,
+        0.01,
+        shadow={shadow: theirs},
+        unit=unit,
+    )
+
+
+def test_a_shadow_step_counts_each_user_once_not_each_row_of_their_batches(open_database):
+    """A shadow step's agreement counted every mirrored row as an independent trial: one user's
+    batch of 600 rows of hard inputs, on which the candidate answered otherwise in 240, made a
+    third of the rows disagree, and a candidate that agreed with stable for 299 of 300 users was
+    rolled back with "confidence". Each unit counts once now, by its first mirrored row, as the
+    other comparisons count it; rows of requests a shadow call did not answer, or that another
+    shadow mirrored, are not counted."""
+    policy = RolloutConfig(
+        candidate="next",
+        steps=[{"weight": 0, "shadow": True}],
+        comparisons=[{"metric": "shadow_agreement", "margin": 0.05}],
+    ).policy("churn", "stable", 100.0)
+    store = MonitorStore(open_database())
+    records = [
+        mirrored(STARTED + 1 + i * 0.01, 1, int(i == 0), unit=f"{i:032x}") for i in range(300)
+    ]
+    records.append(mirrored(STARTED + 2.005, 600, 240, unit="f" * 32))  # the batch user
+    records.append(mirrored(STARTED + 2.006, 5, 5, unit="e" * 32, shadow="other_one"))
+    records.append(mirrored(STARTED - 5, 5, 5, unit="d" * 32))  # before the step
+    store.add_records(records)
+    state = start(policy, "churn:v2", STARTED).state
+    now = STARTED + 30
+    evidence = EvidenceGatherer(store, dict).gather(policy, state, now)
+    assert evidence.shadow == (301, 299)  # user 0, and the batch by its first row
+    alpha = comparison_alpha(policy, windows(policy, state, now))
+    assert check_comparison(policy.comparisons[0], evidence, alpha).outcome == "PASS"
+    by_request = replace(policy, unit="request")
+    evidence = EvidenceGatherer(store, dict).gather(by_request, state, now)
+    assert evidence.shadow == (900, 659)  # every row, as before
+    assert check_comparison(policy.comparisons[0], evidence, alpha).outcome == "FAIL"

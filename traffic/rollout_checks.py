@@ -120,7 +120,8 @@ class Evidence:
     attribution_divergence: Divergence | None = None
     """How far the candidate's reasons (shares of mean |SHAP| per feature) are from stable's."""
     shadow: tuple[int, int] | None = None
-    """In a shadow step: (mirrored rows, rows where the candidate agreed with stable)."""
+    """In a shadow step: (mirrored rows, rows where the candidate agreed with stable), one row
+    per unit (its first mirrored one) unless the policy counts requests."""
     accurate_within: float | None = None
     """For regressors: how close to its label an answer counted as right (None: classifiers)."""
 

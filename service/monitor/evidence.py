@@ -140,9 +140,14 @@ class EvidenceGatherer:
     ) -> tuple[int, int] | None:
         if not state.at_a_step or not policy.steps[state.step].shadow:
             return None
-        rows = self.store.shadowed(policy.endpoint, state.stable, since)
-        rows = rows[rows["shadow"] == state.candidate]
-        if rows.empty:
+        ours, theirs = self.store.mirrored(
+            policy.endpoint,
+            state.stable,
+            state.candidate,
+            since,
+            policy.count_pinned,
+            policy.counts_requests,
+        )
+        if not ours:
             return None
-        theirs, ours = rows["shadow_prediction"].to_numpy(), rows["prediction"].to_numpy()
-        return len(rows), int(agreeing(ours, theirs, regression).sum())
+        return len(ours), int(agreeing(np.array(ours), np.array(theirs), regression).sum())
