@@ -536,7 +536,7 @@ class MonitorStore:
             "p.predictions, p.shadow",
             "predictions p",
             "p.endpoint = ? AND p.variant = ? AND p.at >= ? AND p.at < ? AND (p.pinned = 0 OR ?) "
-            "AND p.shadow LIKE ? ESCAPE '!'",
+            "AND p.shadow != '{}' AND p.shadow LIKE ? ESCAPE '!'",  # the first: its index
             by_request,
         )
         ours: list = []
