@@ -76,6 +76,22 @@ def _jensenshannon_beyond_noise(
     return score, noise_p_value(reference, current, categorical=True) < NOISE_ALPHA
 
 
+def predictions_apart(
+    stable: pd.Series, candidate: pd.Series, categorical: bool, settings: DriftSettings
+) -> tuple[ColumnDrift, float] | None:
+    """How far a candidate's predictions are from stable's (the drift test of one column,
+    stable's as the reference), and the p-value of the noise test that they come from one
+    distribution (1 where the distance is under the threshold: no test needed); None with
+    fewer rows than a verdict needs."""
+    if len(candidate) < settings.min_rows or len(stable) < settings.min_reference_rows:
+        return None
+    if categorical:
+        stable, candidate = stable.astype(str), candidate.astype(str)
+    found = column_drift(stable, candidate, categorical, settings)
+    tested = found.score >= found.threshold
+    return found, noise_p_value(stable, candidate, categorical) if tested else 1.0
+
+
 def noise_p_value(reference: pd.Series, current: pd.Series, categorical: bool) -> float:
     """The p-value of the distribution-free test that two samples come from one distribution:
     what tells a distance past the threshold from noise (chi-square homogeneity for categories,

@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from enum import Enum
+from itertools import islice
 from pathlib import Path
 
 import msgspec
@@ -598,22 +600,54 @@ class MonitorStore:
         since ``since`` a variant answered, as ``outcomes`` counts them: a set that only grows
         as time passes, until it is full. Read in time order until it is full, so a long
         window costs no more than its first units."""
-        latencies: list[float] = []
+        read = self._first_answers(
+            "latency_s", endpoint, variant, since, include_pinned, by_request
+        )
+        with closing(read) as answers:
+            return list(islice(answers, max_rows))
+
+    def first_predictions(
+        self,
+        endpoint: str,
+        variant: str,
+        since: float,
+        include_pinned: bool = False,
+        max_rows: int = 100_000,
+        by_request: bool = False,
+    ) -> list:
+        """The first row's prediction of the same first units as ``latencies`` (those answered
+        with a null, an output that was not finite, are left out): a set that only grows until
+        it is full."""
+        read = self._first_answers(
+            "predictions", endpoint, variant, since, include_pinned, by_request
+        )
+        with closing(read) as answers:
+            firsts = (_decode_stored(predictions)[0] for predictions in answers)
+            return list(islice((p for p in firsts if p is not None), max_rows))
+
+    def _first_answers(
+        self,
+        column: str,
+        endpoint: str,
+        variant: str,
+        since: float,
+        include_pinned: bool,
+        by_request: bool,
+    ) -> Iterator:
+        """``column`` of each unit's first request since ``since``, where it was answered, in
+        time order (streamed: a reader that stops early reads no further)."""
         seen: set[str] = set()
         with self.db.stream(
-            f"SELECT {_unit(by_request)}, outcome, latency_s FROM predictions p "
+            f"SELECT {_unit(by_request)}, outcome, {column} FROM predictions p "
             "WHERE endpoint = ? AND variant = ? AND at >= ? AND (pinned = 0 OR ?) ORDER BY at",
             (endpoint, variant, since, include_pinned),
         ) as rows:
-            for unit, outcome, latency in rows:
+            for unit, outcome, value in rows:
                 if unit in seen:
                     continue
                 seen.add(unit)
                 if outcome == "ok":
-                    latencies.append(latency)
-                    if len(latencies) == max_rows:
-                        break
-        return latencies
+                    yield value
 
     def active(self, since: float) -> list[tuple[str, str, str]]:
         """(endpoint, variant, model) that recorded predictions since ``since``."""

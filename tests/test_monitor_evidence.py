@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from monitors.drift import DriftSettings, predictions_apart
 from monitors.records import PredictionRecord
 from monitors.store import MonitorStore
 from service.config import RolloutConfig
@@ -26,6 +28,7 @@ from traffic.rollout_checks import (
 POLICY = RolloutConfig(candidate="next", steps=[{"weight": 50}]).policy("churn", "stable", 100.0)
 LATENCY = next(g for g in POLICY.guardrails if g.metric == "latency_ratio")
 STARTED = 1000.0
+DRIFT = DriftSettings()
 
 
 def answers(variant: str, latencies_s, first_at: float, unit=None) -> list[PredictionRecord]:
@@ -48,7 +51,7 @@ def answers(variant: str, latencies_s, first_at: float, unit=None) -> list[Predi
 
 def judged(store: MonitorStore, now: float, policy=POLICY):
     state = start(policy, "churn:v2", STARTED).state
-    evidence = EvidenceGatherer(store, dict).gather(policy, state, now)
+    evidence = EvidenceGatherer(store, dict, DRIFT).gather(policy, state, now)
     alphas = guardrail_alphas(policy, windows(policy, state, now))
     result, _ = check_guardrail(LATENCY, evidence, alphas, ())
     return evidence.stage, result, alphas
@@ -136,7 +139,7 @@ def test_a_regressor_is_judged_on_its_answers_within_stables_usual_error(
         store.add_labels([(r.request_id, 100.0) for r in records])
     state = start(policy, "diab:v2", STARTED).state
     now = STARTED + 60
-    evidence = EvidenceGatherer(store, dict).gather(policy, state, now, within)
+    evidence = EvidenceGatherer(store, dict, DRIFT).gather(policy, state, now, within)
     for arm in (evidence.stage.stable, evidence.stage.candidate):
         assert arm.labeled == 4000
     assert abs(evidence.stage.stable.correct / 4000 - 0.95) < 0.02
@@ -189,11 +192,67 @@ def test_a_shadow_step_counts_each_user_once_not_each_row_of_their_batches(open_
     store.add_records(records)
     state = start(policy, "churn:v2", STARTED).state
     now = STARTED + 30
-    evidence = EvidenceGatherer(store, dict).gather(policy, state, now)
+    evidence = EvidenceGatherer(store, dict, DRIFT).gather(policy, state, now)
     assert evidence.shadow == (301, 299)  # user 0, and the batch by its first row
     alpha = comparison_alpha(policy, windows(policy, state, now))
     assert check_comparison(policy.comparisons[0], evidence, alpha).outcome == "PASS"
     by_request = replace(policy, unit="request")
-    evidence = EvidenceGatherer(store, dict).gather(by_request, state, now)
+    evidence = EvidenceGatherer(store, dict, DRIFT).gather(by_request, state, now)
     assert evidence.shadow == (900, 659)  # every row, as before
     assert check_comparison(policy.comparisons[0], evidence, alpha).outcome == "FAIL"
+
+
+def test_predictions_are_compared_on_each_arms_unpinned_units_in_the_step(open_database):
+    """prediction_divergence (a default comparison) read the monitor's distance, which is of
+    each variant's newest rows: requests a tester pinned to the candidate, its answers from
+    before the step, and a heavy user's hundreds of requests on stable all counted, though
+    pinned requests are not evidence and a user's requests are not independent. Both arms are
+    now read as the other comparisons read them: each unit's first answer in the step."""
+    rng = np.random.default_rng(8)
+
+    def answered(variant, classes, first_at, unit=None, pinned=False):
+        return [
+            PredictionRecord(
+                f"churn:{variant}{first_at}:{i}",
+                first_at + i * 0.01,
+                "churn",
+                variant,
+                f"churn:{variant}",
+                [answer],
+                0.01,
+                unit=f"{variant}{i:031x}" if unit is None else unit,
+                pinned=pinned,
+            )
+            for i, answer in enumerate(classes)
+        ]
+
+    def users(n):
+        return [str(answer) for answer in rng.choice(["no", "yes"], n, p=[0.7, 0.3])]
+
+    store = MonitorStore(open_database())
+    records = [
+        *answered("stable", users(400), STARTED + 1),
+        *answered("next", users(400), STARTED + 1),
+        *answered("next", ["yes"] * 300, STARTED + 5, pinned=True),  # a tester's
+        *answered("next", ["yes"] * 500, STARTED - 100),  # before the step
+        *answered("stable", ["no"] * 2000, STARTED + 6, unit="f" * 32),  # one heavy user
+    ]
+    store.add_records(records)
+    read_as_rows = {
+        variant: pd.Series([r.predictions[0] for r in records if r.variant == variant])
+        for variant in ("stable", "next")
+    }
+    rows_apart, _ = predictions_apart(read_as_rows["stable"], read_as_rows["next"], True, DRIFT)
+    assert rows_apart.score > 0.2  # over the default margin, and far beyond noise
+    state = start(POLICY, "churn:v2", STARTED).state
+    now = STARTED + 60
+    evidence = EvidenceGatherer(store, dict, DRIFT).gather(POLICY, state, now)
+    assert evidence.divergence.distance < 0.1
+    alpha = comparison_alpha(POLICY, windows(POLICY, state, now))
+    divergence = next(c for c in POLICY.comparisons if c.metric == "prediction_divergence")
+    assert check_comparison(divergence, evidence, alpha).outcome == "PASS"
+    again = "next" + "0" * 31  # the candidate's first user, answered "no" or "yes" before
+    store.add_records(answered("next", ["yes", "no"], STARTED + 30, unit=again))
+    assert EvidenceGatherer(store, dict, DRIFT).gather(POLICY, state, now).divergence == (
+        evidence.divergence
+    )  # a unit counts by its first answer: its second changes nothing

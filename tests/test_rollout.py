@@ -261,12 +261,13 @@ def test_prediction_divergence_fails_only_beyond_sampling_noise():
 
 
 def test_a_distance_comparison_read_at_every_verdict_keeps_its_share_of_alpha():
-    """The monitor decides a distance anew every run (30 s) on a window of its own, and the
-    rollout read each verdict with the monitor's fixed noise test (p < 0.001): a step that read
-    60 verdicts gave a healthy candidate 60 chances, and 6% of such steps failed, where the
-    comparison's share of the budget is 0.67%. Each verdict read in a step is now held to a
-    smaller level than the last. Here every verdict is over the margin, its p-value uniform as
-    it is where the two do not differ: the worst the monitor can hand a healthy candidate."""
+    """A distance is decided anew on new data (the monitor's every run, on a window of its own;
+    the step's units, at every look while they grow), and the rollout read each verdict with
+    the monitor's fixed noise test (p < 0.001): a step that read 60 verdicts gave a healthy
+    candidate 60 chances, and 6% of such steps failed, where the comparison's share of the
+    budget is 0.67%. Each verdict read in a step is now held to a smaller level than the last.
+    Here every verdict is over the margin, its p-value uniform as it is where the two do not
+    differ: the worst a healthy candidate can be handed."""
     rng = np.random.default_rng(11)
     policy = DEFAULT
     share = comparison_alpha(policy, windows(policy, _state(), 0.0))
@@ -288,7 +289,7 @@ def test_a_verdict_read_again_is_not_a_new_look_and_a_new_step_counts_afresh():
     policy = DEFAULT
     within = Evidence(divergence=Divergence(0.05, 0.1, 1.0))
     state = _state()
-    for _ in range(3):  # the rollout looks every 10 s, the monitor decides every 30 s
+    for _ in range(3):  # looks every 10 s at a verdict that has not changed
         state = evaluate(policy, state, within, 1.0).state
     assert state.verdicts_read == {"prediction_divergence": (1, 0.05, 1.0)}
     paused = act(policy, state, "pause", 2.0).state

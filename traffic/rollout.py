@@ -73,8 +73,8 @@ class RolloutState:
     epochs_before_stage: int = 0
     """Guardrail epochs the analysis went through before the current stage began."""
     verdicts_read: Mapping[str, tuple[int, float, float]] = field(default_factory=dict)
-    """Each distance comparison's verdicts from the monitor read at the current step while they
-    could act: (how many, the last one's distance and p-value)."""
+    """Each distance comparison's verdicts read at the current step while they could act: (how
+    many, the last one's distance and p-value)."""
 
     @property
     def at_a_step(self) -> bool:
@@ -260,8 +260,9 @@ def _verdicts_read(
 ) -> Mapping[str, tuple[int, float, float]]:
     """``verdicts_read`` with this evaluation's. A verdict counts while the comparisons act (the
     rollout progressing); one the same as the last read is the same test of the same window,
-    which cannot fail where it did not before, and is not counted again: the monitor decides
-    every 30 s (attributions every 300 s), the rollout looks every 10 s."""
+    which cannot fail where it did not before, and is not counted again (the monitor's reasons
+    change every 300 s, the rollout looks every 10 s, and a step's first units stop changing
+    once they are as many as a verdict reads)."""
     if state.phase != "progressing":
         return state.verdicts_read
     read = dict(state.verdicts_read)

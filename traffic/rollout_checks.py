@@ -21,9 +21,10 @@ The false-rollback budget ``alpha`` is spent once per rollout, over every check 
 - comparisons share the rest equally, each spending it over the steps as above: rate comparisons
   (error_rate, slow_rate, accuracy, shadow_agreement) on the data of the current step (the traffic
   split is constant within a step, so a load spike or an outage that hits both arms hits them
-  alike); distance comparisons (prediction_divergence, attribution_divergence) on the monitor's
-  verdicts, each a test of its own window with a p-value, the k-th verdict read in a step held
-  to ``kth_share(k)`` of the step's alpha, so that however many it reads they spend no more.
+  alike); distance comparisons (prediction_divergence, attribution_divergence) on verdicts, each
+  a test with a p-value of data of its own (the step's first units of each arm, which grow until
+  full; the monitor's sampled reasons, anew every run), the k-th verdict read in a step held to
+  ``kth_share(k)`` of the step's alpha, so that however many it reads they spend no more.
   input_drift is the exception: the share of the candidate's features the monitor flagged against
   its reference (each at ``NOISE_ALPHA`` per run), a check on the traffic more than on the
   candidate, it spends nothing and is not in the defaults.
@@ -114,7 +115,7 @@ class Evidence:
     epoch: Window = Window()
     """Since the current guardrail epoch started (``guard_window_s`` long, inside the stage)."""
     divergence: Divergence | None = None
-    """The candidate's predictions against stable's, as the monitor judged them."""
+    """The candidate's predictions against stable's in the current step."""
     drifted_share: float | None = None
     """Share of the candidate's input features that drifted from its reference."""
     attribution_divergence: Divergence | None = None
@@ -315,7 +316,7 @@ def check_comparison(
     comparison: Comparison, evidence: Evidence, alpha: float, verdict: int = 1
 ) -> CheckResult:
     """One comparison of the candidate with stable in the current step (``alpha``: its share;
-    ``verdict``: for a distance comparison, which of the monitor's verdicts in this step this is,
+    ``verdict``: for a distance comparison, which of its verdicts in this step this is,
     from 1)."""
     name, margin = comparison.metric, comparison.margin
     insufficient = CheckResult(name, "comparison", "INSUFFICIENT", "", required=comparison.required)
@@ -396,7 +397,7 @@ def check_comparison(
 
 
 def divergence(name: CompareMetric, evidence: Evidence) -> Divergence | None:
-    """The monitor's latest verdict for a distance comparison (None before its first)."""
+    """The latest verdict for a distance comparison (None before its first)."""
     if name == "prediction_divergence":
         return evidence.divergence
     return evidence.attribution_divergence

@@ -12,9 +12,11 @@ bound for stable's quantile in the same window, from stable's first answers in i
 first answers only grow as it does, which the bound's validity at every look needs;
 traffic/rollout_checks.py ``latency_threshold_rank``) and than the
 p99_latency_ms guardrail's limit; and stable's counts in the ``PRIOR_WINDOW_S`` before the window,
-which inform the prior over its rates. Also the monitor's distance between the candidate's
-predictions and stable's, and in a shadow step the rows the candidate mirrored and agreed on.
-Pinned requests are not evidence unless the policy says ``count_pinned``.
+which inform the prior over its rates. Also how far the candidate's predictions are from
+stable's in the step (each arm's first units, their first rows: ``DIVERGENCE_ROWS``), the monitor's
+latest distances of the candidate's inputs from its reference and of its reasons from stable's,
+and in a shadow step the units the candidate mirrored and agreed on. Pinned requests are not
+evidence unless the policy says ``count_pinned``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 
+from monitors.drift import DriftSettings, predictions_apart
 from monitors.shadow import agreeing
 from monitors.store import MonitorStore
 from traffic import rollout
@@ -42,13 +46,26 @@ from traffic.rollout_policy import RolloutPolicy
 Reports = Callable[[], Mapping[tuple[str, str], object]]
 QUANTILE_ROWS = 10_000
 """Stable's first answers in a window (one per unit) that its latency threshold is read from."""
+DIVERGENCE_ROWS = 10_000
+"""Each arm's first answers in a step (one row per unit) whose predictions' distance is judged:
+a set that grows until it is full, and the verdicts on it stop changing (and spending the
+comparison's budget) once both are. The monitor's own distance (its dashboards') is of each
+variant's newest rows instead: pinned requests among them, and stable's newest rows covering a
+twentieth of the time the candidate's cover at a 5% step."""
 
 
 class EvidenceGatherer:
-    def __init__(self, store: MonitorStore, latest_reports: Reports) -> None:
+    def __init__(
+        self,
+        store: MonitorStore,
+        latest_reports: Reports,
+        settings: DriftSettings,
+    ) -> None:
         self.store = store
         self.latest_reports = latest_reports
         """(endpoint, variant) -> the monitor's latest ``VariantReport``."""
+        self.settings = settings
+        """The monitor's drift threshold and the rows a verdict needs."""
 
     def arm(
         self,
@@ -116,24 +133,49 @@ class EvidenceGatherer:
         windows = rollout.windows(policy, state, now)
         stage_alpha, epoch_alpha = guardrail_alphas(policy, windows)
         report = self.latest_reports().get((policy.endpoint, state.candidate))
-        divergence = drifted = reasons = None
+        drifted = reasons = None
         if report is not None and report.drift.status == "ok":
             drifted = report.drift.drifted_share
-        if report is not None and report.vs_stable is not None:
-            found = report.vs_stable
-            divergence = Divergence(found.score, found.threshold, report.vs_stable_p_value)
         if report is not None and report.attribution_vs_stable is not None:
             apart = report.attribution_vs_stable
             reasons = Divergence(apart.distance, 0.0, apart.p_value)
         return Evidence(
             stage=self.window(policy, state, windows.stage_start, stage_alpha, within),
             epoch=self.window(policy, state, windows.epoch_start, epoch_alpha, within),
-            divergence=divergence,
+            divergence=self._divergence(policy, state, windows.stage_start, within is None),
             drifted_share=drifted,
             attribution_divergence=reasons,
             shadow=self._shadow(policy, state, windows.stage_start, within is not None),
             accurate_within=within,
         )
+
+    def _divergence(
+        self, policy: RolloutPolicy, state: RolloutState, since: float, categorical: bool
+    ) -> Divergence | None:
+        """The candidate's predictions against stable's in the step (None: no comparison asks,
+        no traffic step, or too few answers yet for a verdict)."""
+        asked = any(c.metric == "prediction_divergence" for c in policy.comparisons)
+        if not asked or not state.at_a_step or policy.steps[state.step].shadow:
+            return None
+        stable, candidate = (
+            pd.Series(
+                self.store.first_predictions(
+                    policy.endpoint,
+                    variant,
+                    since,
+                    policy.count_pinned,
+                    DIVERGENCE_ROWS,
+                    policy.counts_requests,
+                ),
+                name="prediction",
+            )
+            for variant in (state.stable, state.candidate)
+        )
+        apart = predictions_apart(stable, candidate, categorical, self.settings)
+        if apart is None:
+            return None
+        found, p_value = apart
+        return Divergence(found.score, found.threshold, p_value)
 
     def _shadow(
         self, policy: RolloutPolicy, state: RolloutState, since: float, regression: bool

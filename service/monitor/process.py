@@ -178,7 +178,7 @@ class Monitor:
             config,
             self.store,
             self.state_store,
-            EvidenceGatherer(self.store, lambda: self.runner.latest),
+            EvidenceGatherer(self.store, lambda: self.runner.latest, self.runner.settings),
             self.metrics,
             self.notifier,
             actor=lambda: f"rollout@{self.leadership.identity}",

@@ -29,7 +29,6 @@ from monitors.drift import (
     compute_drift,
     drift_report,
     drift_summary,
-    noise_p_value,
 )
 from monitors.quality import QualityMemo, QualityResult, quality, quality_summary
 from monitors.reports import ReportArchive
@@ -90,9 +89,6 @@ class VariantReport:
     """The recorded inputs and predictions the run looked at (named feature columns)."""
     vs_stable: ColumnDrift | None = None
     """This variant's predictions against the endpoint's stable variant's, in the same window."""
-    vs_stable_p_value: float | None = None
-    """The p-value of the test that those predictions and stable's come from one distribution
-    (1 where their distance is under the drift threshold, and no test is needed)."""
     shadows: tuple[ShadowResult, ...] = ()
     """The shadows that mirrored this variant's requests: agreement with it and their quality."""
     attribution: Attribution | None = None
@@ -126,7 +122,6 @@ class VariantReport:
                 "score": self.vs_stable.score,
                 "method": self.vs_stable.method,
                 "drifted": self.vs_stable.drifted,
-                "p_value": self.vs_stable_p_value,
             },
             "attribution": None
             if self.attribution is None
@@ -385,16 +380,15 @@ class MonitorRunner:
                 continue
             compared.append(report)
             with self._isolated(report.endpoint, report.variant, "comparison with stable"):
-                categorical = self._reference(report.model).card.task == "classification"
-                windows = report.window[["prediction"]], base.window[["prediction"]]
-                vs_stable = compute_drift(*windows, [], "prediction", categorical, self.settings)
-                found = vs_stable.prediction
-                p_value = None
-                if found is not None:
-                    p_value = 1.0
-                    if found.score >= found.threshold:
-                        predictions = base.window["prediction"], report.window["prediction"]
-                        p_value = noise_p_value(*predictions, categorical)
+                card = self._reference(report.model).card
+                result = compute_drift(
+                    report.window[["prediction"]],
+                    base.window[["prediction"]],
+                    [],
+                    "prediction",
+                    card.task == "classification",
+                    self.settings,
+                )
                 attribution_vs_stable = (
                     profile_distance(report.attribution.window_rows, base.attribution.window_rows)
                     if report.attribution is not None and base.attribution is not None
@@ -402,8 +396,7 @@ class MonitorRunner:
                 )
                 compared[-1] = replace(
                     report,
-                    vs_stable=found,
-                    vs_stable_p_value=p_value,
+                    vs_stable=result.prediction,
                     attribution_vs_stable=attribution_vs_stable,
                 )
         return compared
