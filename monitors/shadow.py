@@ -2,7 +2,9 @@
 
 A shadow never answers anyone, so its predictions are only ever seen beside the primary's in the
 same record. Agreement is row by row: the same predicted label for classifiers, the same value
-within 1e-6 relative for regressors. Once labels join, the shadow's own quality is computed on the
+within 1e-6 relative for regressors (in a rollout's shadow step, within the tolerance the
+rollout judges the regressor's accuracy with: a retrained regressor is never the same). Once
+labels join, the shadow's own quality is computed on the
 very rows the primary answered, which makes the two directly comparable.
 """
 
@@ -17,10 +19,16 @@ import pandas as pd
 from monitors.quality import QualityResult, quality
 
 
-def agreeing(primary: np.ndarray, shadow: np.ndarray, regression: bool) -> np.ndarray:
-    """Row by row, whether the shadow said what the primary said."""
+def agreeing(
+    primary: np.ndarray, shadow: np.ndarray, regression: bool, within: float | None = None
+) -> np.ndarray:
+    """Row by row, whether the shadow said what the primary said; a regressor's values agree
+    within ``within`` of each other, or else when they are the same (within 1e-6 relative)."""
     if regression:
-        return np.isclose(primary.astype(float), shadow.astype(float), rtol=1e-6, atol=0)
+        first, second = primary.astype(float), shadow.astype(float)
+        if within is not None:
+            return np.abs(first - second) <= within
+        return np.isclose(first, second, rtol=1e-6, atol=0)
     return primary.astype(str) == shadow.astype(str)
 
 

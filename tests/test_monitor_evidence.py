@@ -256,3 +256,40 @@ def test_predictions_are_compared_on_each_arms_unpinned_units_in_the_step(open_d
     assert EvidenceGatherer(store, dict, DRIFT).gather(POLICY, state, now).divergence == (
         evidence.divergence
     )  # a unit counts by its first answer: its second changes nothing
+
+
+def test_a_regressors_shadow_agrees_within_stables_usual_error(open_database):
+    """A regressor's shadow agreed only where its value was stable's within 1e-6 relative, so a
+    shadow step judging shadow_agreement rolled back every retrained regressor, however close
+    (here within a tenth of stable's usual error on every row). It agrees now where it is as
+    close to stable's answer as an accurate answer is to its label (``within``), the scale
+    the rollout judges a regressor's accuracy on."""
+    policy = RolloutConfig(
+        candidate="next",
+        steps=[{"weight": 0, "shadow": True}],
+        comparisons=[{"metric": "shadow_agreement", "margin": 0.05}],
+    ).policy("diab", "stable", 100.0, regression=True)
+    rng = np.random.default_rng(6)
+    within = 40.0
+    records = [
+        PredictionRecord(
+            f"diab:{i}",
+            STARTED + 1 + i * 0.01,
+            "diab",
+            "stable",
+            "diab:stable",
+            [float(value)],
+            0.01,
+            shadow={"next": [float(value + rng.normal(0, within / 10))]},
+        )
+        for i, value in enumerate(rng.normal(150, 70, 300))
+    ]
+    records[0].shadow["next"] = [records[0].predictions[0] + 3 * within]  # one far off
+    store = MonitorStore(open_database())
+    store.add_records(records)
+    state = start(policy, "diab:v2", STARTED).state
+    now = STARTED + 30
+    evidence = EvidenceGatherer(store, dict, DRIFT).gather(policy, state, now, within)
+    assert evidence.shadow == (300, 299)
+    alpha = comparison_alpha(policy, windows(policy, state, now))
+    assert check_comparison(policy.comparisons[0], evidence, alpha).outcome == "PASS"

@@ -78,7 +78,8 @@ class Comparison:
     its features' shares of mean |SHAP|, are from stable's in the same window, 0 to 1) PASS under
     ``margin`` and FAIL over it once the monitor has a verdict, if the monitor's noise test
     rejects at the verdict's share of the comparison's budget (else INSUFFICIENT);
-    shadow_agreement must stay above 1 - ``margin``."""
+    shadow_agreement must stay above 1 - ``margin`` (a regressor's answer agrees within the
+    tolerance its accuracy is judged with)."""
 
     metric: CompareMetric
     margin: float

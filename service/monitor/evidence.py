@@ -129,7 +129,7 @@ class EvidenceGatherer:
         self, policy: RolloutPolicy, state: RolloutState, now: float, within: float | None = None
     ) -> Evidence:
         """``within``: the endpoint's models are regressors, and an answer this close to its label
-        is right (shadow agreement: within 1e-6 relative); None for classifiers."""
+        is right, and a shadow's answer this close to stable's agrees; None for classifiers."""
         windows = rollout.windows(policy, state, now)
         stage_alpha, epoch_alpha = guardrail_alphas(policy, windows)
         report = self.latest_reports().get((policy.endpoint, state.candidate))
@@ -145,7 +145,7 @@ class EvidenceGatherer:
             divergence=self._divergence(policy, state, windows.stage_start, within is None),
             drifted_share=drifted,
             attribution_divergence=reasons,
-            shadow=self._shadow(policy, state, windows.stage_start, within is not None),
+            shadow=self._shadow(policy, state, windows.stage_start, within),
             accurate_within=within,
         )
 
@@ -178,8 +178,10 @@ class EvidenceGatherer:
         return Divergence(found.score, found.threshold, p_value)
 
     def _shadow(
-        self, policy: RolloutPolicy, state: RolloutState, since: float, regression: bool
+        self, policy: RolloutPolicy, state: RolloutState, since: float, within: float | None
     ) -> tuple[int, int] | None:
+        """(units the candidate mirrored in a shadow step, those it agreed on); a regressor's
+        answer agrees ``within`` stable's."""
         if not state.at_a_step or not policy.steps[state.step].shadow:
             return None
         ours, theirs = self.store.mirrored(
@@ -192,4 +194,6 @@ class EvidenceGatherer:
         )
         if not ours:
             return None
-        return len(ours), int(agreeing(np.array(ours), np.array(theirs), regression).sum())
+        regression = within is not None
+        agree = agreeing(np.array(ours), np.array(theirs), regression, within)
+        return len(ours), int(agree.sum())
