@@ -2,10 +2,10 @@
 
 A shadow never answers anyone, so its predictions are only ever seen beside the primary's in the
 same record. Agreement is row by row: the same predicted label for classifiers, the same value
-within 1e-6 relative for regressors (in a rollout's shadow step, within the tolerance the
-rollout judges the regressor's accuracy with: a retrained regressor is never the same). Once
-labels join, the shadow's own quality is computed on the
-very rows the primary answered, which makes the two directly comparable.
+within 1e-6 relative for regressors (in a rollout's shadow step, within the tolerance the rollout
+judges the regressor's accuracy with: a retrained regressor is never the same). Once labels join,
+the shadow's own quality is computed on the very rows the primary answered, which makes the two
+directly comparable.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ step's minimum duration: advance. Any INSUFFICIENT: hold; after ``max_insufficie
 ``on_insufficient``. Abort beats promote: a FAIL is acted on before anything else. Every check is
 an always-valid test spending its share of the rollout's ``alpha`` (traffic/rollout_checks.py), so
 however often it looks and however long it waits, a healthy candidate is rolled back with
-probability at most ``alpha`` (input drift, a check on the traffic, is the one exception there). The service layer gathers the evidence of ``windows(...)``,
-persists each new state before it applies the decision's traffic targets, and appends every
-decision to the audit.
+probability at most ``alpha`` (input drift, a check on the traffic, is the one exception). The
+service layer gathers the evidence of ``windows(...)``, persists each new state before it applies
+the decision's traffic targets, and appends every decision to the audit.
 """
 
 from __future__ import annotations
