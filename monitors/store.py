@@ -616,14 +616,16 @@ class MonitorStore:
         by_request: bool = False,
     ) -> list:
         """The first row's prediction of the same first units as ``latencies`` (those answered
-        with a null, an output that was not finite, are left out): a set that only grows until
-        it is full."""
+        with a null, an output that was not finite, are left out, as is a record with no rows,
+        which monitors refuse but an earlier version may have stored): a set that only grows
+        until it is full."""
         read = self._first_answers(
             "predictions", endpoint, variant, since, include_pinned, by_request
         )
         with closing(read) as answers:
-            firsts = (_decode_stored(predictions)[0] for predictions in answers)
-            return list(islice((p for p in firsts if p is not None), max_rows))
+            rows = (_decode_stored(predictions) for predictions in answers)
+            firsts = (row[0] for row in rows if row and row[0] is not None)
+            return list(islice(firsts, max_rows))
 
     def _first_answers(
         self,

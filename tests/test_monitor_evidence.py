@@ -293,3 +293,13 @@ def test_a_regressors_shadow_agrees_within_stables_usual_error(open_database):
     assert evidence.shadow == (300, 299)
     alpha = comparison_alpha(policy, windows(policy, state, now))
     assert check_comparison(policy.comparisons[0], evidence, alpha).outcome == "PASS"
+
+
+def test_a_stored_record_with_no_rows_is_left_out_of_the_predictions_compared(open_database):
+    """Monitors refuse an answer with no rows, but a store an earlier version wrote may hold
+    one; reading the first row of each unit's answer failed on it, at every look."""
+    store = MonitorStore(open_database())
+    empty = PredictionRecord("churn:e", STARTED + 1, "churn", "next", "churn:next", [], 0.01)
+    answered = PredictionRecord("churn:a", STARTED + 2, "churn", "next", "churn:next", ["no"], 0.01)
+    store.add_records([empty, answered])
+    assert store.first_predictions("churn", "next", STARTED) == ["no"]
