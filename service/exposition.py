@@ -81,8 +81,9 @@ class RecentRead(Generic[T]):
                 await asyncio.sleep((1 - self._tokens) / self.reads_per_s)
                 self._refill()
             self._tokens -= 1
-            self._began_at = time.monotonic()
+            began = time.monotonic()
             self._last = await anyio.to_thread.run_sync(self.read)
+            self._began_at = began  # only a read that succeeded serves the callers behind it
             return self._last
 
     def _refill(self) -> None:
