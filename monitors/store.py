@@ -21,6 +21,7 @@ from contextlib import closing
 from enum import Enum
 from itertools import islice
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 import numpy as np
@@ -587,27 +588,9 @@ class MonitorStore:
         )
         return tuple(int(v) for v in row)
 
-    def latencies(
+    def first_answers(
         self,
-        endpoint: str,
-        variant: str,
-        since: float,
-        include_pinned: bool = False,
-        max_rows: int = 100_000,
-        by_request: bool = False,
-    ) -> list[float]:
-        """Latencies (seconds) of the first units (at most ``max_rows``) whose first request
-        since ``since`` a variant answered, as ``outcomes`` counts them: a set that only grows
-        as time passes, until it is full. Read in time order until it is full, so a long
-        window costs no more than its first units."""
-        read = self._first_answers(
-            "latency_s", endpoint, variant, since, include_pinned, by_request
-        )
-        with closing(read) as answers:
-            return list(islice(answers, max_rows))
-
-    def first_predictions(
-        self,
+        field: Literal["latency", "prediction"],
         endpoint: str,
         variant: str,
         since: float,
@@ -615,17 +598,19 @@ class MonitorStore:
         max_rows: int = 100_000,
         by_request: bool = False,
     ) -> list:
-        """The first row's prediction of the same first units as ``latencies`` (those answered
-        with a null, an output that was not finite, are left out, as is a record with no rows,
-        which monitors refuse but an earlier version may have stored): a set that only grows
-        until it is full."""
-        read = self._first_answers(
-            "predictions", endpoint, variant, since, include_pinned, by_request
-        )
+        """``field`` of the first units (at most ``max_rows``) whose first request since
+        ``since`` a variant answered, as ``outcomes`` counts them: its latency (seconds), or its
+        first row's prediction (left out where that was a null, an output that was not finite,
+        or where the record has no rows, which monitors refuse but an earlier version may have
+        stored). A set that only grows as time passes, until it is full; read in time order
+        until it is full, so a long window costs no more than its first units."""
+        column = "latency_s" if field == "latency" else "predictions"
+        read = self._first_answers(column, endpoint, variant, since, include_pinned, by_request)
         with closing(read) as answers:
-            rows = (_decode_stored(predictions) for predictions in answers)
-            firsts = (row[0] for row in rows if row and row[0] is not None)
-            return list(islice(firsts, max_rows))
+            if field == "prediction":
+                rows = (_decode_stored(predictions) for predictions in answers)
+                answers = (row[0] for row in rows if row and row[0] is not None)
+            return list(islice(answers, max_rows))
 
     def _first_answers(
         self,

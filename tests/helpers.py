@@ -166,6 +166,19 @@ async def loopback_receiver(path: str, handle):
 ROW = [14.0, 20.0, 90.0, 600.0, 0.1, 0.1, 0.08, 0.05, 0.18, 0.06] * 3
 
 
+def monitor_in_process(tmp_path: Path, monkeypatch, endpoints: dict):
+    """A ``Monitor`` (its stores in ``tmp_path``) for gateway.yaml's ``endpoints``, without a
+    server, its metrics in a registry of its own."""
+    from service.config import parse_config
+    from service.monitor import process
+    from service.monitor.metrics import MonitorMetrics
+    from service.secrets import Secrets
+
+    monkeypatch.setattr(process, "MonitorMetrics", lambda: MonitorMetrics(CollectorRegistry()))
+    config = parse_config({"data_dir": str(tmp_path), "endpoints": endpoints})
+    return process.Monitor(config, Secrets())
+
+
 def rollout_config(tmp_path, faults=None, webhook=None, **rollout) -> tuple:
     port = free_port()
     candidate = {"name": "candidate", "model": "cancer:v2", "role": "candidate", "weight": 0}

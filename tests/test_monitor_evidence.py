@@ -302,4 +302,4 @@ def test_a_stored_record_with_no_rows_is_left_out_of_the_predictions_compared(op
     empty = PredictionRecord("churn:e", STARTED + 1, "churn", "next", "churn:next", [], 0.01)
     answered = PredictionRecord("churn:a", STARTED + 2, "churn", "next", "churn:next", ["no"], 0.01)
     store.add_records([empty, answered])
-    assert store.first_predictions("churn", "next", STARTED) == ["no"]
+    assert store.first_answers("prediction", "churn", "next", STARTED) == ["no"]

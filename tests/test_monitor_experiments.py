@@ -16,6 +16,7 @@ from service.config import parse_config
 from service.experiment_state import ExperimentState
 from service.monitor.experiments import ExperimentReadouts
 from service.monitor.metrics import MonitorMetrics
+from tests.helpers import monitor_in_process
 from traffic.store import SQLStateStore
 
 
@@ -161,25 +162,14 @@ def test_pruning_spares_an_experiments_window_while_it_runs_and_a_while_after(
 def test_the_monitors_pruning_spares_a_running_experiments_window(
     tmp_path, demo_models, monkeypatch
 ):
-    from service.monitor import process
-    from service.secrets import Secrets
-
-    monkeypatch.setattr(process, "MonitorMetrics", lambda: MonitorMetrics(CollectorRegistry()))
-    config = parse_config(
-        {
-            "data_dir": str(tmp_path),
-            "endpoints": {
-                "e": {
-                    "variants": [
-                        {"name": "a", "model": "cancer:v1", "weight": 50},
-                        {"name": "b", "model": "cancer:v2", "weight": 50, "role": "candidate"},
-                    ],
-                    "experiment": {"arms": ["a", "b"], "primary": "accuracy"},
-                }
-            },
-        }
-    )
-    monitor = process.Monitor(config, Secrets())
+    endpoint = {
+        "variants": [
+            {"name": "a", "model": "cancer:v1", "weight": 50},
+            {"name": "b", "model": "cancer:v2", "weight": 50, "role": "candidate"},
+        ],
+        "experiment": {"arms": ["a", "b"], "primary": "accuracy"},
+    }
+    monitor = monitor_in_process(tmp_path, monkeypatch, {"e": endpoint})
     now, day = 10**9, 86_400.0
     started = ExperimentState("running", now - 14 * day, {"a": 50, "b": 50}, "test")
     monitor.state_store.save_experiment("e", started.to_dict(), 0)

@@ -17,6 +17,7 @@ from service.errors import Conflict
 from service.monitor.metrics import MonitorMetrics
 from service.monitor.notifier import Notifier
 from service.monitor.rollouts import RolloutService
+from tests.helpers import monitor_in_process
 from traffic.rollout_checks import ArmCounts, Evidence, Window
 from traffic.store import SQLStateStore
 
@@ -327,29 +328,19 @@ def test_the_monitors_pruning_spares_the_records_a_rollout_judges_until_it_ends(
     holiday, or at its approval gate): pruning took the stage's first records, and each look
     judged a window sliding behind the retention instead of the stage since it began."""
     from monitors.records import PredictionRecord
-    from service.monitor import process
-    from service.secrets import Secrets
 
-    monkeypatch.setattr(process, "MonitorMetrics", lambda: MonitorMetrics(CollectorRegistry()))
-    config = parse_config(
-        {
-            "data_dir": str(tmp_path),
-            "endpoints": {
-                "e": {
-                    "variants": [
-                        {"name": "a", "model": "cancer:v1"},
-                        {"name": "b", "model": "cancer:v2", "role": "candidate", "weight": 0},
-                    ],
-                    "rollout": {
-                        "candidate": "b",
-                        "steps": [{"weight": 10}],
-                        "offline_gate": {"enabled": False},
-                    },
-                }
-            },
-        }
-    )
-    monitor = process.Monitor(config, Secrets())
+    endpoint = {
+        "variants": [
+            {"name": "a", "model": "cancer:v1"},
+            {"name": "b", "model": "cancer:v2", "role": "candidate", "weight": 0},
+        ],
+        "rollout": {
+            "candidate": "b",
+            "steps": [{"weight": 10}],
+            "offline_gate": {"enabled": False},
+        },
+    }
+    monitor = monitor_in_process(tmp_path, monkeypatch, {"e": endpoint})
     now, day = 10**9, 86_400.0
     monitor.rollouts.tick("e", now=now - 10 * day)
     monitor.rollouts.act("e", "pause", now=now - 10 * day + 60)

@@ -103,7 +103,8 @@ class EvidenceGatherer:
         """Both arms since ``since``, and stable's counts just before it; ``alpha``: each
         guardrail's in this window; ``within`` as in ``arm``."""
         stable = np.asarray(
-            self.store.latencies(
+            self.store.first_answers(
+                "latency",
                 policy.endpoint,
                 state.stable,
                 since,
@@ -159,7 +160,8 @@ class EvidenceGatherer:
             return None
         stable, candidate = (
             pd.Series(
-                self.store.first_predictions(
+                self.store.first_answers(
+                    "prediction",
                     policy.endpoint,
                     variant,
                     since,
