@@ -331,3 +331,10 @@ def test_a_candidate_whose_reasons_differ_from_stables_beyond_the_margin_fails()
     assert (
         config.policy("cancer", "stable", 100.0).comparisons[0].metric == "attribution_divergence"
     )
+
+
+def test_only_the_policys_distance_comparisons_count_their_verdicts():
+    """The monitor hands over a verdict on the candidate's reasons whether or not the policy
+    compares them; one the policy does not judge spends nothing and is not kept."""
+    reasons = Evidence(attribution_divergence=Divergence(0.13, 0.0, 0.0003))
+    assert evaluate(DEFAULT, _state(), reasons, 1.0).state.verdicts_read == {}

@@ -204,7 +204,7 @@ def evaluate(
         )
         checks.append(_acting(result, policy))
     alpha = comparison_alpha(policy, judged)
-    verdicts = _verdicts_read(state, evidence)
+    verdicts = _verdicts_read(policy, state, evidence)
     for comparison in policy.comparisons:
         if applies(comparison, shadow_step):
             verdict = verdicts.get(comparison.metric, (1,))[0]
@@ -256,17 +256,18 @@ def evaluate(
 
 
 def _verdicts_read(
-    state: RolloutState, evidence: Evidence
+    policy: RolloutPolicy, state: RolloutState, evidence: Evidence
 ) -> Mapping[str, tuple[int, float, float]]:
-    """``verdicts_read`` with this evaluation's. A verdict counts while the comparisons act (the
-    rollout progressing); one the same as the last read is the same test of the same window,
-    which cannot fail where it did not before, and is not counted again (the monitor's reasons
-    change every 300 s, the rollout looks every 10 s, and a step's first units stop changing
-    once they are as many as a verdict reads)."""
+    """``verdicts_read`` with this evaluation's, for the policy's distance comparisons. A verdict
+    counts while the comparisons act (the rollout progressing); one the same as the last read is
+    the same test of the same window, which cannot fail where it did not before, and is not
+    counted again (the monitor's reasons change every 300 s, the rollout looks every 10 s, and a
+    step's first units stop changing once they are as many as a verdict reads)."""
     if state.phase != "progressing":
         return state.verdicts_read
     read = dict(state.verdicts_read)
-    for metric in DISTANCE_METRICS:
+    compared = {c.metric for c in policy.comparisons}
+    for metric in compared.intersection(DISTANCE_METRICS):
         found = divergence(metric, evidence)
         count, *last = read.get(metric, (0, None, None))
         if found is not None and last != [found.distance, found.p_value]:
