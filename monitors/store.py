@@ -588,9 +588,43 @@ class MonitorStore:
         )
         return tuple(int(v) for v in row)
 
+    def slowest_latencies(
+        self,
+        endpoint: str,
+        variant: str,
+        since: float,
+        ranks: Sequence[int],
+        include_pinned: bool = False,
+        by_request: bool = False,
+    ) -> dict[int, float]:
+        """The latency (seconds) at each of ``ranks`` (1-based, slowest first) among the first
+        requests of each unit a variant answered since ``since``, as ``outcomes`` counts them (a
+        rank past the fastest answer is left out). Every answer in the window is ranked, however
+        long it is: a threshold read from its beginning alone judges later answers against a time
+        that may have been faster or slower for both arms. Slowest first, because a caller that
+        counted the answers first and asks for the k-th fastest of them as the (n - k + 1)-th
+        slowest gets, if more were stored meanwhile, a slower one, never a faster one."""
+        if not ranks:
+            return {}
+        firsts = _first_of_each_unit(
+            "p.outcome, p.latency_s",
+            "predictions p",
+            "p.endpoint = ? AND p.variant = ? AND p.at >= ? AND (p.pinned = 0 OR ?)",
+            by_request,
+        )
+        ranked = (
+            "SELECT latency_s, ROW_NUMBER() OVER (ORDER BY latency_s DESC) AS nth FROM "
+            f"(SELECT firsts.outcome, firsts.latency_s FROM {firsts}) f WHERE outcome = 'ok'"
+        )
+        rows = self.db.query(
+            f"SELECT nth, latency_s FROM ({ranked}) ranked WHERE nth IN ({_marks(ranks)})",
+            (endpoint, variant, since, include_pinned, *ranks),
+        )
+        return {int(nth): float(latency) for nth, latency in rows}
+
     def first_answers(
         self,
-        field: Literal["latency", "prediction"],
+        field: Literal["prediction"],
         endpoint: str,
         variant: str,
         since: float,
@@ -599,18 +633,17 @@ class MonitorStore:
         by_request: bool = False,
     ) -> list:
         """``field`` of the first units (at most ``max_rows``) whose first request since
-        ``since`` a variant answered, as ``outcomes`` counts them: its latency (seconds), or its
-        first row's prediction (left out where that was a null, an output that was not finite,
+        ``since`` a variant answered, as ``outcomes`` counts them: its first row's prediction
+        (left out where that was a null, an output that was not finite,
         or where the record has no rows, which monitors refuse but an earlier version may have
         stored). A set that only grows as time passes, until it is full; read in time order
         until it is full, so a long window costs no more than its first units."""
-        column = "latency_s" if field == "latency" else "predictions"
-        read = self._first_answers(column, endpoint, variant, since, include_pinned, by_request)
+        read = self._first_answers(
+            field + "s", endpoint, variant, since, include_pinned, by_request
+        )
         with closing(read) as answers:
-            if field == "prediction":
-                rows = (_decode_stored(predictions) for predictions in answers)
-                answers = (row[0] for row in rows if row and row[0] is not None)
-            return list(islice(answers, max_rows))
+            rows = (_decode_stored(predictions) for predictions in answers)
+            return list(islice((row[0] for row in rows if row and row[0] is not None), max_rows))
 
     def _first_answers(
         self,

@@ -103,6 +103,27 @@ def test_a_heavy_user_with_slow_requests_counts_once_and_rolls_back_no_healthy_c
     assert stage.candidate.requests == 1600 and result.outcome == "FAIL"
 
 
+def test_a_slowdown_of_both_arms_after_stables_first_answers_rolls_back_no_candidate(
+    open_database,
+):
+    """The latency_ratio threshold came from stable's first 10,000 answers in a window, the
+    candidate's count above it from all of its answers there. At a busy endpoint those first
+    answers are the window's first minutes: when every answer grew slower later in the stage (a
+    traffic peak, a slower host), the candidate was judged against stable's faster beginning,
+    and a candidate as fast as stable at every moment was rolled back. Both arms are now read
+    over the same span."""
+    rng = np.random.default_rng(12)
+    store = MonitorStore(open_database())
+    for variant in ("stable", "next"):  # a 50% step: both arms alike at every moment
+        store.add_records(answers(variant, rng.lognormal(np.log(0.010), 0.2, 10_000), STARTED))
+        later = rng.lognormal(np.log(0.020), 0.2, 15_000)  # then both twice as slow
+        store.add_records(answers(variant, later, STARTED + 100))
+    stage, result, _ = judged(store, STARTED + 260)
+    assert stage.stable.requests == stage.candidate.requests == 25_000
+    assert result.outcome == "PASS", result.reason
+    assert stage.threshold_ms > 1.5 * 15  # over the whole span, stable's median is the later one
+
+
 def regressor_answers(variant: str, errors, first_at: float) -> list[PredictionRecord]:
     """Labeled answers of a regressor whose label is always 100 and whose error is ``errors``."""
     return [

@@ -412,10 +412,12 @@ def test_what_rollouts_read_outcomes_latencies_and_labeled_counts(open_database)
     # requests, failed, invalid, then answers slower than each threshold (None counts none)
     assert store.outcomes("churn", "c", 0, 2000, slower_than=(0.1, None)) == (4, 1, 1, 2, 0)
     assert store.outcomes("churn", "c", 0, 2000, include_pinned=True)[0] == 5
-    assert store.first_answers("latency", "churn", "c", 0) == pytest.approx([0.01, 0.3, 0.2, 0.02])
-    assert store.first_answers("latency", "churn", "c", 0, max_rows=1) == pytest.approx(
-        [0.01]
-    )  # the first
+    # answered: churn:1, 2 (a null is an answer), 4 and 6; slowest first; past the fastest: none
+    assert store.slowest_latencies("churn", "c", 0, (1, 2, 4, 5)) == pytest.approx(
+        {1: 0.3, 2: 0.2, 4: 0.01}
+    )
+    assert store.slowest_latencies("churn", "c", 0, (1,), include_pinned=True) == {1: 0.3}
+    assert store.slowest_latencies("churn", "c", 1003.5, (1, 2)) == {1: 0.02}
     # one row per unit (here per request, none has a key): churn:1's first, yes/yes; no/no
     assert store.labeled_counts("churn", "c", 0, 2000) == (2, 2)
     assert store.labeled_counts("churn", "c", 0, 2000, include_pinned=True) == (3, 3)
@@ -444,10 +446,12 @@ def test_what_rollouts_read_counts_each_unit_once_by_its_first_request(open_data
     assert store.outcomes("churn", "c", 0, 2000, (0.1,)) == (3, 0, 0, 2)
     assert store.outcomes("churn", "c", 1000.5, 2000, (0.1,)) == (3, 1, 0, 2)  # heavy: churn:2
     assert store.outcomes("churn", "c", 0, 2000, (0.1,), by_request=True) == (5, 1, 0, 3)
-    assert store.first_answers("latency", "churn", "c", 0) == pytest.approx([0.01, 0.2, 0.3])
-    assert store.first_answers("latency", "churn", "c", 0, max_rows=2) == pytest.approx([0.01, 0.2])
-    assert store.first_answers("latency", "churn", "c", 0, by_request=True) == pytest.approx(
-        [0.01, 0.9, 0.2, 0.3]
+    # each unit's first answer (heavy: churn:1), slowest first; by request, churn:3 too
+    assert store.slowest_latencies("churn", "c", 0, (1, 2, 3)) == pytest.approx(
+        {1: 0.3, 2: 0.2, 3: 0.01}
+    )
+    assert store.slowest_latencies("churn", "c", 0, (1, 4), by_request=True) == pytest.approx(
+        {1: 0.9, 4: 0.01}
     )
     # labeled: heavy's first labeled row (churn:3, wrong), light's first row (right), churn:5
     assert store.labeled_counts("churn", "c", 0, 2000) == (3, 2)

@@ -8,9 +8,9 @@ independent draws, and one heavy or unusual user would otherwise weigh as much a
 Per window and arm: units, failures, invalid outputs, answers slower than ``slow_ms``, labeled
 units and the right ones (a regressor's: within ``within`` of the label); for the candidate,
 answers slower than the latency_ratio guardrail's threshold (``max`` times an upper confidence
-bound for stable's quantile in the same window, from stable's first answers in it: a window's
-first answers only grow as it does, which the bound's validity at every look needs;
-traffic/rollout_checks.py ``latency_threshold_rank``) and than the
+bound for stable's quantile in the same window, from every one of stable's answers in it, which
+only grow as the window does (the bound's validity at every look needs that) and span the time the
+candidate's answers do; traffic/rollout_checks.py ``latency_threshold_rank``) and than the
 p99_latency_ms guardrail's limit; and stable's counts in the ``PRIOR_WINDOW_S`` before the window,
 which inform the prior over its rates. Also how far the candidate's predictions are from
 stable's in the step (each arm's first units, their first rows: ``DIVERGENCE_ROWS``), the monitor's
@@ -21,6 +21,7 @@ evidence unless the policy says ``count_pinned``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
@@ -44,8 +45,6 @@ from traffic.rollout_checks import (
 from traffic.rollout_policy import RolloutPolicy
 
 Reports = Callable[[], Mapping[tuple[str, str], object]]
-QUANTILE_ROWS = 10_000
-"""Stable's first answers in a window (one per unit) that its latency threshold is read from."""
 DIVERGENCE_ROWS = 10_000
 """Each arm's first answers in a step (one row per unit) whose predictions' distance is judged:
 a set that grows until it is full, and the verdicts on it stop changing (and spending the
@@ -102,24 +101,34 @@ class EvidenceGatherer:
     ) -> Window:
         """Both arms since ``since``, and stable's counts just before it; ``alpha``: each
         guardrail's in this window; ``within`` as in ``arm``."""
-        stable = np.asarray(
-            self.store.first_answers(
-                "latency",
-                policy.endpoint,
-                state.stable,
-                since,
-                policy.count_pinned,
-                QUANTILE_ROWS,
-                policy.counts_requests,
-            )
-        )
-        threshold_s = latency_threshold(
-            policy, len(stable), lambda k: float(np.partition(stable, k - 1)[k - 1]), alpha
-        )
-        p99_ms = float(np.quantile(stable, 0.99)) * 1000 if len(stable) else None
+        stable = self.arm(policy, state.stable, since, within=within)
+        answered = stable.answered
+        p99_rank = math.ceil(0.99 * answered)
+        slowest: dict[int, float] = {}
+
+        def kth_fastest(k: int) -> float:
+            """Stable's k-th fastest answer in the window, read as the (answered - k + 1)-th
+            slowest (``MonitorStore.slowest_latencies`` says why), with its p99 in the same
+            read: one sort of the window's answers, not two."""
+            ranks = (answered - k + 1, answered - p99_rank + 1)
+            if ranks[0] not in slowest:
+                slowest.update(
+                    self.store.slowest_latencies(
+                        policy.endpoint,
+                        state.stable,
+                        since,
+                        ranks,
+                        policy.count_pinned,
+                        policy.counts_requests,
+                    )
+                )
+            return slowest[ranks[0]]
+
+        threshold_s = latency_threshold(policy, answered, kth_fastest, alpha)
+        p99_s = kth_fastest(p99_rank) if answered else None
         return Window(
             candidate=self.arm(policy, state.candidate, since, above_s=threshold_s, within=within),
-            stable=replace(self.arm(policy, state.stable, since, within=within), p99_ms=p99_ms),
+            stable=replace(stable, p99_ms=None if p99_s is None else p99_s * 1000),
             stable_before=self.arm(
                 policy, state.stable, since - PRIOR_WINDOW_S, since, within=within, prior=True
             ),
