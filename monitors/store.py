@@ -16,12 +16,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import closing
+from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
-from itertools import islice
 from pathlib import Path
-from typing import Literal
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
@@ -157,6 +155,16 @@ class LabelOutcome(str, Enum):
 class TooManyPending(RuntimeError):
     """Storing these labels would hold more labels without a prediction than allowed; nothing
     was written."""
+
+
+class FirstRow(NamedTuple):
+    """A unit's first answer in a window (``MonitorStore.first_rows``): when, by which model,
+    and its first row's prediction and (where asked and sampled) inputs."""
+
+    at: float
+    model: str
+    prediction: object
+    inputs: list | None
 
 
 class MonitorStore:
@@ -622,52 +630,72 @@ class MonitorStore:
         )
         return {int(nth): float(latency) for nth, latency in rows}
 
-    def first_answers(
+    def first_rows(
         self,
-        field: Literal["prediction"],
         endpoint: str,
-        variant: str,
+        variants: Sequence[str],
         since: float,
+        max_rows: int,
         include_pinned: bool = False,
-        max_rows: int = 100_000,
         by_request: bool = False,
-    ) -> list:
-        """``field`` of the first units (at most ``max_rows``) whose first request since
-        ``since`` a variant answered, as ``outcomes`` counts them: its first row's prediction
-        (left out where that was a null, an output that was not finite,
-        or where the record has no rows, which monitors refuse but an earlier version may have
-        stored). A set that only grows as time passes, until it is full; read in time order
-        until it is full, so a long window costs no more than its first units."""
-        read = self._first_answers(
-            field + "s", endpoint, variant, since, include_pinned, by_request
-        )
-        with closing(read) as answers:
-            rows = (_decode_stored(predictions) for predictions in answers)
-            return list(islice((row[0] for row in rows if row and row[0] is not None), max_rows))
+        inputs: bool = False,
+    ) -> dict[str, list[FirstRow]]:
+        """Each variant's units by their first request since ``since`` that it answered (as
+        ``outcomes`` counts them), in time order, with that answer's first row: its prediction
+        (a unit is left out where that was a null, an output that was not finite, or where the
+        record has no rows, which monitors refuse but an earlier version may have stored), and
+        with ``inputs`` its input row (left out where the gateway sampled none).
 
-    def _first_answers(
+        Every variant is read over the same span: until the first of them has ``max_rows``, so
+        that at a 5% step stable's first units, which fill twenty times as fast, are not compared
+        with the candidate's from later hours, when the mix of inputs may have moved for both.
+        Each list only grows as time passes, until the first is full; then none changes again.
+        Read in time order until full, so a long window costs no more than its first units."""
+        found = {
+            variant: self._first_rows(
+                endpoint, variant, since, max_rows, include_pinned, by_request, inputs
+            )
+            for variant in variants
+        }
+        full = [rows[-1].at for rows in found.values() if len(rows) == max_rows]
+        if not full:
+            return found
+        until = min(full)
+        return {variant: [r for r in rows if r.at <= until] for variant, rows in found.items()}
+
+    def _first_rows(
         self,
-        column: str,
         endpoint: str,
         variant: str,
         since: float,
+        max_rows: int,
         include_pinned: bool,
         by_request: bool,
-    ) -> Iterator:
-        """``column`` of each unit's first request since ``since``, where it was answered, in
-        time order (streamed: a reader that stops early reads no further)."""
+        inputs: bool,
+    ) -> list[FirstRow]:
+        """One variant's ``first_rows``, read no further than its ``max_rows``-th."""
+        columns = "at, model, predictions" + (", inputs" if inputs else ", NULL")
         seen: set[str] = set()
+        found: list[FirstRow] = []
         with self.db.stream(
-            f"SELECT {_unit(by_request)}, outcome, {column} FROM predictions p "
+            f"SELECT {_unit(by_request)}, outcome, {columns} FROM predictions p "
             "WHERE endpoint = ? AND variant = ? AND at >= ? AND (pinned = 0 OR ?) ORDER BY at",
             (endpoint, variant, since, include_pinned),
         ) as rows:
-            for unit, outcome, value in rows:
+            for unit, outcome, at, model, predictions, row_inputs in rows:
                 if unit in seen:
                     continue
                 seen.add(unit)
-                if outcome == "ok":
-                    yield value
+                if outcome != "ok" or (inputs and row_inputs is None):
+                    continue
+                predicted = _decode_stored(predictions)
+                given = _decode_stored(row_inputs) if inputs else predicted
+                if not predicted or predicted[0] is None or len(given) != len(predicted):
+                    continue
+                found.append(FirstRow(at, model, predicted[0], given[0] if inputs else None))
+                if len(found) == max_rows:
+                    break
+        return found
 
     def active(self, since: float) -> list[tuple[str, str, str]]:
         """(endpoint, variant, model) that recorded predictions since ``since``."""

@@ -15,7 +15,7 @@ from monitors.drift import DriftSettings, predictions_apart
 from monitors.records import PredictionRecord
 from monitors.store import MonitorStore
 from service.config import RolloutConfig
-from service.monitor.evidence import EvidenceGatherer
+from service.monitor.evidence import DIVERGENCE_ROWS, EvidenceGatherer
 from traffic.rollout import start, windows
 from traffic.rollout_checks import (
     check_comparison,
@@ -279,6 +279,43 @@ def test_predictions_are_compared_on_each_arms_unpinned_units_in_the_step(open_d
     )  # a unit counts by its first answer: its second changes nothing
 
 
+def test_predictions_are_compared_over_the_same_span_of_the_step_for_both_arms(open_database):
+    """Each arm's first 10,000 units in the step were compared, and at a 5% step stable's fill
+    in a twentieth of the time the candidate's take: when the inputs' mix moved later in the
+    step (the hour, a campaign), the candidate's later units, answered as stable answers them,
+    were judged against stable's earlier ones, and a candidate that agrees with stable was
+    rolled back. Both arms are now read until the first of them is full."""
+    policy = RolloutConfig(candidate="next", steps=[{"weight": 5}]).policy("churn", "stable", 100.0)
+    rng = np.random.default_rng(9)
+
+    def answered(variant, count, yes, first_at, spacing):
+        return [
+            PredictionRecord(
+                f"churn:{variant}{first_at}:{i}",
+                first_at + i * spacing,
+                "churn",
+                variant,
+                f"churn:{variant}",
+                [str(answer)],
+                0.01,
+                unit=f"{variant}{first_at:08.0f}{i:023x}",
+            )
+            for i, answer in enumerate(rng.choice(["yes", "no"], count, p=[yes, 1 - yes]))
+        ]
+
+    store = MonitorStore(open_database())
+    store.add_records(answered("stable", DIVERGENCE_ROWS, 0.3, STARTED, 0.01))  # 100 s
+    store.add_records(answered("next", 526, 0.3, STARTED, 0.19))  # the same 100 s
+    store.add_records(answered("stable", 5000, 0.8, STARTED + 100, 0.01))  # then the mix moves
+    store.add_records(answered("next", 4000, 0.8, STARTED + 100, 0.19))
+    state = start(policy, "churn:v2", STARTED).state
+    now = STARTED + 900
+    evidence = EvidenceGatherer(store, dict, DRIFT).gather(policy, state, now)
+    alpha = comparison_alpha(policy, windows(policy, state, now))
+    divergence = next(c for c in policy.comparisons if c.metric == "prediction_divergence")
+    assert check_comparison(divergence, evidence, alpha).outcome == "PASS"
+
+
 def test_a_regressors_shadow_agrees_within_stables_usual_error(open_database):
     """A regressor's shadow agreed only where its value was stable's within 1e-6 relative, so a
     shadow step judging shadow_agreement rolled back every retrained regressor, however close
@@ -323,4 +360,5 @@ def test_a_stored_record_with_no_rows_is_left_out_of_the_predictions_compared(op
     empty = PredictionRecord("churn:e", STARTED + 1, "churn", "next", "churn:next", [], 0.01)
     answered = PredictionRecord("churn:a", STARTED + 2, "churn", "next", "churn:next", ["no"], 0.01)
     store.add_records([empty, answered])
-    assert store.first_answers("prediction", "churn", "next", STARTED) == ["no"]
+    (row,) = store.first_rows("churn", ["next"], STARTED, 10)["next"]
+    assert row.prediction == "no"

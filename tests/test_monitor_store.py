@@ -458,6 +458,47 @@ def test_what_rollouts_read_counts_each_unit_once_by_its_first_request(open_data
     assert store.labeled_counts("churn", "c", 0, 2000, by_request=True) == (4, 2)
 
 
+def test_first_rows_read_every_variant_over_the_same_span(open_database):
+    """Each unit by its first answer (its first row), in time order; every variant until the
+    first of them has ``max_rows``; with ``inputs``, the input row, units without one left out."""
+    store = MonitorStore(open_database())
+
+    def answer(request, at, variant, prediction, unit=None, inputs=None, **more):
+        return PredictionRecord(
+            f"churn:{request}", at, "churn", variant, "m", prediction, 0.01, unit=unit,
+            inputs=inputs, **more,
+        )  # fmt: skip
+
+    store.add_records(
+        [
+            answer("1", 1000.0, "a", ["yes", "no"], "u" * 32, [[1.0], [2.0]]),
+            answer("2", 1001.0, "a", ["no"], "u" * 32, [[3.0]]),  # u's second: not read
+            answer("3", 1002.0, "a", ["no"], inputs=[[4.0]], pinned=True),
+            answer("4", 1003.0, "a", [None], inputs=[[5.0]]),  # not finite: left out
+            answer("5", 1004.0, "a", [], outcome="error"),
+            answer("6", 1005.0, "a", ["yes"]),  # no inputs sampled
+            answer("7", 1006.0, "a", ["no"], inputs=[[6.0]]),
+            answer("8", 1002.5, "b", ["no"], inputs=[[7.0]]),
+            answer("9", 1005.5, "b", ["yes"], inputs=[[8.0]]),
+        ]
+    )
+    read = store.first_rows("churn", ["a", "b"], 0, 10)
+    assert [(r.at, r.prediction, r.inputs) for r in read["a"]] == [
+        (1000.0, "yes", None),
+        (1005.0, "yes", None),
+        (1006.0, "no", None),
+    ]
+    assert [r.prediction for r in read["b"]] == ["no", "yes"]
+    with_inputs = store.first_rows("churn", ["a", "b"], 0, 10, include_pinned=True, inputs=True)
+    assert [r.inputs for r in with_inputs["a"]] == [[1.0], [4.0], [6.0]]
+    assert store.first_rows("churn", ["a"], 0, 10, by_request=True)["a"][1].at == 1001.0
+    same_span = store.first_rows("churn", ["a", "b"], 0, 1)  # a full at 1000.0: b has none then
+    assert [r.at for r in same_span["a"]] == [1000.0] and same_span["b"] == []
+    same_span = store.first_rows("churn", ["a", "b"], 0, 2)  # a full at 1005.0, b at 1005.5
+    assert [r.at for r in same_span["a"]] == [1000.0, 1005.0]
+    assert [r.at for r in same_span["b"]] == [1002.5]
+
+
 def test_a_regressors_right_answers_are_those_within_a_distance_of_their_label(open_database):
     """Rollouts and experiments count a regressor's answers within ``within`` of the label as
     right: a value equal to its label is rare (before, none of 4 counted), a NaN never is."""

@@ -13,7 +13,8 @@ only grow as the window does (the bound's validity at every look needs that) and
 candidate's answers do; traffic/rollout_checks.py ``latency_threshold_rank``) and than the
 p99_latency_ms guardrail's limit; and stable's counts in the ``PRIOR_WINDOW_S`` before the window,
 which inform the prior over its rates. Also how far the candidate's predictions are from
-stable's in the step (each arm's first units, their first rows: ``DIVERGENCE_ROWS``), the monitor's
+stable's in the step (each arm's first units over the same span, their first rows:
+``DIVERGENCE_ROWS``), the monitor's
 latest distances of the candidate's inputs from its reference and of its reasons from stable's,
 and in a shadow step the units the candidate mirrored and agreed on. Pinned requests are not
 evidence unless the policy says ``count_pinned``.
@@ -46,11 +47,12 @@ from traffic.rollout_policy import RolloutPolicy
 
 Reports = Callable[[], Mapping[tuple[str, str], object]]
 DIVERGENCE_ROWS = 10_000
-"""Each arm's first answers in a step (one row per unit) whose predictions' distance is judged:
-a set that grows until it is full, and the verdicts on it stop changing (and spending the
-comparison's budget) once both are. The monitor's own distance (its dashboards') is of each
-variant's newest rows instead: pinned requests among them, and stable's newest rows covering a
-twentieth of the time the candidate's cover at a 5% step."""
+"""Each arm's first answers in a step (one row per unit, over the same span: until the first arm
+has this many) whose predictions' distance is judged: sets that grow until the first is full,
+and the verdicts on them stop changing (and spending the comparison's budget) then. The
+monitor's own distance (its dashboards') is of each variant's newest rows instead: pinned
+requests among them, and stable's newest rows covering a twentieth of the time the candidate's
+cover at a 5% step."""
 
 
 class EvidenceGatherer:
@@ -167,19 +169,16 @@ class EvidenceGatherer:
         asked = any(c.metric == "prediction_divergence" for c in policy.comparisons)
         if not asked or not state.at_a_step or policy.steps[state.step].shadow:
             return None
+        rows = self.store.first_rows(
+            policy.endpoint,
+            (state.stable, state.candidate),
+            since,
+            DIVERGENCE_ROWS,
+            policy.count_pinned,
+            policy.counts_requests,
+        )
         stable, candidate = (
-            pd.Series(
-                self.store.first_answers(
-                    "prediction",
-                    policy.endpoint,
-                    variant,
-                    since,
-                    policy.count_pinned,
-                    DIVERGENCE_ROWS,
-                    policy.counts_requests,
-                ),
-                name="prediction",
-            )
+            pd.Series([row.prediction for row in rows[variant]], name="prediction")
             for variant in (state.stable, state.candidate)
         )
         apart = predictions_apart(stable, candidate, categorical, self.settings)
