@@ -743,6 +743,26 @@ class GatewayConfig(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _reasons_are_computed_where_compared(self) -> GatewayConfig:
+        """A rollout that compares reasons needs the monitor to explain inputs it keeps: without
+        them its required comparison could never decide, and the step would wait forever."""
+        for name, endpoint in self.endpoints.items():
+            compared = endpoint.rollout.comparisons if endpoint.rollout else None
+            if not any(c.metric == "attribution_divergence" for c in compared or ()):
+                continue
+            if self.monitor.attribution_rows == 0:
+                raise ValueError(
+                    f"the rollout of {name!r} compares attribution_divergence, which "
+                    "monitor.attribution_rows: 0 turns off"
+                )
+            if self.monitor.sample_inputs == 0:
+                raise ValueError(
+                    f"the rollout of {name!r} compares attribution_divergence, which explains "
+                    "recorded inputs, and monitor.sample_inputs: 0 records none"
+                )
+        return self
+
     @field_validator("endpoints")
     @classmethod
     def _endpoint_names(cls, value: dict[str, EndpointConfig]) -> dict[str, EndpointConfig]:

@@ -234,6 +234,22 @@ def test_bad_rollout_policies_name_the_problem(rollout, named):
         parse_config(_with_rollout(**rollout))
 
 
+@pytest.mark.parametrize(
+    "monitor, named",
+    [
+        ({"attribution_rows": 0}, "attribution_rows: 0 turns off"),
+        ({"sample_inputs": 0}, "sample_inputs: 0 records none"),
+    ],
+)
+def test_a_rollout_comparing_reasons_needs_the_monitor_to_explain_kept_inputs(monitor, named):
+    """Else its required comparison never decides and the step waits for ever."""
+    config = _with_rollout(comparisons=[{"metric": "attribution_divergence", "margin": 0.2}])
+    parse_config(config)  # the defaults explain 32 kept rows per arm
+    with pytest.raises(ConfigError, match=named):
+        parse_config({**config, "monitor": monitor})
+    parse_config({**_with_rollout(), "monitor": monitor})  # nothing compares reasons: fine
+
+
 AB_VARIANTS = [
     {"name": "a", "model": "iris:v1", "weight": 50},
     {"name": "b", "model": "iris:v2", "weight": 50, "role": "candidate"},

@@ -15,7 +15,7 @@ from monitors.drift import DriftSettings, predictions_apart
 from monitors.records import PredictionRecord
 from monitors.store import MonitorStore
 from service.config import RolloutConfig
-from service.monitor.evidence import DIVERGENCE_ROWS, EvidenceGatherer
+from service.monitor.evidence import STEP_ROWS, EvidenceGatherer
 from traffic.rollout import start, windows
 from traffic.rollout_checks import (
     check_comparison,
@@ -304,7 +304,7 @@ def test_predictions_are_compared_over_the_same_span_of_the_step_for_both_arms(o
         ]
 
     store = MonitorStore(open_database())
-    store.add_records(answered("stable", DIVERGENCE_ROWS, 0.3, STARTED, 0.01))  # 100 s
+    store.add_records(answered("stable", STEP_ROWS, 0.3, STARTED, 0.01))  # 100 s
     store.add_records(answered("next", 526, 0.3, STARTED, 0.19))  # the same 100 s
     store.add_records(answered("stable", 5000, 0.8, STARTED + 100, 0.01))  # then the mix moves
     store.add_records(answered("next", 4000, 0.8, STARTED + 100, 0.19))

@@ -261,8 +261,8 @@ def _verdicts_read(
     """``verdicts_read`` with this evaluation's, for the policy's distance comparisons. A verdict
     counts while the comparisons act (the rollout progressing); one the same as the last read is
     the same test of the same window, which cannot fail where it did not before, and is not
-    counted again (the monitor's reasons change every 300 s, the rollout looks every 10 s, and a
-    step's first units stop changing once they are as many as a verdict reads)."""
+    counted again (a verdict on reasons comes at most every 300 s, the rollout looks every 10 s,
+    and a step's first units stop changing once they are as many as a verdict reads)."""
     if state.phase != "progressing":
         return state.verdicts_read
     read = dict(state.verdicts_read)

@@ -23,9 +23,9 @@ The false-rollback budget ``alpha`` is spent once per rollout, over every check 
   split is constant within a step, so a load spike or an outage that hits both arms hits them
   alike); distance comparisons (prediction_divergence, attribution_divergence) on verdicts, each
   a test with a p-value of data of its own (the step's first units of each arm over the same
-  span, which grow until the first arm's are full; the monitor's sampled reasons, anew every
-  run), the k-th verdict read in a step held to
-  ``kth_share(k)`` of the step's alpha, so that however many it reads they spend no more.
+  span, which grow until the first arm's are full; for reasons, a sample of them, drawn anew as
+  they grow), the k-th verdict read in a step held to ``kth_share(k)`` of the step's alpha, so
+  that however many it reads they spend no more.
   input_drift is the exception: the share of the candidate's features the monitor flagged against
   its reference (each at ``NOISE_ALPHA`` per run), a check on the traffic more than on the
   candidate, it spends nothing and is not in the defaults.

@@ -378,6 +378,9 @@ async def background(app: Starlette) -> AsyncIterator[None]:
             "experiments": led(
                 runner.config.interval_s, monitor.experiments.export, "experiment readout"
             ),
+            "rollout reasons": led(
+                runner.config.interval_s, rollouts.compare_reasons, "rollout reasons", analysis
+            ),
         }
         for name, policy in rollouts.policies.items():
             tick = functools.partial(rollouts.tick, name)

@@ -14,10 +14,10 @@ candidate's answers do; traffic/rollout_checks.py ``latency_threshold_rank``) an
 p99_latency_ms guardrail's limit; and stable's counts in the ``PRIOR_WINDOW_S`` before the window,
 which inform the prior over its rates. Also how far the candidate's predictions are from
 stable's in the step (each arm's first units over the same span, their first rows:
-``DIVERGENCE_ROWS``), the monitor's
-latest distances of the candidate's inputs from its reference and of its reasons from stable's,
-and in a shadow step the units the candidate mirrored and agreed on. Pinned requests are not
-evidence unless the policy says ``count_pinned``.
+``STEP_ROWS``), the latest verdict on how far its reasons are (service/monitor/reasons.py, on
+the same units), the monitor's latest distance of its inputs from its reference, and in a shadow
+step the units the candidate mirrored and agreed on. Pinned requests are not evidence unless the
+policy says ``count_pinned``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import pandas as pd
 from monitors.drift import DriftSettings, predictions_apart
 from monitors.shadow import agreeing
 from monitors.store import MonitorStore
+from service.monitor.reasons import StepReasons
 from traffic import rollout
 from traffic.rollout import RolloutState
 from traffic.rollout_checks import (
@@ -46,13 +47,13 @@ from traffic.rollout_checks import (
 from traffic.rollout_policy import RolloutPolicy
 
 Reports = Callable[[], Mapping[tuple[str, str], object]]
-DIVERGENCE_ROWS = 10_000
+STEP_ROWS = 10_000
 """Each arm's first answers in a step (one row per unit, over the same span: until the first arm
-has this many) whose predictions' distance is judged: sets that grow until the first is full,
-and the verdicts on them stop changing (and spending the comparison's budget) then. The
-monitor's own distance (its dashboards') is of each variant's newest rows instead: pinned
-requests among them, and stable's newest rows covering a twentieth of the time the candidate's
-cover at a 5% step."""
+has this many) whose predictions' distance is judged and whose reasons are sampled
+(service/monitor/reasons.py): sets that grow until the first is full, and the verdicts on them
+stop changing (and spending the comparison's budget) then. The monitor's own distances (its
+dashboards') are of each variant's newest rows instead: pinned requests among them, and
+stable's newest rows covering a twentieth of the time the candidate's cover at a 5% step."""
 
 
 class EvidenceGatherer:
@@ -61,12 +62,15 @@ class EvidenceGatherer:
         store: MonitorStore,
         latest_reports: Reports,
         settings: DriftSettings,
+        reasons: StepReasons | None = None,
     ) -> None:
         self.store = store
         self.latest_reports = latest_reports
         """(endpoint, variant) -> the monitor's latest ``VariantReport``."""
         self.settings = settings
         """The monitor's drift threshold and the rows a verdict needs."""
+        self.reasons = reasons
+        """The verdicts on the candidate's reasons in its step (None: attribution is off)."""
 
     def arm(
         self,
@@ -145,12 +149,10 @@ class EvidenceGatherer:
         windows = rollout.windows(policy, state, now)
         stage_alpha, epoch_alpha = guardrail_alphas(policy, windows)
         report = self.latest_reports().get((policy.endpoint, state.candidate))
-        drifted = reasons = None
+        drifted = None
         if report is not None and report.drift.status == "ok":
             drifted = report.drift.drifted_share
-        if report is not None and report.attribution_vs_stable is not None:
-            apart = report.attribution_vs_stable
-            reasons = Divergence(apart.distance, 0.0, apart.p_value)
+        reasons = None if self.reasons is None else self.reasons.latest(policy, state)
         return Evidence(
             stage=self.window(policy, state, windows.stage_start, stage_alpha, within),
             epoch=self.window(policy, state, windows.epoch_start, epoch_alpha, within),
@@ -173,7 +175,7 @@ class EvidenceGatherer:
             policy.endpoint,
             (state.stable, state.candidate),
             since,
-            DIVERGENCE_ROWS,
+            STEP_ROWS,
             policy.count_pinned,
             policy.counts_requests,
         )

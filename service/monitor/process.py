@@ -26,12 +26,13 @@ from service.config import GatewayConfig
 from service.errors import ConfigError
 from service.labels import SCALARS
 from service.model_card import ModelCard
-from service.monitor.evidence import EvidenceGatherer
+from service.monitor.evidence import STEP_ROWS, EvidenceGatherer
 from service.monitor.experiments import ExperimentReadouts
 from service.monitor.leadership import Leadership
 from service.monitor.metrics import MonitorMetrics
 from service.monitor.notifier import DriftAlarm, Notifier
 from service.monitor.priority import SessionShare, session_niceness_setter
+from service.monitor.reasons import StepReasons
 from service.monitor.rollouts import RolloutService
 from service.monitor.runs import MonitorRunner
 from service.names import endpoint_of, is_name, is_tag, is_unit
@@ -178,7 +179,9 @@ class Monitor:
             config,
             self.store,
             self.state_store,
-            EvidenceGatherer(self.store, lambda: self.runner.latest, self.runner.settings),
+            EvidenceGatherer(
+                self.store, lambda: self.runner.latest, self.runner.settings, self._reasons()
+            ),
             self.metrics,
             self.notifier,
             actor=lambda: f"rollout@{self.leadership.identity}",
@@ -194,6 +197,21 @@ class Monitor:
             self.metrics.niceness.set,
         )
         self._cards: dict[str, ModelCard | None] = {}
+
+    def _reasons(self) -> StepReasons | None:
+        """The rollouts' verdicts on reasons, explained as the monitor's own attribution is
+        (None where ``monitor.attribution_rows`` turns attribution off)."""
+        monitor = self.config.monitor
+        if monitor.attribution_rows == 0:
+            return None
+        return StepReasons(
+            self.store,
+            self.runner.explained,
+            monitor.attribution_rows,
+            monitor.min_rows,
+            monitor.attribution_interval_s,
+            STEP_ROWS,
+        )
 
     def _led(self, leading: bool) -> None:
         """Export whether this process leads; a new leader resumes every rollout at once (a

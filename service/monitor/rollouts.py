@@ -36,6 +36,7 @@ from service.monitor.evidence import EvidenceGatherer
 from service.monitor.metrics import MonitorMetrics
 from service.monitor.notifier import Notifier
 from service.monitor.offline_gate import offline_gate
+from service.monitor.reasons import asked_by
 from service.state import initial_state
 from traffic import rollout
 from traffic.rollout import (
@@ -134,6 +135,25 @@ class RolloutService:
             if state is not None and state.phase not in TERMINAL:
                 kept[endpoint] = state.stage_started - PRIOR_WINDOW_S
         return kept
+
+    def compare_reasons(self, now: float | None = None) -> None:
+        """A new verdict on the candidate's reasons for each rollout whose policy compares them
+        and whose step is due one (service/monitor/reasons.py); in the analysis thread, as the
+        explaining is the costly part. No lock: the verdict names its step, and a rollout that
+        moved on meanwhile does not read it."""
+        reasons = self.evidence.reasons
+        if reasons is None:
+            return
+        now = now or time.time()
+        for endpoint, policy in self.policies.items():
+            if not asked_by(policy):
+                continue
+            try:
+                _, state, _ = self._load(endpoint)
+                if state is not None:
+                    reasons.compare(policy, state, now)
+            except Exception:  # the others still get theirs; this one tries again next run
+                log.warning("comparing the reasons of %s failed", endpoint, exc_info=True)
 
     # -- deciding --------------------------------------------------------------------------
 

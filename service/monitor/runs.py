@@ -274,13 +274,21 @@ class MonitorRunner:
 
     def _explained(self, card: ModelCard, rows: pd.DataFrame) -> np.ndarray:
         """The rows' absolute attributions (rows x features)."""
-        classification = card.task == "classification"
-        targets = (
-            rows["prediction"].astype(str) if classification else [REGRESSION_TARGET] * len(rows)
-        )
         features = rows[list(card.feature_names)].to_numpy(dtype=float)
-        background = self.config.attribution_background_rows
-        return absolute_attributions(card, features, list(targets), background)
+        return self.explained(card.tag, features, list(rows["prediction"]))
+
+    def explained(self, tag: str, features: np.ndarray, predictions: list) -> np.ndarray:
+        """Each row's absolute attributions by model ``tag`` (rows x features, in its card's
+        order), for the answer it gave: a class's probability, or a regressor's value."""
+        card = self._reference(tag).card
+        classification = card.task == "classification"
+        if classification:
+            targets = [str(p) for p in predictions]
+        else:
+            targets = [REGRESSION_TARGET] * len(features)
+        return absolute_attributions(
+            card, features, targets, self.config.attribution_background_rows
+        )
 
     def run_once(
         self, now: float | None = None, save_reports: bool = False, fresh: bool = False
