@@ -7,10 +7,10 @@ evidence (traffic/simulation.py) with the configuration's default guardrails and
 5/25/50% of 300 s, interval 10 s, for an hour; both arms 0.5% errors, a log-normal latency body
 with a 20 ms median, and a slow mode (a share of requests at 8x the median, the same shape); rows
 for 5, 50 and 500 requests/s and slow shares 0-2%, then heavier tails (a Pareto latency, a body of
-sigma 1), shared error bursts, late labels and an operator's hour-long pause. Part 2: evaluations
-from the start to the rollback of bad candidates (20% errors, 3x slower, NaN outputs, every
-request failing). Part 3: breach to zero on real servers, ``--trials`` times. Results go to
-bench/results/rollout.json; the tables are printed as BENCHMARKS.md shows them.
+sigma 1), shared error bursts, shared slowdowns, late labels and an operator's hour-long pause.
+Part 2: evaluations from the start to the rollback of bad candidates (20% errors, 3x slower, NaN
+outputs, every request failing). Part 3: breach to zero on real servers, ``--trials`` times.
+Results go to bench/results/rollout.json; the tables are printed as BENCHMARKS.md shows them.
 """
 
 from __future__ import annotations
@@ -72,6 +72,11 @@ A_A_ROWS = [
                 "shared error bursts (30% for 30 s, ~every 10 min)",
                 arm(0.01),
                 {"bursts": Bursts(600, 30, 0.3)},
+            ),
+            (
+                "shared slowdowns (3x for 2 min, ~every 10 min)",
+                arm(0.01),
+                {"bursts": Bursts(600, 120, 0.005, latency_factor=3)},
             ),
             ("paused by an operator for an hour", arm(0.01), {"pauses": ((60, HOUR),)}),
         )

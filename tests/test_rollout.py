@@ -1,8 +1,8 @@
 """The rollout controller without a server: the simulation harness feeds it synthetic evidence.
 
 With the configuration's DEFAULT guardrails and comparisons (what users get): healthy candidates
-are not rolled back more often than alpha under heavy latency tails, slow modes, shared error
-bursts, low traffic, label lag and long pauses; broken ones are rolled back within the stated
+are not rolled back more often than alpha under heavy latency tails, slow modes, shared bursts of
+errors and of slowness, low traffic, label lag and long pauses; broken ones are rolled back within the stated
 bounds; a less accurate one is never promoted; too little traffic holds and never fails; operators'
 actions and dry runs behave."""
 
@@ -51,6 +51,8 @@ def _rolled_back(runs) -> int:
         (50, PARETO, {"pauses": ((100, 3000),)}),
         (500, SLOW_MODE, {"bursts": Bursts(300, 20, 0.5)}),
         (500, PARETO, {}),
+        (50, SLOW_MODE, {"bursts": Bursts(900, 300, 0.005, latency_factor=3)}),
+        (500, PARETO, {"bursts": Bursts(600, 120, 0.005, latency_factor=4)}),
     ],
     ids=[
         "5-slow-mode",
@@ -59,6 +61,8 @@ def _rolled_back(runs) -> int:
         "50-pareto-paused",
         "500-bursts",
         "500-pareto",
+        "50-slowdowns",
+        "500-pareto-slowdowns",
     ],
 )
 def test_a_a_false_rollbacks_stay_under_alpha(requests_per_s, arm, scenario):

@@ -3,8 +3,8 @@
 Each arm is a model of how a variant behaves: its error rate, invalid outputs, a latency
 distribution (a log-normal body, a slow mode as real services have it: a share of requests at
 several times the median, from GC pauses, cold caches or queueing; or any generator you pass),
-its accuracy on labels. The scenario adds traffic that may vary with time, error bursts that hit
-both arms at once (a shared dependency failing), labels that arrive late, and operator pauses. Every
+its accuracy on labels. The scenario adds traffic that may vary with time, bursts of errors or of
+slowness that hit both arms at once (a shared dependency failing or slowing down), labels that arrive late, and operator pauses. Every
 tick draws that tick's requests, splits them by the weights the controller last set, and hands the
 controller the same counts the service layer gathers from the monitor, over the same windows
 (traffic/rollout.py ``windows``). Used by the tests (A/A false rollbacks under realistic traffic,
@@ -60,6 +60,15 @@ class ArmModel:
     divergence: float = 0.02
     """Distance of its predictions from stable's (the monitor's figure)."""
 
+    def slowed(self, factor: float) -> ArmModel:
+        """The same arm with every latency ``factor`` times as long."""
+        if factor == 1.0:
+            return self
+        if self.latency is None:
+            return replace(self, median_latency_ms=self.median_latency_ms * factor)
+        drawn = self.latency
+        return replace(self, latency=lambda rng, n: factor * drawn(rng, n))
+
     def latency_histogram(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """Counts of ``n`` answered requests' latencies per bin of ``EDGES``."""
         if self.latency is not None:
@@ -96,12 +105,14 @@ _PROBABILITIES: dict[ArmModel, np.ndarray] = {}
 
 @dataclass(frozen=True)
 class Bursts:
-    """Errors that hit every arm at once: every ``every_s`` seconds (on average, exponentially
-    spaced), for ``length_s`` seconds, requests fail with ``error_rate``."""
+    """Trouble that hits every arm at once: every ``every_s`` seconds (on average, exponentially
+    spaced), for ``length_s`` seconds, requests fail with ``error_rate`` and take
+    ``latency_factor`` times as long (a shared dependency failing or slowing down, a peak)."""
 
     every_s: float
     length_s: float
     error_rate: float
+    latency_factor: float = 1.0
 
 
 @dataclass
@@ -286,7 +297,8 @@ def simulate(
             ("stable", stable, n - n_candidate),
         ):
             error_rate = bursts.error_rate if in_burst else model.error_rate
-            tick = _tick(rng, model, count, error_rate, label_share)
+            slowed = model.slowed(bursts.latency_factor) if in_burst else model
+            tick = _tick(rng, slowed, count, error_rate, label_share)
             labels.append((now + label_lag_s, name, now, tick.labeled, tick.correct))
             arm = arms[name]
             arm.recent.append((now, tick))  # with its labels: the prior looks back in time
