@@ -132,27 +132,48 @@ def test_a_dry_run_decides_and_logs_but_moves_no_traffic(tmp_path, open_database
     assert all(e["dry_run"] for e in history)
 
 
-def test_a_new_candidate_model_restarts_the_analysis(tmp_path, open_database):
+def serve_model(rollouts: RolloutService, variant: str, model: str) -> None:
+    """An operator's change of the model ``variant`` serves, in the shared routing state."""
     from dataclasses import replace
 
     from traffic.store import RoutingState
 
-    rollouts, _ = service(tmp_path, open_database)
-    rollouts.tick("churn", now=1.0)
     current = rollouts.state_store.load()
     table = current.tables["churn"]
     swapped = replace(
         table,
-        variants=tuple(
-            replace(v, model="churn:v3") if v.name == "next" else v for v in table.variants
-        ),
+        variants=tuple(replace(v, model=model) if v.name == variant else v for v in table.variants),
     )
     rollouts.state_store.save(
         RoutingState(current.version, current.source, {"churn": swapped}), current.version
     )
+
+
+def test_a_new_candidate_model_restarts_the_analysis(tmp_path, open_database):
+    rollouts, _ = service(tmp_path, open_database)
+    rollouts.tick("churn", now=1.0)
+    serve_model(rollouts, "next", "churn:v3")
     decision = rollouts.tick("churn", now=5.0)
     assert decision.action == "start" and decision.state.candidate_model == "churn:v3"
     assert decision.state.analysis_started == 5.0
+    assert decision.reason.startswith("the candidate now serves churn:v3: started again")
+
+
+def test_a_new_stable_model_mid_step_restarts_the_analysis(tmp_path, open_database):
+    """Each check compares the candidate with stable in the same window; a stable variant that
+    began serving another model mid-step (an operator's hot fix) made that window half one model
+    and half another, and the rollout went on judging the candidate against the mixture: a
+    faster new stable made a healthy candidate look slow, a worse one made a bad candidate look
+    fine. The evidence says nothing about the candidate against the new stable: it starts again."""
+    rollouts, _ = service(tmp_path, open_database)
+    assert rollouts.tick("churn", now=1.0).state.stable_model == "churn:v1"
+    assert rollouts.tick("churn", now=2.0).action == "hold"
+    serve_model(rollouts, "stable", "churn:v3")
+    decision = rollouts.tick("churn", now=5.0)
+    assert decision.action == "start" and decision.state.stable_model == "churn:v3"
+    assert decision.state.analysis_started == 5.0 and decision.state.step == 0
+    assert decision.reason.startswith("stable now serves churn:v3: started again")
+    assert rollouts.tick("churn", now=6.0).action == "hold"
 
 
 def test_starting_again_after_the_old_stable_left_is_a_conflict_not_a_crash(

@@ -75,6 +75,9 @@ class RolloutState:
     verdicts_read: Mapping[str, tuple[int, float, float]] = field(default_factory=dict)
     """Each distance comparison's verdicts read at the current step while they could act: (how
     many, the last one's distance and p-value)."""
+    stable_model: str | None = None
+    """The model the stable variant served when the rollout started (None in a state saved
+    before this was kept): the candidate is judged against it."""
 
     @property
     def at_a_step(self) -> bool:
@@ -164,9 +167,15 @@ def targets(policy: RolloutPolicy, state: RolloutState) -> dict[str, Target | No
 
 
 def start(
-    policy: RolloutPolicy, candidate_model: str, now: float, offline: CheckResult | None = None
+    policy: RolloutPolicy,
+    candidate_model: str,
+    now: float,
+    offline: CheckResult | None = None,
+    stable_model: str | None = None,
+    again: str | None = None,
 ) -> Decision:
-    """A new rollout at step 0, unless the offline gate failed: then it ends before any traffic."""
+    """A new rollout at step 0, unless the offline gate failed: then it ends before any traffic.
+    ``again``: why a rollout under way starts over (its reasons say so)."""
     state = RolloutState(
         policy.endpoint,
         policy.candidate,
@@ -178,12 +187,15 @@ def start(
         now,
         now,
         policy.policy_hash,
+        stable_model=stable_model,
     )
     checks = (offline,) if offline else ()
+    over = f"{again}: started again; " if again else ""
     if offline is not None and offline.outcome != "PASS":
-        reason = f"offline gate: {offline.reason}"
+        reason = f"{over}offline gate: {offline.reason}"
         return _end(policy, state, "rollback", "rolled_back", reason, checks, "offline_gate")
-    reason = f"offline gate passed ({offline.reason}); step 1" if offline else "started; step 1"
+    passed = f"offline gate passed ({offline.reason})" if offline else "started"
+    reason = f"{over}{passed}; step 1"
     state = replace(state, reason=reason)
     return Decision("start", state, reason, checks, targets(policy, state))
 

@@ -169,8 +169,9 @@ class RolloutService:
             candidate_model = models.get(policy.candidate)
             if candidate_model is None or policy.stable not in models:
                 return None  # a variant of the policy left the endpoint: nothing to roll out
-            if state is None or _begins_again(policy, state, candidate_model):
-                decision = self._start(policy, models, now)
+            again = None if state is None else _why_again(policy, state, models)
+            if state is None or again is not None:
+                decision = self._start(policy, models, now, again)
                 evidence = Evidence()
             elif state.phase in TERMINAL:
                 return None
@@ -245,13 +246,15 @@ class RolloutService:
         table = self._routing_state().tables.get(policy.endpoint)
         return {v.name: v.model for v in table.variants} if table else {}
 
-    def _start(self, policy: RolloutPolicy, models: dict[str, str], now: float) -> Decision:
-        candidate_model = models[policy.candidate]
+    def _start(
+        self, policy: RolloutPolicy, models: dict[str, str], now: float, again: str | None = None
+    ) -> Decision:
+        candidate_model, stable_model = models[policy.candidate], models[policy.stable]
         gate = self.gates[policy.endpoint]
         offline = None
         if gate.enabled:
-            offline = offline_gate(models[policy.stable], candidate_model, gate.margin)
-        return rollout.start(policy, candidate_model, now, offline)
+            offline = offline_gate(stable_model, candidate_model, gate.margin)
+        return rollout.start(policy, candidate_model, now, offline, stable_model, again)
 
     # -- acting ----------------------------------------------------------------------------
 
@@ -396,14 +399,22 @@ class RolloutService:
             metrics.rollout_checks.labels(endpoint, check.name, check.outcome).inc()
 
 
-def _begins_again(policy: RolloutPolicy, state: RolloutState, candidate_model: str) -> bool:
-    """Whether the rollout starts again at step 1: its candidate variant serves a new model, or,
-    while the rollout is at one of its steps (paused there too), its policy changed (gateway.yaml
-    edited and the monitor restarted). Evidence judged under other steps, checks or windows says
-    nothing under these, and the old step may not exist in the new steps."""
+def _why_again(policy: RolloutPolicy, state: RolloutState, models: dict[str, str]) -> str | None:
+    """Why the rollout starts again at step 1, or None: its candidate variant serves a new model,
+    or, while the rollout is at one of its steps (paused there too), its stable variant serves
+    a new model (every check compares the candidate with stable in the same window, and one
+    half one model and half another judges it against neither) or its policy changed
+    (gateway.yaml edited and the monitor restarted). Evidence judged under other models, steps,
+    checks or windows says nothing under these, and the old step may not exist in the new
+    steps."""
+    candidate_model, stable_model = models[policy.candidate], models[policy.stable]
     if state.candidate_model != candidate_model:
-        return state.phase != "succeeded"
-    return _policy_changed(policy, state)
+        return None if state.phase == "succeeded" else f"the candidate now serves {candidate_model}"
+    if state.at_a_step and state.stable_model not in (None, stable_model):
+        return f"stable now serves {stable_model}"
+    if _policy_changed(policy, state):
+        return "the rollout policy changed"
+    return None
 
 
 def _policy_changed(policy: RolloutPolicy, state: RolloutState) -> bool:
