@@ -4,8 +4,9 @@
 Run: ``.venv/bin/python bench/experiment_readout.py [requests ...]`` (default 100,000 and
 1,000,000). For each size, a monitor store in a temporary directory gets that many records of two
 arms from a tenth as many users (the unit), a binary reward for every request and a continuous one
-for a tenth of them; then the time of the store's per-unit sums (``unit_totals``, in SQLite) and
-of the statistics (``readout``), each the best of three. Results go to
+for a tenth of them; then the time of the store's per-unit sums (``unit_totals``, in SQLite), of
+its look for arms answered by two models (``models_answering``) and of the statistics
+(``readout``), each the best of three. Results go to
 bench/results/experiment_readout.json.
 """
 
@@ -73,6 +74,7 @@ def measure(requests: int) -> dict:
         summing_s, totals = best_of_three(
             lambda: store.unit_totals("ab", ARMS, 0.0, until, REWARDS)
         )
+        models_s, _ = best_of_three(lambda: store.models_answering("ab", ARMS, 0.0, until))
         design = Design(
             "stable",
             ("candidate",),
@@ -97,6 +99,7 @@ def measure(requests: int) -> dict:
         "requests": requests,
         "units": int(sum(result.sample_ratio.units.values())),
         "unit_totals_s": round(summing_s, 3),
+        "models_answering_s": round(models_s, 3),
         "readout_s": round(statistics_s, 3),
     }
     print(row)

@@ -375,19 +375,20 @@ def readout(
     units: Mapping[str, int],
     data: Mapping[str, Mapping[str, UnitTotals]],
     elapsed_s: float,
-    reassigned: str | None = None,
+    broken: str | None = None,
 ) -> Readout:
     """The whole readout. ``units``: units exposed per arm (the sample-ratio test counts them);
     ``data``: metric -> arm -> per-unit totals (a metric may be missing, e.g. accuracy before
-    any label); ``reassigned``: why units may have moved between arms during the window (the
-    weights changed while it ran), which breaks the assignment whatever the counts say."""
+    any label); ``broken``: why the window no longer compares fixed treatments on a fixed
+    assignment (the weights changed while it ran and units moved between arms, an arm's model
+    changed), which no result survives whatever the counts say."""
     summaries = {
         metric: {arm: summarize(totals) for arm, totals in arms.items()}
         for metric, arms in data.items()
     }
     ratio = sample_ratio(units, design.weights, design.srm_alpha)
     arms = tuple(
-        _judge_arm(design, arm, summaries, units, ratio, reassigned, elapsed_s)
+        _judge_arm(design, arm, summaries, units, ratio, broken, elapsed_s)
         for arm in design.treatments
     )
     verdict, reason, winner = _overall(arms)
@@ -400,7 +401,7 @@ def _judge_arm(
     summaries: Mapping[str, Mapping[str, ArmSummary]],
     units: Mapping[str, int],
     ratio: SampleRatio,
-    reassigned: str | None,
+    broken: str | None,
     elapsed_s: float,
 ) -> ArmReadout:
     lifts = {}
@@ -426,7 +427,7 @@ def _judge_arm(
     )
     exposed = units.get(design.control, 0) + units.get(arm, 0)
     power = _power(design, lifts[design.primary], summaries, exposed, elapsed_s)
-    verdict, reason = _verdict(design, arm, results, ratio, reassigned, units)
+    verdict, reason = _verdict(design, arm, results, ratio, broken, units)
     return ArmReadout(arm, verdict, reason, results, power)
 
 
@@ -466,14 +467,14 @@ def _verdict(
     arm: str,
     results: Sequence[MetricResult],
     ratio: SampleRatio,
-    reassigned: str | None,
+    broken: str | None,
     units: Mapping[str, int],
 ) -> tuple[Verdict, str]:
     """Spotify's rule: ship on a significant improvement of the primary metric with every
     guardrail non-inferior; a broken assignment or a significant harm is no-ship."""
-    if reassigned is not None:
+    if broken is not None:
         return NO_SHIP, (
-            f"{reassigned}: units may have moved between arms, so no result can be trusted; "
+            f"{broken}, so no result can be trusted; "
             "stop the experiment and start it again for a clean window"
         )
     if ratio.flagged:

@@ -365,6 +365,20 @@ class MonitorStore:
         """Rewards held for a prediction that has not arrived (yet)."""
         return _pending(self.db, "rewards")
 
+    def models_answering(
+        self, endpoint: str, variants: Sequence[str], since: float, until: float
+    ) -> dict[str, set[str]]:
+        """Each variant's models that answered its unpinned requests in [since, until)."""
+        rows = self.db.query(
+            "SELECT DISTINCT variant, model FROM predictions WHERE endpoint = ? AND at >= ? "
+            f"AND at < ? AND pinned = 0 AND variant IN ({_marks(variants)})",
+            (endpoint, since, until, *variants),
+        )
+        found: dict[str, set[str]] = {variant: set() for variant in variants}
+        for variant, model in rows:
+            found[variant].add(model)
+        return found
+
     def unit_totals(
         self,
         endpoint: str,

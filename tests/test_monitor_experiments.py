@@ -184,6 +184,28 @@ def test_the_monitors_pruning_spares_a_running_experiments_window(
     assert monitor.prune(now=now)["predictions"] == 3  # stopped more than 7 days ago
 
 
+def test_an_arm_answered_by_another_model_while_the_experiment_ran_ends_in_no_ship(
+    tmp_path, open_database, demo_models
+):
+    """An arm is a variant, and a variant's model can change while the experiment runs (a reload
+    of gateway.yaml, a restart with it edited): the arm's units then saw two treatments, and the
+    readout shipped a lift that belongs to neither model. Pinned requests, a tester's choice, and
+    answers before the window do not count."""
+    experiments = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"))
+    b_converts_more(experiments)
+    before_and_pinned = [
+        PredictionRecord("e:old", 999.0, "e", "b", "cancer:v7", ["benign"], 0.01),
+        PredictionRecord("e:pin", 1500.0, "e", "b", "cancer:v8", ["benign"], 0.01, pinned=True),
+    ]
+    experiments.store.add_records(before_and_pinned)
+    assert experiments.describe("e", now=2000.0)["verdict"] == "ship"
+    swapped = PredictionRecord("e:new", 1500.0, "e", "b", "cancer:v3", ["benign"], 0.01)
+    experiments.store.add_records([swapped])
+    described = experiments.describe("e", now=2000.0)
+    assert described["verdict"] == "no_ship", described["reason"]
+    assert "arm b was answered by cancer:v3 and m while it ran" in described["reason"]
+
+
 @pytest.mark.parametrize(
     "changed, moved_users, verdict",
     [

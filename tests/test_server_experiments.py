@@ -272,7 +272,7 @@ async def test_moved_weights_are_recorded_warned_about_and_end_in_no_ship(server
             {"stable": 90.0, "candidate": 10.0}
         ]
         assert result["sample_ratio"]["flagged"], result["sample_ratio"]
-        assert result["verdict"] == "no_ship" and "moved between arms" in result["reason"]
+        assert result["verdict"] == "no_ship" and "moved users between arms" in result["reason"]
         status, stopped = await act(session, url, "quick", "stop")
         assert status == 200 and stopped["status"] == "stopped"
         status, body = await act(session, url, "quick", "stop")

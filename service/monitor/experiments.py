@@ -93,7 +93,23 @@ class ExperimentReadouts:
         design = experiment.design(started)  # an arm gateway.yaml added since: weight 0
         units, data = self._unit_data(endpoint, experiment, state.started_at, until)
         elapsed_s = max(0.0, until - state.started_at)
-        return readout(design, units, data, elapsed_s, state.reassignment())
+        broken = state.reassignment() or self._treatment_changed(
+            endpoint, experiment, state.started_at, until
+        )
+        return readout(design, units, data, elapsed_s, broken)
+
+    def _treatment_changed(
+        self, endpoint: str, experiment: ExperimentConfig, since: float, until: float
+    ) -> str | None:
+        """Why an arm's units did not all see one treatment, or None: an arm is a variant, and
+        a variant's model can change while the experiment runs (a reload of gateway.yaml, a
+        restart with it edited), which no routing change through the admin API records."""
+        answering = self.store.models_answering(endpoint, experiment.arms, since, until)
+        for arm, models in answering.items():
+            if len(models) > 1:
+                named = " and ".join(sorted(models))
+                return f"arm {arm} was answered by {named} while it ran: its units saw both"
+        return None
 
     def _unit_data(
         self, endpoint: str, experiment: ExperimentConfig, since: float, until: float
