@@ -81,11 +81,15 @@ def test_healthy_candidates_get_through_where_traffic_allows():
 
 
 def test_budget_spending_adds_up_to_alpha():
-    from traffic.rollout_checks import kth_share, stage_share
+    from traffic.rollout_checks import kth_share, offline_gate_alpha, stage_share
 
     for stages in (1, 2, 3, 6):
         assert sum(stage_share(k, stages) for k in range(1, stages + 1)) == pytest.approx(1.0)
     assert sum(kth_share(k) for k in range(1, 100_000)) < 1.0
+    steps = len(DEFAULT.steps)  # each comparison's budget over its steps, the gate's, the guards'
+    each = comparison_alpha(DEFAULT, windows(DEFAULT, _state(), 0.0)) / stage_share(1, steps)
+    spent = each * len(DEFAULT.comparisons) + offline_gate_alpha(DEFAULT) + DEFAULT.guardrail_alpha
+    assert spent == pytest.approx(DEFAULT.alpha)
 
 
 def evaluations_to_rollback(candidate: ArmModel, requests_per_s: float, seeds: int = 30) -> list:
@@ -285,8 +289,8 @@ def test_a_distance_comparison_read_at_every_verdict_keeps_its_share_of_alpha():
             if decision.action == "rollback":
                 failed += 1
                 break
-    assert share == pytest.approx(0.04 / 4 * 2 / 3)  # four comparisons, the first of 3 steps
-    assert failed <= 500 * share * 2  # 3.3 expected at most; 33 with a fixed level per verdict
+    assert share == pytest.approx(0.04 * 0.9 / 4 * 2 / 3)  # four, the first of 3 steps, no gate
+    assert failed <= 500 * share * 2  # 3 expected at most; 33 with a fixed level per verdict
 
 
 def test_a_verdict_read_again_is_not_a_new_look_and_a_new_step_counts_afresh():

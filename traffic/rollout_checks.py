@@ -18,7 +18,8 @@ The false-rollback budget ``alpha`` is spent once per rollout, over every check 
   guardrail's alpha in that window (the test on the candidate spends the rest): a point estimate
   is whatever stable's few answers in a window happened to take (requests still in flight when a
   candidate is promoted), and a healthy candidate judged against it was rolled back;
-- comparisons share the rest equally, each spending it over the steps as above: rate comparisons
+- the offline gate, before any traffic, spends ``OFFLINE_GATE_SHARE`` of the rest on one test;
+- comparisons share what is left equally, each spending it over the steps as above: rate comparisons
   (error_rate, slow_rate, accuracy, shadow_agreement) on the data of the current step (the traffic
   split is constant within a step, so a load spike or an outage that hits both arms hits them
   alike); distance comparisons (prediction_divergence, attribution_divergence) on verdicts, each
@@ -53,6 +54,10 @@ DISTANCE_METRICS = ("prediction_divergence", "attribution_divergence")
 """Comparisons of a distance whose noise test the rollout holds to its own budget."""
 PRIOR_WINDOW_S = 600.0
 """How much of stable's data from just before a window informs the prior over its rates."""
+OFFLINE_GATE_SHARE = 0.1
+"""Of the comparisons' budget, the share the offline gate's one test spends (service/monitor/
+offline_gate.py): it refuses a candidate before any traffic only when it is worse on the labeled
+reference by more than its margin with confidence, a test like any other check's."""
 LATENCY_BOUND_SHARE = 0.5
 """Of a latency_ratio guardrail's alpha in a window, the share its threshold's confidence bound
 spends; the test of the candidate's share slower than the threshold spends the rest."""
@@ -184,10 +189,17 @@ def guardrail_alphas(policy: RolloutPolicy, windows: Windows) -> tuple[float, fl
     return share * stage_share(windows.stage, stages), share * kth_share(windows.epoch)
 
 
+def offline_gate_alpha(policy: RolloutPolicy) -> float:
+    """The level of the offline gate's test, before any traffic: ``OFFLINE_GATE_SHARE`` of the
+    comparisons' budget (kept aside whether or not the gate runs)."""
+    return (policy.alpha - policy.guardrail_alpha) * OFFLINE_GATE_SHARE
+
+
 def comparison_alpha(policy: RolloutPolicy, windows: Windows) -> float:
     """Alpha of each comparison at this step (a distance comparison's, over all its verdicts)."""
     rated = [c for c in policy.comparisons if c.metric in (*RATE_METRICS, *DISTANCE_METRICS)]
-    share = (policy.alpha - policy.guardrail_alpha) / max(len(rated), 1)
+    budget = (policy.alpha - policy.guardrail_alpha) * (1 - OFFLINE_GATE_SHARE)
+    share = budget / max(len(rated), 1)
     steps = len(policy.steps)
     return share * stage_share(min(windows.stage, steps), steps)
 

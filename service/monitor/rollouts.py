@@ -48,7 +48,7 @@ from traffic.rollout import (
     RolloutState,
     Target,
 )
-from traffic.rollout_checks import PRIOR_WINDOW_S, Evidence
+from traffic.rollout_checks import PRIOR_WINDOW_S, Evidence, offline_gate_alpha
 from traffic.rollout_policy import RolloutPolicy
 from traffic.store import (
     OutboxEvent,
@@ -253,7 +253,8 @@ class RolloutService:
         gate = self.gates[policy.endpoint]
         offline = None
         if gate.enabled:
-            offline = offline_gate(stable_model, candidate_model, gate.margin)
+            alpha = offline_gate_alpha(policy)
+            offline = offline_gate(stable_model, candidate_model, gate.margin, alpha)
         return rollout.start(policy, candidate_model, now, offline, stable_model, again)
 
     # -- acting ----------------------------------------------------------------------------
