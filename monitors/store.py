@@ -653,21 +653,34 @@ class MonitorStore:
         include_pinned: bool = False,
         by_request: bool = False,
         inputs: bool = False,
+        shares: Mapping[str, float] | None = None,
     ) -> dict[str, list[FirstRow]]:
         """Each variant's units by their first request since ``since`` that it answered (as
         ``outcomes`` counts them), in time order, with that answer's first row: its prediction
         (a unit is left out where that was a null, an output that was not finite, or where the
         record has no rows, which monitors refuse but an earlier version may have stored), and
-        with ``inputs`` its input row (left out where the gateway sampled none).
+        with ``inputs`` its input row (left out where the gateway sampled none). ``shares``: of a
+        variant's units, the share read (by a hash of the unit: a unit is read or not whatever
+        the time; 1 where not given).
 
         Every variant is read over the same span: until the first of them has ``max_rows``, so
         that at a 5% step stable's first units, which fill twenty times as fast, are not compared
-        with the candidate's from later hours, when the mix of inputs may have moved for both.
-        Each list only grows as time passes, until the first is full; then none changes again.
-        Read in time order until full, so a long window costs no more than its first units."""
+        with the candidate's from later hours, when the mix of inputs may have moved for both
+        (with stable's share at 5/95, both fill alike, and the candidate's are not cut to a
+        nineteenth of ``max_rows``). Each list only grows as time passes, until the first is
+        full; then none changes again. Read in time order until full, so a long window costs no
+        more than its first units."""
+        shares = shares or {}
         found = {
             variant: self._first_rows(
-                endpoint, variant, since, max_rows, include_pinned, by_request, inputs
+                endpoint,
+                variant,
+                since,
+                max_rows,
+                include_pinned,
+                by_request,
+                inputs,
+                shares.get(variant, 1.0),
             )
             for variant in variants
         }
@@ -686,15 +699,20 @@ class MonitorStore:
         include_pinned: bool,
         by_request: bool,
         inputs: bool,
+        share: float,
     ) -> list[FirstRow]:
         """One variant's ``first_rows``, read no further than its ``max_rows``-th."""
         columns = "at, model, predictions" + (", inputs" if inputs else ", NULL")
+        unit = _unit(by_request)
+        # a unit's last 8 characters are hex of a hash (a key's digest) or random (a request id)
+        sampled = f" AND substr({unit}, length({unit}) - 7) < ?" if share < 1 else ""
+        below = (f"{int(share * 16**8):08x}",) if share < 1 else ()
         seen: set[str] = set()
         found: list[FirstRow] = []
         with self.db.stream(
-            f"SELECT {_unit(by_request)}, outcome, {columns} FROM predictions p "
-            "WHERE endpoint = ? AND variant = ? AND at >= ? AND (pinned = 0 OR ?) ORDER BY at",
-            (endpoint, variant, since, include_pinned),
+            f"SELECT {unit}, outcome, {columns} FROM predictions p WHERE endpoint = ? "
+            f"AND variant = ? AND at >= ? AND (pinned = 0 OR ?){sampled} ORDER BY at",
+            (endpoint, variant, since, include_pinned, *below),
         ) as rows:
             for unit, outcome, at, model, predictions, row_inputs in rows:
                 if unit in seen:

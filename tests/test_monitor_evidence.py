@@ -15,7 +15,7 @@ from monitors.drift import DriftSettings, predictions_apart
 from monitors.records import PredictionRecord
 from monitors.store import MonitorStore
 from service.config import RolloutConfig
-from service.monitor.evidence import STEP_ROWS, EvidenceGatherer
+from service.monitor.evidence import EvidenceGatherer
 from traffic.rollout import start, windows
 from traffic.rollout_checks import (
     check_comparison,
@@ -279,41 +279,66 @@ def test_predictions_are_compared_on_each_arms_unpinned_units_in_the_step(open_d
     )  # a unit counts by its first answer: its second changes nothing
 
 
-def test_predictions_are_compared_over_the_same_span_of_the_step_for_both_arms(open_database):
-    """Each arm's first 10,000 units in the step were compared, and at a 5% step stable's fill
-    in a twentieth of the time the candidate's take: when the inputs' mix moved later in the
-    step (the hour, a campaign), the candidate's later units, answered as stable answers them,
-    were judged against stable's earlier ones, and a candidate that agrees with stable was
-    rolled back. Both arms are now read until the first of them is full."""
-    policy = RolloutConfig(candidate="next", steps=[{"weight": 5}]).policy("churn", "stable", 100.0)
-    rng = np.random.default_rng(9)
-
-    def answered(variant, count, yes, first_at, spacing):
-        return [
+def _split_answers(rng, weight: float, users: int, yes: float, first_at: float, seconds: float):
+    """``users`` units arriving evenly over ``seconds`` from ``first_at``, each answered once
+    ("yes" with probability ``yes``), split between the arms as a step of ``weight`` percent
+    splits them (by a hash of the unit: its last 8 hex characters, as the gateway's are)."""
+    records = []
+    for i, answer in enumerate(rng.choice(["yes", "no"], users, p=[yes, 1 - yes])):
+        unit = rng.bytes(8).hex()
+        variant = "next" if rng.random() < weight / 100 else "stable"
+        at = first_at + i * seconds / users
+        records.append(
             PredictionRecord(
-                f"churn:{variant}{first_at}:{i}",
-                first_at + i * spacing,
+                f"churn:{unit}",
+                at,
                 "churn",
                 variant,
                 f"churn:{variant}",
                 [str(answer)],
                 0.01,
-                unit=f"{variant}{first_at:08.0f}{i:023x}",
-            )
-            for i, answer in enumerate(rng.choice(["yes", "no"], count, p=[yes, 1 - yes]))
-        ]
+                unit=unit,
+            )  # fmt: skip
+        )
+    return records
 
-    store = MonitorStore(open_database())
-    store.add_records(answered("stable", STEP_ROWS, 0.3, STARTED, 0.01))  # 100 s
-    store.add_records(answered("next", 526, 0.3, STARTED, 0.19))  # the same 100 s
-    store.add_records(answered("stable", 5000, 0.8, STARTED + 100, 0.01))  # then the mix moves
-    store.add_records(answered("next", 4000, 0.8, STARTED + 100, 0.19))
+
+def _divergence_checked(store, policy, now):
     state = start(policy, "churn:v2", STARTED).state
-    now = STARTED + 900
     evidence = EvidenceGatherer(store, dict, DRIFT).gather(policy, state, now)
     alpha = comparison_alpha(policy, windows(policy, state, now))
     divergence = next(c for c in policy.comparisons if c.metric == "prediction_divergence")
-    assert check_comparison(divergence, evidence, alpha).outcome == "PASS"
+    return evidence.divergence, check_comparison(divergence, evidence, alpha)
+
+
+def test_predictions_are_compared_over_the_same_span_of_the_step_for_both_arms(open_database):
+    """Each arm's first 10,000 units in the step were compared, and at a 5% step stable's fill
+    in a twentieth of the time the candidate's take: when the inputs' mix moved later in the
+    step (the hour, a campaign), the candidate's later units, answered as stable answers them,
+    were judged against stable's earlier ones, and a candidate that agrees with stable was
+    rolled back. Both arms are now read over the same span."""
+    policy = RolloutConfig(candidate="next", steps=[{"weight": 5}]).policy("churn", "stable", 100.0)
+    rng = np.random.default_rng(9)
+    store = MonitorStore(open_database())
+    store.add_records(_split_answers(rng, 5, 10_000, 0.3, STARTED, 100))
+    store.add_records(_split_answers(rng, 5, 20_000, 0.8, STARTED + 100, 800))  # the mix moves
+    found, checked = _divergence_checked(store, policy, STARTED + 900)
+    assert checked.outcome == "PASS", checked.reason
+
+
+def test_a_one_percent_step_at_a_busy_endpoint_still_gets_a_verdict_on_its_predictions(
+    open_database,
+):
+    """Read until the first arm had 10,000 units, a 1% step's candidate had about 100 when
+    stable had its 10,000, fewer than a verdict needs (200), and never more: the comparison
+    stayed INSUFFICIENT and the rollout paused. Stable's units are read at the candidate's
+    share of theirs, so both fill alike."""
+    policy = RolloutConfig(candidate="next", steps=[{"weight": 1}]).policy("churn", "stable", 100.0)
+    rng = np.random.default_rng(10)
+    store = MonitorStore(open_database())
+    store.add_records(_split_answers(rng, 1, 30_000, 0.3, STARTED, 300))
+    found, checked = _divergence_checked(store, policy, STARTED + 400)
+    assert found is not None and checked.outcome == "PASS", checked.reason
 
 
 def test_a_regressors_shadow_agrees_within_stables_usual_error(open_database):

@@ -499,6 +499,24 @@ def test_first_rows_read_every_variant_over_the_same_span(open_database):
     assert [r.at for r in same_span["b"]] == [1002.5]
 
 
+def test_first_rows_read_a_share_of_a_variants_units_by_a_hash_of_each(open_database):
+    """A unit is read or not by its last 8 hex characters (a key's digest, a request id's
+    random part), whatever its time: all of its requests or none."""
+    store = MonitorStore(open_database())
+    low, high = "0" * 8 + "1" * 8, "0" * 8 + "f" * 8  # 0x11111111 and 0xffffffff
+    store.add_records(
+        [
+            PredictionRecord("churn:1", 1000.0, "churn", "a", "m", ["yes"], 0.01, unit=low),
+            PredictionRecord("churn:2", 1001.0, "churn", "a", "m", ["no"], 0.01, unit=high),
+            PredictionRecord(f"churn:{'0' * 24}{'2' * 8}", 1002.0, "churn", "a", "m", ["no"], 0.01),
+        ]
+    )
+    half = store.first_rows("churn", ["a"], 0, 10, shares={"a": 0.5})["a"]
+    assert [r.at for r in half] == [1000.0, 1002.0]
+    assert len(store.first_rows("churn", ["a"], 0, 10, shares={"a": 1.0})["a"]) == 3
+    assert store.first_rows("churn", ["a"], 0, 10, shares={"a": 0.0})["a"] == []
+
+
 def test_a_regressors_right_answers_are_those_within_a_distance_of_their_label(open_database):
     """Rollouts and experiments count a regressor's answers within ``within`` of the label as
     right: a value equal to its label is rare (before, none of 4 counted), a NaN never is."""

@@ -346,3 +346,16 @@ def test_only_the_policys_distance_comparisons_count_their_verdicts():
     compares them; one the policy does not judge spends nothing and is not kept."""
     reasons = Evidence(attribution_divergence=Divergence(0.13, 0.0, 0.0003))
     assert evaluate(DEFAULT, _state(), reasons, 1.0).state.verdicts_read == {}
+
+
+def test_even_shares_read_the_larger_arm_at_the_smaller_ones_rate():
+    from traffic.rollout import even_shares
+
+    policy = RolloutConfig(
+        candidate="candidate", steps=[{"weight": w} for w in (5, 50, 70)]
+    ).policy("cancer", "stable", slo_ms=100.0)
+    state = _state()
+    shares = [even_shares(policy, replace(state, step=k)) for k in range(3)]
+    assert shares[0] == {"candidate": 1.0, "stable": pytest.approx(5 / 95)}
+    assert shares[1] == {"candidate": 1.0, "stable": 1.0}
+    assert shares[2] == {"candidate": pytest.approx(30 / 70), "stable": 1.0}

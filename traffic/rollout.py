@@ -166,6 +166,16 @@ def targets(policy: RolloutPolicy, state: RolloutState) -> dict[str, Target | No
     }
 
 
+def even_shares(policy: RolloutPolicy, state: RolloutState) -> dict[str, float]:
+    """At a step with traffic, the share of each arm's units that evidence read over one span
+    of it takes so that both arms give as many: the smaller weight over each arm's (at a 5% step,
+    all of the candidate's and 5/95 of stable's)."""
+    weight = policy.steps[state.step].weight
+    weights = {state.candidate: weight, state.stable: 100.0 - weight}
+    smaller = min(weights.values())
+    return {arm: smaller / w if w > 0 else 1.0 for arm, w in weights.items()}
+
+
 def start(
     policy: RolloutPolicy,
     candidate_model: str,

@@ -49,7 +49,8 @@ from traffic.rollout_policy import RolloutPolicy
 Reports = Callable[[], Mapping[tuple[str, str], object]]
 STEP_ROWS = 10_000
 """Each arm's first answers in a step (one row per unit, over the same span: until the first arm
-has this many) whose predictions' distance is judged and whose reasons are sampled
+has this many, the larger arm's units sampled so that both fill alike: ``rollout.even_shares``)
+whose predictions' distance is judged and whose reasons are sampled
 (service/monitor/reasons.py): sets that grow until the first is full, and the verdicts on them
 stop changing (and spending the comparison's budget) then. The monitor's own distances (its
 dashboards') are of each variant's newest rows instead: pinned requests among them, and
@@ -178,6 +179,7 @@ class EvidenceGatherer:
             STEP_ROWS,
             policy.count_pinned,
             policy.counts_requests,
+            shares=rollout.even_shares(policy, state),
         )
         stable, candidate = (
             pd.Series([row.prediction for row in rows[variant]], name="prediction")

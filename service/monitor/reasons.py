@@ -25,7 +25,7 @@ import numpy as np
 
 from monitors.attribution import profile_distance
 from monitors.store import FirstRow, MonitorStore
-from traffic.rollout import RolloutState
+from traffic.rollout import RolloutState, even_shares
 from traffic.rollout_checks import Divergence
 from traffic.rollout_policy import RolloutPolicy
 
@@ -92,6 +92,7 @@ class StepReasons:
             policy.count_pinned,
             policy.counts_requests,
             inputs=True,
+            shares=even_shares(policy, state),
         )
         units = (len(found[state.stable]), len(found[state.candidate]))
         if last is not None and last.step == step and last.units == units:
