@@ -78,7 +78,7 @@ def main() -> None:
     for units in args.units:
         with tempfile.TemporaryDirectory() as directory:
             store = filled_store(Path(directory), units, args.weight)
-            gatherer = EvidenceGatherer(store, dict, DriftSettings())
+            gatherer = EvidenceGatherer(store, DriftSettings())
             seconds = []
             for _ in range(args.runs):
                 started = time.process_time()

@@ -51,7 +51,7 @@ def answers(variant: str, latencies_s, first_at: float, unit=None) -> list[Predi
 
 def judged(store: MonitorStore, now: float, policy=POLICY):
     state = start(policy, "churn:v2", STARTED).state
-    evidence = EvidenceGatherer(store, dict, DRIFT).gather(policy, state, now)
+    evidence = EvidenceGatherer(store, DRIFT).gather(policy, state, now)
     alphas = guardrail_alphas(policy, windows(policy, state, now))
     result, _ = check_guardrail(LATENCY, evidence, alphas, ())
     return evidence.stage, result, alphas
@@ -160,7 +160,7 @@ def test_a_regressor_is_judged_on_its_answers_within_stables_usual_error(
         store.add_labels([(r.request_id, 100.0) for r in records])
     state = start(policy, "diab:v2", STARTED).state
     now = STARTED + 60
-    evidence = EvidenceGatherer(store, dict, DRIFT).gather(policy, state, now, within)
+    evidence = EvidenceGatherer(store, DRIFT).gather(policy, state, now, within)
     for arm in (evidence.stage.stable, evidence.stage.candidate):
         assert arm.labeled == 4000
     assert abs(evidence.stage.stable.correct / 4000 - 0.95) < 0.02
@@ -213,12 +213,12 @@ def test_a_shadow_step_counts_each_user_once_not_each_row_of_their_batches(open_
     store.add_records(records)
     state = start(policy, "churn:v2", STARTED).state
     now = STARTED + 30
-    evidence = EvidenceGatherer(store, dict, DRIFT).gather(policy, state, now)
+    evidence = EvidenceGatherer(store, DRIFT).gather(policy, state, now)
     assert evidence.shadow == (301, 299)  # user 0, and the batch by its first row
     alpha = comparison_alpha(policy, windows(policy, state, now))
     assert check_comparison(policy.comparisons[0], evidence, alpha).outcome == "PASS"
     by_request = replace(policy, unit="request")
-    evidence = EvidenceGatherer(store, dict, DRIFT).gather(by_request, state, now)
+    evidence = EvidenceGatherer(store, DRIFT).gather(by_request, state, now)
     assert evidence.shadow == (900, 659)  # every row, as before
     assert check_comparison(policy.comparisons[0], evidence, alpha).outcome == "FAIL"
 
@@ -267,14 +267,14 @@ def test_predictions_are_compared_on_each_arms_unpinned_units_in_the_step(open_d
     assert rows_apart.score > 0.2  # over the default margin, and far beyond noise
     state = start(POLICY, "churn:v2", STARTED).state
     now = STARTED + 60
-    evidence = EvidenceGatherer(store, dict, DRIFT).gather(POLICY, state, now)
+    evidence = EvidenceGatherer(store, DRIFT).gather(POLICY, state, now)
     assert evidence.divergence.distance < 0.1
     alpha = comparison_alpha(POLICY, windows(POLICY, state, now))
     divergence = next(c for c in POLICY.comparisons if c.metric == "prediction_divergence")
     assert check_comparison(divergence, evidence, alpha).outcome == "PASS"
     again = "next" + "0" * 31  # the candidate's first user, answered "no" or "yes" before
     store.add_records(answered("next", ["yes", "no"], STARTED + 30, unit=again))
-    assert EvidenceGatherer(store, dict, DRIFT).gather(POLICY, state, now).divergence == (
+    assert EvidenceGatherer(store, DRIFT).gather(POLICY, state, now).divergence == (
         evidence.divergence
     )  # a unit counts by its first answer: its second changes nothing
 
@@ -305,7 +305,7 @@ def _split_answers(rng, weight: float, users: int, yes: float, first_at: float, 
 
 def _divergence_checked(store, policy, now):
     state = start(policy, "churn:v2", STARTED).state
-    evidence = EvidenceGatherer(store, dict, DRIFT).gather(policy, state, now)
+    evidence = EvidenceGatherer(store, DRIFT).gather(policy, state, now)
     alpha = comparison_alpha(policy, windows(policy, state, now))
     divergence = next(c for c in policy.comparisons if c.metric == "prediction_divergence")
     return evidence.divergence, check_comparison(divergence, evidence, alpha)
@@ -372,7 +372,7 @@ def test_a_regressors_shadow_agrees_within_stables_usual_error(open_database):
     store.add_records(records)
     state = start(policy, "diab:v2", STARTED).state
     now = STARTED + 30
-    evidence = EvidenceGatherer(store, dict, DRIFT).gather(policy, state, now, within)
+    evidence = EvidenceGatherer(store, DRIFT).gather(policy, state, now, within)
     assert evidence.shadow == (300, 299)
     alpha = comparison_alpha(policy, windows(policy, state, now))
     assert check_comparison(policy.comparisons[0], evidence, alpha).outcome == "PASS"

@@ -1,5 +1,6 @@
 """The rollout's verdicts on the candidate's reasons: drawn from each arm's first units in the
-step, explained with the real demo models, made at most every interval and only on new units."""
+step, explained with the real demo models, made at most every interval and only on new units; and
+its input drift, judged on the same units against the real reference."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def test_reasons_are_compared_on_each_arms_unpinned_units_in_the_step(demo_model
     read_before = Evidence(attribution_divergence=Divergence(before.distance, 0, before.p_value))
     assert check_comparison(POLICY.comparisons[0], read_before, alpha).outcome == "FAIL"
     reasons.compare(POLICY, state, now)
-    evidence = EvidenceGatherer(store, dict, runner.settings, reasons).gather(POLICY, state, now)
+    evidence = EvidenceGatherer(store, runner.settings, reasons).gather(POLICY, state, now)
     assert evidence.attribution_divergence == reasons.latest(POLICY, state)
     result = check_comparison(POLICY.comparisons[0], evidence, alpha)
     assert result.outcome == "PASS", result.reason
@@ -160,3 +161,33 @@ def test_the_monitor_makes_verdicts_for_its_rollouts_and_they_read_them(
     assert decision.state.verdicts_read["attribution_divergence"][0] == 1
     (compared,) = [c for c in decision.checks if c.name == "attribution_divergence"]
     assert compared.outcome == "PASS", compared.reason  # within 0.9
+
+
+def test_input_drift_is_judged_on_the_candidates_unpinned_units_in_the_step(demo_models, tmp_path):
+    """input_drift read the monitor's verdict, of the candidate's newest rows: a tester's
+    requests pinned to it with inputs unlike the reference drifted its traffic by themselves,
+    and the rollout failed a candidate whose users sent what stable's send. It is judged on the
+    candidate's first units in the step, unpinned, as the other comparisons read the step."""
+    policy = RolloutConfig(
+        candidate="candidate",
+        steps=[{"weight": 50}],
+        comparisons=[{"metric": "input_drift", "margin": 0.3}],
+    ).policy("cancer", "stable", 100.0)
+    store, runner, _ = parts(tmp_path, demo_models)
+    features, labels = reference_rows(demo_models)
+    order = np.random.default_rng(2).permutation(len(features))
+    for variant, chosen in (("stable", order[:150]), ("candidate", order[150:])):
+        rows, answers = [features[i] for i in chosen], [labels[i] for i in chosen]
+        store.add_records(answered(variant, rows, answers, STARTED))
+    unlike = [[value * 1.5 for value in features[i]] for i in order[:300]]
+    store.add_records(answered("candidate", unlike, labels[:300], STARTED + 30, pinned=True))
+    state = start(policy, "cancer:v1", STARTED).state
+    now = STARTED + 60
+    alpha = comparison_alpha(policy, windows(policy, state, now))
+    newest = {r.variant: r for r in runner.run_once(now=now)}["candidate"]
+    read_before = Evidence(drifted_share=newest.drift.drifted_share)  # the monitor's verdict
+    assert check_comparison(policy.comparisons[0], read_before, alpha).outcome == "FAIL"
+    gatherer = EvidenceGatherer(store, runner.settings, input_drift=runner.input_drift)
+    evidence = gatherer.gather(policy, state, now)
+    assert evidence.drifted_share is not None and evidence.drifted_share < 0.1
+    assert check_comparison(policy.comparisons[0], evidence, alpha).outcome == "PASS"

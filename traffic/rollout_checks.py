@@ -27,9 +27,9 @@ The false-rollback budget ``alpha`` is spent once per rollout, over every check 
   span, which grow until the first arm's are full; for reasons, a sample of them, drawn anew as
   they grow), the k-th verdict read in a step held to ``kth_share(k)`` of the step's alpha, so
   that however many it reads they spend no more.
-  input_drift is the exception: the share of the candidate's features the monitor flagged against
-  its reference (each at ``NOISE_ALPHA`` per run), a check on the traffic more than on the
-  candidate, it spends nothing and is not in the defaults.
+  input_drift is the exception: the share of the candidate's features the monitor's drift rule
+  flags in its step's units against its reference (each at ``NOISE_ALPHA`` per look), a check on
+  the traffic more than on the candidate, it spends nothing and is not in the defaults.
 """
 
 from __future__ import annotations

@@ -15,15 +15,15 @@ p99_latency_ms guardrail's limit; and stable's counts in the ``PRIOR_WINDOW_S`` 
 which inform the prior over its rates. Also how far the candidate's predictions are from
 stable's in the step (each arm's first units over the same span, their first rows:
 ``STEP_ROWS``), the latest verdict on how far its reasons are (service/monitor/reasons.py, on
-the same units), the monitor's latest distance of its inputs from its reference, and in a shadow
-step the units the candidate mirrored and agreed on. Pinned requests are not evidence unless the
+the same units), how far the candidate's inputs in those units drifted from its reference, and
+in a shadow step the units the candidate mirrored and agreed on. Pinned requests are not evidence unless the
 policy says ``count_pinned``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -31,7 +31,7 @@ import pandas as pd
 
 from monitors.drift import DriftSettings, predictions_apart
 from monitors.shadow import agreeing
-from monitors.store import MonitorStore
+from monitors.store import FirstRow, MonitorStore
 from service.monitor.reasons import StepReasons
 from traffic import rollout
 from traffic.rollout import RolloutState
@@ -46,7 +46,9 @@ from traffic.rollout_checks import (
 )
 from traffic.rollout_policy import RolloutPolicy
 
-Reports = Callable[[], Mapping[tuple[str, str], object]]
+InputDrift = Callable[[str, np.ndarray, list], float | None]
+"""(model tag, input rows, the answers they got) -> the share of the model's features whose
+values drifted from its reference (None: too few rows for a verdict)."""
 STEP_ROWS = 10_000
 """Each arm's first answers in a step (one row per unit, over the same span: until the first arm
 has this many, the larger arm's units sampled so that both fill alike: ``rollout.even_shares``)
@@ -61,17 +63,17 @@ class EvidenceGatherer:
     def __init__(
         self,
         store: MonitorStore,
-        latest_reports: Reports,
         settings: DriftSettings,
         reasons: StepReasons | None = None,
+        input_drift: InputDrift | None = None,
     ) -> None:
         self.store = store
-        self.latest_reports = latest_reports
-        """(endpoint, variant) -> the monitor's latest ``VariantReport``."""
         self.settings = settings
         """The monitor's drift threshold and the rows a verdict needs."""
         self.reasons = reasons
         """The verdicts on the candidate's reasons in its step (None: attribution is off)."""
+        self.input_drift = input_drift
+        """How far a sample of a model's inputs drifted from its reference (None: not judged)."""
 
     def arm(
         self,
@@ -149,16 +151,12 @@ class EvidenceGatherer:
         is right, and a shadow's answer this close to stable's agrees; None for classifiers."""
         windows = rollout.windows(policy, state, now)
         stage_alpha, epoch_alpha = guardrail_alphas(policy, windows)
-        report = self.latest_reports().get((policy.endpoint, state.candidate))
-        drifted = None
-        if report is not None and report.drift.status == "ok":
-            drifted = report.drift.drifted_share
         reasons = None if self.reasons is None else self.reasons.latest(policy, state)
         return Evidence(
             stage=self.window(policy, state, windows.stage_start, stage_alpha, within),
             epoch=self.window(policy, state, windows.epoch_start, epoch_alpha, within),
             divergence=self._divergence(policy, state, windows.stage_start, within is None),
-            drifted_share=drifted,
+            drifted_share=self._drifted_share(policy, state, windows.stage_start),
             attribution_divergence=reasons,
             shadow=self._shadow(policy, state, windows.stage_start, within),
             accurate_within=within,
@@ -170,17 +168,9 @@ class EvidenceGatherer:
         """The candidate's predictions against stable's in the step (None: no comparison asks,
         no traffic step, or too few answers yet for a verdict)."""
         asked = any(c.metric == "prediction_divergence" for c in policy.comparisons)
-        if not asked or not state.at_a_step or policy.steps[state.step].shadow:
+        if not asked or not _traffic_step(policy, state):
             return None
-        rows = self.store.first_rows(
-            policy.endpoint,
-            (state.stable, state.candidate),
-            since,
-            STEP_ROWS,
-            policy.count_pinned,
-            policy.counts_requests,
-            shares=rollout.even_shares(policy, state),
-        )
+        rows = self._step_rows(policy, state, since)
         stable, candidate = (
             pd.Series([row.prediction for row in rows[variant]], name="prediction")
             for variant in (state.stable, state.candidate)
@@ -190,6 +180,38 @@ class EvidenceGatherer:
             return None
         found, p_value = apart
         return Divergence(found.score, found.threshold, p_value)
+
+    def _step_rows(
+        self, policy: RolloutPolicy, state: RolloutState, since: float, inputs: bool = False
+    ) -> dict[str, list[FirstRow]]:
+        """Each arm's first units in the step, over the same span (``STEP_ROWS``)."""
+        return self.store.first_rows(
+            policy.endpoint,
+            (state.stable, state.candidate),
+            since,
+            STEP_ROWS,
+            policy.count_pinned,
+            policy.counts_requests,
+            inputs=inputs,
+            shares=rollout.even_shares(policy, state),
+        )
+
+    def _drifted_share(
+        self, policy: RolloutPolicy, state: RolloutState, since: float
+    ) -> float | None:
+        """The share of the candidate's features whose inputs in the step drifted from its
+        reference (its first units, unpinned, as the other comparisons read the step; None: no
+        comparison asks, no traffic step, too few units yet). The monitor's own verdict (its
+        dashboards') reads each variant's newest rows, where a tester's pinned requests with
+        unusual inputs drifted a candidate's traffic by themselves."""
+        asked = any(c.metric == "input_drift" for c in policy.comparisons)
+        if not asked or self.input_drift is None or not _traffic_step(policy, state):
+            return None
+        units = self._step_rows(policy, state, since, inputs=True)[state.candidate]
+        if not units:
+            return None
+        features = np.array([u.inputs for u in units], dtype=float)
+        return self.input_drift(state.candidate_model, features, [u.prediction for u in units])
 
     def _shadow(
         self, policy: RolloutPolicy, state: RolloutState, since: float, within: float | None
@@ -211,3 +233,8 @@ class EvidenceGatherer:
         regression = within is not None
         agree = agreeing(np.array(ours), np.array(theirs), regression, within)
         return len(ours), int(agree.sum())
+
+
+def _traffic_step(policy: RolloutPolicy, state: RolloutState) -> bool:
+    """Whether the rollout is at a step where the candidate takes traffic (not a shadow's)."""
+    return state.at_a_step and not policy.steps[state.step].shadow

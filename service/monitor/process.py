@@ -180,7 +180,7 @@ class Monitor:
             self.store,
             self.state_store,
             EvidenceGatherer(
-                self.store, lambda: self.runner.latest, self.runner.settings, self._reasons()
+                self.store, self.runner.settings, self._reasons(), self.runner.input_drift
             ),
             self.metrics,
             self.notifier,

@@ -184,8 +184,9 @@ class MonitorRunner:
         self._last_attribution = 0.0
         self.on_drift = on_drift
         """Told (endpoint, variant, model, drifted features, share) after each drift verdict."""
-        self.latest: dict[tuple[str, str], VariantReport] = {}
-        """The newest report per (endpoint, variant), for the rollout controller."""
+        self._latest: dict[tuple[str, str], VariantReport] = {}
+        """The newest report per (endpoint, variant), whose attribution a run without
+        ``attribute`` keeps."""
         self.settings = DriftSettings(threshold=config.drift_threshold, min_rows=config.min_rows)
         self._references: dict[str, ModelReference] = {}
         self._quality = QualityMemo()
@@ -235,7 +236,7 @@ class MonitorRunner:
         shadows = compare_shadows(
             self.store.shadowed(endpoint, variant, since, rows), classes, min_rows, self._quality
         )
-        previous = self.latest.get((endpoint, variant))
+        previous = self._latest.get((endpoint, variant))
         if attribute or previous is None or previous.model != tag or not previous.attribution:
             attribution = self._attribution(reference, window)
         else:
@@ -277,6 +278,20 @@ class MonitorRunner:
         features = rows[list(card.feature_names)].to_numpy(dtype=float)
         return self.explained(card.tag, features, list(rows["prediction"]))
 
+    def input_drift(self, tag: str, features: np.ndarray, predictions: list) -> float | None:
+        """The share of model ``tag``'s features whose values in ``features`` (rows, in its
+        card's order) drifted from its reference, by the monitor's drift rule (None: too few rows
+        for a verdict)."""
+        reference = self._reference(tag)
+        card = reference.card
+        names = list(card.feature_names)
+        rows = pd.DataFrame(features, columns=names).assign(prediction=predictions)
+        classification = card.task == "classification"
+        drift = compute_drift(
+            rows, reference.frame, names, "prediction", classification, self.settings
+        )
+        return drift.drifted_share if drift.status == "ok" else None
+
     def explained(self, tag: str, features: np.ndarray, predictions: list) -> np.ndarray:
         """Each row's absolute attributions by model ``tag`` (rows x features, in its card's
         order), for the answer it gave: a class's probability, or a regressor's value."""
@@ -317,7 +332,7 @@ class MonitorRunner:
         due = now - self._last_reports >= self.config.report_interval_s
         for report in reports:
             self._export(report)
-            self.latest[(report.endpoint, report.variant)] = report
+            self._latest[(report.endpoint, report.variant)] = report
             if self.on_drift is not None and report.drift.status == "ok":
                 drift = report.drift
                 self.on_drift(
