@@ -14,7 +14,7 @@ from monitors.records import PredictionRecord
 from monitors.reports import ReportArchive
 from monitors.store import MonitorStore
 from service.config import MonitorConfig, RolloutConfig
-from service.monitor.evidence import STEP_ROWS, EvidenceGatherer
+from service.monitor.evidence import EvidenceGatherer
 from service.monitor.metrics import MonitorMetrics
 from service.monitor.reasons import StepReasons
 from service.monitor.runs import MonitorRunner
@@ -43,9 +43,7 @@ def parts(tmp_path, demo_models, attribution_rows: int = 32):
         ReportArchive(tmp_path / "r"),
         lambda: ROLES,
     )
-    reasons = StepReasons(
-        store, runner.explained, attribution_rows, config.min_rows, 300.0, STEP_ROWS
-    )
+    reasons = StepReasons(store, runner.explained, attribution_rows, config.min_rows, 300.0)
     return store, runner, reasons
 
 

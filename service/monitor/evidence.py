@@ -13,8 +13,8 @@ only grow as the window does (the bound's validity at every look needs that) and
 candidate's answers do; traffic/rollout_checks.py ``latency_threshold_rank``) and than the
 p99_latency_ms guardrail's limit; and stable's counts in the ``PRIOR_WINDOW_S`` before the window,
 which inform the prior over its rates. Also how far the candidate's predictions are from
-stable's in the step (each arm's first units over the same span, their first rows:
-``STEP_ROWS``), the latest verdict on how far its reasons are (service/monitor/reasons.py, on
+stable's in the step (each arm's first units, their first rows: service/monitor/step_units.py),
+the latest verdict on how far its reasons are (service/monitor/reasons.py, on
 the same units), how far the candidate's inputs in those units drifted from its reference, and
 in a shadow step the units the candidate mirrored and agreed on. Pinned requests are not evidence unless the
 policy says ``count_pinned``.
@@ -31,8 +31,9 @@ import pandas as pd
 
 from monitors.drift import DriftSettings, predictions_apart
 from monitors.shadow import agreeing
-from monitors.store import FirstRow, MonitorStore
+from monitors.store import MonitorStore
 from service.monitor.reasons import StepReasons
+from service.monitor.step_units import step_units
 from traffic import rollout
 from traffic.rollout import RolloutState
 from traffic.rollout_checks import (
@@ -49,14 +50,6 @@ from traffic.rollout_policy import RolloutPolicy
 InputDrift = Callable[[str, np.ndarray, list], float | None]
 """(model tag, input rows, the answers they got) -> the share of the model's features whose
 values drifted from its reference (None: too few rows for a verdict)."""
-STEP_ROWS = 10_000
-"""Each arm's first answers in a step (one row per unit, over the same span: until the first arm
-has this many, the larger arm's units sampled so that both fill alike: ``rollout.even_shares``)
-whose predictions' distance is judged and whose reasons are sampled
-(service/monitor/reasons.py): sets that grow until the first is full, and the verdicts on them
-stop changing (and spending the comparison's budget) then. The monitor's own distances (its
-dashboards') are of each variant's newest rows instead: pinned requests among them, and
-stable's newest rows covering a twentieth of the time the candidate's cover at a 5% step."""
 
 
 class EvidenceGatherer:
@@ -155,22 +148,22 @@ class EvidenceGatherer:
         return Evidence(
             stage=self.window(policy, state, windows.stage_start, stage_alpha, within),
             epoch=self.window(policy, state, windows.epoch_start, epoch_alpha, within),
-            divergence=self._divergence(policy, state, windows.stage_start, within is None),
-            drifted_share=self._drifted_share(policy, state, windows.stage_start),
+            divergence=self._divergence(policy, state, within is None),
+            drifted_share=self._drifted_share(policy, state),
             attribution_divergence=reasons,
             shadow=self._shadow(policy, state, windows.stage_start, within),
             accurate_within=within,
         )
 
     def _divergence(
-        self, policy: RolloutPolicy, state: RolloutState, since: float, categorical: bool
+        self, policy: RolloutPolicy, state: RolloutState, categorical: bool
     ) -> Divergence | None:
         """The candidate's predictions against stable's in the step (None: no comparison asks,
         no traffic step, or too few answers yet for a verdict)."""
         asked = any(c.metric == "prediction_divergence" for c in policy.comparisons)
         if not asked or not _traffic_step(policy, state):
             return None
-        rows = self._step_rows(policy, state, since)
+        rows = step_units(self.store, policy, state)
         stable, candidate = (
             pd.Series([row.prediction for row in rows[variant]], name="prediction")
             for variant in (state.stable, state.candidate)
@@ -181,24 +174,7 @@ class EvidenceGatherer:
         found, p_value = apart
         return Divergence(found.score, found.threshold, p_value)
 
-    def _step_rows(
-        self, policy: RolloutPolicy, state: RolloutState, since: float, inputs: bool = False
-    ) -> dict[str, list[FirstRow]]:
-        """Each arm's first units in the step, over the same span (``STEP_ROWS``)."""
-        return self.store.first_rows(
-            policy.endpoint,
-            (state.stable, state.candidate),
-            since,
-            STEP_ROWS,
-            policy.count_pinned,
-            policy.counts_requests,
-            inputs=inputs,
-            shares=rollout.even_shares(policy, state),
-        )
-
-    def _drifted_share(
-        self, policy: RolloutPolicy, state: RolloutState, since: float
-    ) -> float | None:
+    def _drifted_share(self, policy: RolloutPolicy, state: RolloutState) -> float | None:
         """The share of the candidate's features whose inputs in the step drifted from its
         reference (its first units, unpinned, as the other comparisons read the step; None: no
         comparison asks, no traffic step, too few units yet). The monitor's own verdict (its
@@ -207,7 +183,7 @@ class EvidenceGatherer:
         asked = any(c.metric == "input_drift" for c in policy.comparisons)
         if not asked or self.input_drift is None or not _traffic_step(policy, state):
             return None
-        units = self._step_rows(policy, state, since, inputs=True)[state.candidate]
+        units = step_units(self.store, policy, state, inputs=True)[state.candidate]
         if not units:
             return None
         features = np.array([u.inputs for u in units], dtype=float)

@@ -26,7 +26,7 @@ from service.config import GatewayConfig
 from service.errors import ConfigError
 from service.labels import SCALARS
 from service.model_card import ModelCard
-from service.monitor.evidence import STEP_ROWS, EvidenceGatherer
+from service.monitor.evidence import EvidenceGatherer
 from service.monitor.experiments import ExperimentReadouts
 from service.monitor.leadership import Leadership
 from service.monitor.metrics import MonitorMetrics
@@ -210,7 +210,6 @@ class Monitor:
             monitor.attribution_rows,
             monitor.min_rows,
             monitor.attribution_interval_s,
-            STEP_ROWS,
         )
 
     def _led(self, leading: bool) -> None:

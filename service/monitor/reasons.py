@@ -2,7 +2,7 @@
 
 Each verdict explains a seeded sample of ``rows`` of each arm's first units in the step (one row
 per unit, pinned requests left out unless the policy counts them, both arms over the same span:
-``MonitorStore.first_rows``), with the model that answered each, and compares the two samples'
+service/monitor/step_units.py), with the model that answered each, and compares the two samples'
 profiles with a permutation test (monitors/attribution.py ``profile_distance``). The test takes
 the rows as independent draws of one population, which units assigned at random in the same span
 are. The monitor's own distance, on its dashboards, samples each variant's newest rows instead:
@@ -25,7 +25,8 @@ import numpy as np
 
 from monitors.attribution import profile_distance
 from monitors.store import FirstRow, MonitorStore
-from traffic.rollout import RolloutState, even_shares
+from service.monitor.step_units import step_units
+from traffic.rollout import RolloutState
 from traffic.rollout_checks import Divergence
 from traffic.rollout_policy import RolloutPolicy
 
@@ -60,12 +61,9 @@ class StepReasons:
         rows: int,
         min_rows: int,
         interval_s: float,
-        step_units: int,
     ) -> None:
         self.store = store
         self.explain = explain
-        self.step_units = step_units
-        """Each arm's first units in a step a sample is drawn from (``evidence.STEP_ROWS``)."""
         self.rows = rows
         """Units explained per arm and verdict (``monitor.attribution_rows``)."""
         self.needed = min(rows, min_rows)
@@ -84,16 +82,7 @@ class StepReasons:
         if last is not None and last.step == step and now - last.at < self.interval_s:
             return
         arms = (state.stable, state.candidate)
-        found = self.store.first_rows(
-            policy.endpoint,
-            arms,
-            state.stage_started,
-            self.step_units,
-            policy.count_pinned,
-            policy.counts_requests,
-            inputs=True,
-            shares=even_shares(policy, state),
-        )
+        found = step_units(self.store, policy, state, inputs=True)
         units = (len(found[state.stable]), len(found[state.candidate]))
         if last is not None and last.step == step and last.units == units:
             return  # the same units: the same verdict
