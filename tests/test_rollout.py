@@ -359,3 +359,13 @@ def test_even_shares_read_the_larger_arm_at_the_smaller_ones_rate():
     assert shares[0] == {"candidate": 1.0, "stable": pytest.approx(5 / 95)}
     assert shares[1] == {"candidate": 1.0, "stable": 1.0}
     assert shares[2] == {"candidate": pytest.approx(30 / 70), "stable": 1.0}
+
+
+def test_a_state_saved_by_another_version_is_read_with_what_this_one_knows():
+    """Monitors of two versions share the state in an upgrade: a field only the newer one keeps
+    is left out by the older, one a state saved before it lacks takes its default."""
+    saved = _state().to_dict()
+    newer = {**saved, "a_later_field": [1, 2]}
+    assert RolloutState.from_dict(newer) == _state()
+    older = {k: v for k, v in saved.items() if k not in ("stable_model", "verdicts_read")}
+    assert RolloutState.from_dict(older) == _state()

@@ -21,7 +21,7 @@ the decision's traffic targets, and appends every decision to the audit.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal, get_args
 
 from traffic.rollout_checks import (
@@ -105,9 +105,14 @@ class RolloutState:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> RolloutState:
+        """A state as saved, by this version or another: a field this version does not know
+        (a newer monitor's, while monitors of two versions run side by side in an upgrade) is
+        left out, and one a state saved before it lacks takes its default."""
         history = {k: tuple(v) for k, v in data.get("guard_history", {}).items()}
         verdicts = {k: tuple(v) for k, v in data.get("verdicts_read", {}).items()}
-        return cls(**{**data, "guard_history": history, "verdicts_read": verdicts})
+        known = {f.name for f in fields(cls)}
+        kept = {k: v for k, v in data.items() if k in known}
+        return cls(**{**kept, "guard_history": history, "verdicts_read": verdicts})
 
 
 @dataclass(frozen=True)
