@@ -162,6 +162,10 @@ class RolloutPolicy:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def compares(self, metric: CompareMetric) -> bool:
+        """Whether one of the policy's comparisons judges ``metric``."""
+        return any(c.metric == metric for c in self.comparisons)
+
     @property
     def counts_requests(self) -> bool:
         """Whether every request is a sample (``unit: request``), not each key's first."""

@@ -14,9 +14,9 @@ candidate's answers do; traffic/rollout_checks.py ``latency_threshold_rank``) an
 p99_latency_ms guardrail's limit; and stable's counts in the ``PRIOR_WINDOW_S`` before the window,
 which inform the prior over its rates. Also how far the candidate's predictions are from
 stable's in the step (each arm's first units, their first rows: service/monitor/step_units.py),
-the latest verdict on how far its reasons are (service/monitor/reasons.py, on
-the same units), how far the candidate's inputs in those units drifted from its reference, and
-in a shadow step the units the candidate mirrored and agreed on. Pinned requests are not evidence unless the
+the latest verdict on how far its reasons are (service/monitor/reasons.py, on the same units),
+how far the candidate's inputs in those units drifted from its reference, and in a shadow step
+the units the candidate mirrored and agreed on. Pinned requests are not evidence unless the
 policy says ``count_pinned``.
 """
 
@@ -160,8 +160,7 @@ class EvidenceGatherer:
     ) -> Divergence | None:
         """The candidate's predictions against stable's in the step (None: no comparison asks,
         no traffic step, or too few answers yet for a verdict)."""
-        asked = any(c.metric == "prediction_divergence" for c in policy.comparisons)
-        if not asked or not _traffic_step(policy, state):
+        if not policy.compares("prediction_divergence") or not _traffic_step(policy, state):
             return None
         rows = step_units(self.store, policy, state)
         stable, candidate = (
@@ -180,8 +179,8 @@ class EvidenceGatherer:
         comparison asks, no traffic step, too few units yet). The monitor's own verdict (its
         dashboards') reads each variant's newest rows, where a tester's pinned requests with
         unusual inputs drifted a candidate's traffic by themselves."""
-        asked = any(c.metric == "input_drift" for c in policy.comparisons)
-        if not asked or self.input_drift is None or not _traffic_step(policy, state):
+        asked = policy.compares("input_drift") and self.input_drift is not None
+        if not asked or not _traffic_step(policy, state):
             return None
         units = step_units(self.store, policy, state, inputs=True)[state.candidate]
         if not units:

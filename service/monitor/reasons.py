@@ -36,15 +36,10 @@ Explain = Callable[[str, np.ndarray, list], np.ndarray]
 """(model tag, feature rows, the answers they got) -> each row's absolute attributions."""
 
 
-def asked_by(policy: RolloutPolicy) -> bool:
-    """Whether the policy compares the candidate's reasons with stable's."""
-    return any(c.metric == "attribution_divergence" for c in policy.comparisons)
-
-
 @dataclass(frozen=True)
 class _Verdict:
     step: tuple[float, str]
-    """The step it is of: when it began, and the candidate's model then."""
+    """The step it is of (``_step_of``)."""
     at: float
     units: tuple[int, int]
     """How many of each arm's first units it was drawn from (stable's, the candidate's)."""
@@ -75,9 +70,10 @@ class StepReasons:
         """A new verdict for the endpoint's step, when its policy compares reasons, its
         candidate takes traffic, ``interval_s`` passed since the step's last one and the step's
         units grew since."""
-        if not asked_by(policy) or state.phase != "progressing" or policy.steps[state.step].shadow:
+        asked = policy.compares("attribution_divergence")
+        if not asked or state.phase != "progressing" or policy.steps[state.step].shadow:
             return
-        step = (state.stage_started, state.candidate_model)
+        step = _step_of(state)
         last = self._latest.get(policy.endpoint)
         if last is not None and last.step == step and now - last.at < self.interval_s:
             return
@@ -98,7 +94,7 @@ class StepReasons:
     def latest(self, policy: RolloutPolicy, state: RolloutState) -> Divergence | None:
         """The newest verdict of the rollout's current step (None before its first)."""
         last = self._latest.get(policy.endpoint)
-        if last is None or last.step != (state.stage_started, state.candidate_model):
+        if last is None or last.step != _step_of(state):
             return None
         return last.divergence
 
@@ -117,3 +113,8 @@ class StepReasons:
             features = np.array([sample[i].inputs for i in at], dtype=float)
             explained[at] = self.explain(model, features, [sample[i].prediction for i in at])
         return explained
+
+
+def _step_of(state: RolloutState) -> tuple[float, str]:
+    """What names a verdict's step: when it began, and the candidate's model then."""
+    return state.stage_started, state.candidate_model

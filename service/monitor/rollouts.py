@@ -36,7 +36,6 @@ from service.monitor.evidence import EvidenceGatherer
 from service.monitor.metrics import MonitorMetrics
 from service.monitor.notifier import Notifier
 from service.monitor.offline_gate import offline_gate
-from service.monitor.reasons import asked_by
 from service.state import initial_state
 from traffic import rollout
 from traffic.rollout import (
@@ -146,7 +145,7 @@ class RolloutService:
             return
         now = now or time.time()
         for endpoint, policy in self.policies.items():
-            if not asked_by(policy):
+            if not policy.compares("attribution_divergence"):
                 continue
             try:
                 _, state, _ = self._load(endpoint)
