@@ -293,8 +293,7 @@ def _verdicts_read(
     if state.phase != "progressing":
         return state.verdicts_read
     read = dict(state.verdicts_read)
-    compared = {c.metric for c in policy.comparisons}
-    for metric in compared.intersection(DISTANCE_METRICS):
+    for metric in (m for m in DISTANCE_METRICS if policy.compares(m)):
         found = divergence(metric, evidence)
         count, *last = read.get(metric, (0, None, None))
         if found is not None and last != [found.distance, found.p_value]:
