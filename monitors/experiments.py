@@ -29,7 +29,7 @@ guardrail is shown non-inferior within its margin.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -534,16 +534,43 @@ def _power(
     exposed: int,
     elapsed_s: float,
 ) -> Power:
+    """What the verdict can find: the effect its always-valid interval excludes zero for with
+    the design's power, now and after more units. The fixed-horizon formula (z_{1-alpha/2} +
+    z_power standard errors) promised 80% power at units where the always-valid interval, about
+    1.6 times as wide, found the planned effect in 28% of simulated runs."""
     control = summaries.get(design.primary, {}).get(design.control)
     if lift is None or control is None or not control.mean or lift.standard_error == 0:
         return Power(None, None, None)
-    z = stats.norm.ppf(1 - design.alpha / 2) + stats.norm.ppf(design.power)
-    detectable = float(z * lift.standard_error / abs(control.mean))
-    # the standard error falls as one over the square root of the units
-    needed = math.ceil(exposed * (detectable / design.minimum_detectable_effect) ** 2)
+    z_power = float(stats.norm.ppf(design.power))
+
+    def detectable(units: int) -> float:
+        """The relative effect found with the design's power after ``units`` units (the
+        standard error falls as one over the square root of the units)."""
+        boundary = sequence_multiplier(units, design.alpha, design.planned_units)
+        standard_error = lift.standard_error * math.sqrt(exposed / units)
+        return float((boundary + z_power) * standard_error / abs(control.mean))
+
+    needed = _fewest_units(lambda units: detectable(units) <= design.minimum_detectable_effect)
     rate = exposed / elapsed_s if elapsed_s > 0 else 0.0
-    to_go = max(0.0, (needed - exposed) / rate) if rate > 0 else None
-    return Power(detectable, needed, to_go)
+    to_go = max(0.0, (needed - exposed) / rate) if rate > 0 and needed is not None else None
+    return Power(detectable(exposed), needed, to_go)
+
+
+MOST_UNITS = 10**12
+"""Past this many units an experiment will never end: no figure is given."""
+
+
+def _fewest_units(enough: Callable[[int], bool]) -> int | None:
+    """The fewest units (at least 2) for which ``enough`` holds, for a condition that stays
+    true once it holds (the detectable effect only falls as units grow); None past
+    ``MOST_UNITS``."""
+    if not enough(MOST_UNITS):
+        return None
+    low, high = 1, MOST_UNITS  # enough(high) holds; enough(low) is taken not to
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return high
 
 
 def finite(value: float | None) -> float | None:

@@ -379,13 +379,55 @@ def test_power_says_what_is_detectable_now_and_how_long_until_the_planned_effect
     result = readout(design, {"a": 2000, "b": 2000}, data, 400.0)
     power = result.arms[0].power
     lift = result.arms[0].results[0].lift
-    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)
+    # the verdict's own boundary, not the fixed horizon's z_{1-alpha/2}
+    boundary = sequence_multiplier(4000, ALPHA, PLANNED) + stats.norm.ppf(0.8)
     control_mean = result.summaries["converted"]["a"].mean
-    assert power.minimum_detectable_effect == pytest.approx(z * lift.standard_error / control_mean)
-    # a 5% relative lift on a 10% rate needs about 2 x 57,000 units at 80% power
-    assert 90_000 < power.units_needed < 150_000
+    assert power.minimum_detectable_effect == pytest.approx(
+        boundary * lift.standard_error / control_mean
+    )
+    # a fixed-horizon test would need about 2 x 57,000 units for a 5% lift on a 10% rate
+    assert 200_000 < power.units_needed < 400_000
     assert power.seconds_to_go == pytest.approx((power.units_needed - 4000) / (4000 / 400.0))
     assert result.to_dict()["arms"][0]["power"]["units_needed"] == power.units_needed
+
+
+def _conversions(rng, units: int, rates: dict) -> dict:
+    """Per-request conversions of ``units`` units per arm, drawn as one binomial count each."""
+    data = {}
+    for arm, rate in rates.items():
+        converted = np.zeros(units)
+        converted[: rng.binomial(units, rate)] = 1.0
+        data[arm] = plain(converted)
+    return {"converted": data}
+
+
+def test_at_the_units_the_readout_asks_for_the_verdict_finds_the_planned_effect_with_its_power():
+    """The promise an operator plans by: run to ``units_needed`` and a real lift of
+    ``minimum_detectable_effect`` comes out "better" in about ``power`` of experiments. Sized
+    with the fixed-horizon formula, it came out in 28% (the verdict reads the wider always-valid
+    interval). And an effect of the size ``minimum_detectable_effect`` says is detectable now is
+    found now with the same power."""
+    rng = np.random.default_rng(21)
+    design = Design("a", ("b",), WEIGHTS, "converted", (MetricSpec("converted"),))
+    rates = {"a": 0.10, "b": 0.10 * (1 + design.minimum_detectable_effect)}
+    pilot_units = 200_000  # its control mean is then within about 1% of the rate
+    pilot = readout(
+        design, {"a": pilot_units, "b": pilot_units}, _conversions(rng, pilot_units, rates), 60.0
+    )
+    needed = pilot.arms[0].power.units_needed
+    detectable_now = pilot.arms[0].power.minimum_detectable_effect
+
+    def found(units: int, rates: dict) -> float:
+        runs = 300
+        better = 0
+        for _ in range(runs):
+            data = _conversions(rng, units, rates)
+            result = readout(design, {"a": units, "b": units}, data, 60.0)
+            better += result.arms[0].results[0].outcome == "better"
+        return better / runs
+
+    assert 0.72 <= found(needed // 2, rates) <= 0.88
+    assert 0.72 <= found(pilot_units, {"a": 0.10, "b": 0.10 * (1 + detectable_now)}) <= 0.88
 
 
 def test_the_readout_is_plain_json():
