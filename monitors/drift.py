@@ -149,7 +149,6 @@ class DriftSettings:
     categorical_method: str = JENSENSHANNON_BEYOND_NOISE.name
     threshold: float = 0.1
     min_rows: int = 200
-    drifted_share_alarm: float = 0.5
 
     @property
     def min_reference_rows(self) -> int:
