@@ -21,8 +21,6 @@ NAME_RULE = "1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digi
 """``_NAME`` in words, for refusals."""
 NAME_PATTERN = f"^{_NAME}$"
 """Endpoint and variant names (and each half of a model tag), for pydantic fields."""
-TAG_PATTERN = f"^{_NAME}:{_NAME}$"
-"""A model version in the registry: ``name:version``."""
 LATEST = "latest"
 """BentoML's alias for a model's newest version, never a version here: what a variant serves (and
 a rollout's candidate, a pin, a record's model) must not change when a version is added."""
