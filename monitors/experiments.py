@@ -52,14 +52,15 @@ FIXED_LEVEL = 0.95
 @dataclass(frozen=True)
 class MetricSpec:
     """One metric of an experiment: which way is better, and for a guardrail the margin (a share
-    of the control arm's mean) by which a treatment may be worse and still ship."""
+    of the size of the control arm's mean, whatever its sign) by which a treatment may be worse and still ship."""
 
     name: str
     higher_is_better: bool = True
     margin: float | None = None
     """Set for guardrails only."""
     relative_margin: bool = True
-    """The margin is a share of the control's mean (else in the metric's own unit)."""
+    """The margin is a share of the control's mean, taken without its sign (else in the
+    metric's own unit)."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,8 @@ def compare(
     else:
         p_value = 1.0 if diff == 0 else 0.0
     base = control.mean
-    relative = diff / base if base else math.nan
+    # a share of the control's size: from -2 to -1 is +50% (better), whatever the mean's sign
+    relative = diff / abs(base) if base else math.nan
     se_relative = math.sqrt(v_t / base**2 + treatment.mean**2 * v_c / base**4) if base else math.nan
     sequence = float(sequence_multiplier(control.units + treatment.units, alpha, planned_units))
     return Lift(

@@ -361,6 +361,53 @@ def test_verdict_no_ship(case, rates, latency, exposed, named):
 ERRORS = {"a": 0.02, "b": 0.02}
 
 
+def _profit(rng, units: int, means: dict) -> dict:
+    """A continuous reward that is often negative (a margin after refunds), per unit."""
+    return {arm: plain(rng.normal(mean, 3.0, units)) for arm, mean in means.items()}
+
+
+@pytest.mark.parametrize(
+    "treatment_mean, outcome, verdict",
+    [(-1.0, "non_inferior", SHIP), (-3.0, "inferior", NO_SHIP)],
+)
+def test_a_relative_guardrail_on_a_metric_below_zero_judges_worse_as_worse(
+    treatment_mean, outcome, verdict
+):
+    """A relative lift is a share of the control's mean whatever its sign: from -2 to -1 is
+    +50%, better. Divided by the signed mean it read -50%: a treatment that halved the losses
+    was "inferior" and blocked, and one that made them half again as large was shipped."""
+    rng = np.random.default_rng(31)
+    design = _design(
+        metrics=(MetricSpec("converted"), MetricSpec("profit", margin=0.1)),
+    )
+    data = {
+        "converted": {
+            "a": plain(rng.binomial(1, 0.10, 20_000)),
+            "b": plain(rng.binomial(1, 0.13, 20_000)),
+        },
+        "profit": _profit(rng, 20_000, {"a": -2.0, "b": treatment_mean}),
+    }
+    result = readout(design, {"a": 20_000, "b": 20_000}, data, 3600.0)
+    (guardrail,) = [r for r in result.arms[0].results if r.metric == "profit"]
+    assert np.sign(guardrail.lift.relative) == np.sign(treatment_mean + 2.0)
+    assert guardrail.outcome == outcome
+    assert result.verdict == verdict, result.reason
+
+
+def test_with_a_primary_metric_below_zero_the_arm_that_improved_it_most_wins():
+    rng = np.random.default_rng(32)
+    design = _design(
+        treatments=("b", "c"),
+        weights={"a": 1.0, "b": 1.0, "c": 1.0},
+        primary="profit",
+        metrics=(MetricSpec("profit"),),
+    )
+    data = {"profit": _profit(rng, 20_000, {"a": -2.0, "b": -1.5, "c": -1.0})}
+    result = readout(design, {"a": 20_000, "b": 20_000, "c": 20_000}, data, 3600.0)
+    assert [arm.verdict for arm in result.arms] == [SHIP, SHIP]
+    assert result.winner == "c", result.reason
+
+
 def test_verdict_inconclusive_with_few_units_or_no_effect():
     rng = np.random.default_rng(11)
     few = _data(rng, 50, {"a": 0.1, "b": 0.5}, {"a": 20, "b": 20}, {"a": 0.0, "b": 0.0})
