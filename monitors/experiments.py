@@ -514,15 +514,19 @@ def _verdict(
 
 
 def _overall(arms: Sequence[ArmReadout]) -> tuple[Verdict, str, str | None]:
-    """Ship the shipping arm with the largest primary lift; no-ship when every arm is no-ship."""
+    """Ship the shipping arm with the largest primary lift; no-ship when every arm is no-ship.
+    Otherwise inconclusive, and the reason names an arm already found harmful too: the verdict
+    is what an operator watches, and an arm that hurts users should be switched off now, not
+    when the others are decided."""
     shipping = [a for a in arms if a.verdict == SHIP]
     if shipping:
         best = max(shipping, key=lambda a: _primary(a).lift.relative)  # type: ignore[union-attr]
         return SHIP, f"ship {best.arm}: {best.reason}", best.arm
     if arms and all(a.verdict == NO_SHIP for a in arms):
         return NO_SHIP, "; ".join(f"{a.arm}: {a.reason}" for a in arms), None
-    waiting = [a for a in arms if a.verdict == INCONCLUSIVE]
-    return INCONCLUSIVE, "; ".join(f"{a.arm}: {a.reason}" for a in waiting), None
+    waiting = [f"{a.arm}: {a.reason}" for a in arms if a.verdict == INCONCLUSIVE]
+    harmful = [f"{a.arm} (no_ship): {a.reason}" for a in arms if a.verdict == NO_SHIP]
+    return INCONCLUSIVE, "; ".join(waiting + harmful), None
 
 
 def _primary(arm: ArmReadout) -> MetricResult:

@@ -408,6 +408,25 @@ def test_with_a_primary_metric_below_zero_the_arm_that_improved_it_most_wins():
     assert result.winner == "c", result.reason
 
 
+def test_an_inconclusive_readout_names_an_arm_already_found_harmful():
+    """Two treatments, one undecided and one 50% slower: the verdict stays inconclusive (b may
+    still win), and its reason says c should go now; it named only the undecided arm."""
+    rng = np.random.default_rng(12)
+    design = _design(treatments=("b", "c"), weights={"a": 1.0, "b": 1.0, "c": 1.0})
+    data = _data(
+        rng,
+        20_000,
+        {"a": 0.10, "b": 0.10, "c": 0.10},
+        {"a": 20, "b": 20, "c": 30},
+        {"a": 0.02, "b": 0.02, "c": 0.02},
+    )
+    result = readout(design, {"a": 20_000, "b": 20_000, "c": 20_000}, data, 3600.0)
+    assert [arm.verdict for arm in result.arms] == [INCONCLUSIVE, NO_SHIP]
+    assert result.verdict == INCONCLUSIVE
+    assert "b: the primary metric converted has not changed" in result.reason
+    assert "c (no_ship): guardrail(s) latency are significantly worse" in result.reason
+
+
 def test_verdict_inconclusive_with_few_units_or_no_effect():
     rng = np.random.default_rng(11)
     few = _data(rng, 50, {"a": 0.1, "b": 0.5}, {"a": 20, "b": 20}, {"a": 0.0, "b": 0.0})
