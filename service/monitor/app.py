@@ -316,25 +316,47 @@ async def get_experiment(request: Request) -> Response:
     return json_response(await anyio.to_thread.run_sync(experiments.describe, endpoint))
 
 
+BUSY_SHARE = 0.25
+"""The most of its time a periodic job of the leader may spend running: after a run of d seconds
+the next waits at least ``d / BUSY_SHARE - d``. A readout or a rollout's look reads its whole
+window, which grows for as long as the experiment runs or the rollout waits (about 3.7 s per
+million requests, BENCHMARKS.md): at its interval it would come to take a core, where it is now
+read less often. Reading less often is safe: every verdict is always valid, at any looks."""
+
+
 async def _every(
     interval_s: float,
     work: Callable[[], object],
     what: str,
     when: Callable[[], bool] = lambda: True,
     executor: Executor | None = None,
+    busy_share: float | None = BUSY_SHARE,
 ) -> None:
     """Run ``work`` in a thread (of ``executor`` when given) every ``interval_s`` seconds while
-    ``when()``; a failure is logged, not fatal."""
+    ``when()``, and, with ``busy_share``, less often once its runs take longer than that share
+    of the time; a failure is logged, not fatal."""
     failures = Throttled(log, every_s=300.0)
+    took_s = 0.0
+
+    def run() -> None:
+        """``work``, timed where it runs (not while it waits for a thread of ``executor``)."""
+        nonlocal took_s
+        started = time.monotonic()
+        try:
+            work()
+        finally:
+            took_s = time.monotonic() - started
+
     while True:
-        await asyncio.sleep(interval_s)
+        spaced_s = 0.0 if busy_share is None else took_s / busy_share - took_s
+        await asyncio.sleep(max(interval_s, spaced_s))
         if not when():
             continue
         try:
             if executor is None:
-                await anyio.to_thread.run_sync(work)
+                await anyio.to_thread.run_sync(run)
             else:
-                await asyncio.get_running_loop().run_in_executor(executor, work)
+                await asyncio.get_running_loop().run_in_executor(executor, run)
         except Exception:  # the next round tries again
             failures.warning("%s failed", what, exc_info=True)
 
@@ -367,8 +389,8 @@ async def background(app: Starlette) -> AsyncIterator[None]:
             return functools.partial(_every, interval_s, work, what, leading, executor)
 
         jobs = {
-            "leader lease": functools.partial(
-                _every, leadership.renew_every_s, leadership.renew, "leader lease"
+            "leader lease": functools.partial(  # on time, whatever a renewal takes
+                _every, leadership.renew_every_s, leadership.renew, "leader lease", busy_share=None
             ),
             "monitor runs": led(runner.config.interval_s, runner.run_once, "monitor run", analysis),
             "webhook deliveries": functools.partial(monitor.notifier.deliver_forever, leading),
