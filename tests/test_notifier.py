@@ -1,6 +1,7 @@
 """Webhooks from the durable outbox: signed, retried while the receiver fails or is away, given up
 on a refusal (4xx) or a redirect (never followed), delivered once per event and URL; drift fires
-once per crossing. Real HTTP receivers on loopback, a real SQLite outbox; metrics are mocks."""
+once per crossing, whichever monitor sees it. Real HTTP receivers on loopback, a real SQLite
+outbox (and PostgreSQL's for drift); metrics are mocks."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ async def deliver(tmp_path, url: str, seconds: float, **settings) -> Notifier:
     notifier = Notifier(
         config, MagicMock(), SQLStateStore.open_sqlite(tmp_path / "state.sqlite3"), SECRET
     )
-    notifier.notify("rollout_rollback", {"endpoint": "cancer"})
+    DriftAlarm(notifier).observe("cancer", "stable", "cancer:v1", ["mean_radius"], 1.0)
     task = asyncio.create_task(notifier.deliver_forever())
     await asyncio.sleep(seconds)
     task.cancel()
@@ -66,7 +67,7 @@ async def test_a_failing_webhook_is_retried_then_delivered_signed(tmp_path):
     await cleanup()
     assert outcomes(notifier) == ["retried", "delivered"]
     bodies = [await r.read() for r in seen]
-    assert [json.loads(b)["kind"] for b in bodies] == ["rollout_rollback"] * 2
+    assert [json.loads(b)["kind"] for b in bodies] == ["drift"] * 2
     assert len({json.loads(b)["id"] for b in bodies}) == 1  # the same event, by id
     assert all(verify(SECRET, r.headers[SIGNATURE_HEADER], b) for r, b in zip(seen, bodies))
     assert not verify("another-secret-altogether", seen[0].headers[SIGNATURE_HEADER], bodies[0])
@@ -114,11 +115,32 @@ def test_the_signature_covers_the_time_and_the_body():
     assert not verify(SECRET, header.replace("t=1700000000", "t=1700000001"), b'{"a": 1}')
 
 
-def test_drift_fires_once_per_crossing():
-    notifier = MagicMock()
-    notifier.config = NotificationsConfig(drift_share=0.3)
-    alarm = DriftAlarm(notifier)
-    for share in (0.1, 0.4, 0.5, 0.2, 0.35):
-        alarm.observe("cancer", "stable", "cancer:v1", ["mean_radius"], share)
-    fired = [c.args[1]["drifted_share"] for c in notifier.notify.call_args_list]
-    assert fired == [0.4, 0.35]
+def test_drift_fires_once_per_crossing_whichever_monitor_sees_it(open_database):
+    """A drift event per crossing of ``drift_share`` upwards, with the crossing kept in the
+    shared state store (on each engine): a monitor that restarts or a standby that takes over
+    (each a new alarm on its own connection) does not announce a drift already announced. Each
+    start announced it again. A new model in the variant drifts on its own account."""
+    store = SQLStateStore(open_database())
+    config = NotificationsConfig(webhooks=["http://127.0.0.1:9/hook"], drift_share=0.3)
+
+    def alarm() -> DriftAlarm:
+        """A monitor's alarm, as each monitor process makes one."""
+        return DriftAlarm(Notifier(config, MagicMock(), SQLStateStore(open_database()), SECRET))
+
+    def fired() -> list[float]:
+        bodies = [json.loads(event["body"]) for event in reversed(store.events())]
+        return [body["drifted_share"] for body in bodies if body["kind"] == "drift"]
+
+    first = alarm()
+    for share in (0.1, 0.4, 0.5):
+        first.observe("cancer", "stable", "cancer:v1", ["mean_radius"], share)
+    assert fired() == [0.4]
+    alarm().observe("cancer", "stable", "cancer:v1", ["mean_radius"], 0.45)  # restarted
+    assert fired() == [0.4]
+    alarm().observe("cancer", "candidate", "cancer:v2", ["mean_radius"], 0.6)  # its own
+    assert fired() == [0.4, 0.6]
+    for share in (0.2, 0.35):
+        alarm().observe("cancer", "stable", "cancer:v1", ["mean_radius"], share)
+    assert fired() == [0.4, 0.6, 0.35]
+    alarm().observe("cancer", "candidate", "cancer:v3", ["mean_radius"], 0.5)  # a new model
+    assert fired() == [0.4, 0.6, 0.35, 0.5]

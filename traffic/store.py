@@ -97,8 +97,6 @@ class StateStore(Protocol):
 
     def append_evaluation(self, endpoint: str, entry: Mapping) -> None: ...
 
-    def add_events(self, events: Sequence[OutboxEvent]) -> None: ...
-
     def due_events(self, now: float, limit: int = 100) -> list[OutboxEvent]: ...
 
     def event_attempted(
@@ -110,6 +108,12 @@ class StateStore(Protocol):
     ) -> dict: ...
 
     def evaluations(self, endpoint: str, limit: int = 100) -> list[dict]: ...
+
+    def raise_drift_alarm(
+        self, endpoint: str, variant: str, model: str, events: Sequence[OutboxEvent]
+    ) -> bool: ...
+
+    def clear_drift_alarm(self, endpoint: str, variant: str) -> None: ...
 
     def hold_lease(self, name: str, holder: str, ttl_s: float) -> int | None: ...
 
@@ -210,10 +214,20 @@ CREATE TABLE IF NOT EXISTS leases (
     expires_at DOUBLE PRECISION NOT NULL
 )
 """,
+        """
+CREATE TABLE IF NOT EXISTS drift_alarms (
+    endpoint TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    since DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (endpoint, variant)
+)
+""",
     ],
 )
 """Version 1 is the layout from before schemas were versioned (``IF NOT EXISTS``: a file of that
-time is adopted as it is); version 2 adds leases."""
+time is adopted as it is); version 2 adds leases; version 3 the variants whose drift is past the
+alarm."""
 ROUTING_CHANNEL = "gateway_routing"
 """Where a saved routing version is announced (``LISTEN/NOTIFY`` on PostgreSQL)."""
 PRUNE_CHUNK = 5000
@@ -366,11 +380,6 @@ class SQLStateStore:
             [(e.id, e.url, e.endpoint, e.body, time.time(), int(ready)) for e in events],
         )
 
-    def add_events(self, events: Sequence[OutboxEvent]) -> None:
-        """Events with no state behind them (drift), ready to deliver at once."""
-        with self.db.transaction() as session:
-            self._insert_events(session, events, ready=True)
-
     def due_events(self, now: float, limit: int = 100) -> list[OutboxEvent]:
         """Undelivered events whose next attempt is due, oldest first."""
         rows = self.db.query(
@@ -439,6 +448,31 @@ class SQLStateStore:
             (endpoint, limit),
         )
         return [json.loads(entry) for (entry,) in reversed(rows)]
+
+    def raise_drift_alarm(
+        self, endpoint: str, variant: str, model: str, events: Sequence[OutboxEvent]
+    ) -> bool:
+        """Note that the drift of the variant's ``model`` went past the alarm, and keep its
+        ``events``, in one transaction; False, and nothing kept, when it was past already
+        (noted by this monitor before a restart, or by another that led). A new model in the
+        variant (a rollout's next candidate) is a new alarm."""
+        with self.db.transaction() as session:
+            raised = session.query(
+                "INSERT INTO drift_alarms (endpoint, variant, model, since) VALUES (?,?,?,?) "
+                "ON CONFLICT (endpoint, variant) DO UPDATE SET model = excluded.model, "
+                "since = excluded.since WHERE drift_alarms.model != excluded.model "
+                "RETURNING since",
+                (endpoint, variant, model, time.time()),
+            )
+            if raised:
+                self._insert_events(session, events, ready=True)
+        return bool(raised)
+
+    def clear_drift_alarm(self, endpoint: str, variant: str) -> None:
+        """The variant's drift is under the alarm (again)."""
+        self.db.run(
+            "DELETE FROM drift_alarms WHERE endpoint = ? AND variant = ?", (endpoint, variant)
+        )
 
     def hold_lease(self, name: str, holder: str, ttl_s: float) -> int | None:
         """Take the lease ``name`` for ``holder`` when it is free or lapsed, or renew it when

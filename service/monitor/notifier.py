@@ -74,13 +74,6 @@ class Notifier:
         body = json.dumps({"id": event_id, "kind": kind, "at": time.time(), **event})
         return [OutboxEvent(event_id, url, body, endpoint) for url in self.config.webhooks]
 
-    def notify(self, kind: str, event: dict) -> None:
-        """Keep an event with no state behind it (drift) and have it delivered; any thread."""
-        events = self.events(kind, event)
-        if events:
-            self.outbox.add_events(events)
-            self.wake()
-
     def wake(self) -> None:
         """Have the deliverer look at the outbox now (from any thread)."""
         if self._loop is not None and self._wake is not None:
@@ -159,28 +152,28 @@ class Notifier:
 
 class DriftAlarm:
     """Fires a ``drift`` event when a variant's drifted feature share crosses ``drift_share``
-    upwards (once per crossing, not on every run), so a retraining pipeline can subscribe."""
+    upwards (once per crossing, not on every run), so a retraining pipeline can subscribe. The
+    crossing is kept in the shared state store with its event: a monitor that restarts, or a
+    standby that takes over, does not announce a drift again that was announced already (it
+    did, to every receiver, each time a monitor started)."""
 
     def __init__(self, notifier: Notifier) -> None:
         self.notifier = notifier
-        self._above: set[tuple[str, str]] = set()
 
     def observe(
         self, endpoint: str, variant: str, model: str, drifted: list[str], share: float
     ) -> None:
-        key = (endpoint, variant)
+        store = self.notifier.outbox
         if share < self.notifier.config.drift_share:
-            self._above.discard(key)
+            store.clear_drift_alarm(endpoint, variant)
             return
-        if key not in self._above:
-            self._above.add(key)
-            self.notifier.notify(
-                "drift",
-                {
-                    "endpoint": endpoint,
-                    "variant": variant,
-                    "model": model,
-                    "drifted_share": share,
-                    "drifted_features": drifted,
-                },
-            )
+        event = {
+            "endpoint": endpoint,
+            "variant": variant,
+            "model": model,
+            "drifted_share": share,
+            "drifted_features": drifted,
+        }
+        events = self.notifier.events("drift", event)
+        if store.raise_drift_alarm(endpoint, variant, model, events):
+            self.notifier.wake()
