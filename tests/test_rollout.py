@@ -16,7 +16,17 @@ import pandas as pd
 import pytest
 
 from service.config import RolloutConfig
-from traffic.rollout import RolloutError, RolloutState, act, evaluate, start, windows
+from traffic.rollout import (
+    RolloutError,
+    RolloutState,
+    Target,
+    act,
+    evaluate,
+    set_by_hand,
+    start,
+    targets,
+    windows,
+)
 from traffic.rollout_checks import (
     ArmCounts,
     Divergence,
@@ -207,6 +217,23 @@ def test_operators_pause_resume_promote_and_roll_back():
     assert reverted.state.phase == "rolled_back" and reverted.targets["stable"].weight == 100
     with pytest.raises(RolloutError):
         act(DEFAULT, reverted.state, "resume", 10.0)
+
+
+def test_traffic_set_by_hand_pauses_the_rollout_until_an_operator_resumes_it():
+    """The rollout's next step would set its weights again over an operator's (the candidate
+    turned off while the monitor was out of reach, a reload of gateway.yaml): it pauses, says
+    what it found, and sets its own traffic again only when resumed."""
+    state = _state()
+    assert set_by_hand(DEFAULT, state, targets(DEFAULT, state)) is None  # as it left it
+    turned_off = {"candidate": Target("candidate", 0.0), "stable": Target("stable", 100.0)}
+    paused = set_by_hand(DEFAULT, state, turned_off)
+    assert paused.action == "pause" and paused.cause == "operator" and paused.targets is None
+    assert paused.state.phase == "paused" and paused.state.resumes_as == "progressing"
+    assert "candidate candidate at 0%" in paused.reason and "candidate at 5%" in paused.reason
+    assert set_by_hand(DEFAULT, paused.state, turned_off) is None  # paused: its own call now
+    resumed = act(DEFAULT, paused.state, "resume", 7.0)
+    assert resumed.targets["candidate"].weight == 5
+    assert set_by_hand(replace(DEFAULT, dry_run=True), state, turned_off) is None
 
 
 BROKEN = Evidence(

@@ -149,6 +149,44 @@ def serve_model(rollouts: RolloutService, variant: str, model: str) -> None:
     )
 
 
+def set_weights(rollouts: RolloutService, weights: dict[str, float]) -> None:
+    """An operator's ``PUT /admin/endpoints/churn/weights``, in the shared routing state."""
+    from traffic.store import RoutingState
+
+    current = rollouts.state_store.load()
+    table = current.tables["churn"].with_weights(weights)
+    rollouts.state_store.save(
+        RoutingState(current.version, current.source, {"churn": table}), current.version
+    )
+
+
+def test_a_candidate_turned_off_by_hand_stays_off_until_the_rollout_is_resumed(
+    tmp_path, open_database
+):
+    """With the monitor's API out of reach, setting the candidate's weight to 0 is the way to
+    turn it off (docs/operations.md). The rollout's next passing step set its own weights
+    again: the candidate was back at 50%. It now pauses and leaves the operator's weights."""
+    rollouts, _ = service(
+        tmp_path,
+        open_database,
+        steps=[{"weight": 10, "min_duration_s": 0}, {"weight": 50, "min_duration_s": 0}],
+        guardrails=[],
+        comparisons=[],
+    )
+    rollouts.tick("churn", now=1.0)
+    assert weights(rollouts) == {"stable": 90, "next": 10}
+    set_weights(rollouts, {"next": 0, "stable": 100})
+    decision = rollouts.tick("churn", now=2.0)
+    assert decision.action == "pause" and "changed by hand" in decision.reason
+    for now in (3.0, 4.0, 5.0):
+        assert rollouts.tick("churn", now=now).action == "hold"
+    assert weights(rollouts) == {"stable": 100, "next": 0}
+    rollouts.act("churn", "resume", now=6.0)
+    assert weights(rollouts) == {"stable": 90, "next": 10}
+    assert rollouts.tick("churn", now=7.0).action == "advance"
+    assert weights(rollouts) == {"stable": 50, "next": 50}
+
+
 def test_a_new_candidate_model_restarts_the_analysis(tmp_path, open_database):
     rollouts, _ = service(tmp_path, open_database)
     rollouts.tick("churn", now=1.0)

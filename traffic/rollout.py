@@ -20,6 +20,7 @@ the decision's traffic targets, and appends every decision to the audit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal, get_args
@@ -299,6 +300,48 @@ def _verdicts_read(
         if found is not None and last != [found.distance, found.p_value]:
             read[metric] = (count + 1, found.distance, found.p_value)
     return read
+
+
+def set_by_hand(
+    policy: RolloutPolicy, state: RolloutState, routing: Mapping[str, Target | None]
+) -> Decision | None:
+    """A pause when the routing no longer has the traffic the rollout set (``routing``: where
+    its two variants are now): someone set it by hand (an operator turning the candidate off
+    while the monitor's API is out of reach, a reload of gateway.yaml). The rollout's next step
+    would set its own weights again and undo that. Paused, it leaves them; resuming sets its
+    own again. None where the routing is as the rollout left it, or the rollout holds no
+    traffic of its own (paused already, ended, or a dry run that never set any)."""
+    if policy.dry_run or state.phase in (*TERMINAL, "paused"):
+        return None
+    wanted = targets(policy, state)
+    if all(_same(routing.get(name), target) for name, target in wanted.items()):
+        return None
+    found = ", ".join(f"{name} {_where(routing.get(name))}" for name in wanted)
+    why = (
+        f"the routing was changed by hand ({found}; the rollout set "
+        f"{', '.join(f'{name} {_where(target)}' for name, target in wanted.items())}): paused "
+        "so that it does not undo that; resume it to set its traffic again, or roll it back"
+    )
+    paused = replace(state, phase="paused", resume_phase=state.phase, reason=why)
+    return Decision("pause", paused, why, cause="operator")
+
+
+def _same(found: Target | None, wanted: Target | None) -> bool:
+    if found is None or wanted is None:
+        return found is wanted
+    return (
+        found.role == wanted.role
+        and math.isclose(found.weight, wanted.weight, abs_tol=1e-9)
+        and math.isclose(found.mirror, wanted.mirror, abs_tol=1e-9)
+    )
+
+
+def _where(target: Target | None) -> str:
+    if target is None:
+        return "gone"
+    if target.role == "shadow":
+        return f"mirroring {target.mirror:.0%}"
+    return f"{target.role} at {target.weight:g}%"
 
 
 def act(policy: RolloutPolicy, state: RolloutState, action: ManualAction, now: float) -> Decision:

@@ -57,7 +57,7 @@ from traffic.store import (
     audit_entry,
     compare_and_swap,
 )
-from traffic.table import EndpointTable
+from traffic.table import EndpointTable, VariantSpec
 
 log = logging.getLogger("gateway.rollout")
 NOTIFIED = {"start", "advance", "await_approval", "promote", "succeed", "rollback", "pause"}
@@ -164,7 +164,8 @@ class RolloutService:
             revision, state, applied = self._load(endpoint)
             if state is not None and not applied:
                 revision = self._reapply(policy, revision, state, now)
-            models = self._variant_models(policy)
+            variants = self._variants(policy)
+            models = _models(variants)
             candidate_model = models.get(policy.candidate)
             if candidate_model is None or policy.stable not in models:
                 return None  # a variant of the policy left the endpoint: nothing to roll out
@@ -174,6 +175,8 @@ class RolloutService:
                 evidence = Evidence()
             elif state.phase in TERMINAL:
                 return None
+            elif (by_hand := rollout.set_by_hand(policy, state, _at(variants))) is not None:
+                decision, evidence = by_hand, Evidence()
             else:
                 within = (
                     registry.accuracy_tolerance(models[policy.stable])
@@ -211,7 +214,7 @@ class RolloutService:
             if action == "start":
                 if state is not None and state.phase not in TERMINAL:
                     raise Conflict(f"a rollout of {endpoint!r} is already {state.phase}")
-                models = self._variant_models(policy)
+                models = _models(self._variants(policy))
                 missing = [n for n in (policy.candidate, policy.stable) if n not in models]
                 if missing:
                     raise Conflict(
@@ -240,10 +243,10 @@ class RolloutService:
                 ) from None
             return decision
 
-    def _variant_models(self, policy: RolloutPolicy) -> dict[str, str]:
-        """Variant name -> model tag, as the endpoint's routing table has them now."""
+    def _variants(self, policy: RolloutPolicy) -> dict[str, VariantSpec]:
+        """Variant name -> the variant, as the endpoint's routing table has it now."""
         table = self._routing_state().tables.get(policy.endpoint)
-        return {v.name: v.model for v in table.variants} if table else {}
+        return {v.name: v for v in table.variants} if table else {}
 
     def _start(
         self, policy: RolloutPolicy, models: dict[str, str], now: float, again: str | None = None
@@ -415,6 +418,16 @@ def _why_again(policy: RolloutPolicy, state: RolloutState, models: dict[str, str
     if _policy_changed(policy, state):
         return "the rollout policy changed"
     return None
+
+
+def _models(variants: dict[str, VariantSpec]) -> dict[str, str]:
+    """Variant name -> the model tag it serves."""
+    return {name: variant.model for name, variant in variants.items()}
+
+
+def _at(variants: dict[str, VariantSpec]) -> dict[str, Target]:
+    """Where each variant is in the routing, as a rollout's targets say it."""
+    return {name: Target(v.role, v.weight, v.mirror) for name, v in variants.items()}
 
 
 def _policy_changed(policy: RolloutPolicy, state: RolloutState) -> bool:
