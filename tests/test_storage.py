@@ -61,7 +61,7 @@ def test_two_monitors_storing_the_same_labels_at_once_store_each_once(postgres):
 
 
 def test_processes_starting_together_on_a_fresh_database_migrate_once(postgres):
-    from traffic.store import SQLStateStore
+    from traffic.store import SCHEMA, SQLStateStore
 
     dsn = postgres.new_database()
     failures: list[BaseException] = []
@@ -82,7 +82,8 @@ def test_processes_starting_together_on_a_fresh_database_migrate_once(postgres):
     assert failures == []
     database = PostgresDatabase(dsn)
     try:
-        assert database.query("SELECT component, version FROM schema_versions") == [("routing", 2)]
+        versions = database.query("SELECT component, version FROM schema_versions")
+        assert versions == [("routing", SCHEMA.version)] and SCHEMA.version >= 2
     finally:
         database.close()
 
