@@ -51,21 +51,52 @@ def model_tags(tables: Mapping[str, EndpointTable]) -> list[str]:
 
 
 def initial_state(config: GatewayConfig, store: StateStore) -> RoutingState:
-    """The stored state, or the config's when nothing is stored or the config's endpoints changed
-    (when several workers start at once, one writes it and the others adopt theirs)."""
+    """The stored state, with the endpoints the config changed since it was made (``from_config``;
+    every endpoint when nothing is stored). When several workers start at once, one writes it
+    and the others adopt theirs."""
     source = config.routing_hash()
+    from_file: list[str] = []
 
-    def from_config(stored: RoutingState | None) -> RoutingState | None:
-        if stored is not None and stored.source == source:
+    def initialise(stored: RoutingState | None) -> RoutingState | None:
+        if stored is not None and stored.source == source and stored.declared is not None:
             return None
-        return RoutingState(0, source, config.tables())
+        tables, from_file[:] = from_config(config, stored)
+        return RoutingState(0, source, tables, config.tables())
 
-    swap = compare_and_swap(store, from_config)
+    swap = compare_and_swap(store, initialise)
     if swap.after is None:
         return swap.before
-    reason = "first start" if swap.before is None else "config endpoints changed"
-    store.append_audit(audit_entry("config", "initialize", "*", {"reason": reason}))
+    if swap.before is None or from_file:
+        reason = "first start" if swap.before is None else "config endpoints changed"
+        detail = {"reason": reason, "from_file": from_file}
+        store.append_audit(audit_entry("config", "initialize", "*", detail))
     return swap.after
+
+
+def from_config(
+    read: GatewayConfig, stored: RoutingState | None
+) -> tuple[dict[str, EndpointTable], list[str]]:
+    """The tables ``read`` (gateway.yaml as it is now, at a start or a reload) makes of the
+    ``stored`` state, and the endpoints it took from the file (sorted). Only the endpoints the
+    file changed since the state was made from it: one it left as it was keeps its stored
+    table, with what changed at run time (a rollout's promotion, weights set through the admin
+    API). A reload that only added an endpoint undid those: a promoted candidate went back to
+    its old weight. Where the state does not say what its config declared (made by a release
+    before this one), every endpoint is the file's."""
+    declared = read.tables()
+    if stored is None:
+        return declared, sorted(declared)
+    if stored.source == read.routing_hash():
+        return dict(stored.tables), []
+    before = stored.declared or {}
+    tables, from_file = {}, []
+    for name, table in declared.items():
+        if name in stored.tables and before.get(name) == table:
+            tables[name] = stored.tables[name]
+        else:
+            tables[name] = table
+            from_file.append(name)
+    return tables, sorted(from_file)
 
 
 @dataclass(frozen=True)

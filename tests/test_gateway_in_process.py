@@ -228,6 +228,38 @@ async def test_a_weight_change_is_saved_audited_and_followed_at_once(config):
     assert actions[0] == "set_weights" and actions.count("set_weights") == 1
 
 
+async def test_a_reload_keeps_run_time_changes_to_the_endpoints_the_file_left_alone(config):
+    """A reload made every endpoint gateway.yaml's: one that only added an endpoint set a
+    split (or a rollout's promotion) made at run time back to the file's. Now an endpoint the
+    file left as it was keeps it, and one it changed is the file's."""
+    import yaml
+
+    def split(answer) -> dict[str, float]:
+        variants = answer.json()["endpoints"]["cancer"]["variants"]
+        return {v["name"]: v["weight"] for v in variants}
+
+    async with in_process_gateway(config) as (gateway, client):
+        turned = await client.put(
+            "/admin/endpoints/cancer/weights",
+            json={"weights": {"stable": 0, "candidate": 100}},
+            headers=ADMIN_AUTH,
+        )
+        assert turned.status_code == 200, turned.text
+        edited = yaml.safe_load(config.read_text())
+        edited["endpoints"]["sugar"] = {"variants": [{"name": "stable", "model": "diabetes:v1"}]}
+        config.write_text(yaml.safe_dump(edited))
+        reloaded = await client.post("/admin/reload", headers=ADMIN_AUTH)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["from_file"] == ["sugar"]
+        assert split(reloaded) == {"stable": 0, "candidate": 100}
+        edited["endpoints"]["cancer"]["variants"][1]["weight"] = 20
+        config.write_text(yaml.safe_dump(edited))
+        again = await client.post("/admin/reload", headers=ADMIN_AUTH)
+        assert again.status_code == 200, again.text
+        assert again.json()["from_file"] == ["cancer"]
+        assert split(again) == {"stable": 90, "candidate": 20}
+
+
 async def test_a_change_made_by_another_worker_is_followed(config):
     """Two gateways on one store, as two workers are: a change through one reaches the other
     by the routing follower, and the compare-and-swap keeps both writers' changes."""

@@ -221,7 +221,7 @@ def test_operators_pause_resume_promote_and_roll_back():
 
 def test_traffic_set_by_hand_pauses_the_rollout_until_an_operator_resumes_it():
     """The rollout's next step would set its weights again over an operator's (the candidate
-    turned off while the monitor was out of reach, a reload of gateway.yaml): it pauses, says
+    turned off while the monitor was out of reach, a reload of the endpoint edited): it pauses, says
     what it found, and sets its own traffic again only when resumed."""
     state = _state()
     assert set_by_hand(DEFAULT, state, targets(DEFAULT, state)) is None  # as it left it

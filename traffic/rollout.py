@@ -307,9 +307,9 @@ def set_by_hand(
 ) -> Decision | None:
     """A pause when the routing no longer has the traffic the rollout set (``routing``: where
     its two variants are now): someone set it by hand (an operator turning the candidate off
-    while the monitor's API is out of reach, a reload of gateway.yaml). The rollout's next step
-    would set its own weights again and undo that. Paused, it leaves them; resuming sets its
-    own again. None where the routing is as the rollout left it, or the rollout holds no
+    while the monitor's API is out of reach, a reload of the endpoint edited). The rollout's
+    next step would set its own weights again and undo that. Paused, it leaves them; resuming
+    sets its own again. None where the routing is as the rollout left it, or the rollout holds no
     traffic of its own (paused already, ended, or a dry run that never set any)."""
     if policy.dry_run or state.phase in (*TERMINAL, "paused"):
         return None

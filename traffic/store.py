@@ -38,14 +38,38 @@ class RoutingState:
     version: int
     source: str
     tables: Mapping[str, EndpointTable]
+    declared: Mapping[str, EndpointTable] | None = None
+    """The tables that config declared, where known: what a reload or a start on an edited
+    config compares it with, endpoint by endpoint (service/state.py ``from_config``). A state
+    saved without them keeps those saved before, while its ``source`` is theirs."""
 
     def document(self) -> str:
-        return json.dumps({name: table.to_dict() for name, table in self.tables.items()})
+        return _tables_document(self.tables)
 
     @classmethod
-    def parse(cls, version: int, source: str, document: str) -> RoutingState:
-        data = json.loads(document)
-        return cls(version, source, {n: EndpointTable.from_dict(n, t) for n, t in data.items()})
+    def parse(
+        cls, version: int, source: str, document: str, declared: str | None = None
+    ) -> RoutingState:
+        return cls(
+            version, source, _parse_tables(document), _declared(declared) if declared else None
+        )
+
+
+def _tables_document(tables: Mapping[str, EndpointTable]) -> str:
+    return json.dumps({name: table.to_dict() for name, table in tables.items()})
+
+
+def _parse_tables(document: str) -> dict[str, EndpointTable]:
+    return {n: EndpointTable.from_dict(n, t) for n, t in json.loads(document).items()}
+
+
+def _declared(document: str) -> dict[str, EndpointTable] | None:
+    """The declared tables, or None where this version cannot read them (a newer one wrote
+    fields it does not know): then every endpoint is taken as changed, the safe side."""
+    try:
+        return _parse_tables(document)
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -223,11 +247,18 @@ CREATE TABLE IF NOT EXISTS drift_alarms (
     PRIMARY KEY (endpoint, variant)
 )
 """,
+        """
+CREATE TABLE IF NOT EXISTS routing_declared (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    source TEXT NOT NULL,
+    document TEXT NOT NULL
+)
+""",
     ],
 )
 """Version 1 is the layout from before schemas were versioned (``IF NOT EXISTS``: a file of that
 time is adopted as it is); version 2 adds leases; version 3 the variants whose drift is past the
-alarm."""
+alarm; version 4 the tables the config of the routing's ``source`` declared."""
 ROUTING_CHANNEL = "gateway_routing"
 """Where a saved routing version is announced (``LISTEN/NOTIFY`` on PostgreSQL)."""
 PRUNE_CHUNK = 5000
@@ -262,7 +293,11 @@ class SQLStateStore:
         return rows[0][0] if rows else 0
 
     def load(self) -> RoutingState | None:
-        rows = self.db.query("SELECT version, source, document FROM routing WHERE id = 1")
+        rows = self.db.query(
+            "SELECT routing.version, routing.source, routing.document, declared.document "
+            "FROM routing LEFT JOIN routing_declared AS declared "
+            "ON declared.id = 1 AND declared.source = routing.source WHERE routing.id = 1"
+        )
         return RoutingState.parse(*rows[0]) if rows else None
 
     def save(self, state: RoutingState, expected_version: int) -> RoutingState:
@@ -284,8 +319,15 @@ class SQLStateStore:
                 )
             if changed != 1:
                 raise VersionConflict(f"routing state is no longer at version {expected_version}")
+            if state.declared is not None:
+                session.run(
+                    "INSERT INTO routing_declared (id, source, document) VALUES (1,?,?) "
+                    "ON CONFLICT (id) DO UPDATE SET source = excluded.source, "
+                    "document = excluded.document",
+                    (state.source, _tables_document(state.declared)),
+                )
             session.notify(ROUTING_CHANNEL, str(new_version))
-        return RoutingState(new_version, state.source, state.tables)
+        return RoutingState(new_version, state.source, state.tables, state.declared)
 
     def append_audit(self, entry: AuditEntry) -> None:
         self.db.run(

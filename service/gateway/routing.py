@@ -1,7 +1,7 @@
 """Keeping every worker on the same routing state, and changing it safely.
 
-At start a worker adopts the stored state, unless the config's endpoints changed since it was saved
-(then the config wins and that is audited). Afterwards each worker polls the store's version every
+At start a worker adopts the stored state, with the endpoints the config changed since the state
+was made from it taken from the config (service/state.py ``from_config``; audited). Afterwards each worker polls the store's version every
 ``POLL_S`` seconds; on a new version it loads any model the new tables need (off the event loop;
 traffic moves only once the model is warm), then installs the new snapshot in one step. A change
 made through the admin API is validated, loaded in the worker that took it, saved with
@@ -168,10 +168,12 @@ class RoutingControl:
         action: str,
         endpoint: str,
         detail: Mapping,
-        mutate: Callable[[Tables], Tables],
+        mutate: Callable[[RoutingState], Tables],
         source: str | None = None,
+        declared: Tables | None = None,
     ) -> Swap:
-        """Apply ``mutate`` to the current tables: validate, load, save (CAS), audit, install;
+        """Make new tables of the current state with ``mutate``: validate, load, save (CAS), audit, install
+        (``source`` and ``declared``: the config a reload made it from, and its tables);
         the state it read and the state it saved. 400 for a change the tables or models refuse,
         409 when the state kept moving underneath, 503 when the store is locked by another
         process for too long (nothing changed then)."""
@@ -180,12 +182,12 @@ class RoutingControl:
         def changed(state: RoutingState | None) -> RoutingState:
             """Runs off the event loop: the new tables, with every model they use loaded."""
             assert state is not None, "a worker initialises the routing state before serving"
-            tables = mutate(state.tables)
+            tables = mutate(state)
             for name, table in tables.items():
                 if endpoint in ("*", name):
                     check_variants_agree(table)
             models.update(self._load_missing(tables))
-            return RoutingState(0, source or state.source, tables)
+            return RoutingState(0, source or state.source, tables, declared)
 
         async with self._lock:
             try:

@@ -32,6 +32,7 @@ from service.http.body import read_body
 from service.http.query import int_param
 from service.http.responses import json_response
 from service.names import checked_name
+from service.state import from_config
 from storage.database import StoreUnavailable
 from traffic.rollout import ACTIONS
 from traffic.store import Swap
@@ -113,7 +114,8 @@ async def set_weights(request: Request) -> Response:
     for name in weights:
         checked_name("a variant", name)
 
-    def mutate(tables):
+    def mutate(state):
+        tables = state.tables
         return {**tables, endpoint: _table(tables, endpoint).with_weights(weights)}
 
     client = client_of(request)
@@ -136,7 +138,8 @@ async def add_variant(request: Request) -> Response:
         raise BadRequest("faults can only be set in gateway.yaml")
     spec = variant.spec()
 
-    def mutate(tables):
+    def mutate(state):
+        tables = state.tables
         return {**tables, endpoint: _table(tables, endpoint).with_variant(spec)}
 
     client = client_of(request)
@@ -149,7 +152,8 @@ async def remove_variant(request: Request) -> Response:
     endpoint = endpoint_param(request)
     name = checked_name("the variant", request.path_params["variant"])
 
-    def mutate(tables):
+    def mutate(state):
+        tables = state.tables
         return {**tables, endpoint: _table(tables, endpoint).without_variant(name)}
 
     client = client_of(request)
@@ -160,8 +164,9 @@ async def remove_variant(request: Request) -> Response:
 
 
 async def reload_config(request: Request) -> Response:
-    """Re-read gateway.yaml and make its endpoints the routing state (everything else needs a
-    restart, and the answer says which parts differ)."""
+    """Re-read gateway.yaml and make the endpoints it changed the routing state (service/state.py
+    ``from_config``: the others keep what changed at run time); everything else needs a restart,
+    and the answer says which parts differ, and which endpoints it took from the file."""
     gateway = authorized(request)
     path = gateway.config_path
     try:
@@ -170,15 +175,24 @@ async def reload_config(request: Request) -> Response:
         raise BadRequest(str(error)) from None
     changed = gateway.config.not_reloadable(config)
     client = client_of(request)
+    detail: dict = {"config": str(path), "restart_required": changed}
+
+    def mutate(state):
+        tables, detail["from_file"] = from_config(config, state)
+        return tables
+
     swap = await gateway.routing.change(
         client,
         "reload",
         "*",
-        {"config": str(path), "restart_required": changed},
-        lambda tables: config.tables(),
+        detail,
+        mutate,
         source=config.routing_hash(),
+        declared=config.tables(),
     )
-    return await _changed(gateway, client, swap, restart_required=changed)
+    return await _changed(
+        gateway, client, swap, restart_required=changed, from_file=detail["from_file"]
+    )
 
 
 async def read_audit(request: Request) -> Response:
