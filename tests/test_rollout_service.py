@@ -258,7 +258,34 @@ def test_a_rollback_to_a_stable_variant_an_operator_removed_is_a_conflict_and_ch
     assert weights(rollouts) == before
     assert [e["action"] for e in described["history"]] == ["start", "promote"]
     assert events(rollouts) == [("rollout_start", 1), ("rollout_promote", 1)]
-    assert rollouts.tick("churn", now=4.0) is None  # the tick leaves it alone too
+    ended = rollouts.tick("churn", now=4.0)  # the old stable left: nothing is left to revert to
+    assert ended.action == "succeed" and ended.reason.startswith("stable left the endpoint")
+    assert weights(rollouts) == before and "churn" not in rollouts.windows_kept()
+
+
+def test_a_rollout_whose_candidate_was_removed_by_hand_ends_and_frees_its_records(
+    tmp_path, open_database
+):
+    """Its candidate variant removed mid-step (DELETE /admin/endpoints/churn/variants/next),
+    the rollout neither judged nor moved anything and stayed at its step for good, sparing
+    every record of the endpoint from pruning: stable's traffic piled up without bound."""
+    from traffic.store import RoutingState
+
+    rollouts, _ = service(tmp_path, open_database, webhooks=["http://127.0.0.1:9/hook"])
+    rollouts.tick("churn", now=1.0)
+    assert "churn" in rollouts.windows_kept()
+    current = rollouts.state_store.load()
+    alone = current.tables["churn"].without_variant("next")
+    rollouts.state_store.save(
+        RoutingState(current.version, current.source, {"churn": alone}), current.version
+    )
+    ended = rollouts.tick("churn", now=2.0)
+    assert ended.action == "rollback" and ended.state.phase == "rolled_back"
+    assert ended.reason.startswith("next left the endpoint") and ended.cause == "operator"
+    assert weights(rollouts) == {"stable": 90}  # as the operator left it
+    assert "churn" not in rollouts.windows_kept()
+    assert events(rollouts)[-1] == ("rollout_rollback", 1)
+    assert rollouts.tick("churn", now=3.0) is None
 
 
 @pytest.mark.parametrize("action", ["rollback", "promote", "resume"])

@@ -21,7 +21,7 @@ the decision's traffic targets, and appends every decision to the audit.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal, get_args
 
@@ -300,6 +300,29 @@ def _verdicts_read(
         if found is not None and last != [found.distance, found.p_value]:
             read[metric] = (count + 1, found.distance, found.p_value)
     return read
+
+
+def left_endpoint(
+    policy: RolloutPolicy, state: RolloutState, variants: Collection[str]
+) -> Decision | None:
+    """The end of a rollout one of whose variants left the endpoint (``variants``: those it
+    has now), removed by hand or by a reload: it could neither judge nor move traffic, and it
+    stayed in its phase for good, sparing every record of the endpoint from pruning. Promoted
+    and only the old stable gone, it succeeded (what succeeding does is remove it); otherwise it
+    is rolled back. Either way the traffic stays as it is: there is nothing left to move it
+    to. None while both are there, or once the rollout has ended."""
+    gone = [name for name in (state.candidate, state.stable) if name not in variants]
+    if not gone or state.phase in TERMINAL:
+        return None
+    phase = state.resumes_as if state.phase == "paused" else state.phase
+    done = gone == [state.stable] and phase == "promoted"
+    action, ended = ("succeed", "succeeded") if done else ("rollback", "rolled_back")
+    why = (
+        f"{' and '.join(gone)} left the endpoint (removed by hand, or by a reload): the "
+        "rollout ends here and leaves the traffic as it is"
+    )
+    state = replace(state, phase=ended, resume_phase=None, reason=why)
+    return Decision(action, state, why, cause="operator")
 
 
 def set_by_hand(

@@ -166,9 +166,11 @@ class RolloutService:
                 revision = self._reapply(policy, revision, state, now)
             variants = self._variants(policy)
             models = _models(variants)
-            candidate_model = models.get(policy.candidate)
-            if candidate_model is None or policy.stable not in models:
-                return None  # a variant of the policy left the endpoint: nothing to roll out
+            if policy.candidate not in models or policy.stable not in models:
+                ended = None if state is None else rollout.left_endpoint(policy, state, models)
+                if ended is not None:
+                    self._commit(policy, revision, ended, Evidence(), now)
+                return ended
             again = None if state is None else _why_again(policy, state, models)
             if state is None or again is not None:
                 decision = self._start(policy, models, now, again)
