@@ -137,6 +137,12 @@ ROWS = [
                 "timeseries",
             ),
             (
+                "Routing version installed, per replica (one below the others: changes miss it)",
+                "short",
+                [("min by (instance) (gateway_routing_state_version)", "{{instance}}")],
+                "timeseries",
+            ),
+            (
                 "Rollout phase and step",
                 "short",
                 [
