@@ -175,9 +175,14 @@ def test_a_candidate_turned_off_by_hand_stays_off_until_the_rollout_is_resumed(
     )
     rollouts.tick("churn", now=1.0)
     assert weights(rollouts) == {"stable": 90, "next": 10}
+    (family,) = rollouts.metrics.rollout_decisions.collect()
+    pauses = [s.labels["cause"] for s in family.samples if s.labels["action"] == "pause"]
+    assert "operator" in pauses  # created at 0: the first pause shows as an increase
+    paused = rollouts.metrics.rollout_decisions.labels("churn", "pause", "operator")
     set_weights(rollouts, {"next": 0, "stable": 100})
     decision = rollouts.tick("churn", now=2.0)
     assert decision.action == "pause" and "changed by hand" in decision.reason
+    assert paused._value.get() == 1
     for now in (3.0, 4.0, 5.0):
         assert rollouts.tick("churn", now=now).action == "hold"
     assert weights(rollouts) == {"stable": 100, "next": 0}

@@ -373,11 +373,12 @@ class RolloutService:
         }
 
     def _prepare_series(self, policy: RolloutPolicy) -> None:
-        """Create the promotion and rollback series at 0, so their first increase shows (a
-        counter first seen at 1 has no increase in PromQL)."""
+        """Create the promotion, rollback and pause series at 0, so their first increase shows
+        (a counter first seen at 1 has no increase in PromQL)."""
         checks = {g.metric for g in policy.guardrails} | {c.metric for c in policy.comparisons}
         causes = {
             "promote": ("steps_passed", "operator"),
+            "pause": ("operator", "timeout", "insufficient_data"),
             "rollback": (
                 *sorted(checks),
                 "operator",
