@@ -10,7 +10,8 @@ are current, another worker's are at most ``FLUSH_S`` old, and a worker killed w
 most its last ``FLUSH_S`` of counts (metrics, never acknowledged data).
 
 ``install`` switches prometheus_client to it; only metrics created afterwards use it, so it runs
-when a server process starts, before the gateway's and monitor's metrics are made.
+when a server process starts, before the gateway's and monitor's metrics are made. It also lets go
+of the "live" gauges of workers that died (``forget_dead_processes``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import atexit
 import os
 import threading
 import time
+from pathlib import Path
 
-from prometheus_client import values
+from prometheus_client import multiprocess, values
 
 FLUSH_S = 0.25
 """How often changed values are written to this process's multiprocess files."""
@@ -76,11 +78,39 @@ def _flush_forever() -> None:
         flush()
 
 
+def forget_dead_processes(directory: str) -> list[int]:
+    """Remove the files of the "live" gauges of every process in ``directory`` that is gone;
+    the process ids let go of. A worker killed by a signal or out of memory never marks itself
+    dead, and the server's arbiter starts another in its place: the dead one's last values
+    stayed in every live sum and minimum for as long as the server ran (its requests in flight,
+    and a routing version that made the replica look behind for good)."""
+    gone = set()
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            gone.add(int(pid))
+    for pid in gone:
+        multiprocess.mark_process_dead(pid, directory)
+    return sorted(gone)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process has that id now
+        return True
+    return True
+
+
 def install() -> None:
-    """Make metrics created from now on ``WorkerValue``s, when in multiprocess mode."""
+    """Make metrics created from now on ``WorkerValue``s, when in multiprocess mode (after
+    letting go of the live gauges of the workers that died)."""
     global _file_value
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ or values.ValueClass is WorkerValue:
         return
+    forget_dead_processes(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     # the library's class when it was imported in multiprocess mode (metrics made before share
     # its files), a new one otherwise
     multiprocess = getattr(values.ValueClass, "_multiprocess", False)

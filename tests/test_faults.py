@@ -33,7 +33,9 @@ from tests.helpers import (
     drive,
     local_monitor,
     loopback_receiver,
+    metric_total,
     rollout_config,
+    scrape,
     server_processes,
     write_config,
 )
@@ -114,7 +116,7 @@ async def test_acknowledged_labels_survive_kill_9_of_a_gateway_worker_and_of_the
     failures = 0
     with (
         running_server(config, port=port, service=MONITOR_SERVICE) as monitor_url,
-        running_server(config) as url,
+        running_server(config, env=ADMIN_ENV) as url,
     ):
         gateway_port = int(url.rsplit(":", 1)[1])
         stop = time.monotonic() + 7
@@ -156,6 +158,24 @@ async def test_acknowledged_labels_survive_kill_9_of_a_gateway_worker_and_of_the
                     return answer.status == 200
 
             await wait_until(monitor_back, 30, "the monitor did not come back")
+
+            # The killed worker never marked itself dead: its routing version stayed in the
+            # replica's minimum, which then looked behind for good after a routing change.
+            async def replaced() -> bool:
+                return len(server_processes(gateway_port)[1]) == 2
+
+            await wait_until(replaced, 30, "the killed gateway worker was not replaced")
+            weights = {"weights": {"stable": 80, "candidate": 20}}
+            path = f"{url}/admin/endpoints/cancer/weights"
+            async with session.put(path, json=weights, headers=ADMIN_AUTH) as answer:
+                assert answer.status == 200, await answer.text()
+                version = (await answer.json())["version"]
+
+            async def followed() -> bool:
+                text = await scrape(session, url)
+                return metric_total(text, "gateway_routing_state_version ") == version
+
+            await wait_until(followed, 10, f"the replica's routing version never reached {version}")
     store = MonitorStore.open_sqlite(load_config(config).data_dir / "monitor.sqlite3")
     stored = dict(store.db.query("SELECT request_id, label FROM labels"))
     missing = [i for i in acknowledged if stored.get(i) != '"benign"']

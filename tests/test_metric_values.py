@@ -116,6 +116,25 @@ def test_processes_are_summed(tmp_path: Path) -> None:
     assert _run(script, tmp_path)["requests_total{}"] == 4.0
 
 
+def test_the_live_gauges_of_a_worker_that_died_are_let_go(tmp_path: Path) -> None:
+    """A worker killed by a signal never marks itself dead, and its replacement starts beside its
+    files: its requests in flight stayed in the sum, and its routing version in the minimum, so a
+    replica whose worker had once died looked behind for good after the next routing change."""
+    worker = """
+        metric_values.install()
+        version = Gauge("version", "v", multiprocess_mode="livemin")
+        in_flight = Gauge("in_flight", "i", multiprocess_mode="livesum")
+        version.set({version})
+        in_flight.set({in_flight})
+        metric_values.flush()
+        print(json.dumps(read()))
+        """
+    died = _run(worker.format(version=3, in_flight=5), tmp_path)  # then gone, never marked dead
+    assert died == {"version{}": 3.0, "in_flight{}": 5.0}
+    replacement = _run(worker.format(version=4, in_flight=1), tmp_path)
+    assert replacement == {"version{}": 4.0, "in_flight{}": 1.0}
+
+
 def test_without_a_multiprocess_directory_nothing_changes() -> None:
     done = subprocess.run(
         [

@@ -109,8 +109,8 @@ class GatewayMetrics:
         )
         self.routing_version = Gauge(
             "gateway_routing_state_version",
-            "Routing-state version installed; min over workers (a lagging worker shows here).",
-            multiprocess_mode="min",
+            "Routing-state version installed; min over live workers (a lagging worker shows here).",
+            multiprocess_mode="livemin",
             registry=registry,
         )
         self.admin_changes = Counter(
