@@ -78,9 +78,9 @@ def _flush_forever() -> None:
         flush()
 
 
-def forget_dead_processes(directory: str) -> list[int]:
-    """Remove the files of the "live" gauges of every process in ``directory`` that is gone;
-    the process ids let go of. A worker killed by a signal or out of memory never marks itself
+def forget_dead_processes(directory: str) -> None:
+    """Remove the files of the "live" gauges of every process in ``directory`` that is gone.
+    A worker killed by a signal or out of memory never marks itself
     dead, and the server's arbiter starts another in its place: the dead one's last values
     stayed in every live sum and minimum for as long as the server ran (its requests in flight,
     and a routing version that made the replica look behind for good)."""
@@ -91,7 +91,6 @@ def forget_dead_processes(directory: str) -> list[int]:
             gone.add(int(pid))
     for pid in gone:
         multiprocess.mark_process_dead(pid, directory)
-    return sorted(gone)
 
 
 def _alive(pid: int) -> bool:
@@ -113,8 +112,8 @@ def install() -> None:
     forget_dead_processes(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     # the library's class when it was imported in multiprocess mode (metrics made before share
     # its files), a new one otherwise
-    multiprocess = getattr(values.ValueClass, "_multiprocess", False)
-    _file_value = values.ValueClass if multiprocess else values.MultiProcessValue()
+    in_files = getattr(values.ValueClass, "_multiprocess", False)
+    _file_value = values.ValueClass if in_files else values.MultiProcessValue()
     values.ValueClass = WorkerValue
     threading.Thread(target=_flush_forever, name="metrics flush", daemon=True).start()
     atexit.register(flush)
