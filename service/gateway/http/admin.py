@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import anyio
 from pydantic import ValidationError
@@ -35,7 +35,7 @@ from service.names import checked_name
 from service.state import from_config
 from storage.database import StoreUnavailable
 from traffic.rollout import ACTIONS
-from traffic.store import Swap
+from traffic.store import RoutingState, Swap
 from traffic.table import EndpointTable
 
 log = logging.getLogger("gateway.admin")
@@ -68,6 +68,18 @@ def _table(tables: Mapping[str, EndpointTable], endpoint: str) -> EndpointTable:
     if endpoint not in tables:
         raise BadRequest(f"unknown endpoint {endpoint!r}; endpoints: {sorted(tables)}")
     return tables[endpoint]
+
+
+def _changing(
+    endpoint: str, change: Callable[[EndpointTable], EndpointTable]
+) -> Callable[[RoutingState], dict[str, EndpointTable]]:
+    """What ``RoutingControl.change`` applies to make one endpoint's table ``change(table)``
+    (a 400 for an endpoint the routing does not have)."""
+
+    def changed(state: RoutingState) -> dict[str, EndpointTable]:
+        return {**state.tables, endpoint: change(_table(state.tables, endpoint))}
+
+    return changed
 
 
 def _routing_view(gateway: Gateway) -> dict:
@@ -114,13 +126,13 @@ async def set_weights(request: Request) -> Response:
     for name in weights:
         checked_name("a variant", name)
 
-    def mutate(state):
-        tables = state.tables
-        return {**tables, endpoint: _table(tables, endpoint).with_weights(weights)}
-
     client = client_of(request)
     swap = await gateway.routing.change(
-        client, "set_weights", endpoint, {"weights": weights}, mutate
+        client,
+        "set_weights",
+        endpoint,
+        {"weights": weights},
+        _changing(endpoint, lambda table: table.with_weights(weights)),
     )
     return await _changed(gateway, client, swap)
 
@@ -138,12 +150,14 @@ async def add_variant(request: Request) -> Response:
         raise BadRequest("faults can only be set in gateway.yaml")
     spec = variant.spec()
 
-    def mutate(state):
-        tables = state.tables
-        return {**tables, endpoint: _table(tables, endpoint).with_variant(spec)}
-
     client = client_of(request)
-    swap = await gateway.routing.change(client, "add_variant", endpoint, spec.to_dict(), mutate)
+    swap = await gateway.routing.change(
+        client,
+        "add_variant",
+        endpoint,
+        spec.to_dict(),
+        _changing(endpoint, lambda table: table.with_variant(spec)),
+    )
     return await _changed(gateway, client, swap, status=201)
 
 
@@ -152,13 +166,13 @@ async def remove_variant(request: Request) -> Response:
     endpoint = endpoint_param(request)
     name = checked_name("the variant", request.path_params["variant"])
 
-    def mutate(state):
-        tables = state.tables
-        return {**tables, endpoint: _table(tables, endpoint).without_variant(name)}
-
     client = client_of(request)
     swap = await gateway.routing.change(
-        client, "remove_variant", endpoint, {"variant": name}, mutate
+        client,
+        "remove_variant",
+        endpoint,
+        {"variant": name},
+        _changing(endpoint, lambda table: table.without_variant(name)),
     )
     return await _changed(gateway, client, swap)
 
