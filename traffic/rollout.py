@@ -339,11 +339,10 @@ def set_by_hand(
     wanted = targets(policy, state)
     if all(_same(routing.get(name), target) for name, target in wanted.items()):
         return None
-    found = ", ".join(f"{name} {_where(routing.get(name))}" for name in wanted)
     why = (
-        f"the routing was changed by hand ({found}; the rollout set "
-        f"{', '.join(f'{name} {_where(target)}' for name, target in wanted.items())}): paused "
-        "so that it does not undo that; resume it to set its traffic again, or roll it back"
+        f"the routing was changed by hand ({_placed(routing, wanted)}; the rollout set "
+        f"{_placed(wanted, wanted)}): paused so that it does not undo that; resume it to set "
+        "its traffic again, or roll it back"
     )
     paused = replace(state, phase="paused", resume_phase=state.phase, reason=why)
     return Decision("pause", paused, why, cause="operator")
@@ -357,6 +356,11 @@ def _same(found: Target | None, wanted: Target | None) -> bool:
         and math.isclose(found.weight, wanted.weight, abs_tol=1e-9)
         and math.isclose(found.mirror, wanted.mirror, abs_tol=1e-9)
     )
+
+
+def _placed(where: Mapping[str, Target | None], names: Collection[str]) -> str:
+    """Where ``where`` puts each of ``names``, in words: "next candidate at 5%, ..."."""
+    return ", ".join(f"{name} {_where(where.get(name))}" for name in names)
 
 
 def _where(target: Target | None) -> str:
