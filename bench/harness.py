@@ -6,12 +6,14 @@ imports BentoML.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import platform
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+atexit.register(shutil.rmtree, HOME, ignore_errors=True)  # a kept /tmp fills up otherwise
 os.environ["BENTOML_HOME"] = str(HOME / "bentoml")
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 sys.path.insert(0, str(ROOT))

@@ -51,7 +51,7 @@ def run_cost(
     """CPU seconds of each of ``runs`` runs over a full window of one repeated row, with
     ``stored`` records of it in the store (all within the window's ``window_s``; one in
     ``sampled`` with its inputs), one more stored before each; then of a run with nothing new."""
-    directory = Path(tempfile.mkdtemp())
+    directory = Path(tempfile.mkdtemp(dir=harness.HOME))  # removed with it
     store = MonitorStore.open_sqlite(directory / "monitor.sqlite3")
 
     def add(first: int, last: int) -> None:

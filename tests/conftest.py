@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from tests.helpers import STORE_ROOT, write_config
 
+import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -22,6 +23,13 @@ from storage.sqlite import SQLiteDatabase
 from tests.postgres import Cluster, PostgresUnavailable, running_cluster
 
 BACKENDS = ("sqlite", "postgres")
+
+
+def pytest_sessionfinish() -> None:
+    """Removes this process's throwaway model store when its session ends: every test process
+    makes one (about 66 MB), and a machine that keeps /tmp between runs filled its disk with them.
+    """
+    shutil.rmtree(STORE_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
