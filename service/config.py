@@ -412,7 +412,13 @@ class ExperimentConfig(Strict):
         ExperimentGuardrailConfig(metric="error_rate", margin=0.01, relative=False),
         ExperimentGuardrailConfig(metric="latency_ms", margin=0.25),
     ]
-    alpha: float = Field(0.05, gt=0, lt=0.5)
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="error budget of the verdict, split evenly over the treatments: each arm's "
+        "always-valid intervals are at 1 - alpha / treatments",
+    )
     power: float = Field(0.8, gt=0, lt=1)
     minimum_detectable_effect: float = Field(
         0.05, gt=0, description="relative lift of the primary metric to size the experiment for"

@@ -6,6 +6,7 @@ should and only then, and verdicts follow the rule."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -425,6 +426,63 @@ def test_an_inconclusive_readout_names_an_arm_already_found_harmful():
     assert result.verdict == INCONCLUSIVE
     assert "b: the primary metric converted has not changed" in result.reason
     assert "c (no_ship): guardrail(s) latency are significantly worse" in result.reason
+
+
+def test_ten_treatments_looked_at_often_ship_one_no_better_than_the_control_rarely():
+    """500 experiments with ten treatments, none better than the control, looked at 60 times:
+    one is shipped (its always-valid interval wholly above zero) in at most alpha / 2. Each arm
+    ships on its own interval; at the whole alpha each, this shipped one in 5% of them."""
+    rng = np.random.default_rng(33)
+    sims, looks, per_look, treatments = 500, 60, 100, 10
+    design = Design("a", tuple(f"t{i}" for i in range(treatments)), {}, "converted", ())
+    n = np.arange(1, looks + 1) * per_look
+
+    def rates() -> np.ndarray:
+        conversions = rng.binomial(1, 0.1, (sims, looks * per_look)).astype(np.int32)
+        return np.cumsum(conversions, axis=1)[:, per_look - 1 :: per_look] / n
+
+    control = rates()
+    boundary = sequence_multiplier(2 * n, design.arm_alpha, PLANNED)
+    shipped = np.zeros(sims, dtype=bool)
+    for _ in range(treatments):
+        treated = rates()
+        se = np.sqrt((control * (1 - control) + treated * (1 - treated)) / (n - 1))
+        shipped |= (treated - control > boundary * se).any(axis=1)
+    assert shipped.mean() <= ALPHA / 2, shipped.mean()
+
+
+def test_evidence_that_ships_an_arm_alone_does_not_ship_it_among_ten_treatments():
+    """The readout judges each arm at its share of alpha: a lift just past the boundary at the
+    whole alpha ships a lone treatment, and beside nine arms like the control it does not yet."""
+    units = 20_000
+    design = Design("a", ("b",), WEIGHTS, "converted", (MetricSpec("converted"),))
+
+    def converting(count: int) -> UnitTotals:
+        return plain(np.repeat([1.0, 0.0], [count, units - count]))
+
+    control = converting(2_000)
+    treated = next(
+        converting(count)
+        for count in range(2_000, 3_000)
+        if compare(
+            summarize(control), summarize(converting(count)), ALPHA, PLANNED
+        ).always_valid.lower
+        > 0
+    )
+    alone = readout(
+        design, dict.fromkeys("ab", units), {"converted": {"a": control, "b": treated}}, 60.0
+    )
+    assert alone.verdict == SHIP, alone.reason
+    others = tuple(f"c{i}" for i in range(9))
+    arms = ("a", "b", *others)
+    among = readout(
+        replace(design, treatments=arms[1:], weights=dict.fromkeys(arms, 1.0)),
+        dict.fromkeys(arms, units),
+        {"converted": {"a": control, "b": treated, **dict.fromkeys(others, control)}},
+        60.0,
+    )
+    assert [arm.verdict for arm in among.arms] == [INCONCLUSIVE] * 10, among.reason
+    assert among.to_dict()["design"]["arm_alpha"] == pytest.approx(ALPHA / 10)
 
 
 def test_verdict_inconclusive_with_few_units_or_no_effect():
