@@ -7,11 +7,14 @@ BentoML reads ``BENTOML_HOME`` once at import; tests/helpers.py sets it, so it i
 
 from __future__ import annotations
 
-from tests.helpers import STORE_ROOT, write_config
+from tests.helpers import STORE_PREFIX, STORE_ROOT, write_config
 
 import shutil
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 
 from service import registry
@@ -25,10 +28,29 @@ from tests.postgres import Cluster, PostgresUnavailable, running_cluster
 BACKENDS = ("sqlite", "postgres")
 
 
+def pytest_sessionstart() -> None:
+    """Removes the model stores of test processes that are gone: one killed leaves its store
+    behind, and so did every one before stores were removed at the end, about 66 MB each, until a
+    machine that keeps /tmp between runs had no room left to start a server."""
+    for store in STORE_ROOT.parent.glob(f"{STORE_PREFIX}*"):
+        if store != STORE_ROOT and _left_behind(store):
+            shutil.rmtree(store, ignore_errors=True)
+
+
+def _left_behind(store: Path) -> bool:
+    """Whether the process that made ``store`` is gone (stores named before the process id was
+    in their name: when untouched for an hour, longer than any test session)."""
+    pid = store.name.removeprefix(STORE_PREFIX).split("-")[0]
+    if pid.isdigit():
+        return not psutil.pid_exists(int(pid))
+    try:
+        return time.time() - store.stat().st_mtime > 3600
+    except FileNotFoundError:  # another process removed it meanwhile
+        return False
+
+
 def pytest_sessionfinish() -> None:
-    """Removes this process's throwaway model store when its session ends: every test process
-    makes one (about 66 MB), and a machine that keeps /tmp between runs filled its disk with them.
-    """
+    """Removes this process's throwaway model store when its session ends."""
     shutil.rmtree(STORE_ROOT, ignore_errors=True)
 
 

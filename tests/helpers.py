@@ -29,7 +29,8 @@ from uvicorn.lifespan.off import LifespanOff
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-STORE_ROOT = Path(tempfile.mkdtemp(prefix="gateway-tests-"))
+STORE_PREFIX = "gateway-tests-"
+STORE_ROOT = Path(tempfile.mkdtemp(prefix=f"{STORE_PREFIX}{os.getpid()}-"))
 os.environ["BENTOML_HOME"] = str(STORE_ROOT / "bentoml")
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 MONITOR_TOKEN = "monitor-token-of-the-test-session"
