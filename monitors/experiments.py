@@ -522,13 +522,14 @@ def _verdict(
 
 
 def _overall(arms: Sequence[ArmReadout]) -> tuple[Verdict, str, str | None]:
-    """Ship the shipping arm with the largest primary lift; no-ship when every arm is no-ship.
+    """Ship the shipping arm that improved the primary metric most; no-ship when every arm is
+    no-ship.
     Otherwise inconclusive, and the reason names an arm already found harmful too: the verdict
     is what an operator watches, and an arm that hurts users should be switched off now, not
     when the others are decided."""
     shipping = [a for a in arms if a.verdict == SHIP]
     if shipping:
-        best = max(shipping, key=lambda a: _primary(a).lift.relative)  # type: ignore[union-attr]
+        best = max(shipping, key=_improvement)
         return SHIP, f"ship {best.arm}: {best.reason}", best.arm
     if arms and all(a.verdict == NO_SHIP for a in arms):
         return NO_SHIP, "; ".join(f"{a.arm}: {a.reason}" for a in arms), None
@@ -539,6 +540,14 @@ def _overall(arms: Sequence[ArmReadout]) -> tuple[Verdict, str, str | None]:
 
 def _primary(arm: ArmReadout) -> MetricResult:
     return next(r for r in arm.results if r.role == "primary")
+
+
+def _improvement(arm: ArmReadout) -> float:
+    """How much a shipping arm improved the primary metric, comparable across arms as they share
+    the control: the size of its absolute lift, which points the better way in every shipping
+    arm. The relative lift ranked a lower-is-better metric's smallest cut first, and is undefined
+    where the control's mean is 0 (a metric only the treatments can move)."""
+    return abs(_primary(arm).lift.absolute)  # type: ignore[union-attr]
 
 
 def _power(

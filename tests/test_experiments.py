@@ -409,6 +409,34 @@ def test_with_a_primary_metric_below_zero_the_arm_that_improved_it_most_wins():
     assert result.winner == "c", result.reason
 
 
+@pytest.mark.parametrize(
+    "metric, means",
+    [
+        (MetricSpec("latency", higher_is_better=False), {"a": 20.0, "b": 18.0, "c": 14.0}),
+        (MetricSpec("clicks"), {"a": 0.0, "b": 0.02, "c": 0.05}),
+    ],
+    ids=["lower is better", "the control's mean is 0"],
+)
+def test_of_two_shipping_arms_the_one_that_improved_the_primary_metric_most_wins(metric, means):
+    """Ranked by the relative lift, the arm that cut latency by 10% won over the one that cut it
+    by 30%, and a metric only the treatments can move (a new button's clicks) chose at random."""
+    rng = np.random.default_rng(34)
+    design = _design(
+        treatments=("b", "c"),
+        weights={"a": 1.0, "b": 1.0, "c": 1.0},
+        primary=metric.name,
+        metrics=(metric,),
+    )
+    draw = {
+        "latency": lambda mean: rng.gamma(4, mean / 4, 20_000),
+        "clicks": lambda mean: rng.binomial(1, mean, 20_000).astype(float),
+    }[metric.name]
+    data = {metric.name: {arm: plain(draw(mean)) for arm, mean in means.items()}}
+    result = readout(design, dict.fromkeys("abc", 20_000), data, 3600.0)
+    assert [arm.verdict for arm in result.arms] == [SHIP, SHIP], result.reason
+    assert result.winner == "c", result.reason
+
+
 def test_an_inconclusive_readout_names_an_arm_already_found_harmful():
     """Two treatments, one undecided and one 50% slower: the verdict stays inconclusive (b may
     still win), and its reason says c should go now; it named only the undecided arm."""
