@@ -514,10 +514,30 @@ def _verdict(
     if unproven:
         return INCONCLUSIVE, (
             f"{primary.metric} improved, but guardrail(s) {', '.join(unproven)} are not yet shown to be "
-            "within their margins"
+            f"within their margins{_unjudgeable(design, results)}"
         )
     return SHIP, (
         f"{primary.metric} improved significantly and every guardrail is within its margin"
+    )
+
+
+def _unjudgeable(design: Design, results: Sequence[MetricResult]) -> str:
+    """Why a guardrail can never be shown within a margin relative to a control mean of 0 (a
+    metric such as errors that the control never had): an operator waiting for it would wait
+    for good."""
+    zero = [
+        r.metric
+        for r in results
+        if r.role == "guardrail"
+        and design.metric(r.metric).relative_margin
+        and r.lift is not None
+        and math.isnan(r.lift.relative)
+    ]
+    if not zero:
+        return ""
+    return (
+        f" ({', '.join(zero)}: the control's mean is 0, so a margin relative to it allows no "
+        "change at all; give the guardrail an absolute margin, relative: false)"
     )
 
 

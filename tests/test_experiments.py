@@ -437,6 +437,30 @@ def test_of_two_shipping_arms_the_one_that_improved_the_primary_metric_most_wins
     assert result.winner == "c", result.reason
 
 
+def test_a_relative_guardrail_on_a_control_mean_of_0_says_it_can_never_be_judged():
+    """Errors the control never had: no treatment can be shown within a margin relative to 0,
+    so the readout would stay inconclusive for good; it says why and what to set instead."""
+    rng = np.random.default_rng(35)
+    design = _design(
+        metrics=(MetricSpec("converted"), MetricSpec("errors", higher_is_better=False, margin=0.5))
+    )
+    data = {
+        "converted": {
+            "a": plain(rng.binomial(1, 0.10, 20_000)),
+            "b": plain(rng.binomial(1, 0.13, 20_000)),
+        },
+        "errors": {"a": plain(np.zeros(20_000)), "b": plain(np.zeros(20_000))},
+    }
+    result = readout(design, dict.fromkeys("ab", 20_000), data, 3600.0)
+    assert result.verdict == INCONCLUSIVE
+    assert "errors: the control's mean is 0" in result.reason
+    assert "absolute margin, relative: false" in result.reason
+    absolute = replace(
+        design, metrics=(design.metrics[0], replace(design.metrics[1], relative_margin=False))
+    )
+    assert readout(absolute, dict.fromkeys("ab", 20_000), data, 3600.0).verdict == SHIP
+
+
 def test_an_inconclusive_readout_names_an_arm_already_found_harmful():
     """Two treatments, one undecided and one 50% slower: the verdict stays inconclusive (b may
     still win), and its reason says c should go now; it named only the undecided arm."""
