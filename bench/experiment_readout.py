@@ -1,5 +1,5 @@
 """How long an experiment's readout takes as its window grows: the monitor computes it every
-``monitor.interval_s`` and on every ``GET /admin/experiments/{endpoint}``.
+``monitor.interval_s`` (``GET /admin/experiments/{endpoint}`` answers the newest one).
 
 Run: ``.venv/bin/python bench/experiment_readout.py [requests ...]`` (default 100,000 and
 1,000,000). For each size, a monitor store in a temporary directory gets that many records of two

@@ -4,6 +4,9 @@ do; before, a value had to equal its label, and every arm of a regressor read 0.
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
+
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -152,6 +155,7 @@ def test_pruning_spares_an_experiments_window_while_it_runs_and_a_while_after(
     kept = experiments.windows_kept(now, week)
     assert kept == {"e": 1000.0}
     experiments.store.prune(now - week, now - week, now, kept)
+    experiments.export(now=now)  # as the leader does every interval: read the store again
     assert experiments.describe("e", now=now)["sample_ratio"]["units"] == before
     stopped = ExperimentState("stopped", 1000.0, {"a": 50, "b": 50}, "test", stopped_at=now)
     experiments.state_store.save_experiment("e", stopped.to_dict(), 1)
@@ -201,6 +205,7 @@ def test_an_arm_answered_by_another_model_while_the_experiment_ran_ends_in_no_sh
     assert experiments.describe("e", now=2000.0)["verdict"] == "ship"
     swapped = PredictionRecord("e:new", 1500.0, "e", "b", "cancer:v3", ["benign"], 0.01)
     experiments.store.add_records([swapped])
+    experiments.export(now=2000.0)
     described = experiments.describe("e", now=2000.0)
     assert described["verdict"] == "no_ship", described["reason"]
     assert "arm b was answered by cancer:v3 and m while it ran" in described["reason"]
@@ -235,3 +240,47 @@ def test_routing_that_moved_while_the_experiment_ran_breaks_its_assignment(
     if verdict == "no_ship":
         assert "change by ops at 1970-01-01 00:25:00 UTC moved users" in described["reason"]
         assert f"their weights {changed}" in described["reason"]
+
+
+def test_a_read_answers_the_newest_readout_at_once_and_has_a_newer_one_computed_when_due(
+    tmp_path, open_database, demo_models
+):
+    """A readout reads its whole window (3.7 s per million requests): computed on every read, a
+    long experiment's outlasted the gateway's wait for the monitor. A read now answers the
+    newest readout on the experiment's state, renews one older than ``interval_s`` in the
+    background, and waits only on a state nothing was computed on yet."""
+    experiments = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"))
+    answered(experiments, 150)
+    first = experiments.describe("e", now=2000.0)
+    assert first["computed_at"] == 2000.0 and first["sample_ratio"]["units"] == {"a": 150, "b": 150}
+    more = [PredictionRecord(f"e:c{i}", 1500.0, "e", "a", "m", ["x"], 0.01) for i in range(50)]
+    experiments.store.add_records(more)
+    assert experiments.describe("e", now=2029.0)["computed_at"] == 2000.0  # within interval_s
+    assert experiments.describe("e", now=2030.0)["computed_at"] == 2000.0  # due: renewed behind
+    deadline = time.monotonic() + 10
+    while (renewed := experiments.describe("e", now=2030.0))["computed_at"] != 2030.0:
+        assert time.monotonic() < deadline, "the readout was not renewed"
+        time.sleep(0.01)
+    assert renewed["sample_ratio"]["units"] == {"a": 200, "b": 150}
+    stopped = ExperimentState("stopped", 1000.0, {"a": 50, "b": 50}, "test", stopped_at=2035.0)
+    experiments.state_store.save_experiment("e", stopped.to_dict(), 1)
+    described = experiments.describe("e", now=2040.0)  # a new state: computed before answering
+    assert (described["status"], described["computed_at"]) == ("stopped", 2040.0)
+
+
+def test_reads_at_once_compute_a_readout_once(tmp_path, open_database, demo_models, monkeypatch):
+    experiments = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"))
+    answered(experiments, 150)
+    calls = []
+    read_out = experiments.read_out
+
+    def slow_read_out(*args):
+        calls.append(args)
+        time.sleep(0.3)
+        return read_out(*args)
+
+    monkeypatch.setattr(experiments, "read_out", slow_read_out)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: experiments.describe("e", now=2000.0), range(4)))
+    assert len(calls) == 1
+    assert {a["computed_at"] for a in answers} == {2000.0}

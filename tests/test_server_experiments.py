@@ -86,9 +86,17 @@ async def act(session, url, endpoint, action) -> tuple[int, dict]:
 
 
 async def readout(session, url, endpoint="cancer") -> dict:
-    async with session.get(f"{url}/admin/experiments/{endpoint}", headers=ADMIN_AUTH) as answer:
-        assert answer.status == 200, await answer.text()
-        return await answer.json()
+    """A readout computed after this call began: a read answers the newest one at once, which
+    may predate what the test just sent (a newer one is computed every monitor interval)."""
+    asked_at, deadline = time.time(), time.monotonic() + 20
+    while True:
+        async with session.get(f"{url}/admin/experiments/{endpoint}", headers=ADMIN_AUTH) as a:
+            assert a.status == 200, await a.text()
+            result = await a.json()
+        if result.get("computed_at", asked_at) >= asked_at:  # none before it started
+            return result
+        assert time.monotonic() < deadline, "no readout was computed after the data was sent"
+        await asyncio.sleep(0.1)
 
 
 async def send_feedback(session, url, body) -> tuple[int, dict]:

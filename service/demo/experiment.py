@@ -111,11 +111,27 @@ def run_experiment(base_url: str, models_dir: Path, admin_token: str | None) -> 
     rewards = asyncio.run(_traffic(base_url, rows, seed=3))
     print(f"  {len(rewards)} answers, each with its reward sent to /feedback")
     time.sleep(1.0)  # the last records reach the monitor
-    result = _admin(base_url, admin_token, "GET", f"/admin/experiments/{ENDPOINT}")
+    result = _readout_since(base_url, admin_token, time.time())
     print_readout(result)
     _admin(base_url, admin_token, "POST", f"/admin/experiments/{ENDPOINT}/stop")
     print(f"  readout: {base_url}/admin/experiments/{ENDPOINT} (admin token)")
     return result
+
+
+def _readout_since(base_url: str, admin_token: str | None, since: float) -> dict:
+    """The first readout computed at ``since`` or later: a read answers the newest one at once,
+    and a newer one is computed every monitor interval."""
+    deadline = time.monotonic() + 120
+    while True:
+        result = _admin(base_url, admin_token, "GET", f"/admin/experiments/{ENDPOINT}")
+        if result["computed_at"] >= since:
+            return result
+        if time.monotonic() > deadline:
+            print(
+                f"  (no newer readout yet: this one is {since - result['computed_at']:.0f} s old)"
+            )
+            return result
+        time.sleep(0.5)
 
 
 def print_readout(result: dict) -> None:
