@@ -5,6 +5,10 @@ a dry run decides and logs but moves no traffic."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+import time
+
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
@@ -376,6 +380,37 @@ def test_an_operator_action_racing_another_monitor_is_a_conflict_and_changes_not
     described = leader.describe("churn")
     assert described["state"]["phase"] == "paused"
     assert [e["action"] for e in described["history"]] == ["start", "pause"]
+
+
+def test_an_operators_rollback_does_not_wait_for_a_look_and_the_look_then_decides_nothing(
+    tmp_path, open_database
+):
+    """A look reads its whole stage (1.3 s at 100,000 users per arm, more as a step waits), and
+    an operator's rollback waited for it behind the endpoint's lock, past the gateway's 10 s wait
+    for the monitor: a 503 for a rollback that was then applied anyway."""
+    rollouts, evidence = service(tmp_path, open_database)
+    rollouts.tick("churn", now=1.0)
+    looking, finish = threading.Event(), threading.Event()
+
+    def slow_gather(policy, state, now, within) -> Evidence:
+        looking.set()
+        finish.wait(10)
+        return Evidence()
+
+    evidence.gather = slow_gather
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        tick = pool.submit(rollouts.tick, "churn", 2.0)
+        assert looking.wait(5)
+        started = time.monotonic()
+        decision = rollouts.act("churn", "rollback", now=3.0)
+        waited = time.monotonic() - started
+        finish.set()
+        assert tick.result(10) is None
+    assert waited < 1.0 and decision.state.phase == "rolled_back"
+    described = rollouts.describe("churn")
+    assert [e["action"] for e in described["history"]] == ["start", "rollback"]
+    assert described["state"]["phase"] == "rolled_back"
+    assert weights(rollouts) == {"stable": 100, "next": 0}
 
 
 def test_a_regressor_is_judged_on_labels_within_its_stable_models_usual_error(

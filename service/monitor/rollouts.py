@@ -13,10 +13,11 @@ rollout's state, gather evidence, let traffic/rollout.py decide, then
 
 A restart between 1 and 3 re-applies the saved state's targets before anything else and then
 releases its events, so a decision is never half applied nor left unannounced; a standby monitor
-that takes the leader lease does the same at once (service/monitor/leadership.py). Ticks run only
-on the leader, and each endpoint's work in a process happens under its own lock; an operator's
-action may reach any monitor, and the compare-and-swap on the revision refuses a second writer
-(a 409), so one transition is applied once whoever decided it.
+that takes the leader lease does the same at once (service/monitor/leadership.py). Ticks run only on
+the leader, and each endpoint's decisions in a process are taken under its own lock (a tick gathers
+its evidence outside it, so that an operator's action never waits for a look); an operator's action
+may reach any monitor, and the compare-and-swap on the revision refuses a second writer (a 409), so
+one transition is applied once whoever decided it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from typing import NamedTuple
 
 from monitors.store import MonitorStore
 from service import registry
@@ -60,6 +62,18 @@ from traffic.store import (
 from traffic.table import EndpointTable, VariantSpec
 
 log = logging.getLogger("gateway.rollout")
+
+
+class _Look(NamedTuple):
+    """The look a tick is due to take: at ``state``, saved as ``revision``; ``within``: how
+    close to its label a regressor's answer is right (None for a classifier)."""
+
+    policy: RolloutPolicy
+    revision: int
+    state: RolloutState
+    within: float | None
+
+
 NOTIFIED = {"start", "advance", "await_approval", "promote", "succeed", "rollback", "pause"}
 
 
@@ -157,38 +171,54 @@ class RolloutService:
     # -- deciding --------------------------------------------------------------------------
 
     def tick(self, endpoint: str, now: float | None = None) -> Decision | None:
-        """One evaluation of the endpoint's rollout (starting it when its candidate is new)."""
+        """One evaluation of the endpoint's rollout (starting it when its candidate is new).
+
+        The evidence is gathered outside the endpoint's lock: a look reads its whole stage (1.3 s
+        at 100,000 users per arm, BENCHMARKS.md, more as a step waits), and an operator's
+        rollback waited behind it, past the gateway's wait for the monitor. A look at a rollout
+        that changed meanwhile (acted on, its traffic set by hand, a model swapped) decides
+        nothing, and what the change calls for is decided as it would be at the next tick."""
+        now = now or time.time()
         with self._locks[endpoint]:
-            now = now or time.time()
-            policy = self._policy(endpoint)
-            revision, state, applied = self._load(endpoint)
-            if state is not None and not applied:
-                revision = self._reapply(policy, revision, state, now)
-            variants = self._variants(policy)
-            models = _models(variants)
-            if policy.candidate not in models or policy.stable not in models:
-                ended = None if state is None else rollout.left_endpoint(policy, state, models)
-                if ended is not None:
-                    self._commit(policy, revision, ended, Evidence(), now)
-                return ended
+            due = self._decide_or_look(endpoint, now)
+        if not isinstance(due, _Look):
+            return due
+        evidence = self.evidence.gather(due.policy, due.state, now, due.within)
+        with self._locks[endpoint]:
+            still = self._decide_or_look(endpoint, now)
+            if not isinstance(still, _Look) or still.revision != due.revision:
+                return still if isinstance(still, Decision) else None
+            decision = rollout.evaluate(due.policy, due.state, evidence, now)
+            self._commit(due.policy, due.revision, decision, evidence, now)
+            return decision
+
+    def _decide_or_look(self, endpoint: str, now: float) -> Decision | _Look | None:
+        """Under the endpoint's lock: what a tick decides without evidence (a start, an end, a
+        pause for traffic set by hand), committed; else the look it needs, or None."""
+        policy = self._policy(endpoint)
+        revision, state, applied = self._load(endpoint)
+        if state is not None and not applied:
+            revision = self._reapply(policy, revision, state, now)
+        variants = self._variants(policy)
+        models = _models(variants)
+        if policy.candidate not in models or policy.stable not in models:
+            decision = None if state is None else rollout.left_endpoint(policy, state, models)
+        else:
             again = None if state is None else _why_again(policy, state, models)
             if state is None or again is not None:
                 decision = self._start(policy, models, now, again)
-                evidence = Evidence()
             elif state.phase in TERMINAL:
-                return None
-            elif (by_hand := rollout.set_by_hand(policy, state, _at(variants))) is not None:
-                decision, evidence = by_hand, Evidence()
+                decision = None
             else:
-                within = (
-                    registry.accuracy_tolerance(models[policy.stable])
-                    if endpoint in self.regressors
-                    else None
-                )
-                evidence = self.evidence.gather(policy, state, now, within)
-                decision = rollout.evaluate(policy, state, evidence, now)
-            self._commit(policy, revision, decision, evidence, now)
-            return decision
+                decision = rollout.set_by_hand(policy, state, _at(variants))
+                if decision is None:
+                    stable_model = models[policy.stable]
+                    regresses = endpoint in self.regressors
+                    within = registry.accuracy_tolerance(stable_model) if regresses else None
+                    return _Look(policy, revision, state, within)
+        if decision is not None:
+            self._commit(policy, revision, decision, Evidence(), now)
+        return decision
 
     def _reapply(
         self, policy: RolloutPolicy, revision: int, state: RolloutState, now: float
