@@ -30,6 +30,10 @@ class ExperimentState:
     weight_changes: list[dict] = field(default_factory=list)
     """Routing changes while it ran that moved its arms' weights or users between its arms:
     ``{"at", "weights", "by", "moved_users"}`` each (``reassignment`` says what they break)."""
+    final: dict | None = None
+    """The readout of the whole window, kept once no reward can join it any more (its join
+    window after the stop closed; service/monitor/experiments.py): the window's records are
+    pruned after that, and its readout stays."""
 
     def reassignment(self) -> str | None:
         """Why units may have moved between arms during the window, or None: the first routing

@@ -135,11 +135,13 @@ def test_an_experiment_whose_arms_gateway_yaml_renamed_since_it_started_gives_no
     assert described["verdict"] == "no_ship" and "sample ratio mismatch" in described["reason"]
 
 
-def test_pruning_spares_an_experiments_window_while_it_runs_and_a_while_after(
+def test_pruning_spares_an_experiments_window_until_its_readout_is_final_which_then_stays(
     tmp_path, open_database, demo_models
 ):
     """Records are kept 7 days by default and experiments often run longer: pruning took the
-    window's first units, and a 14-day readout counted only its last 7 days."""
+    window's first units, and a 14-day readout counted only its last 7 days. And a stopped
+    experiment was read out of what pruning left: a week after the stop it read 0 units. Once
+    its join window has closed its readout is final, kept with its state, and read from there."""
     experiments = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"))
     day = 86_400.0
     records = [
@@ -152,15 +154,20 @@ def test_pruning_spares_an_experiments_window_while_it_runs_and_a_while_after(
     before = experiments.describe("e", now=now)["sample_ratio"]["units"]
     assert before == {"a": 140, "b": 140}
     week = 7 * day
-    kept = experiments.windows_kept(now, week)
-    assert kept == {"e": 1000.0}
-    experiments.store.prune(now - week, now - week, now, kept)
+    assert experiments.windows_kept() == {"e": 1000.0}
+    experiments.store.prune(now - week, now - week, now, experiments.windows_kept())
     experiments.export(now=now)  # as the leader does every interval: read the store again
     assert experiments.describe("e", now=now)["sample_ratio"]["units"] == before
     stopped = ExperimentState("stopped", 1000.0, {"a": 50, "b": 50}, "test", stopped_at=now)
     experiments.state_store.save_experiment("e", stopped.to_dict(), 1)
-    assert experiments.windows_kept(now + week - 1, week) == {"e": 1000.0}
-    assert experiments.windows_kept(now + week, week) == {}  # then pruned as any record
+    experiments.export(now=now + day - 1)  # rewards may still join it
+    assert experiments.windows_kept() == {"e": 1000.0}
+    experiments.export(now=now + day)  # its join window (a day) has closed
+    assert experiments.windows_kept() == {}  # then pruned as any record
+    experiments.store.prune(now + 2 * week, now + 2 * week, now + 2 * week, {})
+    after = experiments.describe("e", now=now + 2 * week)
+    assert (after["status"], after["computed_at"]) == ("stopped", now + day)
+    assert after["sample_ratio"]["units"] == before and "final" not in after
 
 
 def test_the_monitors_pruning_spares_a_running_experiments_window(
@@ -185,7 +192,9 @@ def test_the_monitors_pruning_spares_a_running_experiments_window(
     monitor.state_store.save_experiment(
         "e", {**started.to_dict(), "status": "stopped", "stopped_at": now - 8 * day}, 1
     )
-    assert monitor.prune(now=now)["predictions"] == 3  # stopped more than 7 days ago
+    assert monitor.prune(now=now)["predictions"] == 0  # its readout is not final yet
+    monitor.experiments.export(now=now)  # stopped more than its join window (a day) ago
+    assert monitor.prune(now=now)["predictions"] == 3
 
 
 def test_an_arm_answered_by_another_model_while_the_experiment_ran_ends_in_no_ship(

@@ -86,14 +86,15 @@ async def act(session, url, endpoint, action) -> tuple[int, dict]:
 
 
 async def readout(session, url, endpoint="cancer") -> dict:
-    """A readout computed after this call began: a read answers the newest one at once, which
-    may predate what the test just sent (a newer one is computed every monitor interval)."""
+    """A readout computed after this call began, or a stopped experiment's: a read answers the
+    newest one at once, which may predate what the test just sent (a newer one is computed
+    every monitor interval), and a stopped one's is final once its join window closed."""
     asked_at, deadline = time.time(), time.monotonic() + 20
     while True:
         async with session.get(f"{url}/admin/experiments/{endpoint}", headers=ADMIN_AUTH) as a:
             assert a.status == 200, await a.text()
             result = await a.json()
-        if result.get("computed_at", asked_at) >= asked_at:  # none before it started
+        if result.get("computed_at", asked_at) >= asked_at or result["status"] == "stopped":
             return result
         assert time.monotonic() < deadline, "no readout was computed after the data was sent"
         await asyncio.sleep(0.1)

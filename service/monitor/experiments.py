@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -23,9 +23,9 @@ from monitors.store import MonitorStore
 from service import registry
 from service.config import ExperimentConfig, GatewayConfig
 from service.errors import ConfigError, NotFound
-from service.experiment_state import RUNNING, ExperimentState, load_state
+from service.experiment_state import RUNNING, STOPPED, ExperimentState, load_state
 from service.monitor.metrics import MonitorMetrics
-from traffic.store import StateStore
+from traffic.store import StateStore, VersionConflict
 
 VERDICTS = ("ship", "no_ship", "inconclusive")
 
@@ -82,17 +82,15 @@ class ExperimentReadouts:
     def state(self, endpoint: str) -> ExperimentState | None:
         return load_state(self.state_store, endpoint)[1]
 
-    def windows_kept(self, now: float, after_stop_s: float) -> dict[str, float]:
+    def windows_kept(self) -> dict[str, float]:
         """Endpoint -> the start of its experiment's window, for the windows whose records
-        pruning must spare: every running one (a readout counts every unit since the start, and
-        experiments often outlast the records' retention), and a stopped one for
-        ``after_stop_s`` after it stopped, so that its readout stays whole as long."""
+        pruning must spare: every one whose readout is not final yet (a readout counts every
+        unit since the start, experiments often outlast the records' retention, and rewards
+        join a stopped one for ``join_window_s``)."""
         kept = {}
         for endpoint in self.experiments:
             state = self.state(endpoint)
-            if state is None:
-                continue
-            if state.status == RUNNING or now - state.stopped_at < after_stop_s:
+            if state is not None and state.final is None:
                 kept[endpoint] = state.started_at
         return kept
 
@@ -104,6 +102,8 @@ class ExperimentReadouts:
         state = self.state(endpoint)
         if state is None:
             return {"endpoint": endpoint, "status": "not_started"}
+        if state.final is not None:
+            return {"endpoint": endpoint, **_fields(state), **state.final}
         return _document(endpoint, self.newest(endpoint, experiment, state, now or time.time()))
 
     def newest(
@@ -221,20 +221,26 @@ class ExperimentReadouts:
         return described
 
     def export(self, now: float | None = None) -> None:
-        """Every started experiment's readout into the metrics; saved as a report every
-        ``report_interval_s`` while it runs (and once after it stopped)."""
+        """Every started experiment's readout into the metrics, until it is final; saved as a
+        report every ``report_interval_s`` while it runs, once after it stopped, and once more
+        when it becomes final."""
         now = now or time.time()
         for endpoint, experiment in self.experiments.items():
-            state = self.state(endpoint)
-            if state is None:
+            revision, state = load_state(self.state_store, endpoint)
+            if state is None or state.final is not None:
                 continue
             computed = self.compute(endpoint, experiment, state, now)
             result = computed.readout
             self._set_metrics(endpoint, state, result)
+            closed = state.status == STOPPED and now >= state.stopped_at + experiment.join_window_s
             saved = self._saved_at.get(endpoint)
-            due = saved is None or (
-                state.status == RUNNING and now - saved >= self.report_interval_s
+            due = (
+                closed
+                or saved is None
+                or (state.status == RUNNING and now - saved >= self.report_interval_s)
             )
+            if closed:
+                self._finalize(endpoint, revision, computed)
             if due:
                 self.archive.save_document(
                     endpoint,
@@ -244,6 +250,18 @@ class ExperimentReadouts:
                     _summary(endpoint, result),
                 )
                 self._saved_at[endpoint] = now
+
+    def _finalize(self, endpoint: str, revision: int, computed: Computed) -> None:
+        """Keep the readout of a window no reward can join any more with the experiment's state,
+        read from then on: pruning takes the window's records after that (``windows_kept``),
+        and a stopped experiment read out of what was left read 0 units a week later."""
+        final = {"computed_at": computed.at, **computed.readout.to_dict()}
+        try:
+            self.state_store.save_experiment(
+                endpoint, replace(computed.state, final=final).to_dict(), revision
+            )
+        except VersionConflict:  # started again meanwhile: that window is not this one
+            pass
 
     def _set_metrics(self, endpoint: str, state: ExperimentState, result: Readout) -> None:
         metrics = self.metrics
@@ -278,10 +296,17 @@ def _document(endpoint: str, computed: Computed) -> dict:
     """What a read answers and a saved report holds: the state and the readout computed on it."""
     return {
         "endpoint": endpoint,
-        **computed.state.to_dict(),
+        **_fields(computed.state),
         "computed_at": computed.at,
         **computed.readout.to_dict(),
     }
+
+
+def _fields(state: ExperimentState) -> dict:
+    """The state as a readout's answer shows it (the final readout is the answer itself)."""
+    fields = state.to_dict()
+    del fields["final"]
+    return fields
 
 
 def _by_arm(frame: pd.DataFrame, arms: list[str]) -> Mapping[str, pd.DataFrame]:

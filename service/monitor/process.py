@@ -276,7 +276,7 @@ class Monitor:
         ``label_retention_s`` for their prediction expire."""
         now = now or time.time()
         retention = self.config.retention
-        kept = self.experiments.windows_kept(now, retention.predictions_s)
+        kept = self.experiments.windows_kept()
         for endpoint, since in self.rollouts.windows_kept().items():
             kept[endpoint] = min(since, kept.get(endpoint, since))
         deleted = self.store.prune(
