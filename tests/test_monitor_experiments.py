@@ -277,7 +277,9 @@ def test_a_read_answers_the_newest_readout_at_once_and_has_a_newer_one_computed_
     assert (described["status"], described["computed_at"]) == ("stopped", 2040.0)
 
 
-def test_reads_at_once_compute_a_readout_once(tmp_path, open_database, demo_models, monkeypatch):
+def test_reads_at_once_compute_a_readout_and_renew_it_once(
+    tmp_path, open_database, demo_models, monkeypatch
+):
     experiments = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"))
     answered(experiments, 150)
     calls = []
@@ -291,5 +293,13 @@ def test_reads_at_once_compute_a_readout_once(tmp_path, open_database, demo_mode
     monkeypatch.setattr(experiments, "read_out", slow_read_out)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: experiments.describe("e", now=2000.0), range(4)))
-    assert len(calls) == 1
-    assert {a["computed_at"] for a in answers} == {2000.0}
+        assert len(calls) == 1
+        assert {a["computed_at"] for a in answers} == {2000.0}
+        later = list(pool.map(lambda _: experiments.describe("e", now=2030.0), range(4)))
+    assert {a["computed_at"] for a in later} == {2000.0}  # at once, renewed behind
+    deadline = time.monotonic() + 10
+    while experiments.describe("e", now=2030.0)["computed_at"] != 2030.0:
+        assert time.monotonic() < deadline, "the readout was not renewed"
+        time.sleep(0.01)
+    time.sleep(0.5)  # any other renewal started by those reads would have read by now
+    assert len(calls) == 2

@@ -10,6 +10,7 @@ draw), and each unit (the digest of a routing key, or a request without one) cou
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -114,9 +115,9 @@ class ExperimentReadouts:
         was computed on yet (just started or stopped, weights just changed) waits for one."""
         newest = self._newest.get(endpoint)
         if newest is None or newest.state != state:
-            return self.compute(endpoint, experiment, state, now, on_state_only=True)
+            return self.compute(endpoint, experiment, state, now, reuse_within_s=math.inf)
         if now - newest.at >= self.renew_after_s and not self._computing[endpoint].locked():
-            renewal = (endpoint, experiment, state, now)
+            renewal = (endpoint, experiment, state, now, self.renew_after_s)
             threading.Thread(target=self.compute, args=renewal, daemon=True).start()
         return newest
 
@@ -126,13 +127,19 @@ class ExperimentReadouts:
         experiment: ExperimentConfig,
         state: ExperimentState,
         now: float,
-        on_state_only: bool = False,
+        reuse_within_s: float | None = None,
     ) -> Computed:
-        """A readout computed now, and kept as the newest; with ``on_state_only``, any readout
-        on ``state`` will do (one computed while this waited for another computation)."""
+        """A readout computed at ``now``, kept as the newest; with ``reuse_within_s``, the
+        newest instead where it was computed on ``state`` less than that before ``now`` (by
+        another read, while this one waited for it)."""
         with self._computing[endpoint]:
             newest = self._newest.get(endpoint)
-            if on_state_only and newest is not None and newest.state == state:
+            if (
+                reuse_within_s is not None
+                and newest is not None
+                and newest.state == state
+                and now - newest.at < reuse_within_s
+            ):
                 return newest
             computed = Computed(now, state, self.read_out(endpoint, experiment, state, now))
             self._newest[endpoint] = computed
