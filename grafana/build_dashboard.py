@@ -269,7 +269,7 @@ ROWS = [
         "Experiments",
         [
             (
-                "Experiment lift over the control, with its always-valid 95% interval",
+                "Experiment lift over the control, with its always-valid interval (1 - alpha / treatments)",
                 "percentunit",
                 [
                     (
