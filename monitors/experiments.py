@@ -15,7 +15,8 @@ Per treatment arm and metric the readout gives the absolute and relative lift wi
 - an always-valid interval, a confidence sequence (the asymptotic confidence sequence of
   Waudby-Smith, Arbour, Sinha, Kennedy and Ramdas, 2021, with the difference-in-means variance
   plugged in): it covers the true lift at every look at once, so checking the readout every
-  minute does not inflate false positives. Verdicts are drawn from it.
+  minute does not inflate false positives. Verdicts are drawn from it, each treatment's at its
+  share of alpha (``Design.arm_alpha``).
 
 plus a sample-ratio-mismatch test of units per arm against the weights the experiment started with
 (a broken assignment invalidates everything else): flagged on an always-valid p-value, with
@@ -543,10 +544,9 @@ def _unjudgeable(design: Design, results: Sequence[MetricResult]) -> str:
 
 def _overall(arms: Sequence[ArmReadout]) -> tuple[Verdict, str, str | None]:
     """Ship the shipping arm that improved the primary metric most; no-ship when every arm is
-    no-ship.
-    Otherwise inconclusive, and the reason names an arm already found harmful too: the verdict
-    is what an operator watches, and an arm that hurts users should be switched off now, not
-    when the others are decided."""
+    no-ship. Otherwise inconclusive, and the reason names an arm already found harmful too: the
+    verdict is what an operator watches, and an arm that hurts users should be switched off now,
+    not when the others are decided."""
     shipping = [a for a in arms if a.verdict == SHIP]
     if shipping:
         best = max(shipping, key=_improvement)
