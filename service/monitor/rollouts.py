@@ -62,6 +62,7 @@ from traffic.store import (
 from traffic.table import EndpointTable, VariantSpec
 
 log = logging.getLogger("gateway.rollout")
+NOTIFIED = {"start", "advance", "await_approval", "promote", "succeed", "rollback", "pause"}
 
 
 class _Look(NamedTuple):
@@ -72,9 +73,6 @@ class _Look(NamedTuple):
     revision: int
     state: RolloutState
     within: float | None
-
-
-NOTIFIED = {"start", "advance", "await_approval", "promote", "succeed", "rollback", "pause"}
 
 
 class RolloutService:
