@@ -23,7 +23,11 @@ from tests.helpers import monitor_in_process
 from traffic.store import SQLStateStore
 
 
-def readouts(tmp_path, open_database, models: tuple[str, str]) -> ExperimentReadouts:
+def readouts(
+    tmp_path, open_database, models: tuple[str, str], restart_of: ExperimentReadouts | None = None
+) -> ExperimentReadouts:
+    """The monitor's readouts of experiment "e" (arms a and b), started at t = 1000; with
+    ``restart_of``, a monitor started again on that one's stores."""
     config = parse_config(
         {
             "data_dir": str(tmp_path),
@@ -43,12 +47,19 @@ def readouts(tmp_path, open_database, models: tuple[str, str]) -> ExperimentRead
             },
         }
     )
+    metrics = MonitorMetrics(CollectorRegistry())
+    archive = ReportArchive(tmp_path / "reports")
+    if restart_of is not None:
+        stores = restart_of.store, restart_of.state_store
+        return ExperimentReadouts(config, *stores, metrics, archive)
     state_store = SQLStateStore(open_database())
     state = ExperimentState("running", 1000.0, {"a": 50, "b": 50}, "test")
     state_store.save_experiment("e", state.to_dict(), 0)
-    metrics = MonitorMetrics(CollectorRegistry())
-    archive = ReportArchive(tmp_path / "reports")
     return ExperimentReadouts(config, MonitorStore(open_database()), state_store, metrics, archive)
+
+
+def gauge(experiments: ExperimentReadouts, name: str, **labels) -> float | None:
+    return experiments.metrics.registry.get_sample_value(name, {"endpoint": "e", **labels})
 
 
 def answered(experiments: ExperimentReadouts, per_arm: int) -> list[PredictionRecord]:
@@ -168,6 +179,12 @@ def test_pruning_spares_an_experiments_window_until_its_readout_is_final_which_t
     after = experiments.describe("e", now=now + 2 * week)
     assert (after["status"], after["computed_at"]) == ("stopped", now + day)
     assert after["sample_ratio"]["units"] == before and "final" not in after
+    restarted = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"), experiments)
+    restarted.export(now=now + 2 * week)  # its gauges come back from the final readout
+    for monitor in (experiments, restarted):
+        assert gauge(monitor, "gateway_experiment_units", arm="a") == 140
+        assert gauge(monitor, "gateway_experiment_running") == 0
+        assert gauge(monitor, "gateway_experiment_verdict", verdict=after["verdict"]) == 1
 
 
 def test_the_monitors_pruning_spares_a_running_experiments_window(

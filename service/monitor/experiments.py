@@ -228,17 +228,20 @@ class ExperimentReadouts:
         return described
 
     def export(self, now: float | None = None) -> None:
-        """Every started experiment's readout into the metrics, until it is final; saved as a
-        report every ``report_interval_s`` while it runs, once after it stopped, and once more
-        when it becomes final."""
+        """Every started experiment's readout into the metrics (a final one as it was kept);
+        saved as a report every ``report_interval_s`` while it runs, once after it stopped, and
+        once more when it becomes final."""
         now = now or time.time()
         for endpoint, experiment in self.experiments.items():
             revision, state = load_state(self.state_store, endpoint)
-            if state is None or state.final is not None:
+            if state is None:
+                continue
+            if state.final is not None:
+                self._set_metrics(endpoint, {**_fields(state), **state.final})
                 continue
             computed = self.compute(endpoint, experiment, state, now)
             result = computed.readout
-            self._set_metrics(endpoint, state, result)
+            self._set_metrics(endpoint, _document(endpoint, computed))
             closed = state.status == STOPPED and now >= state.stopped_at + experiment.join_window_s
             saved = self._saved_at.get(endpoint)
             due = (
@@ -270,33 +273,37 @@ class ExperimentReadouts:
         except VersionConflict:  # started again meanwhile: that window is not this one
             pass
 
-    def _set_metrics(self, endpoint: str, state: ExperimentState, result: Readout) -> None:
+    def _set_metrics(self, endpoint: str, document: dict) -> None:
+        """A readout as a read answers it (computed now, or a final one kept as JSON) into the
+        metrics: a final one's stay on the dashboard after the monitor restarts."""
         metrics = self.metrics
-        metrics.experiment_running.labels(endpoint).set(state.status == RUNNING)
-        for arm, units in result.sample_ratio.units.items():
+        metrics.experiment_running.labels(endpoint).set(document["status"] == RUNNING)
+        ratio = document["sample_ratio"]
+        for arm, units in ratio["units"].items():
             metrics.experiment_units.labels(endpoint, arm).set(units)
-        for metric, arms in result.summaries.items():
+        for metric, arms in document["metrics"].items():
             for arm, summary in arms.items():
-                if summary.units:
-                    metrics.experiment_mean.labels(endpoint, arm, metric).set(summary.mean)
-        for arm in result.arms:
-            for item in arm.results:
-                if item.lift is None:
+                if summary["units"]:
+                    metrics.experiment_mean.labels(endpoint, arm, metric).set(
+                        _gauge(summary["mean"])
+                    )
+        for arm in document["arms"]:
+            for item in arm["metrics"]:
+                lift = item["lift"]
+                if lift is None:
                     continue
-                interval = item.lift.always_valid_relative
-                bounds = {
-                    "estimate": item.lift.relative,
-                    "lower": interval.lower,
-                    "upper": interval.upper,
-                }
+                lower, upper = lift["always_valid_interval_relative"]
+                bounds = {"estimate": lift["relative"], "lower": lower, "upper": upper}
                 for bound, value in bounds.items():
-                    metrics.experiment_lift.labels(endpoint, arm.arm, item.metric, bound).set(value)
-                metrics.experiment_p_value.labels(endpoint, arm.arm, item.metric).set(
-                    item.p_adjusted
-                )
-        metrics.experiment_srm_p_value.labels(endpoint).set(result.sample_ratio.p_value)
+                    gauge = metrics.experiment_lift.labels(
+                        endpoint, arm["arm"], item["metric"], bound
+                    )
+                    gauge.set(_gauge(value))
+                p_value = metrics.experiment_p_value.labels(endpoint, arm["arm"], item["metric"])
+                p_value.set(_gauge(item["p_value_adjusted"]))
+        metrics.experiment_srm_p_value.labels(endpoint).set(_gauge(ratio["p_value"]))
         for verdict in VERDICTS:
-            metrics.experiment_verdict.labels(endpoint, verdict).set(result.verdict == verdict)
+            metrics.experiment_verdict.labels(endpoint, verdict).set(document["verdict"] == verdict)
 
 
 def _document(endpoint: str, computed: Computed) -> dict:
@@ -307,6 +314,11 @@ def _document(endpoint: str, computed: Computed) -> dict:
         "computed_at": computed.at,
         **computed.readout.to_dict(),
     }
+
+
+def _gauge(value: float | None) -> float:
+    """A readout's number as a gauge's value: JSON's null (no finite value) is NaN."""
+    return math.nan if value is None else value
 
 
 def _fields(state: ExperimentState) -> dict:
