@@ -195,6 +195,26 @@ async def test_a_reward_that_favours_one_arm_is_read_out_exactly_and_ships(serve
     assert result["verdict"] == "ship" and result["winner"] == "candidate", result["reason"]
     assert not result["sample_ratio"]["flagged"]
     assert arm["power"]["minimum_detectable_effect"] > 0
+    # the leader's readouts save it with the reports and export it for Grafana
+    ship = 'gateway_experiment_verdict{endpoint="cancer",verdict="ship"} 1.0'
+    wanted = {("cancer", "stable", "json"), ("cancer", "stable", "html")}
+    deadline = time.monotonic() + 15
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{url}/reports", headers=ADMIN_AUTH) as answer:
+                reports = (await answer.json())["reports"]
+            saved = {
+                (r["endpoint"], r["variant"], r["format"])
+                for r in reports
+                if r["kind"] == "experiment"
+            }
+            async with session.get(f"{monitor_url}/metrics", headers=METRICS_AUTH) as answer:
+                exposition = await answer.text()
+            if wanted <= saved and ship in exposition:
+                break
+            assert time.monotonic() < deadline, (saved, ship)
+            await asyncio.sleep(0.2)
+    assert 'gateway_experiment_lift_ratio{arm="candidate",bound="lower"' in exposition
 
 
 async def test_bad_rewards_are_refused_whole_and_the_gateway_serves_on(servers):
@@ -296,16 +316,6 @@ async def test_moved_weights_are_recorded_warned_about_and_end_in_no_ship(server
         assert fresh["sample_ratio"]["units"] == {"stable": 0, "candidate": 0}
         assert fresh["verdict"] == "inconclusive"
         await act(session, url, "quick", "stop")
-        async with session.get(f"{url}/reports", headers=ADMIN_AUTH) as answer:
-            reports = (await answer.json())["reports"]
-        saved = {
-            (r["endpoint"], r["variant"], r["format"]) for r in reports if r["kind"] == "experiment"
-        }
-        assert {("cancer", "stable", "json"), ("cancer", "stable", "html")} <= saved
-        async with session.get(f"{monitor_url}/metrics", headers=METRICS_AUTH) as answer:
-            exposition = await answer.text()
-        assert 'gateway_experiment_verdict{endpoint="cancer",verdict="ship"} 1.0' in exposition
-        assert 'gateway_experiment_lift_ratio{arm="candidate",bound="lower"' in exposition
 
 
 async def test_experiment_admin_needs_the_token_and_names_what_it_knows(servers):
