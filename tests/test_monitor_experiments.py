@@ -320,3 +320,23 @@ def test_reads_at_once_compute_a_readout_and_renew_it_once(
         time.sleep(0.01)
     time.sleep(0.5)  # any other renewal started by those reads would have read by now
     assert len(calls) == 2
+
+
+def test_every_monitor_answers_the_newest_readout_whoever_computed_it(
+    tmp_path, open_database, demo_models, monkeypatch
+):
+    """The newest readout is kept in the shared state store: a standby, or a monitor just
+    restarted, answers the leader's at once; it computed the whole window again, which past a
+    few million requests outlasted the gateway's wait."""
+    leader = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"))
+    answered(leader, 150)
+    leader.export(now=2000.0)
+    standby = readouts(tmp_path, open_database, ("cancer:v1", "cancer:v2"), restart_of=leader)
+
+    def no_computing(*args):
+        raise AssertionError("the standby computed the window again")
+
+    monkeypatch.setattr(standby, "read_out", no_computing)
+    described = standby.describe("e", now=2010.0)
+    assert described["computed_at"] == 2000.0
+    assert described["sample_ratio"]["units"] == {"a": 150, "b": 150}

@@ -111,6 +111,12 @@ class StateStore(Protocol):
 
     def save_experiment(self, endpoint: str, state: Mapping, expected_revision: int) -> int: ...
 
+    def save_readout(
+        self, endpoint: str, state: Mapping, computed_at: float, readout: Mapping
+    ) -> None: ...
+
+    def load_readout(self, endpoint: str) -> tuple[dict, float, dict] | None: ...
+
     def save_rollout(
         self,
         endpoint: str,
@@ -254,11 +260,20 @@ CREATE TABLE IF NOT EXISTS routing_declared (
     document TEXT NOT NULL
 )
 """,
+        """
+CREATE TABLE IF NOT EXISTS experiment_readouts (
+    endpoint TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    computed_at DOUBLE PRECISION NOT NULL,
+    readout TEXT NOT NULL
+)
+""",
     ],
 )
 """Version 1 is the layout from before schemas were versioned (``IF NOT EXISTS``: a file of that
 time is adopted as it is); version 2 adds leases; version 3 the variants whose drift is past the
-alarm; version 4 the tables the config of the routing's ``source`` declared."""
+alarm; version 4 the tables the config of the routing's ``source`` declared; version 5 each
+experiment's newest readout."""
 ROUTING_CHANNEL = "gateway_routing"
 """Where a saved routing version is announced (``LISTEN/NOTIFY`` on PostgreSQL)."""
 PRUNE_CHUNK = 5000
@@ -378,6 +393,28 @@ class SQLStateStore:
         with self.db.transaction() as session:
             self._save_versioned(session, "experiments", endpoint, document, expected_revision)
         return expected_revision + 1
+
+    def save_readout(
+        self, endpoint: str, state: Mapping, computed_at: float, readout: Mapping
+    ) -> None:
+        """Keep ``readout``, computed at ``computed_at`` on the experiment's ``state``, as its
+        newest, unless a newer one is kept already (every monitor reads the newest, a standby's
+        first read included)."""
+        self.db.run(
+            "INSERT INTO experiment_readouts (endpoint, state, computed_at, readout) "
+            "VALUES (?,?,?,?) ON CONFLICT (endpoint) DO UPDATE SET state = excluded.state, "
+            "computed_at = excluded.computed_at, readout = excluded.readout "
+            "WHERE experiment_readouts.computed_at <= excluded.computed_at",
+            (endpoint, json.dumps(state, sort_keys=True), computed_at, json.dumps(readout)),
+        )
+
+    def load_readout(self, endpoint: str) -> tuple[dict, float, dict] | None:
+        """(state, computed_at, readout) of the experiment's newest readout, if one was kept."""
+        rows = self.db.query(
+            "SELECT state, computed_at, readout FROM experiment_readouts WHERE endpoint = ?",
+            (endpoint,),
+        )
+        return (json.loads(rows[0][0]), rows[0][1], json.loads(rows[0][2])) if rows else None
 
     def load_rollout(self, endpoint: str) -> tuple[int, dict] | None:
         """(revision, state) of the endpoint's rollout, if it ever had one."""

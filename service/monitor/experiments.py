@@ -10,11 +10,12 @@ draw), and each unit (the digest of a routing key, or a request without one) cou
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pandas as pd
 
@@ -31,15 +32,6 @@ from traffic.store import StateStore, VersionConflict
 VERDICTS = ("ship", "no_ship", "inconclusive")
 
 
-@dataclass(frozen=True)
-class Computed:
-    """A readout, with when it was computed and the experiment's state it was computed on."""
-
-    at: float
-    state: ExperimentState
-    readout: Readout
-
-
 class ExperimentReadouts:
     """The experiments gateway.yaml declares, read out every monitor interval and on demand.
 
@@ -47,7 +39,8 @@ class ExperimentReadouts:
     operator's read is answered with the newest readout of the experiment as it stands (its
     start, stop and weight changes), computed at most ``interval_s`` ago or being renewed, and
     says when it was computed. Computed on every read, a read of a long experiment outlasted the
-    gateway's wait for the monitor and answered 503, and each read took that CPU again."""
+    gateway's wait for the monitor and answered 503, and each read took that CPU again. The
+    newest is kept in the shared state store, so every monitor answers the leader's."""
 
     def __init__(
         self,
@@ -76,7 +69,6 @@ class ExperimentReadouts:
         self.renew_after_s = config.monitor.interval_s
         """How old the newest readout may be before a read has a newer one computed."""
         self._saved_at: dict[str, float] = {}
-        self._newest: dict[str, Computed] = {}
         self._computing = {endpoint: threading.Lock() for endpoint in self.experiments}
         """Held while an experiment's readout is computed: one at a time per experiment."""
 
@@ -104,46 +96,65 @@ class ExperimentReadouts:
         if state is None:
             return {"endpoint": endpoint, "status": "not_started"}
         if state.final is not None:
-            return {"endpoint": endpoint, **_fields(state), **state.final}
-        return _document(endpoint, self.newest(endpoint, experiment, state, now or time.time()))
+            return _answer(endpoint, state, state.final)
+        return _answer(
+            endpoint, state, self.newest(endpoint, experiment, state, now or time.time())
+        )
 
     def newest(
         self, endpoint: str, experiment: ExperimentConfig, state: ExperimentState, now: float
-    ) -> Computed:
-        """The newest readout computed on ``state``, at once where there is one; one older than
-        ``renew_after_s`` has a newer one computed in the background. Only a state no readout
-        was computed on yet (just started or stopped, weights just changed) waits for one."""
-        newest = self._newest.get(endpoint)
-        if newest is None or newest.state != state:
-            return self.compute(endpoint, experiment, state, now, reuse_within_s=math.inf)
-        if now - newest.at >= self.renew_after_s and not self._computing[endpoint].locked():
+    ) -> dict:
+        """The newest readout computed on ``state`` (its ``computed_at``, then the readout), at
+        once where there is one; one older than ``renew_after_s`` has a newer one computed in
+        the background. Only a state no readout was computed on yet (just started or stopped,
+        weights just changed) waits for one."""
+        kept = self._kept(endpoint, state)
+        if kept is None:
+            return self._kept_or_computed(endpoint, experiment, state, now, math.inf)
+        due = now - kept["computed_at"] >= self.renew_after_s
+        if due and not self._computing[endpoint].locked():
             renewal = (endpoint, experiment, state, now, self.renew_after_s)
-            threading.Thread(target=self.compute, args=renewal, daemon=True).start()
-        return newest
+            threading.Thread(target=self._kept_or_computed, args=renewal, daemon=True).start()
+        return kept
 
     def compute(
+        self, endpoint: str, experiment: ExperimentConfig, state: ExperimentState, now: float
+    ) -> Readout:
+        """A readout computed at ``now`` on ``state``, kept as the experiment's newest."""
+        with self._computing[endpoint]:
+            return self._compute_and_keep(endpoint, experiment, state, now)
+
+    def _kept_or_computed(
         self,
         endpoint: str,
         experiment: ExperimentConfig,
         state: ExperimentState,
         now: float,
-        reuse_within_s: float | None = None,
-    ) -> Computed:
-        """A readout computed at ``now``, kept as the newest; with ``reuse_within_s``, the
-        newest instead where it was computed on ``state`` less than that before ``now`` (by
-        another read, while this one waited for it)."""
+        reuse_within_s: float,
+    ) -> dict:
+        """The kept readout on ``state`` where it was computed less than ``reuse_within_s``
+        before ``now`` (by another read or monitor, while this one waited), else a new one."""
         with self._computing[endpoint]:
-            newest = self._newest.get(endpoint)
-            if (
-                reuse_within_s is not None
-                and newest is not None
-                and newest.state == state
-                and now - newest.at < reuse_within_s
-            ):
-                return newest
-            computed = Computed(now, state, self.read_out(endpoint, experiment, state, now))
-            self._newest[endpoint] = computed
-            return computed
+            kept = self._kept(endpoint, state)
+            if kept is not None and now - kept["computed_at"] < reuse_within_s:
+                return kept
+            result = self._compute_and_keep(endpoint, experiment, state, now)
+            return {"computed_at": now, **result.to_dict()}
+
+    def _compute_and_keep(
+        self, endpoint: str, experiment: ExperimentConfig, state: ExperimentState, now: float
+    ) -> Readout:
+        result = self.read_out(endpoint, experiment, state, now)
+        self.state_store.save_readout(endpoint, state.to_dict(), now, result.to_dict())
+        return result
+
+    def _kept(self, endpoint: str, state: ExperimentState) -> dict | None:
+        """The experiment's newest kept readout (its ``computed_at``, then the readout), where
+        it was computed on ``state``."""
+        found = self.state_store.load_readout(endpoint)
+        if found is None or found[0] != json.loads(json.dumps(state.to_dict())):
+            return None
+        return {"computed_at": found[1], **found[2]}
 
     def read_out(
         self, endpoint: str, experiment: ExperimentConfig, state: ExperimentState, now: float
@@ -237,11 +248,12 @@ class ExperimentReadouts:
             if state is None:
                 continue
             if state.final is not None:
-                self._set_metrics(endpoint, {**_fields(state), **state.final})
+                self._set_metrics(endpoint, _answer(endpoint, state, state.final))
                 continue
-            computed = self.compute(endpoint, experiment, state, now)
-            result = computed.readout
-            self._set_metrics(endpoint, _document(endpoint, computed))
+            result = self.compute(endpoint, experiment, state, now)
+            kept = {"computed_at": now, **result.to_dict()}
+            document = _answer(endpoint, state, kept)
+            self._set_metrics(endpoint, document)
             closed = state.status == STOPPED and now >= state.stopped_at + experiment.join_window_s
             saved = self._saved_at.get(endpoint)
             due = (
@@ -250,26 +262,20 @@ class ExperimentReadouts:
                 or (state.status == RUNNING and now - saved >= self.report_interval_s)
             )
             if closed:
-                self._finalize(endpoint, revision, computed)
+                self._finalize(endpoint, revision, replace(state, final=kept))
             if due:
                 self.archive.save_document(
-                    endpoint,
-                    experiment.arms[0],
-                    "experiment",
-                    _document(endpoint, computed),
-                    _summary(endpoint, result),
+                    endpoint, experiment.arms[0], "experiment", document, _summary(endpoint, result)
                 )
                 self._saved_at[endpoint] = now
 
-    def _finalize(self, endpoint: str, revision: int, computed: Computed) -> None:
-        """Keep the readout of a window no reward can join any more with the experiment's state,
-        read from then on: pruning takes the window's records after that (``windows_kept``),
-        and a stopped experiment read out of what was left read 0 units a week later."""
-        final = {"computed_at": computed.at, **computed.readout.to_dict()}
+    def _finalize(self, endpoint: str, revision: int, final: ExperimentState) -> None:
+        """Keep the readout of a window no reward can join any more with the experiment's state
+        (``final``), read from then on: pruning takes the window's records after that
+        (``windows_kept``), and a stopped experiment read out of what was left read 0 units a
+        week later."""
         try:
-            self.state_store.save_experiment(
-                endpoint, replace(computed.state, final=final).to_dict(), revision
-            )
+            self.state_store.save_experiment(endpoint, final.to_dict(), revision)
         except VersionConflict:  # started again meanwhile: that window is not this one
             pass
 
@@ -306,26 +312,17 @@ class ExperimentReadouts:
             metrics.experiment_verdict.labels(endpoint, verdict).set(document["verdict"] == verdict)
 
 
-def _document(endpoint: str, computed: Computed) -> dict:
-    """What a read answers and a saved report holds: the state and the readout computed on it."""
-    return {
-        "endpoint": endpoint,
-        **_fields(computed.state),
-        "computed_at": computed.at,
-        **computed.readout.to_dict(),
-    }
+def _answer(endpoint: str, state: ExperimentState, readout: dict) -> dict:
+    """What a read answers and a saved report holds: the state, and a readout computed on it
+    (its ``computed_at``, then the readout)."""
+    fields = state.to_dict()
+    del fields["final"]  # a final readout is the answer itself
+    return {"endpoint": endpoint, **fields, **readout}
 
 
 def _gauge(value: float | None) -> float:
     """A readout's number as a gauge's value: JSON's null (no finite value) is NaN."""
     return math.nan if value is None else value
-
-
-def _fields(state: ExperimentState) -> dict:
-    """The state as a readout's answer shows it (the final readout is the answer itself)."""
-    fields = state.to_dict()
-    del fields["final"]
-    return fields
 
 
 def _by_arm(frame: pd.DataFrame, arms: list[str]) -> Mapping[str, pd.DataFrame]:
