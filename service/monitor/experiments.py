@@ -138,8 +138,7 @@ class ExperimentReadouts:
             kept = self._kept(endpoint, state)
             if kept is not None and now - kept["computed_at"] < reuse_within_s:
                 return kept
-            result = self._compute_and_keep(endpoint, experiment, state, now)
-            return {"computed_at": now, **result.to_dict()}
+            return _timed(now, self._compute_and_keep(endpoint, experiment, state, now))
 
     def _compute_and_keep(
         self, endpoint: str, experiment: ExperimentConfig, state: ExperimentState, now: float
@@ -152,7 +151,8 @@ class ExperimentReadouts:
         """The experiment's newest kept readout (its ``computed_at``, then the readout), where
         it was computed on ``state``."""
         found = self.state_store.load_readout(endpoint)
-        if found is None or found[0] != json.loads(json.dumps(state.to_dict())):
+        as_kept = json.loads(json.dumps(state.to_dict()))  # the store keeps it as JSON
+        if found is None or found[0] != as_kept:
             return None
         return {"computed_at": found[1], **found[2]}
 
@@ -251,7 +251,7 @@ class ExperimentReadouts:
                 self._set_metrics(endpoint, _answer(endpoint, state, state.final))
                 continue
             result = self.compute(endpoint, experiment, state, now)
-            kept = {"computed_at": now, **result.to_dict()}
+            kept = _timed(now, result)
             document = _answer(endpoint, state, kept)
             self._set_metrics(endpoint, document)
             closed = state.status == STOPPED and now >= state.stopped_at + experiment.join_window_s
@@ -310,6 +310,11 @@ class ExperimentReadouts:
         metrics.experiment_srm_p_value.labels(endpoint).set(_gauge(ratio["p_value"]))
         for verdict in VERDICTS:
             metrics.experiment_verdict.labels(endpoint, verdict).set(document["verdict"] == verdict)
+
+
+def _timed(at: float, result: Readout) -> dict:
+    """A readout as it is kept and answered: when it was computed, then the readout."""
+    return {"computed_at": at, **result.to_dict()}
 
 
 def _answer(endpoint: str, state: ExperimentState, readout: dict) -> dict:
