@@ -9,6 +9,8 @@ stays one path segment.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import threading
@@ -28,21 +30,27 @@ _NAME_RE = re.compile(_NAME)
 _TAG_RE = re.compile(f"{_NAME}:{_NAME}")
 _UNIT_RE = re.compile("[0-9a-f]{16}")
 _REQUEST_ID_RE = re.compile(f"(?P<endpoint>{_NAME}):[0-9a-f]{{32}}")
-"""``<endpoint>:<milliseconds since 1970, 48 bits><80 random bits>``, both in hex: unguessable,
-in time order, and it says which endpoint answered, so a label can be checked against that
-endpoint's models before its record reaches the monitor. Time first because the id is the stores'
-key: new keys go to the end of its index instead of to a random page each (with 60,000 records
-stored, a random key made storing a record cost twice as much, and more as the store grows)."""
+"""``<endpoint>:<milliseconds since 1970, 48 bits><56 random bits><24-bit signature>``, all in
+hex: unguessable, in time order, and it says which endpoint answered, so a label can be checked
+against that endpoint's models before its record reaches the monitor. Time first because the id is
+the stores' key: new keys go to the end of its index instead of to a random page each (with 60,000
+records stored, a random key made storing a record cost twice as much, and more as the store
+grows). The signature (``RequestIds``) tells an id a gateway gave from one made up."""
 TIME_DIGITS = 12
 """Hex digits of the id's time part (48 bits of milliseconds: until the year 10889)."""
+SIGNATURE_BYTES = 3
+"""The signature's size. Its one use is to decide whether a label or reward may wait for its
+record (``RequestIds.recorded``), so a forger gains one waiting label per 2**24 tries, each a call of
+its own (one bad item refuses a whole call). The 56 random bits keep ids unique: at 10,000 answers
+a second, two in the same millisecond would be alike about once in 50,000 years."""
 
 
 class _RandomHex:
-    """80-bit random hex strings from the OS's CSPRNG, read 256 at a time: one system call per
+    """56-bit random hex strings from the OS's CSPRNG, read 256 at a time: one system call per
     request was a measurable part of a served answer. Safe across threads and forks."""
 
     IDS_PER_READ = 256
-    BYTES = 10
+    BYTES = 7
 
     def __init__(self) -> None:
         self._reset()
@@ -64,9 +72,51 @@ class _RandomHex:
 _random_hex = _RandomHex()
 
 
-def new_request_id(endpoint: str) -> str:
-    """A fresh request id for an answer of ``endpoint``."""
-    return f"{endpoint}:{time.time_ns() // 1_000_000:0{TIME_DIGITS}x}{_random_hex()}"
+class RequestIds:
+    """Gives request ids, and tells an id that any gateway sharing its secret gave to an answer it
+    records from one a caller made up.
+
+    ``/feedback`` is anonymous, and a label whose record has not reached the monitor yet is held
+    until it does. Made-up ids were held too: ten calls of 10,000 labels filled the bound on held
+    labels (``monitor.max_pending_labels``) for a day, and every caller's early labels were
+    refused; large ones filled the monitor's database. The monitor now holds a label or reward
+    only when its id is signed as recorded; any other is taken only for an answer whose record is
+    stored (as one given before this release, or before the secret changed, is). An answer that is
+    never recorded (a refusal for bad input, an explanation) gets an id signed as unrecorded, so
+    that cheap refusals cannot be a source of ids to hold labels for. The key comes from the
+    monitor token, which every gateway and the monitor already share; without one (a monitor on
+    loopback) the key is empty and the signature is only a checksum."""
+
+    def __init__(self, monitor_token: str | None) -> None:
+        key = hashlib.blake2b((monitor_token or "").encode(), person=b"request-ids").digest()
+        self._recorded = hashlib.blake2b(key=key, digest_size=SIGNATURE_BYTES, person=b"recorded")
+        self._unrecorded = hashlib.blake2b(
+            key=key, digest_size=SIGNATURE_BYTES, person=b"unrecorded"
+        )
+
+    @staticmethod
+    def _signature(keyed: hashlib.blake2b, body: str) -> str:
+        hashed = keyed.copy()
+        hashed.update(body.encode())
+        return hashed.hexdigest()
+
+    def new(self, endpoint: str) -> str:
+        """A fresh request id for an answer of ``endpoint``, signed as recorded."""
+        body = f"{endpoint}:{time.time_ns() // 1_000_000:0{TIME_DIGITS}x}{_random_hex()}"
+        return body + self._signature(self._recorded, body)
+
+    def unrecorded(self, request_id: str) -> str:
+        """``request_id`` signed instead as the id of an answer nothing records: a label for it
+        is refused rather than held for a record that never comes."""
+        body = request_id[: -2 * SIGNATURE_BYTES]
+        return body + self._signature(self._unrecorded, body)
+
+    def recorded(self, request_id: str) -> bool:
+        """Whether a gateway with this secret gave ``request_id`` to an answer it records."""
+        if endpoint_of(request_id) is None:
+            return False
+        body, signature = request_id[: -2 * SIGNATURE_BYTES], request_id[-2 * SIGNATURE_BYTES :]
+        return hmac.compare_digest(self._signature(self._recorded, body), signature)
 
 
 def endpoint_of(request_id: object) -> str | None:

@@ -10,7 +10,6 @@ the tests kill workers with SIGKILL and let that happen.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import signal
 import sqlite3
 import subprocess
@@ -25,10 +24,12 @@ from aiohttp import web
 from monitors.store import MonitorStore
 from service.config import load_config
 from service.launch import MONITOR_SERVICE, free_port, running_server
+from service.names import RequestIds
 from tests.helpers import (
     ADMIN_AUTH,
     ADMIN_ENV,
     MONITOR_AUTH,
+    MONITOR_TOKEN,
     ROW,
     drive,
     local_monitor,
@@ -191,11 +192,10 @@ async def test_a_full_disk_refuses_labels_whole_and_the_monitor_serves_on(demo_m
         monitor=local_monitor(port, max_db_mb=1),
     )
 
+    ids = RequestIds(MONITOR_TOKEN)  # of answers whose records have not arrived yet
+
     def batch() -> list[dict]:  # labels waiting for predictions: ~1 KB each
-        return [
-            {"request_id": f"cancer:{secrets.token_hex(16)}", "label": ["malignant"] * 100}
-            for _ in range(100)
-        ]
+        return [{"request_id": ids.new("cancer"), "label": ["malignant"] * 100} for _ in range(100)]
 
     with (
         running_server(config, port=port, service=MONITOR_SERVICE) as monitor_url,

@@ -653,10 +653,17 @@ async def test_slow_grpc_clients_are_closed_and_others_still_served(demo):
     assert predict(gateway)["predictions"]
 
 
+MADE_UP = "cancer:" + "0123456789abcdef" * 2
+"""An id of the gateway's form that no gateway gave: its label would wait a day for a record."""
+
+
 def test_labels_must_fit_the_model_and_name_a_real_answer(demo):
     gateway, monitor, data_dir = demo
     answer = predict(gateway, headers={"x-request-id": "my-correlation-id"})
     regression = predict(gateway, "diabetes")
+    status, headers, _ = send(gateway, "POST", "/predict/cancer", b'{"instances": [[1]]}')
+    assert status == 400  # a refusal: its id names an answer that is never recorded
+    refused = headers["x-gateway-request-id"]
     cases = [
         ({"request_id": answer["request_id"], "label": "banana"}, "not a class"),
         ({"request_id": answer["request_id"], "label": ["benign", "benign"]}, "row"),
@@ -664,17 +671,51 @@ def test_labels_must_fit_the_model_and_name_a_real_answer(demo):
         ({"request_id": regression["request_id"], "label": True}, "regressor"),
         ({"request_id": "my-correlation-id", "label": "benign"}, "request_id"),
         ({"request_id": "../../x:" + "0" * 32, "label": "benign"}, "request_id"),
+        ({"request_id": MADE_UP, "label": "benign"}, "no answer with this id is recorded"),
+        ({"request_id": refused, "label": "benign"}, "no answer with this id is recorded"),
     ]
     time.sleep(0.5)  # the record of ``answer`` reaches the monitor: rows are known there
     for label, words in cases:
         body = json.dumps({"labels": [label]}).encode()
         status, _, reply = send(gateway, "POST", "/feedback", body)
         assert status == 400 and words in json.loads(reply)["error"], (label, reply)
+    reward = {"request_id": MADE_UP, "metric": "converted", "value": 1}
+    status, _, reply = send(
+        gateway, "POST", "/feedback", json.dumps({"rewards": [reward]}).encode()
+    )
+    assert status == 400 and "no answer with this id is recorded" in json.loads(reply)["error"]
     store = MonitorStore.open_sqlite(data_dir / "monitor.sqlite3")
-    stored = store.db.query("SELECT request_id FROM labels")
+    stored = store.db.query("SELECT request_id FROM labels UNION SELECT request_id FROM rewards")
     assert (answer["request_id"],) not in stored and (regression["request_id"],) not in stored
+    assert (MADE_UP,) not in stored and (refused,) not in stored
     body = json.dumps({"labels": [{"request_id": answer["request_id"], "label": "benign"}]})
     assert send(gateway, "POST", "/feedback", body.encode())[0] == 200
+
+
+def test_a_label_for_an_answer_of_an_older_release_is_taken_once_its_record_is_there(demo):
+    """Ids given before request ids were signed (or before the monitor token changed) carry no
+    right signature: such a label is refused while no record of it is there, stored once one is."""
+    gateway, monitor, data_dir = demo
+    unsigned = "cancer:" + "fedcba9876543210" * 2
+    label = json.dumps({"labels": [{"request_id": unsigned, "label": "benign"}]}).encode()
+    record = {
+        "request_id": unsigned,
+        "at": time.time(),
+        "endpoint": "cancer",
+        "variant": "stable",
+        "model": "cancer:v1",
+        "predictions": ["benign"],
+        "latency_s": 0.001,
+    }
+    body = json.dumps({"records": [record]}).encode()
+    status, _, answer = send(monitor, "POST", "/records", body, MONITOR_AUTH)
+    assert status == 200 and json.loads(answer) == {"stored": 1, "refused": 0}
+    status, _, reply = send(gateway, "POST", "/feedback", label)
+    assert status == 200 and json.loads(reply)["results"][0]["outcome"] == "stored", reply
+    store = MonitorStore.open_sqlite(data_dir / "monitor.sqlite3")
+    assert store.db.query("SELECT label FROM labels WHERE request_id = ?", [unsigned]) == [
+        ('"benign"',)
+    ]
 
 
 def test_dark_variants_are_pinned_only_with_the_admin_token(demo):

@@ -18,13 +18,14 @@ from service import registry
 from service.config import load_config
 from service.launch import MONITOR_SERVICE, free_port, running_server
 from service.monitor.priority import CAUGHT_UP_S
-from service.names import new_request_id
+from service.names import RequestIds
 from tests.helpers import (
     ADMIN_AUTH,
     ADMIN_ENV,
     AUTOGROUPS_ON,
     METRICS_AUTH,
     MONITOR_AUTH,
+    MONITOR_TOKEN,
     local_monitor,
     metric_total,
     scrape,
@@ -489,7 +490,7 @@ def session_niceness(pid: int) -> int:
 
 async def post_record(session, monitor_url, at: float) -> None:
     record = PredictionRecord(
-        request_id=new_request_id("cancer"),
+        request_id=RequestIds(MONITOR_TOKEN).new("cancer"),
         at=at,
         endpoint="cancer",
         variant="stable",

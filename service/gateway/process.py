@@ -34,7 +34,7 @@ from service.gateway.recording import Recorder
 from service.gateway.routing import RoutingControl
 from service.gateway.shadow import ShadowRunner
 from service.model_card import ModelCard
-from service.names import new_request_id
+from service.names import RequestIds
 from service.retries import with_retries
 from service.secrets import Secrets, load_secrets, presents
 from service.state import initial_state, model_tags, open_state_store
@@ -144,6 +144,9 @@ class Gateway:
         self.metrics = metrics
         self.dataplane = dataplane
         self.routing = routing
+        self.request_ids = RequestIds(secrets_.monitor_token)
+        """Signed with the monitor's secret, so the monitor holds labels only for ids a gateway
+        gave (service/names.py)."""
         admission = config.admission
         self.admission = Admission(
             (admission.queue_budget_ms or config.server.latency_slo_ms / 6) / 1000,
@@ -191,7 +194,7 @@ class Gateway:
     async def predict(self, call: Call) -> Answer:
         """Read, route, validate and run one request, and account for it whatever happens."""
         table = self.dataplane.table(call.endpoint)
-        request_id = new_request_id(table.endpoint)
+        request_id = self.request_ids.new(table.endpoint)
         correlation_id = correlation_id_from(call.headers.get(CORRELATION_HEADER))
         in_flight = self.metrics.in_flight_series(table.endpoint)
         in_flight.inc()
@@ -207,6 +210,8 @@ class Gateway:
             outcome = "ok"
         except GatewayError as error:
             outcome = _outcome(error)
+            if not _recorded(route, outcome):
+                request_id = self.request_ids.unrecorded(request_id)
             _add_ids(error, request_id, correlation_id)
             raise
         finally:
@@ -222,7 +227,7 @@ class Gateway:
         variant), then explain each row's answer (service/gateway/explain.py). Explanations are
         not traffic: counted apart (``gateway_explain_requests_total``), never recorded."""
         table = self.dataplane.table(call.endpoint)
-        request_id = new_request_id(table.endpoint)
+        request_id = self.request_ids.unrecorded(self.request_ids.new(table.endpoint))
         correlation_id = correlation_id_from(call.headers.get(CORRELATION_HEADER))
         outcome = "error"
         try:
@@ -267,7 +272,7 @@ class Gateway:
         metrics.duration_series(endpoint, variant).observe(latency_s)
         if outcome == "rejected":
             metrics.queue_rejections.labels(endpoint, variant).inc()
-        if route is not None and outcome in ("error", "rejected"):
+        if outcome != "ok" and _recorded(route, outcome):
             self.recorder.failed(request_id, route, latency_s, outcome)
 
     def _record(self, answer: Answer, tensors: Tensors, latency_s: float) -> None:
@@ -304,6 +309,12 @@ def _outcome(error: GatewayError) -> str:
     if isinstance(error, Overloaded):
         return "rejected"
     return "client_error" if error.status < 500 else "error"
+
+
+def _recorded(route: Route | None, outcome: str) -> bool:
+    """Whether the monitor gets a record of a request: every answer, and the failures that count
+    against a variant (its error rate), not refusals of the caller's input."""
+    return outcome == "ok" or (route is not None and outcome in ("error", "rejected"))
 
 
 def _add_ids(error: GatewayError, request_id: str, correlation_id: str | None) -> None:

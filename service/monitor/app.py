@@ -16,7 +16,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Container
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
@@ -95,10 +95,19 @@ def _feedback_items(data: object, kind: str, fields: tuple[str, ...]) -> list[di
     return items
 
 
-def _endpoint_of_item(request_id: str) -> str:
+def _endpoint_of_item(monitor: Monitor, request_id: str, answered: Container[str]) -> str:
+    """The endpoint an item's request id names. 400 unless it is of the gateway's form, and, when
+    it is not signed as the id of a recorded answer, unless its record is here: only those may
+    wait for their record (service/names.py ``RequestIds``)."""
     endpoint = endpoint_of(request_id)
     if endpoint is None:
         raise BadRequest(f"{request_id!r} is not a request id the gateway gives")
+    if request_id not in answered and not monitor.request_ids.recorded(request_id):
+        raise BadRequest(
+            f"{request_id}: no answer with this id is recorded, and no gateway gave it to an "
+            "answer it records (a refusal or an explanation is not; nor is a made-up id); "
+            "nothing was stored"
+        )
     return endpoint
 
 
@@ -115,7 +124,7 @@ async def add_labels(request: Request) -> Response:
         answered = store.answered(i["request_id"] for i in items)
         for item in items:
             request_id = item["request_id"]
-            _endpoint_of_item(request_id)
+            _endpoint_of_item(monitor, request_id, answered)
             if request_id in answered:
                 tag, rows = answered[request_id]
                 card = monitor.card(tag)
@@ -158,7 +167,7 @@ async def add_rewards(request: Request) -> Response:
         rewards = []
         for item in items:
             request_id, metric, value = item["request_id"], item["metric"], item["value"]
-            endpoint = endpoints.get(_endpoint_of_item(request_id))
+            endpoint = endpoints.get(_endpoint_of_item(monitor, request_id, answered))
             experiment = endpoint.experiment if endpoint else None
             rows = answered[request_id][1] if request_id in answered else None
             problem = reward_problem(experiment, metric, value, rows)

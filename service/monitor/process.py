@@ -35,7 +35,7 @@ from service.monitor.priority import SessionShare, session_niceness_setter
 from service.monitor.reasons import StepReasons
 from service.monitor.rollouts import RolloutService
 from service.monitor.runs import MonitorRunner
-from service.names import endpoint_of, is_name, is_tag, is_unit
+from service.names import RequestIds, endpoint_of, is_name, is_tag, is_unit
 from service.retries import with_retries
 from service.secrets import Secrets, check_exposure, load_secrets
 from service.state import open_stores
@@ -159,6 +159,8 @@ class Monitor:
     def __init__(self, config: GatewayConfig, secrets: Secrets) -> None:
         self.config = config
         self.secrets = secrets
+        self.request_ids = RequestIds(secrets.monitor_token)
+        """Which request ids a gateway gave: only theirs may wait for their record."""
         stores = with_retries("opening the monitor's database", lambda: open_stores(config))
         self.store, self.state_store = stores.records, stores.state
         self.metrics = MonitorMetrics()

@@ -12,7 +12,9 @@ durably before this answers 200, labels first. The same value twice is fine (ide
 different value for an id (and metric) that has one is refused (409, the others are stored), and
 so is a reward that comes after its experiment's ``join_window_s`` (422, the others are stored).
 Labels and rewards may come before their prediction reaches the monitor: they are held (bounded in
-number, expired after ``monitor.label_retention_s``) and joined when it arrives. A label held so
+number, expired after ``monitor.label_retention_s``) and joined when it arrives, if their id is
+signed as an answer the gateway records (service/names.py ``RequestIds``): not a made-up id, nor a
+refusal's or an explanation's. A label held so
 cannot be checked against its request's rows; one that then does not fit them gives way to the
 next label that does (not a 409).
 """
