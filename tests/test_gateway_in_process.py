@@ -228,6 +228,36 @@ async def test_a_weight_change_is_saved_audited_and_followed_at_once(config):
     assert actions[0] == "set_weights" and actions.count("set_weights") == 1
 
 
+async def test_a_change_that_changes_nothing_makes_no_version(config):
+    """A weight set again, or a reload of a file nobody edited (a config sync that reloads every
+    minute), saved a new routing version, which every worker and replica installed, and an audit
+    entry. Now it answers the routing as it is, ``changed`` false, and only counts."""
+    weights = {"weights": {"stable": 50, "candidate": 50}}
+    async with in_process_gateway(config) as (gateway, client):
+        first = await client.put(
+            "/admin/endpoints/cancer/weights", json=weights, headers=ADMIN_AUTH
+        )
+        assert first.status_code == 200 and first.json()["changed"], first.text
+        version = gateway.dataplane.snapshot.version
+        again = await client.put(
+            "/admin/endpoints/cancer/weights", json=weights, headers=ADMIN_AUTH
+        )
+        reloaded = await client.post("/admin/reload", headers=ADMIN_AUTH)
+        assert reloaded.status_code == 200, reloaded.text
+        reloaded_again = await client.post("/admin/reload", headers=ADMIN_AUTH)
+        audit = await client.get("/admin/audit", headers=ADMIN_AUTH)
+        unchanged = gateway.metrics.registry.get_sample_value(
+            "gateway_admin_changes_total", {"action": "set_weights", "outcome": "unchanged"}
+        )
+    assert again.status_code == 200 and not again.json()["changed"], again.text
+    assert again.json()["version"] == version and gateway.dataplane.snapshot.version >= version
+    assert reloaded_again.status_code == 200 and not reloaded_again.json()["changed"]
+    assert reloaded_again.json()["version"] == reloaded.json()["version"]
+    actions = [entry["action"] for entry in audit.json()["entries"]]
+    assert actions.count("set_weights") == 1 and actions.count("reload") <= 1
+    assert unchanged == 1
+
+
 async def test_a_reload_keeps_run_time_changes_to_the_endpoints_the_file_left_alone(config):
     """A reload made every endpoint gateway.yaml's: one that only added an endpoint set a
     split (or a rollout's promotion) made at run time back to the file's. Now an endpoint the

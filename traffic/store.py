@@ -46,6 +46,18 @@ class RoutingState:
     def document(self) -> str:
         return _tables_document(self.tables)
 
+    def changes(self, before: RoutingState) -> bool:
+        """Whether saving this state over ``before`` changes anything a reader sees: its tables,
+        its source, or (where this one has them) the declared tables. An unchanged state saved
+        made a version that every worker and replica installed and an audit entry, for nothing:
+        a reload of a file nobody edited (a config sync that reloads every minute), a weight set
+        again."""
+        return (
+            self.source != before.source
+            or _plain(self.tables) != _plain(before.tables)
+            or (self.declared is not None and _plain(self.declared) != _plain(before.declared))
+        )
+
     @classmethod
     def parse(
         cls, version: int, source: str, document: str, declared: str | None = None
@@ -55,8 +67,12 @@ class RoutingState:
         )
 
 
+def _plain(tables: Mapping[str, EndpointTable] | None) -> dict | None:
+    return None if tables is None else {name: table.to_dict() for name, table in tables.items()}
+
+
 def _tables_document(tables: Mapping[str, EndpointTable]) -> str:
-    return json.dumps({name: table.to_dict() for name, table in tables.items()})
+    return json.dumps(_plain(tables))
 
 
 def _parse_tables(document: str) -> dict[str, EndpointTable]:

@@ -115,7 +115,7 @@ class GatewayMetrics:
         )
         self.admin_changes = Counter(
             "gateway_admin_changes_total",
-            "Changes asked of the admin API, by action and outcome (applied or refused).",
+            "Changes asked of the admin API, by action and outcome (applied, unchanged or refused).",
             ["action", "outcome"],
             registry=registry,
         )

@@ -174,12 +174,13 @@ class RoutingControl:
     ) -> Swap:
         """Make new tables of the current state with ``mutate``: validate, load, save (CAS), audit, install
         (``source`` and ``declared``: the config a reload made it from, and its tables);
-        the state it read and the state it saved. 400 for a change the tables or models refuse,
+        the state it read and the state it saved (None when the change changed nothing: no new
+        version, no audit entry, counted as "unchanged"). 400 for a change the tables or models refuse,
         409 when the state kept moving underneath, 503 when the store is locked by another
         process for too long (nothing changed then)."""
         models: dict[str, LoadedModel] = {}
 
-        def changed(state: RoutingState | None) -> RoutingState:
+        def changed(state: RoutingState | None) -> RoutingState | None:
             """Runs off the event loop: the new tables, with every model they use loaded."""
             assert state is not None, "a worker initialises the routing state before serving"
             tables = mutate(state)
@@ -187,12 +188,18 @@ class RoutingControl:
                 if endpoint in ("*", name):
                     check_variants_agree(table)
             models.update(self._load_missing(tables))
-            return RoutingState(0, source or state.source, tables, declared)
+            after = RoutingState(0, source or state.source, tables, declared)
+            return after if after.changes(state) else None
 
         async with self._lock:
             try:
                 swap = await anyio.to_thread.run_sync(compare_and_swap, self.store, changed)
                 saved = swap.after
+                if saved is None:  # nothing to save or audit: the state already is so
+                    self.metrics.admin_changes.labels(action, "unchanged").inc()
+                    if swap.before.version != self.dataplane.snapshot.version:
+                        self.publish(self.snapshot(swap.before, models))  # answer it as it is
+                    return swap
                 entry = audit_entry(client, action, endpoint, {**detail, "version": saved.version})
                 await anyio.to_thread.run_sync(self.store.append_audit, entry)
             except (RoutingError, ConfigError) as error:

@@ -93,9 +93,10 @@ def _routing_view(gateway: Gateway) -> dict:
 async def _changed(
     gateway: Gateway, client: str, swap: Swap, status: int = 200, **extra
 ) -> Response:
-    """The routing as it is after a change, with a warning for each running experiment whose
-    arms it moved (service/gateway/experiments.py)."""
-    view = {**_routing_view(gateway), **extra}
+    """The routing as it is after a change (``changed``: false when it was so already, and no
+    version was made), with a warning for each running experiment whose arms it moved
+    (service/gateway/experiments.py)."""
+    view = {**_routing_view(gateway), "changed": swap.after is not None, **extra}
     warnings = await experiments.note_routing_changes(gateway, client, swap.before)
     if warnings:
         view["warnings"] = warnings
