@@ -258,6 +258,39 @@ async def test_a_change_that_changes_nothing_makes_no_version(config):
     assert unchanged == 1
 
 
+async def test_a_worker_asked_for_what_another_just_set_answers_it_as_it_is(config):
+    """The change is already in the store, made through another worker this one has not
+    followed yet: nothing is saved, and this worker installs the stored state, so that its
+    answer (the routing it serves) is not the one from before."""
+    from prometheus_client import CollectorRegistry
+
+    from service.config import load_config
+    from service.gateway.process import Gateway
+
+    weights = {"stable": 30, "candidate": 70}
+
+    def set_weights(state):
+        return {**state.tables, "cancer": state.tables["cancer"].with_weights(weights)}
+
+    behind = Gateway.start(config, load_config(config), CollectorRegistry())  # follows nothing
+    try:
+        async with in_process_gateway(config) as (_, client):
+            body = {"weights": weights}
+            changed = await client.put(
+                "/admin/endpoints/cancer/weights", json=body, headers=ADMIN_AUTH
+            )
+            assert changed.status_code == 200, changed.text
+        assert behind.dataplane.snapshot.version < changed.json()["version"]
+        swap = await behind.routing.change("test", "set_weights", "cancer", {}, set_weights)
+        assert swap.after is None
+        snapshot = behind.dataplane.snapshot
+        assert snapshot.version == changed.json()["version"]
+        served = {v.name: v.weight for v in snapshot.tables["cancer"].variants}
+        assert served == weights
+    finally:
+        await behind.close()
+
+
 async def test_a_reload_keeps_run_time_changes_to_the_endpoints_the_file_left_alone(config):
     """A reload made every endpoint gateway.yaml's: one that only added an endpoint set a
     split (or a rollout's promotion) made at run time back to the file's. Now an endpoint the
