@@ -40,9 +40,9 @@ TIME_DIGITS = 12
 """Hex digits of the id's time part (48 bits of milliseconds: until the year 10889)."""
 SIGNATURE_BYTES = 3
 """The signature's size. Its one use is to decide whether a label or reward may wait for its
-record (``RequestIds.recorded``), so a forger gains one waiting label per 2**24 tries, each a call of
-its own (one bad item refuses a whole call). The 56 random bits keep ids unique: at 10,000 answers
-a second, two in the same millisecond would be alike about once in 50,000 years."""
+record (``RequestIds.recorded``), so a forger gains one waiting label per 2**24 tries, each a
+call of its own (one bad item refuses a whole call). The 56 random bits keep ids unique: at
+10,000 answers a second, two in the same millisecond would be alike about once in 50,000 years."""
 
 
 class _RandomHex:

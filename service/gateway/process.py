@@ -145,8 +145,8 @@ class Gateway:
         self.dataplane = dataplane
         self.routing = routing
         self.request_ids = RequestIds(secrets_.monitor_token)
-        """Signed with the monitor's secret, so the monitor holds labels only for ids a gateway
-        gave (service/names.py)."""
+        """Signed with the monitor's secret, so that the monitor holds a label for its record
+        only when a gateway gave its id to an answer it records (service/names.py)."""
         admission = config.admission
         self.admission = Admission(
             (admission.queue_budget_ms or config.server.latency_slo_ms / 6) / 1000,

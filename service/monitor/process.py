@@ -160,7 +160,8 @@ class Monitor:
         self.config = config
         self.secrets = secrets
         self.request_ids = RequestIds(secrets.monitor_token)
-        """Which request ids a gateway gave: only theirs may wait for their record."""
+        """Which request ids a gateway gave to an answer it records: only their labels and
+        rewards may wait for the record."""
         stores = with_retries("opening the monitor's database", lambda: open_stores(config))
         self.store, self.state_store = stores.records, stores.state
         self.metrics = MonitorMetrics()
