@@ -145,7 +145,9 @@ class LimitsConfig(Strict):
     )
     max_rows: int = Field(4096, ge=1)
     allow_non_finite: bool = Field(
-        False, description="accept NaN/Inf in float inputs (only for models built to take them)"
+        False,
+        description="accept NaN/Inf in float inputs (only for models built to take them; a JSON "
+        "number past the input type's range then arrives as infinity)",
     )
 
     @model_validator(mode="after")

@@ -39,9 +39,11 @@ def check_inputs(card: ModelCard, tensors: Tensors, limits: LimitsConfig) -> int
                 raise BadRequest(f"inputs disagree on the number of rows ({rows} vs {name!r})")
             rows = array.shape[0]
         if spec.datatype in FLOAT_TYPES and not limits.allow_non_finite:
-            if not np.isfinite(array).all():
+            if not np.isfinite(array).all():  # a JSON number past the type's range is infinite
+                largest = float(np.finfo(array.dtype).max)
                 raise BadRequest(
-                    f"input {name!r} contains NaN or infinity, which this model cannot take"
+                    f"input {name!r} contains NaN or infinity, or a number beyond "
+                    f"{spec.datatype}'s range (±{largest:.3g}), which this model cannot take"
                 )
     rows = 1 if rows is None else rows
     if rows == 0:
