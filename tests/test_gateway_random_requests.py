@@ -129,15 +129,14 @@ def config(demo_models, tmp_path, monkeypatch):
     )
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-async def test_changed_requests_at_every_route_never_answer_a_5xx_of_the_gateways(config, seed):
-    rng = random.Random(seed)
+async def test_changed_requests_at_every_route_never_answer_a_5xx_of_the_gateways(config):
+    rng = random.Random(1)
     statuses: Counter = Counter()
     wrong = []
     async with in_process_gateway(config) as (_, client):
         served = await client.post("/predict/cancer", json={"instances": [ROW]})
         routes = _routes(served.json()["request_id"])
-        for _ in range(4000):
+        for _ in range(5000):
             method, template, body = rng.choice(routes)
             names = {"e": "cancer", "v": rng.choice(("stable", "v1", "pause", "start", "stop"))}
             if rng.random() < 0.3:
