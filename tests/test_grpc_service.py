@@ -5,6 +5,8 @@ a call's message counted among the bodies still arriving while it is."""
 from __future__ import annotations
 
 import asyncio
+import random
+from collections import Counter
 
 import grpc
 import numpy as np
@@ -21,7 +23,12 @@ from service.gateway.grpc.service import (
     _message,
     _slow_client_options,
 )
+from service.tensors import OIP_TO_NUMPY
 from tests.helpers import ROW, in_process_gateway, write_config
+
+CALLERS_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+"""What a request the caller got wrong may end in (413 and 429 are RESOURCE_EXHAUSTED, which
+these requests are too small and too few for)."""
 
 
 class Aborted(Exception):
@@ -184,6 +191,77 @@ async def test_a_call_that_ends_without_its_message_is_a_bad_request():
     with pytest.raises(BadRequest, match="ended without its message"):
         await _message(messages, bodies, LIMITS)
     assert bodies.held == 0
+
+
+def _typed_request() -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="cancer")
+    request.inputs.add(name="X", datatype="FP32", shape=[1, 30]).contents.fp32_contents.extend(ROW)
+    return request
+
+
+def _change(rng: random.Random, request: pb.ModelInferRequest) -> None:
+    """Change one part of ``request`` at random, as a caller probing the service would."""
+    tensor = request.inputs[0] if request.inputs else request.inputs.add(name="X")
+    field = rng.choice(("bool", "int", "int64", "uint", "uint64", "fp32", "fp64", "bytes"))
+    value = {"bool": True, "bytes": b"\xff", "uint64": 2**63, "fp32": 3e38, "fp64": 1e308}
+
+    def reshape() -> None:
+        del tensor.shape[:]
+        tensor.shape.extend(
+            rng.choice(([30], [2, 30], [0, 30], [1, 29], [1, 30, 1], [], [2**40, 30], [1, 2**62]))
+        )
+
+    def parameter() -> None:
+        name = rng.choice(("x-user-id", "binary_data_output", "request_id"))
+        kind, given = rng.choice(
+            (("string_param", "é" * 300), ("int64_param", -1), ("bool_param", True))
+        )
+        setattr(request.parameters[name], kind, given)
+
+    changes = (
+        lambda: setattr(request, "model_name", rng.choice(("diabetes", "", "..", "cancer:v1"))),
+        lambda: setattr(request, "model_version", rng.choice(("v1", "v2", "latest", ".."))),
+        lambda: setattr(request, "id", rng.choice(("a", "é" * 10, "x" * 10_000))),
+        lambda: setattr(tensor, "datatype", rng.choice((*OIP_TO_NUMPY, "X", ""))),
+        lambda: setattr(tensor, "name", rng.choice(("Y", "", "é", "x" * 1000))),
+        reshape,
+        lambda: getattr(tensor.contents, f"{field}_contents").extend(
+            [value.get(field, 1)] * rng.choice((1, 29, 30, 31))
+        ),
+        lambda: request.raw_input_contents.append(
+            rng.choice((b"", b"\x00" * 119, b"\x00" * 120, np.array([ROW], "<f4").tobytes()))
+        ),
+        lambda: setattr(
+            tensor.parameters["binary_data_size"], "int64_param", rng.choice((-1, 0, 120, 2**62))
+        ),
+        lambda: request.outputs.add(name=rng.choice(("label", "probabilities", "nope", ""))),
+        parameter,
+        lambda: request.inputs.add(name=rng.choice(("X", "Y")), datatype="FP32", shape=[1, 30]),
+        lambda: request.ClearField("inputs"),
+    )
+    rng.choice(changes)()
+
+
+async def test_changed_infer_requests_end_in_an_answer_or_a_callers_status_never_internal(service):
+    """Bytes that parse as the message, each part of a valid one changed at random: the status
+    is the caller's (INVALID_ARGUMENT, NOT_FOUND), never INTERNAL or UNKNOWN (a server fault)."""
+    _, servicer = service
+    rng = random.Random(3)
+    codes: Counter = Counter()
+    for _ in range(20_000):
+        request = _typed_request()
+        if rng.random() < 0.5:  # the same tensor, raw
+            request.inputs[0].ClearField("contents")
+            request.raw_input_contents.append(np.array([ROW], "<f4").tobytes())
+        for _ in range(rng.choice((0, 1, 1, 2, 3))):
+            _change(rng, request)
+        try:
+            await servicer.ModelInfer(request, Context([("x-user-id", str(rng.random()))]))
+            codes["OK"] += 1
+        except Aborted as aborted:
+            codes[aborted.code] += 1
+            assert aborted.code in CALLERS_CODES, (request, aborted.details)
+    assert codes["OK"] > 2000 and codes[grpc.StatusCode.INVALID_ARGUMENT] > 2000, codes
 
 
 def test_slow_client_limits_follow_the_read_timeout_and_none_when_it_is_off():
