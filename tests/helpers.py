@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import subprocess
 import tempfile
@@ -106,6 +107,60 @@ def write_graph(
     model.ir_version = 8
     path.write_bytes(model.SerializeToString())
     return path
+
+
+PROBE_NAMES = (
+    "cancer",
+    "diabetes",
+    "stable",
+    "candidate",
+    "v1",
+    "v2",
+    "latest",
+    "..",
+    "%2e%2e",
+    "x" * 70,
+)
+"""Names an attacker tries in paths, headers and fields: real ones, and ones that must not pass."""
+ODD_VALUES = (
+    None,
+    True,
+    0,
+    -1,
+    2**63,
+    -(2**70),
+    1e308,
+    1e-320,
+    0.5,
+    "",
+    "é",
+    "a b",
+    "NaN",
+    [],
+    {},
+    [[]],
+)
+"""JSON values of every type, at the edges of what decoding and arithmetic take."""
+
+
+def changed_at_random(rng: random.Random, value: object) -> object:
+    """``value`` with one part changed: a leaf replaced, a field dropped or added, a list grown
+    or emptied."""
+    if isinstance(value, dict) and value and rng.random() < 0.7:
+        key = rng.choice(list(value))
+        kind = rng.randrange(4)
+        if kind == 0:
+            return {k: v for k, v in value.items() if k != key}
+        if kind == 1:
+            return {**value, rng.choice((*PROBE_NAMES, "extra", key + "x")): rng.choice(ODD_VALUES)}
+        return {**value, key: changed_at_random(rng, value[key])}
+    if isinstance(value, list) and value and rng.random() < 0.7:
+        index = rng.randrange(len(value))
+        kind = rng.randrange(4)
+        if kind == 0:
+            return value * rng.choice((0, 2, 40))
+        return [*value[:index], changed_at_random(rng, value[index]), *value[index + 1 :]]
+    return rng.choice((*ODD_VALUES, *PROBE_NAMES, rng.random() * 1e3, [value], {"x": value}))
 
 
 def write_config(path: Path, **overrides) -> Path:

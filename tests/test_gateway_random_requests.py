@@ -13,7 +13,14 @@ from collections import Counter
 import pytest
 
 from service.launch import free_port
-from tests.helpers import ADMIN_AUTH, ROW, in_process_gateway, write_config
+from tests.helpers import (
+    ADMIN_AUTH,
+    PROBE_NAMES,
+    ROW,
+    changed_at_random,
+    in_process_gateway,
+    write_config,
+)
 
 NAMES = (
     "cancer",
@@ -67,32 +74,12 @@ def _routes(request_id: str) -> list[tuple[str, str, object]]:
     ]
 
 
-def _changed(rng: random.Random, value: object) -> object:
-    """``value`` with one part changed: a leaf replaced, a field dropped or added, a list grown
-    or emptied."""
-    if isinstance(value, dict) and value and rng.random() < 0.7:
-        key = rng.choice(list(value))
-        kind = rng.randrange(4)
-        if kind == 0:
-            return {k: v for k, v in value.items() if k != key}
-        if kind == 1:
-            return {**value, rng.choice((*NAMES, "extra", key + "x")): rng.choice(ODD)}
-        return {**value, key: _changed(rng, value[key])}
-    if isinstance(value, list) and value and rng.random() < 0.7:
-        index = rng.randrange(len(value))
-        kind = rng.randrange(4)
-        if kind == 0:
-            return value * rng.choice((0, 2, 40))
-        return [*value[:index], _changed(rng, value[index]), *value[index + 1 :]]
-    return rng.choice((*ODD, *NAMES, rng.random() * 1e3, [value], {"x": value}))
-
-
 def _headers(rng: random.Random) -> dict[str, bytes]:
     headers = dict(ADMIN_AUTH) if rng.random() < 0.85 else {}
     optional = {
         "authorization": ("Bearer x", "Basic abc", "Bearer", "é"),
-        "x-gateway-variant": NAMES,
-        "x-user-id": (*NAMES, "u" * 300, "é"),
+        "x-gateway-variant": PROBE_NAMES,
+        "x-user-id": (*PROBE_NAMES, "u" * 300, "é"),
         "x-request-id": ("ok-1", "bad id", "x" * 200),
         "content-type": ("application/json", "text/plain", "application/octet-stream"),
         "content-encoding": ("gzip", "br", "identity"),
@@ -140,10 +127,10 @@ async def test_changed_requests_at_every_route_never_answer_a_5xx_of_the_gateway
             method, template, body = rng.choice(routes)
             names = {"e": "cancer", "v": rng.choice(("stable", "v1", "pause", "start", "stop"))}
             if rng.random() < 0.3:
-                names[rng.choice("ev")] = rng.choice(NAMES)
+                names[rng.choice("ev")] = rng.choice(PROBE_NAMES)
             path = template.format(**names) + rng.choice(QUERIES)
             if body is not None and rng.random() < 0.8:
-                body = _changed(rng, copy.deepcopy(body))
+                body = changed_at_random(rng, copy.deepcopy(body))
             content = None if body is None else json.dumps(body).encode()
             if content is not None and rng.random() < 0.05:
                 content = content[: rng.randrange(len(content))]  # cut short
