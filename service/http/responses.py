@@ -86,7 +86,7 @@ async def http_error(request: Request, error: Exception) -> Response:
 async def unexpected_error(request: Request, error: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     headers = _with_request_id(request, {})
-    return json_response({"error": "internal error; see the gateway log"}, 500, headers)
+    return json_response({"error": "internal error; see the server's log"}, 500, headers)
 
 
 EXCEPTION_HANDLERS = {
