@@ -22,19 +22,6 @@ from tests.helpers import (
     write_config,
 )
 
-NAMES = (
-    "cancer",
-    "diabetes",
-    "stable",
-    "candidate",
-    "v1",
-    "v2",
-    "latest",
-    "..",
-    "%2e%2e",
-    "x" * 70,
-)
-ODD = (None, True, 0, -1, 2**63, -(2**70), 1e308, 1e-320, 0.5, "", "é", "a b", "NaN", [], {}, [[]])
 NEEDS_THE_MONITOR = ("/feedback", "/reports", "/admin/rollouts", "/admin/experiments")
 QUERIES = ("", "?target=benign", "?target=x", "?limit=-1", "?limit=abc", "?limit=99999999999")
 
