@@ -81,11 +81,19 @@ def test_compare_and_swap_gives_up_on_a_state_that_never_stops_moving(open_datab
 
     def always_beaten(current):
         store.save(RoutingState(0, "cfg", dict(current.tables)), current.version)
-        return RoutingState(0, "cfg", dict(current.tables))
+        return RoutingState(0, "edited cfg", dict(current.tables))  # a change: it must be saved
 
     with pytest.raises(VersionConflict):
         compare_and_swap(store, always_beaten)
     assert store.current_version() == 1 + CAS_ATTEMPTS
+
+
+def test_compare_and_swap_saves_no_version_for_a_change_that_changes_nothing(open_database):
+    """Each writer (a worker at start, the admin API, a rollout) used to decide this for itself."""
+    store = SQLStateStore(open_database())
+    store.save(RoutingState(0, "cfg", {"churn": TABLE}), 0)
+    swap = compare_and_swap(store, lambda current: RoutingState(0, "cfg", dict(current.tables)))
+    assert swap.after is None and swap.before.version == store.current_version() == 1
 
 
 def test_audit_is_appended_and_read_newest_first(open_database):

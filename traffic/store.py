@@ -185,13 +185,14 @@ def compare_and_swap(
 ) -> Swap:
     """Apply ``change`` to the stored routing state and save its result on the version it read;
     when another writer got there first, re-read and re-apply. ``change`` returns None when the
-    state needs no change, and may raise to refuse it (nothing is saved then). The one place
+    state needs no change, and may raise to refuse it (nothing is saved then); a result that
+    changes nothing a reader sees (``RoutingState.changes``) is not saved either. The one place
     every writer of the routing state (workers at start, the admin API, rollouts) goes through.
     ``VersionConflict`` after ``CAS_ATTEMPTS`` tries."""
     for _ in range(CAS_ATTEMPTS):
         before = store.load()
         after = change(before)
-        if after is None:
+        if after is None or (before is not None and not after.changes(before)):
             return Swap(before, None)
         try:
             return Swap(before, store.save(after, before.version if before else 0))

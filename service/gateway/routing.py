@@ -180,7 +180,7 @@ class RoutingControl:
         process for too long (nothing changed then)."""
         models: dict[str, LoadedModel] = {}
 
-        def changed(state: RoutingState | None) -> RoutingState | None:
+        def changed(state: RoutingState | None) -> RoutingState:
             """Runs off the event loop: the new tables, with every model they use loaded."""
             assert state is not None, "a worker initialises the routing state before serving"
             tables = mutate(state)
@@ -188,8 +188,7 @@ class RoutingControl:
                 if endpoint in ("*", name):
                     check_variants_agree(table)
             models.update(self._load_missing(tables))
-            after = RoutingState(0, source or state.source, tables, declared)
-            return after if after.changes(state) else None
+            return RoutingState(0, source or state.source, tables, declared)
 
         async with self._lock:
             try:

@@ -351,11 +351,9 @@ class RolloutService:
         self._routing_state()  # made from the config if no worker has started yet
         endpoint = policy.endpoint
 
-        def retarget(current: RoutingState | None) -> RoutingState | None:
+        def retarget(current: RoutingState | None) -> RoutingState:
             assert current is not None, "initialised just above; never deleted"
             moved = _retarget(current, endpoint, targets)
-            if moved == current.tables[endpoint]:
-                return None
             return RoutingState(0, current.source, {**current.tables, endpoint: moved})
 
         swap = compare_and_swap(self.state_store, retarget)
